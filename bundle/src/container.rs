@@ -1,0 +1,305 @@
+//! The canonical tar framing of a bundle (bundle-format.md, "Container").
+//!
+//! tar is only framing: a reader rebuilds the one header the spec allows for each member from
+//! its name and size and refuses any other byte, so no header field (mode, owner, type, a second
+//! length) can ever carry meaning or smuggle data. Paths, modes and owners come only from the
+//! signed manifest. Layout:
+//!
+//! ```text
+//! [hdr "ferry-v1/manifest.cbor"]   [manifest][zero pad to 512]
+//! [hdr "ferry-v1/signatures.cbor"] [signatures][pad]
+//! [hdr "ferry-v1/frame.00000000.zst"] [zstd frame][pad]  ... one per manifest frame
+//! [512 zero bytes][512 zero bytes]  EOF
+//! ```
+
+use crate::{Error, Hash, Limits, Manifest};
+use std::io::{self, Read, Write};
+
+pub const BLOCK: u64 = 512;
+pub const MANIFEST_NAME: &str = "ferry-v1/manifest.cbor";
+pub const SIGNATURES_NAME: &str = "ferry-v1/signatures.cbor";
+/// Largest member size the 11-digit octal size field can hold.
+pub const MAX_MEMBER: u64 = 0o77777777777;
+/// Bound on the signature member (16 signatures of 64 bytes plus CBOR overhead).
+pub const MAX_SIGNATURES_BYTES: u64 = 4096;
+
+/// Name of payload frame `i`.
+pub fn frame_name(i: usize) -> String {
+    format!("ferry-v1/frame.{i:08}.zst")
+}
+
+/// The only header a member `name` of `size` bytes may have: POSIX ustar, mode 0644, owner 0:0,
+/// mtime 0, type '0', no link name, no user or group names, device fields zero.
+pub fn header(name: &str, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+fn padding(size: u64) -> usize {
+    ((BLOCK - size % BLOCK) % BLOCK) as usize
+}
+
+/// Write one whole member.
+pub fn write_member(w: &mut impl Write, name: &str, data: &[u8]) -> io::Result<()> {
+    w.write_all(&header(name, data.len() as u64))?;
+    w.write_all(data)?;
+    w.write_all(&[0u8; 512][..padding(data.len() as u64)])
+}
+
+/// Write a member header; the caller then writes exactly `size` bytes and calls [`end_member`].
+pub fn begin_member(w: &mut impl Write, name: &str, size: u64) -> io::Result<()> {
+    w.write_all(&header(name, size))
+}
+
+pub fn end_member(w: &mut impl Write, size: u64) -> io::Result<()> {
+    w.write_all(&[0u8; 512][..padding(size)])
+}
+
+/// Write the end-of-archive marker.
+pub fn finish(w: &mut impl Write) -> io::Result<()> {
+    w.write_all(&[0u8; 1024])
+}
+
+/// Offset of frame data: where each frame member's data starts, given the manifest and the
+/// signature member sizes. Lets a reader seek straight to a frame (resumable fetch, split parts).
+pub fn layout(manifest_len: u64, sig_len: u64, frames: &[crate::Frame]) -> Vec<(u64, u64)> {
+    let round = |n: u64| n.div_ceil(BLOCK) * BLOCK;
+    let mut at = BLOCK + round(manifest_len) + BLOCK + round(sig_len);
+    frames
+        .iter()
+        .map(|f| {
+            let data = at + BLOCK;
+            at = data + round(f.size);
+            (data, f.size)
+        })
+        .collect()
+}
+
+/// Streaming reader that accepts only canonical framing.
+pub struct Reader<R> {
+    inner: R,
+    offset: u64,
+    limits: Limits,
+}
+
+impl<R: Read> Reader<R> {
+    pub fn new(inner: R, limits: Limits) -> Self {
+        Reader { inner, offset: 0, limits }
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    fn fill(&mut self, buf: &mut [u8], what: &str) -> Result<(), Error> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) => return Err(Error::Truncated { offset: self.offset + got as u64, what: what.into() }),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Read a member header, check it is exactly the canonical header for `name`, return the size.
+    pub fn header(&mut self, name: &str, max: u64) -> Result<u64, Error> {
+        let at = self.offset;
+        let mut h = [0u8; 512];
+        self.fill(&mut h, &format!("tar header of {name}"))?;
+        if at == 0 {
+            // The first header's name is the format's magic and version.
+            let n = &h[..100];
+            let end = n.iter().position(|&b| b == 0).unwrap_or(100);
+            let n = String::from_utf8_lossy(&n[..end]).into_owned();
+            match n.strip_prefix("ferry-v").and_then(|r| r.split_once('/')) {
+                Some(("1", _)) => {}
+                Some((v, _)) => return Err(Error::UnsupportedVersion(v.to_string())),
+                None => return Err(Error::NotABundle),
+            }
+        }
+        let field = &h[124..136];
+        let size = std::str::from_utf8(&field[..11])
+            .ok()
+            .and_then(|s| u64::from_str_radix(s, 8).ok())
+            .ok_or_else(|| Error::Framing { offset: at + 124, what: format!("size field of {name} is not 11 octal digits") })?;
+        if header(name, size) != h {
+            let first = header(name, size).iter().zip(h.iter()).position(|(a, b)| a != b).unwrap_or(0);
+            return Err(Error::Framing { offset: at + first as u64, what: format!("header of member {name} is not canonical") });
+        }
+        if size > max {
+            return Err(Error::TooLarge { what: name.into(), size, limit: max });
+        }
+        Ok(size)
+    }
+
+    /// Read the zero padding after a member of `size` bytes.
+    pub fn padding(&mut self, size: u64) -> Result<(), Error> {
+        let at = self.offset;
+        let mut p = [0u8; 512];
+        let n = padding(size);
+        self.fill(&mut p[..n], "padding")?;
+        if let Some(i) = p[..n].iter().position(|&b| b != 0) {
+            return Err(Error::Framing { offset: at + i as u64, what: "non-zero padding".into() });
+        }
+        Ok(())
+    }
+
+    /// Read a whole small member into memory.
+    pub fn member(&mut self, name: &str, max: u64) -> Result<Vec<u8>, Error> {
+        let size = self.header(name, max)?;
+        let mut v = vec![0u8; size as usize];
+        self.fill(&mut v, name)?;
+        self.padding(size)?;
+        Ok(v)
+    }
+
+    /// Read the manifest and signature members (the first two).
+    pub fn head(&mut self) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let m = self.member(MANIFEST_NAME, self.limits.max_manifest_bytes)?;
+        let s = self.member(SIGNATURES_NAME, MAX_SIGNATURES_BYTES)?;
+        Ok((m, s))
+    }
+
+    /// Start frame `index` of the manifest: checks the header; the returned reader yields exactly
+    /// the frame's bytes and hashes them. Call [`FrameReader::finish`] afterwards.
+    pub fn frame(&mut self, index: usize, frame: &crate::Frame) -> Result<FrameReader<'_, R>, Error> {
+        let size = self.header(&frame_name(index), self.limits.max_frame_bytes)?;
+        if size != frame.size {
+            return Err(Error::Framing {
+                offset: self.offset - BLOCK + 124,
+                what: format!("frame {index} is {size} bytes, the manifest says {}", frame.size),
+            });
+        }
+        Ok(FrameReader { reader: self, left: size, size, index, expect: frame.hash, hasher: blake3::Hasher::new() })
+    }
+
+    /// Skip one frame after checking its header and hash (used by verification).
+    pub fn check_frame(&mut self, index: usize, frame: &crate::Frame) -> Result<(), Error> {
+        let mut fr = self.frame(index, frame)?;
+        io::copy(&mut fr, &mut io::sink()).map_err(|e| unwrap_io(e, index))?;
+        fr.finish()
+    }
+
+    /// Read the end-of-archive marker and require end of file.
+    pub fn end(&mut self) -> Result<(), Error> {
+        let at = self.offset;
+        let mut z = [0u8; 1024];
+        self.fill(&mut z, "end-of-archive marker")?;
+        if let Some(i) = z.iter().position(|&b| b != 0) {
+            return Err(Error::Framing { offset: at + i as u64, what: "expected end-of-archive zero blocks".into() });
+        }
+        let mut one = [0u8; 1];
+        loop {
+            match self.inner.read(&mut one) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return Err(Error::TrailingData { offset: self.offset }),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+    }
+
+    /// Verify a whole bundle stream: head, every frame hash, the end marker. Returns the manifest
+    /// and signature bytes (not yet decoded or checked against keys).
+    pub fn verify_framing(mut self, decode: impl FnOnce(&[u8]) -> Result<Manifest, Error>) -> Result<(Vec<u8>, Vec<u8>, Manifest), Error> {
+        let (mb, sb) = self.head()?;
+        let m = decode(&mb)?;
+        for (i, f) in m.frames.iter().enumerate() {
+            self.check_frame(i, f)?;
+        }
+        self.end()?;
+        Ok((mb, sb, m))
+    }
+}
+
+/// Turn an I/O error produced by a [`FrameReader`] back into the bundle error it carries.
+pub fn unwrap_io(e: io::Error, index: usize) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        return Error::Truncated { offset: 0, what: format!("data of frame {index}") };
+    }
+    Error::Io(e)
+}
+
+/// Reads exactly one frame's bytes, hashing them.
+pub struct FrameReader<'a, R> {
+    reader: &'a mut Reader<R>,
+    left: u64,
+    size: u64,
+    index: usize,
+    expect: Hash,
+    hasher: blake3::Hasher,
+}
+
+impl<R: Read> Read for FrameReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left.min(1 << 20) as usize);
+        let n = self.reader.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "bundle truncated inside a frame"));
+        }
+        self.hasher.update(&buf[..n]);
+        self.left -= n as u64;
+        self.reader.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> FrameReader<'_, R> {
+    /// Consume what is left, check the hash and the padding.
+    pub fn finish(mut self) -> Result<(), Error> {
+        let index = self.index;
+        io::copy(&mut self, &mut io::sink()).map_err(|e| unwrap_io(e, index))?;
+        if Hash::from(self.hasher.finalize()) != self.expect {
+            return Err(Error::FrameHash { index: index as u32 });
+        }
+        self.reader.padding(self.size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_valid_ustar() {
+        let h = header(MANIFEST_NAME, 1234);
+        assert_eq!(&h[257..263], b"ustar\0");
+        let sum: u32 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 }).sum();
+        let field = std::str::from_utf8(&h[148..154]).unwrap();
+        assert_eq!(u32::from_str_radix(field, 8).unwrap(), sum);
+    }
+
+    #[test]
+    fn roundtrip_and_trailing() {
+        let mut v = Vec::new();
+        write_member(&mut v, MANIFEST_NAME, b"abc").unwrap();
+        finish(&mut v).unwrap();
+        let mut r = Reader::new(&v[..], Limits::default());
+        assert_eq!(r.member(MANIFEST_NAME, 10).unwrap(), b"abc");
+        r.end().unwrap();
+        v.push(0);
+        let mut r = Reader::new(&v[..], Limits::default());
+        r.member(MANIFEST_NAME, 10).unwrap();
+        assert!(matches!(r.end(), Err(Error::TrailingData { .. })));
+    }
+}

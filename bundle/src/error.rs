@@ -1,0 +1,44 @@
+//! One error type for everything that can be wrong with a bundle or a key.
+
+use crate::BundlePath;
+
+/// What is wrong with a bundle, a key or a trust policy. Every variant names the defect and,
+/// where there is one, the byte offset or path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("not a ferry bundle (first tar member is not ferry-v*/manifest.cbor)")]
+    NotABundle,
+    #[error("unsupported bundle format version {0} (this ferry reads version 1)")]
+    UnsupportedVersion(String),
+    #[error("non-canonical tar framing at byte {offset}: {what}")]
+    Framing { offset: u64, what: String },
+    #[error("bundle is truncated at byte {offset} (expected {what})")]
+    Truncated { offset: u64, what: String },
+    #[error("trailing data after the end of the bundle at byte {offset}")]
+    TrailingData { offset: u64 },
+    #[error("{what} is {size} bytes, over the limit of {limit}")]
+    TooLarge { what: String, size: u64, limit: u64 },
+    #[error("malformed manifest: {0}")]
+    Manifest(String),
+    #[error("malformed signature block: {0}")]
+    Signatures(String),
+    #[error("signature by key {key_id} does not verify")]
+    BadSignature { key_id: String },
+    #[error("not signed by enough trusted keys: {have} of the required {need} (signers: {signers})")]
+    Untrusted { have: usize, need: usize, signers: String },
+    #[error("frame {index} hash mismatch")]
+    FrameHash { index: u32 },
+    #[error("frame {index}: {what}")]
+    FrameDecode { index: u32, what: String },
+    #[error("unsafe path {path:?}: {why}")]
+    UnsafePath { path: String, why: &'static str },
+    #[error("invalid apply script at step {step} ({path}): {why}")]
+    Script { step: usize, path: BundlePath, why: String },
+    #[error("invalid key: {0}")]
+    Key(String),
+    #[error("invalid trust policy {file}: {why}")]
+    Policy { file: String, why: String },
+    #[error("I/O error reading bundle: {0}")]
+    Io(#[from] std::io::Error),
+}

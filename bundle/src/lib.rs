@@ -1,0 +1,31 @@
+//! The ferry bundle format — specified in `bundle-format.md` at the repository root; keep in sync.
+//!
+//! This crate is pure: it parses bytes and readers, never walks a filesystem.
+//!
+//! - [`path`]: [`BundlePath`], a relative path that cannot escape the target.
+//! - [`manifest`]: the signed manifest (entries of NEW, expected OLD state, frames, apply script).
+//! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
+//! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
+//! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
+//! - [`limits`]: bounds on every untrusted size and count.
+//! - [`glob`]: the path-glob language of hooks and config-file marks.
+
+pub mod container;
+pub mod error;
+pub mod glob;
+pub mod hash;
+pub mod limits;
+pub mod manifest;
+pub mod path;
+pub mod script;
+pub mod sig;
+
+pub use error::Error;
+pub use hash::Hash;
+pub use limits::Limits;
+pub use manifest::*;
+pub use path::BundlePath;
+
+/// Version of the bundle format this crate reads and writes. Appears in the first tar member's
+/// name (`ferry-v1/manifest.cbor`) and in [`Manifest::format`].
+pub const FORMAT_VERSION: u32 = 1;

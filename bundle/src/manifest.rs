@@ -1,0 +1,415 @@
+//! The manifest: everything the applier needs to know, signed as one CBOR document.
+//!
+//! Encoding: CBOR (RFC 8949) as produced by `ciborium` from these serde types — structs are maps
+//! with text keys in declaration order, enums are externally tagged, byte strings for paths,
+//! digests and keys. Unknown fields are refused. See bundle-format.md, "The manifest".
+
+use crate::{BundlePath, Error, Hash, Limits, FORMAT_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// The signed description of one update.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Must equal [`FORMAT_VERSION`].
+    pub format: u32,
+    /// The version the target is at after applying; strictly increasing per channel.
+    pub version: u64,
+    /// The OLD tree this bundle was built against; `None` for a full bundle (from empty).
+    pub base: Option<Base>,
+    /// Release channel, e.g. `stable`. A target pinned to another channel refuses the bundle.
+    pub channel: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// Optional expiry, seconds since the Unix epoch.
+    pub expires: Option<u64>,
+    /// Public keys that sign this manifest, in the order of the signature member.
+    pub signers: Vec<PublicKey>,
+    /// Every entry of NEW, sorted by path bytes, unique.
+    pub entries: Vec<Entry>,
+    /// Expected OLD state of every path the bundle replaces, deletes, changes metadata of, or
+    /// reads as a delta base or copy source; sorted, unique.
+    pub old: Vec<OldEntry>,
+    /// Payload frames, in tar order.
+    pub frames: Vec<Frame>,
+    /// The ordered apply script.
+    pub script: Vec<Step>,
+    /// Post-commit hooks.
+    pub hooks: Vec<Hook>,
+    /// Optional change of the target's trust: keys to add and to retire.
+    pub rotation: Option<Rotation>,
+}
+
+/// A 32-byte ed25519 public key.
+pub type PublicKey = Hash;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    /// The version the target must be at, if the OLD tree had one.
+    pub version: Option<u64>,
+    /// [`tree_digest`] of the whole OLD tree.
+    pub tree: Hash,
+}
+
+/// Ownership, permissions and modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky (at most 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time in nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub path: BundlePath,
+    pub meta: Meta,
+    pub kind: Kind,
+}
+
+/// The type of a NEW entry and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File {
+        size: u64,
+        hash: Hash,
+        content: Content,
+        /// Marked as a configuration file: local edits are kept (bundle-format.md, "Config files").
+        config: bool,
+    },
+    Dir,
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    /// Another name of the inode of `primary`, a `File` entry earlier in sorted order.
+    Hardlink { primary: BundlePath },
+    Fifo,
+    CharDev { rdev: u64 },
+    BlockDev { rdev: u64 },
+}
+
+/// Where the bytes of a NEW file come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Content {
+    /// The file at the same path in OLD already has this content; nothing is staged.
+    Unchanged,
+    /// Empty file.
+    Empty,
+    /// The OLD file at `from` has exactly this content; it is copied locally.
+    Copy { from: BundlePath },
+    /// Concatenation of pieces, in file order.
+    Pieces(Vec<Piece>),
+}
+
+/// A run of file bytes decoded from a frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Piece {
+    /// Index into [`Manifest::frames`].
+    pub frame: u32,
+    /// Offset of this piece in the frame's decoded output.
+    pub offset: u64,
+    pub len: u64,
+    /// How the frame was encoded; [`Method::Patch`] frames hold exactly one piece.
+    pub method: Method,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    /// Plain zstd (possibly a solid frame shared by several pieces).
+    Zstd,
+    /// zstd with bytes `[offset, offset+len)` of the OLD file at `base` as reference prefix
+    /// (`zstd --patch-from`).
+    Patch { base: BundlePath, offset: u64, len: u64 },
+}
+
+/// Expected state of a path in OLD.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldEntry {
+    pub path: BundlePath,
+    pub meta: Meta,
+    pub kind: OldKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OldKind {
+    File { size: u64, hash: Hash },
+    Dir,
+    Symlink {
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    Fifo,
+    CharDev { rdev: u64 },
+    BlockDev { rdev: u64 },
+}
+
+/// One payload frame: a tar member holding one zstd frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    /// Compressed size = tar member size.
+    pub size: u64,
+    /// BLAKE3 of the compressed bytes.
+    pub hash: Hash,
+    /// Exact decoded size.
+    pub decoded: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a directory that does not exist in OLD.
+    Mkdir,
+    /// Rename the staged NEW entry into place (replacing, or exchanging with an OLD directory).
+    Place,
+    /// Change mode, owner and mtime of a non-directory whose content and type are unchanged.
+    SetMeta,
+    /// Move an OLD entry that is not in NEW out of the tree (into the backup area).
+    Delete,
+    /// Set mode, owner and mtime of a NEW directory (last, after every rename).
+    DirMeta,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub op: Op,
+    pub path: BundlePath,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// Glob over NEW/OLD paths ([`crate::glob`]).
+    pub glob: String,
+    /// Run with `/bin/sh -c` after the commit if a matching path changed.
+    pub command: String,
+    pub timeout_secs: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// Keys the target trusts from now on.
+    pub add: Vec<PublicKey>,
+    /// Key ids (hex) the target refuses from now on.
+    pub retire: Vec<String>,
+    /// New signature threshold, if it changes.
+    pub threshold: Option<u32>,
+}
+
+impl Manifest {
+    /// Canonical CBOR encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Serialising plain data into a Vec cannot fail.
+        #[allow(clippy::unwrap_used)]
+        ciborium::into_writer(self, &mut out).unwrap();
+        out
+    }
+
+    /// Decode and check the structural rules of bundle-format.md ("Manifest rules"). The caller
+    /// has already bounded `bytes.len()` by [`Limits::max_manifest_bytes`].
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
+        let m: Manifest = ciborium::from_reader(bytes).map_err(|e| Error::Manifest(e.to_string()))?;
+        if m.encode() != bytes {
+            return Err(Error::Manifest("not in canonical encoding".into()));
+        }
+        m.check(limits)?;
+        Ok(m)
+    }
+
+    /// Structural checks that need no filesystem; the apply script is checked by
+    /// [`crate::script::validate`].
+    pub fn check(&self, limits: &Limits) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
+        if self.format != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion(self.format.to_string()));
+        }
+        if self.signers.is_empty() || self.signers.len() > limits.max_signatures {
+            return err(format!("{} signers (1 to {} allowed)", self.signers.len(), limits.max_signatures));
+        }
+        for (what, n) in [("entries", self.entries.len()), ("old entries", self.old.len()), ("script steps", self.script.len())] {
+            if n > limits.max_entries {
+                return Err(Error::TooLarge { what: what.into(), size: n as u64, limit: limits.max_entries as u64 });
+            }
+        }
+        if self.frames.len() > limits.max_frames {
+            return Err(Error::TooLarge { what: "frame count".into(), size: self.frames.len() as u64, limit: limits.max_frames as u64 });
+        }
+        if self.hooks.len() > limits.max_hooks {
+            return err(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks));
+        }
+        for h in &self.hooks {
+            if h.glob.len() > 256 || h.command.len() > 4096 || h.timeout_secs == 0 {
+                return err(format!("hook {:?}: glob over 256 bytes, command over 4096 bytes or zero timeout", h.glob));
+            }
+        }
+        if self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic())) {
+            return err("channel must be 1..128 printable ASCII characters".into());
+        }
+        for w in self.entries.windows(2) {
+            if w[0].path >= w[1].path {
+                return err(format!("entries not sorted or duplicate path {}", w[1].path));
+            }
+        }
+        for w in self.old.windows(2) {
+            if w[0].path >= w[1].path {
+                return err(format!("old entries not sorted or duplicate path {}", w[1].path));
+            }
+        }
+        for f in &self.frames {
+            if f.size > limits.max_frame_bytes {
+                return Err(Error::TooLarge { what: "frame".into(), size: f.size, limit: limits.max_frame_bytes });
+            }
+            if f.decoded > limits.max_frame_decoded {
+                return Err(Error::TooLarge { what: "decoded frame".into(), size: f.decoded, limit: limits.max_frame_decoded });
+            }
+        }
+        let depth_ok = |p: &BundlePath| p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth;
+        // Per-frame coverage: pieces of each frame, to check they tile it exactly.
+        let mut per_frame: Vec<Vec<(u64, u64, bool)>> = vec![Vec::new(); self.frames.len()];
+        for e in &self.entries {
+            if !depth_ok(&e.path) {
+                return err(format!("path {} exceeds length or depth limit", e.path));
+            }
+            if e.meta.mode > 0o7777 {
+                return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
+            }
+            match &e.kind {
+                Kind::Symlink { target } => {
+                    if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) {
+                        return err(format!("{}: symlink target empty, too long or with NUL", e.path));
+                    }
+                }
+                Kind::Hardlink { primary } => match self.entry(primary) {
+                    Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => {}
+                    _ => return err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
+                },
+                Kind::File { size, content, .. } => match content {
+                    Content::Empty if *size != 0 => return err(format!("{}: empty content with size {size}", e.path)),
+                    Content::Pieces(ps) => {
+                        let mut total: u64 = 0;
+                        for p in ps {
+                            let Some(fr) = self.frames.get(p.frame as usize) else {
+                                return err(format!("{}: piece refers to missing frame {}", e.path, p.frame));
+                            };
+                            let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
+                            if end.is_none() || p.len == 0 {
+                                return err(format!("{}: piece outside frame {}", e.path, p.frame));
+                            }
+                            if let Method::Patch { base, offset, len } = &p.method {
+                                match self.old_entry(base) {
+                                    Some(OldEntry { kind: OldKind::File { size, .. }, .. })
+                                        if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
+                                    _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
+                                }
+                            }
+                            per_frame[p.frame as usize].push((p.offset, p.len, matches!(p.method, Method::Patch { .. })));
+                            total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
+                        }
+                        if total != *size {
+                            return err(format!("{}: pieces sum to {total}, size is {size}", e.path));
+                        }
+                    }
+                    Content::Copy { from } => match self.old_entry(from) {
+                        Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => {}
+                        _ => return err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
+                    },
+                    Content::Unchanged => match self.old_entry(&e.path) {
+                        None => {}
+                        Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => {}
+                        _ => return err(format!("{}: unchanged content but OLD differs", e.path)),
+                    },
+                    Content::Empty => {}
+                },
+                _ => {}
+            }
+        }
+        for (i, ps) in per_frame.iter_mut().enumerate() {
+            // Identical pieces may be shared (deduplicated content); otherwise pieces tile the
+            // frame exactly, and a patch frame holds one piece.
+            ps.sort_unstable();
+            ps.dedup();
+            let mut at = 0u64;
+            for &(off, len, patch) in ps.iter() {
+                if off != at || (patch && ps.len() != 1) {
+                    return err(format!("frame {i}: pieces do not tile the frame"));
+                }
+                at = off + len;
+            }
+            if at != self.frames[i].decoded {
+                return err(format!("frame {i}: pieces do not tile the frame"));
+            }
+        }
+        for o in &self.old {
+            if !depth_ok(&o.path) {
+                return err(format!("path {} exceeds length or depth limit", o.path));
+            }
+        }
+        Ok(())
+    }
+
+    /// Find a NEW entry by path (entries are sorted).
+    pub fn entry(&self, p: &BundlePath) -> Option<&Entry> {
+        self.entries.binary_search_by(|e| e.path.cmp(p)).ok().map(|i| &self.entries[i])
+    }
+
+    /// Find an expected OLD entry by path.
+    pub fn old_entry(&self, p: &BundlePath) -> Option<&OldEntry> {
+        self.old.binary_search_by(|e| e.path.cmp(p)).ok().map(|i| &self.old[i])
+    }
+
+    /// Bundle id: BLAKE3 of the encoded manifest.
+    pub fn id(bytes: &[u8]) -> Hash {
+        Hash::of(bytes)
+    }
+}
+
+impl Kind {
+    /// Short type name used in messages and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink { .. } => "symlink",
+            Kind::Hardlink { .. } => "hardlink",
+            Kind::Fifo => "fifo",
+            Kind::CharDev { .. } => "chardev",
+            Kind::BlockDev { .. } => "blockdev",
+        }
+    }
+}
+
+impl OldKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OldKind::File { .. } => "file",
+            OldKind::Dir => "dir",
+            OldKind::Symlink { .. } => "symlink",
+            OldKind::Fifo => "fifo",
+            OldKind::CharDev { .. } => "chardev",
+            OldKind::BlockDev { .. } => "blockdev",
+        }
+    }
+}
+
+/// Digest of a whole tree: BLAKE3 (derive-key mode, context `ferry tree v1`) over the CBOR
+/// encoding of its entries in sorted order, as [`OldEntry`] values.
+pub fn tree_digest(entries: &[OldEntry]) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("ferry tree v1");
+    for e in entries {
+        let mut b = Vec::new();
+        #[allow(clippy::unwrap_used)] // serialising into a Vec cannot fail
+        ciborium::into_writer(e, &mut b).unwrap();
+        h.update(&b);
+    }
+    h.finalize().into()
+}

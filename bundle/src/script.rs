@@ -1,0 +1,190 @@
+//! Validation of the ordered apply script (bundle-format.md, "The apply script").
+//!
+//! The builder orders the steps; the applier trusts nothing and checks here, before anything is
+//! written, that every step's preconditions are met by the steps before it. Each rule cites what
+//! it prevents at commit time.
+
+use crate::{BundlePath, Content, Entry, Error, Kind, Manifest, OldEntry, OldKind, Op};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+fn phase(op: Op) -> u8 {
+    match op {
+        Op::Mkdir | Op::Place | Op::SetMeta => 0,
+        Op::Delete => 1,
+        Op::DirMeta => 2,
+    }
+}
+
+/// Check the script of a structurally valid manifest ([`Manifest::check`] passed).
+pub fn validate(m: &Manifest) -> Result<(), Error> {
+    let new: BTreeMap<&BundlePath, &Entry> = m.entries.iter().map(|e| (&e.path, e)).collect();
+    let old: BTreeMap<&BundlePath, &OldEntry> = m.old.iter().map(|e| (&e.path, e)).collect();
+
+    // Structural: every NEW entry's parent is a NEW directory (a path can't live under a file or
+    // a symlink, so no step can ever write through a symlink the bundle creates).
+    for e in &m.entries {
+        if let Some(p) = e.path.parent() {
+            if !matches!(new.get(&p).map(|x| &x.kind), Some(Kind::Dir)) {
+                return Err(Error::Manifest(format!("{}: parent {} is not a directory of NEW", e.path, p)));
+            }
+        }
+    }
+
+    // Where each path is created (Mkdir/Place) and deleted.
+    let mut created: HashMap<&BundlePath, usize> = HashMap::new();
+    let mut deleted: HashMap<&BundlePath, usize> = HashMap::new();
+    let mut seen: BTreeSet<(&BundlePath, u8)> = BTreeSet::new();
+    for (i, s) in m.script.iter().enumerate() {
+        let ph = phase(s.op);
+        if !seen.insert((&s.path, if ph == 2 { 2 } else { 0 })) {
+            return Err(Error::Script { step: i, path: s.path.clone(), why: "path has more than one step".into() });
+        }
+        match s.op {
+            Op::Mkdir | Op::Place => {
+                created.insert(&s.path, i);
+            }
+            Op::Delete => {
+                deleted.insert(&s.path, i);
+            }
+            _ => {}
+        }
+    }
+    // Paths removed implicitly: OLD descendants of an OLD directory that a Place exchanges away.
+    let exchanged: Vec<&BundlePath> = m
+        .script
+        .iter()
+        .filter(|s| s.op == Op::Place && matches!(old.get(&s.path).map(|o| &o.kind), Some(OldKind::Dir)))
+        .map(|s| &s.path)
+        .collect();
+    let under_exchanged = |p: &BundlePath| exchanged.iter().any(|x| p.is_under(x));
+
+    let mut last_phase = 0u8;
+    for (i, s) in m.script.iter().enumerate() {
+        let bad = |why: String| Err(Error::Script { step: i, path: s.path.clone(), why });
+        let ph = phase(s.op);
+        if ph < last_phase {
+            return bad("steps out of phase order (creations, then deletions, then directory metadata)".into());
+        }
+        last_phase = ph;
+        let n = new.get(&s.path).copied();
+        let o = old.get(&s.path).copied();
+        // A path created by this step needs its parent to exist as a directory already: either
+        // untouched (the applier checks it is a real directory) or created by an earlier step.
+        let parent_ready = |i: usize| -> Result<(), Error> {
+            if let Some(p) = s.path.parent() {
+                if let Some(&j) = created.get(&p) {
+                    if j > i {
+                        return Err(Error::Script { step: i, path: s.path.clone(), why: format!("parent {p} is created later, at step {j}") });
+                    }
+                }
+            }
+            Ok(())
+        };
+        match s.op {
+            Op::Mkdir => {
+                if !matches!(n.map(|e| &e.kind), Some(Kind::Dir)) || o.is_some() {
+                    return bad("mkdir of a path that is not a new directory".into());
+                }
+                parent_ready(i)?;
+            }
+            Op::Place => {
+                let Some(n) = n else { return bad("place of a path that is not in NEW".into()) };
+                match (&n.kind, o.map(|o| &o.kind)) {
+                    (Kind::Dir, None | Some(OldKind::Dir)) => return bad("place of a directory that is not a type change (use mkdir)".into()),
+                    (Kind::File { content: Content::Unchanged, .. }, _) => return bad("place of a file with unchanged content".into()),
+                    _ => {}
+                }
+                parent_ready(i)?;
+                if let Kind::Symlink { target } = &n.kind {
+                    // A symlink is placed only after its target (and the target's directories)
+                    // exist in their new form: no symlink dangles mid-commit unless in OLD or NEW.
+                    if let Some(t) = s.path.resolve_link(target) {
+                        for a in t.ancestors().iter().chain(std::iter::once(&t)) {
+                            if let Some(&j) = created.get(a) {
+                                if j > i {
+                                    return bad(format!("symlink placed before its target {a} (step {j})"));
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Kind::Hardlink { primary } = &n.kind {
+                    match created.get(primary) {
+                        Some(&j) if j < i => {}
+                        _ => return bad(format!("hardlink placed before its source {primary}")),
+                    }
+                }
+            }
+            Op::SetMeta => match (n.map(|e| &e.kind), o.map(|o| &o.kind)) {
+                (Some(Kind::File { content: Content::Unchanged, .. }), Some(OldKind::File { .. }))
+                | (Some(Kind::Symlink { .. }), Some(OldKind::Symlink { .. }))
+                | (Some(Kind::Fifo), Some(OldKind::Fifo))
+                | (Some(Kind::CharDev { .. }), Some(OldKind::CharDev { .. }))
+                | (Some(Kind::BlockDev { .. }), Some(OldKind::BlockDev { .. })) => {}
+                _ => return bad("setmeta needs the same non-directory type in OLD and NEW with unchanged content".into()),
+            },
+            Op::Delete => {
+                if n.is_some() || o.is_none() {
+                    return bad("delete of a path that is in NEW or not in OLD".into());
+                }
+                if under_exchanged(&s.path) {
+                    return bad("delete of a path inside a directory that is replaced".into());
+                }
+                // Children before parents: an OLD descendant still present would be lost.
+                for c in m.old.iter().filter(|c| c.path.is_under(&s.path)) {
+                    match deleted.get(&c.path) {
+                        Some(&j) if j < i => {}
+                        _ => return bad(format!("directory deleted before its child {}", c.path)),
+                    }
+                }
+            }
+            Op::DirMeta => {
+                if !matches!(n.map(|e| &e.kind), Some(Kind::Dir)) {
+                    return bad("dirmeta of a path that is not a NEW directory".into());
+                }
+            }
+        }
+    }
+
+    // Symlinks before the files they point to: a deleted OLD symlink goes before its deleted target.
+    for (p, &i) in &deleted {
+        if let Some(OldEntry { kind: OldKind::Symlink { target }, .. }) = old.get(p) {
+            if let Some(t) = p.resolve_link(target) {
+                for a in t.ancestors().iter().chain(std::iter::once(&t)) {
+                    if let Some(&j) = deleted.get(a) {
+                        if j < i {
+                            return Err(Error::Script { step: i, path: (*p).clone(), why: format!("symlink deleted after its target {a}") });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Completeness: everything NEW needs is created, every OLD path not in NEW is removed.
+    for e in &m.entries {
+        // Unchanged entries are not listed in OLD, so only file content tells what must be staged.
+        let needs = matches!(&e.kind, Kind::File { content, .. } if !matches!(content, Content::Unchanged));
+        let o = old.get(&e.path);
+        let type_change = o.is_some_and(|o| matches!((&e.kind, &o.kind), (Kind::Dir, k) if !matches!(k, OldKind::Dir)));
+        if (needs || type_change) && !created.contains_key(&e.path) {
+            return Err(Error::Manifest(format!("{}: NEW entry is never placed", e.path)));
+        }
+        if let Kind::Hardlink { primary } = &e.kind {
+            if created.contains_key(primary) != created.contains_key(&e.path) {
+                return Err(Error::Manifest(format!("{}: hardlink group placed only in part", e.path)));
+            }
+        }
+    }
+    for o in &m.old {
+        if !new.contains_key(&o.path) && !deleted.contains_key(&o.path) && !under_exchanged(&o.path) {
+            return Err(Error::Manifest(format!("{}: OLD entry not in NEW is never deleted", o.path)));
+        }
+        if let Some(n) = new.get(&o.path) {
+            if n.kind.name() != o.kind.name() && !(matches!(n.kind, Kind::Hardlink { .. }) && o.kind.name() == "file") && !created.contains_key(&o.path) {
+                return Err(Error::Manifest(format!("{}: type changes but the path is never placed", o.path)));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Keys, key ids, signatures and trust policies.
+//!
+//! A signature is ed25519 over `SIGNING_DOMAIN || manifest bytes`: the exact bytes received, with a
+//! prefix so that a ferry signature can never be replayed as a signature over anything else.
+//! The signer public keys are themselves inside the signed manifest, so every signature in a
+//! bundle can be checked, trusted or not, and a flipped bit anywhere is detected.
+
+use crate::hash::{hex, unhex};
+use crate::{Error, Hash, Manifest};
+use ed25519_dalek::Signer;
+
+/// Domain-separation prefix of every manifest signature.
+pub const SIGNING_DOMAIN: &[u8] = b"ferry bundle manifest v1\0";
+const PUB_TAG: &str = "ferry-public-key-v1";
+const SECRET_TAG: &str = "ferry-secret-key-v1";
+
+/// Key id: first 8 bytes of BLAKE3(derive_key "ferry key id v1", public key), as 16 hex digits.
+pub fn key_id(public: &[u8; 32]) -> String {
+    let h = blake3::derive_key("ferry key id v1", public);
+    hex(&h[..8])
+}
+
+/// A public key with its id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub bytes: [u8; 32],
+    pub id: String,
+}
+
+impl PublicKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<PublicKey, Error> {
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| Error::Key(e.to_string()))?;
+        Ok(PublicKey { id: key_id(&bytes), bytes })
+    }
+
+    /// Parse the one-line text form `ferry-public-key-v1 <key id> <64 hex digits>`.
+    pub fn parse(text: &str) -> Result<PublicKey, Error> {
+        let bytes = parse_line(text, PUB_TAG)?;
+        PublicKey::from_bytes(bytes)
+    }
+
+    pub fn to_text(&self) -> String {
+        format!("{PUB_TAG} {} {}\n", self.id, hex(&self.bytes))
+    }
+}
+
+/// A secret (signing) key.
+pub struct SecretKey {
+    key: ed25519_dalek::SigningKey,
+}
+
+impl SecretKey {
+    /// A new key from 32 bytes of secret randomness.
+    pub fn from_seed(seed: [u8; 32]) -> SecretKey {
+        SecretKey { key: ed25519_dalek::SigningKey::from_bytes(&seed) }
+    }
+
+    /// Parse the one-line text form `ferry-secret-key-v1 <key id> <64 hex digits of seed>`.
+    pub fn parse(text: &str) -> Result<SecretKey, Error> {
+        let seed = parse_line(text, SECRET_TAG)?;
+        let k = SecretKey::from_seed(seed);
+        let id = text.split_whitespace().nth(1).unwrap_or_default();
+        if id != k.public().id {
+            return Err(Error::Key("key id does not match the key".into()));
+        }
+        Ok(k)
+    }
+
+    pub fn to_text(&self) -> String {
+        format!("{SECRET_TAG} {} {}\n", self.public().id, hex(self.key.as_bytes()))
+    }
+
+    pub fn public(&self) -> PublicKey {
+        let bytes = self.key.verifying_key().to_bytes();
+        PublicKey { id: key_id(&bytes), bytes }
+    }
+
+    /// Sign manifest bytes.
+    pub fn sign_manifest(&self, manifest: &[u8]) -> [u8; 64] {
+        let mut msg = Vec::with_capacity(SIGNING_DOMAIN.len() + manifest.len());
+        msg.extend_from_slice(SIGNING_DOMAIN);
+        msg.extend_from_slice(manifest);
+        self.key.sign(&msg).to_bytes()
+    }
+}
+
+fn parse_line(text: &str, tag: &str) -> Result<[u8; 32], Error> {
+    let mut it = text.split_whitespace();
+    let (t, id, key) = (it.next(), it.next(), it.next());
+    if t != Some(tag) || it.next().is_some() {
+        return Err(Error::Key(format!("expected one line '{tag} <key id> <hex>'")));
+    }
+    let bytes = key.and_then(unhex).ok_or_else(|| Error::Key("key is not hex".into()))?;
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::Key("key must be 32 bytes".into()))?;
+    if tag == PUB_TAG && id != Some(&key_id(&arr)) {
+        return Err(Error::Key("key id does not match the key".into()));
+    }
+    Ok(arr)
+}
+
+/// Encode the signature member: a CBOR array of 64-byte byte strings, one per signer.
+pub fn encode_signatures(sigs: &[[u8; 64]]) -> Vec<u8> {
+    let v: Vec<serde_bytes::ByteBuf> = sigs.iter().map(|s| serde_bytes::ByteBuf::from(s.to_vec())).collect();
+    let mut out = Vec::new();
+    #[allow(clippy::unwrap_used)] // serialising into a Vec cannot fail
+    ciborium::into_writer(&v, &mut out).unwrap();
+    out
+}
+
+/// Decode the signature member and check every signature against the signer key at the same
+/// position in the manifest. Returns the key ids of the signers.
+pub fn verify_all(manifest_bytes: &[u8], manifest: &Manifest, sig_bytes: &[u8]) -> Result<Vec<String>, Error> {
+    let v: Vec<serde_bytes::ByteBuf> =
+        ciborium::from_reader(sig_bytes).map_err(|e| Error::Signatures(e.to_string()))?;
+    let sigs: Vec<[u8; 64]> = v
+        .iter()
+        .map(|b| b.as_slice().try_into().map_err(|_| Error::Signatures("signature must be 64 bytes".into())))
+        .collect::<Result<_, _>>()?;
+    if encode_signatures(&sigs) != sig_bytes {
+        return Err(Error::Signatures("not in canonical encoding".into()));
+    }
+    if sigs.len() != manifest.signers.len() {
+        return Err(Error::Signatures(format!("{} signatures for {} signers", sigs.len(), manifest.signers.len())));
+    }
+    let mut msg = Vec::with_capacity(SIGNING_DOMAIN.len() + manifest_bytes.len());
+    msg.extend_from_slice(SIGNING_DOMAIN);
+    msg.extend_from_slice(manifest_bytes);
+    let mut ids = Vec::new();
+    for (signer, sig) in manifest.signers.iter().zip(&sigs) {
+        let id = key_id(&signer.0);
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&signer.0)
+            .map_err(|_| Error::BadSignature { key_id: id.clone() })?;
+        vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(sig))
+            .map_err(|_| Error::BadSignature { key_id: id.clone() })?;
+        if ids.contains(&id) {
+            return Err(Error::Signatures(format!("key {id} signs twice")));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// What a target trusts: keys, how many of them must sign, and retired key ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustPolicy {
+    pub keys: Vec<PublicKey>,
+    pub threshold: usize,
+    pub retired: Vec<String>,
+}
+
+impl TrustPolicy {
+    /// Parse a policy file: lines `threshold N`, `retire <key id>`, `#` comments, blank lines.
+    pub fn apply_policy_text(&mut self, file: &str, text: &str) -> Result<(), Error> {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| Error::Policy { file: file.into(), why: format!("line {}: {why}", n + 1) };
+            let mut w = line.split_whitespace();
+            match (w.next(), w.next(), w.next()) {
+                (Some("threshold"), Some(k), None) => {
+                    self.threshold = k.parse().ok().filter(|&k| k >= 1).ok_or_else(|| bad("threshold must be a number >= 1"))?
+                }
+                (Some("retire"), Some(id), None) if id.len() == 16 && unhex(id).is_some() => self.retired.push(id.to_string()),
+                _ => return Err(bad("expected 'threshold N' or 'retire <16 hex digit key id>'")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that at least `threshold` distinct trusted, non-retired keys signed.
+    pub fn check(&self, signer_ids: &[String]) -> Result<(), Error> {
+        let good = signer_ids
+            .iter()
+            .filter(|id| self.keys.iter().any(|k| &&k.id == id) && !self.retired.contains(id))
+            .count();
+        let need = self.threshold.max(1);
+        if good < need {
+            return Err(Error::Untrusted { have: good, need, signers: signer_ids.join(",") });
+        }
+        Ok(())
+    }
+}
+
+/// Hash of a public key as stored in the manifest.
+pub fn manifest_key(k: &PublicKey) -> Hash {
+    Hash(k.bytes)
+}
