@@ -98,46 +98,63 @@ fn parse_line(text: &str, tag: &str) -> Result<[u8; 32], Error> {
     Ok(arr)
 }
 
-/// Encode the signature member: a CBOR array of 64-byte byte strings, one per signer.
-pub fn encode_signatures(sigs: &[[u8; 64]]) -> Vec<u8> {
-    let v: Vec<serde_bytes::ByteBuf> = sigs.iter().map(|s| serde_bytes::ByteBuf::from(s.to_vec())).collect();
+/// One signature of the signature member: the signer's public key and the signature bytes.
+pub type SignatureEntry = ([u8; 32], [u8; 64]);
+
+/// Encode the signature member: a CBOR array of `[public key (32 bytes), signature (64 bytes)]`
+/// pairs, in the order of [`Manifest::signers`].
+pub fn encode_signatures(sigs: &[SignatureEntry]) -> Vec<u8> {
+    let v: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = sigs
+        .iter()
+        .map(|(k, s)| (serde_bytes::ByteBuf::from(k.to_vec()), serde_bytes::ByteBuf::from(s.to_vec())))
+        .collect();
     let mut out = Vec::new();
     #[allow(clippy::unwrap_used)] // serialising into a Vec cannot fail
     ciborium::into_writer(&v, &mut out).unwrap();
     out
 }
 
-/// Decode the signature member and check every signature against the signer key at the same
-/// position in the manifest. Returns the key ids of the signers.
-pub fn verify_all(manifest_bytes: &[u8], manifest: &Manifest, sig_bytes: &[u8]) -> Result<Vec<String>, Error> {
-    let v: Vec<serde_bytes::ByteBuf> =
+/// Check every signature of the signature member over the exact manifest bytes, before the
+/// manifest is parsed. Returns the signers' keys in order; the caller checks them against its
+/// trust policy and, after parsing, that they equal [`Manifest::signers`] ([`check_signers`]).
+pub fn verify_signatures(manifest_bytes: &[u8], sig_bytes: &[u8], max: usize) -> Result<Vec<PublicKey>, Error> {
+    let v: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> =
         ciborium::from_reader(sig_bytes).map_err(|e| Error::Signatures(e.to_string()))?;
-    let sigs: Vec<[u8; 64]> = v
-        .iter()
-        .map(|b| b.as_slice().try_into().map_err(|_| Error::Signatures("signature must be 64 bytes".into())))
-        .collect::<Result<_, _>>()?;
+    if v.is_empty() || v.len() > max {
+        return Err(Error::Signatures(format!("{} signatures (1 to {max} allowed)", v.len())));
+    }
+    let mut sigs: Vec<SignatureEntry> = Vec::new();
+    for (k, s) in &v {
+        let k: [u8; 32] = k.as_slice().try_into().map_err(|_| Error::Signatures("public key must be 32 bytes".into()))?;
+        let s: [u8; 64] = s.as_slice().try_into().map_err(|_| Error::Signatures("signature must be 64 bytes".into()))?;
+        sigs.push((k, s));
+    }
     if encode_signatures(&sigs) != sig_bytes {
         return Err(Error::Signatures("not in canonical encoding".into()));
-    }
-    if sigs.len() != manifest.signers.len() {
-        return Err(Error::Signatures(format!("{} signatures for {} signers", sigs.len(), manifest.signers.len())));
     }
     let mut msg = Vec::with_capacity(SIGNING_DOMAIN.len() + manifest_bytes.len());
     msg.extend_from_slice(SIGNING_DOMAIN);
     msg.extend_from_slice(manifest_bytes);
-    let mut ids = Vec::new();
-    for (signer, sig) in manifest.signers.iter().zip(&sigs) {
-        let id = key_id(&signer.0);
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&signer.0)
-            .map_err(|_| Error::BadSignature { key_id: id.clone() })?;
+    let mut keys: Vec<PublicKey> = Vec::new();
+    for (k, sig) in &sigs {
+        let id = key_id(k);
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(k).map_err(|_| Error::BadSignature { key_id: id.clone() })?;
         vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(sig))
             .map_err(|_| Error::BadSignature { key_id: id.clone() })?;
-        if ids.contains(&id) {
+        if keys.iter().any(|x| x.id == id) {
             return Err(Error::Signatures(format!("key {id} signs twice")));
         }
-        ids.push(id);
+        keys.push(PublicKey { bytes: *k, id });
     }
-    Ok(ids)
+    Ok(keys)
+}
+
+/// The signers named inside the signed manifest must be exactly the keys of the signature member.
+pub fn check_signers(manifest: &Manifest, keys: &[PublicKey]) -> Result<(), Error> {
+    if manifest.signers.len() != keys.len() || manifest.signers.iter().zip(keys).any(|(a, b)| a.0 != b.bytes) {
+        return Err(Error::Signatures("signature member does not match the manifest's signers".into()));
+    }
+    Ok(())
 }
 
 /// What a target trusts: keys, how many of them must sign, and retired key ids.
