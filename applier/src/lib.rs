@@ -1,1 +1,32 @@
+//! ferry-apply: verify a ferry bundle, check the target is its base, stage the new content on the
+//! destination's filesystem, and commit it by renames in dependency order, crash-safely and
+//! resumably. The format is specified in bundle-format.md.
+//!
+//! Phases and the modules that own them:
+//! - [`verify`]: signatures, trust policy, manifest, script, frames — before any write.
+//! - [`base`]: the target matches the bundle's base (drift check).
+//! - [`stage`]: new objects in per-filesystem work directories, verified and synced.
+//! - [`journal`] and [`txn`]: the durable record of where a transaction stands.
+//! - [`commit`]: the apply script's steps forward, and their inverses for rollback.
+//! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
+//! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
+//! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 
+pub mod apply;
+pub mod base;
+pub mod commit;
+pub mod error;
+pub mod failpoint;
+pub mod fsx;
+pub mod hooks;
+pub mod inbox;
+pub mod journal;
+pub mod source;
+pub mod stage;
+pub mod state;
+pub mod status;
+pub mod trust;
+pub mod txn;
+pub mod verify;
+
+pub use error::{Error, Exit};

@@ -1,1 +1,383 @@
-fn main() {}
+//! `ferry-apply`: thin command-line shim over the `applier` library.
+
+use applier::apply::{self, Options};
+use applier::error::{Error, Exit};
+use bundle::Limits;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (also: this bundle is already installed)
+  1  internal error
+  2  usage error
+  3  bad signature, untrusted signer, corrupt, truncated or hostile bundle
+  4  target does not match the bundle's base (drifted, missing or planted paths)
+  5  version refused (not newer than installed, or built for another version)
+  6  I/O failure (permission denied, read-only filesystem, ...)
+  7  another ferry-apply holds the target's lock
+  8  committed, but a post-commit hook failed
+  9  another apply is pending (resume it first), or resume needs the bundle
+ 10  refused by trust policy (channel, expiry, retired key)
+ 11  not enough free space
+ 12  inbox: at least one bundle failed";
+
+/// Verify and apply ferry bundles to a live tree, crash-safely.
+#[derive(Parser)]
+#[command(name = "ferry-apply", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct TargetArgs {
+    /// The tree to update.
+    #[arg(long)]
+    target: PathBuf,
+    /// Where the applier keeps its state (default TARGET/.ferry).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ApplyArgs {
+    /// A trusted key (NAME.pub) or a directory of keys with an optional `policy` file.
+    #[arg(long)]
+    trust: Option<PathBuf>,
+    /// Expected channel for a target that has not recorded one yet.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Do not run the bundle's post-commit hooks.
+    #[arg(long)]
+    no_hooks: bool,
+    /// Apply a bundle even if it has expired.
+    #[arg(long)]
+    allow_expired: bool,
+    /// Most entries a manifest may have.
+    #[arg(long, default_value_t = Limits::default().max_entries)]
+    max_entries: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the signature and every payload of a bundle; changes nothing.
+    #[command(after_help = EXIT_CODES)]
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a bundle holds (works without a key; the bundle is then unverified).
+    #[command(after_help = EXIT_CODES)]
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Update a target from a bundle (resumes if this bundle's apply was interrupted).
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        a: ApplyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish an interrupted apply or rollback.
+    #[command(after_help = EXIT_CODES)]
+    Resume {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// The bundle, if staging was interrupted and it moved.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        no_hooks: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the version before the last completed apply (one level).
+    #[command(after_help = EXIT_CODES)]
+    Rollback {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Installed version, pending work, rollback availability, hooks.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume, then apply every applicable bundle in DIR in version order.
+    #[command(after_help = EXIT_CODES)]
+    Inbox {
+        dir: PathBuf,
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        a: ApplyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn opts(t: &TargetArgs, a: Option<&ApplyArgs>, quiet: bool) -> Options {
+    let mut o = Options { target: t.target.clone(), state_dir: t.state_dir.clone(), quiet, ..Default::default() };
+    if let Some(a) = a {
+        o.trust = a.trust.clone();
+        o.channel = a.channel.clone();
+        o.no_hooks = a.no_hooks;
+        o.allow_expired = a.allow_expired;
+        o.limits.max_entries = a.max_entries;
+    }
+    o
+}
+
+fn report(command: &str, json: bool, body: serde_json::Value, human: impl FnOnce() -> String) {
+    if json {
+        let mut v = json!({"ferry_report": 1, "command": command, "exit_code": 0, "exit_meaning": Exit::Ok.meaning()});
+        if let (Some(m), serde_json::Value::Object(b)) = (v.as_object_mut(), body) {
+            m.extend(b);
+        }
+        println!("{v}");
+    } else {
+        let s = human();
+        if !s.is_empty() {
+            println!("{s}");
+        }
+    }
+}
+
+fn fail(command: &str, json: bool, e: &Error) -> ExitCode {
+    let code = e.exit();
+    eprintln!("ferry-apply {command}: error: {e}");
+    if json {
+        println!("{}", json!({"ferry_report": 1, "command": command, "exit_code": code as u8, "exit_meaning": code.meaning(), "error": e.to_string()}));
+    }
+    ExitCode::from(code as u8)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { Exit::Usage as u8 } else { 0 });
+        }
+    };
+    let q = cli.quiet;
+    match cli.cmd {
+        Cmd::Verify { file, trust, json } => {
+            let r = applier::trust::load(&trust, None)
+                .and_then(|t| applier::verify::bundle(&file, Some(&t), &Limits::default(), true));
+            match r {
+                Ok(h) => {
+                    let signers: Vec<&str> = h.signers.iter().map(|k| k.id.as_str()).collect();
+                    report("verify", json, json!({"verified": true, "version": h.manifest.version, "bundle_id": h.id.to_hex(), "signers": signers}), || {
+                        format!("OK: {} version {} signed by {} ({} frames verified)", file.display(), h.manifest.version, signers.join(","), h.manifest.frames.len())
+                    });
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("verify", json, &e),
+            }
+        }
+        Cmd::Inspect { file, json } => match applier_inspect(&file) {
+            Ok(v) => {
+                let human = inspect_human(&v);
+                report("inspect", json, v, || human);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("inspect", json, &e),
+        },
+        Cmd::Apply { file, t, a, json } => {
+            let o = opts(&t, Some(&a), q || json);
+            match apply::apply(&o, &file) {
+                Ok(r) => {
+                    let v = serde_json::to_value(&r).unwrap_or_default();
+                    report("apply", json, v, || format!("{}: version {}", r.result, r.version.map(|v| v.to_string()).unwrap_or_default()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("apply", json, &e),
+            }
+        }
+        Cmd::Resume { t, bundle, no_hooks, json } => {
+            let mut o = opts(&t, None, q || json);
+            o.bundle = bundle;
+            o.no_hooks = no_hooks;
+            match apply::resume(&o) {
+                Ok(r) => {
+                    let v = serde_json::to_value(&r).unwrap_or_default();
+                    report("resume", json, v, || r.result.clone());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("resume", json, &e),
+            }
+        }
+        Cmd::Rollback { t, json } => {
+            let o = opts(&t, None, q || json);
+            match apply::rollback(&o) {
+                Ok(r) => {
+                    let v = serde_json::to_value(&r).unwrap_or_default();
+                    report("rollback", json, v, || format!("rolled back; installed version now {}", r.version.map(|v| v.to_string()).unwrap_or_else(|| "none".into())));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("rollback", json, &e),
+            }
+        }
+        Cmd::Status { t, json } => {
+            let o = opts(&t, None, q);
+            match applier::status::status(&o) {
+                Ok(s) => {
+                    let v = serde_json::to_value(&s).unwrap_or_default();
+                    report("status", json, v, || status_human(&s));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("status", json, &e),
+            }
+        }
+        Cmd::Inbox { dir, t, a, json } => {
+            let o = opts(&t, Some(&a), q || json);
+            match applier::inbox::inbox(&o, &dir) {
+                Ok(r) => {
+                    let failed = r.failed;
+                    let v = serde_json::to_value(&r).unwrap_or_default();
+                    if json {
+                        let code = if failed > 0 { Exit::InboxFailed } else { Exit::Ok };
+                        let mut v = v;
+                        if let Some(m) = v.as_object_mut() {
+                            m.insert("ferry_report".into(), json!(1));
+                            m.insert("command".into(), json!("inbox"));
+                            m.insert("exit_code".into(), json!(code as u8));
+                            m.insert("exit_meaning".into(), json!(code.meaning()));
+                        }
+                        println!("{v}");
+                    } else {
+                        for i in &r.items {
+                            println!("{:8} {} {}", i.outcome, i.bundle, i.reason);
+                        }
+                    }
+                    if failed > 0 {
+                        ExitCode::from(Exit::InboxFailed as u8)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail("inbox", json, &e),
+            }
+        }
+    }
+}
+
+fn status_human(s: &applier::status::Status) -> String {
+    let i = &s.installed;
+    let mut out = match i.version {
+        Some(v) => format!(
+            "installed: version {v} channel {} bundle {} at {} (owners {})",
+            i.channel.clone().unwrap_or_default(),
+            i.bundle_id.clone().unwrap_or_default().get(..16).unwrap_or(""),
+            i.applied_at.unwrap_or(0),
+            if i.owners_applied { "applied" } else { "left as they were: not root" }
+        ),
+        None => "installed: nothing applied by ferry yet".into(),
+    };
+    if let Some(p) = &s.pending {
+        out.push_str(&format!("\npending: version {} interrupted while {}; resume will {}", p.version, p.phase, p.resume_will));
+    }
+    if let Some(k) = &s.rollback {
+        out.push_str(&format!("\nrollback: backups of version {} kept; rollback restores {}", k.version, k.rollback_restores));
+    }
+    for h in &i.hooks {
+        out.push_str(&format!("\nhook {} ({}): {}", h.command, h.glob, h.result));
+    }
+    if let Some(e) = &i.last_error {
+        out.push_str(&format!("\nlast error: {e}"));
+    }
+    out
+}
+
+fn applier_inspect(file: &std::path::Path) -> Result<serde_json::Value, Error> {
+    use bundle::{Content, Kind, Method};
+    let limits = Limits::default();
+    let src = applier::source::open(file)?;
+    let mut r = bundle::container::Reader::new(src.reader, limits.clone());
+    let (mb, sb) = r.head().map_err(|e| applier::source::explain(e.into()))?;
+    let sig = bundle::sig::verify_signatures(&mb, &sb, limits.max_signatures);
+    let m = bundle::Manifest::decode(&mb, &limits)?;
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    let (mut new_bytes, mut zstd_pieces, mut patch_pieces, mut copies) = (0u64, 0u64, 0u64, 0u64);
+    for e in &m.entries {
+        *counts.entry(e.kind.name()).or_default() += 1;
+        if let Kind::File { size, content, .. } = &e.kind {
+            new_bytes += size;
+            match content {
+                Content::Pieces(ps) => {
+                    for p in ps {
+                        match p.method {
+                            Method::Zstd => zstd_pieces += 1,
+                            Method::Patch { .. } => patch_pieces += 1,
+                        }
+                    }
+                }
+                Content::Copy { .. } => copies += 1,
+                _ => {}
+            }
+        }
+    }
+    let payload: u64 = m.frames.iter().map(|f| f.size).sum();
+    let decoded: u64 = m.frames.iter().map(|f| f.decoded).sum();
+    let script: Vec<serde_json::Value> = m.script.iter().map(|s| json!({"op": format!("{:?}", s.op), "path": s.path.display()})).collect();
+    Ok(json!({
+        "verified": false,
+        "note": "unverified: inspect checks that the signatures are well-formed and match, not that a trusted key made them; use `verify --trust`",
+        "signatures_valid": sig.is_ok(),
+        "signers": sig.as_ref().map(|k| k.iter().map(|k| k.id.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+        "bundle_id": bundle::Manifest::id(&mb).to_hex(),
+        "format": m.format,
+        "version": m.version,
+        "base": m.base.as_ref().map(|b| json!({"version": b.version, "tree": b.tree.to_hex()})),
+        "channel": m.channel,
+        "created": m.created,
+        "expires": m.expires,
+        "counts": {"entries": m.entries.len(), "by_type": counts, "old": m.old.len(), "frames": m.frames.len(), "steps": m.script.len(), "zstd_pieces": zstd_pieces, "patch_pieces": patch_pieces, "copies": copies},
+        "sizes": {"new_file_bytes": new_bytes, "payload_bytes": payload, "decoded_bytes": decoded, "manifest_bytes": mb.len()},
+        "hooks": m.hooks.iter().map(|h| json!({"glob": h.glob, "command": h.command, "timeout_secs": h.timeout_secs})).collect::<Vec<_>>(),
+        "rotation": m.rotation.as_ref().map(|r| json!({"add": r.add.iter().map(|k| bundle::sig::key_id(&k.0)).collect::<Vec<_>>(), "retire": r.retire, "threshold": r.threshold})),
+        "script": script,
+    }))
+}
+
+fn inspect_human(v: &serde_json::Value) -> String {
+    let mut s = format!(
+        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts {}\nsizes {}\napply script:",
+        if v["signatures_valid"].as_bool() == Some(true) { "well-formed and matching" } else { "INVALID" },
+        v["version"],
+        v["channel"],
+        v["base"],
+        v["signers"],
+        v["counts"],
+        v["sizes"],
+    );
+    if let Some(steps) = v["script"].as_array() {
+        for st in steps {
+            s.push_str(&format!("\n  {:8} {}", st["op"].as_str().unwrap_or(""), st["path"].as_str().unwrap_or("")));
+        }
+    }
+    s
+}

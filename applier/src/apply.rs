@@ -1,0 +1,387 @@
+//! The applier's commands that change a target: apply, resume, rollback, inbox. One transaction
+//! at a time per target (a lock), phases journaled (verify → stage → commit → finish), every
+//! phase resumable. See bundle-format.md, "Journal and resume", for the crash analysis.
+
+use crate::commit::{self, OldMeta};
+use crate::error::{Ctx, Error, Result};
+use crate::journal::Record;
+use crate::state::{self, Paths, State};
+use crate::txn::Txn;
+use crate::verify::{self, Head};
+use crate::{fsx, hooks, stage};
+use bundle::sig::TrustPolicy;
+use bundle::Limits;
+use serde::Serialize;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options shared by the commands that change a target.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub target: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    pub trust: Option<PathBuf>,
+    /// Expected channel for a target that has none recorded yet.
+    pub channel: Option<String>,
+    pub no_hooks: bool,
+    pub allow_expired: bool,
+    /// Bundle to re-read if staging was interrupted (resume).
+    pub bundle: Option<PathBuf>,
+    pub limits: Limits,
+    pub quiet: bool,
+}
+
+/// What an apply did; printed as the `--json` report.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    /// "applied", "already-installed", "resumed", "rolled-back", "nothing-to-do".
+    pub result: String,
+    pub version: Option<u64>,
+    pub bundle_id: Option<String>,
+    pub channel: Option<String>,
+    pub staged_objects: usize,
+    pub staged_reused: usize,
+    pub staged_bytes: u64,
+    pub steps: usize,
+    /// From the first rename into the live tree to the end of the last step, in milliseconds.
+    pub commit_window_ms: f64,
+    pub verify_ms: f64,
+    pub stage_ms: f64,
+    pub commit_ms: f64,
+    pub hooks: Vec<state::HookResult>,
+    pub owners_applied: bool,
+    pub conffiles_kept: Vec<String>,
+}
+
+/// An open, locked target.
+pub struct Target {
+    pub root: OwnedFd,
+    pub paths: Paths,
+    pub owners: bool,
+    _lock: File,
+}
+
+pub fn state_paths(o: &Options) -> Paths {
+    Paths::new(o.state_dir.clone().unwrap_or_else(|| o.target.join(".ferry")))
+}
+
+pub fn open_target(o: &Options) -> Result<Target> {
+    let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
+    let paths = state_paths(o);
+    let lock = state::lock(&paths)?;
+    Ok(Target { root, paths, owners: fsx::is_root(), _lock: lock })
+}
+
+fn log(o: &Options, msg: impl AsRef<str>) {
+    if !o.quiet {
+        eprintln!("ferry-apply: {}", msg.as_ref());
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+pub fn load_trust(o: &Options, paths: &Paths) -> Result<TrustPolicy> {
+    let t = o.trust.as_ref().ok_or_else(|| Error::Usage("--trust KEY.pub (or a directory of keys) is required".into()))?;
+    crate::trust::load(t, Some(&paths.trust()))
+}
+
+/// The policy checks that need the target's state: version rule, base version, channel, expiry.
+pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
+    let m = &h.manifest;
+    if let Some(v) = st.version {
+        if m.version <= v {
+            return Err(Error::Version(format!("bundle version {} is not newer than the installed version {v}", m.version)));
+        }
+        if let Some(bv) = m.base.as_ref().and_then(|b| b.version) {
+            if bv != v {
+                return Err(Error::Version(format!("bundle is built for version {bv}, the target is at version {v}")));
+            }
+        }
+    }
+    let want = st.channel.clone().or_else(|| o.channel.clone());
+    if let Some(c) = want {
+        if c != m.channel {
+            return Err(Error::Policy(format!("bundle is for channel {:?}, the target follows channel {c:?}", m.channel)));
+        }
+    }
+    if let Some(exp) = m.expires {
+        if exp < state::now() && !o.allow_expired {
+            return Err(Error::Policy(format!("bundle expired at {exp} (unix time); override with --allow-expired")));
+        }
+    }
+    Ok(())
+}
+
+/// `ferry-apply apply FILE`.
+pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
+    let t = open_target(o)?;
+    let trust = load_trust(o, &t.paths)?;
+    finish_interrupted_rollback(o, &t)?;
+    if let Some(txn) = Txn::load(&t.paths.txn(), &o.limits)? {
+        let src = crate::source::open(bundle)?;
+        let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
+        let h = verify::head(&mut r, Some(&trust), &o.limits).map_err(crate::source::explain)?;
+        if h.id != txn.head.id {
+            return Err(Error::Pending(format!(
+                "an apply of another bundle (version {}, id {}) is in progress on this target; run `ferry-apply resume --target {}` first",
+                txn.head.manifest.version,
+                &txn.head.id.to_hex()[..16],
+                o.target.display()
+            )));
+        }
+        log(o, "resuming the interrupted apply of this bundle");
+        let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
+        rep.result = "resumed".into();
+        return Ok(rep);
+    }
+    let t0 = Instant::now();
+    let h = verify::bundle(bundle, Some(&trust), &o.limits, false)?;
+    let st = state::load(&t.paths.state())?;
+    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
+        log(o, format!("version {} (this bundle) is already installed", h.manifest.version));
+        return Ok(Report { result: "already-installed".into(), version: st.version, bundle_id: st.bundle_id, channel: st.channel, ..Default::default() });
+    }
+    check_policy(o, &st, &h)?;
+    let kept = crate::base::check(t.root.as_fd(), &h.manifest, &|p| conffile(&h.manifest, p)).map_err(Error::Drift)?;
+    if !kept.is_empty() {
+        return Err(Error::Drift(kept.iter().map(|p| format!("{p}: locally edited config file (keeping local edits is not supported yet)")).collect()));
+    }
+    let verify_ms = ms(t0);
+    log(o, format!("verified bundle version {} ({} entries, {} steps)", h.manifest.version, h.manifest.entries.len(), h.manifest.script.len()));
+    let txn = Txn::create(&t.paths.txn(), h, bundle)?;
+    state::save(&txn.dir.join("state-before.json"), &st)?;
+    let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
+    rep.verify_ms = verify_ms;
+    Ok(rep)
+}
+
+fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
+    matches!(m.entry(p).map(|e| &e.kind), Some(bundle::Kind::File { config: true, .. }))
+}
+
+/// Drive a transaction from wherever its journal says it is to the end.
+fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) -> Result<Report> {
+    let root = t.root.as_fd();
+    let mut rep = Report {
+        result: "applied".into(),
+        version: Some(txn.head.manifest.version),
+        bundle_id: Some(txn.head.id.to_hex()),
+        channel: Some(txn.head.manifest.channel.clone()),
+        steps: txn.head.manifest.script.len(),
+        owners_applied: t.owners,
+        ..Default::default()
+    };
+    if txn.has_abort() {
+        log(o, "an interrupted rollback of a failed commit is pending; finishing it");
+        rollback_txn(o, t, txn)?;
+        rep.result = "rolled-back".into();
+        return Ok(rep);
+    }
+    if !txn.has(&Record::Staged) {
+        txn.open_works(root, true)?;
+        let t0 = Instant::now();
+        let bundle_path = bundle.map(Path::to_path_buf).or_else(|| txn.bundle_path());
+        match stage::stage(root, &mut txn, bundle_path.as_deref(), &o.limits, t.owners) {
+            Ok(s) => {
+                rep.staged_objects = s.objects;
+                rep.staged_reused = s.reused;
+                rep.staged_bytes = s.bytes;
+            }
+            Err(e @ Error::Pending(_)) => return Err(e),
+            Err(e) => {
+                // A failure that is not a crash: remove staging, leave the target as it was.
+                log(o, format!("staging failed, removing the staging area: {e}"));
+                txn.remove(root)?;
+                return Err(e);
+            }
+        }
+        let old_meta = commit::capture_old_meta(root, &txn.head.manifest);
+        let mut b = Vec::new();
+        ciborium::into_writer(&old_meta, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
+        state::write_atomic(&txn.dir.join("oldmeta.cbor"), &b)?;
+        txn.append(Record::Staged)?;
+        rep.stage_ms = ms(t0);
+        log(o, format!("staged {} objects ({} bytes); the bundle is no longer needed", rep.staged_objects + rep.staged_reused, rep.staged_bytes));
+    } else {
+        txn.open_works(root, false)?;
+    }
+    if !txn.has(&Record::Committed) {
+        let t0 = Instant::now();
+        let mut first: Option<Instant> = None;
+        let n = txn.head.manifest.script.len();
+        let mut res = Ok(());
+        for i in 0..n {
+            if let Err(e) = crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path) {
+                res = Err(e);
+                break;
+            }
+            match commit::forward(root, &mut txn, i, t.owners) {
+                Ok(true) if first.is_none() => first = Some(Instant::now()),
+                Ok(_) => {}
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        rep.commit_window_ms = first.map(ms).unwrap_or(0.0);
+        if let Err(e) = res {
+            log(o, format!("commit failed, rolling back to the previous version: {e}"));
+            txn.append(Record::Abort { reason: e.to_string() })?;
+            rollback_txn(o, t, txn)?;
+            return Err(e);
+        }
+        sync_all(root, &txn)?;
+        txn.append(Record::Committed)?;
+        rep.commit_ms = ms(t0);
+        log(o, format!("committed version {} ({} steps, window {:.1} ms)", txn.head.manifest.version, n, rep.commit_window_ms));
+    }
+    finish(o, t, txn, &mut rep)?;
+    Ok(rep)
+}
+
+fn sync_all(root: std::os::fd::BorrowedFd<'_>, txn: &Txn) -> Result<()> {
+    fsx::syncfs(root).ctx("syncfs", "target")?;
+    for w in &txn.works {
+        fsx::syncfs(w.stage.as_fd()).ctx("syncfs", "work directory")?;
+    }
+    Ok(())
+}
+
+/// After `Committed`: state file, trust rotation, hooks, then keep the transaction as `prev`.
+fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()> {
+    let m = txn.head.manifest.clone();
+    let mut st = state::load(&t.paths.state())?;
+    if st.bundle_id.as_deref() != Some(&txn.head.id.to_hex()) {
+        st = State {
+            state_version: state::STATE_VERSION,
+            version: Some(m.version),
+            channel: Some(m.channel.clone()),
+            bundle_id: Some(txn.head.id.to_hex()),
+            applied_at: Some(state::now()),
+            hooks: Vec::new(),
+            conffiles_kept: Vec::new(),
+            last_error: None,
+            owners_applied: t.owners,
+        };
+        if let Some(r) = &m.rotation {
+            crate::trust::record_rotation(&t.paths.trust(), r)?;
+        }
+        state::save(&t.paths.state(), &st)?;
+        crate::failpoint::hit("state-saved");
+    }
+    let mut hook_err = None;
+    if !txn.has(&Record::HooksDone) {
+        st.hooks = hooks::run(&m, &o.target, &t.paths.hooks_log(), o.no_hooks);
+        let failed: Vec<String> = st.hooks.iter().filter(|h| !h.ok).map(|h| format!("{} ({})", h.command, h.result)).collect();
+        if !failed.is_empty() {
+            st.last_error = Some(format!("hooks failed: {}", failed.join("; ")));
+            hook_err = Some(Error::Hook(failed.join("; ")));
+        }
+        state::save(&t.paths.state(), &st)?;
+        txn.append(Record::HooksDone)?;
+    }
+    rep.hooks = st.hooks.clone();
+    // Keep this transaction's backups for one-level rollback; drop the older ones.
+    if let Some(old) = Txn::load(&t.paths.prev(), &o.limits)? {
+        old.remove(t.root.as_fd())?;
+    } else if t.paths.prev().exists() {
+        std::fs::remove_dir_all(t.paths.prev()).ctx("remove", t.paths.prev().display())?;
+    }
+    std::fs::rename(&txn.dir, t.paths.prev()).ctx("rename", t.paths.prev().display())?;
+    state::fsync_dir(&t.paths.dir)?;
+    crate::failpoint::hit("finished");
+    match hook_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn load_old_meta(txn: &Txn) -> Result<OldMeta> {
+    let p = txn.dir.join("oldmeta.cbor");
+    match std::fs::read(&p) {
+        Ok(b) => ciborium::from_reader(&b[..]).map_err(|e| Error::Internal(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(OldMeta::new()),
+        Err(e) => Err(e).ctx("read", p.display()),
+    }
+}
+
+/// Undo every step of `txn` (a failed commit, or a completed apply), restore the state file
+/// from before it, and remove the transaction.
+fn rollback_txn(o: &Options, t: &Target, mut txn: Txn) -> Result<()> {
+    let root = t.root.as_fd();
+    txn.open_works(root, false)?;
+    let old_meta = load_old_meta(&txn)?;
+    for i in (0..txn.head.manifest.script.len()).rev() {
+        crate::failpoint::hit("rollback-step");
+        commit::reverse(root, &mut txn, i, &old_meta, t.owners)?;
+    }
+    commit::restore_dir_meta(root, &txn.head.manifest, &old_meta, t.owners)?;
+    sync_all(root, &txn)?;
+    let before = txn.dir.join("state-before.json");
+    if before.exists() {
+        let st = state::load(&before)?;
+        state::save(&t.paths.state(), &st)?;
+    }
+    txn.append(Record::RolledBack)?;
+    log(o, format!("rolled back to the state before version {}", txn.head.manifest.version));
+    txn.remove(root)
+}
+
+fn finish_interrupted_rollback(o: &Options, t: &Target) -> Result<bool> {
+    if let Some(prev) = Txn::load(&t.paths.prev(), &o.limits)? {
+        if prev.has(&Record::RollbackBegin) {
+            log(o, "finishing an interrupted rollback");
+            rollback_txn(o, t, prev)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `ferry-apply resume`: finish whatever an interrupted run left.
+pub fn resume(o: &Options) -> Result<Report> {
+    let t = open_target(o)?;
+    if finish_interrupted_rollback(o, &t)? {
+        return Ok(Report { result: "rolled-back".into(), ..Default::default() });
+    }
+    match Txn::load(&t.paths.txn(), &o.limits)? {
+        None => {
+            if t.paths.txn().exists() {
+                // Crashed before Begin was durable: nothing was staged that matters.
+                std::fs::remove_dir_all(t.paths.txn()).ctx("remove", t.paths.txn().display())?;
+            }
+            Ok(Report { result: "nothing-to-do".into(), ..Default::default() })
+        }
+        Some(txn) => {
+            let b = o.bundle.clone();
+            let mut rep = continue_txn(o, &t, txn, b.as_deref())?;
+            if rep.result == "applied" {
+                rep.result = "resumed".into();
+            }
+            Ok(rep)
+        }
+    }
+}
+
+/// `ferry-apply rollback`: restore the version before the last completed apply.
+pub fn rollback(o: &Options) -> Result<Report> {
+    let t = open_target(o)?;
+    if finish_interrupted_rollback(o, &t)? {
+        return Ok(Report { result: "rolled-back".into(), ..Default::default() });
+    }
+    if Txn::load(&t.paths.txn(), &o.limits)?.is_some() {
+        return Err(Error::Pending("an apply is in progress; run `ferry-apply resume` first".into()));
+    }
+    let Some(mut prev) = Txn::load(&t.paths.prev(), &o.limits)? else {
+        return Err(Error::Usage("nothing to roll back: no completed apply is kept".into()));
+    };
+    prev.append(Record::RollbackBegin)?;
+    rollback_txn(o, &t, prev)?;
+    let st = state::load(&t.paths.state())?;
+    Ok(Report { result: "rolled-back".into(), version: st.version, bundle_id: st.bundle_id, channel: st.channel, ..Default::default() })
+}

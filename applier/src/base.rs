@@ -1,0 +1,136 @@
+//! The base check: before anything is written, the target must hold exactly the OLD state the
+//! bundle expects at every path it touches. Drift is listed path by path and nothing changes.
+//!
+//! Every lookup goes through [`crate::fsx`], so a symlink planted where the manifest expects a
+//! directory shows up here as drift instead of redirecting a later write (bundle-format.md,
+//! "Threat model": planted symlink).
+
+use crate::error::Result;
+use crate::fsx;
+use bundle::{BundlePath, Manifest, OldKind, Op};
+use rustix::fs::FileType;
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// BLAKE3 of a reader's content and its length.
+pub fn hash_reader(mut r: impl Read) -> std::io::Result<(bundle::Hash, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((h.finalize().into(), n))
+}
+
+/// What is at a path now, in the manifest's terms; `Err` text describes an unusable path.
+pub fn observe(root: BorrowedFd<'_>, p: &BundlePath, want_hash: bool) -> Result<Option<(OldKind, rustix::fs::Stat)>, String> {
+    let (dir, name) = match fsx::parent_of(root, p) {
+        Ok(x) => x,
+        Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(format!("a parent directory is not a real directory ({e}); a planted symlink?")),
+    };
+    let st = match fsx::lstat_at(dir.as_fd(), name) {
+        Ok(Some(s)) => s,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let kind = match fsx::file_type(&st) {
+        FileType::RegularFile => {
+            let hash = if want_hash {
+                let f = fsx::open_file_at(dir.as_fd(), name).map_err(|e| e.to_string())?;
+                hash_reader(f).map_err(|e| e.to_string())?.0
+            } else {
+                bundle::Hash::default()
+            };
+            OldKind::File { size: st.st_size as u64, hash }
+        }
+        FileType::Directory => OldKind::Dir,
+        FileType::Symlink => OldKind::Symlink { target: fsx::readlink_at(dir.as_fd(), name).map_err(|e| e.to_string())? },
+        FileType::Fifo => OldKind::Fifo,
+        FileType::CharacterDevice => OldKind::CharDev { rdev: st.st_rdev },
+        FileType::BlockDevice => OldKind::BlockDev { rdev: st.st_rdev },
+        _ => return Err("unsupported file type (socket?)".into()),
+    };
+    Ok(Some((kind, st)))
+}
+
+/// One drifted path and why, for reports.
+pub fn describe(p: &BundlePath, why: &str) -> String {
+    format!("{p}: {why}")
+}
+
+/// Check the target against the manifest. `conffile_ok` says whether a content difference at a
+/// path may be tolerated (a locally edited config file, kept under the conffile rule); those paths
+/// are returned instead of being reported as drift.
+pub fn check(root: BorrowedFd<'_>, m: &Manifest, conffile_ok: &dyn Fn(&BundlePath) -> bool) -> Result<Vec<BundlePath>, Vec<String>> {
+    let mut drift = Vec::new();
+    let mut kept = Vec::new();
+    for o in &m.old {
+        match observe(root, &o.path, matches!(o.kind, OldKind::File { .. })) {
+            Err(why) => drift.push(describe(&o.path, &why)),
+            Ok(None) => drift.push(describe(&o.path, &format!("missing (expected {})", o.kind.name()))),
+            Ok(Some((k, _))) => {
+                if k != o.kind {
+                    let why = match (&k, &o.kind) {
+                        (OldKind::File { .. }, OldKind::File { .. }) => "content differs from the bundle's base".to_string(),
+                        (OldKind::Symlink { .. }, OldKind::Symlink { .. }) => "symlink target differs".to_string(),
+                        _ if k.name() == o.kind.name() => "device number differs".to_string(),
+                        _ => format!("expected {}, found {}", o.kind.name(), k.name()),
+                    };
+                    if matches!((&k, &o.kind), (OldKind::File { .. }, OldKind::File { .. })) && conffile_ok(&o.path) {
+                        kept.push(o.path.clone());
+                    } else {
+                        drift.push(describe(&o.path, &why));
+                    }
+                }
+            }
+        }
+    }
+    let created: HashSet<&BundlePath> = m.script.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place)).map(|s| &s.path).collect();
+    for s in &m.script {
+        if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() {
+            match observe(root, &s.path, false) {
+                Ok(None) => {}
+                Ok(Some((k, _))) => drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name()))),
+                Err(why) => drift.push(describe(&s.path, &why)),
+            }
+        }
+        // Untouched parents must be real directories now.
+        if let Some(parent) = s.path.parent() {
+            if !created.contains(&parent) && fsx::open_dir_beneath(root, Some(&parent)).is_err() {
+                drift.push(describe(&s.path, &format!("parent {parent} is not a real directory (missing, or a symlink)")));
+            }
+        }
+        if s.op == Op::DirMeta && !created.contains(&s.path) && fsx::open_dir_beneath(root, Some(&s.path)).is_err() {
+            drift.push(describe(&s.path, "expected a directory"));
+        }
+    }
+    // A directory the bundle removes (deleted, or replaced by a non-directory) may hold only what
+    // OLD held: a local addition would otherwise be removed with it.
+    for o in m.old.iter().filter(|o| matches!(o.kind, OldKind::Dir) && m.entry(&o.path).is_none_or(|e| !matches!(e.kind, bundle::Kind::Dir))) {
+        if let Ok(d) = fsx::open_dir_beneath(root, Some(&o.path)) {
+            if let Ok(names) = fsx::list_dir(d.as_fd()) {
+                for n in names {
+                    let listed = o.path.join(&n).ok().is_some_and(|c| m.old_entry(&c).is_some());
+                    if !listed {
+                        drift.push(describe(&o.path, &format!("contains {:?}, which the bundle's base does not have", String::from_utf8_lossy(&n))));
+                    }
+                }
+            }
+        }
+    }
+    drift.sort();
+    drift.dedup();
+    if drift.is_empty() {
+        Ok(kept)
+    } else {
+        Err(drift)
+    }
+}

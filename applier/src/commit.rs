@@ -1,0 +1,213 @@
+//! The commit: the apply script's steps, each a rename or a metadata change, run in order; and
+//! their inverses for rollback. Every step is idempotent and detects from the filesystem alone
+//! whether it already happened, so resume simply runs the whole script again (bundle-format.md,
+//! "Commit steps and their crash analysis"). Steps are not journaled one by one: renames are
+//! atomic on their own, and one `syncfs` per filesystem after the last step makes all of them
+//! durable before `Committed` is journaled.
+
+use crate::error::{Ctx, Error, Result};
+use crate::fsx;
+use crate::txn::{backup_name, staged_name, Txn};
+use bundle::{BundlePath, Kind, Manifest, Meta, OldKind, Op};
+use rustix::fs::FileType;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd};
+
+/// Actual metadata of touched paths before the commit, saved for rollback.
+pub type OldMeta = BTreeMap<BundlePath, Meta>;
+
+fn entry_index(m: &Manifest, p: &BundlePath) -> Result<usize> {
+    m.entries.binary_search_by(|e| e.path.cmp(p)).map_err(|_| Error::Internal(format!("{p}: not in NEW")))
+}
+
+fn is_dir(s: &Option<rustix::fs::Stat>) -> bool {
+    s.as_ref().is_some_and(|s| fsx::file_type(s) == FileType::Directory)
+}
+
+/// Kind name of a stat, comparable with `Kind::name` / `OldKind::name`.
+fn type_name(s: &rustix::fs::Stat) -> &'static str {
+    match fsx::file_type(s) {
+        FileType::RegularFile => "file",
+        FileType::Directory => "dir",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "fifo",
+        FileType::CharacterDevice => "chardev",
+        FileType::BlockDevice => "blockdev",
+        _ => "other",
+    }
+}
+
+fn new_type(k: &Kind) -> &'static str {
+    match k {
+        Kind::Hardlink { .. } => "file",
+        k => k.name(),
+    }
+}
+
+/// Run step `i` forward. Returns true if it renamed something into the live tree.
+pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> Result<bool> {
+    let m = &txn.head.manifest;
+    let step = m.script[i].clone();
+    let p = &step.path;
+    let (dir, name) = fsx::parent_of(root, p).ctx("open parent of", p)?;
+    let dir = dir.as_fd();
+    let cur = fsx::lstat_at(dir, name).ctx("stat", p)?;
+    match step.op {
+        Op::Mkdir => {
+            let e = &m.entries[entry_index(m, p)?];
+            if !is_dir(&cur) {
+                fsx::mkdir_at(dir, name, 0o700).ctx("mkdir", p)?;
+            }
+            let mut meta = e.meta;
+            meta.mtime_ns = 0;
+            fsx::set_meta_at(dir, name, &meta, owners).ctx("set metadata", p)?;
+            Ok(false)
+        }
+        Op::Place => {
+            let ei = entry_index(m, p)?;
+            let new_kind = m.entries[ei].kind.clone();
+            let old = m.old_entry(p).map(|o| o.kind.clone());
+            let w = txn.work_for(root, p, false)?;
+            let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
+            let sname = staged_name(ei);
+            let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
+            let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
+            if exchange {
+                // Type change involving a directory: swap atomically; the OLD entry (with any
+                // subtree) ends up in the staging slot, which is its backup.
+                let done = cur.as_ref().is_some_and(|c| type_name(c) == new_type(&new_kind))
+                    && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old.as_ref().map(|o| o.name()));
+                if done {
+                    return Ok(false);
+                }
+                fsx::exchange(sd, &sname, dir, name).ctx("exchange", p)?;
+                return Ok(true);
+            }
+            if staged.is_none() {
+                return Ok(false); // renamed into place by an earlier run
+            }
+            if old.is_some() {
+                // Keep the OLD inode for rollback: a hard link, no copy.
+                let bname = backup_name(i);
+                if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_none() {
+                    fsx::link_at(dir, name, bd, &bname).ctx("back up (link)", p)?;
+                }
+                fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
+            } else {
+                fsx::rename_noreplace(sd, &sname, dir, name).ctx("rename into place", p)?;
+            }
+            Ok(true)
+        }
+        Op::SetMeta => {
+            let e = &m.entries[entry_index(m, p)?];
+            fsx::set_meta_at(dir, name, &e.meta, owners).ctx("set metadata", p)?;
+            Ok(false)
+        }
+        Op::Delete => {
+            if cur.is_some() {
+                let w = txn.work_for(root, p, false)?;
+                fsx::rename_noreplace(dir, name, w.backup.as_fd(), &backup_name(i)).ctx("move out of the tree", p)?;
+                return Ok(true);
+            }
+            Ok(false)
+        }
+        Op::DirMeta => {
+            let e = &m.entries[entry_index(m, p)?];
+            fsx::set_meta_at(dir, name, &e.meta, owners).ctx("set metadata", p)?;
+            Ok(false)
+        }
+    }
+}
+
+/// Undo step `i` if it happened (idempotent). Directory metadata is restored separately, after
+/// every rename, by [`restore_dir_meta`].
+pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta, owners: bool) -> Result<()> {
+    let m = &txn.head.manifest;
+    let step = m.script[i].clone();
+    let p = &step.path;
+    let (dir, name) = match fsx::parent_of(root, p) {
+        Ok(x) => x,
+        // Parent never created (the forward step of the parent did not run): nothing here.
+        Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e).ctx("open parent of", p),
+    };
+    let dir = dir.as_fd();
+    let cur = fsx::lstat_at(dir, name).ctx("stat", p)?;
+    match step.op {
+        Op::Mkdir => {
+            if is_dir(&cur) {
+                fsx::unlink_at(dir, name, true).ctx("remove directory", p)?;
+            }
+        }
+        Op::Place => {
+            let ei = entry_index(m, p)?;
+            let new_kind = m.entries[ei].kind.clone();
+            let old = m.old_entry(p).map(|o| o.kind.clone());
+            let w = txn.work_for(root, p, false)?;
+            let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
+            let sname = staged_name(ei);
+            let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
+            let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
+            if exchange {
+                let forward_done = cur.as_ref().is_some_and(|c| type_name(c) == new_type(&new_kind))
+                    && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old.as_ref().map(|o| o.name()));
+                if forward_done {
+                    fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
+                }
+            } else if old.is_some() {
+                let bname = backup_name(i);
+                if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_some() {
+                    if staged.is_none() {
+                        fsx::rename_at(bd, &bname, dir, name).ctx("restore from backup", p)?;
+                    } else {
+                        fsx::unlink_at(bd, &bname, false).ctx("remove unused backup", p)?;
+                    }
+                }
+            } else if staged.is_none() && cur.is_some() {
+                fsx::rename_noreplace(dir, name, sd, &sname).ctx("move out of the tree", p)?;
+            }
+        }
+        Op::SetMeta => {
+            if let Some(meta) = old_meta.get(p) {
+                fsx::set_meta_at(dir, name, meta, owners).ctx("restore metadata", p)?;
+            }
+        }
+        Op::Delete => {
+            let w = txn.work_for(root, p, false)?;
+            let bname = backup_name(i);
+            if cur.is_none() && fsx::lstat_at(w.backup.as_fd(), &bname).ctx("stat backup", p)?.is_some() {
+                fsx::rename_noreplace(w.backup.as_fd(), &bname, dir, name).ctx("restore", p)?;
+            }
+        }
+        Op::DirMeta => {}
+    }
+    Ok(())
+}
+
+/// Restore the saved metadata of directories (after all renames of a rollback).
+pub fn restore_dir_meta(root: BorrowedFd<'_>, m: &Manifest, old_meta: &OldMeta, owners: bool) -> Result<()> {
+    for s in m.script.iter().rev() {
+        if s.op != Op::DirMeta {
+            continue;
+        }
+        if let Some(meta) = old_meta.get(&s.path) {
+            if let Ok((d, n)) = fsx::parent_of(root, &s.path) {
+                if is_dir(&fsx::lstat_at(d.as_fd(), n).ctx("stat", &s.path)?) {
+                    fsx::set_meta_at(d.as_fd(), n, meta, owners).ctx("restore metadata", &s.path)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Record the current metadata of every existing path a step touches.
+pub fn capture_old_meta(root: BorrowedFd<'_>, m: &Manifest) -> OldMeta {
+    let mut out = OldMeta::new();
+    for s in &m.script {
+        if let Ok(Some(st)) = fsx::lstat(root, &s.path) {
+            out.insert(s.path.clone(), fsx::meta_of(&st));
+        }
+    }
+    out
+}

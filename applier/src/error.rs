@@ -1,0 +1,122 @@
+//! Errors of the applier and the exit codes they map to (documented in README.md and `--help`).
+
+use std::io;
+
+/// Process exit codes of `ferry-apply`. Stable: scripts and systemd units depend on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Internal error or a condition not covered below.
+    Failure = 1,
+    /// Bad command line.
+    Usage = 2,
+    /// Bad signature, untrusted signer, corrupt, truncated or hostile bundle.
+    BadBundle = 3,
+    /// The target does not match the bundle's base (drifted, missing or planted paths).
+    BaseMismatch = 4,
+    /// Version at or below the installed one (rollback protection), or wrong base version.
+    VersionRefused = 5,
+    /// I/O failure on the target or the state directory (permission, read-only filesystem...).
+    Io = 6,
+    /// Another ferry-apply holds the target's lock.
+    Locked = 7,
+    /// The update was committed but a post-commit hook failed.
+    HookFailed = 8,
+    /// An interrupted apply of another bundle is pending (or resume needs the bundle again).
+    Pending = 9,
+    /// Refused by trust policy: wrong channel, expired bundle, retired key.
+    Policy = 10,
+    /// Not enough free space to stage the update.
+    NoSpace = 11,
+    /// inbox: at least one bundle failed.
+    InboxFailed = 12,
+}
+
+impl Exit {
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "success",
+            Exit::Failure => "internal error",
+            Exit::Usage => "usage error",
+            Exit::BadBundle => "bad signature or corrupt bundle",
+            Exit::BaseMismatch => "target does not match the bundle's base",
+            Exit::VersionRefused => "version refused",
+            Exit::Io => "I/O failure",
+            Exit::Locked => "target locked by another ferry-apply",
+            Exit::HookFailed => "committed, but a hook failed",
+            Exit::Pending => "another apply is pending",
+            Exit::Policy => "refused by trust policy",
+            Exit::NoSpace => "not enough free space",
+            Exit::InboxFailed => "inbox: some bundles failed",
+        }
+    }
+}
+
+/// Everything that can stop an apply.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{0}")]
+    Bundle(#[from] bundle::Error),
+    #[error("target does not match the bundle's base; drifted paths:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
+    Drift(Vec<String>),
+    #[error("version refused: {0}")]
+    Version(String),
+    #[error("refused by trust policy: {0}")]
+    Policy(String),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: String, source: io::Error },
+    #[error("not enough free space: need {need} bytes, {avail} available on the filesystem of {path}")]
+    NoSpace { need: u64, avail: u64, path: String },
+    #[error("another ferry-apply is running on this target (lock {0} is held)")]
+    Locked(String),
+    #[error("{0}")]
+    Pending(String),
+    #[error("committed, but hooks failed: {0}")]
+    Hook(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Bundle(bundle::Error::Io(_)) => Exit::Io,
+            Error::Bundle(_) => Exit::BadBundle,
+            Error::Drift(_) => Exit::BaseMismatch,
+            Error::Version(_) => Exit::VersionRefused,
+            Error::Policy(_) => Exit::Policy,
+            Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => Exit::NoSpace,
+            Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error()) => Exit::NoSpace,
+            Error::Io { .. } => Exit::Io,
+            Error::NoSpace { .. } => Exit::NoSpace,
+            Error::Locked(_) => Exit::Locked,
+            Error::Pending(_) => Exit::Pending,
+            Error::Hook(_) => Exit::HookFailed,
+            Error::Usage(_) => Exit::Usage,
+            Error::Internal(_) => Exit::Failure,
+        }
+    }
+}
+
+/// Attach an operation and a path to an I/O error.
+pub trait Ctx<T> {
+    fn ctx(self, op: &'static str, path: impl std::fmt::Display) -> Result<T, Error>;
+}
+
+impl<T> Ctx<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: impl std::fmt::Display) -> Result<T, Error> {
+        self.map_err(|source| Error::Io { op, path: path.to_string(), source })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl<T> Ctx<T> for std::result::Result<T, rustix::io::Errno> {
+    fn ctx(self, op: &'static str, path: impl std::fmt::Display) -> Result<T, Error> {
+        self.map_err(|e| Error::Io { op, path: path.to_string(), source: e.into() })
+    }
+}

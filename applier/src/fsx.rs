@@ -1,0 +1,225 @@
+//! All target I/O goes through directory handles: a path from a bundle is resolved component by
+//! component from the target root with `O_NOFOLLOW`, so a symlink planted anywhere in the target
+//! (or created by this very apply) can never redirect a read, write, rename or delete outside it
+//! (CWE-22, CWE-59). Nothing here joins a bundle path onto a filesystem path string.
+
+use bundle::BundlePath;
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::io::Errno;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+pub const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// Open a directory given by the operator (a real path; the only place a path string is used).
+pub fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
+    Ok(rfs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// Open directory `name` beneath `dir` without following a symlink.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(dir, name, DIR_FLAGS, Mode::empty())?)
+}
+
+/// Resolve `path` beneath `root`, every component a real directory (no symlink anywhere).
+pub fn open_dir_beneath(root: BorrowedFd<'_>, path: Option<&BundlePath>) -> io::Result<OwnedFd> {
+    let mut cur = rfs::openat(root, c".", DIR_FLAGS, Mode::empty())?;
+    if let Some(p) = path {
+        for c in p.components() {
+            cur = open_dir_at(cur.as_fd(), c)?;
+        }
+    }
+    Ok(cur)
+}
+
+/// The parent directory of `path` (resolved beneath `root`) and the last component.
+pub fn parent_of<'a>(root: BorrowedFd<'_>, path: &'a BundlePath) -> io::Result<(OwnedFd, &'a [u8])> {
+    let dir = open_dir_beneath(root, path.parent().as_ref())?;
+    Ok((dir, path.file_name()))
+}
+
+/// lstat of `name` in `dir`; `None` if it does not exist.
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Stat>> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => Ok(Some(s)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// lstat of a bundle path; `None` if it or a parent does not exist. A parent that is not a real
+/// directory (a planted symlink) is an error.
+pub fn lstat(root: BorrowedFd<'_>, path: &BundlePath) -> io::Result<Option<Stat>> {
+    match parent_of(root, path) {
+        Ok((d, n)) => lstat_at(d.as_fd(), n),
+        Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn file_type(s: &Stat) -> FileType {
+    FileType::from_raw_mode(s.st_mode)
+}
+
+/// Open a regular file for reading without following a symlink and without blocking on a FIFO.
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
+    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let st = rfs::fstat(&fd)?;
+    if file_type(&st) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(File::from(fd))
+}
+
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    Ok(rfs::readlinkat(dir, name, Vec::new())?.into_bytes())
+}
+
+/// Create a new file exclusively for writing.
+pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(File::from(fd))
+}
+
+pub fn rename_at(fd: BorrowedFd<'_>, from: &[u8], tfd: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+    Ok(rfs::renameat(fd, from, tfd, to)?)
+}
+
+pub fn rename_noreplace(fd: BorrowedFd<'_>, from: &[u8], tfd: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+    Ok(rfs::renameat_with(fd, from, tfd, to, rfs::RenameFlags::NOREPLACE)?)
+}
+
+/// Atomically swap two names (any types), `renameat2(RENAME_EXCHANGE)`.
+pub fn exchange(fd: BorrowedFd<'_>, a: &[u8], tfd: BorrowedFd<'_>, b: &[u8]) -> io::Result<()> {
+    Ok(rfs::renameat_with(fd, a, tfd, b, rfs::RenameFlags::EXCHANGE)?)
+}
+
+/// Hard link without following a symlink at `from`.
+pub fn link_at(fd: BorrowedFd<'_>, from: &[u8], tfd: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+    Ok(rfs::linkat(fd, from, tfd, to, AtFlags::empty())?)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8], is_dir: bool) -> io::Result<()> {
+    Ok(rfs::unlinkat(dir, name, if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() })?)
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> io::Result<()> {
+    Ok(rfs::mkdirat(dir, name, Mode::from_raw_mode(mode))?)
+}
+
+pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    Ok(rfs::symlinkat(target, dir, name)?)
+}
+
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], ft: FileType, mode: u32, rdev: u64) -> io::Result<()> {
+    Ok(rfs::mknodat(dir, name, ft, Mode::from_raw_mode(mode), rdev)?)
+}
+
+/// Remove a directory tree beneath `dir` (our own staging and backup areas only). Never follows
+/// symlinks: entries are unlinked, directories opened with O_NOFOLLOW.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let st = match lstat_at(dir, name)? {
+        None => return Ok(()),
+        Some(s) => s,
+    };
+    if file_type(&st) != FileType::Directory {
+        return unlink_at(dir, name, false);
+    }
+    let sub = open_dir_at(dir, name)?;
+    for n in list_dir(sub.as_fd())? {
+        remove_tree_at(sub.as_fd(), &n)?;
+    }
+    unlink_at(dir, name, true)
+}
+
+/// Names in a directory, excluding `.` and `..`.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let fd = rfs::openat(dir, c".", DIR_FLAGS, Mode::empty())?;
+    let mut d = rfs::Dir::read_from(&fd)?;
+    let mut out = Vec::new();
+    while let Some(e) = d.read() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Set owner (if `owners`), permission bits and mtime of `name` in `dir` without following a
+/// symlink. Owner first: chown clears setuid/setgid bits, chmod then restores them.
+pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners: bool) -> io::Result<()> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let ft = file_type(&st);
+    if owners {
+        rfs::chownat(
+            dir,
+            name,
+            Some(rfs::Uid::from_raw(meta.uid)),
+            Some(rfs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    match ft {
+        FileType::Symlink => {} // Linux has no symlink permissions.
+        FileType::RegularFile | FileType::Directory => {
+            let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+            rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
+        }
+        // FIFOs and devices: opening them can block or have side effects; chmodat follows a
+        // symlink at `name`, but we just saw it is not one and the directory is resolved safely.
+        _ => rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?,
+    }
+    set_mtime_at(dir, name, meta.mtime_ns)
+}
+
+pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> io::Result<()> {
+    let t = Timespec { tv_sec: mtime_ns.div_euclid(1_000_000_000), tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _ };
+    let ts = Timestamps { last_access: t, last_modification: t };
+    Ok(rfs::utimensat(dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// Metadata of a stat as the manifest represents it.
+pub fn meta_of(s: &Stat) -> bundle::Meta {
+    bundle::Meta {
+        mode: s.st_mode & 0o7777,
+        uid: s.st_uid,
+        gid: s.st_gid,
+        mtime_ns: (s.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(s.st_mtime_nsec as i64),
+    }
+}
+
+pub fn fsync_fd(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rfs::fsync(fd)?)
+}
+
+/// Flush every dirty page and inode of the filesystem holding `fd` (one call instead of an fsync
+/// per staged file; see bundle-format.md, "Durability").
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rfs::syncfs(fd)?)
+}
+
+/// Bytes available to unprivileged users... and to root, on the filesystem of `fd`.
+pub fn free_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let s = rfs::fstatvfs(fd)?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// True if the process can change file owners.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Convert errno from a rustix result for matching.
+pub fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw_os_error)
+}

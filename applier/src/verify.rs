@@ -1,0 +1,98 @@
+//! Verification, in the order bundle-format.md ("Verification order") fixes: canonical framing of
+//! the head, every signature over the exact manifest bytes, the trust policy, then the manifest is
+//! parsed and checked, the apply script validated, every frame's hash checked, and the end of the
+//! archive. Nothing is written anywhere until this succeeds.
+
+use crate::error::{Error, Result};
+use crate::source;
+use bundle::container::Reader;
+use bundle::sig::{self, PublicKey, TrustPolicy};
+use bundle::{Hash, Limits, Manifest};
+use std::io::Read;
+use std::path::Path;
+
+/// A bundle whose head passed verification.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    pub sig_bytes: Vec<u8>,
+    /// BLAKE3 of the manifest bytes: the bundle's identity.
+    pub id: Hash,
+    pub signers: Vec<PublicKey>,
+}
+
+/// Check the head (signatures first, then trust, then parse) read from `r`.
+pub fn head<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limits: &Limits) -> Result<Head> {
+    let (mb, sb) = r.head()?;
+    let signers = sig::verify_signatures(&mb, &sb, limits.max_signatures)?;
+    if let Some(t) = trust {
+        let ids: Vec<String> = signers.iter().map(|k| k.id.clone()).collect();
+        t.check(&ids)?;
+    }
+    let manifest = Manifest::decode(&mb, limits)?;
+    sig::check_signers(&manifest, &signers)?;
+    bundle::script::validate(&manifest)?;
+    Ok(Head { id: Manifest::id(&mb), manifest, manifest_bytes: mb, sig_bytes: sb, signers })
+}
+
+/// Verify a whole bundle file: head, trust, every frame hash and the end of the archive. With
+/// `decode`, also decode every plain-zstd frame to check its exact decoded size.
+pub fn bundle(path: &Path, trust: Option<&TrustPolicy>, limits: &Limits, decode: bool) -> Result<Head> {
+    let src = source::open(path)?;
+    let mut r = Reader::new(src.reader, limits.clone());
+    let h = head(&mut r, trust, limits).map_err(source::explain)?;
+    let patch: Vec<bool> = frame_is_patch(&h.manifest);
+    for (i, f) in h.manifest.frames.iter().enumerate() {
+        let res = if decode && !patch[i] {
+            let mut fr = r.frame(i, f)?;
+            let n = decode_count(&mut fr, limits, f.decoded, i)?;
+            if n != f.decoded {
+                return Err(bundle::Error::FrameDecode { index: i as u32, what: format!("decodes to {n} bytes, declared {}", f.decoded) }.into());
+            }
+            fr.finish()
+        } else {
+            r.check_frame(i, f)
+        };
+        res.map_err(|e| source::explain(e.into()))?;
+    }
+    r.end().map_err(|e| source::explain(e.into()))?;
+    Ok(h)
+}
+
+/// Which frames are patch frames (need an OLD base to decode).
+pub fn frame_is_patch(m: &Manifest) -> Vec<bool> {
+    let mut v = vec![false; m.frames.len()];
+    for e in &m.entries {
+        if let bundle::Kind::File { content: bundle::Content::Pieces(ps), .. } = &e.kind {
+            for p in ps {
+                if matches!(p.method, bundle::Method::Patch { .. }) {
+                    if let Some(x) = v.get_mut(p.frame as usize) {
+                        *x = true;
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// A zstd decoder over `r` bounded by the limits' window, optionally with a reference prefix.
+pub fn decoder<'a, R: Read>(r: R, prefix: Option<&'a [u8]>, limits: &Limits, index: usize) -> Result<zstd::stream::read::Decoder<'a, std::io::BufReader<R>>> {
+    let fe = |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: index as u32, what: e.to_string() });
+    let mut d = match prefix {
+        Some(p) => zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(r), p).map_err(fe)?,
+        None => zstd::stream::read::Decoder::new(r).map_err(fe)?,
+    };
+    d.window_log_max(limits.max_window_log).map_err(fe)?;
+    Ok(d.single_frame())
+}
+
+/// Decode a frame to nowhere, counting at most `declared + 1` bytes: a frame that decodes to more
+/// than declared is cut off there (decompression bombs cost at most the declared size).
+fn decode_count<R: Read>(r: R, limits: &Limits, declared: u64, index: usize) -> Result<u64> {
+    let d = decoder(r, None, limits, index)?;
+    let mut lim = d.take(declared + 1);
+    std::io::copy(&mut lim, &mut std::io::sink())
+        .map_err(|e| Error::Bundle(bundle::Error::FrameDecode { index: index as u32, what: e.to_string() }))
+}
