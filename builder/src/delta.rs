@@ -1,0 +1,133 @@
+//! zstd encoding of payload pieces, plain or as a patch against an OLD file.
+//!
+//! A patch frame is a zstd frame compressed with a window of the OLD file as reference prefix
+//! (`zstd --patch-from`): the applier decodes it with the same bytes of the file it already has,
+//! so an update costs roughly the size of what changed. Window sizes are kept within what the
+//! target's decoder accepts ([`bundle::Limits::max_window_log`]).
+
+use std::io::{self, Read, Write};
+
+/// Largest window log the builder asks for (the target accepts up to 28).
+pub const MAX_WINDOW_LOG: u32 = 27;
+
+/// Window log for a frame referencing `prefix_len` bytes and producing `data_len`:
+/// `ceil(log2(prefix_len + data_len))`, at least 10, at most [`MAX_WINDOW_LOG`].
+pub fn window_log(prefix_len: u64, data_len: u64) -> u32 {
+    let total = prefix_len.saturating_add(data_len).max(1);
+    let ceil = 64 - (total - 1).leading_zeros();
+    ceil.clamp(10, MAX_WINDOW_LOG)
+}
+
+/// Compress `data` into one zstd frame at `level`, with `prefix` as reference prefix if given.
+pub fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> io::Result<Vec<u8>> {
+    let out = Vec::with_capacity(data.len() / 4 + 64);
+    let mut enc = match prefix {
+        Some(p) => {
+            let mut e = zstd::stream::write::Encoder::with_ref_prefix(out, level, p)?;
+            e.long_distance_matching(true)?;
+            e.window_log(window_log(p.len() as u64, data.len() as u64))?;
+            e
+        }
+        None => {
+            let mut e = zstd::stream::write::Encoder::new(out, level)?;
+            // Large levels pick windows up to 2^27; the target accepts 2^28.
+            if data.len() as u64 > 1 << MAX_WINDOW_LOG {
+                e.window_log(MAX_WINDOW_LOG)?;
+            }
+            e
+        }
+    };
+    enc.set_pledged_src_size(Some(data.len() as u64))?;
+    enc.include_contentsize(true)?;
+    enc.include_checksum(false)?;
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// Decode one frame (with `prefix` for a patch), refusing windows over 2^28 and output over
+/// `max_out` bytes. Used to check every frame the builder writes.
+pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_out: u64) -> io::Result<Vec<u8>> {
+    let mut dec = match prefix {
+        Some(p) => zstd::stream::read::Decoder::with_ref_prefix(frame, p)?,
+        None => zstd::stream::read::Decoder::with_buffer(frame)?,
+    };
+    dec.window_log_max(28)?;
+    let mut out = Vec::new();
+    dec.take(max_out.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 > max_out {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame decodes to more than expected",
+        ));
+    }
+    Ok(out)
+}
+
+/// The window of an OLD file used as patch base for piece `i` of a chunked file with chunk size
+/// `c`: `[max(0, i*c - c/2), min(old_len, (i+1)*c + c/2))`. Returns `(offset, len)`; `len` may
+/// be 0 when the OLD file is shorter than the window start.
+pub fn chunk_base_window(i: u64, c: u64, old_len: u64) -> (u64, u64) {
+    let start = (i.saturating_mul(c)).saturating_sub(c / 2).min(old_len);
+    let end = (i.saturating_add(1))
+        .saturating_mul(c)
+        .saturating_add(c / 2)
+        .min(old_len);
+    (start, end.saturating_sub(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn window_logs() {
+        assert_eq!(window_log(0, 1), 10);
+        assert_eq!(window_log(1 << 20, 1 << 20), 21);
+        assert_eq!(window_log(1 << 20, (1 << 20) + 1), 22);
+        assert_eq!(window_log(1 << 30, 1 << 30), 27);
+    }
+
+    #[test]
+    fn patch_roundtrip_is_small() -> io::Result<()> {
+        let base = pseudo_random(1 << 20, 1);
+        let mut new = base.clone();
+        new[1000..1010].copy_from_slice(b"0123456789");
+        new.extend_from_slice(&pseudo_random(1000, 2));
+        let patch = compress(&new, 19, Some(&base))?;
+        let plain = compress(&new, 3, None)?;
+        assert!(patch.len() < 4096, "patch is {} bytes", patch.len());
+        assert!(plain.len() > 1 << 19);
+        // Decoding the way the applier does it.
+        let mut d = zstd::stream::read::Decoder::with_ref_prefix(&patch[..], &base)?;
+        d.window_log_max(28)?;
+        let mut out = Vec::new();
+        d.read_to_end(&mut out)?;
+        assert_eq!(out, new);
+        assert_eq!(decompress(&plain, None, new.len() as u64)?, new);
+        assert!(decompress(&plain, None, 10).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_windows() {
+        let c = 100;
+        assert_eq!(chunk_base_window(0, c, 1000), (0, 150));
+        assert_eq!(chunk_base_window(1, c, 1000), (50, 200));
+        assert_eq!(chunk_base_window(9, c, 1000), (850, 150));
+        assert_eq!(chunk_base_window(12, c, 1000), (1000, 0));
+    }
+}

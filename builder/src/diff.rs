@@ -1,0 +1,471 @@
+//! Compare OLD and NEW scans into manifest entries, unordered script steps, the set of OLD
+//! paths the script touches, and a content decision for every NEW file.
+//!
+//! This is where the manifest semantics the applier relies on are decided (which paths get
+//! Place/SetMeta/Delete/DirMeta, when a hardlink group is re-placed, when content is unchanged,
+//! empty, a local copy, or needs a payload); the order of the steps is decided later by
+//! [`crate::plan`], the bytes of payloads by [`crate::delta`].
+
+use crate::scan::{ScanEntry, Tree, Type};
+use bundle::{BundlePath, Content, Entry, Hash, Kind, OldEntry, OldKind, Op, Step};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where the bytes of a NEW file come from, before payloads are encoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    Unchanged,
+    Empty,
+    Copy(BundlePath),
+    /// Needs a payload; the OLD file to try as delta base, if any.
+    Payload {
+        base: Option<BundlePath>,
+    },
+}
+
+/// Result of the comparison.
+#[derive(Clone, Debug, Default)]
+pub struct Diff {
+    /// NEW entries sorted by path; files needing payload hold `Content::Pieces(vec![])` until
+    /// the encoder fills them in.
+    pub entries: Vec<Entry>,
+    /// Steps, unordered (one phase-0 or Delete step per path, plus DirMeta steps).
+    pub steps: Vec<Step>,
+    /// OLD paths the script touches (Place over, SetMeta, Delete, implicit removal, OLD dirs
+    /// whose metadata changes).
+    pub touched: BTreeSet<BundlePath>,
+    /// Content decision for every NEW file entry (`Kind::File`).
+    pub choices: BTreeMap<BundlePath, Choice>,
+}
+
+/// The expected-OLD form of a scanned entry (hardlinks are plain files).
+pub fn old_entry(e: &ScanEntry) -> OldEntry {
+    let kind = match &e.ty {
+        Type::File => OldKind::File {
+            size: e.size,
+            hash: e.hash,
+        },
+        Type::Dir => OldKind::Dir,
+        Type::Symlink(t) => OldKind::Symlink { target: t.clone() },
+        Type::Fifo => OldKind::Fifo,
+        Type::CharDev(r) => OldKind::CharDev { rdev: *r },
+        Type::BlockDev(r) => OldKind::BlockDev { rdev: *r },
+    };
+    OldEntry {
+        path: e.path.clone(),
+        meta: e.meta,
+        kind,
+    }
+}
+
+/// Every entry of a tree as [`OldEntry`], sorted (input of [`bundle::tree_digest`]).
+pub fn old_entries(t: &Tree) -> Vec<OldEntry> {
+    t.entries.iter().map(old_entry).collect()
+}
+
+/// Same type, same content/target/rdev (metadata not compared).
+fn same_payload(n: &ScanEntry, o: &ScanEntry) -> bool {
+    match (&n.ty, &o.ty) {
+        (Type::File, Type::File) => n.size == o.size && n.hash == o.hash,
+        (a, b) => a == b,
+    }
+}
+
+/// Replace each run of ASCII digits with `#`: `lib/libfoo.so.1.2.3` and `lib/libfoo.so.1.2.4`
+/// (and `python3.11/x` and `python3.12/x`) normalise alike.
+fn version_key(p: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(p.len());
+    for &b in p {
+        if b.is_ascii_digit() {
+            if v.last() != Some(&b'#') {
+                v.push(b'#');
+            }
+        } else {
+            v.push(b);
+        }
+    }
+    v
+}
+
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+struct OldIndex<'a> {
+    by_hash: BTreeMap<Hash, Vec<&'a BundlePath>>,
+    by_version_key: BTreeMap<Vec<u8>, Vec<&'a ScanEntry>>,
+}
+
+impl<'a> OldIndex<'a> {
+    fn new(old: &'a Tree) -> Self {
+        let mut by_hash: BTreeMap<Hash, Vec<&BundlePath>> = BTreeMap::new();
+        let mut by_version_key: BTreeMap<Vec<u8>, Vec<&ScanEntry>> = BTreeMap::new();
+        for e in old
+            .entries
+            .iter()
+            .filter(|e| e.ty == Type::File && e.size > 0)
+        {
+            by_hash.entry(e.hash).or_default().push(&e.path);
+            by_version_key
+                .entry(version_key(e.path.as_bytes()))
+                .or_default()
+                .push(e);
+        }
+        OldIndex {
+            by_hash,
+            by_version_key,
+        }
+    }
+
+    /// An OLD file with the same content: same path, then same file name, then smallest path.
+    fn copy_source(&self, p: &BundlePath, hash: &Hash) -> Option<BundlePath> {
+        let c = self.by_hash.get(hash)?;
+        c.iter()
+            .find(|q| **q == p)
+            .or_else(|| c.iter().find(|q| q.file_name() == p.file_name()))
+            .or_else(|| c.first())
+            .map(|q| (*q).clone())
+    }
+
+    /// A delta base: the OLD file at the same path, else the OLD file whose path differs only in
+    /// version digits and whose size is within 2x, longest common prefix first.
+    fn delta_base(&self, old: &Tree, p: &BundlePath, size: u64) -> Option<BundlePath> {
+        if let Some(o) = old.get(p) {
+            if o.ty == Type::File && o.size > 0 {
+                return Some(p.clone());
+            }
+        }
+        let c = self.by_version_key.get(&version_key(p.as_bytes()))?;
+        c.iter()
+            .filter(|o| o.size <= size.saturating_mul(2) && size <= o.size.saturating_mul(2))
+            .max_by(|a, b| {
+                common_prefix(a.path.as_bytes(), p.as_bytes())
+                    .cmp(&common_prefix(b.path.as_bytes(), p.as_bytes()))
+                    .then_with(|| b.path.cmp(&a.path))
+            })
+            .map(|o| o.path.clone())
+    }
+}
+
+/// Compare `old` and `new`. `config_globs` mark NEW files as configuration files.
+pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
+    let idx = OldIndex::new(old);
+    let mut phase0: BTreeMap<BundlePath, Op> = BTreeMap::new();
+    let mut touched: BTreeSet<BundlePath> = BTreeSet::new();
+    let mut dirmeta: BTreeSet<BundlePath> = BTreeSet::new();
+    let mut exchanged: BTreeSet<BundlePath> = BTreeSet::new();
+    let mut choices: BTreeMap<BundlePath, Choice> = BTreeMap::new();
+
+    let payload_choice = |p: &BundlePath, n: &ScanEntry| -> Choice {
+        if n.size == 0 {
+            Choice::Empty
+        } else if let Some(from) = idx.copy_source(p, &n.hash) {
+            Choice::Copy(from)
+        } else {
+            Choice::Payload {
+                base: idx.delta_base(old, p, n.size),
+            }
+        }
+    };
+
+    for n in &new.entries {
+        let p = &n.path;
+        let o = old.get(p);
+        if let Some(o) = o {
+            if o.ty == Type::Dir && n.ty != Type::Dir {
+                exchanged.insert(p.clone());
+            }
+        }
+        match &n.ty {
+            Type::File => {
+                if n.is_secondary_link() {
+                    continue; // decided with its primary
+                }
+                let group = new.group_of(p);
+                let untouched = group.iter().all(|m| {
+                    let (Some(nm), Some(om)) = (new.get(m), old.get(m)) else {
+                        return false;
+                    };
+                    om.ty == Type::File && same_payload(nm, om) && old.group_of(m) == group
+                });
+                if untouched {
+                    let Some(o) = o else { continue };
+                    if o.meta != n.meta {
+                        phase0.insert(p.clone(), Op::SetMeta);
+                        touched.insert(p.clone());
+                    }
+                    choices.insert(p.clone(), Choice::Unchanged);
+                } else {
+                    for m in &group {
+                        phase0.insert(m.clone(), Op::Place);
+                        if old.get(m).is_some() {
+                            touched.insert(m.clone());
+                        }
+                    }
+                    choices.insert(p.clone(), payload_choice(p, n));
+                }
+            }
+            Type::Dir => match o {
+                None => {
+                    phase0.insert(p.clone(), Op::Mkdir);
+                    dirmeta.insert(p.clone());
+                }
+                Some(o) if o.ty == Type::Dir => {
+                    if o.meta != n.meta {
+                        dirmeta.insert(p.clone());
+                        touched.insert(p.clone());
+                    }
+                }
+                Some(_) => {
+                    phase0.insert(p.clone(), Op::Place);
+                    dirmeta.insert(p.clone());
+                    touched.insert(p.clone());
+                }
+            },
+            _ => match o {
+                None => {
+                    phase0.insert(p.clone(), Op::Place);
+                }
+                Some(o) if o.ty.name() == n.ty.name() => {
+                    if !same_payload(n, o) {
+                        phase0.insert(p.clone(), Op::Place);
+                        touched.insert(p.clone());
+                    } else if o.meta != n.meta {
+                        phase0.insert(p.clone(), Op::SetMeta);
+                        touched.insert(p.clone());
+                    }
+                }
+                Some(_) => {
+                    phase0.insert(p.clone(), Op::Place);
+                    touched.insert(p.clone());
+                }
+            },
+        }
+    }
+
+    let mut deletes: BTreeSet<BundlePath> = BTreeSet::new();
+    for o in &old.entries {
+        if new.get(&o.path).is_some() {
+            continue;
+        }
+        touched.insert(o.path.clone());
+        if !o.path.ancestors().iter().any(|a| exchanged.contains(a)) {
+            deletes.insert(o.path.clone());
+        }
+    }
+
+    // Directories whose entries change get their mtime (and the rest of their meta) set last.
+    let is_new_dir = |p: &BundlePath| new.get(p).is_some_and(|e| e.ty == Type::Dir);
+    for (p, op) in &phase0 {
+        if *op == Op::SetMeta {
+            continue;
+        }
+        if let Some(parent) = p.parent() {
+            if is_new_dir(&parent) {
+                dirmeta.insert(parent);
+            }
+        }
+    }
+    for p in &deletes {
+        if let Some(parent) = p.parent() {
+            if is_new_dir(&parent) {
+                dirmeta.insert(parent);
+            }
+        }
+    }
+
+    let mut steps: Vec<Step> = phase0
+        .into_iter()
+        .map(|(path, op)| Step { op, path })
+        .collect();
+    steps.extend(deletes.into_iter().map(|path| Step {
+        op: Op::Delete,
+        path,
+    }));
+    steps.extend(dirmeta.into_iter().map(|path| Step {
+        op: Op::DirMeta,
+        path,
+    }));
+
+    let entries = new
+        .entries
+        .iter()
+        .map(|n| {
+            let kind = match &n.ty {
+                Type::File => match &n.primary {
+                    Some(pr) if pr != &n.path => Kind::Hardlink {
+                        primary: pr.clone(),
+                    },
+                    _ => {
+                        let content = match choices.get(&n.path) {
+                            Some(Choice::Unchanged) | None => Content::Unchanged,
+                            Some(Choice::Empty) => Content::Empty,
+                            Some(Choice::Copy(from)) => Content::Copy { from: from.clone() },
+                            Some(Choice::Payload { .. }) => Content::Pieces(Vec::new()),
+                        };
+                        let config = config_globs
+                            .iter()
+                            .any(|g| bundle::glob::matches(g.as_bytes(), n.path.as_bytes()));
+                        Kind::File {
+                            size: n.size,
+                            hash: n.hash,
+                            content,
+                            config,
+                        }
+                    }
+                },
+                Type::Dir => Kind::Dir,
+                Type::Symlink(t) => Kind::Symlink { target: t.clone() },
+                Type::Fifo => Kind::Fifo,
+                Type::CharDev(r) => Kind::CharDev { rdev: *r },
+                Type::BlockDev(r) => Kind::BlockDev { rdev: *r },
+            };
+            Entry {
+                path: n.path.clone(),
+                meta: n.meta,
+                kind,
+            }
+        })
+        .collect();
+
+    Diff {
+        entries,
+        steps,
+        touched,
+        choices,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bundle::Meta;
+    use std::path::PathBuf;
+
+    pub fn bp(s: &str) -> BundlePath {
+        BundlePath::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+    pub fn file(p: &str, content: &[u8]) -> ScanEntry {
+        ScanEntry {
+            path: bp(p),
+            ty: Type::File,
+            meta: Meta {
+                mode: 0o644,
+                ..Meta::default()
+            },
+            size: content.len() as u64,
+            hash: Hash::of(content),
+            primary: None,
+        }
+    }
+    pub fn dir(p: &str) -> ScanEntry {
+        ScanEntry {
+            path: bp(p),
+            ty: Type::Dir,
+            meta: Meta {
+                mode: 0o755,
+                ..Meta::default()
+            },
+            size: 0,
+            hash: Hash::default(),
+            primary: None,
+        }
+    }
+    pub fn link(p: &str, t: &str) -> ScanEntry {
+        ScanEntry {
+            ty: Type::Symlink(t.as_bytes().to_vec()),
+            meta: Meta {
+                mode: 0o777,
+                ..Meta::default()
+            },
+            ..dir(p)
+        }
+    }
+    pub fn tree(e: Vec<ScanEntry>) -> Tree {
+        Tree::from_entries(PathBuf::new(), e)
+    }
+    fn ops(d: &Diff) -> Vec<String> {
+        d.steps
+            .iter()
+            .map(|s| format!("{:?} {}", s.op, s.path))
+            .collect()
+    }
+
+    #[test]
+    fn basic_semantics() {
+        let old = tree(vec![
+            dir("d"),
+            file("d/a", b"one"),
+            file("d/b", b"same"),
+            file("gone", b"g"),
+            dir("x"),
+            file("x/y", b"y"),
+            file("mv", b"moved!"),
+        ]);
+        let mut b2 = file("d/b", b"same");
+        b2.meta.mode = 0o600;
+        let new = tree(vec![
+            dir("d"),
+            file("d/a", b"two"),
+            b2,
+            link("x", "d"),
+            file("d/new", b"moved!"),
+            file("e", b""),
+        ]);
+        let d = diff(&old, &new, &["d/a".into()]);
+        assert_eq!(
+            ops(&d),
+            [
+                "Place d/a",
+                "SetMeta d/b",
+                "Place d/new",
+                "Place e",
+                "Place x",
+                "Delete gone",
+                "Delete mv",
+                "DirMeta d"
+            ]
+        );
+        // x/y is removed with the directory x it is under: in `old`, no Delete.
+        assert!(d.touched.contains(&bp("x/y")));
+        assert_eq!(
+            d.choices[&bp("d/a")],
+            Choice::Payload {
+                base: Some(bp("d/a"))
+            }
+        );
+        assert_eq!(d.choices[&bp("d/new")], Choice::Copy(bp("mv")));
+        assert_eq!(d.choices[&bp("e")], Choice::Empty);
+        assert_eq!(d.choices[&bp("d/b")], Choice::Unchanged);
+        assert!(matches!(d.entries[1].kind, Kind::File { config: true, .. }));
+    }
+
+    #[test]
+    fn hardlink_group_change_replaces_every_member() {
+        let mut a = file("a", b"x");
+        let mut b = file("b", b"x");
+        a.primary = Some(bp("a"));
+        b.primary = Some(bp("a"));
+        let old = tree(vec![file("a", b"x"), file("b", b"x")]);
+        let new = tree(vec![a, b]);
+        let d = diff(&old, &new, &[]);
+        assert_eq!(ops(&d), ["Place a", "Place b"]);
+        assert_eq!(d.choices[&bp("a")], Choice::Copy(bp("a")));
+        assert!(matches!(d.entries[1].kind, Kind::Hardlink { .. }));
+        // Unchanged group: nothing.
+        let d = diff(&new, &new, &[]);
+        assert!(d.steps.is_empty());
+    }
+
+    #[test]
+    fn version_bump_base() {
+        let old = tree(vec![dir("lib"), file("lib/libfoo.so.1.2.3", b"0123456789")]);
+        let new = tree(vec![dir("lib"), file("lib/libfoo.so.1.2.4", b"0123456788")]);
+        let d = diff(&old, &new, &[]);
+        assert_eq!(
+            d.choices[&bp("lib/libfoo.so.1.2.4")],
+            Choice::Payload {
+                base: Some(bp("lib/libfoo.so.1.2.3"))
+            }
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! Walk a directory tree into a sorted, hashed list of entries.
+//!
+//! The diff needs exact knowledge of both trees without following symlinks (a symlink is an
+//! entry, never a way out of the tree), in a deterministic order (bundle output must not depend
+//! on readdir order), with file content identified by BLAKE3 and hardlinks grouped by inode.
+
+use crate::error::{Error, Result};
+use bundle::{BundlePath, Hash, Meta};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// The type of a scanned entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Type {
+    File,
+    Dir,
+    Symlink(Vec<u8>),
+    Fifo,
+    CharDev(u64),
+    BlockDev(u64),
+}
+
+impl Type {
+    /// Type name as used by [`bundle::Kind::name`] (hardlinks count as files).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Type::File => "file",
+            Type::Dir => "dir",
+            Type::Symlink(_) => "symlink",
+            Type::Fifo => "fifo",
+            Type::CharDev(_) => "chardev",
+            Type::BlockDev(_) => "blockdev",
+        }
+    }
+}
+
+/// One entry of a tree (the root itself is not an entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanEntry {
+    pub path: BundlePath,
+    pub ty: Type,
+    pub meta: Meta,
+    /// Size in bytes (files only; 0 otherwise).
+    pub size: u64,
+    /// BLAKE3 of the content (files only; zero otherwise).
+    pub hash: Hash,
+    /// For a file with other names in the tree: the smallest path of its inode group.
+    /// `None` for a file with one name (and for non-files).
+    pub primary: Option<BundlePath>,
+}
+
+impl ScanEntry {
+    /// True for a regular file that is not the primary of its hardlink group.
+    pub fn is_secondary_link(&self) -> bool {
+        self.primary.as_ref().is_some_and(|p| p != &self.path)
+    }
+}
+
+/// A scanned tree: where it lives and its entries sorted by path bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Tree {
+    pub root: PathBuf,
+    pub entries: Vec<ScanEntry>,
+    index: BTreeMap<BundlePath, usize>,
+    groups: BTreeMap<BundlePath, Vec<BundlePath>>,
+}
+
+impl Tree {
+    /// Build a tree from entries (sorts them); used by [`scan`] and by tests.
+    pub fn from_entries(root: PathBuf, mut entries: Vec<ScanEntry>) -> Tree {
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.clone(), i))
+            .collect();
+        let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
+        for e in &entries {
+            if let Some(p) = &e.primary {
+                groups.entry(p.clone()).or_default().push(e.path.clone());
+            }
+        }
+        Tree {
+            root,
+            entries,
+            index,
+            groups,
+        }
+    }
+
+    pub fn get(&self, p: &BundlePath) -> Option<&ScanEntry> {
+        self.index.get(p).map(|&i| &self.entries[i])
+    }
+
+    /// All names of the inode of the file at `p`, sorted (just `[p]` for a single-name file).
+    pub fn group_of(&self, p: &BundlePath) -> Vec<BundlePath> {
+        match self
+            .get(p)
+            .and_then(|e| e.primary.as_ref())
+            .and_then(|pr| self.groups.get(pr))
+        {
+            Some(g) => g.clone(),
+            None => vec![p.clone()],
+        }
+    }
+
+    /// Filesystem path of an entry.
+    pub fn fs_path(&self, p: &BundlePath) -> PathBuf {
+        self.root.join(std::ffi::OsStr::from_bytes(p.as_bytes()))
+    }
+}
+
+/// Walk `root` (which must be a directory) without following symlinks.
+pub fn scan(root: &Path) -> Result<Tree> {
+    let md = fs::symlink_metadata(root).map_err(Error::io(root))?;
+    if !md.is_dir() {
+        return Err(Error::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    let mut entries = Vec::new();
+    // (filesystem path, bundle path or None for the root)
+    let mut stack: Vec<(PathBuf, Option<BundlePath>)> = vec![(root.to_path_buf(), None)];
+    // (dev, ino) -> paths, for files with nlink > 1
+    let mut inodes: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    while let Some((dir, rel)) = stack.pop() {
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        for d in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            names.push(d.map_err(Error::io(&dir))?.file_name());
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            if rel.is_none() && name.as_bytes() == bundle::path::STATE_DIR {
+                continue;
+            }
+            let fsp = dir.join(&name);
+            let path = match &rel {
+                None => BundlePath::new(name.as_bytes()),
+                Some(r) => r.join(name.as_bytes()),
+            }
+            .map_err(|source| Error::BadPath {
+                path: fsp.clone(),
+                source,
+            })?;
+            let md = fs::symlink_metadata(&fsp).map_err(Error::io(&fsp))?;
+            let ft = md.file_type();
+            let ty = if ft.is_file() {
+                Type::File
+            } else if ft.is_dir() {
+                Type::Dir
+            } else if ft.is_symlink() {
+                let t = fs::read_link(&fsp).map_err(Error::io(&fsp))?;
+                Type::Symlink(t.as_os_str().as_bytes().to_vec())
+            } else if ft.is_fifo() {
+                Type::Fifo
+            } else if ft.is_char_device() {
+                Type::CharDev(md.rdev())
+            } else if ft.is_block_device() {
+                Type::BlockDev(md.rdev())
+            } else if ft.is_socket() {
+                return Err(Error::Unsupported {
+                    path: fsp,
+                    what: "a socket",
+                });
+            } else {
+                return Err(Error::Unsupported {
+                    path: fsp,
+                    what: "this file type",
+                });
+            };
+            let mtime_ns = md
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec());
+            let meta = Meta {
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime_ns,
+            };
+            let size = if ty == Type::File { md.len() } else { 0 };
+            if ty == Type::File && md.nlink() > 1 {
+                inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_default()
+                    .push(entries.len());
+            }
+            if ty == Type::Dir {
+                stack.push((fsp, Some(path.clone())));
+            }
+            entries.push(ScanEntry {
+                path,
+                ty,
+                meta,
+                size,
+                hash: Hash::default(),
+                primary: None,
+            });
+        }
+    }
+    for idxs in inodes.values() {
+        if idxs.len() < 2 {
+            continue;
+        }
+        let Some(primary) = idxs.iter().map(|&i| entries[i].path.clone()).min() else {
+            continue;
+        };
+        for &i in idxs {
+            entries[i].primary = Some(primary.clone());
+        }
+    }
+    // Hash every file once per inode, in parallel; results come back in order.
+    let to_hash: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link())
+        .collect();
+    let hashes: Vec<Result<Hash>> = to_hash
+        .par_iter()
+        .map(|&i| hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes()))))
+        .collect();
+    let mut by_primary: BTreeMap<BundlePath, (Hash, u64)> = BTreeMap::new();
+    for (&i, h) in to_hash.iter().zip(hashes) {
+        entries[i].hash = h?;
+        by_primary.insert(entries[i].path.clone(), (entries[i].hash, entries[i].size));
+    }
+    for e in entries.iter_mut() {
+        if e.is_secondary_link() {
+            if let Some(&(h, s)) = e.primary.as_ref().and_then(|p| by_primary.get(p)) {
+                e.hash = h;
+                e.size = s;
+            }
+        }
+    }
+    Ok(Tree::from_entries(root.to_path_buf(), entries))
+}
+
+/// BLAKE3 of a file, read in 1 MiB blocks.
+pub fn hash_file(path: &Path) -> Result<Hash> {
+    let mut f = fs::File::open(path).map_err(Error::io(path))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
+        };
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn scan_sorts_groups_hardlinks_and_skips_state_dir() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let r = d.path();
+        fs::create_dir(r.join("a"))?;
+        fs::write(r.join("a/x"), b"hello")?;
+        fs::hard_link(r.join("a/x"), r.join("b"))?;
+        fs::write(r.join("a-c"), b"")?;
+        symlink("a/x", r.join("l"))?;
+        fs::create_dir(r.join(".ferry"))?;
+        fs::write(r.join(".ferry/state"), b"s")?;
+        let t = scan(r)?;
+        let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
+        assert_eq!(names, ["a", "a-c", "a/x", "b", "l"]);
+        let b = t.get(&BundlePath::new("b")?).ok_or("no b")?;
+        assert_eq!(b.primary, Some(BundlePath::new("a/x")?));
+        assert!(b.is_secondary_link());
+        assert_eq!(b.hash, Hash::of(b"hello"));
+        assert_eq!(b.size, 5);
+        assert_eq!(t.group_of(&BundlePath::new("a/x")?).len(), 2);
+        assert_eq!(
+            t.get(&BundlePath::new("l")?).ok_or("no l")?.ty,
+            Type::Symlink(b"a/x".to_vec())
+        );
+        Ok(())
+    }
+}
