@@ -1,1 +1,373 @@
-//! Helpers for end-to-end tests.
+//! Helpers for end-to-end tests of `ferry-build` and `ferry-apply` together: locating the real
+//! binaries, generating trees with known edits, and snapshotting a tree to compare it exactly.
+//!
+//! The binaries are found through `FERRY_BIN_DIR`, else `target/debug` beside this package
+//! (`cargo build` first; `cargo test --workspace` builds them as dependencies of this package's
+//! dev tree only if asked, so CI runs `cargo build` before the tests).
+
+pub mod forge;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of a ferry binary.
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(d) = std::env::var("FERRY_BIN_DIR") {
+        return PathBuf::from(d).join(name);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join(name)
+}
+
+pub fn build_cmd() -> Command {
+    Command::new(bin("ferry-build"))
+}
+
+pub fn apply_cmd() -> Command {
+    let mut c = Command::new(bin("ferry-apply"));
+    c.env_remove("FERRY_CRASH_AT").env_remove("FERRY_FAIL_AT").env_remove("FERRY_FAILPOINT_COUNT");
+    c
+}
+
+/// Run and return the output; panics with both streams if the exit code is not `code`.
+pub fn run_expect(c: &mut Command, code: i32) -> Output {
+    let o = c.output().expect("spawn");
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{:?}\nstdout: {}\nstderr: {}",
+        c,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Keys in `dir`: returns (secret, public).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let base = dir.join(name);
+    run_expect(build_cmd().arg("keygen").arg("--out").arg(&base), 0);
+    (base.with_extension("secret"), base.with_extension("pub"))
+}
+
+/// Build a bundle; `old` None makes a full bundle.
+pub fn build(old: Option<&Path>, new: &Path, key: &Path, version: u64, out: &Path, extra: &[&str]) {
+    let mut c = build_cmd();
+    c.arg("build").arg("--new").arg(new).arg("--key").arg(key).arg("--version").arg(version.to_string()).arg("--out").arg(out);
+    if let Some(o) = old {
+        c.arg("--old").arg(o);
+    }
+    c.args(extra).env("SOURCE_DATE_EPOCH", "1700000000");
+    run_expect(&mut c, 0);
+}
+
+/// `ferry-apply apply` with the given exit code expected.
+pub fn apply(bundle: &Path, target: &Path, trust: &Path, code: i32, extra: &[&str]) -> Output {
+    run_expect(apply_cmd().arg("apply").arg(bundle).arg("--target").arg(target).arg("--trust").arg(trust).args(extra), code)
+}
+
+/// Copy a tree exactly (hardlinks, devices, modes, owners, times).
+pub fn copy_tree(src: &Path, dst: &Path) {
+    let st = Command::new("cp").arg("-a").arg(src).arg(dst).status().expect("cp");
+    assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
+}
+
+/// What a snapshot records of one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Files and symlinks always; directories only if requested.
+    pub mtime_ns: Option<i64>,
+    pub content: Option<blake3::Hash>,
+    pub link: Option<Vec<u8>>,
+    pub rdev: u64,
+    /// Smallest path of the hardlink group, if the file has other names in the tree.
+    pub group: Option<Vec<u8>>,
+}
+
+pub type Snapshot = BTreeMap<Vec<u8>, Node>;
+
+/// Snapshot a tree (without its root `.ferry`).
+pub fn snapshot(root: &Path, dir_mtimes: bool) -> Snapshot {
+    let mut out = Snapshot::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    walk(root, root, dir_mtimes, &mut out, &mut inodes);
+    for (_, paths) in inodes {
+        if paths.len() > 1 {
+            let first = paths.iter().min().cloned();
+            for p in paths {
+                if let Some(n) = out.get_mut(&p) {
+                    n.group = first.clone();
+                }
+            }
+        }
+    }
+    out
+}
+
+fn walk(root: &Path, dir: &Path, dir_mtimes: bool, out: &mut Snapshot, inodes: &mut BTreeMap<(u64, u64), Vec<Vec<u8>>>) {
+    let mut names: Vec<_> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
+    names.sort();
+    for p in names {
+        let rel = p.strip_prefix(root).expect("prefix").as_os_str().as_bytes().to_vec();
+        if rel == b".ferry" || rel.starts_with(b".ferry-work") {
+            continue;
+        }
+        let md = fs::symlink_metadata(&p).expect("lstat");
+        let ft = md.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_file() {
+            "file"
+        } else if ft.is_dir() {
+            "dir"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_char_device() {
+            "chardev"
+        } else if ft.is_block_device() {
+            "blockdev"
+        } else {
+            "other"
+        };
+        let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        let node = Node {
+            kind,
+            mode: if ft.is_symlink() { 0 } else { md.mode() & 0o7777 },
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: if kind != "dir" || dir_mtimes { Some(mtime) } else { None },
+            content: if ft.is_file() { Some(blake3::hash(&fs::read(&p).expect("read"))) } else { None },
+            link: if ft.is_symlink() { Some(fs::read_link(&p).expect("readlink").as_os_str().as_bytes().to_vec()) } else { None },
+            rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
+            group: None,
+        };
+        if ft.is_file() && md.nlink() > 1 {
+            inodes.entry((md.dev(), md.ino())).or_default().push(rel.clone());
+        }
+        out.insert(rel, node);
+        if ft.is_dir() {
+            walk(root, &p, dir_mtimes, out, inodes);
+        }
+    }
+}
+
+/// Assert two snapshots are equal, printing the first differences.
+pub fn assert_same(a: &Snapshot, b: &Snapshot, what: &str) {
+    if a == b {
+        return;
+    }
+    let mut diffs = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            None => diffs.push(format!("only in first: {}", String::from_utf8_lossy(k))),
+            Some(w) if w != v => diffs.push(format!("differs: {}: {:?} vs {:?}", String::from_utf8_lossy(k), v, w)),
+            _ => {}
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            diffs.push(format!("only in second: {}", String::from_utf8_lossy(k)));
+        }
+    }
+    diffs.truncate(20);
+    panic!("{what}: trees differ:\n{}", diffs.join("\n"));
+}
+
+/// Set a path's mtime without following symlinks.
+pub fn set_mtime(p: &Path, secs: i64) {
+    let st = Command::new("touch").arg("-h").arg("-d").arg(format!("@{secs}")).arg(p).status().expect("touch");
+    assert!(st.success());
+}
+
+fn name(rng: &mut StdRng) -> Vec<u8> {
+    let pool: &[&[u8]] = &[b"a", b"b", b"lib", b"etc", b"x.conf", b"data.bin", b"caf\xc3\xa9", b"\xff\xferaw", b"sp ace", b"z"];
+    let mut n = pool[rng.gen_range(0..pool.len())].to_vec();
+    n.extend_from_slice(rng.gen_range(0..50u32).to_string().as_bytes());
+    n
+}
+
+fn content(rng: &mut StdRng) -> Vec<u8> {
+    match rng.gen_range(0..4) {
+        0 => Vec::new(),
+        1 => (0..rng.gen_range(1..64)).map(|_| rng.gen()).collect(),
+        2 => {
+            let w = b"the quick brown fox jumps over the lazy dog ";
+            w.iter().cycle().take(rng.gen_range(100..20_000)).copied().collect()
+        }
+        _ => (0..rng.gen_range(1000..40_000)).map(|i: usize| (i % 251) as u8 ^ rng.gen_range(0..2u8)).collect(),
+    }
+}
+
+/// Generate a random tree with every entry type, non-UTF-8 names, empty files and directories,
+/// hardlinks, symlinks (relative, absolute, dangling), FIFOs and (as root) device nodes.
+pub fn gen_tree(root: &Path, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    fs::create_dir_all(root).expect("mkdir");
+    let mut dirs = vec![root.to_path_buf()];
+    let mut files: Vec<PathBuf> = Vec::new();
+    let n = rng.gen_range(5..40);
+    for _ in 0..n {
+        let d = dirs[rng.gen_range(0..dirs.len())].clone();
+        let p = d.join(OsStr::from_bytes(&name(&mut rng)));
+        if fs::symlink_metadata(&p).is_ok() {
+            continue;
+        }
+        match rng.gen_range(0..10) {
+            0 | 1 => {
+                fs::create_dir(&p).expect("mkdir");
+                dirs.push(p);
+            }
+            2 if !files.is_empty() => {
+                let t = &files[rng.gen_range(0..files.len())];
+                fs::hard_link(t, &p).expect("link");
+            }
+            3 => {
+                let target: Vec<u8> = match rng.gen_range(0..3) {
+                    0 => b"/usr/lib/nowhere".to_vec(),
+                    1 => b"../dangling".to_vec(),
+                    _ => files.last().and_then(|f| f.file_name()).map(|n| n.as_bytes().to_vec()).unwrap_or(b"x".to_vec()),
+                };
+                symlink(OsStr::from_bytes(&target), &p).expect("symlink");
+            }
+            4 => {
+                let st = Command::new("mkfifo").arg(&p).status().expect("mkfifo");
+                assert!(st.success());
+            }
+            _ => {
+                fs::write(&p, content(&mut rng)).expect("write");
+                let modes = [0o644, 0o755, 0o600, 0o4755, 0o2750, 0o1777 & 0o1755];
+                fs::set_permissions(&p, fs::Permissions::from_mode(modes[rng.gen_range(0..modes.len())])).expect("chmod");
+                files.push(p);
+            }
+        }
+    }
+    if rustix_is_root() && rng.gen_bool(0.5) {
+        let p = root.join("null-dev");
+        let _ = Command::new("mknod").arg(&p).arg("c").arg("1").arg("3").status();
+    }
+    stamp(root, &mut rng);
+}
+
+fn rustix_is_root() -> bool {
+    // SAFETY-free check: uid 0 owns /proc/self as seen by us.
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// Give every entry a deterministic, distinct mtime (so mtime handling is actually tested).
+fn stamp(root: &Path, rng: &mut StdRng) {
+    let mut all = Vec::new();
+    collect(root, &mut all);
+    for p in all {
+        set_mtime(&p, 1_600_000_000 + rng.gen_range(0..10_000_000));
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut v: Vec<_> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("e").path()).collect();
+    v.sort();
+    for p in v {
+        let md = fs::symlink_metadata(&p).expect("lstat");
+        if md.is_dir() {
+            collect(&p, out);
+        }
+        out.push(p);
+    }
+}
+
+/// Make NEW from a copy of OLD with random edits: content edits, appends, deletions, additions,
+/// renames, mode and mtime changes, type changes (file↔dir↔symlink), new hardlinks.
+pub fn mutate(old: &Path, new: &Path, seed: u64) {
+    copy_tree(old, new);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut all = Vec::new();
+    collect(new, &mut all);
+    let edits = rng.gen_range(1..12);
+    for _ in 0..edits {
+        if all.is_empty() {
+            break;
+        }
+        let p = all[rng.gen_range(0..all.len())].clone();
+        let Ok(md) = fs::symlink_metadata(&p) else { continue };
+        match rng.gen_range(0..9) {
+            0 if md.is_file() => {
+                let mut c = fs::read(&p).expect("read");
+                let len = c.len();
+                if len > 0 {
+                    let i = rng.gen_range(0..len);
+                    c[i] ^= 0x55;
+                }
+                c.extend_from_slice(b"appended");
+                fs::remove_file(&p).expect("rm");
+                fs::write(&p, c).expect("write");
+            }
+            1 => {
+                if md.is_dir() {
+                    fs::remove_dir_all(&p).expect("rm -r");
+                } else {
+                    fs::remove_file(&p).expect("rm");
+                }
+            }
+            2 if md.is_file() => {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).expect("chmod");
+            }
+            3 => {
+                // type change to a file
+                if md.is_dir() {
+                    fs::remove_dir_all(&p).expect("rm -r");
+                } else {
+                    fs::remove_file(&p).expect("rm");
+                }
+                fs::write(&p, b"now a file").expect("write");
+            }
+            4 if !md.is_dir() => {
+                // type change to a directory with a child
+                fs::remove_file(&p).expect("rm");
+                fs::create_dir(&p).expect("mkdir");
+                fs::write(p.join("child"), b"child").expect("write");
+            }
+            5 if !md.is_dir() => {
+                fs::remove_file(&p).expect("rm");
+                symlink("child-target", &p).expect("symlink");
+            }
+            6 if md.is_file() => {
+                let q = p.with_file_name(format!("renamed{}", rng.gen_range(0..1000)));
+                if fs::symlink_metadata(&q).is_err() {
+                    fs::rename(&p, &q).expect("rename");
+                }
+            }
+            7 if md.is_file() => {
+                let q = p.with_file_name(format!("hl{}", rng.gen_range(0..1000)));
+                if fs::symlink_metadata(&q).is_err() {
+                    fs::hard_link(&p, &q).expect("link");
+                }
+            }
+            _ => {
+                let q = p.parent().unwrap_or(new).join(format!("added{}", rng.gen_range(0..1000)));
+                if fs::symlink_metadata(&q).is_err() {
+                    fs::write(&q, content(&mut rng)).expect("write");
+                }
+            }
+        }
+        all = Vec::new();
+        collect(new, &mut all);
+    }
+    // Fresh mtimes on everything that may have changed (deterministic).
+    for p in &all {
+        if rng.gen_bool(0.3) {
+            set_mtime(p, 1_700_000_000 + rng.gen_range(0..1000));
+        }
+    }
+}
