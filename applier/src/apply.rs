@@ -320,7 +320,7 @@ fn rollback_txn(o: &Options, t: &Target, mut txn: Txn) -> Result<()> {
         crate::failpoint::hit("rollback-step");
         commit::reverse(root, &mut txn, i, &old_meta, t.owners)?;
     }
-    commit::restore_dir_meta(root, &txn.head.manifest, &old_meta, t.owners)?;
+    commit::restore_dir_meta(root, &old_meta, t.owners)?;
     sync_all(root, &txn)?;
     let before = txn.dir.join("state-before.json");
     if before.exists() {

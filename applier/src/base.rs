@@ -95,7 +95,9 @@ pub fn check(root: BorrowedFd<'_>, m: &Manifest, conffile_ok: &dyn Fn(&BundlePat
     }
     let created: HashSet<&BundlePath> = m.script.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place)).map(|s| &s.path).collect();
     for s in &m.script {
-        if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() {
+        // A path whose parent the script creates cannot exist yet: the parent is checked itself.
+        let parent_created = s.path.parent().is_some_and(|p| created.contains(&p));
+        if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() && !parent_created {
             match observe(root, &s.path, false) {
                 Ok(None) => {}
                 Ok(Some((k, _))) => drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name()))),

@@ -49,7 +49,14 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> R
     let m = &txn.head.manifest;
     let step = m.script[i].clone();
     let p = &step.path;
-    let (dir, name) = fsx::parent_of(root, p).ctx("open parent of", p)?;
+    let (dir, name) = match fsx::parent_of(root, p) {
+        Ok(x) => x,
+        // A deleted path whose parent was already moved out by an earlier run: done.
+        Err(e) if step.op == Op::Delete && matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) => {
+            return Ok(false)
+        }
+        Err(e) => return Err(e).ctx("open parent of", p),
+    };
     let dir = dir.as_fd();
     let cur = fsx::lstat_at(dir, name).ctx("stat", p)?;
     match step.op {
@@ -127,8 +134,8 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
     let p = &step.path;
     let (dir, name) = match fsx::parent_of(root, p) {
         Ok(x) => x,
-        // Parent never created (the forward step of the parent did not run): nothing here.
-        Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::NOENT) => return Ok(()),
+        // Parent never created, or already swapped back to a non-directory: nothing here.
+        Err(e) if matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) => return Ok(()),
         Err(e) => return Err(e).ctx("open parent of", p),
     };
     let dir = dir.as_fd();
@@ -184,17 +191,13 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
     Ok(())
 }
 
-/// Restore the saved metadata of directories (after all renames of a rollback).
-pub fn restore_dir_meta(root: BorrowedFd<'_>, m: &Manifest, old_meta: &OldMeta, owners: bool) -> Result<()> {
-    for s in m.script.iter().rev() {
-        if s.op != Op::DirMeta {
-            continue;
-        }
-        if let Some(meta) = old_meta.get(&s.path) {
-            if let Ok((d, n)) = fsx::parent_of(root, &s.path) {
-                if is_dir(&fsx::lstat_at(d.as_fd(), n).ctx("stat", &s.path)?) {
-                    fsx::set_meta_at(d.as_fd(), n, meta, owners).ctx("restore metadata", &s.path)?;
-                }
+/// Restore the saved metadata of every directory a step touched (after all renames of a
+/// rollback, which change directory mtimes), deepest first.
+pub fn restore_dir_meta(root: BorrowedFd<'_>, old_meta: &OldMeta, owners: bool) -> Result<()> {
+    for (p, meta) in old_meta.iter().rev() {
+        if let Ok((d, n)) = fsx::parent_of(root, p) {
+            if is_dir(&fsx::lstat_at(d.as_fd(), n).ctx("stat", p)?) {
+                fsx::set_meta_at(d.as_fd(), n, meta, owners).ctx("restore metadata", p)?;
             }
         }
     }

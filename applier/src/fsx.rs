@@ -160,7 +160,13 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
 pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners: bool) -> io::Result<()> {
     let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let ft = file_type(&st);
-    if owners {
+    // Only change what differs: no needless writes (and a read-only directory that already has
+    // the right metadata is no error).
+    let cur = meta_of(&st);
+    if cur == *meta || (!owners && cur.mode == meta.mode && cur.mtime_ns == meta.mtime_ns) {
+        return Ok(());
+    }
+    if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
         rfs::chownat(
             dir,
             name,
@@ -171,6 +177,8 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners
     }
     match ft {
         FileType::Symlink => {} // Linux has no symlink permissions.
+        // chown clears setuid/setgid, so compare with the mode as it is now.
+        _ if rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & 0o7777 == meta.mode => {}
         FileType::RegularFile | FileType::Directory => {
             let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
             rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
@@ -178,6 +186,9 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners
         // FIFOs and devices: opening them can block or have side effects; chmodat follows a
         // symlink at `name`, but we just saw it is not one and the directory is resolved safely.
         _ => rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?,
+    }
+    if cur.mtime_ns == meta.mtime_ns && cur.mode == meta.mode && (!owners || (cur.uid == meta.uid && cur.gid == meta.gid)) {
+        return Ok(());
     }
     set_mtime_at(dir, name, meta.mtime_ns)
 }
@@ -222,4 +233,14 @@ pub fn is_root() -> bool {
 /// Convert errno from a rustix result for matching.
 pub fn errno(e: &io::Error) -> Option<Errno> {
     e.raw_os_error().map(Errno::from_raw_os_error)
+}
+
+/// Identity of the mount holding `fd`: the mount id (`statx` `STATX_MNT_ID`, Linux 5.8+), or the
+/// device number where that is unavailable. Two bind mounts of one filesystem share `st_dev` but
+/// `rename(2)` and `link(2)` between them fail with EXDEV, so work directories are per mount.
+pub fn mount_key(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    match rfs::statx(fd, c"", AtFlags::EMPTY_PATH, rfs::StatxFlags::MNT_ID) {
+        Ok(s) if s.stx_mask & rfs::StatxFlags::MNT_ID.bits() != 0 => Ok(s.stx_mnt_id),
+        _ => Ok(rfs::fstat(fd)?.st_dev),
+    }
 }

@@ -35,6 +35,13 @@ pub fn work_name(id: &bundle::Hash) -> Vec<u8> {
 impl Txn {
     /// Start a transaction: save the verified head, then journal `Begin`.
     pub fn create(dir: &Path, head: Head, bundle_path: &Path) -> Result<Txn> {
+        Self::create_inner(dir, head, bundle_path).inspect_err(|_| {
+            // Nothing was staged yet: leave no half-written transaction behind.
+            let _ = std::fs::remove_dir_all(dir);
+        })
+    }
+
+    fn create_inner(dir: &Path, head: Head, bundle_path: &Path) -> Result<Txn> {
         std::fs::create_dir_all(dir).ctx("create transaction directory", dir.display())?;
         crate::state::write_atomic(&dir.join("manifest.cbor"), &head.manifest_bytes)?;
         crate::state::write_atomic(&dir.join("signatures.cbor"), &head.sig_bytes)?;
@@ -149,18 +156,19 @@ impl Txn {
         if !create {
             return Err(Error::Internal(format!("{path}: no work directory for device {dev}")));
         }
-        let txn_dev = rustix::fs::stat(&self.dir).ctx("stat", self.dir.display())?.st_dev;
+        let txn_dir = fsx::open_dir_path(&self.dir).ctx("open", self.dir.display())?;
+        let txn_dev = fsx::mount_key(txn_dir.as_fd()).ctx("stat", self.dir.display())?;
         let loc = if txn_dev == dev {
             None
         } else {
             // Topmost directory of the target on this filesystem.
             let mut top: Option<BundlePath> = None;
             let anc: Vec<BundlePath> = path.ancestors();
-            let root_dev = rustix::fs::fstat(root).ctx("stat", "target root")?.st_dev;
+            let root_dev = fsx::mount_key(root).ctx("stat", "target root")?;
             if root_dev != dev {
                 for a in &anc {
                     if let Ok(d) = fsx::open_dir_beneath(root, Some(a)) {
-                        if rustix::fs::fstat(&d).map(|s| s.st_dev) == Ok(dev) {
+                        if fsx::mount_key(d.as_fd()).ok() == Some(dev) {
                             top = Some(a.clone());
                             break;
                         }
@@ -217,16 +225,16 @@ fn open_work(dev: u64, base: BorrowedFd<'_>, create: bool) -> Result<Work> {
     Ok(Work { dev, stage: sub(b"stage")?, backup: sub(b"backup")? })
 }
 
-/// Device of the nearest existing ancestor directory of `path` (new directories are created on
+/// Mount ([`fsx::mount_key`]) of the nearest existing ancestor directory of `path` (new directories are created on
 /// their parent's filesystem).
 pub fn dev_of_parent(root: BorrowedFd<'_>, path: &BundlePath) -> Result<u64> {
     let mut anc = path.ancestors();
     while let Some(a) = anc.pop() {
         if let Ok(d) = fsx::open_dir_beneath(root, Some(&a)) {
-            return Ok(rustix::fs::fstat(&d).ctx("stat", &a)?.st_dev);
+            return fsx::mount_key(d.as_fd()).ctx("stat", &a);
         }
     }
-    Ok(rustix::fs::fstat(root).ctx("stat", "target root")?.st_dev)
+    fsx::mount_key(root).ctx("stat", "target root")
 }
 
 /// Staged object name of NEW entry `i`.

@@ -24,7 +24,18 @@ pub fn bin(name: &str) -> PathBuf {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-    target.join("debug").join(name)
+    let p = target.join("debug").join(name);
+    // Build the binaries once per test process so a test never runs a stale binary (a no-op
+    // when `cargo test --workspace` already built them).
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo).args(["build", "-q", "-p", "ferry-builder", "-p", "ferry-applier"]).current_dir(&root).status();
+            assert!(st.map(|s| s.success()).unwrap_or(false), "building the ferry binaries failed");
+        }
+    });
+    p
 }
 
 pub fn build_cmd() -> Command {
