@@ -116,8 +116,22 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
     Ok(())
 }
 
-/// `ferry-apply apply FILE`.
+/// `ferry-apply apply FILE`. A failure is also recorded as `last_error` in the state file.
 pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
+    let r = apply_locked(o, bundle);
+    if let Err(e) = &r {
+        if !matches!(e, Error::Locked(_) | Error::Usage(_)) {
+            let p = state_paths(o).state();
+            if let Ok(mut st) = state::load(&p) {
+                st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
+                let _ = state::save(&p, &st);
+            }
+        }
+    }
+    r
+}
+
+fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     let t = open_target(o)?;
     let trust = load_trust(o, &t.paths)?;
     finish_interrupted_rollback(o, &t)?;
