@@ -200,6 +200,7 @@ pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> io::Resu
 }
 
 /// Metadata of a stat as the manifest represents it.
+#[allow(clippy::unnecessary_cast)] // st_mtime is not i64 on every architecture
 pub fn meta_of(s: &Stat) -> bundle::Meta {
     bundle::Meta {
         mode: s.st_mode & 0o7777,

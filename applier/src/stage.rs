@@ -162,12 +162,14 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                         if s >= e {
                             continue;
                         }
-                        if !open.contains_key(&ei) {
-                            let file = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", &m.entries[ei].path)?;
-                            crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
-                            open.insert(ei, file);
-                        }
-                        let file = &open[&ei];
+                        let file = match open.entry(ei) {
+                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", &m.entries[ei].path)?;
+                                crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
+                                v.insert(f)
+                            }
+                        };
                         file.write_all_at(&buf[(s - pos) as usize..(e - pos) as usize], fo + (s - po)).ctx("write staged", &m.entries[ei].path)?;
                         rep.bytes += e - s;
                     }

@@ -284,10 +284,8 @@ impl Manifest {
                 return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
             }
             match &e.kind {
-                Kind::Symlink { target } => {
-                    if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) {
-                        return err(format!("{}: symlink target empty, too long or with NUL", e.path));
-                    }
+                Kind::Symlink { target } if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) => {
+                    return err(format!("{}: symlink target empty, too long or with NUL", e.path));
                 }
                 Kind::Hardlink { primary } => match self.entry(primary) {
                     Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => {}
