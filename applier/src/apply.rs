@@ -161,20 +161,37 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     }
     check_policy(o, &st, &h)?;
     let kept = crate::base::check(t.root.as_fd(), &h.manifest, &|p| conffile(&h.manifest, p)).map_err(Error::Drift)?;
-    if !kept.is_empty() {
-        return Err(Error::Drift(kept.iter().map(|p| format!("{p}: locally edited config file (keeping local edits is not supported yet)")).collect()));
+    for p in &kept {
+        log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));
     }
     let verify_ms = ms(t0);
     log(o, format!("verified bundle version {} ({} entries, {} steps)", h.manifest.version, h.manifest.entries.len(), h.manifest.script.len()));
-    let txn = Txn::create(&t.paths.txn(), h, bundle)?;
+    let mut txn = Txn::create(&t.paths.txn(), h, bundle)?;
     state::save(&txn.dir.join("state-before.json"), &st)?;
+    txn.save_kept(&kept)?;
     let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
     rep.verify_ms = verify_ms;
     Ok(rep)
 }
 
-fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
+/// The conffile rule applies to a NEW regular file marked `config` whose `NAME.ferry-new` the
+/// bundle does not itself use.
+pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
+    let side = match p.parent() {
+        Some(d) => d.join(&crate::commit::ferry_new_name(p)),
+        None => bundle::BundlePath::new(crate::commit::ferry_new_name(p)),
+    };
+    // Nothing may be decoded from the local (edited) file: no delta base, no copy source.
+    let used_as_base = m.entries.iter().any(|e| match &e.kind {
+        bundle::Kind::File { content: bundle::Content::Copy { from }, .. } => from == p,
+        bundle::Kind::File { content: bundle::Content::Pieces(ps), .. } => {
+            ps.iter().any(|x| matches!(&x.method, bundle::Method::Patch { base, .. } if base == p))
+        }
+        _ => false,
+    });
     matches!(m.entry(p).map(|e| &e.kind), Some(bundle::Kind::File { config: true, .. }))
+        && !used_as_base
+        && side.ok().is_some_and(|s| m.entry(&s).is_none() && m.old_entry(&s).is_none())
 }
 
 /// Drive a transaction from wherever its journal says it is to the end.
@@ -278,7 +295,7 @@ fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()>
             bundle_id: Some(txn.head.id.to_hex()),
             applied_at: Some(state::now()),
             hooks: Vec::new(),
-            conffiles_kept: Vec::new(),
+            conffiles_kept: txn.kept.iter().map(|p| format!("{p}.ferry-new")).collect(),
             last_error: None,
             owners_applied: t.owners,
         };
@@ -300,6 +317,7 @@ fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()>
         txn.append(Record::HooksDone)?;
     }
     rep.hooks = st.hooks.clone();
+    rep.conffiles_kept = st.conffiles_kept.clone();
     // Keep this transaction's backups for one-level rollback; drop the older ones.
     if let Some(old) = Txn::load(&t.paths.prev(), &o.limits)? {
         old.remove(t.root.as_fd())?;

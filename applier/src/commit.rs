@@ -13,6 +13,13 @@ use rustix::fs::FileType;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
+/// `NAME.ferry-new`: where the NEW version of a locally edited config file goes.
+pub fn ferry_new_name(p: &BundlePath) -> Vec<u8> {
+    let mut n = p.file_name().to_vec();
+    n.extend_from_slice(b".ferry-new");
+    n
+}
+
 /// Actual metadata of touched paths before the commit, saved for rollback.
 pub type OldMeta = BTreeMap<BundlePath, Meta>;
 
@@ -74,6 +81,7 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> R
             let ei = entry_index(m, p)?;
             let new_kind = m.entries[ei].kind.clone();
             let old = m.old_entry(p).map(|o| o.kind.clone());
+            let kept = txn.kept.contains(p);
             let w = txn.work_for(root, p, false)?;
             let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
             let sname = staged_name(ei);
@@ -93,6 +101,11 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> R
             if staged.is_none() {
                 return Ok(false); // renamed into place by an earlier run
             }
+            if kept {
+                // Conffile rule: the local edit stays; the NEW version goes beside it.
+                fsx::rename_at(sd, &sname, dir, &ferry_new_name(p)).ctx("place beside the local config file", p)?;
+                return Ok(true);
+            }
             if old.is_some() {
                 // Keep the OLD inode for rollback: a hard link, no copy.
                 let bname = backup_name(i);
@@ -105,6 +118,7 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> R
             }
             Ok(true)
         }
+        Op::SetMeta if txn.kept.contains(p) => Ok(false),
         Op::SetMeta => {
             let e = &m.entries[entry_index(m, p)?];
             fsx::set_meta_at(dir, name, &e.meta, owners).ctx("set metadata", p)?;
@@ -150,12 +164,18 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             let ei = entry_index(m, p)?;
             let new_kind = m.entries[ei].kind.clone();
             let old = m.old_entry(p).map(|o| o.kind.clone());
+            let kept = txn.kept.contains(p);
             let w = txn.work_for(root, p, false)?;
             let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
             let sname = staged_name(ei);
             let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
             let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
-            if exchange {
+            if kept {
+                let side = ferry_new_name(p);
+                if staged.is_none() && fsx::lstat_at(dir, &side).ctx("stat", p)?.is_some() {
+                    fsx::rename_noreplace(dir, &side, sd, &sname).ctx("move out of the tree", p)?;
+                }
+            } else if exchange {
                 let forward_done = cur.as_ref().is_some_and(|c| type_name(c) == new_type(&new_kind))
                     && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old.as_ref().map(|o| o.name()));
                 if forward_done {

@@ -303,6 +303,9 @@ fn status_human(s: &applier::status::Status) -> String {
     if let Some(k) = &s.rollback {
         out.push_str(&format!("\nrollback: backups of version {} kept; rollback restores {}", k.version, k.rollback_restores));
     }
+    for c in &i.conffiles_kept {
+        out.push_str(&format!("\nconfig file kept with local edits; new version at {c}"));
+    }
     for h in &i.hooks {
         out.push_str(&format!("\nhook {} ({}): {}", h.command, h.glob, h.result));
     }

@@ -24,6 +24,8 @@ pub struct Txn {
     pub works: Vec<Work>,
     /// Work-directory locations recorded in the journal: (dev, path relative to the target).
     pub work_locs: Vec<(u64, Option<BundlePath>)>,
+    /// Config files whose local edits are kept (`kept.cbor`): their NEW version goes beside them.
+    pub kept: std::collections::BTreeSet<BundlePath>,
 }
 
 /// Name of a work directory on a filesystem other than the state directory's, at the topmost
@@ -54,7 +56,7 @@ impl Txn {
         let abs = std::fs::canonicalize(bundle_path).unwrap_or_else(|_| bundle_path.to_path_buf());
         let rec = Record::Begin { bundle_id: head.id, bundle_path: abs.as_os_str().as_bytes().to_vec() };
         journal.append(&rec)?;
-        Ok(Txn { dir: dir.to_path_buf(), head, journal, records: vec![rec], works: Vec::new(), work_locs: Vec::new() })
+        Ok(Txn { dir: dir.to_path_buf(), head, journal, records: vec![rec], works: Vec::new(), work_locs: Vec::new(), kept: Default::default() })
     }
 
     /// Load a transaction directory (resume, rollback, status). The saved manifest is verified
@@ -79,7 +81,19 @@ impl Txn {
             })
             .collect();
         let journal = Journal::open(&dir.join("journal"))?;
-        Ok(Some(Txn { dir: dir.to_path_buf(), head, journal, records, works: Vec::new(), work_locs }))
+        let kept = match std::fs::read(dir.join("kept.cbor")) {
+            Ok(b) => ciborium::from_reader(&b[..]).map_err(|e| Error::Internal(format!("kept.cbor: {e}")))?,
+            Err(_) => Default::default(),
+        };
+        Ok(Some(Txn { dir: dir.to_path_buf(), head, journal, records, works: Vec::new(), work_locs, kept }))
+    }
+
+    /// Record the config files whose local edits are kept (before staging starts).
+    pub fn save_kept(&mut self, kept: &[BundlePath]) -> Result<()> {
+        self.kept = kept.iter().cloned().collect();
+        let mut b = Vec::new();
+        ciborium::into_writer(&self.kept, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::state::write_atomic(&self.dir.join("kept.cbor"), &b)
     }
 
     pub fn has(&self, want: &Record) -> bool {

@@ -155,11 +155,16 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
     let mut exchanged: BTreeSet<BundlePath> = BTreeSet::new();
     let mut choices: BTreeMap<BundlePath, Choice> = BTreeMap::new();
 
+    let is_config = |p: &BundlePath| config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()));
     let payload_choice = |p: &BundlePath, n: &ScanEntry| -> Choice {
         if n.size == 0 {
             Choice::Empty
         } else if let Some(from) = idx.copy_source(p, &n.hash) {
             Choice::Copy(from)
+        } else if is_config(p) {
+            // A config file may be locally edited on the target (the conffile rule keeps the
+            // edit): its NEW content must not be decoded from the OLD file.
+            Choice::Payload { base: None }
         } else {
             Choice::Payload {
                 base: idx.delta_base(old, p, n.size),
