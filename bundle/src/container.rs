@@ -232,7 +232,11 @@ impl<R: Read> Reader<R> {
 /// Turn an I/O error produced by a [`FrameReader`] back into the bundle error it carries.
 pub fn unwrap_io(e: io::Error, index: usize) -> Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        return Error::Truncated { offset: 0, what: format!("data of frame {index}") };
+        // [`FrameReader`] reports truncation as the bundle error itself, with its offset.
+        return match e.into_inner().map(|i| i.downcast::<Error>()) {
+            Some(Ok(inner)) => *inner,
+            _ => Error::Truncated { offset: 0, what: format!("data of frame {index}") },
+        };
     }
     Error::Io(e)
 }
@@ -255,7 +259,8 @@ impl<R: Read> Read for FrameReader<'_, R> {
         let want = buf.len().min(self.left.min(1 << 20) as usize);
         let n = self.reader.inner.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "bundle truncated inside a frame"));
+            let e = Error::Truncated { offset: self.reader.offset, what: format!("data of frame {}", self.index) };
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e));
         }
         self.hasher.update(&buf[..n]);
         self.left -= n as u64;
