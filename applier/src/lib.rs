@@ -9,6 +9,7 @@
 //! - [`journal`] and [`txn`]: the durable record of where a transaction stands.
 //! - [`commit`]: the apply script's steps forward, and their inverses for rollback.
 //! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
+//! - [`plan`]: a dry run against the real target.
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 
@@ -21,6 +22,7 @@ pub mod fsx;
 pub mod hooks;
 pub mod inbox;
 pub mod journal;
+pub mod plan;
 pub mod source;
 pub mod stage;
 pub mod state;

@@ -96,6 +96,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Dry run against the real target: steps, space, drift, hooks; changes nothing.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        a: ApplyArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Finish an interrupted apply or rollback.
     #[command(after_help = EXIT_CODES)]
     Resume {
@@ -217,6 +228,28 @@ fn main() -> ExitCode {
                 Err(e) => fail("apply", json, &e),
             }
         }
+        Cmd::Plan { file, t, a, json } => {
+            let o = opts(&t, Some(&a), q || json);
+            match applier::plan::plan(&o, &file) {
+                Ok(p) => {
+                    let code = p.refusal_exit_code.unwrap_or(0);
+                    let human = plan_human(&p);
+                    let mut v = serde_json::to_value(&p).unwrap_or_default();
+                    if json {
+                        if let Some(m) = v.as_object_mut() {
+                            m.insert("ferry_report".into(), json!(1));
+                            m.insert("command".into(), json!("plan"));
+                            m.insert("exit_code".into(), json!(code));
+                        }
+                        println!("{v}");
+                    } else {
+                        println!("{human}");
+                    }
+                    ExitCode::from(code)
+                }
+                Err(e) => fail("plan", json, &e),
+            }
+        }
         Cmd::Resume { t, bundle, no_hooks, json } => {
             let mut o = opts(&t, None, q || json);
             o.bundle = bundle;
@@ -283,6 +316,39 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn plan_human(p: &applier::plan::Plan) -> String {
+    let mut s = format!(
+        "plan: version {} (channel {}) onto a target at version {}\n",
+        p.version,
+        p.channel,
+        p.installed_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+    );
+    match &p.refusal {
+        None => s.push_str("would apply: yes\n"),
+        Some(r) => s.push_str(&format!("would apply: NO (exit {}): {r}\n", p.refusal_exit_code.unwrap_or(1))),
+    }
+    for f in &p.filesystems {
+        s.push_str(&format!(
+            "stage {} bytes on the filesystem of {}: {} available{}\n",
+            f.stage_bytes,
+            f.example_dir,
+            f.available_bytes,
+            if f.fits { "" } else { " — DOES NOT FIT" }
+        ));
+    }
+    for c in &p.conffiles_kept {
+        s.push_str(&format!("config file {c} has local edits: kept, new version to {c}.ferry-new\n"));
+    }
+    for h in &p.hooks {
+        s.push_str(&format!("hook: {h}\n"));
+    }
+    s.push_str(&format!("{} steps:", p.steps.len()));
+    for st in &p.steps {
+        s.push_str(&format!("\n  {:8} {}", st.op, st.path));
+    }
+    s
 }
 
 fn status_human(s: &applier::status::Status) -> String {

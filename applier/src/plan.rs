@@ -1,0 +1,113 @@
+//! `ferry-apply plan`: a dry run against the real target — the ordered steps, bytes to stage and
+//! free space per filesystem, drifted paths, config files that would be kept, hooks that would
+//! run, and whether (and why not) the bundle would apply. It takes no lock and writes nothing.
+
+use crate::apply::{check_policy, conffile, load_trust, state_paths, Options};
+use crate::error::{Ctx, Error, Result};
+use crate::{fsx, hooks, stage, state, txn, verify};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+pub struct Filesystem {
+    /// A directory of the target on this filesystem (mount).
+    pub example_dir: String,
+    pub stage_bytes: u64,
+    pub available_bytes: u64,
+    pub fits: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    pub op: String,
+    pub path: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub version: u64,
+    pub bundle_id: String,
+    pub channel: String,
+    pub installed_version: Option<u64>,
+    pub would_apply: bool,
+    /// Why not, with the exit code apply would return.
+    pub refusal: Option<String>,
+    pub refusal_exit_code: Option<u8>,
+    pub drifted: Vec<String>,
+    pub conffiles_kept: Vec<String>,
+    pub stage_bytes: u64,
+    pub filesystems: Vec<Filesystem>,
+    pub hooks: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
+    let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
+    let paths = state_paths(o);
+    let trust = load_trust(o, &paths)?;
+    let h = verify::bundle(bundle, Some(&trust), &o.limits, false)?;
+    let m = &h.manifest;
+    let st = state::load(&paths.state())?;
+    let mut refusal: Option<Error> = None;
+    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
+        refusal = Some(Error::Version("this bundle is already installed (apply would do nothing)".into()));
+    } else if let Err(e) = check_policy(o, &st, &h) {
+        refusal = Some(e);
+    }
+    let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p)) {
+        Ok(k) => (Vec::new(), k),
+        Err(d) => (d, Vec::new()),
+    };
+    if refusal.is_none() && !drifted.is_empty() {
+        refusal = Some(Error::Drift(drifted.clone()));
+    }
+    let mut per: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+    for i in stage::placed_entries(m) {
+        let e = &m.entries[i];
+        let key = txn::dev_of_parent(root.as_fd(), &e.path)?;
+        let size = match &e.kind {
+            bundle::Kind::File { size, .. } => *size,
+            _ => 0,
+        };
+        let slot = per.entry(key).or_insert_with(|| (nearest_dir(root.as_fd(), &e.path), 0));
+        slot.1 += size;
+    }
+    let mut filesystems = Vec::new();
+    for (_, (dir, need)) in per {
+        let d = fsx::open_dir_beneath(root.as_fd(), bundle::BundlePath::new(dir.clone()).ok().as_ref()).ctx("open", &dir)?;
+        let avail = fsx::free_bytes(d.as_fd()).ctx("statvfs", &dir)?;
+        let fits = need + need / 100 + (1 << 20) <= avail;
+        if !fits && refusal.is_none() {
+            refusal = Some(Error::NoSpace { need, avail, path: dir.clone() });
+        }
+        filesystems.push(Filesystem { example_dir: if dir.is_empty() { ".".into() } else { dir }, stage_bytes: need, available_bytes: avail, fits });
+    }
+    Ok(Plan {
+        version: m.version,
+        bundle_id: h.id.to_hex(),
+        channel: m.channel.clone(),
+        installed_version: st.version,
+        would_apply: refusal.is_none(),
+        refusal_exit_code: refusal.as_ref().map(|e| e.exit() as u8),
+        refusal: refusal.map(|e| e.to_string()),
+        drifted,
+        conffiles_kept: kept.iter().map(|p| p.to_string()).collect(),
+        stage_bytes: filesystems.iter().map(|f| f.stage_bytes).sum(),
+        filesystems,
+        hooks: hooks::matching(m).iter().map(|h| format!("{} (when {} changes)", h.command, h.glob)).collect(),
+        steps: m.script.iter().map(|s| Step { op: format!("{:?}", s.op), path: s.path.display() }).collect(),
+    })
+}
+
+/// The nearest existing ancestor directory of `p`'s parent, as a path ("" for the root).
+fn nearest_dir(root: std::os::fd::BorrowedFd<'_>, p: &bundle::BundlePath) -> String {
+    let mut anc = p.ancestors();
+    while let Some(a) = anc.pop() {
+        if fsx::open_dir_beneath(root, Some(&a)).is_ok() {
+            return a.display();
+        }
+    }
+    String::new()
+}
