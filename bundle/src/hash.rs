@@ -34,14 +34,24 @@ impl fmt::Display for Hash {
     }
 }
 
+/// CBOR: a 32-byte byte string. Human-readable formats (the JSON of reports and test vectors):
+/// 64 hex digits.
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.serialize_str(&self.to_hex());
+        }
         s.serialize_bytes(&self.0)
     }
 }
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let b = serde_bytes::ByteBuf::deserialize(d)?;
+        let b = if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            serde_bytes::ByteBuf::from(unhex(&s).ok_or_else(|| serde::de::Error::custom("digest must be hex"))?)
+        } else {
+            serde_bytes::ByteBuf::deserialize(d)?
+        };
         let a: [u8; 32] = b
             .as_slice()
             .try_into()

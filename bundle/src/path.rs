@@ -160,9 +160,13 @@ impl fmt::Display for BundlePath {
     }
 }
 
+/// CBOR: a byte string. Human-readable formats: a string when the path is UTF-8, else bytes.
 impl Serialize for BundlePath {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
+        match std::str::from_utf8(&self.0) {
+            Ok(t) if s.is_human_readable() => s.serialize_str(t),
+            _ => s.serialize_bytes(&self.0),
+        }
     }
 }
 impl<'de> Deserialize<'de> for BundlePath {
