@@ -59,6 +59,9 @@ impl Exit {
 pub enum Error {
     #[error("{0}")]
     Bundle(#[from] bundle::Error),
+    /// A bundle error with where it is (e.g. which part of a split bundle).
+    #[error("{0}")]
+    BadPart(String),
     #[error("target does not match the bundle's base; drifted paths:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
     Drift(Vec<String>),
     #[error("version refused: {0}")]
@@ -85,7 +88,7 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Bundle(bundle::Error::Io(_)) => Exit::Io,
-            Error::Bundle(_) => Exit::BadBundle,
+            Error::Bundle(_) | Error::BadPart(_) => Exit::BadBundle,
             Error::Drift(_) => Exit::BaseMismatch,
             Error::Version(_) => Exit::VersionRefused,
             Error::Policy(_) => Exit::Policy,

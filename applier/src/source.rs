@@ -61,6 +61,12 @@ impl Read for Parts {
             let p = part_name(&self.base, self.next);
             match File::open(&p) {
                 Ok(f) => {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    PARTS.with(|ps| {
+                        let mut ps = ps.borrow_mut();
+                        let start = ps.last().map(|(_, s, l)| s + l).unwrap_or(0);
+                        ps.push((p.display().to_string(), start, len));
+                    });
                     self.next += 1;
                     self.cur = Some(io::BufReader::with_capacity(1 << 20, f));
                 }
@@ -78,6 +84,13 @@ impl Read for Parts {
 
 thread_local! {
     static MISSING: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// Parts opened so far: (name, first byte's offset in the bundle, length).
+    static PARTS: std::cell::RefCell<Vec<(String, u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Names of the parts holding bundle bytes `[start, end)`, when reading a split bundle.
+fn parts_of(start: u64, end: u64) -> Vec<String> {
+    PARTS.with(|ps| ps.borrow().iter().filter(|(_, s, l)| *s < end.max(start + 1) && start < s + l).map(|(n, _, _)| n.clone()).collect())
 }
 
 /// After a truncation error, the name of the first part that was not found, if reading parts.
@@ -85,12 +98,21 @@ pub fn missing_part() -> Option<String> {
     MISSING.with(|m| m.borrow().clone())
 }
 
-/// Add the missing part's name to a truncation error.
+/// Name the split-bundle part a truncation (the missing part) or a corrupt byte is in.
 pub fn explain(e: Error) -> Error {
-    match (&e, missing_part()) {
-        (Error::Bundle(bundle::Error::Truncated { .. }), Some(p)) => {
-            Error::Bundle(bundle::Error::Manifest(format!("{e}; split bundle part {p} is missing")))
+    let range = match &e {
+        Error::Bundle(bundle::Error::Truncated { .. }) => {
+            if let Some(p) = missing_part() {
+                return Error::BadPart(format!("{e}; split bundle part {p} is missing"));
+            }
+            None
         }
+        Error::Bundle(bundle::Error::FrameHash { offset, size, .. }) => Some((*offset, offset + size)),
+        Error::Bundle(bundle::Error::Framing { offset, .. }) | Error::Bundle(bundle::Error::TrailingData { offset }) => Some((*offset, offset + 1)),
+        _ => None,
+    };
+    match range.map(|(s, e)| parts_of(s, e)) {
+        Some(parts) if !parts.is_empty() => Error::BadPart(format!("{e}; corrupt data in split bundle part {}", parts.join(" or "))),
         _ => e,
     }
 }

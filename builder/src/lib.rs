@@ -13,6 +13,7 @@ pub mod keys;
 pub mod plan;
 pub mod scan;
 pub mod write;
+pub mod split;
 
 pub use error::{Error, Result};
 

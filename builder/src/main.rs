@@ -26,6 +26,13 @@ enum Cmd {
     },
     /// Diff OLD and NEW into a signed bundle.
     Build(Box<BuildArgs>),
+    /// Cut a bundle into numbered parts FILE.000, FILE.001, ... (e.g. for a FAT32 stick).
+    Split {
+        file: PathBuf,
+        /// Largest part (K/M/G suffixes; default fits FAT32).
+        #[arg(long, value_name = "BYTES", default_value = "4294967295", value_parser = builder::parse_size)]
+        size: u64,
+    },
 }
 
 #[derive(Args)]
@@ -82,6 +89,9 @@ struct BuildArgs {
     /// Print the apply script and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
+    #[arg(long, value_name = "BYTES", value_parser = builder::parse_size)]
+    split_size: Option<u64>,
 }
 
 fn run(cli: Cli) -> Result<(), builder::Error> {
@@ -121,9 +131,19 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                 eprintln!("ferry-build: warning: {w}");
             }
             report(&r, a.json);
+            if let (Some(size), false) = (a.split_size, a.dry_run) {
+                split_report(&opts.out, size)?;
+            }
             Ok(())
         }
+        Cmd::Split { file, size } => split_report(&file, size),
     }
+}
+
+fn split_report(file: &std::path::Path, size: u64) -> Result<(), builder::Error> {
+    let parts = builder::split::split(file, size).map_err(|e| builder::Error::Io { path: file.to_path_buf(), source: e })?;
+    eprintln!("{}: {} parts ({} .. {})", file.display(), parts.len(), parts[0].display(), parts[parts.len() - 1].display());
+    Ok(())
 }
 
 fn report(r: &BuildReport, json: bool) {

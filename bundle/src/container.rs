@@ -275,7 +275,8 @@ impl<R: Read> FrameReader<'_, R> {
         let index = self.index;
         io::copy(&mut self, &mut io::sink()).map_err(|e| unwrap_io(e, index))?;
         if Hash::from(self.hasher.finalize()) != self.expect {
-            return Err(Error::FrameHash { index: index as u32 });
+            let offset = self.reader.offset - self.size;
+            return Err(Error::FrameHash { index: index as u32, offset, size: self.size });
         }
         self.reader.padding(self.size)
     }

@@ -27,8 +27,8 @@ pub enum Error {
     BadSignature { key_id: String },
     #[error("not signed by enough trusted keys: {have} of the required {need} (signers: {signers})")]
     Untrusted { have: usize, need: usize, signers: String },
-    #[error("frame {index} hash mismatch")]
-    FrameHash { index: u32 },
+    #[error("frame {index} (bytes {offset}..{}) does not match its hash in the manifest", offset + size)]
+    FrameHash { index: u32, offset: u64, size: u64 },
     #[error("frame {index}: {what}")]
     FrameDecode { index: u32, what: String },
     #[error("unsafe path {path:?}: {why}")]
