@@ -122,7 +122,26 @@ impl<R: Read> Reader<R> {
     pub fn header(&mut self, name: &str, max: u64) -> Result<u64, Error> {
         let at = self.offset;
         let mut h = [0u8; 512];
-        self.fill(&mut h, &format!("tar header of {name}"))?;
+        if at == 0 {
+            // A short file is "not a ferry bundle" unless it starts like one (then it is a
+            // truncated bundle): a short text file is no bundle, a cut-off copy of one is.
+            let mut got = 0;
+            while got < h.len() {
+                match self.inner.read(&mut h[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(Error::Io(e)),
+                }
+            }
+            let magic = b"ferry-v";
+            if got < h.len() && h[..got.min(magic.len())] == magic[..got.min(magic.len())] {
+                return Err(Error::Truncated { offset: got as u64, what: format!("tar header of {name}") });
+            }
+            self.offset += got as u64;
+        } else {
+            self.fill(&mut h, &format!("tar header of {name}"))?;
+        }
         if at == 0 {
             // The first header's name is the format's magic and version.
             let n = &h[..100];
