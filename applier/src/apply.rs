@@ -31,6 +31,8 @@ pub struct Options {
     pub bundle: Option<PathBuf>,
     pub limits: Limits,
     pub quiet: bool,
+    /// Progress lines for long phases (`-v`, or a terminal).
+    pub progress: bool,
 }
 
 /// What an apply did; printed as the `--json` report.
@@ -216,7 +218,7 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         txn.open_works(root, true)?;
         let t0 = Instant::now();
         let bundle_path = bundle.map(Path::to_path_buf).or_else(|| txn.bundle_path());
-        match stage::stage(root, &mut txn, bundle_path.as_deref(), &o.limits, t.owners) {
+        match stage::stage(root, &mut txn, bundle_path.as_deref(), &o.limits, t.owners, o.progress) {
             Ok(s) => {
                 rep.staged_objects = s.objects;
                 rep.staged_reused = s.reused;
@@ -245,7 +247,9 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         let mut first: Option<Instant> = None;
         let n = txn.head.manifest.script.len();
         let mut res = Ok(());
+        let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
         for i in 0..n {
+            prog.tick(i as u64, 0);
             if let Err(e) = crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path) {
                 res = Err(e);
                 break;

@@ -14,6 +14,7 @@
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 
 pub mod apply;
+pub mod cli;
 pub mod base;
 pub mod commit;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod hooks;
 pub mod inbox;
 pub mod journal;
 pub mod plan;
+pub mod progress;
 pub mod source;
 pub mod stage;
 pub mod state;

@@ -45,7 +45,7 @@ fn file_size(e: &Entry) -> u64 {
 }
 
 /// Stage everything. `bundle` is needed only if some frame content is not yet staged.
-pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits: &Limits, owners: bool) -> Result<StageReport> {
+pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits: &Limits, owners: bool, progress: bool) -> Result<StageReport> {
     let m = txn.head.manifest.clone();
     let placed = placed_entries(&m);
     let mut rep = StageReport::default();
@@ -54,6 +54,11 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
         let dev = txn.work_for(root, &m.entries[i].path, true)?.dev;
         let w = txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
         work_of.insert(i, w);
+    }
+    // A deletion moves the OLD entry into the backup area of its filesystem: create (and journal)
+    // that work directory now too, or a bundle that only deletes there has none at commit time.
+    for s in m.script.iter().filter(|s| s.op == Op::Delete) {
+        txn.work_for(root, &s.path, true)?;
     }
     fn stage_fd<'t>(txn: &'t Txn, work_of: &HashMap<usize, usize>, i: usize) -> Result<BorrowedFd<'t>> {
         let w = work_of.get(&i).ok_or_else(|| Error::Internal(format!("entry {i} has no work directory")))?;
@@ -124,7 +129,12 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
             return Err(Error::Pending(format!("{} is not the bundle of the interrupted apply", path.display())));
         }
         let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        let total: u64 = m.frames.iter().map(|f| f.size).sum();
+        let mut prog = crate::progress::Progress::new("stage", "frames", m.frames.len() as u64, total, progress);
+        let mut read = 0u64;
         for (fi, f) in m.frames.iter().enumerate() {
+            prog.tick(fi as u64, read);
+            read += f.size;
             let mut t = std::mem::take(&mut targets[fi]);
             if t.is_empty() {
                 r.check_frame(fi, f).map_err(|e| crate::source::explain(e.into()))?;
@@ -192,6 +202,7 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
             crate::failpoint::hit("stage-frame");
         }
         r.end().map_err(|e| crate::source::explain(e.into()))?;
+        prog.finish(m.frames.len() as u64, read);
         written.dedup();
     }
 

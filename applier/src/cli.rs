@@ -1,0 +1,148 @@
+//! The `ferry-apply` command line (clap derive), in the library so that man pages and shell
+//! completions can be generated from it (`xtask`) and tests can parse it in-process.
+
+use bundle::Limits;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (also: this bundle is already installed)
+  1  internal error
+  2  usage error
+  3  bad signature, untrusted signer, corrupt, truncated or hostile bundle
+  4  target does not match the bundle's base (drifted, missing or planted paths)
+  5  version refused (not newer than installed, or built for another version)
+  6  I/O failure (permission denied, read-only filesystem, ...)
+  7  another ferry-apply holds the target's lock
+  8  committed, but a post-commit hook failed
+  9  another apply is pending (resume it first), or resume needs the bundle
+ 10  refused by trust policy (channel, expiry, retired key)
+ 11  not enough free space
+ 12  inbox: at least one bundle failed";
+
+/// Verify and apply ferry bundles to a live tree, crash-safely.
+#[derive(Parser)]
+#[command(name = "ferry-apply", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// More detail on stderr.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct TargetArgs {
+    /// The tree to update.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Where the applier keeps its state (default TARGET/.ferry).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct ApplyArgs {
+    /// A trusted key (NAME.pub) or a directory of keys with an optional `policy` file.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// Expected channel for a target that has not recorded one yet.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Do not run the bundle's post-commit hooks.
+    #[arg(long)]
+    pub no_hooks: bool,
+    /// Apply a bundle even if it has expired.
+    #[arg(long)]
+    pub allow_expired: bool,
+    /// Most entries a manifest may have.
+    #[arg(long, default_value_t = Limits::default().max_entries)]
+    pub max_entries: usize,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Check the signature and every payload of a bundle; changes nothing.
+    #[command(after_help = EXIT_CODES)]
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        trust: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a bundle holds (works without a key; the bundle is then unverified).
+    #[command(after_help = EXIT_CODES)]
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Update a target from a bundle (resumes if this bundle's apply was interrupted).
+    #[command(after_help = EXIT_CODES)]
+    Apply {
+        file: PathBuf,
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        a: ApplyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dry run against the real target: steps, space, drift, hooks; changes nothing.
+    #[command(after_help = EXIT_CODES)]
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        a: ApplyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish an interrupted apply or rollback.
+    #[command(after_help = EXIT_CODES)]
+    Resume {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// The bundle, if staging was interrupted and it moved.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[arg(long)]
+        no_hooks: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the version before the last completed apply (one level).
+    #[command(after_help = EXIT_CODES)]
+    Rollback {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Installed version, pending work, rollback availability, hooks.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume, then apply every applicable bundle in DIR in version order.
+    #[command(after_help = EXIT_CODES)]
+    Inbox {
+        dir: PathBuf,
+        #[command(flatten)]
+        t: TargetArgs,
+        #[command(flatten)]
+        a: ApplyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
