@@ -18,11 +18,34 @@ pub fn window_log(prefix_len: u64, data_len: u64) -> u32 {
     ceil.clamp(10, MAX_WINDOW_LOG)
 }
 
-/// Compress `data` into one zstd frame at `level`, with `prefix` as reference prefix if given.
+/// Reference prefixes longer than this are encoded at most at [`MAX_LARGE_PATCH_LEVEL`].
+pub const LARGE_PATCH_PREFIX: u64 = 8 << 20;
+/// Level cap for patches against large prefixes.
+pub const MAX_LARGE_PATCH_LEVEL: i32 = 9;
+
+/// The level actually used for a patch against a prefix of `prefix_len` bytes.
+///
+/// zstd's optimal parsers (levels 16 and up) index only the last `2^(hashLog+3)` bytes of a
+/// reference prefix (32 MiB at level 19) and then miss most matches of a chunk against its base
+/// window, while levels 10-15 spend minutes loading a large prefix into their chains. Measured on
+/// a 32 MiB chunk of a 110 MB library against a 64 MiB window: level 3 gives 5.3 KB in 0.1 s,
+/// level 9 5.8 KB in 0.2 s, level 15 5.8 KB in 42 s, level 19 520 KB in 19 s. So patches
+/// against large prefixes use at most level 9; the plain candidate still uses `level`.
+pub fn patch_level(level: i32, prefix_len: u64) -> i32 {
+    if prefix_len > LARGE_PATCH_PREFIX {
+        level.min(MAX_LARGE_PATCH_LEVEL)
+    } else {
+        level
+    }
+}
+
+/// Compress `data` into one zstd frame at `level`, with `prefix` as reference prefix if given
+/// (then at [`patch_level`]).
 pub fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> io::Result<Vec<u8>> {
     let out = Vec::with_capacity(data.len() / 4 + 64);
     let mut enc = match prefix {
         Some(p) => {
+            let level = patch_level(level, p.len() as u64);
             let mut e = zstd::stream::write::Encoder::with_ref_prefix(out, level, p)?;
             e.long_distance_matching(true)?;
             e.window_log(window_log(p.len() as u64, data.len() as u64))?;

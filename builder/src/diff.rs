@@ -155,7 +155,11 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
     let mut exchanged: BTreeSet<BundlePath> = BTreeSet::new();
     let mut choices: BTreeMap<BundlePath, Choice> = BTreeMap::new();
 
-    let is_config = |p: &BundlePath| config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()));
+    let is_config = |p: &BundlePath| {
+        config_globs
+            .iter()
+            .any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()))
+    };
     let payload_choice = |p: &BundlePath, n: &ScanEntry| -> Choice {
         if n.size == 0 {
             Choice::Empty
@@ -416,7 +420,7 @@ pub(crate) mod tests {
             file("d/new", b"moved!"),
             file("e", b""),
         ]);
-        let d = diff(&old, &new, &["d/a".into()]);
+        let d = diff(&old, &new, &["d/new".into()]);
         assert_eq!(
             ops(&d),
             [
@@ -441,7 +445,7 @@ pub(crate) mod tests {
         assert_eq!(d.choices[&bp("d/new")], Choice::Copy(bp("mv")));
         assert_eq!(d.choices[&bp("e")], Choice::Empty);
         assert_eq!(d.choices[&bp("d/b")], Choice::Unchanged);
-        assert!(matches!(d.entries[1].kind, Kind::File { config: true, .. }));
+        assert!(matches!(d.entries[3].kind, Kind::File { config: true, .. }));
     }
 
     #[test]
@@ -459,6 +463,14 @@ pub(crate) mod tests {
         // Unchanged group: nothing.
         let d = diff(&new, &new, &[]);
         assert!(d.steps.is_empty());
+    }
+
+    #[test]
+    fn config_files_get_no_delta_base() {
+        let old = tree(vec![dir("etc"), file("etc/a.conf", b"one")]);
+        let new = tree(vec![dir("etc"), file("etc/a.conf", b"two")]);
+        let d = diff(&old, &new, &["etc/*.conf".into()]);
+        assert_eq!(d.choices[&bp("etc/a.conf")], Choice::Payload { base: None });
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl FrameStore {
     }
 }
 
+/// A patch at least this many times smaller than its input is kept without trying plain zstd.
+pub const PATCH_GOOD_ENOUGH: u64 = 64;
+
 struct Unit {
     job: usize,
     offset: u64,
@@ -120,24 +123,34 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
         path: job.path.display(),
         source,
     };
-    let plain = delta::compress(&data, level, None).map_err(cerr)?;
-    let mut best = (plain, Method::Zstd, None);
-    if let Some((bp, bfs, off, len)) = &u.base {
-        let base = read_range(bfs, *off, *len)?;
-        let patch = delta::compress(&data, level, Some(&base)).map_err(cerr)?;
-        if patch.len() < best.0.len() {
-            best = (
-                patch,
+    // The smaller of plain zstd and a patch against the base; a patch that is already at least
+    // 64:1 is kept without spending a (slow, high-level) plain encode to compare.
+    let patch = match &u.base {
+        Some((bp, bfs, off, len)) => {
+            let base = read_range(bfs, *off, *len)?;
+            let p = delta::compress(&data, level, Some(&base)).map_err(cerr)?;
+            Some((
+                p,
                 Method::Patch {
                     base: bp.clone(),
                     offset: *off,
                     len: *len,
                 },
                 Some(base),
-            );
+            ))
         }
-    }
-    let (bytes, method, base) = best;
+        None => None,
+    };
+    let (bytes, method, base) = match patch {
+        Some(p) if (p.0.len() as u64).saturating_mul(PATCH_GOOD_ENOUGH) <= u.len => p,
+        p => {
+            let plain = delta::compress(&data, level, None).map_err(cerr)?;
+            match p {
+                Some(p) if p.0.len() < plain.len() => p,
+                _ => (plain, Method::Zstd, None),
+            }
+        }
+    };
     // Check the frame decodes back to the input the way the applier will decode it.
     let back = delta::decompress(&bytes, base.as_deref(), u.len).map_err(cerr)?;
     if back != data {
