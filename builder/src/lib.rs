@@ -5,6 +5,7 @@
 //! temporary file → check the manifest and script with the `bundle` crate's own validators →
 //! sign ([`keys`]) and [`write`] the container. [`build`] runs it all; the binary is a thin CLI.
 
+pub mod cli;
 pub mod delta;
 pub mod diff;
 pub mod elf;
@@ -12,8 +13,8 @@ pub mod error;
 pub mod keys;
 pub mod plan;
 pub mod scan;
-pub mod write;
 pub mod split;
+pub mod write;
 
 pub use error::{Error, Result};
 

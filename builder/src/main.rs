@@ -2,97 +2,9 @@
 //! 2 usage.
 
 use builder::{BuildOptions, BuildReport};
-use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use builder::cli::{Cli, Cmd};
+use clap::Parser;
 use std::process::ExitCode;
-
-#[derive(Parser)]
-#[command(
-    name = "ferry-build",
-    version,
-    about = "Build signed delta bundles for ferry"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Generate a signing key pair: NAME.secret (mode 0600) and NAME.pub.
-    Keygen {
-        #[arg(long, value_name = "NAME")]
-        out: PathBuf,
-    },
-    /// Diff OLD and NEW into a signed bundle.
-    Build(Box<BuildArgs>),
-    /// Cut a bundle into numbered parts FILE.000, FILE.001, ... (e.g. for a FAT32 stick).
-    Split {
-        file: PathBuf,
-        /// Largest part (K/M/G suffixes; default fits FAT32).
-        #[arg(long, value_name = "BYTES", default_value = "4294967295", value_parser = builder::parse_size)]
-        size: u64,
-    },
-}
-
-#[derive(Args)]
-struct BuildArgs {
-    /// The tree the target should have after applying.
-    #[arg(long, value_name = "DIR")]
-    new: PathBuf,
-    /// The tree the target has now (omit for a full bundle).
-    #[arg(long, value_name = "DIR")]
-    old: Option<PathBuf>,
-    /// Secret key to sign with (repeat for several signatures).
-    #[arg(long = "key", value_name = "KEY.secret", required = true)]
-    keys: Vec<PathBuf>,
-    /// Version the target is at after applying.
-    #[arg(long)]
-    version: u64,
-    /// Version the target must be at (needs --old).
-    #[arg(long, value_name = "N")]
-    base_version: Option<u64>,
-    #[arg(long, default_value = "stable")]
-    channel: String,
-    /// Output bundle file.
-    #[arg(long, value_name = "FILE")]
-    out: PathBuf,
-    /// Post-commit hook 'GLOB=COMMAND' (repeatable).
-    #[arg(long = "hook", value_name = "GLOB=COMMAND")]
-    hooks: Vec<String>,
-    #[arg(long, value_name = "SECS", default_value_t = builder::DEFAULT_HOOK_TIMEOUT)]
-    hook_timeout: u32,
-    /// Expiry time, seconds since the Unix epoch.
-    #[arg(long, value_name = "UNIX_SECONDS")]
-    expires: Option<u64>,
-    /// Compression level: fast, default, max, or 1..22.
-    #[arg(long, default_value = "default", value_parser = builder::parse_level)]
-    level: i32,
-    /// Files larger than this are split into pieces of this size (K/M/G suffixes allowed).
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = builder::parse_size)]
-    chunk_size: u64,
-    /// Mark NEW files matching GLOB as configuration files.
-    #[arg(long = "config-files", value_name = "GLOB", num_args = 1..)]
-    config_files: Vec<String>,
-    /// Public key file the target trusts from now on.
-    #[arg(long = "rotate-add", value_name = "KEY.pub", num_args = 1..)]
-    rotate_add: Vec<PathBuf>,
-    /// Key id the target refuses from now on.
-    #[arg(long = "rotate-retire", value_name = "KEYID", num_args = 1..)]
-    rotate_retire: Vec<String>,
-    /// New signature threshold of the target.
-    #[arg(long = "rotate-threshold", value_name = "N")]
-    rotate_threshold: Option<u32>,
-    /// Print a JSON report on stdout.
-    #[arg(long)]
-    json: bool,
-    /// Print the apply script and write nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
-    #[arg(long, value_name = "BYTES", value_parser = builder::parse_size)]
-    split_size: Option<u64>,
-}
 
 fn run(cli: Cli) -> Result<(), builder::Error> {
     match cli.cmd {
@@ -141,8 +53,17 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
 }
 
 fn split_report(file: &std::path::Path, size: u64) -> Result<(), builder::Error> {
-    let parts = builder::split::split(file, size).map_err(|e| builder::Error::Io { path: file.to_path_buf(), source: e })?;
-    eprintln!("{}: {} parts ({} .. {})", file.display(), parts.len(), parts[0].display(), parts[parts.len() - 1].display());
+    let parts = builder::split::split(file, size).map_err(|e| builder::Error::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    eprintln!(
+        "{}: {} parts ({} .. {})",
+        file.display(),
+        parts.len(),
+        parts[0].display(),
+        parts[parts.len() - 1].display()
+    );
     Ok(())
 }
 
