@@ -20,13 +20,19 @@ pub fn part_name(bundle: &Path, i: usize) -> PathBuf {
 /// Cut `bundle` into parts of at most `size` bytes and remove it. Returns the part paths.
 pub fn split(bundle: &Path, size: u64) -> io::Result<Vec<PathBuf>> {
     if size == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "split size must be positive"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "split size must be positive",
+        ));
     }
     let mut src = File::open(bundle)?;
     let total = src.metadata()?.len();
     let n = total.div_ceil(size).max(1) as usize;
     if n > 1000 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{n} parts; at most 1000 (use a larger split size)")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{n} parts; at most 1000 (use a larger split size)"),
+        ));
     }
     let mut parts = Vec::with_capacity(n);
     for i in 0..n {

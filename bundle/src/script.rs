@@ -15,6 +15,14 @@ fn phase(op: Op) -> u8 {
     }
 }
 
+/// OLD entries under `p`: in bytewise order they are the contiguous run starting with `p/`.
+fn descendants<'a>(old: &'a [OldEntry], p: &BundlePath) -> impl Iterator<Item = &'a OldEntry> {
+    let mut prefix = p.as_bytes().to_vec();
+    prefix.push(b'/');
+    let start = old.partition_point(|e| e.path.as_bytes() < prefix.as_slice());
+    old[start..].iter().take_while(move |e| e.path.as_bytes().starts_with(&prefix))
+}
+
 /// Check the script of a structurally valid manifest ([`Manifest::check`] passed).
 pub fn validate(m: &Manifest) -> Result<(), Error> {
     let new: BTreeMap<&BundlePath, &Entry> = m.entries.iter().map(|e| (&e.path, e)).collect();
@@ -131,7 +139,7 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
                     return bad("delete of a path inside a directory that is replaced".into());
                 }
                 // Children before parents: an OLD descendant still present would be lost.
-                for c in m.old.iter().filter(|c| c.path.is_under(&s.path)) {
+                for c in descendants(&m.old, &s.path) {
                     match deleted.get(&c.path) {
                         Some(&j) if j < i => {}
                         _ => return bad(format!("directory deleted before its child {}", c.path)),
