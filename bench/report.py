@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Render bench/work/results/*/ *.tsv into Markdown.
+
+  report.py RESULTS_DIR OUT.md [CORPUS...]
+
+Writes every corpus that has results to OUT.md (the ones measured in earlier
+runs keep their own measurement date) and prints the tables of the CORPUS
+arguments (all, when none are given) to stdout.
+"""
+import datetime
+import glob
+import os
+import platform
+import subprocess
+import sys
+
+ORDER = ["wheels", "rootfs", "synth", "commit10k"]
+DESCR = {
+    "wheels": "numpy 1.26.3→1.26.4, scipy 1.11.3→1.11.4, pandas 2.1.3→2.1.4 (cp311 manylinux2014 x86_64 wheels, unzipped into one tree per side)",
+    "rootfs": "Debian bookworm minbase (debootstrap) → same + apt-get upgrade from bookworm-updates/-security + curl, less, procps",
+    "synth": "100,000 generated files of 1–16 KiB (seeded); new: ~2% edited in place, 1% deleted, 1% added, renames, mode changes, symlink changes",
+    "commit10k": "10,000 files of 4 KiB, every one changed (16–512 byte overwrite): measures the commit window",
+}
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        return "?"
+
+
+def machine():
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+        mem = f"{kib / 1024 / 1024:.1f} GiB"
+    except Exception:
+        pass
+    cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip() or platform.processor()
+    fs = sh("df -T " + os.path.dirname(os.path.abspath(sys.argv[1])) + " | awk 'NR==2 {print $2}'")
+    return (f"- nproc: {os.cpu_count()} ({cpu})\n- RAM: {mem}\n- kernel: {platform.release()} ({platform.machine()}); "
+            f"filesystem of bench/work: {fs or '?'}\n- report generated: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}\n")
+
+
+def load(resdir, corpus):
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(resdir, corpus, "*.tsv"))):
+        with open(path) as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t", 2)
+                if len(parts) != 3:
+                    continue
+                m, k, v = parts
+                r = rows.setdefault(m, {})
+                if k in ("note", "json"):
+                    r.setdefault(k, []).append(v)
+                else:
+                    r[k] = v
+    return rows
+
+
+def human(n):
+    try:
+        n = float(n)
+    except (TypeError, ValueError):
+        return "n/a"
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.2f} GiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{int(n)} B"
+
+
+def num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def secs(v):
+    x = num(v)
+    return "n/a" if x is None else (f"{x:.2f}" if x < 100 else f"{x:.0f}")
+
+
+def rss(v):
+    x = num(v)
+    return "n/a" if x is None else f"{x / 1024:.0f} MiB"
+
+
+def ratio(a, b):
+    a, b = num(a), num(b)
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def corpus_section(resdir, corpus):
+    rows = load(resdir, corpus)
+    st = rows.pop("corpus", {})
+    out = [f"## {corpus}\n", f"{DESCR.get(corpus, '')}\n"]
+    if st:
+        g = lambda k: int(st.get(k, 0) or 0)
+        out.append(
+            f"old: {g('old_files'):,} files, {human(g('old_bytes'))}; new: {g('new_files'):,} files, {human(g('new_bytes'))}, "
+            f"{g('symlinks_new'):,} symlinks, {g('special_new')} device nodes/specials; largest file {human(g('max_file_bytes'))}.  \n"
+            f"changed files: {g('changed_files'):,} ({human(g('changed_old_bytes'))} → {human(g('changed_new_bytes'))}); "
+            f"added files: {g('added_files'):,} ({human(g('added_bytes'))}) + {g('added_symlinks')} new/changed symlinks; "
+            f"deleted entries: {g('deleted_entries'):,}; mode-only changes on kept files: {g('mode_changed'):,} "
+            f"(renames count as deleted + added).  \n"
+            f"measured {st.get('measured', '?')}; corpus {st.get('created', '?')}.\n")
+    methods = sorted(rows.items(), key=lambda kv: (num(kv[1].get("order")) or 99, kv[0]))
+    ferry = next((r for m, r in methods if m.startswith("ferry") and num(r.get("size")) is not None), None)
+    fsize = ferry.get("size") if ferry else None
+    fbuild = ferry.get("build_s") if ferry else None
+    out.append("| method | size | ferry ÷ this (size) | build s | ferry ÷ this (build s) | build peak RSS | apply s | apply peak RSS | commit window | result = new | notes |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for m, r in methods:
+        notes = "; ".join(r.get("note", []))
+        cw = r.get("commit_window", "n/a")
+        if " = " in cw:
+            key, val = cw.split(" = ", 1)
+            x = num(val)
+            cw = (f"{x:.0f} ms" if key.endswith("ms") else f"{x:g}") if x is not None else val
+            if key.split(".")[-1] not in ("commit_window_ms",):
+                notes = (f"commit window from field {key}; " + notes).rstrip("; ")
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in [
+            m, human(r.get("size")), ratio(fsize, r.get("size")), secs(r.get("build_s")), ratio(fbuild, r.get("build_s")),
+            rss(r.get("build_kib")), secs(r.get("apply_s")), rss(r.get("apply_kib")), cw, r.get("verify", "n/a"),
+            notes,
+        ]) + " |")
+    for m, r in methods:
+        if m.startswith("ferry") and r.get("json"):
+            js = ", ".join(r["json"])
+            out.append(f"\n{m} JSON reports: `{js[:1500]}`")
+    out.append("")
+    return "\n".join(out)
+
+
+def main():
+    resdir, outmd = sys.argv[1], sys.argv[2]
+    wanted = sys.argv[3:]
+    have = [c for c in ORDER if os.path.isdir(os.path.join(resdir, c))]
+    have += sorted(c for c in os.listdir(resdir) if os.path.isdir(os.path.join(resdir, c)) and c not in have)
+    sections = {c: corpus_section(resdir, c) for c in have}
+    versions = ""
+    vp = os.path.join(resdir, "versions.txt")
+    if os.path.exists(vp):
+        versions = "".join(f"- {l}" for l in open(vp))
+    doc = ["# ferry benchmark results\n",
+           "Produced by `bash bench/corpora.sh && bash bench/run.sh` (see bench/README.md for what is measured and the caveats). "
+           "Sizes in binary units; times are wall-clock seconds from `/usr/bin/time -f '%e %M'`, peak RSS likewise; "
+           "'ferry ÷ this' < 1 means ferry is smaller/faster; 'result = new' is the check of the applied tree against new "
+           "(content, types, symlinks, modes, owners; not mtimes).\n",
+           "## Machine\n", machine(), "## Tool versions\n", versions]
+    doc += [sections[c] for c in have]
+    with open(outmd, "w") as f:
+        f.write("\n".join(doc))
+    for c in (wanted or have):
+        if c in sections:
+            print(sections[c])
+    print(f"(written to {outmd})")
+
+
+if __name__ == "__main__":
+    main()
