@@ -382,3 +382,92 @@ pub fn mutate(old: &Path, new: &Path, seed: u64) {
         }
     }
 }
+
+/// Extra edits not made by `mutate`: directory modes, a directory becoming a symlink, a file
+/// becoming a FIFO, setuid/setgid/sticky bits being set and cleared, a hardlink group split, an
+/// empty directory becoming a file. Deterministic in `seed`; each edit is made with probability
+/// one half on the first suitable path, so every case gets a different mix.
+pub fn mutate_more(new: &Path, seed: u64) {
+    let pick = |i: u64| (seed.rotate_left(i as u32 * 7) ^ (i * 0x9e37)) & 1 == 1;
+    // The first (or last) path, in a fresh listing, whose lstat satisfies `f`.
+    let find = |last: bool, f: &dyn Fn(&Path, &fs::Metadata) -> bool| -> Option<PathBuf> {
+        let mut all = Vec::new();
+        collect(new, &mut all);
+        let ok = |p: &&PathBuf| fs::symlink_metadata(p).map(|m| f(p, &m)).unwrap_or(false);
+        if last {
+            all.iter().rev().find(ok).cloned()
+        } else {
+            all.iter().find(ok).cloned()
+        }
+    };
+    if pick(1) {
+        if let Some(p) = find(false, &|_, m| m.is_dir()) {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o750)).expect("chmod dir");
+        }
+    }
+    if pick(2) {
+        if let Some(p) = find(false, &|p, m| {
+            m.is_dir()
+                && fs::read_dir(p)
+                    .map(|mut r| r.next().is_none())
+                    .unwrap_or(false)
+        }) {
+            fs::remove_dir(&p).expect("rmdir");
+            fs::write(&p, b"was an empty directory").expect("write");
+        }
+    }
+    if pick(3) {
+        if let Some(p) = find(true, &|_, m| m.is_dir()) {
+            fs::remove_dir_all(&p).expect("rm -r");
+            symlink("/etc/somewhere", &p).expect("symlink");
+        }
+    }
+    if pick(4) {
+        if let Some(p) = find(false, &|_, m| m.is_file() && m.nlink() == 1) {
+            fs::remove_file(&p).expect("rm");
+            let st = Command::new("mkfifo").arg(&p).status().expect("mkfifo");
+            assert!(st.success());
+        }
+    }
+    if pick(5) {
+        let mut all = Vec::new();
+        collect(new, &mut all);
+        for (i, p) in all
+            .iter()
+            .filter(|p| {
+                fs::symlink_metadata(p)
+                    .map(|m| m.is_file())
+                    .unwrap_or(false)
+            })
+            .take(3)
+            .enumerate()
+        {
+            let mode = [0o4711, 0o2755, 0o644][i];
+            fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    }
+    if pick(6) {
+        // Split a hardlink group: one name gets its own copy of the content.
+        if let Some(p) = find(false, &|_, m| m.is_file() && m.nlink() > 1) {
+            let c = fs::read(&p).expect("read");
+            let md = fs::metadata(&p).expect("stat");
+            fs::remove_file(&p).expect("rm");
+            fs::write(&p, c).expect("write");
+            fs::set_permissions(&p, md.permissions()).expect("chmod");
+        }
+    }
+    if pick(7) {
+        if let Some(p) = find(true, &|_, m| m.is_dir()) {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o1777)).expect("chmod sticky dir");
+        }
+    }
+    // Some entries get fresh deterministic mtimes; the other directory mtimes are whatever the
+    // edits left (the bundle must carry them all the same).
+    let mut after = Vec::new();
+    collect(new, &mut after);
+    for (i, p) in after.iter().enumerate() {
+        if (seed >> (i % 64)) & 1 == 1 && i % 3 == 0 {
+            set_mtime(p, 1_710_000_000 + i as i64);
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! Round trips through the real binaries: OLD and NEW trees, `ferry-build`, `ferry-apply`, and an
+//! exact comparison of the result with NEW (content, types, modes, owners, mtimes of every entry
+//! including directories, hardlink groups, symlink targets, device numbers).
+//!
+//! - a property test over generated trees (delta onto a copy of OLD, full onto an empty directory);
+//! - every compression level;
+//! - large files in chunked mode (a 5 GiB sparse file, ignored by default; a smaller one always);
+//! - an unprivileged apply (setpriv to nobody), which cannot set owners and says so.
+
+use ferry_tests::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Cases: `PROPTEST_CASES` if set, else 24. Seed: `PROPTEST_RNG_SEED` if set, else fixed, so a run
+/// is deterministic and a failure names the tree seed that reproduces it.
+fn config() -> Config {
+    let mut c = Config::default(); // reads the PROPTEST_* variables
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = 24;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        c.rng_seed = RngSeed::Fixed(0x0f_e77e);
+    }
+    // A seed is not "smaller" in any useful sense: report the failing seed itself.
+    c.max_shrink_iters = 0;
+    c.failure_persistence = None;
+    c
+}
+
+struct Keys {
+    secret: PathBuf,
+    public: PathBuf,
+}
+
+fn keys(dir: &Path) -> Keys {
+    let (secret, public) = keygen(dir, "key");
+    Keys { secret, public }
+}
+
+fn no_txn(target: &Path) {
+    assert!(
+        !target.join(".ferry/txn").exists(),
+        "{}: a transaction was left behind",
+        target.display()
+    );
+}
+
+/// One property case: trees from `seed`, a delta bundle onto a copy of OLD and a full bundle onto
+/// an empty directory; both must give NEW exactly.
+fn roundtrip_seed(seed: u64) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let k = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    gen_tree(&old, seed);
+    mutate(&old, &new, seed);
+    mutate_more(&new, seed);
+    let want = snapshot(&new, true);
+
+    let delta = d.path().join("delta.ferry");
+    build(Some(&old), &new, &k.secret, 2, &delta, &[]);
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&delta, &target, &k.public, 0, &[]);
+    assert_same(
+        &snapshot(&target, true),
+        &want,
+        &format!("seed {seed}: delta bundle applied to a copy of OLD vs NEW"),
+    );
+    no_txn(&target);
+
+    let full = d.path().join("full.ferry");
+    build(None, &new, &k.secret, 2, &full, &[]);
+    let empty = d.path().join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    apply(&full, &empty, &k.public, 0, &[]);
+    assert_same(
+        &snapshot(&empty, true),
+        &want,
+        &format!("seed {seed}: full bundle applied to an empty directory vs NEW"),
+    );
+    no_txn(&empty);
+}
+
+#[test]
+fn generated_trees_roundtrip_delta_and_full() {
+    let mut runner = TestRunner::new(config());
+    let res = runner.run(&any::<u64>(), |seed| {
+        std::panic::catch_unwind(|| roundtrip_seed(seed)).map_err(|e| {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            TestCaseError::fail(format!("tree seed {seed}: {msg}"))
+        })
+    });
+    if let Err(e) = res {
+        panic!("{e}");
+    }
+}
+
+/// Seeds that once found bugs (and edge cases worth keeping whatever the proptest seed is).
+#[test]
+fn fixed_seeds_roundtrip() {
+    for seed in [0, 1, 2, 3, 7, 42] {
+        roundtrip_seed(seed);
+    }
+}
+
+#[test]
+fn every_compression_level_gives_the_same_tree() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let k = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    gen_tree(&old, 11);
+    mutate(&old, &new, 11);
+    // Make sure there is payload to compress at every level: a new file and an edited one.
+    let text: Vec<u8> = b"level test line\n"
+        .iter()
+        .cycle()
+        .take(50_000)
+        .copied()
+        .collect();
+    fs::write(new.join("added-for-levels"), &text).expect("write");
+    fs::write(old.join("edited-for-levels"), &text).expect("write");
+    let mut edited = text.clone();
+    edited[25_000..25_010].copy_from_slice(b"0123456789");
+    fs::write(new.join("edited-for-levels"), &edited).expect("write");
+    let want = snapshot(&new, true);
+    let mut sizes = Vec::new();
+    for level in ["fast", "default", "max"] {
+        let b = d.path().join(format!("{level}.ferry"));
+        build(Some(&old), &new, &k.secret, 2, &b, &["--level", level]);
+        sizes.push((level, fs::metadata(&b).expect("stat").len()));
+        let target = d.path().join(format!("target-{level}"));
+        copy_tree(&old, &target);
+        apply(&b, &target, &k.public, 0, &[]);
+        assert_same(&snapshot(&target, true), &want, &format!("--level {level}"));
+    }
+    // A numeric level is accepted too.
+    let b = d.path().join("l7.ferry");
+    build(Some(&old), &new, &k.secret, 2, &b, &["--level", "7"]);
+    let target = d.path().join("target-7");
+    copy_tree(&old, &target);
+    apply(&b, &target, &k.public, 0, &[]);
+    assert_same(&snapshot(&target, true), &want, "--level 7");
+    eprintln!("bundle sizes by level: {sizes:?}");
+}
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn blake3_file(p: &Path) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    let mut f = File::open(p).expect("open");
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    h.finalize()
+}
+
+fn write_at(p: &Path, offset: u64, data: &[u8]) {
+    let mut f = OpenOptions::new().write(true).open(p).expect("open");
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(data).expect("write");
+}
+
+/// Pieces of the file `name` in a bundle's manifest (read with the format crate).
+fn pieces_of(bundle_file: &Path, name: &[u8]) -> (u64, usize) {
+    let f = File::open(bundle_file).expect("open bundle");
+    let mut r =
+        bundle::container::Reader::new(std::io::BufReader::new(f), bundle::Limits::default());
+    let (mb, _) = r.head().expect("head");
+    let m = bundle::Manifest::decode(&mb, &bundle::Limits::default()).expect("manifest");
+    let e = m
+        .entries
+        .iter()
+        .find(|e| e.path.as_bytes() == name)
+        .expect("entry in manifest");
+    match &e.kind {
+        bundle::Kind::File {
+            size,
+            content: bundle::Content::Pieces(ps),
+            ..
+        } => (*size, ps.len()),
+        k => panic!(
+            "{}: expected a file with pieces, got {k:?}",
+            String::from_utf8_lossy(name)
+        ),
+    }
+}
+
+/// A sparse file of `len` bytes in OLD and NEW (with some shared data so deltas have something to
+/// reference), NEW differing by a few bytes at offset 0 and at 90 % of the file; build a delta
+/// bundle with `extra` flags, check it is small and chunked, apply it, compare hashes.
+fn large_file_roundtrip(len: u64, extra: &[&str], max_bundle: u64) {
+    let t0 = Instant::now();
+    let d = tempfile::tempdir().expect("tempdir");
+    let k = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    fs::create_dir_all(&old).expect("mkdir");
+    let big_old = old.join("big.img");
+    File::create(&big_old)
+        .expect("create")
+        .set_len(len)
+        .expect("set_len");
+    // Shared non-zero content in a few places, including across the last chunk boundary.
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for at in [len / 3, len / 2, len - noise.len() as u64] {
+        write_at(&big_old, at, &noise);
+    }
+    fs::write(old.join("small"), b"small file").expect("write");
+    copy_tree(&old, &new);
+    let big_new = new.join("big.img");
+    let far = len / 10 * 9;
+    write_at(&big_new, 0, b"NEW HEADER");
+    write_at(&big_new, far, b"changed far away");
+    set_mtime(&big_new, 1_700_000_123);
+    assert_eq!(fs::metadata(&big_new).expect("stat").len(), len);
+
+    let b = d.path().join("big.ferry");
+    build(Some(&old), &new, &k.secret, 2, &b, extra);
+    let size = fs::metadata(&b).expect("stat").len();
+    assert!(size < max_bundle, "bundle for a {len}-byte file with a few changed bytes is {size} bytes (limit {max_bundle})");
+    let (msize, npieces) = pieces_of(&b, b"big.img");
+    assert_eq!(msize, len, "manifest size of big.img");
+    assert!(
+        npieces > 1,
+        "big.img should be carried in several pieces (chunked mode), got {npieces}"
+    );
+
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&b, &target, &k.public, 0, &[]);
+    let got = target.join("big.img");
+    assert_eq!(fs::metadata(&got).expect("stat").len(), len);
+    assert_eq!(
+        blake3_file(&got),
+        blake3_file(&big_new),
+        "content of big.img after apply"
+    );
+    assert_same(
+        &snapshot(&target, true),
+        &snapshot(&new, true),
+        "tree with a large file",
+    );
+    eprintln!(
+        "large file {len} bytes: bundle {size} bytes, {npieces} pieces, {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+/// Over 4 GiB: the format's sizes are u64 and large files are split into chunk-sized pieces.
+/// Ignored by default: in a debug build this hashes, patches and stages 5 GiB several times (well
+/// over 30 s); `same_shape_large_file_chunked` runs the same shape with a small file and 1 MiB
+/// chunks on every run. Run with `cargo test -p ferry-tests --test roundtrip -- --ignored`.
+#[test]
+#[ignore = "5 GiB file: too slow for the default run (see same_shape_large_file_chunked)"]
+fn file_over_4_gib_roundtrip() {
+    large_file_roundtrip(5 * GIB, &[], 16 * MIB);
+}
+
+#[test]
+fn same_shape_large_file_chunked() {
+    large_file_roundtrip(9 * MIB + 12_345, &["--chunk-size", "1048576"], 2 * MIB);
+}
+
+fn collect_all(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    for p in v {
+        if fs::symlink_metadata(&p).expect("lstat").is_dir() {
+            collect_all(&p, out);
+        }
+        out.push(p);
+    }
+}
+
+const NOBODY: u32 = 65534;
+
+fn chown_tree(p: &Path, uid: u32) {
+    let st = Command::new("chown")
+        .arg("-hR")
+        .arg(format!("{uid}:{uid}"))
+        .arg(p)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+/// Trees for the unprivileged run: no device nodes (only root may create them).
+fn strip_devices(dir: &Path) {
+    let mut all = Vec::new();
+    collect_all(dir, &mut all);
+    for p in all {
+        let ft = fs::symlink_metadata(&p).expect("lstat").file_type();
+        if ft.is_char_device() || ft.is_block_device() {
+            fs::remove_file(&p).expect("rm device");
+        }
+    }
+}
+
+fn setpriv_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups");
+    c.env_remove("FERRY_CRASH_AT")
+        .env_remove("FERRY_FAIL_AT")
+        .env_remove("FERRY_FAILPOINT_COUNT");
+    c
+}
+
+fn json_of(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+/// As an unprivileged user (uid/gid 65534 through `setpriv`): trees owned by that user, the apply
+/// succeeds, the tree equals NEW except owners, and both the apply report and `status` say owners
+/// were not applied.
+#[test]
+fn unprivileged_apply_with_setpriv() {
+    let is_root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    assert!(
+        is_root,
+        "this test runs as root and drops to uid {NOBODY} with setpriv"
+    );
+    let probe = Command::new("setpriv").arg("--version").output();
+    assert!(
+        probe.as_ref().map(|o| o.status.success()).unwrap_or(false),
+        "setpriv (util-linux) is needed to run ferry-apply as an unprivileged user: {probe:?}"
+    );
+    let d = tempfile::tempdir().expect("tempdir");
+    // The unprivileged user must reach the binaries, the bundle, the key and the target.
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let k = keys(d.path());
+    fs::set_permissions(&k.public, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let bin = bin("ferry-apply");
+    let mut a = bin.as_path();
+    while let Some(p) = a.parent() {
+        let m = fs::metadata(p).expect("stat").permissions().mode();
+        assert!(
+            m & 0o001 != 0,
+            "{} is not searchable by others: the unprivileged user cannot run {}",
+            p.display(),
+            bin.display()
+        );
+        a = p;
+    }
+
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    gen_tree(&old, 5);
+    strip_devices(&old);
+    mutate(&old, &new, 5);
+    strip_devices(&new);
+    // A few more edits that exercise modes an unprivileged owner may still set.
+    fs::write(new.join("suid-tool"), b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(new.join("suid-tool"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+    fs::create_dir_all(new.join("newdir/sub")).expect("mkdir");
+    fs::write(new.join("newdir/sub/f"), b"f").expect("write");
+    chown_tree(&old, NOBODY);
+    chown_tree(&new, NOBODY);
+    set_mtime(&new.join("newdir/sub"), 1_700_000_500);
+    set_mtime(&new.join("newdir"), 1_700_000_600);
+
+    let b = d.path().join("nobody.ferry");
+    build(Some(&old), &new, &k.secret, 2, &b, &[]);
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    assert_eq!(fs::metadata(&target).expect("stat").uid(), NOBODY);
+
+    let o = run_expect(
+        setpriv_nobody()
+            .arg(&bin)
+            .arg("apply")
+            .arg(&b)
+            .arg("--target")
+            .arg(&target)
+            .arg("--trust")
+            .arg(&k.public)
+            .arg("--json"),
+        0,
+    );
+    let rep = json_of(&o);
+    assert_eq!(rep["ferry_report"], 1);
+    assert_eq!(rep["result"], "applied");
+    assert_eq!(rep["owners_applied"], false, "apply report: {rep}");
+
+    // Equal to NEW except owners (which are nobody's in both anyway: an unprivileged apply leaves
+    // every object owned by the applying user).
+    let strip = |mut s: Snapshot| {
+        for n in s.values_mut() {
+            n.uid = 0;
+            n.gid = 0;
+        }
+        s
+    };
+    assert_same(
+        &strip(snapshot(&target, true)),
+        &strip(snapshot(&new, true)),
+        "unprivileged apply vs NEW (owners ignored)",
+    );
+    no_txn(&target);
+    for (p, n) in snapshot(&target, false) {
+        assert_eq!(
+            (n.uid, n.gid),
+            (NOBODY, NOBODY),
+            "{} is not owned by the applying user",
+            String::from_utf8_lossy(&p)
+        );
+    }
+
+    let o = run_expect(
+        setpriv_nobody()
+            .arg(&bin)
+            .arg("status")
+            .arg("--target")
+            .arg(&target)
+            .arg("--json"),
+        0,
+    );
+    let st = json_of(&o);
+    assert_eq!(st["ferry_report"], 1);
+    assert_eq!(st["installed"]["version"], 2);
+    assert_eq!(st["installed"]["owners_applied"], false, "status: {st}");
+    let o = run_expect(
+        setpriv_nobody()
+            .arg(&bin)
+            .arg("status")
+            .arg("--target")
+            .arg(&target),
+        0,
+    );
+    let human = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        human.contains("not root"),
+        "human status should say owners were left alone: {human}"
+    );
+}
