@@ -51,6 +51,35 @@ fn new_type(k: &Kind) -> &'static str {
     }
 }
 
+/// Everything a `Place` step (forward or reverse) needs to know about its path.
+struct Slot<'a> {
+    new_kind: Kind,
+    old: Option<OldKind>,
+    /// A locally edited config file (the conffile rule).
+    kept: bool,
+    sd: BorrowedFd<'a>,
+    bd: BorrowedFd<'a>,
+    sname: Vec<u8>,
+    /// The staged object, if still in the staging slot.
+    staged: Option<rustix::fs::Stat>,
+    /// A type change involving a directory: done with `RENAME_EXCHANGE`.
+    exchange: bool,
+}
+
+fn slot<'a>(root: BorrowedFd<'_>, txn: &'a mut Txn, p: &BundlePath) -> Result<Slot<'a>> {
+    let m = &txn.head.manifest;
+    let ei = entry_index(m, p)?;
+    let new_kind = m.entries[ei].kind.clone();
+    let old = m.old_entry(p).map(|o| o.kind.clone());
+    let kept = txn.kept.contains(p);
+    let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
+    let w = txn.work_for(root, p, false)?;
+    let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
+    let sname = staged_name(ei);
+    let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
+    Ok(Slot { new_kind, old, kept, sd, bd, sname, staged, exchange })
+}
+
 /// Run step `i` forward. Returns true if it renamed something into the live tree.
 pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> Result<bool> {
     let m = &txn.head.manifest;
@@ -78,15 +107,7 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> R
             Ok(false)
         }
         Op::Place => {
-            let ei = entry_index(m, p)?;
-            let new_kind = m.entries[ei].kind.clone();
-            let old = m.old_entry(p).map(|o| o.kind.clone());
-            let kept = txn.kept.contains(p);
-            let w = txn.work_for(root, p, false)?;
-            let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
-            let sname = staged_name(ei);
-            let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
-            let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
+            let Slot { new_kind, old, kept, sd, bd, sname, staged, exchange } = slot(root, txn, p)?;
             if exchange {
                 // Type change involving a directory: swap atomically; the OLD entry (with any
                 // subtree) ends up in the staging slot, which is its backup.
@@ -161,15 +182,7 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             }
         }
         Op::Place => {
-            let ei = entry_index(m, p)?;
-            let new_kind = m.entries[ei].kind.clone();
-            let old = m.old_entry(p).map(|o| o.kind.clone());
-            let kept = txn.kept.contains(p);
-            let w = txn.work_for(root, p, false)?;
-            let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
-            let sname = staged_name(ei);
-            let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
-            let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
+            let Slot { new_kind, old, kept, sd, bd, sname, staged, exchange } = slot(root, txn, p)?;
             if kept {
                 let side = ferry_new_name(p);
                 if staged.is_none() && fsx::lstat_at(dir, &side).ctx("stat", p)?.is_some() {
