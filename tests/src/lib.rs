@@ -132,7 +132,9 @@ fn walk(root: &Path, dir: &Path, dir_mtimes: bool, out: &mut Snapshot, inodes: &
     names.sort();
     for p in names {
         let rel = p.strip_prefix(root).expect("prefix").as_os_str().as_bytes().to_vec();
-        if rel == b".ferry" || rel.starts_with(b".ferry-work") {
+        // The applier's state, and work directories at the roots of other mounts (they hold the
+        // backups for rollback until the next apply; bundle-format.md §10.2).
+        if rel == b".ferry" || p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".ferry-work-")) {
             continue;
         }
         let md = fs::symlink_metadata(&p).expect("lstat");
@@ -385,7 +387,8 @@ pub fn mutate(old: &Path, new: &Path, seed: u64) {
 
 /// Extra edits not made by `mutate`: directory modes, a directory becoming a symlink, a file
 /// becoming a FIFO, setuid/setgid/sticky bits being set and cleared, a hardlink group split, an
-/// empty directory becoming a file. Deterministic in `seed`; each edit is made with probability
+/// empty directory becoming a file, a hardlinked file edited in place, a file becoming a hardlink
+/// of another, owner changes and device number changes (as root). Deterministic in `seed`; each edit is made with probability
 /// one half on the first suitable path, so every case gets a different mix.
 pub fn mutate_more(new: &Path, seed: u64) {
     let pick = |i: u64| (seed.rotate_left(i as u32 * 7) ^ (i * 0x9e37)) & 1 == 1;
@@ -459,6 +462,44 @@ pub fn mutate_more(new: &Path, seed: u64) {
     if pick(7) {
         if let Some(p) = find(true, &|_, m| m.is_dir()) {
             fs::set_permissions(&p, fs::Permissions::from_mode(0o1777)).expect("chmod sticky dir");
+        }
+    }
+    if pick(8) {
+        // Edit a hardlinked file in place: every name of the group sees the new content.
+        if let Some(p) = find(false, &|_, m| m.is_file() && m.nlink() > 1) {
+            let mut f = fs::OpenOptions::new().append(true).open(&p).expect("open");
+            std::io::Write::write_all(&mut f, b" edited in place").expect("append");
+        }
+    }
+    if pick(9) {
+        // A file becomes another name of a different file.
+        let mut files = Vec::new();
+        collect(new, &mut files);
+        files.retain(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false));
+        if files.len() >= 2 {
+            let (a, b) = (&files[0], &files[files.len() - 1]);
+            fs::remove_file(a).expect("rm");
+            fs::hard_link(b, a).expect("link");
+        }
+    }
+    if pick(10) && rustix_is_root() {
+        // Owners change (files, a directory, a symlink).
+        let mut all = Vec::new();
+        collect(new, &mut all);
+        for (i, p) in all.iter().enumerate().filter(|(i, _)| i % 4 == 1) {
+            let st = Command::new("chown").arg("-h").arg(format!("{}:{}", 1000 + i, 2000 + i)).arg(p).status().expect("chown");
+            assert!(st.success());
+        }
+    }
+    if pick(11) && rustix_is_root() {
+        // A device node changes its number, or one appears.
+        let p = new.join("null-dev");
+        if fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+            fs::remove_file(&p).expect("rm");
+        }
+        if fs::symlink_metadata(&p).is_err() {
+            let st = Command::new("mknod").arg(&p).arg("c").arg("1").arg("5").status().expect("mknod");
+            assert!(st.success());
         }
     }
     // Some entries get fresh deterministic mtimes; the other directory mtimes are whatever the
