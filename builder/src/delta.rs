@@ -67,6 +67,20 @@ pub fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> io::Result<Ve
     enc.finish()
 }
 
+/// Compress a solid frame (several small files concatenated) at `level`, with a window covering
+/// the whole frame so that a file finds matches in every earlier file of its group (at low
+/// levels zstd would otherwise pick a 1-2 MiB window).
+pub fn compress_solid(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 4 + 64), level)?;
+    enc.window_log(window_log(0, data.len() as u64))?;
+    enc.set_pledged_src_size(Some(data.len() as u64))?;
+    enc.include_contentsize(true)?;
+    enc.include_checksum(false)?;
+    enc.write_all(data)?;
+    enc.finish()
+}
+
 /// Decode one frame (with `prefix` for a patch), refusing windows over 2^28 and output over
 /// `max_out` bytes. Used to check every frame the builder writes.
 pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_out: u64) -> io::Result<Vec<u8>> {

@@ -50,6 +50,8 @@ pub struct BuildOptions {
     pub expires: Option<u64>,
     pub level: i32,
     pub chunk_size: u64,
+    /// Largest decoded size of a solid frame of small files; 0: one frame per file.
+    pub solid_size: u64,
     pub config_files: Vec<String>,
     pub rotate_add: Vec<PathBuf>,
     pub rotate_retire: Vec<String>,
@@ -65,6 +67,13 @@ pub struct Stat {
     pub files: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Frames holding these files (payload categories only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub frames: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The result of a build (the `--json` report, plus the script and warnings).
@@ -133,6 +142,17 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         return Err(format!("size {s:?} out of range (4096 to {max} bytes)"));
     }
     Ok(n)
+}
+
+/// Default `--solid-size`: 8 MiB.
+pub const DEFAULT_SOLID_SIZE: u64 = 8 << 20;
+
+/// Parse `--solid-size`: 0 (no solid frames) or a size as for [`parse_size`].
+pub fn parse_solid_size(s: &str) -> std::result::Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
 }
 
 /// Parse `--hook 'GLOB=COMMAND'`.
@@ -373,25 +393,43 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         _ => PathBuf::from("."),
     };
     let store = write::FrameStore::new_in(&out_dir)?;
-    let encoded = write::encode_all(&jobs, opts.level, opts.chunk_size, &store)?;
+    let encoded = write::encode_all(
+        &jobs,
+        write::EncodeOptions {
+            level: opts.level,
+            chunk: opts.chunk_size,
+            solid_size: opts.solid_size,
+        },
+        &store,
+    )?;
 
-    // Frames in job order (= order of first Place); pieces per content hash.
+    // Frames in order of first use (jobs are in order of their first Place); pieces per content.
+    let mut frame_index: Vec<Option<u32>> = vec![None; encoded.frames.len()];
     let mut stored: Vec<(u64, u64)> = Vec::new();
     let mut pieces_of: BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)> = BTreeMap::new();
-    for (job, enc) in jobs.iter().zip(&encoded) {
+    for (job, enc) in jobs.iter().zip(&encoded.files) {
         let mut pieces = Vec::new();
-        for f in &enc.frames {
+        for pr in &enc.pieces {
+            let f = &encoded.frames[pr.frame];
             if let Method::Patch { base, .. } = &f.method {
                 used.insert(base.clone());
             }
+            let index = match frame_index[pr.frame] {
+                Some(i) => i,
+                None => {
+                    let i = manifest.frames.len() as u32;
+                    frame_index[pr.frame] = Some(i);
+                    manifest.frames.push(f.frame.clone());
+                    stored.push((f.offset, f.frame.size));
+                    i
+                }
+            };
             pieces.push(Piece {
-                frame: manifest.frames.len() as u32,
-                offset: 0,
-                len: f.frame.decoded,
+                frame: index,
+                offset: pr.offset,
+                len: pr.len,
                 method: f.method.clone(),
             });
-            manifest.frames.push(f.frame.clone());
-            stored.push((f.offset, f.frame.size));
         }
         pieces_of.insert(job.hash, (pieces, enc.encoding));
     }
@@ -424,22 +462,39 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     ))));
                 };
                 *ps = pieces.clone();
-                if first_user.get(hash) == Some(&&e.path) {
-                    let out: u64 = pieces
-                        .iter()
-                        .map(|p| manifest.frames[p.frame as usize].size)
-                        .sum();
-                    let k = match encoding {
-                        write::Encoding::Zstd => "zstd",
-                        write::Encoding::Patch => "patch",
-                        write::Encoding::Chunked => "chunked",
-                    };
-                    bump(&mut stats, k, *size, out);
-                } else {
+                if first_user.get(hash) != Some(&&e.path) {
                     bump(&mut stats, "dedup", *size, 0);
+                    continue;
+                }
+                let out: u64 = pieces
+                    .iter()
+                    .map(|p| manifest.frames[p.frame as usize].size)
+                    .sum();
+                let k = match encoding {
+                    write::Encoding::Zstd => "zstd",
+                    write::Encoding::Patch => "patch",
+                    write::Encoding::Chunked => "chunked",
+                    // Counted per frame below.
+                    write::Encoding::Solid => continue,
+                };
+                bump(&mut stats, k, *size, out);
+                if let Some(s) = stats.get_mut(k) {
+                    s.frames += pieces.len() as u64;
                 }
             }
         }
+    }
+    let (files, bytes_in, bytes_out, frames) = encoded.solid;
+    if files > 0 {
+        stats.insert(
+            "solid",
+            Stat {
+                files,
+                bytes_in,
+                bytes_out,
+                frames,
+            },
+        );
     }
     manifest.entries = std::mem::take(&mut d.entries);
     manifest.old = old_list(&used);

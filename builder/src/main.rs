@@ -1,8 +1,8 @@
 //! `ferry-build`: command-line shim over the `builder` library. Exit codes: 0 ok, 1 error,
 //! 2 usage.
 
-use builder::{BuildOptions, BuildReport};
 use builder::cli::{Cli, Cmd};
+use builder::{BuildOptions, BuildReport};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -31,6 +31,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                 expires: a.expires,
                 level: a.level,
                 chunk_size: a.chunk_size,
+                solid_size: a.solid_size,
                 config_files: a.config_files,
                 rotate_add: a.rotate_add,
                 rotate_retire: a.rotate_retire,

@@ -40,13 +40,48 @@ pub enum Encoding {
     Zstd,
     Patch,
     Chunked,
+    /// Part of a solid frame shared with other small files.
+    Solid,
+}
+
+/// A byte range of an encoded frame's decoded output that holds (part of) a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceRef {
+    /// Index into [`Encoded::frames`].
+    pub frame: usize,
+    pub offset: u64,
+    pub len: u64,
 }
 
 #[derive(Clone, Debug)]
 pub struct EncodedFile {
-    pub frames: Vec<StoredFrame>,
+    /// Pieces in file order.
+    pub pieces: Vec<PieceRef>,
     pub encoding: Encoding,
 }
+
+/// Everything [`encode_all`] produced: frames in no particular order (the caller orders them by
+/// first use) and, per job, the pieces that make up its content.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub frames: Vec<StoredFrame>,
+    pub files: Vec<EncodedFile>,
+    /// Solid frames: (distinct files, bytes in, bytes out, frames).
+    pub solid: (u64, u64, u64, u64),
+}
+
+/// How [`encode_all`] encodes.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeOptions {
+    pub level: i32,
+    /// Files larger than this are split into pieces of this size.
+    pub chunk: u64,
+    /// Largest decoded size of a solid frame; 0 disables solid frames.
+    pub solid_size: u64,
+}
+
+/// Only files smaller than this go into solid frames; larger ones get a frame of their own.
+pub const SOLID_MAX_FILE: u64 = 1 << 20;
 
 /// Append-only store of compressed frames.
 pub struct FrameStore {
@@ -94,6 +129,8 @@ struct Unit {
     /// (base path, fs path, offset, len)
     base: Option<(BundlePath, PathBuf, u64, u64)>,
     chunked: bool,
+    /// If plain zstd wins, store nothing: the file goes into a solid frame.
+    solid_ok: bool,
 }
 
 fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -110,15 +147,31 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<StoredFrame> {
-    let job = &jobs[u.job];
-    let data = read_range(&job.fs_path, u.offset, u.len)?;
-    if !u.chunked && Hash::of(&data) != job.hash {
+/// Read a whole (unchunked) job's content and check it still has the scanned hash.
+fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
+    let data = read_range(&job.fs_path, 0, job.size)?;
+    if Hash::of(&data) != job.hash {
         return Err(Error::Io {
             path: job.fs_path.clone(),
             source: io::Error::other("file changed during the build"),
         });
     }
+    Ok(data)
+}
+
+/// Encode one unit; `None` if plain zstd won and the unit may go into a solid frame.
+fn run_unit(
+    u: &Unit,
+    jobs: &[PayloadJob],
+    level: i32,
+    store: &FrameStore,
+) -> Result<Option<StoredFrame>> {
+    let job = &jobs[u.job];
+    let data = if u.chunked {
+        read_range(&job.fs_path, u.offset, u.len)?
+    } else {
+        read_job(job)?
+    };
     let cerr = |source| Error::Compress {
         path: job.path.display(),
         source,
@@ -147,6 +200,7 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
             let plain = delta::compress(&data, level, None).map_err(cerr)?;
             match p {
                 Some(p) if p.0.len() < plain.len() => p,
+                _ if u.solid_ok => return Ok(None),
                 _ => (plain, Method::Zstd, None),
             }
         }
@@ -156,27 +210,100 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     if back != data {
         return Err(cerr(io::Error::other("frame does not decode to its input")));
     }
+    store_frame(store, bytes, u.len, method).map(Some)
+}
+
+fn store_frame(
+    store: &FrameStore,
+    bytes: Vec<u8>,
+    decoded: u64,
+    method: Method,
+) -> Result<StoredFrame> {
     let offset = store.append(&bytes)?;
     Ok(StoredFrame {
         offset,
         frame: Frame {
             size: bytes.len() as u64,
             hash: Hash::of(&bytes),
-            decoded: u.len,
+            decoded,
         },
         method,
     })
 }
 
-/// Encode every job (in parallel across files and chunks); results are in job order.
-pub fn encode_all(
+/// Sort key of a solid candidate: similar files sit together (same extension, then same name,
+/// then nearby paths), so the compressor finds their common text within its window.
+fn solid_key(p: &BundlePath) -> (&[u8], &[u8], &[u8]) {
+    let name = p.file_name();
+    let ext = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 => &name[i + 1..],
+        _ => &[][..],
+    };
+    (ext, name, p.as_bytes())
+}
+
+/// Pack solid candidates (job indices) into groups of at most `solid_size` decoded bytes, in
+/// [`solid_key`] order.
+pub fn solid_groups(jobs: &[PayloadJob], mut cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
+    cand.sort_by(|&a, &b| solid_key(&jobs[a].path).cmp(&solid_key(&jobs[b].path)));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    let mut bytes = 0u64;
+    for j in cand {
+        let s = jobs[j].size;
+        if !cur.is_empty() && bytes + s > solid_size {
+            groups.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        cur.push(j);
+        bytes += s;
+    }
+    if !cur.is_empty() {
+        groups.push(cur);
+    }
+    groups
+}
+
+/// Compress one solid group into a frame: the files' contents concatenated in group order.
+fn run_group(
+    group: &[usize],
     jobs: &[PayloadJob],
     level: i32,
-    chunk: u64,
     store: &FrameStore,
-) -> Result<Vec<EncodedFile>> {
-    let chunk = chunk.max(1);
+) -> Result<StoredFrame> {
+    let total: u64 = group.iter().map(|&j| jobs[j].size).sum();
+    let mut data = Vec::with_capacity(total as usize);
+    for &j in group {
+        data.extend_from_slice(&read_job(&jobs[j])?);
+    }
+    let cerr = |source| Error::Compress {
+        path: format!("solid frame starting with {}", jobs[group[0]].path),
+        source,
+    };
+    let bytes = delta::compress_solid(&data, level).map_err(cerr)?;
+    let back = delta::decompress(&bytes, None, total).map_err(cerr)?;
+    if back != data {
+        return Err(cerr(io::Error::other("frame does not decode to its input")));
+    }
+    store_frame(store, bytes, total, Method::Zstd)
+}
+
+/// Encode every job: large and chunked files and files with a delta base one by one (in
+/// parallel across files and chunks), then the small files whose best encoding is plain zstd in
+/// solid frames of at most `opts.solid_size` decoded bytes. Memory stays bounded by a few chunks
+/// or solid frames per thread.
+pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) -> Result<Encoded> {
+    let chunk = opts.chunk.max(1);
+    let solid_limit = if opts.solid_size == 0 {
+        0
+    } else {
+        SOLID_MAX_FILE
+            .min(opts.solid_size.saturating_add(1))
+            .min(chunk.saturating_add(1))
+    };
+    let solid_ok = |size: u64| size < solid_limit;
     let mut units = Vec::new();
+    let mut cand: Vec<usize> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         if job.size <= chunk {
             let base = job.base.as_ref().map(|(bp, bfs, blen)| {
@@ -187,12 +314,18 @@ pub fn encode_all(
                     (*blen).min(chunk.saturating_mul(2)),
                 )
             });
+            let base = base.filter(|b| b.3 > 0);
+            if base.is_none() && solid_ok(job.size) {
+                cand.push(j);
+                continue;
+            }
             units.push(Unit {
                 job: j,
                 offset: 0,
                 len: job.size,
-                base: base.filter(|b| b.3 > 0),
+                base,
                 chunked: false,
+                solid_ok: solid_ok(job.size),
             });
         } else {
             let n = job.size.div_ceil(chunk);
@@ -213,30 +346,70 @@ pub fn encode_all(
                     len,
                     base,
                     chunked: true,
+                    solid_ok: false,
                 });
             }
         }
     }
-    let done: Vec<Result<StoredFrame>> = units
+    let done: Vec<Result<Option<StoredFrame>>> = units
         .par_iter()
-        .map(|u| run_unit(u, jobs, level, store))
+        .map(|u| run_unit(u, jobs, opts.level, store))
         .collect();
-    let mut out: Vec<EncodedFile> = jobs
-        .iter()
-        .map(|_| EncodedFile {
-            frames: Vec::new(),
-            encoding: Encoding::Zstd,
-        })
-        .collect();
+    let mut out = Encoded {
+        frames: Vec::new(),
+        files: jobs
+            .iter()
+            .map(|_| EncodedFile {
+                pieces: Vec::new(),
+                encoding: Encoding::Zstd,
+            })
+            .collect(),
+        solid: (0, 0, 0, 0),
+    };
     for (u, r) in units.iter().zip(done) {
-        let f = r?;
-        let e = &mut out[u.job];
+        let Some(f) = r? else {
+            cand.push(u.job);
+            continue;
+        };
+        let e = &mut out.files[u.job];
         e.encoding = match (&f.method, u.chunked) {
             (_, true) => Encoding::Chunked,
             (Method::Patch { .. }, false) => Encoding::Patch,
             (Method::Zstd, false) => Encoding::Zstd,
         };
-        e.frames.push(f);
+        e.pieces.push(PieceRef {
+            frame: out.frames.len(),
+            offset: 0,
+            len: f.frame.decoded,
+        });
+        out.frames.push(f);
+    }
+
+    let groups = solid_groups(jobs, cand, opts.solid_size);
+    let done: Vec<Result<StoredFrame>> = groups
+        .par_iter()
+        .map(|g| run_group(g, jobs, opts.level, store))
+        .collect();
+    for (g, r) in groups.iter().zip(done) {
+        let f = r?;
+        let mut at = 0u64;
+        for &j in g {
+            let len = jobs[j].size;
+            out.files[j] = EncodedFile {
+                pieces: vec![PieceRef {
+                    frame: out.frames.len(),
+                    offset: at,
+                    len,
+                }],
+                encoding: Encoding::Solid,
+            };
+            at += len;
+        }
+        out.solid.0 += g.len() as u64;
+        out.solid.1 += f.frame.decoded;
+        out.solid.2 += f.frame.size;
+        out.solid.3 += 1;
+        out.frames.push(f);
     }
     Ok(out)
 }
@@ -326,13 +499,19 @@ mod tests {
             base: Some((BundlePath::new("f")?, old.clone(), 5 * chunk)),
         };
         let store = FrameStore::new_in(d.path())?;
-        let enc = encode_all(std::slice::from_ref(&job), 3, chunk, &store)?;
-        assert_eq!(enc[0].encoding, Encoding::Chunked);
-        assert_eq!(enc[0].frames.len(), 6);
+        let opts = EncodeOptions {
+            level: 3,
+            chunk,
+            solid_size: 8 << 20,
+        };
+        let enc = encode_all(std::slice::from_ref(&job), opts, &store)?;
+        assert_eq!(enc.files[0].encoding, Encoding::Chunked);
+        assert_eq!(enc.files[0].pieces.len(), 6);
         let mut file = store.into_file()?;
         let mut rebuilt = Vec::new();
         let oldb = fs::read(&old)?;
-        for (i, f) in enc[0].frames.iter().enumerate() {
+        for (i, pr) in enc.files[0].pieces.iter().enumerate() {
+            let f = &enc.frames[pr.frame];
             let mut bytes = vec![0u8; f.frame.size as usize];
             file.seek(SeekFrom::Start(f.offset))?;
             file.read_exact(&mut bytes)?;
@@ -351,5 +530,126 @@ mod tests {
         }
         assert_eq!(rebuilt, fs::read(&new)?);
         Ok(())
+    }
+
+    fn job(
+        dir: &Path,
+        name: &str,
+        content: &[u8],
+    ) -> Result<PayloadJob, Box<dyn std::error::Error>> {
+        let fs_path = dir.join(name.replace('/', "_"));
+        fs::write(&fs_path, content)?;
+        Ok(PayloadJob {
+            path: BundlePath::new(name)?,
+            fs_path,
+            size: content.len() as u64,
+            hash: Hash::of(content),
+            base: None,
+        })
+    }
+
+    #[test]
+    fn solid_groups_sort_by_extension_and_respect_the_bound(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let jobs = vec![
+            job(d.path(), "b/x.txt", &[1; 3000])?,
+            job(d.path(), "a/y.c", &[2; 3000])?,
+            job(d.path(), "a/x.txt", &[3; 3000])?,
+            job(d.path(), "Makefile", &[4; 3000])?,
+            job(d.path(), "z/.hidden", &[5; 3000])?,
+        ];
+        let g = solid_groups(&jobs, (0..jobs.len()).collect(), 6000);
+        let names: Vec<Vec<String>> = g
+            .iter()
+            .map(|g| g.iter().map(|&j| jobs[j].path.display()).collect())
+            .collect();
+        // No extension first (by name), then .c, then .txt (by name, then path).
+        assert_eq!(
+            names,
+            [
+                vec!["z/.hidden", "Makefile"],
+                vec!["a/y.c", "a/x.txt"],
+                vec!["b/x.txt"]
+            ]
+        );
+        // A file larger than the bound gets a group of its own.
+        let g = solid_groups(&jobs, vec![0, 1], 100);
+        assert_eq!(g.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn small_files_share_solid_frames() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let text = |i: usize| format!("line {i} of a config file\nkey = value {i}\n").repeat(40);
+        let mut jobs = Vec::new();
+        for i in 0..20 {
+            jobs.push(job(
+                d.path(),
+                &format!("etc/f{i:02}.conf"),
+                text(i).as_bytes(),
+            )?);
+        }
+        // A file with a base whose patch loses to plain zstd also goes solid.
+        let other = d.path().join("unrelated-old");
+        fs::write(&other, pseudo(5000))?;
+        let mut j = job(d.path(), "etc/zz.conf", text(99).as_bytes())?;
+        j.base = Some((BundlePath::new("old")?, other, 5000));
+        jobs.push(j);
+        let store = FrameStore::new_in(d.path())?;
+        let opts = EncodeOptions {
+            level: 3,
+            chunk: 1 << 20,
+            solid_size: 16 << 10,
+        };
+        let enc = encode_all(&jobs, opts, &store)?;
+        assert!(enc.files.iter().all(|f| f.encoding == Encoding::Solid));
+        let total: u64 = jobs.iter().map(|j| j.size).sum();
+        assert_eq!(enc.solid.0, jobs.len() as u64);
+        assert_eq!(enc.solid.1, total);
+        assert_eq!(enc.solid.3, enc.frames.len() as u64);
+        assert!(enc.frames.len() > 1 && enc.frames.iter().all(|f| f.frame.decoded <= 16 << 10));
+        let mut file = store.into_file()?;
+        let decoded: Vec<Vec<u8>> = enc
+            .frames
+            .iter()
+            .map(|f| {
+                let mut bytes = vec![0u8; f.frame.size as usize];
+                file.seek(SeekFrom::Start(f.offset))?;
+                file.read_exact(&mut bytes)?;
+                delta::decompress(&bytes, None, f.frame.decoded)
+            })
+            .collect::<io::Result<_>>()?;
+        for (j, f) in jobs.iter().zip(&enc.files) {
+            let p = f.pieces[0];
+            let got = &decoded[p.frame][p.offset as usize..(p.offset + p.len) as usize];
+            assert_eq!(Hash::of(got), j.hash, "{}", j.path);
+        }
+        // Without solid frames: one frame per file.
+        let store = FrameStore::new_in(d.path())?;
+        let enc = encode_all(
+            &jobs,
+            EncodeOptions {
+                solid_size: 0,
+                ..opts
+            },
+            &store,
+        )?;
+        assert_eq!(enc.frames.len(), jobs.len());
+        assert!(enc.files.iter().all(|f| f.encoding == Encoding::Zstd));
+        Ok(())
+    }
+
+    fn pseudo(n: usize) -> Vec<u8> {
+        let mut x = 0x9e3779b97f4a7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
     }
 }

@@ -132,9 +132,7 @@ fn walk(root: &Path, dir: &Path, dir_mtimes: bool, out: &mut Snapshot, inodes: &
     names.sort();
     for p in names {
         let rel = p.strip_prefix(root).expect("prefix").as_os_str().as_bytes().to_vec();
-        // The applier's state, and work directories at the roots of other mounts (they hold the
-        // backups for rollback until the next apply; bundle-format.md §10.2).
-        if rel == b".ferry" || p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".ferry-work-")) {
+        if rel == b".ferry" || rel.starts_with(b".ferry-work") {
             continue;
         }
         let md = fs::symlink_metadata(&p).expect("lstat");
@@ -388,8 +386,9 @@ pub fn mutate(old: &Path, new: &Path, seed: u64) {
 /// Extra edits not made by `mutate`: directory modes, a directory becoming a symlink, a file
 /// becoming a FIFO, setuid/setgid/sticky bits being set and cleared, a hardlink group split, an
 /// empty directory becoming a file, a hardlinked file edited in place, a file becoming a hardlink
-/// of another, owner changes and device number changes (as root). Deterministic in `seed`; each edit is made with probability
-/// one half on the first suitable path, so every case gets a different mix.
+/// of another, owner changes and device number changes (as root). Deterministic in `seed`; each
+/// edit is made with probability one half on the first suitable path, so every case gets a
+/// different mix.
 pub fn mutate_more(new: &Path, seed: u64) {
     let pick = |i: u64| (seed.rotate_left(i as u32 * 7) ^ (i * 0x9e37)) & 1 == 1;
     // The first (or last) path, in a fresh listing, whose lstat satisfies `f`.

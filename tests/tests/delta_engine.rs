@@ -1,0 +1,297 @@
+//! The builder's payload engine end to end, through the real binaries: solid frames of small
+//! files (grouping, dedup, group boundaries, sizes against one frame per file).
+
+use bundle::container::Reader;
+use bundle::{Content, Kind, Limits, Manifest, Method};
+use ferry_tests::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+fn keys(dir: &Path) -> (PathBuf, PathBuf) {
+    keygen(dir, "key")
+}
+
+/// `ferry-build build --json` with extra arguments; returns the report.
+fn build_json(
+    old: Option<&Path>,
+    new: &Path,
+    key: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut c = build_cmd();
+    c.arg("build")
+        .arg("--new")
+        .arg(new)
+        .arg("--key")
+        .arg(key)
+        .arg("--version")
+        .arg("2")
+        .arg("--out")
+        .arg(out)
+        .arg("--json");
+    if let Some(o) = old {
+        c.arg("--old").arg(o);
+    }
+    c.args(extra).env("SOURCE_DATE_EPOCH", "1700000000");
+    let o = run_expect(&mut c, 0);
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
+/// The manifest of a bundle (signatures not checked: the applier does that in these tests).
+fn manifest(bundle: &Path) -> Manifest {
+    let f = fs::File::open(bundle).expect("open bundle");
+    let mut r = Reader::new(std::io::BufReader::new(f), Limits::default());
+    let (mb, _) = r.head().expect("head");
+    Manifest::decode(&mb, &Limits::default()).expect("manifest")
+}
+
+const WORDS: &[&str] = &[
+    "static", "int", "return", "const", "char", "buffer", "length", "error", "if", "else", "for",
+    "while", "struct", "config", "value", "default", "enable", "path", "size_t", "unsigned",
+    "void", "NULL", "include", "define", "option", "server",
+];
+
+/// Text in the style of source and config files: lines of words from a small vocabulary, each file
+/// with its own header, so files compress well and better together than alone.
+fn text_file(rng: &mut StdRng, name: &str, ext: &str) -> Vec<u8> {
+    let mut s = match ext {
+        "c" | "h" => format!("/* {name}: part of the example project.\n * Copyright the authors. */\n#include <stdio.h>\n#include \"common.h\"\n\n"),
+        "py" => format!("#!/usr/bin/env python3\n\"\"\"{name}: part of the example project.\"\"\"\nimport os\nimport sys\n\n"),
+        "conf" => format!("# {name}: configuration of the example service\n[main]\n"),
+        _ => format!("{name}\n\n"),
+    };
+    let lines = rng.gen_range(5..120);
+    for i in 0..lines {
+        let n = rng.gen_range(2..10);
+        let line: Vec<&str> = (0..n)
+            .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+            .collect();
+        match ext {
+            "c" | "h" => s += &format!("    {}({i});\n", line.join(" ")),
+            "py" => s += &format!("    {} = {i}\n", line.join("_")),
+            "conf" => s += &format!("{} = {}\n", line[0], line[1..].join(" ")),
+            _ => s += &format!("{}.\n", line.join(" ")),
+        }
+    }
+    s.into_bytes()
+}
+
+/// A tree of `n` small text files in a few directories, with deterministic mtimes. Returns the
+/// files' paths.
+fn small_files_tree(root: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let exts = ["c", "h", "py", "conf", "txt"];
+    for i in 0..n {
+        let ext = exts[rng.gen_range(0..exts.len())];
+        let dir = root
+            .join(format!("d{}", i % 7))
+            .join(["src", "etc", "doc"][i % 3]);
+        fs::create_dir_all(&dir).expect("mkdir");
+        let name = format!("file{i:04}.{ext}");
+        let p = dir.join(&name);
+        fs::write(&p, text_file(&mut rng, &name, ext)).expect("write");
+        if i % 11 == 0 {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        files.push(p);
+    }
+    stamp_all(root, 1_650_000_000);
+    files
+}
+
+/// Deterministic mtimes on every entry (deepest first, so directory mtimes stick).
+fn stamp_all(root: &Path, base: i64) {
+    let mut all = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        let mut v: Vec<PathBuf> = fs::read_dir(d)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        v.sort();
+        for p in v {
+            if fs::symlink_metadata(&p).expect("lstat").is_dir() {
+                walk(&p, out);
+            }
+            out.push(p);
+        }
+    }
+    walk(root, &mut all);
+    for (i, p) in all.iter().enumerate() {
+        // No symlinks in these trees: set the time through a file descriptor (no process each).
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs((base + i as i64) as u64);
+        fs::File::open(p).and_then(|f| f.set_modified(t)).expect("set mtime");
+    }
+}
+
+/// Piece lists of every file entry with pieces, by path.
+fn pieces(m: &Manifest) -> BTreeMap<String, Vec<bundle::Piece>> {
+    m.entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::File {
+                content: Content::Pieces(ps),
+                ..
+            } => Some((e.path.display(), ps.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn solid_frames_roundtrip_with_dedup_and_group_boundaries() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let new = d.path().join("new");
+    let files = small_files_tree(&new, 120, 1);
+    let rel = |p: &Path| p.strip_prefix(&new).expect("in tree").to_path_buf();
+    let (f0, f2, f4) = (rel(&files[0]), rel(&files[2]), rel(&files[4]));
+    // Identical content under two names (one payload, shared piece) and a file just over 1 MiB
+    // (its own frame, never solid).
+    let dup = fs::read(new.join(&f0)).expect("read");
+    fs::write(new.join("d1/dup-of-0000.c"), &dup).expect("write");
+    let big: Vec<u8> = (0..(1u32 << 20) + 100)
+        .map(|i| (i % 253) as u8 ^ (i / 4096) as u8)
+        .collect();
+    fs::write(new.join("big.bin"), &big).expect("write");
+    stamp_all(&new, 1_650_000_000);
+    let want = snapshot(&new, true);
+
+    // Full bundle with small groups: many group boundaries.
+    let full = d.path().join("full.ferry");
+    let rep = build_json(
+        None,
+        &new,
+        &secret,
+        &full,
+        &["--level", "3", "--solid-size", "16K"],
+    );
+    let solid = &rep["stats"]["solid"];
+    let frames = solid["frames"].as_u64().expect("solid frames");
+    assert!(frames > 5, "{rep}");
+    assert_eq!(
+        solid["files"].as_u64(),
+        Some(120),
+        "120 distinct contents (the duplicate shares a piece; big.bin is not solid): {rep}"
+    );
+    assert_eq!(rep["stats"]["dedup"]["files"].as_u64(), Some(1), "{rep}");
+    assert_eq!(
+        rep["stats"]["zstd"]["files"].as_u64(),
+        Some(1),
+        "big.bin alone: {rep}"
+    );
+    let m = manifest(&full);
+    let ps = pieces(&m);
+    assert_eq!(ps[&f0.display().to_string()], ps["d1/dup-of-0000.c"]);
+    // Frames hold several files each and are at most 16 KiB decoded (unless one file is larger).
+    let mut per_frame: BTreeMap<u32, Vec<&bundle::Piece>> = BTreeMap::new();
+    for p in ps.values().flatten() {
+        per_frame.entry(p.frame).or_default().push(p);
+    }
+    assert!(per_frame.values().any(|v| v.len() > 3));
+    for (f, v) in &per_frame {
+        if v.len() > 1 {
+            assert!(m.frames[*f as usize].decoded <= 16 << 10, "frame {f}");
+        }
+        assert!(v.iter().all(|p| p.method == Method::Zstd));
+    }
+    // Frames appear in the order of the first Place step that uses them.
+    let first_use: Vec<u32> = m
+        .script
+        .iter()
+        .filter_map(|s| ps.get(&s.path.display()))
+        .flat_map(|v| v.iter().map(|p| p.frame))
+        .fold(Vec::new(), |mut acc, f| {
+            if !acc.contains(&f) {
+                acc.push(f);
+            }
+            acc
+        });
+    assert_eq!(first_use, (0..m.frames.len() as u32).collect::<Vec<_>>());
+
+    let empty = d.path().join("empty");
+    fs::create_dir(&empty).expect("mkdir");
+    apply(&full, &empty, &public, 0, &[]);
+    assert_same(
+        &snapshot(&empty, true),
+        &want,
+        "full solid bundle applied to an empty directory",
+    );
+
+    // Delta: edits, additions (solid), a patched file and a rename.
+    let next = d.path().join("next");
+    copy_tree(&new, &next);
+    let mut rng = StdRng::seed_from_u64(2);
+    for i in 0..40 {
+        let name = format!("added{i:03}.c");
+        fs::write(
+            next.join("d3/src").join(&name),
+            text_file(&mut rng, &name, "c"),
+        )
+        .expect("write");
+    }
+    let mut edited = fs::read(next.join(&f2)).expect("read");
+    edited.extend_from_slice(b"    appended = 1\n");
+    fs::write(next.join(&f2), edited).expect("write");
+    fs::rename(next.join(&f4), next.join("d4/moved.conf")).expect("rename");
+    fs::write(next.join("d1/dup2-of-0000.c"), &dup).expect("write");
+    stamp_all(&next, 1_660_000_000);
+    let want = snapshot(&next, true);
+    let delta = d.path().join("delta.ferry");
+    let rep = build_json(Some(&new), &next, &secret, &delta, &["--solid-size", "32K"]);
+    assert!(rep["stats"]["solid"]["files"].as_u64() >= Some(40), "{rep}");
+    let target = d.path().join("target");
+    copy_tree(&new, &target);
+    apply(&delta, &target, &public, 0, &[]);
+    assert_same(
+        &snapshot(&target, true),
+        &want,
+        "delta with solid frames applied to a copy of OLD",
+    );
+
+    // Deterministic output.
+    let again = d.path().join("again.ferry");
+    build_json(Some(&new), &next, &secret, &again, &["--solid-size", "32K"]);
+    assert_eq!(
+        fs::read(&delta).expect("read"),
+        fs::read(&again).expect("read")
+    );
+}
+
+#[test]
+fn solid_frames_are_smaller_than_one_frame_per_file() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let new = d.path().join("new");
+    small_files_tree(&new, 600, 7);
+    let want = snapshot(&new, true);
+    let mut sizes = BTreeMap::new();
+    for (name, solid) in [("per-file", "0"), ("solid", "8M")] {
+        let out = d.path().join(format!("{name}.ferry"));
+        let rep = build_json(None, &new, &secret, &out, &["--solid-size", solid]);
+        let bytes = rep["bytes"].as_u64().expect("bytes");
+        sizes.insert(name, bytes);
+        if solid == "0" {
+            assert!(rep["stats"].get("solid").is_none(), "{rep}");
+            assert_eq!(rep["stats"]["zstd"]["files"].as_u64(), Some(600), "{rep}");
+        } else {
+            assert_eq!(rep["stats"]["solid"]["files"].as_u64(), Some(600), "{rep}");
+            assert_eq!(rep["stats"]["solid"]["frames"].as_u64(), Some(1), "{rep}");
+        }
+        let target = d.path().join(format!("target-{name}"));
+        fs::create_dir(&target).expect("mkdir");
+        apply(&out, &target, &public, 0, &[]);
+        assert_same(&snapshot(&target, true), &want, name);
+    }
+    let ratio = sizes["solid"] as f64 / sizes["per-file"] as f64;
+    eprintln!(
+        "600 small text files: per-file {} bytes, solid {} bytes, ratio {ratio:.3}",
+        sizes["per-file"], sizes["solid"]
+    );
+    assert!(ratio < 0.6, "solid {sizes:?}");
+}
