@@ -245,3 +245,13 @@ pub fn mount_key(fd: BorrowedFd<'_>) -> io::Result<u64> {
         _ => Ok(rfs::fstat(fd)?.st_dev),
     }
 }
+
+/// Run `f` on directory `dir` and then put back the directory's mtime: creating or removing a
+/// work directory at the root of another mount must not change the tree's metadata.
+pub fn keeping_mtime<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let st = rfs::fstat(dir)?;
+    let r = f()?;
+    let t = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
+    rfs::futimens(dir, &Timestamps { last_access: t, last_modification: t })?;
+    Ok(r)
+}

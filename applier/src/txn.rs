@@ -130,11 +130,11 @@ impl Txn {
             Some(p) => {
                 if create {
                     let (d, n) = fsx::parent_of(root, p).ctx("open", p)?;
-                    match fsx::mkdir_at(d.as_fd(), n, 0o700) {
-                        Ok(()) => {}
-                        Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::EXIST) => {}
-                        Err(e) => return Err(e).ctx("create work directory", p),
-                    }
+                    fsx::keeping_mtime(d.as_fd(), || match fsx::mkdir_at(d.as_fd(), n, 0o700) {
+                        Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::EXIST) => Ok(()),
+                        r => r,
+                    })
+                    .ctx("create work directory", p)?;
                 }
                 fsx::open_dir_beneath(root, Some(p)).ctx("open work directory", p)?
             }
@@ -208,7 +208,7 @@ impl Txn {
         for (_, loc) in &self.work_locs {
             if let Some(p) = loc {
                 if let Ok((d, n)) = fsx::parent_of(root, p) {
-                    fsx::remove_tree_at(d.as_fd(), n).ctx("remove work directory", p)?;
+                    fsx::keeping_mtime(d.as_fd(), || fsx::remove_tree_at(d.as_fd(), n)).ctx("remove work directory", p)?;
                 }
             }
         }

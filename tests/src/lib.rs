@@ -132,7 +132,9 @@ fn walk(root: &Path, dir: &Path, dir_mtimes: bool, out: &mut Snapshot, inodes: &
     names.sort();
     for p in names {
         let rel = p.strip_prefix(root).expect("prefix").as_os_str().as_bytes().to_vec();
-        if rel == b".ferry" || rel.starts_with(b".ferry-work") {
+        // The applier's state, and work directories at the roots of other mounts (they hold the
+        // backups for rollback until the next apply; bundle-format.md §10.2).
+        if rel == b".ferry" || p.file_name().is_some_and(|n| n.as_bytes().starts_with(b".ferry-work-")) {
             continue;
         }
         let md = fs::symlink_metadata(&p).expect("lstat");
