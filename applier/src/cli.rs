@@ -144,5 +144,30 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Download a bundle over HTTP(S) into DIR, resumably, checking the signatures first and every
+    /// frame as it arrives (a corrupt frame is fetched again, not the whole file).
+    #[command(after_help = EXIT_CODES)]
+    Fetch {
+        url: String,
+        /// Directory to download into: DIR/NAME (NAME = the URL's last path segment), with
+        /// NAME.part and NAME.fetch while in progress.
+        #[arg(long)]
+        into: PathBuf,
+        /// A trusted key (NAME.pub) or a directory of keys; without it, signatures are only
+        /// checked for validity, not against a trusted key.
+        #[arg(long)]
+        trust: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+        /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
+        #[arg(long, default_value_t = 500)]
+        retry_wait_ms: u64,
+        /// Connect and read timeout of one request, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
 }
 

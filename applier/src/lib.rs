@@ -11,6 +11,7 @@
 //! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
 //! - [`plan`]: a dry run against the real target.
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
+//! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 
 pub mod apply;
@@ -19,6 +20,7 @@ pub mod base;
 pub mod commit;
 pub mod error;
 pub mod failpoint;
+pub mod fetch;
 pub mod fsx;
 pub mod hooks;
 pub mod inbox;

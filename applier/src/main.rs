@@ -179,6 +179,36 @@ fn main() -> ExitCode {
                 Err(e) => fail("inbox", json, &e),
             }
         }
+        Cmd::Fetch { url, into, trust, json, retries, retry_wait_ms, timeout } => {
+            let o = applier::fetch::Options {
+                url,
+                into,
+                trust,
+                retries,
+                retry_wait: std::time::Duration::from_millis(retry_wait_ms),
+                timeout: std::time::Duration::from_secs(timeout.max(1)),
+                quiet: q,
+            };
+            match applier::fetch::fetch(&o) {
+                Ok(r) => {
+                    let v = serde_json::to_value(&r).unwrap_or_default();
+                    report("fetch", json, v, || {
+                        format!(
+                            "OK: {} version {} ({} bytes, {} frames; {} bytes received, {} resumed{})",
+                            r.file,
+                            r.version,
+                            r.size,
+                            r.frames,
+                            r.bytes,
+                            r.resumed_from_bytes,
+                            if r.trusted { "" } else { "; signer not checked: no --trust" }
+                        )
+                    });
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("fetch", json, &e),
+            }
+        }
     }
 }
 

@@ -1,0 +1,421 @@
+//! `ferry-apply fetch` against a tiny HTTP/1.1 server run by the test (127.0.0.1 only), with
+//! fault injection: connections cut after N body bytes, a flipped byte in one response, a server
+//! that stops answering, one that ignores Range, one whose file is corrupt, one whose bundle
+//! changes between runs.
+
+use bundle::container::{layout, Reader};
+use bundle::{Limits, Manifest};
+use ferry_tests::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What the server does wrong.
+#[derive(Clone, Debug, Default)]
+struct Faults {
+    /// Close the connection after this many body bytes, for the first `cut_count` responses
+    /// whose body is longer than that.
+    cut_after: u64,
+    cut_count: usize,
+    /// Flip the byte at this offset of the file in the first response that delivers it.
+    flip_once: Option<u64>,
+    /// Flip the byte at this offset in every response (the file on the server is corrupt).
+    flip_always: Option<u64>,
+    /// After this many body bytes in all, close every connection without answering.
+    budget: Option<u64>,
+    /// Ignore Range: 200 with the whole file.
+    no_ranges: bool,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// (method, requested range [a, b) or None) of every request.
+    requests: Vec<(String, Option<(u64, u64)>)>,
+    /// Body bytes written.
+    served: u64,
+    flipped: bool,
+    cuts: usize,
+}
+
+struct Server {
+    url_base: String,
+    log: Arc<Mutex<Log>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serve `file` as `/b/NAME` on a free port.
+    fn start(file: Vec<u8>, faults: Faults) -> Server {
+        Server::start_at("127.0.0.1:0", file, faults)
+    }
+
+    /// Serve on `addr` (the address of a stopped server: the same URL again).
+    fn start_at(addr: &str, file: Vec<u8>, faults: Faults) -> Server {
+        let l = TcpListener::bind(addr).expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log2, stop2) = (log.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most this many connections, and the test stops the loop when done.
+            for _ in 0..10_000 {
+                let Ok((s, _)) = l.accept() else { break };
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let _ = handle(s, &file, &faults, &log2);
+            }
+        });
+        Server { url_base: format!("http://{addr}"), log, stop, thread: Some(thread) }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("{}/b/{name}", self.url_base)
+    }
+
+    fn served(&self) -> u64 {
+        self.log.lock().expect("log").served
+    }
+
+    fn requests(&self) -> Vec<(String, Option<(u64, u64)>)> {
+        self.log.lock().expect("log").requests.clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url_base.trim_start_matches("http://"));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn handle(mut s: TcpStream, file: &[u8], f: &Faults, log: &Mutex<Log>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = Vec::new();
+    let mut b = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 << 10 {
+        let n = s.read(&mut b)?;
+        if n == 0 {
+            return Ok(());
+        }
+        req.extend_from_slice(&b[..n]);
+    }
+    let text = String::from_utf8_lossy(&req).into_owned();
+    let method = text.split_whitespace().next().unwrap_or("").to_string();
+    let len = file.len() as u64;
+    let range = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if !k.trim().eq_ignore_ascii_case("range") {
+            return None;
+        }
+        let (a, b) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
+        let a: u64 = a.parse().ok()?;
+        let b: u64 = if b.is_empty() { u64::MAX - 1 } else { b.parse().ok()? };
+        Some((a, b.saturating_add(1)))
+    });
+    let mut g = log.lock().expect("log");
+    g.requests.push((method.clone(), range));
+    if f.budget.is_some_and(|b| g.served >= b) {
+        return Ok(()); // stopped answering: close at once
+    }
+    let (head, start, end) = match range {
+        Some((a, _)) if !f.no_ranges && a >= len => {
+            let h = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(h.as_bytes())?;
+            return Ok(());
+        }
+        Some((a, b)) if !f.no_ranges => {
+            let b = b.min(len);
+            let h = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/{len}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                b - 1,
+                b - a
+            );
+            (h, a, b)
+        }
+        _ => (format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: none\r\nConnection: close\r\n\r\n"), 0, len),
+    };
+    s.write_all(head.as_bytes())?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    let mut deliver = end - start;
+    if g.cuts < f.cut_count && deliver > f.cut_after {
+        g.cuts += 1;
+        deliver = f.cut_after;
+    }
+    if let Some(b) = f.budget {
+        deliver = deliver.min(b - g.served);
+    }
+    let mut body = file[start as usize..(start + deliver) as usize].to_vec();
+    for (at, once) in [(f.flip_once, true), (f.flip_always, false)] {
+        if let Some(at) = at {
+            if (start..start + deliver).contains(&at) && !(once && g.flipped) {
+                body[(at - start) as usize] ^= 0x20;
+                g.flipped |= once;
+            }
+        }
+    }
+    g.served += deliver;
+    drop(g);
+    s.write_all(&body)?;
+    s.flush()
+}
+
+/// Pseudo-random incompressible bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+struct Fx {
+    _tmp: tempfile::TempDir,
+    d: PathBuf,
+    secret: PathBuf,
+    public: PathBuf,
+    bundle: Vec<u8>,
+}
+
+/// A full bundle of a random tree plus a few 100 KiB incompressible files (several frames).
+fn fixture(seed: u64, version: u64) -> Fx {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path().to_path_buf();
+    let tree = d.join("tree");
+    gen_tree(&tree, seed);
+    for i in 0..4 {
+        fs::write(tree.join(format!("noise{i}.bin")), noise(150_000, seed * 31 + i)).expect("write");
+    }
+    let (secret, public) = keygen(&d, "k");
+    let b = d.join("v.ferry");
+    // One frame per file (no solid frames of small files), so there are several frames.
+    build(None, &tree, &secret, version, &b, &["--solid-size", "0"]);
+    let bundle = fs::read(&b).expect("read bundle");
+    Fx { _tmp: tmp, d, secret, public, bundle }
+}
+
+/// Each frame member's byte range [header, end of padding), from the bundle itself.
+fn frame_spans(bundle: &[u8]) -> Vec<(u64, u64)> {
+    let mut r = Reader::new(bundle, Limits::default());
+    let (mb, sb) = r.head().expect("head");
+    let m = Manifest::decode(&mb, &Limits::default()).expect("manifest");
+    layout(mb.len() as u64, sb.len() as u64, &m.frames).iter().map(|&(data, size)| (data - 512, data + size.div_ceil(512) * 512)).collect()
+}
+
+fn fetch(url: &str, into: &Path, trust: Option<&Path>, extra: &[&str]) -> Output {
+    let mut c = apply_cmd();
+    c.arg("fetch").arg(url).arg("--into").arg(into).args(["--json", "--retry-wait-ms", "10", "--timeout", "10"]).args(extra);
+    if let Some(t) = trust {
+        c.arg("--trust").arg(t);
+    }
+    c.output().expect("spawn ferry-apply fetch")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {out}\nstderr: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+fn expect_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn verify(file: &Path, public: &Path) {
+    run_expect(apply_cmd().arg("verify").arg(file).arg("--trust").arg(public), 0);
+}
+
+#[test]
+fn dropped_connections_and_a_corrupt_range_refetch_only_that_frame() {
+    let fx = fixture(7, 1);
+    let spans = frame_spans(&fx.bundle);
+    assert!(spans.len() >= 4, "want several frames, got {}", spans.len());
+    let f1 = spans[1];
+    let faults = Faults { cut_after: 100_000, cut_count: 2, flip_once: Some((f1.0 + f1.1) / 2), ..Default::default() };
+    let srv = Server::start(fx.bundle.clone(), faults);
+    let into = fx.d.join("dl");
+    let o = fetch(&srv.url("v.ferry"), &into, Some(&fx.public), &[]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(j["command"], "fetch");
+    assert_eq!(j["exit_code"], 0);
+    assert_eq!(j["refetched_frames"], serde_json::json!([1]), "{j}\n{err}");
+    assert!(err.contains("re-fetching frame 1: hash mismatch"), "{err}");
+    assert!(err.contains(&format!("fetched frame 0/{}", spans.len())), "{err}");
+    assert_eq!(j["size"], fx.bundle.len() as u64);
+    assert_eq!(j["frames"], spans.len() as u64);
+
+    let got = into.join("v.ferry");
+    assert!(fs::read(&got).expect("fetched file") == fx.bundle, "fetched bytes differ from the bundle");
+    assert!(!into.join("v.ferry.part").exists() && !into.join("v.ferry.fetch").exists());
+    verify(&got, &fx.public);
+
+    let log = srv.log.lock().expect("log");
+    assert!(log.flipped && log.cuts == 2, "faults not all injected: {log:?}");
+    // Frame 1 was asked for again on its own, and nothing was asked for twice wholesale.
+    let again = log.requests.iter().filter(|(_, r)| *r == Some(f1)).count();
+    assert!(again >= 1, "frame 1's range {f1:?} was not re-requested: {:?}", log.requests);
+    assert!(log.requests.iter().all(|(m, r)| m != "GET" || r.is_some()), "a GET without Range: {:?}", log.requests);
+    assert!(log.served < 2 * fx.bundle.len() as u64, "served {} bytes for a {}-byte bundle", log.served, fx.bundle.len());
+    assert_eq!(j["bytes"], log.served);
+}
+
+#[test]
+fn an_interrupted_fetch_resumes_in_a_second_run() {
+    let fx = fixture(8, 1);
+    let size = fx.bundle.len() as u64;
+    let into = fx.d.join("dl");
+    // First run: the server stops answering after about half the bundle (as if the machine
+    // went down midway); the fetch gives up with exit 6 and keeps what it verified.
+    let dying = Server::start(fx.bundle.clone(), Faults { budget: Some(size / 2), ..Default::default() });
+    let o = fetch(&dying.url("v.ferry"), &into, Some(&fx.public), &["--retries", "2"]);
+    expect_code(&o, 6);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("network"), "{err}");
+    let state: serde_json::Value = serde_json::from_slice(&fs::read(into.join("v.ferry.fetch")).expect("state kept")).expect("state JSON");
+    assert!(!state["verified_frames"].as_array().expect("frames").is_empty(), "{state}");
+    assert!(!into.join("v.ferry").exists());
+    let first = dying.served();
+    let addr = dying.url_base.trim_start_matches("http://").to_string();
+    drop(dying);
+
+    let good = Server::start_at(&addr, fx.bundle.clone(), Faults::default());
+    let o = fetch(&good.url("v.ferry"), &into, Some(&fx.public), &[]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    let resumed = j["resumed_from_bytes"].as_u64().expect("resumed_from_bytes");
+    let second = j["bytes"].as_u64().expect("bytes");
+    assert!(resumed > 0, "{j}");
+    assert!(second < size && good.served() < size, "second run fetched {second} of {size} bytes");
+    assert!(second + resumed <= size + 8192, "resumed {resumed} + fetched {second} for a {size}-byte bundle");
+    assert!(first > 0);
+    assert!(fs::read(into.join("v.ferry")).expect("fetched") == fx.bundle);
+    verify(&into.join("v.ferry"), &fx.public);
+
+    // A third run finds the bundle complete and fetches only the head.
+    let o = fetch(&good.url("v.ferry"), &into, Some(&fx.public), &[]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    assert_eq!(j["already_complete"], true, "{j}");
+    assert!(j["bytes"].as_u64().expect("bytes") < size / 4, "{j}");
+}
+
+#[test]
+fn an_untrusted_bundle_is_refused_after_the_head() {
+    let fx = fixture(9, 1);
+    let (_, other) = keygen(&fx.d, "other");
+    let srv = Server::start(fx.bundle.clone(), Faults::default());
+    let into = fx.d.join("dl");
+    let o = fetch(&srv.url("v.ferry"), &into, Some(&other), &[]);
+    expect_code(&o, 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("trusted"), "{err}");
+    let first_frame = frame_spans(&fx.bundle)[0].0;
+    let reqs = srv.requests();
+    assert!(reqs.len() <= 2, "{reqs:?}");
+    assert!(reqs.iter().all(|(_, r)| r.is_some_and(|(a, _)| a < first_frame)), "a payload range was requested: {reqs:?}");
+    assert!(srv.served() < first_frame + 4096, "served {} bytes", srv.served());
+    assert!(!into.join("v.ferry").exists());
+
+    // Without --trust the signature is still checked (valid here), and the fetch completes.
+    let o = fetch(&srv.url("v.ferry"), &into, None, &[]);
+    expect_code(&o, 0);
+    assert_eq!(json(&o)["trusted"], false);
+    let _ = &fx.secret;
+}
+
+#[test]
+fn a_server_without_ranges_is_streamed_once() {
+    let fx = fixture(10, 1);
+    let srv = Server::start(fx.bundle.clone(), Faults { no_ranges: true, ..Default::default() });
+    let into = fx.d.join("dl");
+    let o = fetch(&srv.url("v.ferry"), &into, Some(&fx.public), &[]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    assert_eq!(j["range_requests"], false, "{j}");
+    assert_eq!(srv.requests().len(), 1, "{:?}", srv.requests());
+    assert_eq!(srv.served(), fx.bundle.len() as u64);
+    assert!(fs::read(into.join("v.ferry")).expect("fetched") == fx.bundle);
+}
+
+#[test]
+fn a_corrupt_file_on_the_server_is_refused_after_two_identical_fetches() {
+    let fx = fixture(11, 1);
+    let spans = frame_spans(&fx.bundle);
+    let f2 = spans[2];
+    let srv = Server::start(fx.bundle.clone(), Faults { flip_always: Some((f2.0 + f2.1) / 2), ..Default::default() });
+    let into = fx.d.join("dl");
+    let o = fetch(&srv.url("v.ferry"), &into, Some(&fx.public), &[]);
+    expect_code(&o, 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("frame 2") && err.contains("same wrong bytes"), "{err}");
+    let again = srv.requests().iter().filter(|(_, r)| *r == Some(f2)).count();
+    assert_eq!(again, 1, "{:?}", srv.requests());
+    assert!(!into.join("v.ferry").exists());
+}
+
+#[test]
+fn a_different_bundle_at_the_same_url_starts_over() {
+    let a = fixture(12, 1);
+    let size = a.bundle.len() as u64;
+    let into = a.d.join("dl");
+    let dying = Server::start(a.bundle.clone(), Faults { budget: Some(size / 2), ..Default::default() });
+    let o = fetch(&dying.url("v.ferry"), &into, Some(&a.public), &["--retries", "1"]);
+    expect_code(&o, 6);
+    let addr = dying.url_base.trim_start_matches("http://").to_string();
+    drop(dying);
+    // Now the URL serves version 2, signed by the same key.
+    let tree2 = a.d.join("tree2");
+    gen_tree(&tree2, 13);
+    fs::write(tree2.join("noise.bin"), noise(300_000, 99)).expect("write");
+    let b2 = a.d.join("v2.ferry");
+    build(None, &tree2, &a.secret, 2, &b2, &["--solid-size", "0"]);
+    let bundle2 = fs::read(&b2).expect("read");
+    let srv = Server::start_at(&addr, bundle2.clone(), Faults::default());
+    let o = fetch(&srv.url("v.ferry"), &into, Some(&a.public), &[]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    assert_eq!(j["resumed_from_bytes"], 0, "{j}");
+    assert_eq!(j["version"], 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different bundle"));
+    assert!(fs::read(into.join("v.ferry")).expect("fetched") == bundle2);
+}
+
+#[test]
+fn unusable_urls_are_usage_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for url in ["http://127.0.0.1:9/", "http://127.0.0.1:9/b/..", "ftp://127.0.0.1/x.ferry"] {
+        let o = fetch(url, tmp.path(), None, &[]);
+        expect_code(&o, 2);
+    }
+    // Nothing listens on the discard port: a network error, exit 6, said so.
+    let o = fetch("http://127.0.0.1:9/x.ferry", tmp.path(), None, &["--retries", "1"]);
+    expect_code(&o, 6);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("network"));
+}
