@@ -19,6 +19,8 @@ pub enum Error {
     TrailingData { offset: u64 },
     #[error("{what} is {size} bytes, over the limit of {limit}")]
     TooLarge { what: String, size: u64, limit: u64 },
+    #[error("manifest has {count} {what}, over the limit of {limit}")]
+    TooMany { what: String, count: u64, limit: u64 },
     #[error("malformed manifest: {0}")]
     Manifest(String),
     #[error("malformed signature block: {0}")]

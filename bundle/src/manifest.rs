@@ -238,11 +238,11 @@ impl Manifest {
         }
         for (what, n) in [("entries", self.entries.len()), ("old entries", self.old.len()), ("script steps", self.script.len())] {
             if n > limits.max_entries {
-                return Err(Error::TooLarge { what: what.into(), size: n as u64, limit: limits.max_entries as u64 });
+                return Err(Error::TooMany { what: what.into(), count: n as u64, limit: limits.max_entries as u64 });
             }
         }
         if self.frames.len() > limits.max_frames {
-            return Err(Error::TooLarge { what: "frame count".into(), size: self.frames.len() as u64, limit: limits.max_frames as u64 });
+            return Err(Error::TooMany { what: "frames".into(), count: self.frames.len() as u64, limit: limits.max_frames as u64 });
         }
         if self.hooks.len() > limits.max_hooks {
             return err(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks));
@@ -252,8 +252,23 @@ impl Manifest {
                 return err(format!("hook {:?}: glob over 256 bytes, command over 4096 bytes or zero timeout", h.glob));
             }
         }
-        if self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic())) {
+        if self.channel.is_empty() || self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic())) {
             return err("channel must be 1..128 printable ASCII characters".into());
+        }
+        if let Some(r) = &self.rotation {
+            // Recorded in the target's trust policy after the commit: anything the policy could
+            // not load back (or a key that is not a key) would fail only then, or lock the target.
+            for k in &r.add {
+                crate::sig::PublicKey::from_bytes(k.0).map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
+            }
+            for id in &r.retire {
+                if id.len() != 16 || crate::hash::unhex(id).is_none() {
+                    return err(format!("rotation: retired key id {id:?} is not 16 hex digits"));
+                }
+            }
+            if r.threshold == Some(0) {
+                return err("rotation: threshold must be at least 1".into());
+            }
         }
         for w in self.entries.windows(2) {
             if w[0].path >= w[1].path {

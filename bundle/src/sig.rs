@@ -179,7 +179,8 @@ impl TrustPolicy {
                 (Some("threshold"), Some(k), None) => {
                     self.threshold = k.parse().ok().filter(|&k| k >= 1).ok_or_else(|| bad("threshold must be a number >= 1"))?
                 }
-                (Some("retire"), Some(id), None) if id.len() == 16 && unhex(id).is_some() => self.retired.push(id.to_string()),
+                // Key ids are compared in lower case: `retire 0123ABCD...` must not be silently ineffective.
+                (Some("retire"), Some(id), None) if id.len() == 16 && unhex(id).is_some() => self.retired.push(id.to_ascii_lowercase()),
                 _ => return Err(bad("expected 'threshold N' or 'retire <16 hex digit key id>'")),
             }
         }
