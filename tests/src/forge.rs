@@ -12,7 +12,9 @@
 //! - [`rle_bomb`]: a tiny zstd frame that decodes to gigabytes.
 //! - [`regions`]: the byte ranges of every region of a bundle file, for bit-flip tests.
 
-use bundle::container::{self, begin_member, end_member, finish, frame_name, write_member, MANIFEST_NAME, SIGNATURES_NAME};
+use bundle::container::{
+    self, begin_member, end_member, finish, frame_name, write_member, MANIFEST_NAME, SIGNATURES_NAME,
+};
 use bundle::sig::{encode_signatures, SecretKey};
 use bundle::{BundlePath, Content, Entry, Frame, Hash, Kind, Manifest, Meta, Method, Op, Piece, Step, FORMAT_VERSION};
 pub use ciborium::Value;
@@ -61,7 +63,12 @@ pub fn file(p: &str, data: &[u8], frame: u32, offset: u64) -> Entry {
     Entry {
         path: path(p),
         meta: meta(0o644),
-        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content: Content::Pieces(vec![piece]), config: false },
+        kind: Kind::File {
+            size: data.len() as u64,
+            hash: Hash::of(data),
+            content: Content::Pieces(vec![piece]),
+            config: false,
+        },
     }
 }
 
@@ -119,7 +126,8 @@ pub fn with_signers(m: &Manifest, keys: &[&SecretKey]) -> Manifest {
 
 /// The signature member for `manifest_bytes` signed by each of `keys`.
 pub fn signatures(manifest_bytes: &[u8], keys: &[&SecretKey]) -> Vec<u8> {
-    let sigs: Vec<([u8; 32], [u8; 64])> = keys.iter().map(|k| (k.public().bytes, k.sign_manifest(manifest_bytes))).collect();
+    let sigs: Vec<([u8; 32], [u8; 64])> =
+        keys.iter().map(|k| (k.public().bytes, k.sign_manifest(manifest_bytes))).collect();
     encode_signatures(&sigs)
 }
 
@@ -130,7 +138,8 @@ pub fn raw_bundle_bytes(manifest_bytes: &[u8], keys: &[&SecretKey], frames: &[Ve
 
 /// Frame the given manifest, signature member and payload frames canonically.
 pub fn framed(manifest_bytes: &[u8], sig_bytes: &[u8], frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(manifest_bytes.len() + frames.iter().map(|f| f.len() + 1024).sum::<usize>() + 4096);
+    let mut out =
+        Vec::with_capacity(manifest_bytes.len() + frames.iter().map(|f| f.len() + 1024).sum::<usize>() + 4096);
     write_member(&mut out, MANIFEST_NAME, manifest_bytes).expect("write");
     write_member(&mut out, SIGNATURES_NAME, sig_bytes).expect("write");
     for (i, f) in frames.iter().enumerate() {
@@ -171,7 +180,11 @@ pub fn encode_value(v: &Value) -> Vec<u8> {
 pub fn get<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
     match v {
         Value::Map(m) => {
-            &mut m.iter_mut().find(|(k, _)| matches!(k, Value::Text(t) if t == key)).unwrap_or_else(|| panic!("no field {key}")).1
+            &mut m
+                .iter_mut()
+                .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+                .unwrap_or_else(|| panic!("no field {key}"))
+                .1
         }
         Value::Array(a) => &mut a[key.parse::<usize>().expect("array index")],
         _ => panic!("{key}: not a map or array"),
@@ -181,6 +194,24 @@ pub fn get<'a>(v: &'a mut Value, key: &str) -> &'a mut Value {
 /// Follow a `/`-separated chain of [`get`]s, e.g. `"entries/1/meta/mode"`.
 pub fn at<'a>(v: &'a mut Value, chain: &str) -> &'a mut Value {
     chain.split('/').fold(v, |v, k| get(v, k))
+}
+
+/// Rewrite every CBOR byte string in `v` that is the path `from` or lies under it (`from/...`) to
+/// start with `to` instead; returns how many were rewritten. Lets a test build a valid manifest
+/// with a placeholder directory and then move it to `..`, an absolute path or `.ferry`.
+pub fn retarget_paths(v: &mut Value, from: &[u8], to: &[u8]) -> usize {
+    match v {
+        Value::Bytes(b) if b.starts_with(from) && (b.len() == from.len() || b[from.len()] == b'/') => {
+            let mut n = to.to_vec();
+            n.extend_from_slice(&b[from.len()..]);
+            *b = n;
+            1
+        }
+        Value::Array(a) => a.iter_mut().map(|x| retarget_paths(x, from, to)).sum(),
+        Value::Map(m) => m.iter_mut().map(|(k, x)| retarget_paths(k, from, to) + retarget_paths(x, from, to)).sum(),
+        Value::Tag(_, x) => retarget_paths(x, from, to),
+        _ => 0,
+    }
 }
 
 /// Replace the one occurrence of `from` in `bytes` by `to` (same length). Panics unless `from`

@@ -1,0 +1,1148 @@
+//! Hostile bundles against the real `ferry-apply`.
+//!
+//! Every bundle here is forged with `ferry_tests::forge`, bypassing the builder, and most are
+//! signed by the trusted key: the applier must refuse them on its own checks. Each case runs in a
+//! fresh directory holding `target/` (a file and a directory with a file) and its sibling
+//! `outside/` (sentinels, and a copy of `target/dir/file` so that a followed symlink would even
+//! match the expected base). After a refusal the exit code is the documented one (3: bad or
+//! hostile bundle, 4: target does not match the base), stderr says why, neither tree changed by a
+//! single byte, mode or mtime, and no transaction is left behind.
+//!
+//! Needs the `ferry-apply` binary: `cargo build -p ferry-applier -p ferry-tests` first.
+
+use bundle::sig::{SecretKey, TrustPolicy};
+use bundle::{Content, Entry, Hash, Hook, Kind, Limits, Manifest, Method, OldEntry, OldKind, Op, Piece, Rotation};
+use ferry_tests::forge::{self, Value};
+use ferry_tests::{apply_cmd, assert_same, snapshot, Snapshot};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const FILE: &[u8] = b"hello target\n";
+const DIR_FILE: &[u8] = b"in dir\n";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    target: PathBuf,
+    outside: PathBuf,
+    trust: PathBuf,
+    bundle: PathBuf,
+    key: SecretKey,
+    before: (Snapshot, Snapshot),
+}
+
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+    took: Duration,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env::with(|_, _| {})
+    }
+
+    /// The standard trees, changed by `prepare(target, outside)` before they are snapshotted.
+    fn with(prepare: impl FnOnce(&Path, &Path)) -> Env {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let target = root.join("target");
+        let outside = root.join("outside");
+        fs::create_dir_all(target.join("dir")).expect("mkdir");
+        fs::write(target.join("file"), FILE).expect("write");
+        fs::write(target.join("dir/file"), DIR_FILE).expect("write");
+        fs::create_dir_all(outside.join("dir")).expect("mkdir");
+        fs::write(outside.join("sentinel"), b"outside sentinel\n").expect("write");
+        fs::write(outside.join("file"), DIR_FILE).expect("write");
+        fs::write(outside.join("dir/sentinel"), b"inner sentinel\n").expect("write");
+        prepare(&target, &outside);
+        for p in [
+            "target/file",
+            "target/dir/file",
+            "target/dir",
+            "outside/sentinel",
+            "outside/file",
+            "outside/dir/sentinel",
+            "outside/dir",
+        ] {
+            ferry_tests::set_mtime(&root.join(p), 1_600_000_000);
+        }
+        let key = forge::secret(1);
+        let trust = forge::write_pub(&root.join("trusted.pub"), &key);
+        let before = (snapshot(&target, true), snapshot(&outside, true));
+        Env { target, outside, trust, bundle: root.join("bundle.ferry"), key, before, _tmp: tmp }
+    }
+
+    /// Sign `m` with the trusted key and write it as the bundle.
+    fn write(&self, m: &Manifest, frames: &[Vec<u8>]) {
+        forge::write_bundle(&self.bundle, m, &[&self.key], frames);
+    }
+
+    fn write_raw(&self, manifest_bytes: &[u8], frames: &[Vec<u8>]) {
+        forge::write_raw(&self.bundle, manifest_bytes, &[&self.key], frames);
+    }
+
+    /// `m` (signed by the trusted key) as an editable CBOR value.
+    fn value(&self, m: &Manifest) -> Value {
+        forge::to_value(m, &[&self.key])
+    }
+
+    fn run(&self, args: &[&std::ffi::OsStr]) -> Run {
+        let mut cmd = apply_cmd(); // may build the binaries first: not part of the timing
+        cmd.args(args);
+        let t = Instant::now();
+        let o = cmd.output().expect("spawn ferry-apply (run `cargo build -p ferry-applier` first)");
+        Run { code: o.status.code(), stderr: String::from_utf8_lossy(&o.stderr).into_owned(), took: t.elapsed() }
+    }
+
+    fn apply(&self) -> Run {
+        self.run(&[
+            "apply".as_ref(),
+            self.bundle.as_os_str(),
+            "--target".as_ref(),
+            self.target.as_os_str(),
+            "--trust".as_ref(),
+            self.trust.as_os_str(),
+        ])
+    }
+
+    fn verify(&self) -> Run {
+        self.run(&["verify".as_ref(), self.bundle.as_os_str(), "--trust".as_ref(), self.trust.as_os_str()])
+    }
+
+    /// Apply must fail with `code`, name every needle on stderr, and change nothing.
+    fn refused(&self, code: i32, needles: &[&str]) -> Run {
+        let r = self.apply();
+        check_refusal(&r, code, needles);
+        self.unchanged();
+        r
+    }
+
+    fn unchanged(&self) {
+        assert_same(&self.before.0, &snapshot(&self.target, true), "target");
+        assert_same(&self.before.1, &snapshot(&self.outside, true), "outside");
+        assert!(!self.target.join(".ferry/txn").exists(), "a transaction was left behind");
+        // The state file may record the refusal as `last_error`, but nothing as installed.
+        if let Ok(text) = fs::read_to_string(self.target.join(".ferry/state.json")) {
+            let st: serde_json::Value = serde_json::from_str(&text).expect("state.json is JSON");
+            assert!(st["version"].is_null() && st["bundle_id"].is_null(), "state records an install: {text}");
+        }
+    }
+
+    fn applied(&self) -> Run {
+        let r = self.apply();
+        assert_eq!(r.code, Some(0), "expected success; stderr: {}", r.stderr);
+        r
+    }
+}
+
+fn check_refusal(r: &Run, code: i32, needles: &[&str]) {
+    assert_eq!(r.code, Some(code), "exit code; stderr: {}", r.stderr);
+    assert!(r.stderr.contains("error:"), "no error message: {}", r.stderr);
+    for n in needles {
+        assert!(r.stderr.to_lowercase().contains(&n.to_lowercase()), "stderr lacks {n:?}: {}", r.stderr);
+    }
+}
+
+fn p(s: &str) -> bundle::BundlePath {
+    forge::path(s)
+}
+
+fn old_file(path: &str, content: &[u8]) -> OldEntry {
+    OldEntry {
+        path: p(path),
+        meta: forge::meta(0o644),
+        kind: OldKind::File { size: content.len() as u64, hash: Hash::of(content) },
+    }
+}
+
+fn old_dir(path: &str) -> OldEntry {
+    OldEntry { path: p(path), meta: forge::meta(0o755), kind: OldKind::Dir }
+}
+
+fn hardlink(path: &str, primary: &str) -> Entry {
+    Entry { path: p(path), meta: forge::meta(0o644), kind: Kind::Hardlink { primary: p(primary) } }
+}
+
+/// `forge::minimal` creating `new/f`.
+fn minimal() -> forge::Forged {
+    forge::minimal(1, "new", b"new content\n")
+}
+
+/// A bundle replacing `dir/file` with new content (expects `dir/file` as in the standard target).
+fn replace_dir_file() -> forge::Forged {
+    let data = b"replaced\n";
+    let z = forge::zstd(data);
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&z, data.len() as u64)];
+    m.entries = vec![forge::dir("dir", 0o755), forge::file("dir/file", data, 0, 0)];
+    m.old = vec![old_file("dir/file", DIR_FILE)];
+    m.script = vec![forge::step(Op::Place, "dir/file"), forge::step(Op::DirMeta, "dir")];
+    forge::Forged { manifest: m, frames: vec![z] }
+}
+
+fn piece(m: &mut Manifest) -> &mut Piece {
+    match &mut m.entries[1].kind {
+        Kind::File { content: Content::Pieces(ps), .. } => &mut ps[0],
+        _ => unreachable!(),
+    }
+}
+
+fn size(m: &mut Manifest) -> &mut u64 {
+    match &mut m.entries[1].kind {
+        Kind::File { size, .. } => size,
+        _ => unreachable!(),
+    }
+}
+
+fn int(n: i128) -> Value {
+    Value::Integer(n.try_into().expect("cbor integer"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positive controls: the forger makes bundles the applier accepts.
+
+#[test]
+fn forged_minimal_bundle_is_applied() {
+    let env = Env::new();
+    let f = minimal();
+    env.write(&f.manifest, &f.frames);
+    let v = env.verify();
+    assert_eq!(v.code, Some(0), "{}", v.stderr);
+    env.applied();
+    assert_eq!(fs::read(env.target.join("new/f")).expect("read"), b"new content\n");
+    assert_same(&env.before.1, &snapshot(&env.outside, true), "outside");
+}
+
+#[test]
+fn forged_replacement_is_applied() {
+    let env = Env::new();
+    let f = replace_dir_file();
+    env.write(&f.manifest, &f.frames);
+    env.applied();
+    assert_eq!(fs::read(env.target.join("dir/file")).expect("read"), b"replaced\n");
+    assert_same(&env.before.1, &snapshot(&env.outside, true), "outside");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths.
+
+/// The minimal bundle with its directory moved to `to` (raw CBOR: the types refuse it).
+fn escaping(to: &[u8], needles: &[&str]) {
+    let env = Env::new();
+    let f = forge::minimal(1, "PLACEHOLDER", b"x\n");
+    let mut v = env.value(&f.manifest);
+    assert_eq!(forge::retarget_paths(&mut v, b"PLACEHOLDER", to), 5);
+    env.write_raw(&forge::encode_value(&v), &f.frames);
+    let mut n = vec!["malformed manifest", "unsafe path"];
+    n.extend_from_slice(needles);
+    env.refused(3, &n);
+}
+
+#[test]
+fn dotdot_path() {
+    escaping(b"../outside", &["'..' component"]);
+    escaping(b"dir/../../outside", &["'..' component"]);
+    escaping(b"..", &["'..' component"]);
+}
+
+#[test]
+fn absolute_path() {
+    let env = Env::new();
+    escaping(env.outside.as_os_str().as_bytes(), &["absolute path"]);
+    escaping(b"/tmp", &["absolute path"]);
+}
+
+#[test]
+fn path_under_state_dir() {
+    escaping(b".ferry", &["state directory"]);
+    escaping(b".ferry/trust", &["state directory"]);
+    escaping(b".ferry/txn", &["state directory"]);
+}
+
+#[test]
+fn other_unsafe_paths() {
+    escaping(b"a//b", &["empty path component"]);
+    escaping(b"a/", &["empty path component"]);
+    escaping(b"./a", &["'.' component"]);
+    escaping(b"a\0b", &["NUL"]);
+    escaping(b"", &["empty path"]);
+    escaping(&[b'a'; 256], &["longer than 255"]);
+}
+
+#[test]
+fn duplicate_paths() {
+    // A NEW entry twice.
+    let env = Env::new();
+    let mut f = minimal();
+    let dup = f.manifest.entries[1].clone();
+    f.manifest.entries.push(dup);
+    env.write(&f.manifest, &f.frames);
+    env.refused(3, &["duplicate path new/f"]);
+
+    // Entries out of order.
+    let env = Env::new();
+    let mut f = minimal();
+    f.manifest.entries.swap(0, 1);
+    env.write(&f.manifest, &f.frames);
+    env.refused(3, &["not sorted"]);
+
+    // An OLD entry twice.
+    let env = Env::new();
+    let mut f = replace_dir_file();
+    f.manifest.old.push(old_file("dir/file", DIR_FILE));
+    env.write(&f.manifest, &f.frames);
+    env.refused(3, &["old entries not sorted or duplicate path dir/file"]);
+
+    // Two steps for one path.
+    let env = Env::new();
+    let mut f = minimal();
+    f.manifest.script.insert(2, forge::step(Op::Place, "new/f"));
+    env.write(&f.manifest, &f.frames);
+    env.refused(3, &["apply script", "more than one step"]);
+}
+
+#[test]
+fn entries_under_a_symlink() {
+    for target in [Env::new().outside.join("dir").as_os_str().as_bytes().to_vec(), b"../outside/dir".to_vec()] {
+        let env = Env::new();
+        let abs = env.outside.join("dir");
+        let target = if target.starts_with(b"/") { abs.as_os_str().as_bytes().to_vec() } else { target };
+        let data = b"planted through a symlink\n";
+        let z = forge::zstd(data);
+        let mut m = forge::empty(1);
+        m.frames = vec![forge::frame(&z, data.len() as u64)];
+        m.entries = vec![forge::symlink("d", &target), forge::file("d/x", data, 0, 0)];
+        m.script = vec![forge::step(Op::Place, "d"), forge::step(Op::Place, "d/x")];
+        env.write(&m, &[z]);
+        env.refused(3, &["d/x: parent d is not a directory of NEW"]);
+    }
+    // A directory under a symlink, created by mkdir.
+    let env = Env::new();
+    let mut m = forge::empty(1);
+    m.entries = vec![forge::symlink("d", b"../outside"), forge::dir("d/sub", 0o755)];
+    m.script = vec![forge::step(Op::Place, "d"), forge::step(Op::Mkdir, "d/sub"), forge::step(Op::DirMeta, "d/sub")];
+    env.write(&m, &[]);
+    env.refused(3, &["parent d is not a directory of NEW"]);
+    // A file whose parent is not in NEW at all (the target's `file`, or nothing).
+    for parent in ["file", "nothere"] {
+        let env = Env::new();
+        let data = b"x\n";
+        let z = forge::zstd(data);
+        let mut m = forge::empty(1);
+        m.frames = vec![forge::frame(&z, 2)];
+        m.entries = vec![forge::file(&format!("{parent}/x"), data, 0, 0)];
+        m.script = vec![forge::step(Op::Place, &format!("{parent}/x"))];
+        env.write(&m, &[z]);
+        env.refused(3, &["is not a directory of NEW"]);
+    }
+}
+
+#[test]
+fn hardlink_primaries() {
+    let data = b"linked\n";
+    let z = forge::zstd(data);
+    let frames = vec![z.clone()];
+    let fr = vec![forge::frame(&z, data.len() as u64)];
+    type Case = (&'static str, Vec<Entry>, Vec<(Op, &'static str)>);
+    let cases: Vec<Case> = vec![
+        (
+            "primary later in order",
+            vec![hardlink("a", "b"), forge::file("b", data, 0, 0)],
+            vec![(Op::Place, "b"), (Op::Place, "a")],
+        ),
+        (
+            "primary missing",
+            vec![forge::file("a", data, 0, 0), hardlink("b", "zz")],
+            vec![(Op::Place, "a"), (Op::Place, "b")],
+        ),
+        (
+            "primary is the target's OLD file, not NEW",
+            vec![forge::file("a", data, 0, 0), hardlink("b", "file")],
+            vec![(Op::Place, "a"), (Op::Place, "b")],
+        ),
+        (
+            "primary is a directory",
+            vec![forge::file("a", data, 0, 0), forge::dir("b", 0o755), hardlink("c", "b")],
+            vec![(Op::Place, "a"), (Op::Mkdir, "b"), (Op::Place, "c")],
+        ),
+        (
+            "primary is itself",
+            vec![forge::file("a", data, 0, 0), hardlink("b", "b")],
+            vec![(Op::Place, "a"), (Op::Place, "b")],
+        ),
+        (
+            "primary is a hardlink",
+            vec![forge::file("a", data, 0, 0), hardlink("b", "a"), hardlink("c", "b")],
+            vec![(Op::Place, "a"), (Op::Place, "b"), (Op::Place, "c")],
+        ),
+    ];
+    for (what, entries, script) in cases {
+        let env = Env::new();
+        let mut m = forge::empty(1);
+        m.frames = fr.clone();
+        m.entries = entries;
+        m.script = script.into_iter().map(|(o, s)| forge::step(o, s)).collect();
+        env.write(&m, &frames);
+        eprintln!("case: {what}");
+        env.refused(3, &["hardlink primary", "is not an earlier file entry"]);
+    }
+    // Primaries outside the target (raw CBOR).
+    let env0 = Env::new();
+    for primary in [
+        b"../outside/sentinel".to_vec(),
+        env0.outside.join("sentinel").as_os_str().as_bytes().to_vec(),
+        b".ferry/lock".to_vec(),
+    ] {
+        let env = Env::new();
+        let mut m = forge::empty(1);
+        m.frames = fr.clone();
+        m.entries = vec![forge::file("a", data, 0, 0), hardlink("b", "a")];
+        m.script = vec![forge::step(Op::Place, "a"), forge::step(Op::Place, "b")];
+        let mut v = env.value(&m);
+        *forge::at(&mut v, "entries/1/kind/Hardlink/primary") = Value::Bytes(primary);
+        env.write_raw(&forge::encode_value(&v), &frames);
+        env.refused(3, &["malformed manifest", "unsafe path"]);
+    }
+}
+
+#[test]
+fn copy_and_delta_sources_outside() {
+    for (field, src) in [("Copy/from", b"../outside/file".to_vec()), ("Copy/from", b"/etc/passwd".to_vec())] {
+        let env = Env::new();
+        let mut m = forge::empty(1);
+        m.entries = vec![Entry {
+            path: p("a"),
+            meta: forge::meta(0o644),
+            kind: Kind::File {
+                size: DIR_FILE.len() as u64,
+                hash: Hash::of(DIR_FILE),
+                content: Content::Copy { from: p("dir/file") },
+                config: false,
+            },
+        }];
+        m.old = vec![old_file("dir/file", DIR_FILE)];
+        m.script = vec![forge::step(Op::Place, "a")];
+        let mut v = env.value(&m);
+        *forge::at(&mut v, &format!("entries/0/kind/File/content/{field}")) = Value::Bytes(src);
+        env.write_raw(&forge::encode_value(&v), &[]);
+        env.refused(3, &["unsafe path"]);
+    }
+    // A copy source that is not an expected OLD file.
+    let env = Env::new();
+    let mut m = forge::empty(1);
+    m.entries = vec![Entry {
+        path: p("a"),
+        meta: forge::meta(0o644),
+        kind: Kind::File {
+            size: DIR_FILE.len() as u64,
+            hash: Hash::of(DIR_FILE),
+            content: Content::Copy { from: p("dir/file") },
+            config: false,
+        },
+    }];
+    m.script = vec![forge::step(Op::Place, "a")];
+    env.write(&m, &[]);
+    env.refused(3, &["copy source dir/file is not an OLD file"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload frames.
+
+#[test]
+fn frame_decodes_to_more_than_declared() {
+    let real = b"hello world, this decodes to more than declared";
+    let z = forge::zstd(real);
+    let env = Env::new();
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&z, 5)];
+    m.entries = vec![forge::dir("new", 0o755), forge::file("new/f", &real[..5], 0, 0)];
+    m.script = vec![forge::step(Op::Mkdir, "new"), forge::step(Op::Place, "new/f"), forge::step(Op::DirMeta, "new")];
+    env.write(&m, std::slice::from_ref(&z));
+    env.refused(3, &["frame 0", "more than the declared 5 bytes"]);
+    check_refusal(&env.verify(), 3, &["frame 0", "declared 5"]);
+
+    // And fewer than declared.
+    let env = Env::new();
+    let mut long = real.to_vec();
+    long.extend_from_slice(b"0123456789");
+    m.frames = vec![forge::frame(&z, long.len() as u64)];
+    m.entries = vec![forge::dir("new", 0o755), forge::file("new/f", &long, 0, 0)];
+    env.write(&m, &[z]);
+    env.refused(3, &["frame 0", &format!("decodes to {} bytes, declared {}", real.len(), long.len())]);
+    check_refusal(&env.verify(), 3, &["frame 0", "declared"]);
+}
+
+#[test]
+fn zstd_bomb() {
+    // 4 GiB of zeros in 128 KiB of zstd, declared as 10 bytes.
+    let bomb = forge::rle_bomb(32 * 1024);
+    assert!(bomb.len() < 200 * 1024);
+    let env = Env::new();
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&bomb, 10)];
+    m.entries = vec![forge::dir("new", 0o755), forge::file("new/f", &[0u8; 10], 0, 0)];
+    m.script = vec![forge::step(Op::Mkdir, "new"), forge::step(Op::Place, "new/f"), forge::step(Op::DirMeta, "new")];
+    env.write(&m, std::slice::from_ref(&bomb));
+    let r = env.refused(3, &["frame 0", "more than the declared 10 bytes"]);
+    assert!(r.took < Duration::from_secs(20), "bomb took {:?} to refuse", r.took);
+    let v = env.verify();
+    check_refusal(&v, 3, &["frame 0"]);
+    assert!(v.took < Duration::from_secs(20), "verify of the bomb took {:?}", v.took);
+
+    // A frame whose window needs 2 GiB of decoder memory.
+    let mut huge_window = bomb[..6].to_vec();
+    huge_window[5] = 21 << 3; // 2^31
+    huge_window.extend_from_slice(&bomb[bomb.len() - 4..]); // one last RLE block
+    let env = Env::new();
+    m.frames = vec![forge::frame(&huge_window, 10)];
+    env.write(&m, &[huge_window]);
+    env.refused(3, &["frame 0"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apply script order.
+
+#[test]
+fn delete_directory_before_children() {
+    let mut m = forge::empty(1);
+    m.old = vec![old_dir("dir"), old_file("dir/file", DIR_FILE)];
+    m.script = vec![forge::step(Op::Delete, "dir"), forge::step(Op::Delete, "dir/file")];
+    let env = Env::new();
+    env.write(&m, &[]);
+    env.refused(3, &["step 0", "directory deleted before its child dir/file"]);
+
+    // Control: children first is applied.
+    m.script.reverse();
+    let env = Env::new();
+    env.write(&m, &[]);
+    env.applied();
+    assert!(!env.target.join("dir").exists());
+    assert!(env.target.join("file").exists());
+}
+
+#[test]
+fn symlink_placed_before_its_target() {
+    let data = b"target of the link\n";
+    let z = forge::zstd(data);
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&z, data.len() as u64)];
+    m.entries = vec![forge::file("a", data, 0, 0), forge::symlink("l", b"a")];
+    m.script = vec![forge::step(Op::Place, "l"), forge::step(Op::Place, "a")];
+    let env = Env::new();
+    env.write(&m, std::slice::from_ref(&z));
+    env.refused(3, &["step 0", "symlink placed before its target a"]);
+
+    m.script.reverse();
+    let env = Env::new();
+    env.write(&m, &[z]);
+    env.applied();
+    assert_eq!(fs::read(env.target.join("l")).expect("read through link"), data);
+}
+
+#[test]
+fn other_script_defects() {
+    let f = minimal();
+    type Case = (&'static str, Box<dyn Fn(&mut Manifest)>, &'static str);
+    let cases: Vec<Case> = vec![
+        ("file never placed", Box::new(|m| m.script.retain(|s| s.op != Op::Place)), "never placed"),
+        ("child placed before its parent is made", Box::new(|m| m.script.swap(0, 1)), "parent new is created later"),
+        ("dirmeta before creations", Box::new(|m| m.script.rotate_right(1)), "phase order"),
+        ("mkdir of a file", Box::new(|m| m.script[1].op = Op::Mkdir), "not a new directory"),
+        (
+            "place and delete of one path",
+            Box::new(|m| m.script.push(forge::step(Op::Delete, "new/f"))),
+            "more than one step",
+        ),
+        (
+            "delete of a NEW path",
+            Box::new(|m| {
+                m.entries.insert(0, forge::dir("dir", 0o755));
+                m.script.insert(2, forge::step(Op::Delete, "dir"));
+            }),
+            "delete of a path that is in NEW",
+        ),
+        ("delete of an unlisted path", Box::new(|m| m.script.insert(2, forge::step(Op::Delete, "file"))), "not in OLD"),
+        ("place of a path not in NEW", Box::new(|m| m.script.insert(2, forge::step(Op::Place, "file"))), "not in NEW"),
+        ("setmeta of a new file", Box::new(|m| m.script[1].op = Op::SetMeta), "setmeta"),
+    ];
+    for (what, edit, needle) in cases {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        let mut m = f.manifest.clone();
+        edit(&mut m);
+        env.write(&m, &f.frames);
+        env.refused(3, &[needle]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes and numbers.
+
+/// A manifest of `n` directory entries `d0000000`, `d0000001`, …, spliced as bytes (fast).
+fn many_entries_manifest(key: &SecretKey, n: u32) -> Vec<u8> {
+    let mut m = forge::empty(1);
+    m.entries = vec![forge::dir("d0000000", 0o755)];
+    let enc = forge::with_signers(&m, &[key]).encode();
+    let mut one = Vec::new();
+    ciborium::into_writer(&m.entries[0], &mut one).expect("encode entry");
+    let mut key_and_one = b"\x67entries\x81".to_vec();
+    key_and_one.extend_from_slice(&one);
+    let at = enc.windows(key_and_one.len()).position(|w| w == key_and_one).expect("entries in the encoding");
+    let digits = one.windows(8).position(|w| w == b"d0000000").expect("path in entry") + 1;
+    let mut out = Vec::with_capacity(enc.len() + one.len() * n as usize);
+    out.extend_from_slice(&enc[..at]);
+    out.extend_from_slice(b"\x67entries\x9a");
+    out.extend_from_slice(&n.to_be_bytes());
+    for i in 0..n {
+        let s = out.len();
+        out.extend_from_slice(&one);
+        out[s + digits..s + digits + 7].copy_from_slice(format!("{i:07}").as_bytes());
+    }
+    out.extend_from_slice(&enc[at + key_and_one.len()..]);
+    out
+}
+
+#[test]
+fn million_entries_refused_by_limits() {
+    let env = Env::new();
+    let t = Instant::now();
+    let mb = many_entries_manifest(&env.key, 1_000_000);
+    env.write_raw(&mb, &[]);
+    eprintln!("forged a {} byte manifest in {:?}", mb.len(), t.elapsed());
+    let r = env.refused(3, &["manifest has 1000000 entries, over the limit of 500000"]);
+    eprintln!("refused in {:?}: {}", r.took, r.stderr.trim());
+    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+}
+
+#[test]
+fn many_deletions_validate_quickly() {
+    // 100k OLD files under `dir`, deleted children first: valid, so the applier reaches the base
+    // check (the files are not there: exit 4). The script check must not be quadratic.
+    let n = 100_000;
+    let mut m = forge::empty(1);
+    m.old.push(old_dir("dir"));
+    for i in 0..n {
+        m.old.push(old_file(&format!("dir/f{i:06}"), b""));
+    }
+    m.script = m.old[1..].iter().map(|o| bundle::Step { op: Op::Delete, path: o.path.clone() }).collect();
+    m.script.push(forge::step(Op::Delete, "dir"));
+    let env = Env::new();
+    env.write(&m, &[]);
+    let r = env.refused(4, &["dir/f000000: missing"]);
+    eprintln!("refused in {:?}", r.took);
+    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+}
+
+#[test]
+fn many_type_changes_validate_quickly() {
+    // 50k OLD directories each replaced by an empty file (an exchange each): every OLD path is
+    // checked against the replaced directories, which must not be quadratic either.
+    let n = 50_000;
+    let mut m = forge::empty(1);
+    for i in 0..n {
+        let path = p(&format!("d{i:06}"));
+        m.old.push(OldEntry { path: path.clone(), meta: forge::meta(0o755), kind: OldKind::Dir });
+        m.entries.push(Entry {
+            path: path.clone(),
+            meta: forge::meta(0o644),
+            kind: Kind::File { size: 0, hash: Hash::of(b""), content: Content::Empty, config: false },
+        });
+        m.script.push(bundle::Step { op: Op::Place, path });
+    }
+    let env = Env::new();
+    env.write(&m, &[]);
+    let r = env.refused(4, &["d000000: missing"]);
+    eprintln!("refused in {:?}", r.took);
+    assert!(r.took < Duration::from_secs(30), "took {:?}", r.took);
+}
+
+#[test]
+fn out_of_range_numbers() {
+    let f = minimal();
+    type Edit = Box<dyn Fn(&mut Manifest)>;
+    let typed: Vec<(&str, Edit, &str)> = vec![
+        ("mode over 07777", Box::new(|m| m.entries[1].meta.mode = 0o10000), "bits outside 07777"),
+        ("mode u32::MAX", Box::new(|m| m.entries[0].meta.mode = u32::MAX), "bits outside 07777"),
+        ("frame index out of range", Box::new(|m| piece(m).frame = 1), "missing frame 1"),
+        ("frame index u32::MAX", Box::new(|m| piece(m).frame = u32::MAX), "missing frame 4294967295"),
+        ("piece offset+len overflows", Box::new(|m| piece(m).offset = u64::MAX), "piece outside frame 0"),
+        ("piece past the frame", Box::new(|m| piece(m).offset = 1), "piece outside frame 0"),
+        ("piece len u64::MAX", Box::new(|m| piece(m).len = u64::MAX), "piece outside frame 0"),
+        ("empty piece", Box::new(|m| piece(m).len = 0), "piece outside frame 0"),
+        ("file size u64::MAX", Box::new(|m| *size(m) = u64::MAX), "size is 18446744073709551615"),
+        (
+            "frame size u64::MAX",
+            Box::new(|m| m.frames[0].size = u64::MAX),
+            "frame is 18446744073709551615 bytes, over the limit",
+        ),
+        (
+            "frame decoded u64::MAX",
+            Box::new(|m| m.frames[0].decoded = u64::MAX),
+            "decoded frame is 18446744073709551615 bytes, over the limit",
+        ),
+        ("frame size off by one", Box::new(|m| m.frames[0].size += 1), "the manifest says"),
+        ("frame hash wrong", Box::new(|m| m.frames[0].hash.0[0] ^= 1), "frame 0 (bytes"),
+        (
+            "a frame no piece uses",
+            Box::new(|m| {
+                let fr = m.frames[0].clone();
+                m.frames.push(fr);
+            }),
+            "frame 1: pieces do not tile the frame",
+        ),
+        (
+            "delta window overflows",
+            Box::new(|m| {
+                m.old = vec![old_file("file", FILE)];
+                piece(m).method = Method::Patch { base: p("file"), offset: u64::MAX, len: 2 };
+            }),
+            "delta base file is not an OLD file of that size",
+        ),
+        (
+            "symlink target too long",
+            Box::new(|m| m.entries.push(forge::symlink("nl", &[b'x'; 4097]))),
+            "symlink target empty, too long",
+        ),
+        ("symlink target empty", Box::new(|m| m.entries.push(forge::symlink("nl", b""))), "symlink target empty"),
+        ("symlink target with NUL", Box::new(|m| m.entries.push(forge::symlink("nl", b"a\0b"))), "with NUL"),
+        (
+            "too many hooks",
+            Box::new(|m| {
+                m.hooks = (0..65).map(|_| Hook { glob: "**".into(), command: "true".into(), timeout_secs: 1 }).collect()
+            }),
+            "65 hooks",
+        ),
+        (
+            "hook timeout zero",
+            Box::new(|m| m.hooks = vec![Hook { glob: "**".into(), command: "true".into(), timeout_secs: 0 }]),
+            "zero timeout",
+        ),
+        ("channel not printable", Box::new(|m| m.channel = "sta ble".into()), "channel"),
+        ("channel too long", Box::new(|m| m.channel = "x".repeat(129)), "channel"),
+    ];
+    for (what, edit, needle) in typed {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        let mut m = f.manifest.clone();
+        edit(&mut m);
+        env.write(&m, &f.frames);
+        env.refused(3, &[needle]);
+    }
+
+    // Numbers the manifest's types cannot hold, and other CBOR the types refuse (raw bytes).
+    type VEdit = Box<dyn Fn(&mut Value)>;
+    let raw: Vec<(&str, VEdit)> = vec![
+        ("mode 2^32", Box::new(|v| *forge::at(v, "entries/1/meta/mode") = int(1 << 32))),
+        ("negative uid", Box::new(|v| *forge::at(v, "entries/1/meta/uid") = int(-1))),
+        ("mtime beyond i64", Box::new(|v| *forge::at(v, "entries/1/meta/mtime_ns") = int(u64::MAX as i128))),
+        ("negative version", Box::new(|v| *forge::at(v, "version") = int(-1))),
+        ("format 2^40", Box::new(|v| *forge::at(v, "format") = int(1 << 40))),
+        ("frame index 2^32", Box::new(|v| *forge::at(v, "entries/1/kind/File/content/Pieces/0/frame") = int(1 << 32))),
+        (
+            "size as a 2^64 bignum",
+            Box::new(|v| {
+                *forge::at(v, "entries/1/kind/File/size") =
+                    Value::Tag(2, Box::new(Value::Bytes(vec![1, 0, 0, 0, 0, 0, 0, 0, 0])))
+            }),
+        ),
+        (
+            "size as a negative bignum",
+            Box::new(|v| {
+                *forge::at(v, "frames/0/decoded") =
+                    Value::Tag(3, Box::new(Value::Bytes(vec![1, 0, 0, 0, 0, 0, 0, 0, 0])))
+            }),
+        ),
+        ("size as a float", Box::new(|v| *forge::at(v, "frames/0/size") = Value::Float(1.0))),
+        ("digest of 31 bytes", Box::new(|v| *forge::at(v, "frames/0/hash") = Value::Bytes(vec![0; 31]))),
+        ("path as text", Box::new(|v| *forge::at(v, "entries/1/path") = Value::Text("new/f".into()))),
+        (
+            "unknown field",
+            Box::new(|v| {
+                if let Value::Map(m) = v {
+                    m.push((Value::Text("extra".into()), int(1)));
+                }
+            }),
+        ),
+        (
+            "missing field",
+            Box::new(|v| {
+                if let Value::Map(m) = v {
+                    m.retain(|(k, _)| k != &Value::Text("hooks".into()));
+                }
+            }),
+        ),
+        ("unknown op", Box::new(|v| *forge::at(v, "script/0/op") = Value::Text("Chmod".into()))),
+        ("unknown kind", Box::new(|v| *forge::at(v, "entries/0/kind") = Value::Text("Socket".into()))),
+        (
+            "fields reordered",
+            Box::new(|v| {
+                if let Value::Map(m) = v {
+                    m.swap(0, 1);
+                }
+            }),
+        ),
+    ];
+    for (what, edit) in raw {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        let mut v = env.value(&f.manifest);
+        edit(&mut v);
+        env.write_raw(&forge::encode_value(&v), &f.frames);
+        env.refused(3, &["malformed manifest"]);
+    }
+
+    // Byte-level encodings: non-minimal integers, a lying array length, a huge byte string, junk
+    // after the manifest.
+    let env = Env::new();
+    let good = forge::with_signers(&f.manifest, &[&env.key]).encode();
+    let splice = |from: &[u8], to: &[u8]| -> Vec<u8> {
+        let at = good.windows(from.len()).position(|w| w == from).expect("pattern in manifest");
+        [&good[..at], to, &good[at + from.len()..]].concat()
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("non-minimal integer", splice(b"\x64mode\x19\x01\xed", b"\x64mode\x1a\x00\x00\x01\xed")),
+        ("entries array claims 2^32-1 elements", splice(b"\x67entries\x82", b"\x67entries\x9a\xff\xff\xff\xff")),
+        (
+            "entries array claims 2^64-1 elements",
+            splice(b"\x67entries\x82", b"\x67entries\x9b\xff\xff\xff\xff\xff\xff\xff\xff"),
+        ),
+        ("path claims 2^63 bytes", splice(b"\x64path\x43new", b"\x64path\x5b\x80\x00\x00\x00\x00\x00\x00\x00new")),
+        (
+            "text claims 2^63 bytes",
+            splice(b"\x67channel\x66stable", b"\x67channel\x7b\x80\x00\x00\x00\x00\x00\x00\x00stable"),
+        ),
+        ("indefinite-length entries", splice(b"\x67entries\x82", b"\x67entries\x9f")),
+        ("junk after the manifest", [&good[..], b"\x00"].concat()),
+        ("truncated manifest", good[..good.len() - 1].to_vec()),
+    ];
+    for (what, mb) in cases {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        env.write_raw(&mb, &f.frames);
+        let r = env.refused(3, &["malformed manifest"]);
+        assert!(r.took < Duration::from_secs(20), "{what}: took {:?}", r.took);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Versions, signatures, trust.
+
+#[test]
+fn unknown_format_version() {
+    let f = minimal();
+    let env = Env::new();
+    let mut m = f.manifest.clone();
+    m.format = 2;
+    env.write(&m, &f.frames);
+    env.refused(3, &["unsupported bundle format version 2"]);
+
+    // The container's version: `ferry-v2/manifest.cbor`.
+    let env = Env::new();
+    let mb = forge::with_signers(&f.manifest, &[&env.key]).encode();
+    let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);
+    let hdr = bundle::container::header("ferry-v2/manifest.cbor", mb.len() as u64);
+    b[..512].copy_from_slice(&hdr);
+    fs::write(&env.bundle, &b).expect("write");
+    env.refused(3, &["unsupported bundle format version 2"]);
+
+    // Not a bundle at all: another tar, random bytes, an empty file.
+    for (what, bytes) in [
+        ("other tar", {
+            let mut v = Vec::new();
+            bundle::container::write_member(&mut v, "etc/passwd", b"root:x:0:0::/root:/bin/sh\n").expect("tar");
+            v
+        }),
+        ("random", (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+        ("empty", Vec::new()),
+    ] {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        fs::write(&env.bundle, bytes).expect("write");
+        let r = env.refused(3, &[]);
+        assert!(r.stderr.contains("not a ferry bundle") || r.stderr.contains("truncated"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn signature_failures() {
+    let f = minimal();
+    let trusted = forge::secret(1);
+    let stranger = forge::secret(2);
+    let mb = |keys: &[&SecretKey]| forge::with_signers(&f.manifest, keys).encode();
+
+    // Signed only by an untrusted key.
+    let env = Env::new();
+    forge::write_bundle(&env.bundle, &f.manifest, &[&stranger], &f.frames);
+    env.refused(3, &["not signed by enough trusted keys: 0 of the required 1", &stranger.public().id]);
+
+    // A trusted key's signature over other bytes.
+    let env = Env::new();
+    let bytes = mb(&[&trusted]);
+    let mut other = bytes.clone();
+    *other.last_mut().expect("nonempty") ^= 1;
+    let sigs = forge::signatures(&other, &[&trusted]);
+    fs::write(&env.bundle, forge::framed(&bytes, &sigs, &f.frames)).expect("write");
+    env.refused(3, &["does not verify", &trusted.public().id]);
+
+    // The signature member's keys differ from the manifest's signers.
+    let env = Env::new();
+    let bytes = mb(&[&stranger]);
+    let sigs = forge::signatures(&bytes, &[&trusted]);
+    fs::write(&env.bundle, forge::framed(&bytes, &sigs, &f.frames)).expect("write");
+    env.refused(3, &["does not match the manifest's signers"]);
+
+    // No signatures; the trusted key twice; 17 signatures; not CBOR; junk after the CBOR.
+    let bytes = mb(&[&trusted]);
+    let seventeen: Vec<SecretKey> = (10..27).map(forge::secret).collect();
+    let seventeen: Vec<&SecretKey> = seventeen.iter().collect();
+    let mut junk = forge::signatures(&bytes, &[&trusted]);
+    junk.push(0);
+    let short_sig = forge::encode_value(&Value::Array(vec![Value::Array(vec![
+        Value::Bytes(trusted.public().bytes.to_vec()),
+        Value::Bytes(trusted.sign_manifest(&bytes)[..63].to_vec()),
+    ])]));
+    for (what, sigs, needle) in [
+        ("no signatures", bundle::sig::encode_signatures(&[]), "0 signatures"),
+        ("same key twice", forge::signatures(&bytes, &[&trusted, &trusted]), "signs twice"),
+        ("17 signatures", forge::signatures(&bytes, &seventeen), "17 signatures"),
+        ("not cbor", b"\xff\xff".to_vec(), "malformed signature block"),
+        ("junk after the cbor", junk, "malformed signature block"),
+        ("short signature", short_sig, "signature must be 64 bytes"),
+    ] {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        fs::write(&env.bundle, forge::framed(&bytes, &sigs, &f.frames)).expect("write");
+        env.refused(3, &[needle]);
+    }
+
+    // Signed by a trusted key that the operator's policy retires.
+    let env = Env::new();
+    let dir = env.trust.with_extension("d");
+    fs::create_dir(&dir).expect("mkdir");
+    forge::write_pub(&dir.join("k.pub"), &trusted);
+    fs::write(dir.join("policy"), format!("retire {}\n", trusted.public().id)).expect("write");
+    env.write(&f.manifest, &f.frames);
+    let r = env.run(&[
+        "apply".as_ref(),
+        env.bundle.as_os_str(),
+        "--target".as_ref(),
+        env.target.as_os_str(),
+        "--trust".as_ref(),
+        dir.as_os_str(),
+    ]);
+    check_refusal(&r, 3, &["not signed by enough trusted keys"]);
+    env.unchanged();
+}
+
+#[test]
+fn hostile_rotation_is_refused() {
+    // A rotation the target could never load again (it would refuse every later bundle) or that
+    // fails only after the commit must be refused before anything is written.
+    let f = minimal();
+    let bad_point = (0u8..=255)
+        .map(|b| [b; 32])
+        .find(|k| bundle::sig::PublicKey::from_bytes(*k).is_err())
+        .expect("an invalid point");
+    let cases: Vec<(&str, Rotation)> = vec![
+        ("threshold 0", Rotation { add: vec![], retire: vec![], threshold: Some(0) }),
+        (
+            "retire id with a newline",
+            Rotation { add: vec![], retire: vec!["0123456789abcdef\nthreshold 0".into()], threshold: None },
+        ),
+        ("retire id not hex", Rotation { add: vec![], retire: vec!["not-a-key-id".into()], threshold: None }),
+        ("added key not a curve point", Rotation { add: vec![Hash(bad_point)], retire: vec![], threshold: None }),
+    ];
+    for (what, rot) in cases {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        let mut m = f.manifest.clone();
+        m.rotation = Some(rot);
+        env.write(&m, &f.frames);
+        env.refused(3, &["rotation"]);
+    }
+    // Control: a sound rotation is applied and recorded.
+    let env = Env::new();
+    let mut m = f.manifest.clone();
+    m.rotation = Some(Rotation {
+        add: vec![Hash(forge::secret(3).public().bytes)],
+        retire: vec![forge::secret(4).public().id],
+        threshold: Some(1),
+    });
+    env.write(&m, &f.frames);
+    env.applied();
+    assert!(env.target.join(format!(".ferry/trust/{}.pub", forge::secret(3).public().id)).exists());
+}
+
+#[test]
+fn rotation_retires_an_upper_case_key_id() {
+    // The retirement must take effect whatever the case of the hex digits.
+    let old_key = forge::secret(1);
+    let new_key = forge::secret(3);
+    let env = Env::new();
+    let mut f = minimal();
+    f.manifest.rotation = Some(Rotation {
+        add: vec![Hash(new_key.public().bytes)],
+        retire: vec![old_key.public().id.to_uppercase()],
+        threshold: None,
+    });
+    env.write(&f.manifest, &f.frames);
+    env.applied();
+    let g = forge::minimal(2, "newer", b"v2\n");
+    env.write(&g.manifest, &g.frames); // signed by the retired key
+    check_refusal(&env.apply(), 3, &["not signed by enough trusted keys"]);
+    assert!(!env.target.join("newer").exists());
+    forge::write_bundle(&env.bundle, &g.manifest, &[&new_key], &g.frames);
+    env.applied();
+    assert!(env.target.join("newer/f").exists());
+}
+
+#[test]
+fn pathological_hook_glob_is_fast() {
+    // Post-commit hook globs are matched against every changed path, even with --no-hooks; a
+    // backtracking matcher would take forever on this one.
+    let name = "a".repeat(200);
+    let data = b"x\n";
+    let z = forge::zstd(data);
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&z, 2)];
+    m.entries = vec![forge::dir("new", 0o755), forge::file(&format!("new/{name}"), data, 0, 0)];
+    m.script = vec![
+        forge::step(Op::Mkdir, "new"),
+        forge::step(Op::Place, &format!("new/{name}")),
+        forge::step(Op::DirMeta, "new"),
+    ];
+    m.hooks = vec![
+        Hook { glob: format!("new/{}b", "*a".repeat(30)), command: "true".into(), timeout_secs: 1 },
+        Hook { glob: format!("{}x", "**/".repeat(60)), command: "true".into(), timeout_secs: 1 },
+    ];
+    let env = Env::new();
+    env.write(&m, &[z]);
+    let r = env.run(&[
+        "apply".as_ref(),
+        env.bundle.as_os_str(),
+        "--target".as_ref(),
+        env.target.as_os_str(),
+        "--trust".as_ref(),
+        env.trust.as_os_str(),
+        "--no-hooks".as_ref(),
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.took < Duration::from_secs(20), "took {:?}", r.took);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bit flips.
+
+#[test]
+fn bit_flip_in_every_region() {
+    let f = minimal();
+    let key = forge::secret(1);
+    let mb = forge::with_signers(&f.manifest, &[&key]).encode();
+    let sb = forge::signatures(&mb, &[&key]);
+    let good = forge::framed(&mb, &sb, &f.frames);
+    let regions = forge::regions(mb.len(), sb.len(), &[f.frames[0].len()]);
+    assert_eq!(regions.last().map(|r| r.1.end), Some(good.len()));
+    for (name, range) in &regions {
+        let mid = range.start + range.len() / 2;
+        for (n, at) in [range.start, mid, range.end - 1].into_iter().enumerate() {
+            eprintln!("case: flip in {name} at byte {at}");
+            let env = Env::new();
+            let mut b = good.clone();
+            b[at] ^= 1 << ((at + n) % 8);
+            fs::write(&env.bundle, &b).expect("write");
+            env.refused(3, &[]);
+        }
+    }
+    // One byte more, one byte less.
+    for b in [[&good[..], b"\0"].concat(), good[..good.len() - 1].to_vec()] {
+        let env = Env::new();
+        fs::write(&env.bundle, &b).expect("write");
+        let r = env.refused(3, &[]);
+        assert!(r.stderr.contains("trailing data") || r.stderr.contains("truncated"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn every_single_bit_flip_fails_verification() {
+    // Exhaustive over a small bundle, in process (the library the binary uses).
+    let f = minimal();
+    let key = forge::secret(1);
+    let good = forge::bundle_bytes(&f.manifest, &[&key], &f.frames);
+    let policy = TrustPolicy { keys: vec![key.public()], threshold: 1, retired: vec![] };
+    let limits = Limits::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.ferry");
+    fs::write(&path, &good).expect("write");
+    applier::verify::bundle(&path, Some(&policy), &limits, true).expect("the unflipped bundle verifies");
+    let stride: usize = std::env::var("FERRY_FLIP_STRIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let t = Instant::now();
+    let mut n = 0;
+    for bit in (0..good.len() * 8).step_by(stride) {
+        let mut b = good.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        fs::write(&path, &b).expect("write");
+        if let Ok(h) = applier::verify::bundle(&path, Some(&policy), &limits, true) {
+            panic!("flipping bit {bit} (byte {}) still verifies: version {}", bit / 8, h.manifest.version);
+        }
+        n += 1;
+    }
+    eprintln!("{n} flips of a {} byte bundle all refused in {:?}", good.len(), t.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planted symlinks in the target.
+
+#[test]
+fn planted_symlink_directory() {
+    let f = replace_dir_file();
+    for relative in [false, true] {
+        let env = Env::with(|t, o| {
+            fs::remove_dir_all(t.join("dir")).expect("rm");
+            if relative {
+                symlink("../outside", t.join("dir")).expect("symlink");
+            } else {
+                symlink(o, t.join("dir")).expect("symlink");
+            }
+        });
+        env.write(&f.manifest, &f.frames);
+        env.refused(4, &["does not match the bundle's base", "dir/file", "not a real directory"]);
+        assert_eq!(fs::read(env.outside.join("file")).expect("read"), DIR_FILE);
+    }
+}
+
+#[test]
+fn planted_symlink_file() {
+    let f = replace_dir_file();
+    let env = Env::with(|t, o| {
+        fs::remove_file(t.join("dir/file")).expect("rm");
+        symlink(o.join("file"), t.join("dir/file")).expect("symlink");
+    });
+    env.write(&f.manifest, &f.frames);
+    env.refused(4, &["dir/file: expected file, found symlink"]);
+}
+
+#[test]
+fn planted_symlink_where_the_bundle_creates() {
+    let f = minimal();
+    // `new` is a symlink to outside/dir: mkdir new, then new/f, would land outside.
+    let env = Env::with(|t, o| symlink(o.join("dir"), t.join("new")).expect("symlink"));
+    env.write(&f.manifest, &f.frames);
+    env.refused(4, &["new: exists as symlink, but the bundle creates it"]);
+}
+
+#[test]
+fn planted_symlink_under_a_deleted_directory() {
+    let mut m = forge::empty(1);
+    m.old = vec![old_dir("dir"), old_file("dir/file", DIR_FILE)];
+    m.script = vec![forge::step(Op::Delete, "dir/file"), forge::step(Op::Delete, "dir")];
+    let env = Env::with(|t, o| {
+        fs::remove_dir_all(t.join("dir")).expect("rm");
+        symlink(o, t.join("dir")).expect("symlink");
+    });
+    env.write(&m, &[]);
+    env.refused(4, &["dir: expected dir, found symlink"]);
+    assert!(env.outside.join("file").exists());
+}
