@@ -5,11 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "ferry-build",
-    version,
-    about = "Build signed delta bundles for ferry"
-)]
+#[command(name = "ferry-build", version, about = "Build signed delta bundles for ferry")]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,

@@ -71,8 +71,7 @@ pub fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> io::Result<Ve
 /// the whole frame so that a file finds matches in every earlier file of its group (at low
 /// levels zstd would otherwise pick a 1-2 MiB window).
 pub fn compress_solid(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    let mut enc =
-        zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 4 + 64), level)?;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 4 + 64), level)?;
     enc.window_log(window_log(0, data.len() as u64))?;
     enc.set_pledged_src_size(Some(data.len() as u64))?;
     enc.include_contentsize(true)?;
@@ -92,10 +91,7 @@ pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_out: u64) -> io::Resu
     let mut out = Vec::new();
     dec.take(max_out.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > max_out {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "frame decodes to more than expected",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame decodes to more than expected"));
     }
     Ok(out)
 }
@@ -105,10 +101,7 @@ pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_out: u64) -> io::Resu
 /// be 0 when the OLD file is shorter than the window start.
 pub fn chunk_base_window(i: u64, c: u64, old_len: u64) -> (u64, u64) {
     let start = (i.saturating_mul(c)).saturating_sub(c / 2).min(old_len);
-    let end = (i.saturating_add(1))
-        .saturating_mul(c)
-        .saturating_add(c / 2)
-        .min(old_len);
+    let end = (i.saturating_add(1)).saturating_mul(c).saturating_add(c / 2).min(old_len);
     (start, end.saturating_sub(start))
 }
 
@@ -117,9 +110,7 @@ mod tests {
     use super::*;
 
     fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 x ^= x << 13;

@@ -40,21 +40,14 @@ pub struct Diff {
 /// The expected-OLD form of a scanned entry (hardlinks are plain files).
 pub fn old_entry(e: &ScanEntry) -> OldEntry {
     let kind = match &e.ty {
-        Type::File => OldKind::File {
-            size: e.size,
-            hash: e.hash,
-        },
+        Type::File => OldKind::File { size: e.size, hash: e.hash },
         Type::Dir => OldKind::Dir,
         Type::Symlink(t) => OldKind::Symlink { target: t.clone() },
         Type::Fifo => OldKind::Fifo,
         Type::CharDev(r) => OldKind::CharDev { rdev: *r },
         Type::BlockDev(r) => OldKind::BlockDev { rdev: *r },
     };
-    OldEntry {
-        path: e.path.clone(),
-        meta: e.meta,
-        kind,
-    }
+    OldEntry { path: e.path.clone(), meta: e.meta, kind }
 }
 
 /// Every entry of a tree as [`OldEntry`], sorted (input of [`bundle::tree_digest`]).
@@ -99,21 +92,11 @@ impl<'a> OldIndex<'a> {
     fn new(old: &'a Tree) -> Self {
         let mut by_hash: BTreeMap<Hash, Vec<&BundlePath>> = BTreeMap::new();
         let mut by_version_key: BTreeMap<Vec<u8>, Vec<&ScanEntry>> = BTreeMap::new();
-        for e in old
-            .entries
-            .iter()
-            .filter(|e| e.ty == Type::File && e.size > 0)
-        {
+        for e in old.entries.iter().filter(|e| e.ty == Type::File && e.size > 0) {
             by_hash.entry(e.hash).or_default().push(&e.path);
-            by_version_key
-                .entry(version_key(e.path.as_bytes()))
-                .or_default()
-                .push(e);
+            by_version_key.entry(version_key(e.path.as_bytes())).or_default().push(e);
         }
-        OldIndex {
-            by_hash,
-            by_version_key,
-        }
+        OldIndex { by_hash, by_version_key }
     }
 
     /// An OLD file with the same content: same path, then same file name, then smallest path.
@@ -155,11 +138,7 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
     let mut exchanged: BTreeSet<BundlePath> = BTreeSet::new();
     let mut choices: BTreeMap<BundlePath, Choice> = BTreeMap::new();
 
-    let is_config = |p: &BundlePath| {
-        config_globs
-            .iter()
-            .any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()))
-    };
+    let is_config = |p: &BundlePath| config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()));
     let payload_choice = |p: &BundlePath, n: &ScanEntry| -> Choice {
         if n.size == 0 {
             Choice::Empty
@@ -170,9 +149,7 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
             // edit): its NEW content must not be decoded from the OLD file.
             Choice::Payload { base: None }
         } else {
-            Choice::Payload {
-                base: idx.delta_base(old, p, n.size),
-            }
+            Choice::Payload { base: idx.delta_base(old, p, n.size) }
         }
     };
 
@@ -282,18 +259,9 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
         }
     }
 
-    let mut steps: Vec<Step> = phase0
-        .into_iter()
-        .map(|(path, op)| Step { op, path })
-        .collect();
-    steps.extend(deletes.into_iter().map(|path| Step {
-        op: Op::Delete,
-        path,
-    }));
-    steps.extend(dirmeta.into_iter().map(|path| Step {
-        op: Op::DirMeta,
-        path,
-    }));
+    let mut steps: Vec<Step> = phase0.into_iter().map(|(path, op)| Step { op, path }).collect();
+    steps.extend(deletes.into_iter().map(|path| Step { op: Op::Delete, path }));
+    steps.extend(dirmeta.into_iter().map(|path| Step { op: Op::DirMeta, path }));
 
     let entries = new
         .entries
@@ -301,9 +269,7 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
         .map(|n| {
             let kind = match &n.ty {
                 Type::File => match &n.primary {
-                    Some(pr) if pr != &n.path => Kind::Hardlink {
-                        primary: pr.clone(),
-                    },
+                    Some(pr) if pr != &n.path => Kind::Hardlink { primary: pr.clone() },
                     _ => {
                         let content = match choices.get(&n.path) {
                             Some(Choice::Unchanged) | None => Content::Unchanged,
@@ -311,15 +277,9 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
                             Some(Choice::Copy(from)) => Content::Copy { from: from.clone() },
                             Some(Choice::Payload { .. }) => Content::Pieces(Vec::new()),
                         };
-                        let config = config_globs
-                            .iter()
-                            .any(|g| bundle::glob::matches(g.as_bytes(), n.path.as_bytes()));
-                        Kind::File {
-                            size: n.size,
-                            hash: n.hash,
-                            content,
-                            config,
-                        }
+                        let config =
+                            config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), n.path.as_bytes()));
+                        Kind::File { size: n.size, hash: n.hash, content, config }
                     }
                 },
                 Type::Dir => Kind::Dir,
@@ -328,20 +288,11 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
                 Type::CharDev(r) => Kind::CharDev { rdev: *r },
                 Type::BlockDev(r) => Kind::BlockDev { rdev: *r },
             };
-            Entry {
-                path: n.path.clone(),
-                meta: n.meta,
-                kind,
-            }
+            Entry { path: n.path.clone(), meta: n.meta, kind }
         })
         .collect();
 
-    Diff {
-        entries,
-        steps,
-        touched,
-        choices,
-    }
+    Diff { entries, steps, touched, choices }
 }
 
 #[cfg(test)]
@@ -357,10 +308,7 @@ pub(crate) mod tests {
         ScanEntry {
             path: bp(p),
             ty: Type::File,
-            meta: Meta {
-                mode: 0o644,
-                ..Meta::default()
-            },
+            meta: Meta { mode: 0o644, ..Meta::default() },
             size: content.len() as u64,
             hash: Hash::of(content),
             primary: None,
@@ -370,33 +318,20 @@ pub(crate) mod tests {
         ScanEntry {
             path: bp(p),
             ty: Type::Dir,
-            meta: Meta {
-                mode: 0o755,
-                ..Meta::default()
-            },
+            meta: Meta { mode: 0o755, ..Meta::default() },
             size: 0,
             hash: Hash::default(),
             primary: None,
         }
     }
     pub fn link(p: &str, t: &str) -> ScanEntry {
-        ScanEntry {
-            ty: Type::Symlink(t.as_bytes().to_vec()),
-            meta: Meta {
-                mode: 0o777,
-                ..Meta::default()
-            },
-            ..dir(p)
-        }
+        ScanEntry { ty: Type::Symlink(t.as_bytes().to_vec()), meta: Meta { mode: 0o777, ..Meta::default() }, ..dir(p) }
     }
     pub fn tree(e: Vec<ScanEntry>) -> Tree {
         Tree::from_entries(PathBuf::new(), e)
     }
     fn ops(d: &Diff) -> Vec<String> {
-        d.steps
-            .iter()
-            .map(|s| format!("{:?} {}", s.op, s.path))
-            .collect()
+        d.steps.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
     }
 
     #[test]
@@ -412,36 +347,16 @@ pub(crate) mod tests {
         ]);
         let mut b2 = file("d/b", b"same");
         b2.meta.mode = 0o600;
-        let new = tree(vec![
-            dir("d"),
-            file("d/a", b"two"),
-            b2,
-            link("x", "d"),
-            file("d/new", b"moved!"),
-            file("e", b""),
-        ]);
+        let new =
+            tree(vec![dir("d"), file("d/a", b"two"), b2, link("x", "d"), file("d/new", b"moved!"), file("e", b"")]);
         let d = diff(&old, &new, &["d/new".into()]);
         assert_eq!(
             ops(&d),
-            [
-                "Place d/a",
-                "SetMeta d/b",
-                "Place d/new",
-                "Place e",
-                "Place x",
-                "Delete gone",
-                "Delete mv",
-                "DirMeta d"
-            ]
+            ["Place d/a", "SetMeta d/b", "Place d/new", "Place e", "Place x", "Delete gone", "Delete mv", "DirMeta d"]
         );
         // x/y is removed with the directory x it is under: in `old`, no Delete.
         assert!(d.touched.contains(&bp("x/y")));
-        assert_eq!(
-            d.choices[&bp("d/a")],
-            Choice::Payload {
-                base: Some(bp("d/a"))
-            }
-        );
+        assert_eq!(d.choices[&bp("d/a")], Choice::Payload { base: Some(bp("d/a")) });
         assert_eq!(d.choices[&bp("d/new")], Choice::Copy(bp("mv")));
         assert_eq!(d.choices[&bp("e")], Choice::Empty);
         assert_eq!(d.choices[&bp("d/b")], Choice::Unchanged);
@@ -478,11 +393,6 @@ pub(crate) mod tests {
         let old = tree(vec![dir("lib"), file("lib/libfoo.so.1.2.3", b"0123456789")]);
         let new = tree(vec![dir("lib"), file("lib/libfoo.so.1.2.4", b"0123456788")]);
         let d = diff(&old, &new, &[]);
-        assert_eq!(
-            d.choices[&bp("lib/libfoo.so.1.2.4")],
-            Choice::Payload {
-                base: Some(bp("lib/libfoo.so.1.2.3"))
-            }
-        );
+        assert_eq!(d.choices[&bp("lib/libfoo.so.1.2.4")], Choice::Payload { base: Some(bp("lib/libfoo.so.1.2.3")) });
     }
 }

@@ -18,11 +18,7 @@ pub fn parse(bytes: &[u8]) -> Option<ElfInfo> {
     let elf = goblin::elf::Elf::parse(bytes).ok()?;
     Some(ElfInfo {
         soname: elf.soname.map(|s| s.as_bytes().to_vec()),
-        needed: elf
-            .libraries
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect(),
+        needed: elf.libraries.iter().map(|s| s.as_bytes().to_vec()).collect(),
     })
 }
 
@@ -60,9 +56,7 @@ mod tests {
             return;
         };
         if let Some(info) = inspect(&exe) {
-            assert!(
-                info.needed.iter().any(|n| n.starts_with(b"libc.so")) || info.needed.is_empty()
-            );
+            assert!(info.needed.iter().any(|n| n.starts_with(b"libc.so")) || info.needed.is_empty());
         }
     }
 }

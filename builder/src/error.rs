@@ -11,22 +11,13 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {what} is not supported in a bundle")]
     Unsupported { path: PathBuf, what: &'static str },
     #[error("{path}: name cannot be used in a bundle: {source}")]
-    BadPath {
-        path: PathBuf,
-        source: bundle::Error,
-    },
+    BadPath { path: PathBuf, source: bundle::Error },
     #[error("{path}: {source}")]
-    Key {
-        path: PathBuf,
-        source: bundle::Error,
-    },
+    Key { path: PathBuf, source: bundle::Error },
     #[error("{path}: already exists, refusing to overwrite")]
     Exists { path: PathBuf },
     /// The builder produced something the format rejects: a builder bug or an input tree the
@@ -34,15 +25,9 @@ pub enum Error {
     #[error("cannot produce a valid bundle: {0}")]
     Invalid(bundle::Error),
     #[error("compressing {path}: {source}")]
-    Compress {
-        path: String,
-        source: std::io::Error,
-    },
+    Compress { path: String, source: std::io::Error },
     #[error("writing bundle {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 impl Error {

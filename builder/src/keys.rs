@@ -16,26 +16,14 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 }
 
 fn create_new(path: &Path, mode: u32, text: &str) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Exists {
-                    path: path.to_path_buf(),
-                }
-            } else {
-                Error::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(Error::io(path))
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Exists { path: path.to_path_buf() }
+        } else {
+            Error::Io { path: path.to_path_buf(), source: e }
+        }
+    })?;
+    f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(Error::io(path))
 }
 
 /// Generate a key pair into `NAME.secret` (mode 0600) and `NAME.pub`. Refuses to overwrite.
@@ -51,10 +39,7 @@ pub fn keygen(name: &Path) -> Result<(PathBuf, PathBuf, String)> {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng
         .try_fill_bytes(&mut seed)
-        .map_err(|e| Error::Io {
-            path: secret_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        .map_err(|e| Error::Io { path: secret_path.clone(), source: std::io::Error::other(e.to_string()) })?;
     let sk = SecretKey::from_seed(seed);
     seed.fill(0);
     create_new(&secret_path, 0o600, &sk.to_text())?;
@@ -68,19 +53,13 @@ pub fn keygen(name: &Path) -> Result<(PathBuf, PathBuf, String)> {
 /// Load a secret key file.
 pub fn load_secret(path: &Path) -> Result<SecretKey> {
     let text = fs::read_to_string(path).map_err(Error::io(path))?;
-    SecretKey::parse(&text).map_err(|source| Error::Key {
-        path: path.to_path_buf(),
-        source,
-    })
+    SecretKey::parse(&text).map_err(|source| Error::Key { path: path.to_path_buf(), source })
 }
 
 /// Load a public key file.
 pub fn load_public(path: &Path) -> Result<PublicKey> {
     let text = fs::read_to_string(path).map_err(Error::io(path))?;
-    PublicKey::parse(&text).map_err(|source| Error::Key {
-        path: path.to_path_buf(),
-        source,
-    })
+    PublicKey::parse(&text).map_err(|source| Error::Key { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]

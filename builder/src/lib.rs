@@ -18,9 +18,7 @@ pub mod write;
 
 pub use error::{Error, Result};
 
-use bundle::{
-    BundlePath, Content, Hook, Kind, Limits, Manifest, Method, Op, Piece, Rotation, Step,
-};
+use bundle::{BundlePath, Content, Hook, Kind, Limits, Manifest, Method, Op, Piece, Rotation, Step};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,11 +130,7 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    let n = num
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| format!("invalid size {s:?}"))?;
+    let n = num.parse::<u64>().ok().and_then(|n| n.checked_mul(mul)).ok_or_else(|| format!("invalid size {s:?}"))?;
     let max = Limits::default().max_frame_decoded;
     if !(4096..=max).contains(&n) {
         return Err(format!("size {s:?} out of range (4096 to {max} bytes)"));
@@ -157,41 +151,29 @@ pub fn parse_solid_size(s: &str) -> std::result::Result<u64, String> {
 
 /// Parse `--hook 'GLOB=COMMAND'`.
 pub fn parse_hook(s: &str, timeout_secs: u32) -> Result<Hook> {
-    let (glob, command) = s
-        .split_once('=')
-        .ok_or_else(|| Error::Usage(format!("--hook {s:?}: expected GLOB=COMMAND")))?;
+    let (glob, command) =
+        s.split_once('=').ok_or_else(|| Error::Usage(format!("--hook {s:?}: expected GLOB=COMMAND")))?;
     if glob.is_empty() || command.trim().is_empty() {
         return Err(Error::Usage(format!("--hook {s:?}: empty glob or command")));
     }
     if glob.len() > 256 || command.len() > 4096 {
-        return Err(Error::Usage(format!(
-            "--hook {s:?}: glob over 256 or command over 4096 bytes"
-        )));
+        return Err(Error::Usage(format!("--hook {s:?}: glob over 256 or command over 4096 bytes")));
     }
     if timeout_secs == 0 {
-        return Err(Error::Usage(
-            "--hook-timeout must be at least 1 second".into(),
-        ));
+        return Err(Error::Usage("--hook-timeout must be at least 1 second".into()));
     }
-    Ok(Hook {
-        glob: glob.to_string(),
-        command: command.to_string(),
-        timeout_secs,
-    })
+    Ok(Hook { glob: glob.to_string(), command: command.to_string(), timeout_secs })
 }
 
 /// `SOURCE_DATE_EPOCH` if set (for reproducible builds), else the current time.
 pub fn created_from_env() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.trim().parse().map_err(|_| {
-            Error::Usage(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        }),
-        Err(_) => Ok(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)),
+        Ok(v) => {
+            v.trim().parse().map_err(|_| Error::Usage(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))
+        }
+        Err(_) => {
+            Ok(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        }
     }
 }
 
@@ -212,47 +194,25 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         return Err(Error::Usage("at least one --key is needed".into()));
     }
     if opts.expires.is_some_and(|e| e <= opts.created) {
-        return Err(Error::Usage(
-            "--expires is not after the creation time".into(),
-        ));
+        return Err(Error::Usage("--expires is not after the creation time".into()));
     }
-    if opts.channel.is_empty()
-        || opts.channel.len() > 128
-        || !opts.channel.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(Error::Usage(format!(
-            "--channel {:?}: 1 to 128 printable ASCII characters",
-            opts.channel
-        )));
+    if opts.channel.is_empty() || opts.channel.len() > 128 || !opts.channel.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Usage(format!("--channel {:?}: 1 to 128 printable ASCII characters", opts.channel)));
     }
     for id in &opts.rotate_retire {
         if id.len() != 16 || bundle::hash::unhex(id).is_none() {
-            return Err(Error::Usage(format!(
-                "--rotate-retire {id:?}: expected a 16 hex digit key id"
-            )));
+            return Err(Error::Usage(format!("--rotate-retire {id:?}: expected a 16 hex digit key id")));
         }
     }
     if opts.rotate_threshold == Some(0) {
         return Err(Error::Usage("--rotate-threshold must be at least 1".into()));
     }
-    let secrets = opts
-        .keys
-        .iter()
-        .map(|k| keys::load_secret(k))
-        .collect::<Result<Vec<_>>>()?;
-    let signers: Vec<bundle::PublicKey> = secrets
-        .iter()
-        .map(|k| bundle::sig::manifest_key(&k.public()))
-        .collect();
+    let secrets = opts.keys.iter().map(|k| keys::load_secret(k)).collect::<Result<Vec<_>>>()?;
+    let signers: Vec<bundle::PublicKey> = secrets.iter().map(|k| bundle::sig::manifest_key(&k.public())).collect();
     if signers.iter().collect::<BTreeSet<_>>().len() != signers.len() {
-        return Err(Error::Usage(
-            "the same key is given twice with --key".into(),
-        ));
+        return Err(Error::Usage("the same key is given twice with --key".into()));
     }
-    let rotation = if opts.rotate_add.is_empty()
-        && opts.rotate_retire.is_empty()
-        && opts.rotate_threshold.is_none()
-    {
+    let rotation = if opts.rotate_add.is_empty() && opts.rotate_retire.is_empty() && opts.rotate_threshold.is_none() {
         None
     } else {
         let add = opts
@@ -260,11 +220,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             .iter()
             .map(|p| keys::load_public(p).map(|k| bundle::sig::manifest_key(&k)))
             .collect::<Result<Vec<_>>>()?;
-        Some(Rotation {
-            add,
-            retire: opts.rotate_retire.clone(),
-            threshold: opts.rotate_threshold,
-        })
+        Some(Rotation { add, retire: opts.rotate_retire.clone(), threshold: opts.rotate_threshold })
     };
 
     // Scan and diff.
@@ -273,10 +229,10 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Some(p) => scan::scan(p)?,
         None => scan::Tree::default(),
     };
-    let base = opts.old.as_ref().map(|_| bundle::Base {
-        version: opts.base_version,
-        tree: bundle::tree_digest(&diff::old_entries(&old)),
-    });
+    let base = opts
+        .old
+        .as_ref()
+        .map(|_| bundle::Base { version: opts.base_version, tree: bundle::tree_digest(&diff::old_entries(&old)) });
     let mut d = diff::diff(&old, &new, &opts.config_files);
 
     // ELF facts of every NEW file with a creation-phase step, then the script.
@@ -284,10 +240,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .steps
         .iter()
         .filter(|s| matches!(s.op, Op::Place | Op::SetMeta))
-        .filter(|s| {
-            new.get(&s.path)
-                .is_some_and(|e| e.ty == scan::Type::File && !e.is_secondary_link())
-        })
+        .filter(|s| new.get(&s.path).is_some_and(|e| e.ty == scan::Type::File && !e.is_secondary_link()))
         .map(|s| &s.path)
         .collect();
     let elf: BTreeMap<BundlePath, plan::ElfInfo> = stepped
@@ -332,17 +285,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             .map(diff::old_entry)
             .collect()
     };
-    let mut used: BTreeSet<BundlePath> = d
-        .choices
-        .values()
-        .filter_map(|c| {
-            if let diff::Choice::Copy(f) = c {
-                Some(f.clone())
-            } else {
-                None
-            }
-        })
-        .collect();
+    let mut used: BTreeSet<BundlePath> =
+        d.choices.values().filter_map(|c| if let diff::Choice::Copy(f) = c { Some(f.clone()) } else { None }).collect();
 
     if opts.dry_run {
         manifest.entries = std::mem::take(&mut d.entries);
@@ -369,9 +313,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let mut job_of_hash: BTreeMap<bundle::Hash, usize> = BTreeMap::new();
     let mut jobs: Vec<write::PayloadJob> = Vec::new();
     for s in manifest.script.iter().filter(|s| s.op == Op::Place) {
-        let (Some(n), Some(diff::Choice::Payload { base })) =
-            (new.get(&s.path), d.choices.get(&s.path))
-        else {
+        let (Some(n), Some(diff::Choice::Payload { base })) = (new.get(&s.path), d.choices.get(&s.path)) else {
             continue;
         };
         if job_of_hash.contains_key(&n.hash) {
@@ -383,9 +325,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             fs_path: new.fs_path(&s.path),
             size: n.size,
             hash: n.hash,
-            base: base
-                .as_ref()
-                .and_then(|b| old.get(b).map(|o| (b.clone(), old.fs_path(b), o.size))),
+            base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.fs_path(b), o.size))),
         });
     }
     let out_dir = match opts.out.parent() {
@@ -395,11 +335,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let store = write::FrameStore::new_in(&out_dir)?;
     let encoded = write::encode_all(
         &jobs,
-        write::EncodeOptions {
-            level: opts.level,
-            chunk: opts.chunk_size,
-            solid_size: opts.solid_size,
-        },
+        write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size },
         &store,
     )?;
 
@@ -424,12 +360,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     i
                 }
             };
-            pieces.push(Piece {
-                frame: index,
-                offset: pr.offset,
-                len: pr.len,
-                method: f.method.clone(),
-            });
+            pieces.push(Piece { frame: index, offset: pr.offset, len: pr.len, method: f.method.clone() });
         }
         pieces_of.insert(job.hash, (pieces, enc.encoding));
     }
@@ -441,13 +372,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         first_user.insert(j.hash, &j.path);
     }
     for e in d.entries.iter_mut() {
-        let Kind::File {
-            size,
-            hash,
-            content,
-            ..
-        } = &mut e.kind
-        else {
+        let Kind::File { size, hash, content, .. } = &mut e.kind else {
             continue;
         };
         match content {
@@ -466,10 +391,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                     bump(&mut stats, "dedup", *size, 0);
                     continue;
                 }
-                let out: u64 = pieces
-                    .iter()
-                    .map(|p| manifest.frames[p.frame as usize].size)
-                    .sum();
+                let out: u64 = pieces.iter().map(|p| manifest.frames[p.frame as usize].size).sum();
                 let k = match encoding {
                     write::Encoding::Zstd => "zstd",
                     write::Encoding::Patch => "patch",
@@ -486,15 +408,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     }
     let (files, bytes_in, bytes_out, frames) = encoded.solid;
     if files > 0 {
-        stats.insert(
-            "solid",
-            Stat {
-                files,
-                bytes_in,
-                bytes_out,
-                frames,
-            },
-        );
+        stats.insert("solid", Stat { files, bytes_in, bytes_out, frames });
     }
     manifest.entries = std::mem::take(&mut d.entries);
     manifest.old = old_list(&used);
@@ -511,10 +425,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             limit: Limits::default().max_manifest_bytes,
         }));
     }
-    let sigs: Vec<bundle::sig::SignatureEntry> = secrets
-        .iter()
-        .map(|k| (k.public().bytes, k.sign_manifest(&mbytes)))
-        .collect();
+    let sigs: Vec<bundle::sig::SignatureEntry> =
+        secrets.iter().map(|k| (k.public().bytes, k.sign_manifest(&mbytes))).collect();
     let sbytes = bundle::sig::encode_signatures(&sigs);
     let bytes = write::write_bundle(&opts.out, &mbytes, &sbytes, &stored, store)?;
 

@@ -14,11 +14,8 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
             Ok(())
         }
         Cmd::Build(a) => {
-            let hooks = a
-                .hooks
-                .iter()
-                .map(|h| builder::parse_hook(h, a.hook_timeout))
-                .collect::<Result<Vec<_>, _>>()?;
+            let hooks =
+                a.hooks.iter().map(|h| builder::parse_hook(h, a.hook_timeout)).collect::<Result<Vec<_>, _>>()?;
             let opts = BuildOptions {
                 new: a.new,
                 old: a.old,
@@ -54,10 +51,8 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
 }
 
 fn split_report(file: &std::path::Path, size: u64) -> Result<(), builder::Error> {
-    let parts = builder::split::split(file, size).map_err(|e| builder::Error::Io {
-        path: file.to_path_buf(),
-        source: e,
-    })?;
+    let parts =
+        builder::split::split(file, size).map_err(|e| builder::Error::Io { path: file.to_path_buf(), source: e })?;
     eprintln!(
         "{}: {} parts ({} .. {})",
         file.display(),
@@ -69,11 +64,7 @@ fn split_report(file: &std::path::Path, size: u64) -> Result<(), builder::Error>
 }
 
 fn report(r: &BuildReport, json: bool) {
-    let lines: Vec<String> = r
-        .script
-        .iter()
-        .map(|s| format!("{} {}", builder::op_name(s.op), s.path))
-        .collect();
+    let lines: Vec<String> = r.script.iter().map(|s| format!("{} {}", builder::op_name(s.op), s.path)).collect();
     if json {
         // One JSON object on stdout; a dry run carries its script in it.
         let mut v = match serde_json::to_value(r) {
@@ -93,10 +84,7 @@ fn report(r: &BuildReport, json: bool) {
         for l in &lines {
             println!("{l}");
         }
-        eprintln!(
-            "dry run: {} entries, {} steps; nothing written",
-            r.entries, r.steps
-        );
+        eprintln!("dry run: {} entries, {} steps; nothing written", r.entries, r.steps);
         return;
     }
     eprintln!(
@@ -104,10 +92,7 @@ fn report(r: &BuildReport, json: bool) {
         r.bundle, r.bytes, r.version, r.entries, r.steps, r.frames, r.duration_ms
     );
     for (k, s) in &r.stats {
-        eprintln!(
-            "  {k:<9} {:>7} files {:>14} bytes in {:>14} bytes out",
-            s.files, s.bytes_in, s.bytes_out
-        );
+        eprintln!("  {k:<9} {:>7} files {:>14} bytes in {:>14} bytes out", s.files, s.bytes_in, s.bytes_out);
     }
 }
 

@@ -44,8 +44,7 @@ fn toposort(
     }
     let mut done = vec![false; n];
     let mut order = Vec::with_capacity(n);
-    let mut heap: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&v| indeg[v] == 0).map(Reverse).collect();
+    let mut heap: BinaryHeap<Reverse<usize>> = (0..n).filter(|&v| indeg[v] == 0).map(Reverse).collect();
     loop {
         while let Some(Reverse(v)) = heap.pop() {
             done[v] = true;
@@ -77,11 +76,7 @@ fn toposort(
             if k == weakest {
                 alive[i] = false;
                 indeg[b] -= 1;
-                warnings.push(format!(
-                    "ordering cycle: dropped {k:?} constraint {} before {}",
-                    name(a),
-                    name(b)
-                ));
+                warnings.push(format!("ordering cycle: dropped {k:?} constraint {} before {}", name(a), name(b)));
                 if indeg[b] == 0 {
                     heap.push(Reverse(b));
                 }
@@ -161,15 +156,11 @@ pub fn order(
 
     // Phase 0: Mkdir / Place / SetMeta.
     let p0: Vec<&Step> = {
-        let mut v: Vec<&Step> = steps
-            .iter()
-            .filter(|s| matches!(s.op, Op::Mkdir | Op::Place | Op::SetMeta))
-            .collect();
+        let mut v: Vec<&Step> = steps.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place | Op::SetMeta)).collect();
         v.sort_by(|a, b| a.path.cmp(&b.path));
         v
     };
-    let idx: BTreeMap<&BundlePath, usize> =
-        p0.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
+    let idx: BTreeMap<&BundlePath, usize> = p0.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
     let mut edges: BTreeSet<(usize, usize, EdgeKind)> = BTreeSet::new();
     let mut add = |a: usize, b: usize, k: EdgeKind| {
         if a != b {
@@ -212,10 +203,7 @@ pub fn order(
         }
         if let Some(info) = elf.get(&s.path) {
             for need in &info.needed {
-                let hits = by_name
-                    .get(need.as_slice())
-                    .into_iter()
-                    .chain(by_soname.get(need.as_slice()));
+                let hits = by_name.get(need.as_slice()).into_iter().chain(by_soname.get(need.as_slice()));
                 for &j in hits.flatten() {
                     add(j, i, EdgeKind::Elf);
                 }
@@ -232,8 +220,7 @@ pub fn order(
         v.sort_by(|a, b| b.path.cmp(&a.path));
         v
     };
-    let idx1: BTreeMap<&BundlePath, usize> =
-        p1.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
+    let idx1: BTreeMap<&BundlePath, usize> = p1.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
     let mut e1: BTreeSet<(usize, usize, EdgeKind)> = BTreeSet::new();
     for (i, s) in p1.iter().enumerate() {
         for a in s.path.ancestors() {
@@ -257,12 +244,7 @@ pub fn order(
 
     // Phase 2: directory metadata, deepest first.
     let mut p2: Vec<&Step> = steps.iter().filter(|s| s.op == Op::DirMeta).collect();
-    p2.sort_by(|a, b| {
-        b.path
-            .depth()
-            .cmp(&a.path.depth())
-            .then_with(|| a.path.cmp(&b.path))
-    });
+    p2.sort_by(|a, b| b.path.depth().cmp(&a.path.depth()).then_with(|| a.path.cmp(&b.path)));
 
     let script = o0
         .into_iter()
@@ -285,11 +267,7 @@ mod tests {
     use bundle::script::validate;
     use bundle::Manifest;
 
-    fn run(
-        old: &crate::scan::Tree,
-        new: &crate::scan::Tree,
-        elf: &BTreeMap<BundlePath, ElfInfo>,
-    ) -> Vec<String> {
+    fn run(old: &crate::scan::Tree, new: &crate::scan::Tree, elf: &BTreeMap<BundlePath, ElfInfo>) -> Vec<String> {
         let d = diff(old, new, &[]);
         let old_links = old
             .entries
@@ -299,8 +277,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let (script, warnings) =
-            order(&d.steps, &d.entries, &old_links, elf).unwrap_or_else(|e| panic!("{e}"));
+        let (script, warnings) = order(&d.steps, &d.entries, &old_links, elf).unwrap_or_else(|e| panic!("{e}"));
         assert!(warnings.is_empty(), "{warnings:?}");
         let m = Manifest {
             format: bundle::FORMAT_VERSION,
@@ -311,32 +288,20 @@ mod tests {
             expires: None,
             signers: vec![],
             entries: d.entries.clone(),
-            old: old_entries(old)
-                .into_iter()
-                .filter(|o| d.touched.contains(&o.path))
-                .collect(),
+            old: old_entries(old).into_iter().filter(|o| d.touched.contains(&o.path)).collect(),
             frames: vec![],
             script: script.clone(),
             hooks: vec![],
             rotation: None,
         };
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));
-        script
-            .iter()
-            .map(|s| format!("{:?} {}", s.op, s.path))
-            .collect()
+        script.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
     }
 
     #[test]
     fn symlink_chain_after_targets() {
         let old = tree(vec![link("a", "b"), link("b", "c"), file("c", b"1")]);
-        let new = tree(vec![
-            link("a", "b2"),
-            link("b", "c2"),
-            file("c", b"2"),
-            link("b2", "b"),
-            link("c2", "c"),
-        ]);
+        let new = tree(vec![link("a", "b2"), link("b", "c2"), file("c", b"2"), link("b2", "b"), link("c2", "c")]);
         let s = run(&old, &new, &BTreeMap::new());
         // c first, then c2 (-> c), then b (-> c2), b2 (-> b), a (-> b2).
         assert_eq!(s, ["Place c", "Place c2", "Place b", "Place b2", "Place a"]);
@@ -352,20 +317,8 @@ mod tests {
             file("lib/libfoo.so.1.2.3", b"foo"),
         ]);
         let mut elf = BTreeMap::new();
-        elf.insert(
-            bp("bin/app"),
-            ElfInfo {
-                soname: None,
-                needed: vec![b"libfoo.so.1".to_vec()],
-            },
-        );
-        elf.insert(
-            bp("lib/libfoo.so.1.2.3"),
-            ElfInfo {
-                soname: Some(b"libfoo.so.1".to_vec()),
-                needed: vec![],
-            },
-        );
+        elf.insert(bp("bin/app"), ElfInfo { soname: None, needed: vec![b"libfoo.so.1".to_vec()] });
+        elf.insert(bp("lib/libfoo.so.1.2.3"), ElfInfo { soname: Some(b"libfoo.so.1".to_vec()), needed: vec![] });
         let s = run(&tree(vec![]), &new, &elf);
         assert_eq!(
             s,
@@ -385,23 +338,10 @@ mod tests {
     fn elf_cycle_is_broken_with_warning() {
         let new = tree(vec![file("a", b"a"), file("b", b"b")]);
         let mut elf = BTreeMap::new();
-        elf.insert(
-            bp("a"),
-            ElfInfo {
-                soname: Some(b"a".to_vec()),
-                needed: vec![b"b".to_vec()],
-            },
-        );
-        elf.insert(
-            bp("b"),
-            ElfInfo {
-                soname: Some(b"b".to_vec()),
-                needed: vec![b"a".to_vec()],
-            },
-        );
+        elf.insert(bp("a"), ElfInfo { soname: Some(b"a".to_vec()), needed: vec![b"b".to_vec()] });
+        elf.insert(bp("b"), ElfInfo { soname: Some(b"b".to_vec()), needed: vec![b"a".to_vec()] });
         let d = diff(&tree(vec![]), &new, &[]);
-        let (script, warnings) =
-            order(&d.steps, &d.entries, &BTreeMap::new(), &elf).unwrap_or_else(|e| panic!("{e}"));
+        let (script, warnings) = order(&d.steps, &d.entries, &BTreeMap::new(), &elf).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(script.len(), 2);
         assert_eq!(warnings.len(), 2);
     }
@@ -419,11 +359,7 @@ mod tests {
             file("gone/deep/z", b"z"),
             link("gone/l", "deep/z"),
         ]);
-        let new = tree(vec![
-            file("d", b"now a file"),
-            dir("f"),
-            file("f/child", b"c"),
-        ]);
+        let new = tree(vec![file("d", b"now a file"), dir("f"), file("f/child", b"c")]);
         let s = run(&old, &new, &BTreeMap::new());
         assert_eq!(
             s,

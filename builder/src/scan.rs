@@ -74,23 +74,14 @@ impl Tree {
     /// Build a tree from entries (sorts them); used by [`scan`] and by tests.
     pub fn from_entries(root: PathBuf, mut entries: Vec<ScanEntry>) -> Tree {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        let index = entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.path.clone(), i))
-            .collect();
+        let index = entries.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
         let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
         for e in &entries {
             if let Some(p) = &e.primary {
                 groups.entry(p.clone()).or_default().push(e.path.clone());
             }
         }
-        Tree {
-            root,
-            entries,
-            index,
-            groups,
-        }
+        Tree { root, entries, index, groups }
     }
 
     pub fn get(&self, p: &BundlePath) -> Option<&ScanEntry> {
@@ -99,11 +90,7 @@ impl Tree {
 
     /// All names of the inode of the file at `p`, sorted (just `[p]` for a single-name file).
     pub fn group_of(&self, p: &BundlePath) -> Vec<BundlePath> {
-        match self
-            .get(p)
-            .and_then(|e| e.primary.as_ref())
-            .and_then(|pr| self.groups.get(pr))
-        {
+        match self.get(p).and_then(|e| e.primary.as_ref()).and_then(|pr| self.groups.get(pr)) {
             Some(g) => g.clone(),
             None => vec![p.clone()],
         }
@@ -144,10 +131,7 @@ pub fn scan(root: &Path) -> Result<Tree> {
                 None => BundlePath::new(name.as_bytes()),
                 Some(r) => r.join(name.as_bytes()),
             }
-            .map_err(|source| Error::BadPath {
-                path: fsp.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::BadPath { path: fsp.clone(), source })?;
             let md = fs::symlink_metadata(&fsp).map_err(Error::io(&fsp))?;
             let ft = md.file_type();
             let ty = if ft.is_file() {
@@ -164,44 +148,20 @@ pub fn scan(root: &Path) -> Result<Tree> {
             } else if ft.is_block_device() {
                 Type::BlockDev(md.rdev())
             } else if ft.is_socket() {
-                return Err(Error::Unsupported {
-                    path: fsp,
-                    what: "a socket",
-                });
+                return Err(Error::Unsupported { path: fsp, what: "a socket" });
             } else {
-                return Err(Error::Unsupported {
-                    path: fsp,
-                    what: "this file type",
-                });
+                return Err(Error::Unsupported { path: fsp, what: "this file type" });
             };
-            let mtime_ns = md
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(md.mtime_nsec());
-            let meta = Meta {
-                mode: md.mode() & 0o7777,
-                uid: md.uid(),
-                gid: md.gid(),
-                mtime_ns,
-            };
+            let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
+            let meta = Meta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), mtime_ns };
             let size = if ty == Type::File { md.len() } else { 0 };
             if ty == Type::File && md.nlink() > 1 {
-                inodes
-                    .entry((md.dev(), md.ino()))
-                    .or_default()
-                    .push(entries.len());
+                inodes.entry((md.dev(), md.ino())).or_default().push(entries.len());
             }
             if ty == Type::Dir {
                 stack.push((fsp, Some(path.clone())));
             }
-            entries.push(ScanEntry {
-                path,
-                ty,
-                meta,
-                size,
-                hash: Hash::default(),
-                primary: None,
-            });
+            entries.push(ScanEntry { path, ty, meta, size, hash: Hash::default(), primary: None });
         }
     }
     for idxs in inodes.values() {
@@ -216,9 +176,8 @@ pub fn scan(root: &Path) -> Result<Tree> {
         }
     }
     // Hash every file once per inode, in parallel; results come back in order.
-    let to_hash: Vec<usize> = (0..entries.len())
-        .filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link())
-        .collect();
+    let to_hash: Vec<usize> =
+        (0..entries.len()).filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link()).collect();
     let hashes: Vec<Result<Hash>> = to_hash
         .par_iter()
         .map(|&i| hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes()))))
@@ -249,12 +208,7 @@ pub fn hash_file(path: &Path) -> Result<Hash> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(Error::Io { path: path.to_path_buf(), source: e }),
         };
         h.update(&buf[..n]);
     }
@@ -286,10 +240,7 @@ mod tests {
         assert_eq!(b.hash, Hash::of(b"hello"));
         assert_eq!(b.size, 5);
         assert_eq!(t.group_of(&BundlePath::new("a/x")?).len(), 2);
-        assert_eq!(
-            t.get(&BundlePath::new("l")?).ok_or("no l")?.ty,
-            Type::Symlink(b"a/x".to_vec())
-        );
+        assert_eq!(t.get(&BundlePath::new("l")?).ok_or("no l")?.ty, Type::Symlink(b"a/x".to_vec()));
         Ok(())
     }
 }

@@ -20,10 +20,7 @@ pub fn part_name(bundle: &Path, i: usize) -> PathBuf {
 /// Cut `bundle` into parts of at most `size` bytes and remove it. Returns the part paths.
 pub fn split(bundle: &Path, size: u64) -> io::Result<Vec<PathBuf>> {
     if size == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "split size must be positive",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "split size must be positive"));
     }
     let mut src = File::open(bundle)?;
     let total = src.metadata()?.len();

@@ -93,10 +93,7 @@ impl FrameStore {
     /// An anonymous temporary file in `dir` (next to the output, so it is on the same disk).
     pub fn new_in(dir: &Path) -> Result<FrameStore> {
         let f = tempfile::tempfile_in(dir).map_err(Error::io(dir))?;
-        Ok(FrameStore {
-            inner: Mutex::new((f, 0)),
-            path_hint: dir.to_path_buf(),
-        })
+        Ok(FrameStore { inner: Mutex::new((f, 0)), path_hint: dir.to_path_buf() })
     }
 
     fn append(&self, bytes: &[u8]) -> Result<u64> {
@@ -151,46 +148,23 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
 fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
     let data = read_range(&job.fs_path, 0, job.size)?;
     if Hash::of(&data) != job.hash {
-        return Err(Error::Io {
-            path: job.fs_path.clone(),
-            source: io::Error::other("file changed during the build"),
-        });
+        return Err(Error::Io { path: job.fs_path.clone(), source: io::Error::other("file changed during the build") });
     }
     Ok(data)
 }
 
 /// Encode one unit; `None` if plain zstd won and the unit may go into a solid frame.
-fn run_unit(
-    u: &Unit,
-    jobs: &[PayloadJob],
-    level: i32,
-    store: &FrameStore,
-) -> Result<Option<StoredFrame>> {
+fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<Option<StoredFrame>> {
     let job = &jobs[u.job];
-    let data = if u.chunked {
-        read_range(&job.fs_path, u.offset, u.len)?
-    } else {
-        read_job(job)?
-    };
-    let cerr = |source| Error::Compress {
-        path: job.path.display(),
-        source,
-    };
+    let data = if u.chunked { read_range(&job.fs_path, u.offset, u.len)? } else { read_job(job)? };
+    let cerr = |source| Error::Compress { path: job.path.display(), source };
     // The smaller of plain zstd and a patch against the base; a patch that is already at least
     // 64:1 is kept without spending a (slow, high-level) plain encode to compare.
     let patch = match &u.base {
         Some((bp, bfs, off, len)) => {
             let base = read_range(bfs, *off, *len)?;
             let p = delta::compress(&data, level, Some(&base)).map_err(cerr)?;
-            Some((
-                p,
-                Method::Patch {
-                    base: bp.clone(),
-                    offset: *off,
-                    len: *len,
-                },
-                Some(base),
-            ))
+            Some((p, Method::Patch { base: bp.clone(), offset: *off, len: *len }, Some(base)))
         }
         None => None,
     };
@@ -213,22 +187,9 @@ fn run_unit(
     store_frame(store, bytes, u.len, method).map(Some)
 }
 
-fn store_frame(
-    store: &FrameStore,
-    bytes: Vec<u8>,
-    decoded: u64,
-    method: Method,
-) -> Result<StoredFrame> {
+fn store_frame(store: &FrameStore, bytes: Vec<u8>, decoded: u64, method: Method) -> Result<StoredFrame> {
     let offset = store.append(&bytes)?;
-    Ok(StoredFrame {
-        offset,
-        frame: Frame {
-            size: bytes.len() as u64,
-            hash: Hash::of(&bytes),
-            decoded,
-        },
-        method,
-    })
+    Ok(StoredFrame { offset, frame: Frame { size: bytes.len() as u64, hash: Hash::of(&bytes), decoded }, method })
 }
 
 /// Sort key of a solid candidate: similar files sit together (same extension, then same name,
@@ -265,21 +226,13 @@ pub fn solid_groups(jobs: &[PayloadJob], mut cand: Vec<usize>, solid_size: u64) 
 }
 
 /// Compress one solid group into a frame: the files' contents concatenated in group order.
-fn run_group(
-    group: &[usize],
-    jobs: &[PayloadJob],
-    level: i32,
-    store: &FrameStore,
-) -> Result<StoredFrame> {
+fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<StoredFrame> {
     let total: u64 = group.iter().map(|&j| jobs[j].size).sum();
     let mut data = Vec::with_capacity(total as usize);
     for &j in group {
         data.extend_from_slice(&read_job(&jobs[j])?);
     }
-    let cerr = |source| Error::Compress {
-        path: format!("solid frame starting with {}", jobs[group[0]].path),
-        source,
-    };
+    let cerr = |source| Error::Compress { path: format!("solid frame starting with {}", jobs[group[0]].path), source };
     let bytes = delta::compress_solid(&data, level).map_err(cerr)?;
     let back = delta::decompress(&bytes, None, total).map_err(cerr)?;
     if back != data {
@@ -297,73 +250,41 @@ pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) 
     let solid_limit = if opts.solid_size == 0 {
         0
     } else {
-        SOLID_MAX_FILE
-            .min(opts.solid_size.saturating_add(1))
-            .min(chunk.saturating_add(1))
+        SOLID_MAX_FILE.min(opts.solid_size.saturating_add(1)).min(chunk.saturating_add(1))
     };
     let solid_ok = |size: u64| size < solid_limit;
     let mut units = Vec::new();
     let mut cand: Vec<usize> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         if job.size <= chunk {
-            let base = job.base.as_ref().map(|(bp, bfs, blen)| {
-                (
-                    bp.clone(),
-                    bfs.clone(),
-                    0,
-                    (*blen).min(chunk.saturating_mul(2)),
-                )
-            });
+            let base = job
+                .base
+                .as_ref()
+                .map(|(bp, bfs, blen)| (bp.clone(), bfs.clone(), 0, (*blen).min(chunk.saturating_mul(2))));
             let base = base.filter(|b| b.3 > 0);
             if base.is_none() && solid_ok(job.size) {
                 cand.push(j);
                 continue;
             }
-            units.push(Unit {
-                job: j,
-                offset: 0,
-                len: job.size,
-                base,
-                chunked: false,
-                solid_ok: solid_ok(job.size),
-            });
+            units.push(Unit { job: j, offset: 0, len: job.size, base, chunked: false, solid_ok: solid_ok(job.size) });
         } else {
             let n = job.size.div_ceil(chunk);
             for i in 0..n {
                 let offset = i * chunk;
                 let len = chunk.min(job.size - offset);
-                let base = job
-                    .base
-                    .as_ref()
-                    .filter(|(bp, _, _)| bp == &job.path)
-                    .and_then(|(bp, bfs, blen)| {
-                        let (o, l) = delta::chunk_base_window(i, chunk, *blen);
-                        (l > 0).then(|| (bp.clone(), bfs.clone(), o, l))
-                    });
-                units.push(Unit {
-                    job: j,
-                    offset,
-                    len,
-                    base,
-                    chunked: true,
-                    solid_ok: false,
+                let base = job.base.as_ref().filter(|(bp, _, _)| bp == &job.path).and_then(|(bp, bfs, blen)| {
+                    let (o, l) = delta::chunk_base_window(i, chunk, *blen);
+                    (l > 0).then(|| (bp.clone(), bfs.clone(), o, l))
                 });
+                units.push(Unit { job: j, offset, len, base, chunked: true, solid_ok: false });
             }
         }
     }
-    let done: Vec<Result<Option<StoredFrame>>> = units
-        .par_iter()
-        .map(|u| run_unit(u, jobs, opts.level, store))
-        .collect();
+    let done: Vec<Result<Option<StoredFrame>>> =
+        units.par_iter().map(|u| run_unit(u, jobs, opts.level, store)).collect();
     let mut out = Encoded {
         frames: Vec::new(),
-        files: jobs
-            .iter()
-            .map(|_| EncodedFile {
-                pieces: Vec::new(),
-                encoding: Encoding::Zstd,
-            })
-            .collect(),
+        files: jobs.iter().map(|_| EncodedFile { pieces: Vec::new(), encoding: Encoding::Zstd }).collect(),
         solid: (0, 0, 0, 0),
     };
     for (u, r) in units.iter().zip(done) {
@@ -377,30 +298,19 @@ pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) 
             (Method::Patch { .. }, false) => Encoding::Patch,
             (Method::Zstd, false) => Encoding::Zstd,
         };
-        e.pieces.push(PieceRef {
-            frame: out.frames.len(),
-            offset: 0,
-            len: f.frame.decoded,
-        });
+        e.pieces.push(PieceRef { frame: out.frames.len(), offset: 0, len: f.frame.decoded });
         out.frames.push(f);
     }
 
     let groups = solid_groups(jobs, cand, opts.solid_size);
-    let done: Vec<Result<StoredFrame>> = groups
-        .par_iter()
-        .map(|g| run_group(g, jobs, opts.level, store))
-        .collect();
+    let done: Vec<Result<StoredFrame>> = groups.par_iter().map(|g| run_group(g, jobs, opts.level, store)).collect();
     for (g, r) in groups.iter().zip(done) {
         let f = r?;
         let mut at = 0u64;
         for &j in g {
             let len = jobs[j].size;
             out.files[j] = EncodedFile {
-                pieces: vec![PieceRef {
-                    frame: out.frames.len(),
-                    offset: at,
-                    len,
-                }],
+                pieces: vec![PieceRef { frame: out.frames.len(), offset: at, len }],
                 encoding: Encoding::Solid,
             };
             at += len;
@@ -431,9 +341,7 @@ pub fn write_bundle(
 ) -> Result<u64> {
     let tmp = with_suffix(out, ".tmp");
     let result = (|| -> io::Result<u64> {
-        let mut src = store
-            .into_file()
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let mut src = store.into_file().map_err(|e| io::Error::other(e.to_string()))?;
         let f = File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         container::write_member(&mut w, container::MANIFEST_NAME, manifest)?;
@@ -443,10 +351,7 @@ pub fn write_bundle(
             src.seek(SeekFrom::Start(offset))?;
             let n = io::copy(&mut (&mut src).take(size), &mut w)?;
             if n != size {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "temporary frame file is short",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "temporary frame file is short"));
             }
             container::end_member(&mut w, size)?;
         }
@@ -465,10 +370,7 @@ pub fn write_bundle(
     })();
     result.map_err(|source| {
         let _ = fs::remove_file(&tmp);
-        Error::Write {
-            path: out.to_path_buf(),
-            source,
-        }
+        Error::Write { path: out.to_path_buf(), source }
     })
 }
 
@@ -499,11 +401,7 @@ mod tests {
             base: Some((BundlePath::new("f")?, old.clone(), 5 * chunk)),
         };
         let store = FrameStore::new_in(d.path())?;
-        let opts = EncodeOptions {
-            level: 3,
-            chunk,
-            solid_size: 8 << 20,
-        };
+        let opts = EncodeOptions { level: 3, chunk, solid_size: 8 << 20 };
         let enc = encode_all(std::slice::from_ref(&job), opts, &store)?;
         assert_eq!(enc.files[0].encoding, Encoding::Chunked);
         assert_eq!(enc.files[0].pieces.len(), 6);
@@ -518,10 +416,7 @@ mod tests {
             assert_eq!(Hash::of(&bytes), f.frame.hash);
             let prefix = match &f.method {
                 Method::Patch { offset, len, .. } => {
-                    assert_eq!(
-                        (*offset, *len),
-                        delta::chunk_base_window(i as u64, chunk, 5 * chunk)
-                    );
+                    assert_eq!((*offset, *len), delta::chunk_base_window(i as u64, chunk, 5 * chunk));
                     Some(&oldb[*offset as usize..(*offset + *len) as usize])
                 }
                 Method::Zstd => None,
@@ -532,11 +427,7 @@ mod tests {
         Ok(())
     }
 
-    fn job(
-        dir: &Path,
-        name: &str,
-        content: &[u8],
-    ) -> Result<PayloadJob, Box<dyn std::error::Error>> {
+    fn job(dir: &Path, name: &str, content: &[u8]) -> Result<PayloadJob, Box<dyn std::error::Error>> {
         let fs_path = dir.join(name.replace('/', "_"));
         fs::write(&fs_path, content)?;
         Ok(PayloadJob {
@@ -549,8 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn solid_groups_sort_by_extension_and_respect_the_bound(
-    ) -> Result<(), Box<dyn std::error::Error>> {
+    fn solid_groups_sort_by_extension_and_respect_the_bound() -> Result<(), Box<dyn std::error::Error>> {
         let d = tempfile::tempdir()?;
         let jobs = vec![
             job(d.path(), "b/x.txt", &[1; 3000])?,
@@ -560,19 +450,9 @@ mod tests {
             job(d.path(), "z/.hidden", &[5; 3000])?,
         ];
         let g = solid_groups(&jobs, (0..jobs.len()).collect(), 6000);
-        let names: Vec<Vec<String>> = g
-            .iter()
-            .map(|g| g.iter().map(|&j| jobs[j].path.display()).collect())
-            .collect();
+        let names: Vec<Vec<String>> = g.iter().map(|g| g.iter().map(|&j| jobs[j].path.display()).collect()).collect();
         // No extension first (by name), then .c, then .txt (by name, then path).
-        assert_eq!(
-            names,
-            [
-                vec!["z/.hidden", "Makefile"],
-                vec!["a/y.c", "a/x.txt"],
-                vec!["b/x.txt"]
-            ]
-        );
+        assert_eq!(names, [vec!["z/.hidden", "Makefile"], vec!["a/y.c", "a/x.txt"], vec!["b/x.txt"]]);
         // A file larger than the bound gets a group of its own.
         let g = solid_groups(&jobs, vec![0, 1], 100);
         assert_eq!(g.len(), 2);
@@ -585,11 +465,7 @@ mod tests {
         let text = |i: usize| format!("line {i} of a config file\nkey = value {i}\n").repeat(40);
         let mut jobs = Vec::new();
         for i in 0..20 {
-            jobs.push(job(
-                d.path(),
-                &format!("etc/f{i:02}.conf"),
-                text(i).as_bytes(),
-            )?);
+            jobs.push(job(d.path(), &format!("etc/f{i:02}.conf"), text(i).as_bytes())?);
         }
         // A file with a base whose patch loses to plain zstd also goes solid.
         let other = d.path().join("unrelated-old");
@@ -598,11 +474,7 @@ mod tests {
         j.base = Some((BundlePath::new("old")?, other, 5000));
         jobs.push(j);
         let store = FrameStore::new_in(d.path())?;
-        let opts = EncodeOptions {
-            level: 3,
-            chunk: 1 << 20,
-            solid_size: 16 << 10,
-        };
+        let opts = EncodeOptions { level: 3, chunk: 1 << 20, solid_size: 16 << 10 };
         let enc = encode_all(&jobs, opts, &store)?;
         assert!(enc.files.iter().all(|f| f.encoding == Encoding::Solid));
         let total: u64 = jobs.iter().map(|j| j.size).sum();
@@ -628,14 +500,7 @@ mod tests {
         }
         // Without solid frames: one frame per file.
         let store = FrameStore::new_in(d.path())?;
-        let enc = encode_all(
-            &jobs,
-            EncodeOptions {
-                solid_size: 0,
-                ..opts
-            },
-            &store,
-        )?;
+        let enc = encode_all(&jobs, EncodeOptions { solid_size: 0, ..opts }, &store)?;
         assert_eq!(enc.frames.len(), jobs.len());
         assert!(enc.files.iter().all(|f| f.encoding == Encoding::Zstd));
         Ok(())

@@ -21,19 +21,12 @@ fn ferry() -> Command {
 
 fn keygen(dir: &Path, name: &str) -> R<PathBuf> {
     let base = dir.join(name);
-    ferry()
-        .arg("keygen")
-        .arg("--out")
-        .arg(&base)
-        .assert()
-        .success();
+    ferry().arg("keygen").arg("--out").arg(&base).assert().success();
     Ok(dir.join(format!("{name}.secret")))
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             x ^= x << 13;
@@ -110,8 +103,7 @@ fn read_bundle(path: &Path) -> R<Read_> {
 
 /// Reconstruct the content of every NEW file from OLD and the frames; compare with NEW.
 fn check_contents(b: &Read_, old: &Path, new: &Path) -> R {
-    let fsp =
-        |root: &Path, p: &bundle::BundlePath| root.join(std::ffi::OsStr::from_bytes(p.as_bytes()));
+    let fsp = |root: &Path, p: &bundle::BundlePath| root.join(std::ffi::OsStr::from_bytes(p.as_bytes()));
     for e in &b.manifest.entries {
         let Kind::File { content, hash, .. } = &e.kind else {
             continue;
@@ -129,8 +121,7 @@ fn check_contents(b: &Read_, old: &Path, new: &Path) -> R {
                         Method::Patch { base, offset, len } => {
                             let o = fs::read(fsp(old, base))?;
                             let prefix = &o[*offset as usize..(*offset + *len) as usize];
-                            let mut d =
-                                zstd::stream::read::Decoder::with_ref_prefix(&frame[..], prefix)?;
+                            let mut d = zstd::stream::read::Decoder::with_ref_prefix(&frame[..], prefix)?;
                             d.window_log_max(28)?;
                             let mut v = Vec::new();
                             d.read_to_end(&mut v)?;
@@ -156,16 +147,7 @@ fn build_delta_bundle_and_read_it_back() -> R {
     let (old, new) = trees(d.path())?;
     let out = d.path().join("b.ferry");
     let o = ferry()
-        .args([
-            "build",
-            "--version",
-            "2",
-            "--base-version",
-            "1",
-            "--level",
-            "fast",
-            "--json",
-        ])
+        .args(["build", "--version", "2", "--base-version", "1", "--level", "fast", "--json"])
         .arg("--new")
         .arg(&new)
         .arg("--old")
@@ -176,14 +158,7 @@ fn build_delta_bundle_and_read_it_back() -> R {
         .arg(&key2)
         .arg("--out")
         .arg(&out)
-        .args([
-            "--config-files",
-            "etc/*.conf",
-            "--hook",
-            "lib/**=ldconfig",
-            "--hook-timeout",
-            "30",
-        ])
+        .args(["--config-files", "etc/*.conf", "--hook", "lib/**=ldconfig", "--hook-timeout", "30"])
         .output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout)?;
@@ -204,28 +179,20 @@ fn build_delta_bundle_and_read_it_back() -> R {
     assert_eq!(report["frames"].as_u64(), Some(m.frames.len() as u64));
     check_contents(&b, &old, &new)?;
 
-    let by: BTreeMap<String, &bundle::Entry> =
-        m.entries.iter().map(|e| (e.path.display(), e)).collect();
+    let by: BTreeMap<String, &bundle::Entry> = m.entries.iter().map(|e| (e.path.display(), e)).collect();
     let content = |p: &str| match &by[p].kind {
         Kind::File { content, .. } => content.clone(),
         k => panic!("{p}: {k:?}"),
     };
     assert_eq!(content("etc/same.conf"), Content::Unchanged);
-    assert!(
-        matches!(content("moved-to"), Content::Copy { from } if from.display() == "moved-from")
-    );
+    assert!(matches!(content("moved-to"), Content::Copy { from } if from.display() == "moved-from"));
     assert_eq!(content("empty"), Content::Empty);
-    assert!(matches!(
-        &by["etc/app.conf"].kind,
-        Kind::File { config: true, .. }
-    ));
+    assert!(matches!(&by["etc/app.conf"].kind, Kind::File { config: true, .. }));
     // The version-bumped library is a patch against the old one, and small.
     match content("lib/libfoo.so.1.2.4") {
         Content::Pieces(ps) => {
             assert_eq!(ps.len(), 1);
-            assert!(
-                matches!(&ps[0].method, Method::Patch { base, .. } if base.display() == "lib/libfoo.so.1.2.3")
-            );
+            assert!(matches!(&ps[0].method, Method::Patch { base, .. } if base.display() == "lib/libfoo.so.1.2.3"));
             assert!(m.frames[ps[0].frame as usize].size < 2000);
         }
         c => panic!("{c:?}"),
@@ -235,31 +202,15 @@ fn build_delta_bundle_and_read_it_back() -> R {
     assert_eq!(report["stats"]["dedup"]["files"], 1);
     assert!(matches!(&by["hl-b"].kind, Kind::Hardlink { primary } if primary.display() == "hl-a"));
 
-    let script: Vec<String> = m
-        .script
-        .iter()
-        .map(|s| format!("{:?} {}", s.op, s.path))
-        .collect();
-    let pos = |s: &str| {
-        script
-            .iter()
-            .position(|x| x == s)
-            .unwrap_or_else(|| panic!("{s} not in {script:?}"))
-    };
+    let script: Vec<String> = m.script.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect();
+    let pos = |s: &str| script.iter().position(|x| x == s).unwrap_or_else(|| panic!("{s} not in {script:?}"));
     assert!(pos("Place lib/libfoo.so.1.2.4") < pos("Place lib/libfoo.so.1"));
     assert!(pos("Place file-to-dir") < pos("Place file-to-dir/child"));
     assert!(pos("Delete gone/deeper/z") < pos("Delete gone/deeper"));
     assert!(pos("Delete gone/deeper") < pos("Delete gone"));
     assert!(!script.iter().any(|s| s.contains("dir-to-file/")));
-    assert!(m
-        .old
-        .iter()
-        .any(|o| o.path.display() == "dir-to-file/sub/x"));
-    assert!(m
-        .script
-        .iter()
-        .filter(|s| s.op == Op::DirMeta)
-        .all(|s| m.entry(&s.path).is_some()));
+    assert!(m.old.iter().any(|o| o.path.display() == "dir-to-file/sub/x"));
+    assert!(m.script.iter().filter(|s| s.op == Op::DirMeta).all(|s| m.entry(&s.path).is_some()));
     Ok(())
 }
 
@@ -274,15 +225,7 @@ fn full_bundle_is_deterministic_and_chunked() -> R {
     symlink("a/b/f", new.join("l"))?;
     let build = |out: &Path| {
         ferry()
-            .args([
-                "build",
-                "--version",
-                "1",
-                "--level",
-                "3",
-                "--chunk-size",
-                "8K",
-            ])
+            .args(["build", "--version", "1", "--level", "3", "--chunk-size", "8K"])
             .arg("--new")
             .arg(&new)
             .arg("--key")
@@ -298,16 +241,8 @@ fn full_bundle_is_deterministic_and_chunked() -> R {
     assert_eq!(fs::read(&o1)?, fs::read(&o2)?);
     let b = read_bundle(&o1)?;
     assert!(b.manifest.base.is_none());
-    match &b
-        .manifest
-        .entry(&bundle::BundlePath::new("big")?)
-        .ok_or("big")?
-        .kind
-    {
-        Kind::File {
-            content: Content::Pieces(ps),
-            ..
-        } => assert_eq!(ps.len(), 4),
+    match &b.manifest.entry(&bundle::BundlePath::new("big")?).ok_or("big")?.kind {
+        Kind::File { content: Content::Pieces(ps), .. } => assert_eq!(ps.len(), 4),
         k => panic!("{k:?}"),
     }
     check_contents(&b, d.path(), &new)?;
@@ -332,21 +267,12 @@ fn dry_run_writes_nothing_and_usage_errors_exit_2() -> R {
         .arg(&out)
         .output()?;
     assert!(o.status.success());
-    assert_eq!(
-        String::from_utf8(o.stdout)?,
-        "mkdir d\nplace d/f\ndirmeta d\n"
-    );
+    assert_eq!(String::from_utf8(o.stdout)?, "mkdir d\nplace d/f\ndirmeta d\n");
     assert!(!out.exists());
 
     let base = || {
         let mut c = ferry();
-        c.args(["build", "--version", "1"])
-            .arg("--new")
-            .arg(&new)
-            .arg("--key")
-            .arg(&key)
-            .arg("--out")
-            .arg(&out);
+        c.args(["build", "--version", "1"]).arg("--new").arg(&new).arg("--key").arg(&key).arg("--out").arg(&out);
         c
     };
     base().args(["--level", "99"]).assert().code(2);
@@ -363,12 +289,7 @@ fn dry_run_writes_nothing_and_usage_errors_exit_2() -> R {
         .assert()
         .code(1);
     // keygen refuses to overwrite.
-    ferry()
-        .arg("keygen")
-        .arg("--out")
-        .arg(d.path().join("k"))
-        .assert()
-        .code(1);
+    ferry().arg("keygen").arg("--out").arg(d.path().join("k")).assert().code(1);
     assert!(!out.exists());
     Ok(())
 }

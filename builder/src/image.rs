@@ -1,0 +1,406 @@
+//! Image inputs: `--old` and `--new` may be a directory, a `.tar` or a `.tar.zst`, so a build
+//! host can diff image tarballs without unpacking them (which would need root to keep owners and
+//! device nodes).
+//!
+//! An archive is read once, front to back. Ownership, modes and times come from the archive
+//! (numeric uid/gid; pax `mtime` with nanoseconds when present), tar link members become hardlink
+//! groups, and directories missing from the archive but implied by a member's path get mode 0755,
+//! owner 0:0 and mtime 0. Names are normalised (`./` prefixes, `.` and empty components dropped);
+//! absolute names and `..` components are refused with the member's name; the root (`.`, `./`)
+//! and anything under a top-level `.ferry` (the applier's state directory) are not entries.
+//! Regular files are spooled into a [`ContentStore`] (one file per distinct content), which gives
+//! the encoder the random access a delta needs with bounded memory.
+
+use crate::error::{Error, Result};
+use crate::scan::{ContentStore, ScanEntry, Source, Tree, Type};
+use bundle::{BundlePath, Hash, Meta};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What an input path holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    Dir,
+    Tar,
+    TarZst,
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+fn has_suffix(p: &Path, suf: &str) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(suf))
+}
+
+/// Tell a directory from a tar or zstd-compressed tar: by content (zstd magic, `ustar` magic),
+/// else by name (`.tar`, `.tar.zst`, `.tzst`).
+pub fn input_kind(path: &Path) -> Result<InputKind> {
+    let md = std::fs::metadata(path).map_err(Error::io(path))?;
+    if md.is_dir() {
+        return Ok(InputKind::Dir);
+    }
+    let mut head = Vec::with_capacity(512);
+    File::open(path).and_then(|f| f.take(512).read_to_end(&mut head)).map_err(Error::io(path))?;
+    if head.starts_with(&ZSTD_MAGIC) {
+        return Ok(InputKind::TarZst);
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Ok(InputKind::Tar);
+    }
+    if has_suffix(path, ".tar.zst") || has_suffix(path, ".tzst") {
+        return Ok(InputKind::TarZst);
+    }
+    if has_suffix(path, ".tar") {
+        return Ok(InputKind::Tar);
+    }
+    Err(Error::Usage(format!("{}: not a directory, a .tar or a .tar.zst", path.display())))
+}
+
+/// Scan an input of any kind. Archives are spooled into a content store created in
+/// `store_parent` (shared by both inputs if `store` already holds one).
+pub fn scan_input(path: &Path, store_parent: &Path, store: &mut Option<Arc<ContentStore>>) -> Result<Tree> {
+    let kind = input_kind(path)?;
+    if kind == InputKind::Dir {
+        return crate::scan::scan(path);
+    }
+    let st = match store {
+        Some(s) => s.clone(),
+        None => {
+            let s = Arc::new(ContentStore::new_in(store_parent)?);
+            *store = Some(s.clone());
+            s
+        }
+    };
+    let f = File::open(path).map_err(Error::io(path))?;
+    match kind {
+        InputKind::TarZst => {
+            let mut dec = zstd::stream::read::Decoder::new(f).map_err(Error::io(path))?;
+            // Archives made with `zstd --long` use windows over the default limit.
+            dec.window_log_max(31).map_err(Error::io(path))?;
+            scan_tar(dec, path, st)
+        }
+        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st),
+    }
+}
+
+fn archive_err(archive: &Path, entry: &[u8], what: impl Into<String>) -> Error {
+    Error::Archive {
+        archive: archive.to_path_buf(),
+        entry: String::from_utf8_lossy(entry).into_owned(),
+        what: what.into(),
+    }
+}
+
+/// Normalise a member name: `None` for the root. Refuses absolute names and `..`.
+pub fn normalize(raw: &[u8]) -> std::result::Result<Option<Vec<u8>>, &'static str> {
+    if raw.starts_with(b"/") {
+        return Err("absolute member name");
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(raw.len());
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => continue,
+            b".." => return Err("member name with a '..' component"),
+            _ => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Parse a pax time (`seconds[.fraction]`, possibly negative) into nanoseconds.
+fn pax_time_ns(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let (neg, s) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let mut f = frac.as_bytes().iter().take(9).fold(0i64, |a, &b| a * 10 + i64::from(b - b'0'));
+    for _ in frac.len().min(9)..9 {
+        f *= 10;
+    }
+    let ns = secs.checked_mul(1_000_000_000)?.checked_add(f)?;
+    Some(if neg { -ns } else { ns })
+}
+
+/// Read a tar stream into a tree whose file contents live in `store`.
+pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>) -> Result<Tree> {
+    let io_err = |e: io::Error| Error::Io { path: archive.to_path_buf(), source: e };
+    let mut ar = tar::Archive::new(reader);
+    let mut map: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
+    // Hardlink members: (name, normalised target name), in archive order.
+    let mut links: Vec<(BundlePath, BundlePath, Vec<u8>)> = Vec::new();
+    for member in ar.entries().map_err(io_err)? {
+        let mut m = member.map_err(io_err)?;
+        let et = m.header().entry_type();
+        if et.is_pax_global_extensions() {
+            continue;
+        }
+        let raw = m.path_bytes().into_owned();
+        let bad = |what: &str| archive_err(archive, &raw, what);
+        let Some(name) = normalize(&raw).map_err(bad)? else {
+            continue; // the root itself
+        };
+        if name == bundle::path::STATE_DIR || name.starts_with(&[bundle::path::STATE_DIR, b"/"].concat()) {
+            continue;
+        }
+        let path = BundlePath::new(&name[..]).map_err(|source| Error::BadPath {
+            path: PathBuf::from(format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw))),
+            source,
+        })?;
+        let h = m.header();
+        let num = |r: io::Result<u64>, what: &str| -> Result<u32> {
+            r.ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad(&format!("invalid {what}")))
+        };
+        let mode = h.mode().map_err(|_| bad("invalid mode"))? & 0o7777;
+        let uid = num(h.uid(), "uid")?;
+        let gid = num(h.gid(), "gid")?;
+        let secs = h.mtime().map_err(|_| bad("invalid mtime"))?;
+        let mut mtime_ns =
+            i64::try_from(secs).ok().and_then(|s| s.checked_mul(1_000_000_000)).ok_or_else(|| bad("invalid mtime"))?;
+        let dev = || -> Result<u64> {
+            let major = h.device_major().ok().flatten().unwrap_or(0);
+            let minor = h.device_minor().ok().flatten().unwrap_or(0);
+            Ok(libc::makedev(major, minor))
+        };
+        let ty = match et {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Type::File,
+            tar::EntryType::Directory => Type::Dir,
+            tar::EntryType::Symlink => match m.link_name_bytes() {
+                Some(t) if !t.is_empty() => Type::Symlink(t.into_owned()),
+                _ => return Err(bad("symlink without a target")),
+            },
+            tar::EntryType::Link => {
+                let target = m.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let norm = normalize(&target)
+                    .map_err(|w| bad(&format!("hardlink target: {w}")))?
+                    .ok_or_else(|| bad("hardlink to the root"))?;
+                let t = BundlePath::new(&norm[..]).map_err(|e| bad(&format!("hardlink target: {e}")))?;
+                links.push((path, t, raw));
+                continue;
+            }
+            tar::EntryType::Char => Type::CharDev(dev()?),
+            tar::EntryType::Block => Type::BlockDev(dev()?),
+            tar::EntryType::Fifo => Type::Fifo,
+            other => return Err(bad(&format!("unsupported member type {:?}", other.as_byte() as char))),
+        };
+        if let Some(ext) = m.pax_extensions().map_err(io_err)? {
+            for x in ext.flatten() {
+                if x.key_bytes() == b"mtime" {
+                    mtime_ns = pax_time_ns(x.value_bytes()).ok_or_else(|| bad("invalid pax mtime"))?;
+                }
+            }
+        }
+        let meta = Meta {
+            // Symlink permissions are meaningless on Linux and always 0777 on disk.
+            mode: if matches!(ty, Type::Symlink(_)) { 0o777 } else { mode },
+            uid,
+            gid,
+            mtime_ns,
+        };
+        let (hash, size) = if ty == Type::File {
+            store.add(&mut m, &format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw)))?
+        } else {
+            (Hash::default(), 0)
+        };
+        let e = ScanEntry { path: path.clone(), ty, meta, size, hash, primary: None };
+        match map.get_mut(&path) {
+            // A directory listed twice (e.g. appended archives): the last metadata wins.
+            Some(prev) if prev.ty == Type::Dir && e.ty == Type::Dir => *prev = e,
+            Some(_) => return Err(bad("appears twice in the archive")),
+            None => {
+                map.insert(path, e);
+            }
+        }
+    }
+
+    // Hardlink groups: every link resolves (through earlier links) to a regular file member.
+    let mut link_of: BTreeMap<BundlePath, BundlePath> = BTreeMap::new();
+    let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
+    for (name, target, raw) in links {
+        let bad = |what: &str| archive_err(archive, &raw, what);
+        let real = link_of.get(&target).cloned().unwrap_or(target);
+        match map.get(&real) {
+            Some(e) if e.ty == Type::File => {}
+            Some(_) => return Err(bad("hardlink to something that is not a regular file")),
+            None => return Err(bad(&format!("hardlink to {real}, which is not an earlier member"))),
+        }
+        if map.contains_key(&name) || link_of.contains_key(&name) || name == real {
+            return Err(bad("appears twice in the archive"));
+        }
+        link_of.insert(name.clone(), real.clone());
+        groups.entry(real.clone()).or_insert_with(|| vec![real]).push(name);
+    }
+    for members in groups.values_mut() {
+        members.sort();
+        members.dedup();
+    }
+    for (real, members) in groups {
+        let Some(src) = map.get(&real).cloned() else {
+            continue;
+        };
+        let primary = members.first().cloned().unwrap_or_else(|| real.clone());
+        for p in members {
+            map.insert(p.clone(), ScanEntry { path: p, primary: Some(primary.clone()), ..src.clone() });
+        }
+    }
+
+    // Directories implied by a member's path but not in the archive.
+    let implied = Meta { mode: 0o755, uid: 0, gid: 0, mtime_ns: 0 };
+    let paths: Vec<BundlePath> = map.keys().cloned().collect();
+    for p in &paths {
+        for a in p.ancestors() {
+            match map.get(&a) {
+                Some(e) if e.ty == Type::Dir => {}
+                Some(e) => {
+                    return Err(archive_err(
+                        archive,
+                        p.as_bytes(),
+                        format!("is under {a}, which is a {} in the archive", e.ty.name()),
+                    ))
+                }
+                None => {
+                    map.insert(
+                        a.clone(),
+                        ScanEntry {
+                            path: a,
+                            ty: Type::Dir,
+                            meta: implied,
+                            size: 0,
+                            hash: Hash::default(),
+                            primary: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    Ok(Tree::from_entries(Source::Store(store), map.into_values().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(normalize(b"./a/b/"), Ok(Some(b"a/b".to_vec())));
+        assert_eq!(normalize(b"././a//./b"), Ok(Some(b"a/b".to_vec())));
+        assert_eq!(normalize(b"./"), Ok(None));
+        assert_eq!(normalize(b"."), Ok(None));
+        assert!(normalize(b"/etc/passwd").is_err());
+        assert!(normalize(b"a/../../etc").is_err());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(pax_time_ns(b"1700000000"), Some(1_700_000_000_000_000_000));
+        assert_eq!(pax_time_ns(b"1.5"), Some(1_500_000_000));
+        assert_eq!(pax_time_ns(b"1.1234567891"), Some(1_123_456_789));
+        assert_eq!(pax_time_ns(b"-2.25"), Some(-2_250_000_000));
+        assert_eq!(pax_time_ns(b"x"), None);
+    }
+
+    fn header(ty: tar::EntryType, path: &str, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(ty);
+        h.set_path(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        h.set_size(size);
+        h.set_mode(0o640);
+        h.set_uid(1000);
+        h.set_gid(100);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    fn tar_of(members: &[(tar::EntryType, &str, &[u8], &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (ty, path, data, link) in members {
+            let mut h = header(*ty, path, data.len() as u64);
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap_or_else(|e| panic!("{link}: {e}"));
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        b.into_inner().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn scan_bytes(bytes: &[u8]) -> Result<Tree> {
+        let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
+        scan_tar(bytes, Path::new("test.tar"), store)
+    }
+
+    #[test]
+    fn archive_members_become_entries() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use tar::EntryType as T;
+        let bytes = tar_of(&[
+            (T::Directory, "./", b"", ""),
+            (T::Regular, "./usr/bin/tool", b"#!/bin/sh\n", ""),
+            (T::Link, "./usr/bin/alias", b"", "./usr/bin/tool"),
+            (T::Link, "./a-first", b"", "usr/bin/alias"),
+            (T::Symlink, "./usr/bin/sh", b"", "/bin/dash"),
+            (T::Fifo, "./run/fifo", b"", ""),
+            (T::Directory, "./etc/", b"", ""),
+            (T::Regular, "./.ferry/state", b"x", ""),
+        ]);
+        let t = scan_bytes(&bytes)?;
+        let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
+        assert_eq!(
+            names,
+            ["a-first", "etc", "run", "run/fifo", "usr", "usr/bin", "usr/bin/alias", "usr/bin/sh", "usr/bin/tool"]
+        );
+        let get = |p: &str| t.get(&BundlePath::new(p).unwrap_or_else(|e| panic!("{e}"))).cloned();
+        let tool = get("usr/bin/tool").ok_or("tool")?;
+        assert_eq!(tool.hash, Hash::of(b"#!/bin/sh\n"));
+        assert_eq!(tool.meta, Meta { mode: 0o640, uid: 1000, gid: 100, mtime_ns: 1_700_000_000_000_000_000 });
+        assert_eq!(tool.primary.as_ref().map(|p| p.display()), Some("a-first".into()));
+        assert_eq!(get("a-first").ok_or("a")?.hash, tool.hash);
+        assert!(get("usr/bin/alias").ok_or("alias")?.is_secondary_link());
+        assert_eq!(std::fs::read(t.content_path(&tool.path))?, b"#!/bin/sh\n");
+        // Implied directories: 0755 root:root, mtime 0; listed ones keep their metadata.
+        assert_eq!(get("usr").ok_or("usr")?.meta, Meta { mode: 0o755, uid: 0, gid: 0, mtime_ns: 0 });
+        assert_eq!(get("etc").ok_or("etc")?.meta.uid, 1000);
+        assert_eq!(get("usr/bin/sh").ok_or("sh")?.ty, Type::Symlink(b"/bin/dash".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_names_are_refused_naming_the_member() {
+        use tar::EntryType as T;
+        // The tar crate refuses to write such names; patch the name field of a valid header.
+        for bad in ["../escape", "/etc/passwd", "a/../../b"] {
+            let mut bytes = tar_of(&[(T::Regular, "placeholder", b"x", "")]);
+            bytes[..100].fill(0);
+            bytes[..bad.len()].copy_from_slice(bad.as_bytes());
+            let sum: u32 = bytes[..512]
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) })
+                .sum();
+            bytes[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            let e = scan_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        let bytes = tar_of(&[(T::Link, "x", b"", "missing")]);
+        let e = scan_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("not an earlier member"), "{e}");
+        let bytes = tar_of(&[(T::Regular, "f", b"1", ""), (T::Regular, "f/g", b"2", "")]);
+        let e = scan_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("f/g") && e.contains("which is a file"), "{e}");
+    }
+}
