@@ -31,11 +31,12 @@ pub enum Cmd {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The tree the target should have after applying.
-    #[arg(long, value_name = "DIR")]
+    /// The tree the target should have after applying: a directory, a .tar or a .tar.zst
+    /// (owners, modes and times taken from the archive).
+    #[arg(long, value_name = "DIR|TAR")]
     pub new: PathBuf,
-    /// The tree the target has now (omit for a full bundle).
-    #[arg(long, value_name = "DIR")]
+    /// The tree the target has now, as for --new (omit for a full bundle).
+    #[arg(long, value_name = "DIR|TAR")]
     pub old: Option<PathBuf>,
     /// Secret key to sign with (repeat for several signatures).
     #[arg(long = "key", value_name = "KEY.secret", required = true)]

@@ -299,7 +299,6 @@ pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
 pub(crate) mod tests {
     use super::*;
     use bundle::Meta;
-    use std::path::PathBuf;
 
     pub fn bp(s: &str) -> BundlePath {
         BundlePath::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -328,7 +327,7 @@ pub(crate) mod tests {
         ScanEntry { ty: Type::Symlink(t.as_bytes().to_vec()), meta: Meta { mode: 0o777, ..Meta::default() }, ..dir(p) }
     }
     pub fn tree(e: Vec<ScanEntry>) -> Tree {
-        Tree::from_entries(PathBuf::new(), e)
+        Tree::from_entries(crate::scan::Source::default(), e)
     }
     fn ops(d: &Diff) -> Vec<String> {
         d.steps.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()

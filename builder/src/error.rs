@@ -12,6 +12,9 @@ pub enum Error {
     Usage(String),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A member of an input archive that cannot be read into a tree.
+    #[error("{archive}: entry {entry:?}: {what}")]
+    Archive { archive: PathBuf, entry: String, what: String },
     #[error("{path}: {what} is not supported in a bundle")]
     Unsupported { path: PathBuf, what: &'static str },
     #[error("{path}: name cannot be used in a bundle: {source}")]

@@ -10,6 +10,7 @@ pub mod delta;
 pub mod diff;
 pub mod elf;
 pub mod error;
+pub mod image;
 pub mod keys;
 pub mod plan;
 pub mod scan;
@@ -223,10 +224,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Some(Rotation { add, retire: opts.rotate_retire.clone(), threshold: opts.rotate_threshold })
     };
 
-    // Scan and diff.
-    let new = scan::scan(&opts.new)?;
+    // Scan and diff. Archive inputs are spooled into a content store next to the output.
+    let out_dir = match opts.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut content_store = None;
+    let new = image::scan_input(&opts.new, &out_dir, &mut content_store)?;
     let old = match &opts.old {
-        Some(p) => scan::scan(p)?,
+        Some(p) => image::scan_input(p, &out_dir, &mut content_store)?,
         None => scan::Tree::default(),
     };
     let base = opts
@@ -245,7 +251,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .collect();
     let elf: BTreeMap<BundlePath, plan::ElfInfo> = stepped
         .par_iter()
-        .map(|p| elf::inspect(&new.fs_path(p)).map(|i| ((*p).clone(), i)))
+        .map(|p| elf::inspect(&new.content_path(p)).map(|i| ((*p).clone(), i)))
         .collect::<Vec<_>>()
         .into_iter()
         .flatten()
@@ -322,16 +328,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         job_of_hash.insert(n.hash, jobs.len());
         jobs.push(write::PayloadJob {
             path: s.path.clone(),
-            fs_path: new.fs_path(&s.path),
+            fs_path: new.content_path(&s.path),
             size: n.size,
             hash: n.hash,
-            base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.fs_path(b), o.size))),
+            base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.content_path(b), o.size))),
         });
     }
-    let out_dir = match opts.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let store = write::FrameStore::new_in(&out_dir)?;
     let encoded = write::encode_all(
         &jobs,

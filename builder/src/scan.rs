@@ -9,10 +9,11 @@ use bundle::{BundlePath, Hash, Meta};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The type of a scanned entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,10 +62,77 @@ impl ScanEntry {
     }
 }
 
-/// A scanned tree: where it lives and its entries sorted by path bytes.
+/// Where the content of a tree's files is read from. Every reader of file content (hashing,
+/// ELF inspection, delta encoding) goes through [`Tree::content_path`], so a tree read from an
+/// archive works exactly like a directory.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory: a file's content is the file at the same path under the root.
+    Dir(PathBuf),
+    /// A content store filled while reading an archive: one file per distinct content.
+    Store(Arc<ContentStore>),
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Dir(PathBuf::new())
+    }
+}
+
+/// A temporary directory holding one file per distinct content, named by its BLAKE3 in hex,
+/// removed when dropped. Archive members are spooled into it while the archive is read, so the
+/// encoder has random access to them and memory stays bounded.
+#[derive(Debug)]
+pub struct ContentStore {
+    dir: tempfile::TempDir,
+}
+
+impl ContentStore {
+    /// A new store in `parent` (next to the output bundle, so on a disk with room for it).
+    pub fn new_in(parent: &Path) -> Result<ContentStore> {
+        let dir =
+            tempfile::Builder::new().prefix(".ferry-build-store-").tempdir_in(parent).map_err(Error::io(parent))?;
+        Ok(ContentStore { dir })
+    }
+
+    /// The file holding content `hash`.
+    pub fn path(&self, hash: &Hash) -> PathBuf {
+        self.dir.path().join(hash.to_hex())
+    }
+
+    /// Copy everything `r` yields into the store; returns its hash and size. `what` names the
+    /// source in errors.
+    pub fn add(&self, r: &mut dyn Read, what: &str) -> Result<(Hash, u64)> {
+        let dir = self.dir.path();
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Io { path: PathBuf::from(what), source: e }),
+            };
+            h.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(Error::io(tmp.path()))?;
+            size += n as u64;
+        }
+        let hash: Hash = h.finalize().into();
+        let dst = self.path(&hash);
+        if dst.exists() {
+            return Ok((hash, size)); // the temporary file is removed on drop
+        }
+        tmp.persist(&dst).map_err(|e| Error::Io { path: dst, source: e.error })?;
+        Ok((hash, size))
+    }
+}
+
+/// A scanned tree: where its content is read from and its entries sorted by path bytes.
 #[derive(Clone, Debug, Default)]
 pub struct Tree {
-    pub root: PathBuf,
+    pub source: Source,
     pub entries: Vec<ScanEntry>,
     index: BTreeMap<BundlePath, usize>,
     groups: BTreeMap<BundlePath, Vec<BundlePath>>,
@@ -72,7 +140,7 @@ pub struct Tree {
 
 impl Tree {
     /// Build a tree from entries (sorts them); used by [`scan`] and by tests.
-    pub fn from_entries(root: PathBuf, mut entries: Vec<ScanEntry>) -> Tree {
+    pub fn from_entries(source: Source, mut entries: Vec<ScanEntry>) -> Tree {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let index = entries.iter().enumerate().map(|(i, e)| (e.path.clone(), i)).collect();
         let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
@@ -81,7 +149,7 @@ impl Tree {
                 groups.entry(p.clone()).or_default().push(e.path.clone());
             }
         }
-        Tree { root, entries, index, groups }
+        Tree { source, entries, index, groups }
     }
 
     pub fn get(&self, p: &BundlePath) -> Option<&ScanEntry> {
@@ -96,9 +164,15 @@ impl Tree {
         }
     }
 
-    /// Filesystem path of an entry.
-    pub fn fs_path(&self, p: &BundlePath) -> PathBuf {
-        self.root.join(std::ffi::OsStr::from_bytes(p.as_bytes()))
+    /// The filesystem path where the content of the file at `p` can be read.
+    pub fn content_path(&self, p: &BundlePath) -> PathBuf {
+        match &self.source {
+            Source::Dir(root) => root.join(std::ffi::OsStr::from_bytes(p.as_bytes())),
+            Source::Store(store) => match self.get(p) {
+                Some(e) => store.path(&e.hash),
+                None => store.dir.path().join("absent"),
+            },
+        }
     }
 }
 
@@ -195,7 +269,7 @@ pub fn scan(root: &Path) -> Result<Tree> {
             }
         }
     }
-    Ok(Tree::from_entries(root.to_path_buf(), entries))
+    Ok(Tree::from_entries(Source::Dir(root.to_path_buf()), entries))
 }
 
 /// BLAKE3 of a file, read in 1 MiB blocks.

@@ -16,13 +16,7 @@ fn keys(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// `ferry-build build --json` with extra arguments; returns the report.
-fn build_json(
-    old: Option<&Path>,
-    new: &Path,
-    key: &Path,
-    out: &Path,
-    extra: &[&str],
-) -> serde_json::Value {
+fn build_json(old: Option<&Path>, new: &Path, key: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut c = build_cmd();
     c.arg("build")
         .arg("--new")
@@ -51,9 +45,9 @@ fn manifest(bundle: &Path) -> Manifest {
 }
 
 const WORDS: &[&str] = &[
-    "static", "int", "return", "const", "char", "buffer", "length", "error", "if", "else", "for",
-    "while", "struct", "config", "value", "default", "enable", "path", "size_t", "unsigned",
-    "void", "NULL", "include", "define", "option", "server",
+    "static", "int", "return", "const", "char", "buffer", "length", "error", "if", "else", "for", "while", "struct",
+    "config", "value", "default", "enable", "path", "size_t", "unsigned", "void", "NULL", "include", "define",
+    "option", "server",
 ];
 
 /// Text in the style of source and config files: lines of words from a small vocabulary, each file
@@ -68,9 +62,7 @@ fn text_file(rng: &mut StdRng, name: &str, ext: &str) -> Vec<u8> {
     let lines = rng.gen_range(5..120);
     for i in 0..lines {
         let n = rng.gen_range(2..10);
-        let line: Vec<&str> = (0..n)
-            .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
-            .collect();
+        let line: Vec<&str> = (0..n).map(|_| WORDS[rng.gen_range(0..WORDS.len())]).collect();
         match ext {
             "c" | "h" => s += &format!("    {}({i});\n", line.join(" ")),
             "py" => s += &format!("    {} = {i}\n", line.join("_")),
@@ -89,9 +81,7 @@ fn small_files_tree(root: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
     let exts = ["c", "h", "py", "conf", "txt"];
     for i in 0..n {
         let ext = exts[rng.gen_range(0..exts.len())];
-        let dir = root
-            .join(format!("d{}", i % 7))
-            .join(["src", "etc", "doc"][i % 3]);
+        let dir = root.join(format!("d{}", i % 7)).join(["src", "etc", "doc"][i % 3]);
         fs::create_dir_all(&dir).expect("mkdir");
         let name = format!("file{i:04}.{ext}");
         let p = dir.join(&name);
@@ -109,10 +99,7 @@ fn small_files_tree(root: &Path, n: usize, seed: u64) -> Vec<PathBuf> {
 fn stamp_all(root: &Path, base: i64) {
     let mut all = Vec::new();
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
-        let mut v: Vec<PathBuf> = fs::read_dir(d)
-            .expect("read_dir")
-            .map(|e| e.expect("entry").path())
-            .collect();
+        let mut v: Vec<PathBuf> = fs::read_dir(d).expect("read_dir").map(|e| e.expect("entry").path()).collect();
         v.sort();
         for p in v {
             if fs::symlink_metadata(&p).expect("lstat").is_dir() {
@@ -134,10 +121,7 @@ fn pieces(m: &Manifest) -> BTreeMap<String, Vec<bundle::Piece>> {
     m.entries
         .iter()
         .filter_map(|e| match &e.kind {
-            Kind::File {
-                content: Content::Pieces(ps),
-                ..
-            } => Some((e.path.display(), ps.clone())),
+            Kind::File { content: Content::Pieces(ps), .. } => Some((e.path.display(), ps.clone())),
             _ => None,
         })
         .collect()
@@ -155,22 +139,14 @@ fn solid_frames_roundtrip_with_dedup_and_group_boundaries() {
     // (its own frame, never solid).
     let dup = fs::read(new.join(&f0)).expect("read");
     fs::write(new.join("d1/dup-of-0000.c"), &dup).expect("write");
-    let big: Vec<u8> = (0..(1u32 << 20) + 100)
-        .map(|i| (i % 253) as u8 ^ (i / 4096) as u8)
-        .collect();
+    let big: Vec<u8> = (0..(1u32 << 20) + 100).map(|i| (i % 253) as u8 ^ (i / 4096) as u8).collect();
     fs::write(new.join("big.bin"), &big).expect("write");
     stamp_all(&new, 1_650_000_000);
     let want = snapshot(&new, true);
 
     // Full bundle with small groups: many group boundaries.
     let full = d.path().join("full.ferry");
-    let rep = build_json(
-        None,
-        &new,
-        &secret,
-        &full,
-        &["--level", "3", "--solid-size", "16K"],
-    );
+    let rep = build_json(None, &new, &secret, &full, &["--level", "3", "--solid-size", "16K"]);
     let solid = &rep["stats"]["solid"];
     let frames = solid["frames"].as_u64().expect("solid frames");
     assert!(frames > 5, "{rep}");
@@ -180,11 +156,7 @@ fn solid_frames_roundtrip_with_dedup_and_group_boundaries() {
         "120 distinct contents (the duplicate shares a piece; big.bin is not solid): {rep}"
     );
     assert_eq!(rep["stats"]["dedup"]["files"].as_u64(), Some(1), "{rep}");
-    assert_eq!(
-        rep["stats"]["zstd"]["files"].as_u64(),
-        Some(1),
-        "big.bin alone: {rep}"
-    );
+    assert_eq!(rep["stats"]["zstd"]["files"].as_u64(), Some(1), "big.bin alone: {rep}");
     let m = manifest(&full);
     let ps = pieces(&m);
     assert_eq!(ps[&f0.display().to_string()], ps["d1/dup-of-0000.c"]);
@@ -201,27 +173,22 @@ fn solid_frames_roundtrip_with_dedup_and_group_boundaries() {
         assert!(v.iter().all(|p| p.method == Method::Zstd));
     }
     // Frames appear in the order of the first Place step that uses them.
-    let first_use: Vec<u32> = m
-        .script
-        .iter()
-        .filter_map(|s| ps.get(&s.path.display()))
-        .flat_map(|v| v.iter().map(|p| p.frame))
-        .fold(Vec::new(), |mut acc, f| {
-            if !acc.contains(&f) {
-                acc.push(f);
-            }
-            acc
-        });
+    let first_use: Vec<u32> =
+        m.script.iter().filter_map(|s| ps.get(&s.path.display())).flat_map(|v| v.iter().map(|p| p.frame)).fold(
+            Vec::new(),
+            |mut acc, f| {
+                if !acc.contains(&f) {
+                    acc.push(f);
+                }
+                acc
+            },
+        );
     assert_eq!(first_use, (0..m.frames.len() as u32).collect::<Vec<_>>());
 
     let empty = d.path().join("empty");
     fs::create_dir(&empty).expect("mkdir");
     apply(&full, &empty, &public, 0, &[]);
-    assert_same(
-        &snapshot(&empty, true),
-        &want,
-        "full solid bundle applied to an empty directory",
-    );
+    assert_same(&snapshot(&empty, true), &want, "full solid bundle applied to an empty directory");
 
     // Delta: edits, additions (solid), a patched file and a rename.
     let next = d.path().join("next");
@@ -229,11 +196,7 @@ fn solid_frames_roundtrip_with_dedup_and_group_boundaries() {
     let mut rng = StdRng::seed_from_u64(2);
     for i in 0..40 {
         let name = format!("added{i:03}.c");
-        fs::write(
-            next.join("d3/src").join(&name),
-            text_file(&mut rng, &name, "c"),
-        )
-        .expect("write");
+        fs::write(next.join("d3/src").join(&name), text_file(&mut rng, &name, "c")).expect("write");
     }
     let mut edited = fs::read(next.join(&f2)).expect("read");
     edited.extend_from_slice(b"    appended = 1\n");
@@ -248,19 +211,12 @@ fn solid_frames_roundtrip_with_dedup_and_group_boundaries() {
     let target = d.path().join("target");
     copy_tree(&new, &target);
     apply(&delta, &target, &public, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &want,
-        "delta with solid frames applied to a copy of OLD",
-    );
+    assert_same(&snapshot(&target, true), &want, "delta with solid frames applied to a copy of OLD");
 
     // Deterministic output.
     let again = d.path().join("again.ferry");
     build_json(Some(&new), &next, &secret, &again, &["--solid-size", "32K"]);
-    assert_eq!(
-        fs::read(&delta).expect("read"),
-        fs::read(&again).expect("read")
-    );
+    assert_eq!(fs::read(&delta).expect("read"), fs::read(&again).expect("read"));
 }
 
 #[test]
@@ -294,4 +250,149 @@ fn solid_frames_are_smaller_than_one_frame_per_file() {
         sizes["per-file"], sizes["solid"]
     );
     assert!(ratio < 0.6, "solid {sizes:?}");
+}
+
+/// `tar` of a directory's contents (`-C dir .`), numeric owners, in `format`; through `zstd` if
+/// `zst`.
+fn make_tar(dir: &Path, out: &Path, format: &str, zst: bool) {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c").arg(if zst {
+        r#"tar --numeric-owner --format="$1" -C "$2" -cf - . | zstd -q -f -o "$3""#
+    } else {
+        r#"tar --numeric-owner --format="$1" -C "$2" -cf "$3" ."#
+    });
+    c.arg("sh").arg(format).arg(dir).arg(out);
+    let st = c.status().expect("tar");
+    assert!(st.success(), "tar of {}", dir.display());
+}
+
+/// Set every entry's mtime to whole seconds (deepest first; symlinks too), for archive formats
+/// that store seconds only.
+fn whole_second_mtimes(root: &Path) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"find "$1" -depth -exec touch -h -d @1690000000 {} +"#)
+        .arg("sh")
+        .arg(root)
+        .status()
+        .expect("find");
+    assert!(st.success());
+}
+
+#[test]
+fn tar_and_tar_zst_inputs_give_the_same_bundle_as_directories() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in [3u64, 8, 21] {
+        let case = d.path().join(format!("seed{seed}"));
+        let (old, new) = (case.join("old"), case.join("new"));
+        gen_tree(&old, seed);
+        mutate(&old, &new, seed);
+        mutate_more(&new, seed);
+        // Small files for solid frames and an edited larger one for a patch.
+        let text: Vec<u8> = b"tarball input line\n".iter().cycle().take(40_000).copied().collect();
+        fs::write(old.join("edited"), &text).expect("write");
+        let mut edited = text.clone();
+        edited[20_000..20_004].copy_from_slice(b"EDIT");
+        fs::write(new.join("edited"), &edited).expect("write");
+
+        for (round, format, zst) in [(0, "posix", false), (1, "gnu", true)] {
+            if round == 1 {
+                // GNU format stores whole seconds: make the trees representable.
+                whole_second_mtimes(&old);
+                whole_second_mtimes(&new);
+            }
+            let want = snapshot(&new, true);
+            let ext = if zst { "tar.zst" } else { "tar" };
+            let (old_tar, new_tar) = (case.join(format!("old{round}.{ext}")), case.join(format!("new{round}.{ext}")));
+            make_tar(&old, &old_tar, format, zst);
+            make_tar(&new, &new_tar, format, zst);
+            let from_dirs = case.join(format!("dirs{round}.ferry"));
+            let from_tars = case.join(format!("tars{round}.ferry"));
+            build(Some(&old), &new, &secret, 2, &from_dirs, &["--level", "3"]);
+            build(Some(&old_tar), &new_tar, &secret, 2, &from_tars, &["--level", "3"]);
+            let what = format!("seed {seed}, {format} {ext}");
+            // Same entries, metadata, content choices and frames: the same bytes.
+            let m = manifest(&from_tars);
+            kinds.extend(m.entries.iter().map(|e| e.kind.name()));
+            assert_eq!(m, manifest(&from_dirs), "{what}: manifests differ");
+            assert_eq!(fs::read(&from_tars).expect("read"), fs::read(&from_dirs).expect("read"), "{what}");
+            let target = case.join(format!("target{round}"));
+            copy_tree(&old, &target);
+            apply(&from_tars, &target, &public, 0, &[]);
+            assert_same(&snapshot(&target, true), &want, &format!("{what}: bundle from archives applied to OLD"));
+            // A full bundle from the archive alone.
+            let full = case.join(format!("full{round}.ferry"));
+            build(None, &new_tar, &secret, 2, &full, &["--level", "3"]);
+            let empty = case.join(format!("empty{round}"));
+            fs::create_dir(&empty).expect("mkdir");
+            apply(&full, &empty, &public, 0, &[]);
+            assert_same(&snapshot(&empty, true), &want, &format!("{what}: full bundle from an archive"));
+        }
+        // No content store is left next to the output.
+        let left: Vec<_> = fs::read_dir(&case)
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".ferry-build"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    eprintln!("entry kinds seen: {kinds:?}");
+    for k in ["file", "dir", "symlink", "hardlink", "fifo"] {
+        assert!(kinds.contains(k), "no {k} in the test trees: {kinds:?}");
+    }
+}
+
+#[test]
+fn archive_members_outside_the_tree_are_refused() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, _) = keys(d.path());
+    let inner = d.path().join("in");
+    fs::create_dir_all(&inner).expect("mkdir");
+    fs::write(d.path().join("outside"), b"x").expect("write");
+    let bad = d.path().join("bad.tar");
+    // -P keeps the '../' in the member name.
+    let st = std::process::Command::new("tar")
+        .arg("-P")
+        .arg("-C")
+        .arg(&inner)
+        .arg("-cf")
+        .arg(&bad)
+        .arg("../outside")
+        .status()
+        .expect("tar");
+    assert!(st.success());
+    let o = run_expect(
+        build_cmd()
+            .arg("build")
+            .arg("--new")
+            .arg(&bad)
+            .arg("--key")
+            .arg(&secret)
+            .arg("--version")
+            .arg("1")
+            .arg("--out")
+            .arg(d.path().join("x.ferry")),
+        1,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("../outside") && err.contains(".."), "{err}");
+    // Not a directory or an archive: a usage error.
+    let junk = d.path().join("junk.bin");
+    fs::write(&junk, b"not a tarball").expect("write");
+    let o = run_expect(
+        build_cmd()
+            .arg("build")
+            .arg("--new")
+            .arg(&junk)
+            .arg("--key")
+            .arg(&secret)
+            .arg("--version")
+            .arg("1")
+            .arg("--out")
+            .arg(d.path().join("y.ferry")),
+        2,
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory, a .tar or a .tar.zst"));
 }
