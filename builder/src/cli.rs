@@ -7,6 +7,12 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "ferry-build", version, about = "Build signed delta bundles for ferry")]
 pub struct Cli {
+    /// Print errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print a line per phase with counts and durations.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -17,6 +23,9 @@ pub enum Cmd {
     Keygen {
         #[arg(long, value_name = "NAME")]
         out: PathBuf,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Diff OLD and NEW into a signed bundle.
     Build(Box<BuildArgs>),
@@ -26,6 +35,9 @@ pub enum Cmd {
         /// Largest part (K/M/G suffixes; default fits FAT32).
         #[arg(long, value_name = "BYTES", default_value = "4294967295", value_parser = crate::parse_size)]
         size: u64,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 

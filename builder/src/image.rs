@@ -12,6 +12,7 @@
 //! the encoder the random access a delta needs with bounded memory.
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::scan::{ContentStore, ScanEntry, Source, Tree, Type};
 use bundle::{BundlePath, Hash, Meta};
 use std::collections::BTreeMap;
@@ -60,10 +61,17 @@ pub fn input_kind(path: &Path) -> Result<InputKind> {
 
 /// Scan an input of any kind. Archives are spooled into a content store created in
 /// `store_parent` (shared by both inputs if `store` already holds one).
-pub fn scan_input(path: &Path, store_parent: &Path, store: &mut Option<Arc<ContentStore>>) -> Result<Tree> {
+/// `label` names the input in progress reports.
+pub fn scan_input(
+    path: &Path,
+    label: &str,
+    store_parent: &Path,
+    store: &mut Option<Arc<ContentStore>>,
+    progress: &Progress,
+) -> Result<Tree> {
     let kind = input_kind(path)?;
     if kind == InputKind::Dir {
-        return crate::scan::scan(path);
+        return crate::scan::scan(path, label, progress);
     }
     let st = match store {
         Some(s) => s.clone(),
@@ -74,14 +82,33 @@ pub fn scan_input(path: &Path, store_parent: &Path, store: &mut Option<Arc<Conte
         }
     };
     let f = File::open(path).map_err(Error::io(path))?;
-    match kind {
+    let len = f.metadata().map_err(Error::io(path))?.len();
+    progress.begin(&format!("read {label}"), "entries", None, Some(len));
+    let f = Counting { inner: f, progress };
+    let t = match kind {
         InputKind::TarZst => {
             let mut dec = zstd::stream::read::Decoder::new(f).map_err(Error::io(path))?;
             // Archives made with `zstd --long` use windows over the default limit.
             dec.window_log_max(31).map_err(Error::io(path))?;
-            scan_tar(dec, path, st)
+            scan_tar(dec, path, st, progress)
         }
-        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st),
+        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st, progress),
+    };
+    progress.end();
+    t
+}
+
+/// A reader that reports the bytes read through it.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a Progress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(0, n as u64);
+        Ok(n)
     }
 }
 
@@ -138,7 +165,7 @@ fn pax_time_ns(v: &[u8]) -> Option<i64> {
 }
 
 /// Read a tar stream into a tree whose file contents live in `store`.
-pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>) -> Result<Tree> {
+pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>, progress: &Progress) -> Result<Tree> {
     let io_err = |e: io::Error| Error::Io { path: archive.to_path_buf(), source: e };
     let mut ar = tar::Archive::new(reader);
     let mut map: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
@@ -146,6 +173,7 @@ pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>) ->
     let mut links: Vec<(BundlePath, BundlePath, Vec<u8>)> = Vec::new();
     for member in ar.entries().map_err(io_err)? {
         let mut m = member.map_err(io_err)?;
+        progress.advance(1, 0);
         let et = m.header().entry_type();
         if et.is_pax_global_extensions() {
             continue;
@@ -342,7 +370,7 @@ mod tests {
 
     fn scan_bytes(bytes: &[u8]) -> Result<Tree> {
         let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
-        scan_tar(bytes, Path::new("test.tar"), store)
+        scan_tar(bytes, Path::new("test.tar"), store, &Progress::silent())
     }
 
     #[test]

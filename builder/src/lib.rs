@@ -13,6 +13,7 @@ pub mod error;
 pub mod image;
 pub mod keys;
 pub mod plan;
+pub mod progress;
 pub mod scan;
 pub mod split;
 pub mod write;
@@ -186,7 +187,7 @@ fn bump(stats: &mut BTreeMap<&'static str, Stat>, k: &'static str, bytes_in: u64
 }
 
 /// Build a bundle (or, with `dry_run`, only the script).
-pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<BuildReport> {
     let started = Instant::now();
     if opts.base_version.is_some() && opts.old.is_none() {
         return Err(Error::Usage("--base-version needs --old".into()));
@@ -230,15 +231,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         _ => PathBuf::from("."),
     };
     let mut content_store = None;
-    let new = image::scan_input(&opts.new, &out_dir, &mut content_store)?;
+    let new = image::scan_input(&opts.new, "new", &out_dir, &mut content_store, progress)?;
     let old = match &opts.old {
-        Some(p) => image::scan_input(p, &out_dir, &mut content_store)?,
+        Some(p) => image::scan_input(p, "old", &out_dir, &mut content_store, progress)?,
         None => scan::Tree::default(),
     };
     let base = opts
         .old
         .as_ref()
         .map(|_| bundle::Base { version: opts.base_version, tree: bundle::tree_digest(&diff::old_entries(&old)) });
+    let phase = Instant::now();
     let mut d = diff::diff(&old, &new, &opts.config_files);
 
     // ELF facts of every NEW file with a creation-phase step, then the script.
@@ -249,13 +251,19 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .filter(|s| new.get(&s.path).is_some_and(|e| e.ty == scan::Type::File && !e.is_secondary_link()))
         .map(|s| &s.path)
         .collect();
+    progress.begin("inspect ELF", "files", Some(stepped.len() as u64), None);
     let elf: BTreeMap<BundlePath, plan::ElfInfo> = stepped
         .par_iter()
-        .map(|p| elf::inspect(&new.content_path(p)).map(|i| ((*p).clone(), i)))
+        .map(|p| {
+            let i = elf::inspect(&new.content_path(p)).map(|i| ((*p).clone(), i));
+            progress.advance(1, 0);
+            i
+        })
         .collect::<Vec<_>>()
         .into_iter()
         .flatten()
         .collect();
+    progress.end_with(&format!("{} ELF", elf.len()));
     let old_links: BTreeMap<BundlePath, Vec<u8>> = old
         .entries
         .iter()
@@ -265,6 +273,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         })
         .collect();
     let (script, warnings) = plan::order(&d.steps, &d.entries, &old_links, &elf)?;
+    let payloads = d.choices.values().filter(|c| matches!(c, diff::Choice::Payload { .. })).count();
+    progress.note(&format!(
+        "diff and plan: {} old and {} new entries, {} steps, {} files need payload, in {:.2} s",
+        old.entries.len(),
+        new.entries.len(),
+        script.len(),
+        payloads,
+        phase.elapsed().as_secs_f64()
+    ));
 
     let mut manifest = Manifest {
         format: bundle::FORMAT_VERSION,
@@ -339,6 +356,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         &jobs,
         write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size },
         &store,
+        progress,
     )?;
 
     // Frames in order of first use (jobs are in order of their first Place); pieces per content.
@@ -430,7 +448,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let sigs: Vec<bundle::sig::SignatureEntry> =
         secrets.iter().map(|k| (k.public().bytes, k.sign_manifest(&mbytes))).collect();
     let sbytes = bundle::sig::encode_signatures(&sigs);
-    let bytes = write::write_bundle(&opts.out, &mbytes, &sbytes, &stored, store)?;
+    let bytes = write::write_bundle(&opts.out, &mbytes, &sbytes, &stored, store, progress)?;
 
     Ok(BuildReport {
         ferry_report: 1,

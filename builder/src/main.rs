@@ -2,15 +2,40 @@
 //! 2 usage.
 
 use builder::cli::{Cli, Cmd};
+use builder::progress::{Progress, Verbosity};
 use builder::{BuildOptions, BuildReport};
 use clap::Parser;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn run(cli: Cli) -> Result<(), builder::Error> {
+    let verbosity = if cli.quiet {
+        Verbosity::Quiet
+    } else if cli.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+    let say = |line: String| {
+        if verbosity > Verbosity::Quiet {
+            eprintln!("{line}");
+        }
+    };
     match cli.cmd {
-        Cmd::Keygen { out } => {
+        Cmd::Keygen { out, json } => {
             let (s, p, id) = builder::keygen(&out)?;
-            eprintln!("key {id}: secret {}, public {}", s.display(), p.display());
+            if json {
+                let v = serde_json::json!({
+                    "ferry_report": 1,
+                    "command": "keygen",
+                    "key_id": id,
+                    "secret": s.display().to_string(),
+                    "public": p.display().to_string(),
+                });
+                println!("{v}");
+            } else {
+                say(format!("key {id}: secret {}, public {}", s.display(), p.display()));
+            }
             Ok(())
         }
         Cmd::Build(a) => {
@@ -36,34 +61,50 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                 dry_run: a.dry_run,
                 created: builder::created_from_env()?,
             };
-            let r = builder::build(&opts)?;
+            let progress = Progress::new(verbosity);
+            let r = builder::build(&opts, &progress)?;
+            drop(progress);
             for w in &r.warnings {
-                eprintln!("ferry-build: warning: {w}");
+                say(format!("ferry-build: warning: {w}"));
             }
-            report(&r, a.json);
-            if let (Some(size), false) = (a.split_size, a.dry_run) {
-                split_report(&opts.out, size)?;
+            let parts = match (a.split_size, a.dry_run) {
+                (Some(size), false) => split(&opts.out, size)?,
+                _ => Vec::new(),
+            };
+            report(&r, a.json, verbosity, &parts);
+            Ok(())
+        }
+        Cmd::Split { file, size, json } => {
+            let parts = split(&file, size)?;
+            if json {
+                let v = serde_json::json!({
+                    "ferry_report": 1,
+                    "command": "split",
+                    "bundle": file.display().to_string(),
+                    "part_size": size,
+                    "parts": parts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                });
+                println!("{v}");
+            } else {
+                say(split_line(&file, &parts));
             }
             Ok(())
         }
-        Cmd::Split { file, size } => split_report(&file, size),
     }
 }
 
-fn split_report(file: &std::path::Path, size: u64) -> Result<(), builder::Error> {
-    let parts =
-        builder::split::split(file, size).map_err(|e| builder::Error::Io { path: file.to_path_buf(), source: e })?;
-    eprintln!(
-        "{}: {} parts ({} .. {})",
-        file.display(),
-        parts.len(),
-        parts[0].display(),
-        parts[parts.len() - 1].display()
-    );
-    Ok(())
+fn split(file: &Path, size: u64) -> Result<Vec<PathBuf>, builder::Error> {
+    builder::split::split(file, size).map_err(|e| builder::Error::Io { path: file.to_path_buf(), source: e })
 }
 
-fn report(r: &BuildReport, json: bool) {
+fn split_line(file: &Path, parts: &[PathBuf]) -> String {
+    match (parts.first(), parts.last()) {
+        (Some(a), Some(b)) => format!("{}: {} parts ({} .. {})", file.display(), parts.len(), a.display(), b.display()),
+        _ => format!("{}: no parts", file.display()),
+    }
+}
+
+fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) {
     let lines: Vec<String> = r.script.iter().map(|s| format!("{} {}", builder::op_name(s.op), s.path)).collect();
     if json {
         // One JSON object on stdout; a dry run carries its script in it.
@@ -74,8 +115,14 @@ fn report(r: &BuildReport, json: bool) {
                 return;
             }
         };
-        if let (true, Some(o)) = (r.dry_run, v.as_object_mut()) {
-            o.insert("script".into(), lines.into());
+        if let Some(o) = v.as_object_mut() {
+            if r.dry_run {
+                o.insert("script".into(), lines.into());
+            }
+            if !parts.is_empty() {
+                let names: Vec<String> = parts.iter().map(|p| p.display().to_string()).collect();
+                o.insert("parts".into(), names.into());
+            }
         }
         println!("{v}");
         return;
@@ -84,7 +131,12 @@ fn report(r: &BuildReport, json: bool) {
         for l in &lines {
             println!("{l}");
         }
-        eprintln!("dry run: {} entries, {} steps; nothing written", r.entries, r.steps);
+        if verbosity > Verbosity::Quiet {
+            eprintln!("dry run: {} entries, {} steps; nothing written", r.entries, r.steps);
+        }
+        return;
+    }
+    if verbosity == Verbosity::Quiet {
         return;
     }
     eprintln!(
@@ -92,7 +144,11 @@ fn report(r: &BuildReport, json: bool) {
         r.bundle, r.bytes, r.version, r.entries, r.steps, r.frames, r.duration_ms
     );
     for (k, s) in &r.stats {
-        eprintln!("  {k:<9} {:>7} files {:>14} bytes in {:>14} bytes out", s.files, s.bytes_in, s.bytes_out);
+        let frames = if s.frames > 0 { format!(" {:>7} frames", s.frames) } else { String::new() };
+        eprintln!("  {k:<9} {:>7} files {:>14} bytes in {:>14} bytes out{frames}", s.files, s.bytes_in, s.bytes_out);
+    }
+    if !parts.is_empty() {
+        eprintln!("{}", split_line(Path::new(&r.bundle), parts));
     }
 }
 

@@ -5,6 +5,7 @@
 //! on readdir order), with file content identified by BLAKE3 and hardlinks grouped by inode.
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use bundle::{BundlePath, Hash, Meta};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -176,8 +177,9 @@ impl Tree {
     }
 }
 
-/// Walk `root` (which must be a directory) without following symlinks.
-pub fn scan(root: &Path) -> Result<Tree> {
+/// Walk `root` (which must be a directory) without following symlinks. `label` names the tree
+/// in progress reports.
+pub fn scan(root: &Path, label: &str, progress: &Progress) -> Result<Tree> {
     let md = fs::symlink_metadata(root).map_err(Error::io(root))?;
     if !md.is_dir() {
         return Err(Error::Io {
@@ -185,6 +187,7 @@ pub fn scan(root: &Path) -> Result<Tree> {
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
+    progress.begin(&format!("scan {label}"), "entries", None, None);
     let mut entries = Vec::new();
     // (filesystem path, bundle path or None for the root)
     let mut stack: Vec<(PathBuf, Option<BundlePath>)> = vec![(root.to_path_buf(), None)];
@@ -236,6 +239,7 @@ pub fn scan(root: &Path) -> Result<Tree> {
                 stack.push((fsp, Some(path.clone())));
             }
             entries.push(ScanEntry { path, ty, meta, size, hash: Hash::default(), primary: None });
+            progress.advance(1, 0);
         }
     }
     for idxs in inodes.values() {
@@ -252,10 +256,17 @@ pub fn scan(root: &Path) -> Result<Tree> {
     // Hash every file once per inode, in parallel; results come back in order.
     let to_hash: Vec<usize> =
         (0..entries.len()).filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link()).collect();
+    let total: u64 = to_hash.iter().map(|&i| entries[i].size).sum();
+    progress.begin(&format!("hash {label}"), "files", Some(to_hash.len() as u64), Some(total));
     let hashes: Vec<Result<Hash>> = to_hash
         .par_iter()
-        .map(|&i| hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes()))))
+        .map(|&i| {
+            let h = hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes())));
+            progress.advance(1, entries[i].size);
+            h
+        })
         .collect();
+    progress.end();
     let mut by_primary: BTreeMap<BundlePath, (Hash, u64)> = BTreeMap::new();
     for (&i, h) in to_hash.iter().zip(hashes) {
         entries[i].hash = h?;
@@ -305,7 +316,7 @@ mod tests {
         symlink("a/x", r.join("l"))?;
         fs::create_dir(r.join(".ferry"))?;
         fs::write(r.join(".ferry/state"), b"s")?;
-        let t = scan(r)?;
+        let t = scan(r, "test", &Progress::silent())?;
         let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
         assert_eq!(names, ["a", "a-c", "a/x", "b", "l"]);
         let b = t.get(&BundlePath::new("b")?).ok_or("no b")?;

@@ -7,6 +7,7 @@
 
 use crate::delta;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use bundle::container;
 use bundle::{BundlePath, Frame, Hash, Method};
 use rayon::prelude::*;
@@ -245,7 +246,12 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
 /// parallel across files and chunks), then the small files whose best encoding is plain zstd in
 /// solid frames of at most `opts.solid_size` decoded bytes. Memory stays bounded by a few chunks
 /// or solid frames per thread.
-pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) -> Result<Encoded> {
+pub fn encode_all(
+    jobs: &[PayloadJob],
+    opts: EncodeOptions,
+    store: &FrameStore,
+    progress: &Progress,
+) -> Result<Encoded> {
     let chunk = opts.chunk.max(1);
     let solid_limit = if opts.solid_size == 0 {
         0
@@ -280,8 +286,16 @@ pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) 
             }
         }
     }
-    let done: Vec<Result<Option<StoredFrame>>> =
-        units.par_iter().map(|u| run_unit(u, jobs, opts.level, store)).collect();
+    let total: u64 = units.iter().map(|u| u.len).sum::<u64>() + cand.iter().map(|&j| jobs[j].size).sum::<u64>();
+    progress.begin("compress", "frames", None, Some(total));
+    let done: Vec<Result<Option<StoredFrame>>> = units
+        .par_iter()
+        .map(|u| {
+            let r = run_unit(u, jobs, opts.level, store);
+            progress.advance(matches!(r, Ok(Some(_))) as u64, u.len);
+            r
+        })
+        .collect();
     let mut out = Encoded {
         frames: Vec::new(),
         files: jobs.iter().map(|_| EncodedFile { pieces: Vec::new(), encoding: Encoding::Zstd }).collect(),
@@ -289,6 +303,8 @@ pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) 
     };
     for (u, r) in units.iter().zip(done) {
         let Some(f) = r? else {
+            // Plain zstd won: compressed again in a solid frame below.
+            progress.add_total(u.len);
             cand.push(u.job);
             continue;
         };
@@ -303,7 +319,14 @@ pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) 
     }
 
     let groups = solid_groups(jobs, cand, opts.solid_size);
-    let done: Vec<Result<StoredFrame>> = groups.par_iter().map(|g| run_group(g, jobs, opts.level, store)).collect();
+    let done: Vec<Result<StoredFrame>> = groups
+        .par_iter()
+        .map(|g| {
+            let r = run_group(g, jobs, opts.level, store);
+            progress.advance(1, g.iter().map(|&j| jobs[j].size).sum());
+            r
+        })
+        .collect();
     for (g, r) in groups.iter().zip(done) {
         let f = r?;
         let mut at = 0u64;
@@ -321,6 +344,8 @@ pub fn encode_all(jobs: &[PayloadJob], opts: EncodeOptions, store: &FrameStore) 
         out.solid.3 += 1;
         out.frames.push(f);
     }
+    let stored: u64 = out.frames.iter().map(|f| f.frame.size).sum();
+    progress.end_with(&format!("{} compressed", crate::progress::human_bytes(stored)));
     Ok(out)
 }
 
@@ -338,8 +363,12 @@ pub fn write_bundle(
     signatures: &[u8],
     frames: &[(u64, u64)],
     store: FrameStore,
+    progress: &Progress,
 ) -> Result<u64> {
     let tmp = with_suffix(out, ".tmp");
+    let total = frames.iter().map(|f| f.1).sum::<u64>() + manifest.len() as u64;
+    progress.begin("write", "frames", None, Some(total));
+    progress.advance(0, manifest.len() as u64);
     let result = (|| -> io::Result<u64> {
         let mut src = store.into_file().map_err(|e| io::Error::other(e.to_string()))?;
         let f = File::create(&tmp)?;
@@ -354,6 +383,7 @@ pub fn write_bundle(
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "temporary frame file is short"));
             }
             container::end_member(&mut w, size)?;
+            progress.advance(1, size);
         }
         container::finish(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
@@ -368,6 +398,7 @@ pub fn write_bundle(
         }
         Ok(len)
     })();
+    progress.end();
     result.map_err(|source| {
         let _ = fs::remove_file(&tmp);
         Error::Write { path: out.to_path_buf(), source }
@@ -402,7 +433,7 @@ mod tests {
         };
         let store = FrameStore::new_in(d.path())?;
         let opts = EncodeOptions { level: 3, chunk, solid_size: 8 << 20 };
-        let enc = encode_all(std::slice::from_ref(&job), opts, &store)?;
+        let enc = encode_all(std::slice::from_ref(&job), opts, &store, &Progress::silent())?;
         assert_eq!(enc.files[0].encoding, Encoding::Chunked);
         assert_eq!(enc.files[0].pieces.len(), 6);
         let mut file = store.into_file()?;
@@ -475,7 +506,7 @@ mod tests {
         jobs.push(j);
         let store = FrameStore::new_in(d.path())?;
         let opts = EncodeOptions { level: 3, chunk: 1 << 20, solid_size: 16 << 10 };
-        let enc = encode_all(&jobs, opts, &store)?;
+        let enc = encode_all(&jobs, opts, &store, &Progress::silent())?;
         assert!(enc.files.iter().all(|f| f.encoding == Encoding::Solid));
         let total: u64 = jobs.iter().map(|j| j.size).sum();
         assert_eq!(enc.solid.0, jobs.len() as u64);
@@ -500,7 +531,7 @@ mod tests {
         }
         // Without solid frames: one frame per file.
         let store = FrameStore::new_in(d.path())?;
-        let enc = encode_all(&jobs, EncodeOptions { solid_size: 0, ..opts }, &store)?;
+        let enc = encode_all(&jobs, EncodeOptions { solid_size: 0, ..opts }, &store, &Progress::silent())?;
         assert_eq!(enc.frames.len(), jobs.len());
         assert!(enc.files.iter().all(|f| f.encoding == Encoding::Zstd));
         Ok(())

@@ -293,3 +293,56 @@ fn dry_run_writes_nothing_and_usage_errors_exit_2() -> R {
     assert!(!out.exists());
     Ok(())
 }
+
+#[test]
+fn quiet_verbose_and_json_reports_of_every_command() -> R {
+    let d = tempfile::tempdir()?;
+    // keygen --json: one object on stdout, nothing on stderr.
+    let o = ferry().arg("keygen").arg("--out").arg(d.path().join("k")).arg("--json").output()?;
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v["ferry_report"], 1);
+    assert_eq!(v["command"], "keygen");
+    assert_eq!(v["key_id"].as_str().map(str::len), Some(16));
+    assert!(o.stderr.is_empty());
+    let key = d.path().join("k.secret");
+    let new = d.path().join("new");
+    fs::create_dir_all(&new)?;
+    fs::write(new.join("data"), pseudo_random(300_000, 9))?;
+    let build = |extra: &[&str], out: &str| {
+        ferry()
+            .args(["build", "--version", "1", "--level", "1"])
+            .arg("--new")
+            .arg(&new)
+            .arg("--key")
+            .arg(&key)
+            .arg("--out")
+            .arg(d.path().join(out))
+            .args(extra)
+            .output()
+    };
+    // -q: nothing at all on success.
+    let o = build(&["-q"], "q.ferry")?;
+    assert!(o.status.success());
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    // -v (not a terminal here): plain lines, one per phase with counts and durations; no bar.
+    let o = build(&["-v"], "v.ferry")?;
+    let err = String::from_utf8(o.stderr)?;
+    for phase in ["scan new:", "hash new:", "diff and plan:", "compress:", "write:"] {
+        assert!(err.lines().any(|l| l.starts_with(&format!("ferry-build: {phase}")) && l.ends_with(" s")), "{err}");
+    }
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err}");
+    // build --json --split-size lists the parts; split --json reports its own.
+    let o = build(&["--json", "--split-size", "100K"], "s.ferry")?;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v["parts"].as_array().map(Vec::len), Some(3), "{v}");
+    let o = ferry().arg("split").arg(d.path().join("q.ferry")).args(["--size", "128K", "--json"]).output()?;
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert_eq!(v["command"], "split");
+    assert_eq!(v["ferry_report"], 1);
+    assert_eq!(v["parts"].as_array().map(Vec::len), Some(3), "{v}");
+    // -q and -v together are a usage error.
+    ferry().args(["-q", "-v", "keygen", "--out"]).arg(d.path().join("x")).assert().code(2);
+    Ok(())
+}
