@@ -20,11 +20,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn run_path(args: &[&str], paths: &[&Path]) -> Output {
-    Command::new(exe())
-        .args(args)
-        .args(paths)
-        .output()
-        .expect("spawn ferry-apply")
+    Command::new(exe()).args(args).args(paths).output().expect("spawn ferry-apply")
 }
 
 fn out(o: &Output) -> String {
@@ -36,9 +32,7 @@ fn err(o: &Output) -> String {
 }
 
 fn code(o: &Output) -> i32 {
-    o.status
-        .code()
-        .unwrap_or_else(|| panic!("killed by a signal: {o:?}"))
+    o.status.code().unwrap_or_else(|| panic!("killed by a signal: {o:?}"))
 }
 
 /// The documented exit codes: every one must be listed in every help text.
@@ -59,23 +53,13 @@ const CODES: &[(u8, &str)] = &[
 ];
 
 fn assert_lists_exit_codes(help: &str, what: &str) {
-    assert!(
-        help.contains("Exit codes:"),
-        "{what}: no 'Exit codes:' section:\n{help}"
-    );
+    assert!(help.contains("Exit codes:"), "{what}: no 'Exit codes:' section:\n{help}");
     let section = &help[help.find("Exit codes:").unwrap_or(0)..];
     for (n, words) in CODES {
-        let line = section.lines().find(|l| {
-            l.trim_start()
-                .strip_prefix(&n.to_string())
-                .is_some_and(|r| r.starts_with("  "))
-        });
         let line =
-            line.unwrap_or_else(|| panic!("{what}: exit code {n} is not listed:\n{section}"));
-        assert!(
-            line.contains(words),
-            "{what}: exit code {n} line {line:?} does not mention {words:?}"
-        );
+            section.lines().find(|l| l.trim_start().strip_prefix(&n.to_string()).is_some_and(|r| r.starts_with("  ")));
+        let line = line.unwrap_or_else(|| panic!("{what}: exit code {n} is not listed:\n{section}"));
+        assert!(line.contains(words), "{what}: exit code {n} line {line:?} does not mention {words:?}");
     }
 }
 
@@ -104,13 +88,8 @@ fn top_level_help_lists_commands_and_exit_codes() {
         assert_lists_exit_codes(&out(&o), flag);
     }
     let subs = subcommands();
-    for want in [
-        "verify", "inspect", "apply", "resume", "rollback", "status", "inbox",
-    ] {
-        assert!(
-            subs.iter().any(|s| s == want),
-            "subcommand {want} missing from --help: {subs:?}"
-        );
+    for want in ["verify", "inspect", "apply", "resume", "rollback", "status", "inbox"] {
+        assert!(subs.iter().any(|s| s == want), "subcommand {want} missing from --help: {subs:?}");
     }
 }
 
@@ -121,10 +100,7 @@ fn every_subcommand_help_exits_0_and_lists_exit_codes() {
             let o = run(&args);
             assert_eq!(code(&o), 0, "{args:?}: {}", err(&o));
             let h = out(&o);
-            assert!(
-                h.contains(&format!("Usage: ferry-apply {sub}")),
-                "{args:?}:\n{h}"
-            );
+            assert!(h.contains(&format!("Usage: ferry-apply {sub}")), "{args:?}:\n{h}");
             assert_lists_exit_codes(&h, &args.join(" "));
         }
     }
@@ -148,14 +124,7 @@ fn bad_usage_exits_2() {
         &["apply"],
         &["apply", "b.ferry"],
         &["apply", "--target", target],
-        &[
-            "apply",
-            "b.ferry",
-            "--target",
-            target,
-            "--max-entries",
-            "many",
-        ],
+        &["apply", "b.ferry", "--target", target, "--max-entries", "many"],
         &["apply", "b.ferry", "--target", target, "--bogus"],
         &["verify", "b.ferry"],
         &["verify"],
@@ -169,19 +138,9 @@ fn bad_usage_exits_2() {
     ];
     for args in cases {
         let o = run(args);
-        assert_eq!(
-            code(&o),
-            2,
-            "{args:?}: stdout {} stderr {}",
-            out(&o),
-            err(&o)
-        );
+        assert_eq!(code(&o), 2, "{args:?}: stdout {} stderr {}", out(&o), err(&o));
         assert!(!err(&o).trim().is_empty(), "{args:?}: no message on stderr");
-        assert!(
-            out(&o).is_empty(),
-            "{args:?}: usage errors go to stderr, stdout was {}",
-            out(&o)
-        );
+        assert!(out(&o).is_empty(), "{args:?}: usage errors go to stderr, stdout was {}", out(&o));
     }
     // Usage errors found after parsing exit 2 as well: apply without --trust.
     fs::write(d.path().join("b.ferry"), b"whatever").expect("write");
@@ -203,15 +162,7 @@ fn verify_of_a_missing_file_exits_6_naming_it() {
     let d = tempfile::tempdir().expect("tempdir");
     let key = trust_key(d.path());
     let missing = d.path().join("no-such-bundle.ferry");
-    let o = run_path(
-        &[
-            "verify",
-            "--trust",
-            key.to_str().expect("utf-8"),
-            missing.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let o = run_path(&["verify", "--trust", key.to_str().expect("utf-8"), missing.to_str().expect("utf-8")], &[]);
     assert_eq!(code(&o), 6, "{}", err(&o));
     assert!(
         err(&o).contains(missing.to_str().expect("utf-8")),
@@ -220,25 +171,12 @@ fn verify_of_a_missing_file_exits_6_naming_it() {
         err(&o)
     );
     // The same in JSON: a report on stdout with the code.
-    let o = run_path(
-        &[
-            "verify",
-            "--json",
-            "--trust",
-            key.to_str().expect("utf-8"),
-            missing.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let o =
+        run_path(&["verify", "--json", "--trust", key.to_str().expect("utf-8"), missing.to_str().expect("utf-8")], &[]);
     assert_eq!(code(&o), 6);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["exit_code"], 6);
-    assert!(
-        v["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("no-such-bundle.ferry")),
-        "{v}"
-    );
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("no-such-bundle.ferry")), "{v}");
     // inspect and apply of a missing bundle: 6 too.
     let o = run_path(&["inspect"], &[&missing]);
     assert_eq!(code(&o), 6, "{}", err(&o));
@@ -246,13 +184,7 @@ fn verify_of_a_missing_file_exits_6_naming_it() {
     let t = d.path().join("target");
     fs::create_dir(&t).expect("mkdir");
     let o = run_path(
-        &[
-            "apply",
-            "--trust",
-            key.to_str().expect("utf-8"),
-            "--target",
-            t.to_str().expect("utf-8"),
-        ],
+        &["apply", "--trust", key.to_str().expect("utf-8"), "--target", t.to_str().expect("utf-8")],
         &[&missing],
     );
     assert_eq!(code(&o), 6, "{}", err(&o));
@@ -269,28 +201,14 @@ fn inspect_of_a_non_bundle_exits_3_not_a_ferry_bundle() {
     tar[..9].copy_from_slice(b"some/file");
     fs::write(&big, &tar).expect("write");
     let elf = d.path().join("program");
-    fs::write(
-        &elf,
-        [&b"\x7fELF\x02\x01\x01"[..], &[0u8; 2000][..]].concat(),
-    )
-    .expect("write");
+    fs::write(&elf, [&b"\x7fELF\x02\x01\x01"[..], &[0u8; 2000][..]].concat()).expect("write");
     for f in [&small, &big, &elf] {
         let o = run_path(&["inspect"], &[f]);
         assert_eq!(code(&o), 3, "inspect {}: {}", f.display(), err(&o));
-        assert!(
-            err(&o).contains("not a ferry bundle"),
-            "inspect {}: {}",
-            f.display(),
-            err(&o)
-        );
+        assert!(err(&o).contains("not a ferry bundle"), "inspect {}: {}", f.display(), err(&o));
         let o = run_path(&["verify", "--trust", key.to_str().expect("utf-8")], &[f]);
         assert_eq!(code(&o), 3, "verify {}: {}", f.display(), err(&o));
-        assert!(
-            err(&o).contains("not a ferry bundle"),
-            "verify {}: {}",
-            f.display(),
-            err(&o)
-        );
+        assert!(err(&o).contains("not a ferry bundle"), "verify {}: {}", f.display(), err(&o));
     }
     // A future format version is named as such.
     let mut v2 = vec![0u8; 2048];
@@ -299,9 +217,5 @@ fn inspect_of_a_non_bundle_exits_3_not_a_ferry_bundle() {
     fs::write(&f, &v2).expect("write");
     let o = run_path(&["inspect"], &[&f]);
     assert_eq!(code(&o), 3, "{}", err(&o));
-    assert!(
-        err(&o).contains("unsupported bundle format version 2"),
-        "{}",
-        err(&o)
-    );
+    assert!(err(&o).contains("unsupported bundle format version 2"), "{}", err(&o));
 }

@@ -9,12 +9,8 @@ use std::process::Output;
 use tempfile::TempDir;
 
 fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 fn stderr(o: &Output) -> String {
@@ -22,14 +18,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn status_json(target: &Path) -> Value {
-    let o = run_expect(
-        apply_cmd()
-            .arg("status")
-            .arg("--target")
-            .arg(target)
-            .arg("--json"),
-        0,
-    );
+    let o = run_expect(apply_cmd().arg("status").arg("--target").arg(target).arg("--json"), 0);
     let v = json(&o);
     assert_eq!(v["ferry_report"], 1, "status: {v}");
     assert_eq!(v["command"], "status");
@@ -89,51 +78,16 @@ fn inbox_applies_a_chain_and_skips_foreign_and_stale_bundles() {
     let inbox = mkdir(&d.path().join("inbox"));
     // Names deliberately out of version order: the inbox sorts by version, then by name.
     build(None, t1, &sk, 1, &inbox.join("c-v1-full.ferry"), &[]);
-    build(
-        Some(t1),
-        t2,
-        &sk,
-        2,
-        &inbox.join("b-v2.ferry"),
-        &["--base-version", "1"],
-    );
-    build(
-        Some(t2),
-        t3,
-        &sk,
-        3,
-        &inbox.join("a-v3.ferry"),
-        &["--base-version", "2"],
-    );
-    build(
-        Some(t1),
-        &t2b,
-        &sk,
-        2,
-        &inbox.join("d-v2-stale.ferry"),
-        &["--base-version", "1"],
-    );
-    build(
-        None,
-        t4,
-        &foreign_sk,
-        9,
-        &inbox.join("e-foreign.ferry"),
-        &[],
-    );
+    build(Some(t1), t2, &sk, 2, &inbox.join("b-v2.ferry"), &["--base-version", "1"]);
+    build(Some(t2), t3, &sk, 3, &inbox.join("a-v3.ferry"), &["--base-version", "2"]);
+    build(Some(t1), &t2b, &sk, 2, &inbox.join("d-v2-stale.ferry"), &["--base-version", "1"]);
+    build(None, t4, &foreign_sk, 9, &inbox.join("e-foreign.ferry"), &[]);
     fs::write(inbox.join("README.txt"), b"not a bundle; ignored\n").expect("write");
 
     let target = mkdir(&d.path().join("target"));
     let inbox_cmd = |code: i32| {
         let o = run_expect(
-            apply_cmd()
-                .arg("inbox")
-                .arg(&inbox)
-                .arg("--target")
-                .arg(&target)
-                .arg("--trust")
-                .arg(&pk)
-                .arg("--json"),
+            apply_cmd().arg("inbox").arg(&inbox).arg("--target").arg(&target).arg("--trust").arg(&pk).arg("--json"),
             code,
         );
         json(&o)
@@ -143,11 +97,7 @@ fn inbox_applies_a_chain_and_skips_foreign_and_stale_bundles() {
     assert_eq!(r["command"], "inbox");
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["failed"], 0);
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t3, true),
-        "target after the inbox run vs T3",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(t3, true), "target after the inbox run vs T3");
     assert_eq!(status_json(&target)["installed"]["version"], 3);
 
     let items = r["items"].as_array().expect("items");
@@ -161,54 +111,24 @@ fn inbox_applies_a_chain_and_skips_foreign_and_stale_bundles() {
         assert_eq!(item(name)["outcome"], "applied", "{name}: {r}");
         assert_eq!(item(name)["version"], v);
     }
-    let applied: Vec<&str> = items
-        .iter()
-        .filter(|i| i["outcome"] == "applied")
-        .filter_map(|i| i["bundle"].as_str())
-        .collect();
+    let applied: Vec<&str> =
+        items.iter().filter(|i| i["outcome"] == "applied").filter_map(|i| i["bundle"].as_str()).collect();
     assert!(
-        applied.len() == 3
-            && applied[0].ends_with("c-v1-full.ferry")
-            && applied[2].ends_with("a-v3.ferry"),
+        applied.len() == 3 && applied[0].ends_with("c-v1-full.ferry") && applied[2].ends_with("a-v3.ferry"),
         "applied in version order: {applied:?}"
     );
     let foreign = item("e-foreign.ferry");
     assert_eq!(foreign["outcome"], "skipped", "{r}");
-    assert!(
-        foreign["reason"]
-            .as_str()
-            .expect("reason")
-            .contains("foreign"),
-        "{foreign}"
-    );
+    assert!(foreign["reason"].as_str().expect("reason").contains("foreign"), "{foreign}");
     let stale = item("d-v2-stale.ferry");
     assert_eq!(stale["outcome"], "skipped", "{r}");
-    assert!(
-        stale["reason"].as_str().expect("reason").contains("stale"),
-        "{stale}"
-    );
-    assert!(
-        !items.iter().any(|i| i["bundle"]
-            .as_str()
-            .is_some_and(|b| b.ends_with("README.txt"))),
-        "{r}"
-    );
+    assert!(stale["reason"].as_str().expect("reason").contains("stale"), "{stale}");
+    assert!(!items.iter().any(|i| i["bundle"].as_str().is_some_and(|b| b.ends_with("README.txt"))), "{r}");
 
     // Run again: nothing new, everything skipped, exit 0.
     let r = inbox_cmd(0);
-    assert!(
-        r["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .all(|i| i["outcome"] == "skipped"),
-        "{r}"
-    );
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t3, true),
-        "second inbox run",
-    );
+    assert!(r["items"].as_array().expect("items").iter().all(|i| i["outcome"] == "skipped"), "{r}");
+    assert_same(&snapshot(&target, true), &snapshot(t3, true), "second inbox run");
 
     // A corrupt v4 (a byte flipped inside its last frame): the inbox fails with 12, the target
     // stays at v3, the report says which bundle failed and why.
@@ -225,20 +145,12 @@ fn inbox_applies_a_chain_and_skips_foreign_and_stale_bundles() {
         .as_array()
         .expect("items")
         .iter()
-        .find(|i| {
-            i["bundle"]
-                .as_str()
-                .is_some_and(|b| b.ends_with("f-v4-corrupt.ferry"))
-        })
+        .find(|i| i["bundle"].as_str().is_some_and(|b| b.ends_with("f-v4-corrupt.ferry")))
         .cloned()
         .unwrap_or_else(|| panic!("corrupt bundle not reported: {r}"));
     assert_eq!(bad["outcome"], "failed");
     assert_eq!(bad["exit_code"], 3, "{bad}");
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t3, true),
-        "target after a failed inbox bundle",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(t3, true), "target after a failed inbox bundle");
     assert!(!target.join(".ferry/txn").exists());
     assert_eq!(status_json(&target)["installed"]["version"], 3);
 }
@@ -252,11 +164,7 @@ fn last_frame_middle(bytes: &[u8]) -> usize {
     assert!(!frames.is_empty(), "the bundle has no frames");
     let reg = ferry_tests::forge::regions(mb.len(), sb.len(), &frames);
     let name = format!("frame {} data", frames.len() - 1);
-    let r = &reg
-        .iter()
-        .find(|r| r.0 == name)
-        .expect("last frame region")
-        .1;
+    let r = &reg.iter().find(|r| r.0 == name).expect("last frame region").1;
     (r.start + r.end) / 2
 }
 
@@ -286,10 +194,7 @@ fn without(mut s: Snapshot, name: &[u8]) -> Snapshot {
 }
 
 fn hook_runs(target: &Path) -> usize {
-    fs::read_to_string(target.join(".ferry/hooks.log"))
-        .unwrap_or_default()
-        .matches("--- ferry hook")
-        .count()
+    fs::read_to_string(target.join(".ferry/hooks.log")).unwrap_or_default().matches("--- ferry hook").count()
 }
 
 #[test]
@@ -306,19 +211,10 @@ fn hooks_run_once_when_their_paths_change() {
     copy_tree(&old, &t);
     let r = json(&apply(&b, &t, &pk, 0, &["--json"]));
     assert!(t.join("hook-ran").is_file(), "the hook did not run");
-    assert_eq!(
-        hook_runs(&t),
-        1,
-        "hooks.log: {}",
-        fs::read_to_string(t.join(".ferry/hooks.log")).unwrap_or_default()
-    );
+    assert_eq!(hook_runs(&t), 1, "hooks.log: {}", fs::read_to_string(t.join(".ferry/hooks.log")).unwrap_or_default());
     assert_eq!(r["hooks"].as_array().map(Vec::len), Some(1), "{r}");
     assert_eq!(r["hooks"][0]["ok"], true);
-    assert_same(
-        &without(snapshot(&t, false), b"hook-ran"),
-        &snapshot(&new_bin, false),
-        "tree after the hook",
-    );
+    assert_same(&without(snapshot(&t, false), b"hook-ran"), &snapshot(&new_bin, false), "tree after the hook");
     let st = status_json(&t);
     assert_eq!(st["installed"]["hooks"][0]["result"], "ok", "{st}");
 
@@ -328,17 +224,10 @@ fn hooks_run_once_when_their_paths_change() {
     let t = d.path().join("t-etc");
     copy_tree(&old, &t);
     let r = json(&apply(&b, &t, &pk, 0, &["--json"]));
-    assert!(
-        !t.join("hook-ran").exists(),
-        "the hook ran although nothing under bin/ changed"
-    );
+    assert!(!t.join("hook-ran").exists(), "the hook ran although nothing under bin/ changed");
     assert_eq!(r["hooks"].as_array().map(Vec::len), Some(0), "{r}");
     assert_eq!(hook_runs(&t), 0);
-    assert_same(
-        &snapshot(&t, true),
-        &snapshot(&new_etc, true),
-        "tree without a hook run",
-    );
+    assert_same(&snapshot(&t, true), &snapshot(&new_etc, true), "tree without a hook run");
 
     // --no-hooks skips it and says so.
     let b = d.path().join("bin.ferry");
@@ -347,16 +236,9 @@ fn hooks_run_once_when_their_paths_change() {
     apply(&b, &t, &pk, 0, &["--no-hooks"]);
     assert!(!t.join("hook-ran").exists(), "--no-hooks ran the hook");
     assert_eq!(hook_runs(&t), 0);
-    assert_same(
-        &snapshot(&t, true),
-        &snapshot(&new_bin, true),
-        "tree with --no-hooks",
-    );
+    assert_same(&snapshot(&t, true), &snapshot(&new_bin, true), "tree with --no-hooks");
     let st = status_json(&t);
-    assert_eq!(
-        st["installed"]["hooks"][0]["result"], "skipped (--no-hooks)",
-        "{st}"
-    );
+    assert_eq!(st["installed"]["hooks"][0]["result"], "skipped (--no-hooks)", "{st}");
 }
 
 #[test]
@@ -365,14 +247,7 @@ fn failing_hook_exits_8_after_committing() {
     let (sk, pk) = keygen(d.path(), "k");
     let (old, new_bin, _) = hook_trees(&d);
     let b = d.path().join("false.ferry");
-    build(
-        Some(&old),
-        &new_bin,
-        &sk,
-        2,
-        &b,
-        &["--hook", "bin/**=false"],
-    );
+    build(Some(&old), &new_bin, &sk, 2, &b, &["--hook", "bin/**=false"]);
     let t = d.path().join("t");
     copy_tree(&old, &t);
     let o = apply(&b, &t, &pk, 8, &["--json"]);
@@ -380,28 +255,15 @@ fn failing_hook_exits_8_after_committing() {
     assert_eq!(r["exit_code"], 8, "{r}");
     assert!(stderr(&o).contains("hook"), "{}", stderr(&o));
     // Committed: the tree is NEW, the version recorded, the failure visible in status.
-    assert_same(
-        &snapshot(&t, true),
-        &snapshot(&new_bin, true),
-        "tree after a failed hook",
-    );
+    assert_same(&snapshot(&t, true), &snapshot(&new_bin, true), "tree after a failed hook");
     assert!(!t.join(".ferry/txn").exists());
     let st = status_json(&t);
     let i = &st["installed"];
     assert_eq!(i["version"], 2, "{st}");
     assert_eq!(i["hooks"][0]["command"], "false");
     assert_eq!(i["hooks"][0]["ok"], false, "{st}");
-    assert!(
-        i["hooks"][0]["result"]
-            .as_str()
-            .expect("result")
-            .starts_with("failed"),
-        "{st}"
-    );
-    assert!(
-        i["last_error"].as_str().is_some_and(|e| e.contains("hook")),
-        "{st}"
-    );
+    assert!(i["hooks"][0]["result"].as_str().expect("result").starts_with("failed"), "{st}");
+    assert!(i["last_error"].as_str().is_some_and(|e| e.contains("hook")), "{st}");
     // The same bundle again is already installed (the hook is not retried).
     let o = apply(&b, &t, &pk, 0, &[]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("already-installed"));
@@ -424,52 +286,26 @@ fn rollback_restores_the_previous_tree_exactly_once() {
     assert_eq!(st["rollback"]["version"], 2, "{st}");
     assert_eq!(st["rollback"]["rollback_restores"], "version 1", "{st}");
 
-    let o = run_expect(
-        apply_cmd()
-            .arg("rollback")
-            .arg("--target")
-            .arg(&target)
-            .arg("--json"),
-        0,
-    );
+    let o = run_expect(apply_cmd().arg("rollback").arg("--target").arg(&target).arg("--json"), 0);
     let r = json(&o);
     assert_eq!(r["ferry_report"], 1);
     assert_eq!(r["result"], "rolled-back", "{r}");
     assert_eq!(r["version"], 1, "{r}");
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t1, true),
-        "after rollback vs T1 (with directory mtimes)",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(t1, true), "after rollback vs T1 (with directory mtimes)");
     assert!(!target.join(".ferry/txn").exists());
     let st = status_json(&target);
     assert_eq!(st["installed"]["version"], 1, "{st}");
-    assert!(
-        st["rollback"].is_null(),
-        "nothing should be kept after a rollback: {st}"
-    );
+    assert!(st["rollback"].is_null(), "nothing should be kept after a rollback: {st}");
 
     // A second rollback has nothing to restore: refused, tree unchanged.
     let before = snapshot(&target, true);
     let o = run_expect(apply_cmd().arg("rollback").arg("--target").arg(&target), 2);
-    assert!(
-        stderr(&o).contains("nothing to roll back"),
-        "{}",
-        stderr(&o)
-    );
-    assert_same(
-        &snapshot(&target, true),
-        &before,
-        "after a refused second rollback",
-    );
+    assert!(stderr(&o).contains("nothing to roll back"), "{}", stderr(&o));
+    assert_same(&snapshot(&target, true), &before, "after a refused second rollback");
 
     // v2 can be applied again after the rollback.
     apply(&v2, &target, &pk, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t2, true),
-        "v2 re-applied after rollback",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(t2, true), "v2 re-applied after rollback");
 }
 
 #[test]
@@ -491,11 +327,7 @@ fn rollback_of_a_first_full_apply_restores_the_empty_directory() {
         "the tree as it was before the first ferry apply"
     );
     run_expect(apply_cmd().arg("rollback").arg("--target").arg(&target), 0);
-    assert_same(
-        &snapshot(&target, true),
-        &before,
-        "rollback of the first apply",
-    );
+    assert_same(&snapshot(&target, true), &before, "rollback of the first apply");
     assert!(status_json(&target)["installed"]["version"].is_null());
 }
 
@@ -520,54 +352,28 @@ fn key_rotation_moves_trust_to_the_successor() {
         &a_sk,
         2,
         &v2,
-        &[
-            "--base-version",
-            "1",
-            "--rotate-add",
-            b_pk.to_str().expect("utf-8"),
-            "--rotate-retire",
-            &a_id,
-        ],
+        &["--base-version", "1", "--rotate-add", b_pk.to_str().expect("utf-8"), "--rotate-retire", &a_id],
     );
-    let ins = json(&run_expect(
-        apply_cmd().arg("inspect").arg(&v2).arg("--json"),
-        0,
-    ));
+    let ins = json(&run_expect(apply_cmd().arg("inspect").arg(&v2).arg("--json"), 0));
     assert_eq!(ins["rotation"]["retire"][0], a_id.as_str(), "{ins}");
     assert_eq!(ins["rotation"]["add"][0], key_id(&b_pk).as_str(), "{ins}");
     apply(&v2, &target, &a_pk, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t2, true),
-        "after the rotation bundle",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(t2, true), "after the rotation bundle");
 
     // v3' signed by the retired A: refused although the operator still passes --trust A.pub.
     let v3a = d.path().join("v3-by-a.ferry");
     build(Some(t2), t3, &a_sk, 3, &v3a, &["--base-version", "2"]);
     let before = snapshot(&target, true);
     let o = apply(&v3a, &target, &a_pk, 3, &[]);
-    assert!(
-        stderr(&o).contains(&a_id),
-        "the refusal should name the signer: {}",
-        stderr(&o)
-    );
-    assert_same(
-        &snapshot(&target, true),
-        &before,
-        "after refusing a bundle by the retired key",
-    );
+    assert!(stderr(&o).contains(&a_id), "the refusal should name the signer: {}", stderr(&o));
+    assert_same(&snapshot(&target, true), &before, "after refusing a bundle by the retired key");
     assert!(!target.join(".ferry/txn").exists());
 
     // v3 signed by B: trusted through the rotation, with only A.pub on the command line.
     let v3b = d.path().join("v3-by-b.ferry");
     build(Some(t2), t3, &b_sk, 3, &v3b, &["--base-version", "2"]);
     apply(&v3b, &target, &a_pk, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(t3, true),
-        "after v3 signed by the successor key",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(t3, true), "after v3 signed by the successor key");
 }
 
 #[test]
@@ -581,31 +387,12 @@ fn two_of_two_signatures_apply() {
     fs::write(trust.join("policy"), "threshold 2\n").expect("write");
     let t = chain(&d, 61, 1);
     let b = d.path().join("both.ferry");
-    build(
-        None,
-        &t[0],
-        &a_sk,
-        1,
-        &b,
-        &["--key", b_sk.to_str().expect("utf-8")],
-    );
-    let v = json(&run_expect(
-        apply_cmd()
-            .arg("verify")
-            .arg(&b)
-            .arg("--trust")
-            .arg(&trust)
-            .arg("--json"),
-        0,
-    ));
+    build(None, &t[0], &a_sk, 1, &b, &["--key", b_sk.to_str().expect("utf-8")]);
+    let v = json(&run_expect(apply_cmd().arg("verify").arg(&b).arg("--trust").arg(&trust).arg("--json"), 0));
     assert_eq!(v["signers"].as_array().map(Vec::len), Some(2), "{v}");
     let target = mkdir(&d.path().join("target"));
     apply(&b, &target, &trust, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(&t[0], true),
-        "bundle signed by both keys",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(&t[0], true), "bundle signed by both keys");
 }
 
 #[test]
@@ -629,37 +416,20 @@ fn json_reports_parse_and_carry_the_report_version() {
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["result"], "applied");
     assert_eq!(r["version"], 1);
-    assert!(
-        r["bundle_id"].as_str().is_some_and(|s| s.len() == 64),
-        "{r}"
-    );
+    assert!(r["bundle_id"].as_str().is_some_and(|s| s.len() == 64), "{r}");
     assert!(r["commit_window_ms"].is_number(), "{r}");
 
-    let v = json(&run_expect(
-        apply_cmd()
-            .arg("verify")
-            .arg(&v2)
-            .arg("--trust")
-            .arg(&pk)
-            .arg("--json"),
-        0,
-    ));
+    let v = json(&run_expect(apply_cmd().arg("verify").arg(&v2).arg("--trust").arg(&pk).arg("--json"), 0));
     assert_eq!(v["ferry_report"], 1);
     assert_eq!(v["command"], "verify");
     assert_eq!(v["verified"], true, "{v}");
     assert_eq!(v["version"], 2);
     assert_eq!(v["signers"][0], key_id(&pk).as_str());
 
-    let i = json(&run_expect(
-        apply_cmd().arg("inspect").arg(&v2).arg("--json"),
-        0,
-    ));
+    let i = json(&run_expect(apply_cmd().arg("inspect").arg(&v2).arg("--json"), 0));
     assert_eq!(i["ferry_report"], 1);
     assert_eq!(i["command"], "inspect");
-    assert_eq!(
-        i["verified"], false,
-        "inspect checks no key, so it must say unverified: {i}"
-    );
+    assert_eq!(i["verified"], false, "inspect checks no key, so it must say unverified: {i}");
     assert_eq!(i["signatures_valid"], true);
     assert_eq!(i["version"], 2);
     assert_eq!(i["base"]["version"], 1);
@@ -679,17 +449,9 @@ fn json_reports_parse_and_carry_the_report_version() {
     let e = json(&o);
     assert_eq!(e["ferry_report"], 1);
     assert_eq!(e["exit_code"], 5, "{e}");
-    assert!(
-        e["error"].as_str().is_some_and(|s| s.contains("not newer")),
-        "{e}"
-    );
+    assert!(e["error"].as_str().is_some_and(|s| s.contains("not newer")), "{e}");
     let o = run_expect(
-        apply_cmd()
-            .arg("verify")
-            .arg(d.path().join("missing.ferry"))
-            .arg("--trust")
-            .arg(&pk)
-            .arg("--json"),
+        apply_cmd().arg("verify").arg(d.path().join("missing.ferry")).arg("--trust").arg(&pk).arg("--json"),
         6,
     );
     assert_eq!(json(&o)["exit_code"], 6);

@@ -62,12 +62,7 @@ fn fixture() -> Fx {
     }
     let app = noise(60_000, 1);
     let lib = noise(90_000, 2);
-    let text: Vec<u8> = b"documentation line for the refusal tests\n"
-        .iter()
-        .cycle()
-        .take(30_000)
-        .copied()
-        .collect();
+    let text: Vec<u8> = b"documentation line for the refusal tests\n".iter().cycle().take(30_000).copied().collect();
     fs::write(old.join("bin/app"), &app).expect("write");
     fs::write(old.join("lib/libx.so.1"), &lib).expect("write");
     fs::write(old.join("etc/app/app.conf"), b"port = 1\n").expect("write");
@@ -95,20 +90,11 @@ fn fixture() -> Fx {
         }
     }
     set_mtime(&new.join("bin/app"), 1_700_000_100);
-    Fx {
-        d,
-        secret,
-        public,
-        old,
-        new,
-    }
+    Fx { d, secret, public, old, new }
 }
 
 fn all_paths(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut v: Vec<PathBuf> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
     v.sort();
     for p in v {
         if fs::symlink_metadata(&p).expect("lstat").is_dir() {
@@ -124,14 +110,7 @@ fn stderr(o: &Output) -> String {
 
 /// Apply `bundle` to `target` expecting `code`; the target must be unchanged and no transaction
 /// left. Returns the output.
-fn refused(
-    bundle: &Path,
-    target: &Path,
-    trust: &Path,
-    code: i32,
-    extra: &[&str],
-    what: &str,
-) -> Output {
+fn refused(bundle: &Path, target: &Path, trust: &Path, code: i32, extra: &[&str], what: &str) -> Output {
     let before = snapshot(target, true);
     let o = apply_cmd()
         .arg("apply")
@@ -150,15 +129,8 @@ fn refused(
         String::from_utf8_lossy(&o.stdout),
         stderr(&o)
     );
-    assert_same(
-        &snapshot(target, true),
-        &before,
-        &format!("{what}: target after the refused apply vs before"),
-    );
-    assert!(
-        !target.join(".ferry/txn").exists(),
-        "{what}: target/.ferry/txn left behind"
-    );
+    assert_same(&snapshot(target, true), &before, &format!("{what}: target after the refused apply vs before"));
+    assert!(!target.join(".ferry/txn").exists(), "{what}: target/.ferry/txn left behind");
     o
 }
 
@@ -169,11 +141,7 @@ fn bundle_regions(bytes: &[u8]) -> Vec<(String, std::ops::Range<usize>)> {
     let m = bundle::Manifest::decode(&mb, &bundle::Limits::default()).expect("manifest");
     let frames: Vec<usize> = m.frames.iter().map(|f| f.size as usize).collect();
     let reg = regions(mb.len(), sb.len(), &frames);
-    assert_eq!(
-        reg.last().map(|r| r.1.end),
-        Some(bytes.len()),
-        "regions must tile the bundle"
-    );
+    assert_eq!(reg.last().map(|r| r.1.end), Some(bytes.len()), "regions must tile the bundle");
     reg
 }
 
@@ -200,35 +168,20 @@ fn flipped_byte_in_every_region_is_refused() {
         "frame 1 data",
         "end-of-archive marker",
     ] {
-        assert!(
-            names.contains(&want),
-            "fixture bundle lacks region {want:?}: {names:?}"
-        );
+        assert!(names.contains(&want), "fixture bundle lacks region {want:?}: {names:?}");
     }
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("frame") && n.ends_with("padding")),
-        "no frame has padding: {names:?}"
-    );
+    assert!(names.iter().any(|n| n.starts_with("frame") && n.ends_with("padding")), "no frame has padding: {names:?}");
 
     // Positions: first, middle and last byte of every region, plus each field of the first header.
     let mut cases: Vec<(String, usize)> = Vec::new();
     for (name, r) in &reg {
-        for (w, at) in [
-            ("first", r.start),
-            ("middle", (r.start + r.end) / 2),
-            ("last", r.end - 1),
-        ] {
+        for (w, at) in [("first", r.start), ("middle", (r.start + r.end) / 2), ("last", r.end - 1)] {
             cases.push((format!("{name}, {w} byte (offset {at})"), at));
         }
         if name.ends_with("header") {
-            for (field, off) in [
-                ("size field", 126),
-                ("size field last digit", 134),
-                ("checksum", 150),
-                ("ustar magic", 258),
-            ] {
+            for (field, off) in
+                [("size field", 126), ("size field last digit", 134), ("checksum", 150), ("ustar magic", 258)]
+            {
                 cases.push((format!("{name}, {field}"), r.start + off));
             }
         }
@@ -267,38 +220,18 @@ fn flipped_byte_in_every_region_is_refused() {
         b.extend_from_slice(&tail);
         fs::write(&bad, &b).expect("write");
         let o = refused(&bad, &target, &fx.public, 3, &[], what);
-        assert!(
-            stderr(&o).contains("trailing data"),
-            "{what}: {}",
-            stderr(&o)
-        );
+        assert!(stderr(&o).contains("trailing data"), "{what}: {}", stderr(&o));
     }
     // `verify` refuses them the same way.
     let mut b = bytes.clone();
-    let frame = reg
-        .iter()
-        .find(|r| r.0 == "frame 1 data")
-        .expect("frame 1")
-        .1
-        .clone();
+    let frame = reg.iter().find(|r| r.0 == "frame 1 data").expect("frame 1").1.clone();
     b[frame.start + 3] ^= 0x80;
     fs::write(&bad, &b).expect("write");
-    run_expect(
-        apply_cmd()
-            .arg("verify")
-            .arg(&bad)
-            .arg("--trust")
-            .arg(&fx.public),
-        3,
-    );
+    run_expect(apply_cmd().arg("verify").arg(&bad).arg("--trust").arg(&fx.public), 3);
 
     // And the untouched bundle applies, so the refusals above were about the flipped bytes.
     apply(&good, &target, &fx.public, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(&fx.new, true),
-        "the intact bundle",
-    );
+    assert_same(&snapshot(&target, true), &snapshot(&fx.new, true), "the intact bundle");
 }
 
 #[test]
@@ -306,27 +239,14 @@ fn truncated_bundles_are_refused_with_the_offset() {
     let fx = fixture();
     let (_, bytes) = delta_bundle(&fx);
     let reg = bundle_regions(&bytes);
-    let find = |n: &str| {
-        reg.iter()
-            .find(|r| r.0 == n)
-            .unwrap_or_else(|| panic!("region {n}"))
-            .1
-            .clone()
-    };
-    let (man, f0, f1) = (
-        find("manifest data"),
-        find("frame 0 data"),
-        find("frame 1 data"),
-    );
+    let find = |n: &str| reg.iter().find(|r| r.0 == n).unwrap_or_else(|| panic!("region {n}")).1.clone();
+    let (man, f0, f1) = (find("manifest data"), find("frame 0 data"), find("frame 1 data"));
     let len = bytes.len();
     let cuts = [
         ("inside the first header", 100),
         ("right after the first header", 512),
         ("inside the manifest", (man.start + man.end) / 2),
-        (
-            "inside the signature header",
-            find("signatures header").start + 200,
-        ),
+        ("inside the signature header", find("signatures header").start + 200),
         ("inside frame 0", (f0.start + f0.end) / 2),
         ("inside frame 1", f1.start + 1),
         ("inside a frame header", find("frame 1 header").start + 10),
@@ -340,14 +260,8 @@ fn truncated_bundles_are_refused_with_the_offset() {
         fs::write(&bad, &bytes[..cut]).expect("write");
         let o = refused(&bad, &target, &fx.public, 3, &[], what);
         let e = stderr(&o);
-        assert!(
-            e.contains("truncated"),
-            "{what}: message does not mention truncation: {e}"
-        );
-        assert!(
-            e.contains(&format!("at byte {cut}")),
-            "{what}: message does not give the offset {cut}: {e}"
-        );
+        assert!(e.contains("truncated"), "{what}: message does not mention truncation: {e}");
+        assert!(e.contains(&format!("at byte {cut}")), "{what}: message does not give the offset {cut}: {e}");
     }
     fs::write(&bad, b"").expect("write");
     refused(&bad, &target, &fx.public, 3, &[], "an empty file");
@@ -360,19 +274,8 @@ fn untrusted_signer_and_unmet_threshold_are_refused() {
     let b = fx.p("by-other.ferry");
     build(Some(&fx.old), &fx.new, &other_secret, 2, &b, &[]);
     let target = fx.target("target");
-    let o = refused(
-        &b,
-        &target,
-        &fx.public,
-        3,
-        &[],
-        "signed by an untrusted key",
-    );
-    assert!(
-        stderr(&o).contains("not signed by enough trusted keys"),
-        "{}",
-        stderr(&o)
-    );
+    let o = refused(&b, &target, &fx.public, 3, &[], "signed by an untrusted key");
+    assert!(stderr(&o).contains("not signed by enough trusted keys"), "{}", stderr(&o));
 
     // Threshold 2 of {key, other}; the bundle carries one signature.
     let trust = fx.p("trust");
@@ -386,14 +289,7 @@ fn untrusted_signer_and_unmet_threshold_are_refused() {
     assert!(stderr(&o).contains("1 of the required 2"), "{}", stderr(&o));
     // With both signatures it applies (so the refusal was the threshold).
     let two = fx.p("two-sig.ferry");
-    build(
-        Some(&fx.old),
-        &fx.new,
-        &fx.secret,
-        2,
-        &two,
-        &["--key", other_secret.to_str().expect("utf-8")],
-    );
+    build(Some(&fx.old), &fx.new, &fx.secret, 2, &two, &["--key", other_secret.to_str().expect("utf-8")]);
     apply(&two, &target, &trust, 0, &[]);
 }
 
@@ -406,30 +302,12 @@ fn older_version_is_refused_and_the_same_bundle_is_a_no_op() {
     let target = fx.p("target");
     fs::create_dir(&target).expect("mkdir");
     apply(&v3, &target, &fx.public, 0, &[]);
-    let o = refused(
-        &v2,
-        &target,
-        &fx.public,
-        5,
-        &[],
-        "version 2 after version 3",
-    );
-    assert!(
-        stderr(&o).contains("not newer than the installed version 3"),
-        "{}",
-        stderr(&o)
-    );
+    let o = refused(&v2, &target, &fx.public, 5, &[], "version 2 after version 3");
+    assert!(stderr(&o).contains("not newer than the installed version 3"), "{}", stderr(&o));
     // Equal version, different bundle: refused too.
     let v3b = fx.p("v3b.ferry");
     build(None, &fx.old, &fx.secret, 3, &v3b, &[]);
-    refused(
-        &v3b,
-        &target,
-        &fx.public,
-        5,
-        &[],
-        "another version-3 bundle",
-    );
+    refused(&v3b, &target, &fx.public, 5, &[], "another version-3 bundle");
     // The very bundle installed: a successful no-op.
     let before = snapshot(&target, true);
     let o = apply(&v3, &target, &fx.public, 0, &[]);
@@ -442,11 +320,7 @@ fn older_version_is_refused_and_the_same_bundle_is_a_no_op() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["result"], "already-installed");
     assert_eq!(v["version"], 3);
-    assert_same(
-        &snapshot(&target, true),
-        &before,
-        "re-applying the installed bundle",
-    );
+    assert_same(&snapshot(&target, true), &before, "re-applying the installed bundle");
     assert!(!target.join(".ferry/txn").exists());
 }
 
@@ -466,47 +340,19 @@ fn drifted_targets_are_refused_path_by_path() {
 
     let t = fx.target("edited");
     fs::write(t.join("etc/app/app.conf"), b"port = 1 # local edit\n").expect("write");
-    let o = refused(
-        &b,
-        &t,
-        &fx.public,
-        4,
-        &[],
-        "locally edited file the bundle replaces",
-    );
-    assert_eq!(
-        drifted(&o),
-        vec!["etc/app/app.conf".to_string()],
-        "stderr: {}",
-        stderr(&o)
-    );
+    let o = refused(&b, &t, &fx.public, 4, &[], "locally edited file the bundle replaces");
+    assert_eq!(drifted(&o), vec!["etc/app/app.conf".to_string()], "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("content differs"), "{}", stderr(&o));
 
     let t = fx.target("missing");
     fs::remove_file(t.join("lib/libx.so.1")).expect("rm");
-    let o = refused(
-        &b,
-        &t,
-        &fx.public,
-        4,
-        &[],
-        "a file the bundle expects is missing",
-    );
-    assert_eq!(
-        drifted(&o),
-        vec!["lib/libx.so.1".to_string()],
-        "stderr: {}",
-        stderr(&o)
-    );
+    let o = refused(&b, &t, &fx.public, 4, &[], "a file the bundle expects is missing");
+    assert_eq!(drifted(&o), vec!["lib/libx.so.1".to_string()], "stderr: {}", stderr(&o));
     assert!(stderr(&o).contains("missing"), "{}", stderr(&o));
 
     // An edit to a path the bundle does not touch is not drift.
     let t = fx.target("untouched-edit");
-    fs::write(
-        t.join("etc/unchanged.conf"),
-        b"locally changed, bundle does not care\n",
-    )
-    .expect("write");
+    fs::write(t.join("etc/unchanged.conf"), b"locally changed, bundle does not care\n").expect("write");
     apply(&b, &t, &fx.public, 0, &[]);
 }
 
@@ -516,49 +362,21 @@ fn channel_pinning_and_expiry() {
     let v1 = fx.p("v1-stable.ferry");
     build(None, &fx.old, &fx.secret, 1, &v1, &["--channel", "stable"]);
     let v2beta = fx.p("v2-beta.ferry");
-    build(
-        Some(&fx.old),
-        &fx.new,
-        &fx.secret,
-        2,
-        &v2beta,
-        &["--channel", "beta", "--base-version", "1"],
-    );
+    build(Some(&fx.old), &fx.new, &fx.secret, 2, &v2beta, &["--channel", "beta", "--base-version", "1"]);
 
     // A target that applied a stable bundle refuses a beta one.
     let t = fx.p("pinned");
     fs::create_dir(&t).expect("mkdir");
     apply(&v1, &t, &fx.public, 0, &[]);
-    let o = refused(
-        &v2beta,
-        &t,
-        &fx.public,
-        10,
-        &[],
-        "beta bundle on a stable target",
-    );
+    let o = refused(&v2beta, &t, &fx.public, 10, &[], "beta bundle on a stable target");
     assert!(stderr(&o).contains("channel"), "{}", stderr(&o));
     // --channel does not override the recorded channel.
-    refused(
-        &v2beta,
-        &t,
-        &fx.public,
-        10,
-        &["--channel", "beta"],
-        "beta bundle on a stable target with --channel beta",
-    );
+    refused(&v2beta, &t, &fx.public, 10, &["--channel", "beta"], "beta bundle on a stable target with --channel beta");
 
     // A fresh target told to follow beta refuses a stable bundle.
     let t = fx.p("fresh");
     fs::create_dir(&t).expect("mkdir");
-    let o = refused(
-        &v1,
-        &t,
-        &fx.public,
-        10,
-        &["--channel", "beta"],
-        "stable bundle, apply --channel beta",
-    );
+    let o = refused(&v1, &t, &fx.public, 10, &["--channel", "beta"], "stable bundle, apply --channel beta");
     assert!(stderr(&o).contains("\"stable\""), "{}", stderr(&o));
 
     // Expired long ago (`--expires 1000`; the builder wants the expiry after the creation time,
@@ -583,21 +401,10 @@ fn channel_pinning_and_expiry() {
     let o = refused(&exp, &t, &fx.public, 10, &[], "expired bundle");
     assert!(stderr(&o).contains("expired"), "{}", stderr(&o));
     apply(&exp, &t, &fx.public, 0, &["--allow-expired"]);
-    assert_same(
-        &snapshot(&t, true),
-        &snapshot(&fx.new, true),
-        "expired bundle with --allow-expired",
-    );
+    assert_same(&snapshot(&t, true), &snapshot(&fx.new, true), "expired bundle with --allow-expired");
     // Not yet expired: accepted without the flag.
     let later = fx.p("later.ferry");
-    build(
-        Some(&fx.old),
-        &fx.new,
-        &fx.secret,
-        2,
-        &later,
-        &["--expires", "99999999999"],
-    );
+    build(Some(&fx.old), &fx.new, &fx.secret, 2, &later, &["--expires", "99999999999"]);
     apply(&later, &fx.target("not-expired"), &fx.public, 0, &[]);
 }
 
@@ -620,26 +427,14 @@ fn second_apply_while_locked_exits_7_at_once() {
         .spawn()
         .expect("spawn flock");
     let mut line = String::new();
-    BufReader::new(holder.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
+    BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
     assert_eq!(line.trim(), "locked");
 
     let t0 = Instant::now();
-    let o = refused(
-        &b,
-        &t,
-        &fx.public,
-        7,
-        &[],
-        "apply while another process holds the lock",
-    );
+    let o = refused(&b, &t, &fx.public, 7, &[], "apply while another process holds the lock");
     let took = t0.elapsed();
     assert!(stderr(&o).contains("lock"), "{}", stderr(&o));
-    assert!(
-        took < Duration::from_secs(3),
-        "a locked target should be refused at once, took {took:?}"
-    );
+    assert!(took < Duration::from_secs(3), "a locked target should be refused at once, took {took:?}");
     // rollback and resume wait for nobody either.
     run_expect(apply_cmd().arg("rollback").arg("--target").arg(&t), 7);
     run_expect(apply_cmd().arg("resume").arg("--target").arg(&t), 7);
@@ -649,9 +444,5 @@ fn second_apply_while_locked_exits_7_at_once() {
     let st = holder.wait().expect("wait flock");
     assert!(st.success());
     apply(&b, &t, &fx.public, 0, &[]);
-    assert_same(
-        &snapshot(&t, true),
-        &snapshot(&fx.new, true),
-        "apply after the lock was released",
-    );
+    assert_same(&snapshot(&t, true), &snapshot(&fx.new, true), "apply after the lock was released");
 }

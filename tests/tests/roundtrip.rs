@@ -44,11 +44,7 @@ fn keys(dir: &Path) -> Keys {
 }
 
 fn no_txn(target: &Path) {
-    assert!(
-        !target.join(".ferry/txn").exists(),
-        "{}: a transaction was left behind",
-        target.display()
-    );
+    assert!(!target.join(".ferry/txn").exists(), "{}: a transaction was left behind", target.display());
 }
 
 /// One property case: trees from `seed`, a delta bundle onto a copy of OLD and a full bundle onto
@@ -67,11 +63,7 @@ fn roundtrip_seed(seed: u64) {
     let target = d.path().join("target");
     copy_tree(&old, &target);
     apply(&delta, &target, &k.public, 0, &[]);
-    assert_same(
-        &snapshot(&target, true),
-        &want,
-        &format!("seed {seed}: delta bundle applied to a copy of OLD vs NEW"),
-    );
+    assert_same(&snapshot(&target, true), &want, &format!("seed {seed}: delta bundle applied to a copy of OLD vs NEW"));
     no_txn(&target);
 
     let full = d.path().join("full.ferry");
@@ -121,12 +113,7 @@ fn every_compression_level_gives_the_same_tree() {
     gen_tree(&old, 11);
     mutate(&old, &new, 11);
     // Make sure there is payload to compress at every level: a new file and an edited one.
-    let text: Vec<u8> = b"level test line\n"
-        .iter()
-        .cycle()
-        .take(50_000)
-        .copied()
-        .collect();
+    let text: Vec<u8> = b"level test line\n".iter().cycle().take(50_000).copied().collect();
     fs::write(new.join("added-for-levels"), &text).expect("write");
     fs::write(old.join("edited-for-levels"), &text).expect("write");
     let mut edited = text.clone();
@@ -179,25 +166,13 @@ fn write_at(p: &Path, offset: u64, data: &[u8]) {
 /// Pieces of the file `name` in a bundle's manifest (read with the format crate).
 fn pieces_of(bundle_file: &Path, name: &[u8]) -> (u64, usize) {
     let f = File::open(bundle_file).expect("open bundle");
-    let mut r =
-        bundle::container::Reader::new(std::io::BufReader::new(f), bundle::Limits::default());
+    let mut r = bundle::container::Reader::new(std::io::BufReader::new(f), bundle::Limits::default());
     let (mb, _) = r.head().expect("head");
     let m = bundle::Manifest::decode(&mb, &bundle::Limits::default()).expect("manifest");
-    let e = m
-        .entries
-        .iter()
-        .find(|e| e.path.as_bytes() == name)
-        .expect("entry in manifest");
+    let e = m.entries.iter().find(|e| e.path.as_bytes() == name).expect("entry in manifest");
     match &e.kind {
-        bundle::Kind::File {
-            size,
-            content: bundle::Content::Pieces(ps),
-            ..
-        } => (*size, ps.len()),
-        k => panic!(
-            "{}: expected a file with pieces, got {k:?}",
-            String::from_utf8_lossy(name)
-        ),
+        bundle::Kind::File { size, content: bundle::Content::Pieces(ps), .. } => (*size, ps.len()),
+        k => panic!("{}: expected a file with pieces, got {k:?}", String::from_utf8_lossy(name)),
     }
 }
 
@@ -211,14 +186,9 @@ fn large_file_roundtrip(len: u64, extra: &[&str], max_bundle: u64) {
     let (old, new) = (d.path().join("old"), d.path().join("new"));
     fs::create_dir_all(&old).expect("mkdir");
     let big_old = old.join("big.img");
-    File::create(&big_old)
-        .expect("create")
-        .set_len(len)
-        .expect("set_len");
+    File::create(&big_old).expect("create").set_len(len).expect("set_len");
     // Shared non-zero content in a few places, including across the last chunk boundary.
-    let noise: Vec<u8> = (0..200_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     for at in [len / 3, len / 2, len - noise.len() as u64] {
         write_at(&big_old, at, &noise);
     }
@@ -234,33 +204,22 @@ fn large_file_roundtrip(len: u64, extra: &[&str], max_bundle: u64) {
     let b = d.path().join("big.ferry");
     build(Some(&old), &new, &k.secret, 2, &b, extra);
     let size = fs::metadata(&b).expect("stat").len();
-    assert!(size < max_bundle, "bundle for a {len}-byte file with a few changed bytes is {size} bytes (limit {max_bundle})");
+    assert!(
+        size < max_bundle,
+        "bundle for a {len}-byte file with a few changed bytes is {size} bytes (limit {max_bundle})"
+    );
     let (msize, npieces) = pieces_of(&b, b"big.img");
     assert_eq!(msize, len, "manifest size of big.img");
-    assert!(
-        npieces > 1,
-        "big.img should be carried in several pieces (chunked mode), got {npieces}"
-    );
+    assert!(npieces > 1, "big.img should be carried in several pieces (chunked mode), got {npieces}");
 
     let target = d.path().join("target");
     copy_tree(&old, &target);
     apply(&b, &target, &k.public, 0, &[]);
     let got = target.join("big.img");
     assert_eq!(fs::metadata(&got).expect("stat").len(), len);
-    assert_eq!(
-        blake3_file(&got),
-        blake3_file(&big_new),
-        "content of big.img after apply"
-    );
-    assert_same(
-        &snapshot(&target, true),
-        &snapshot(&new, true),
-        "tree with a large file",
-    );
-    eprintln!(
-        "large file {len} bytes: bundle {size} bytes, {npieces} pieces, {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+    assert_eq!(blake3_file(&got), blake3_file(&big_new), "content of big.img after apply");
+    assert_same(&snapshot(&target, true), &snapshot(&new, true), "tree with a large file");
+    eprintln!("large file {len} bytes: bundle {size} bytes, {npieces} pieces, {:.1} s", t0.elapsed().as_secs_f64());
 }
 
 /// Over 4 GiB: the format's sizes are u64 and large files are split into chunk-sized pieces.
@@ -279,10 +238,7 @@ fn same_shape_large_file_chunked() {
 }
 
 fn collect_all(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
+    let mut v: Vec<PathBuf> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
     v.sort();
     for p in v {
         if fs::symlink_metadata(&p).expect("lstat").is_dir() {
@@ -295,12 +251,7 @@ fn collect_all(dir: &Path, out: &mut Vec<PathBuf>) {
 const NOBODY: u32 = 65534;
 
 fn chown_tree(p: &Path, uid: u32) {
-    let st = Command::new("chown")
-        .arg("-hR")
-        .arg(format!("{uid}:{uid}"))
-        .arg(p)
-        .status()
-        .expect("chown");
+    let st = Command::new("chown").arg("-hR").arg(format!("{uid}:{uid}")).arg(p).status().expect("chown");
     assert!(st.success());
 }
 
@@ -318,22 +269,14 @@ fn strip_devices(dir: &Path) {
 
 fn setpriv_nobody() -> Command {
     let mut c = Command::new("setpriv");
-    c.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups");
-    c.env_remove("FERRY_CRASH_AT")
-        .env_remove("FERRY_FAIL_AT")
-        .env_remove("FERRY_FAILPOINT_COUNT");
+    c.arg(format!("--reuid={NOBODY}")).arg(format!("--regid={NOBODY}")).arg("--clear-groups");
+    c.env_remove("FERRY_CRASH_AT").env_remove("FERRY_FAIL_AT").env_remove("FERRY_FAILPOINT_COUNT");
     c
 }
 
 fn json_of(o: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&o.stdout)
-        )
-    })
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 /// As an unprivileged user (uid/gid 65534 through `setpriv`): trees owned by that user, the apply
@@ -341,13 +284,8 @@ fn json_of(o: &std::process::Output) -> serde_json::Value {
 /// were not applied.
 #[test]
 fn unprivileged_apply_with_setpriv() {
-    let is_root = fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    assert!(
-        is_root,
-        "this test runs as root and drops to uid {NOBODY} with setpriv"
-    );
+    let is_root = fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    assert!(is_root, "this test runs as root and drops to uid {NOBODY} with setpriv");
     let probe = Command::new("setpriv").arg("--version").output();
     assert!(
         probe.as_ref().map(|o| o.status.success()).unwrap_or(false),
@@ -433,30 +371,12 @@ fn unprivileged_apply_with_setpriv() {
         );
     }
 
-    let o = run_expect(
-        setpriv_nobody()
-            .arg(&bin)
-            .arg("status")
-            .arg("--target")
-            .arg(&target)
-            .arg("--json"),
-        0,
-    );
+    let o = run_expect(setpriv_nobody().arg(&bin).arg("status").arg("--target").arg(&target).arg("--json"), 0);
     let st = json_of(&o);
     assert_eq!(st["ferry_report"], 1);
     assert_eq!(st["installed"]["version"], 2);
     assert_eq!(st["installed"]["owners_applied"], false, "status: {st}");
-    let o = run_expect(
-        setpriv_nobody()
-            .arg(&bin)
-            .arg("status")
-            .arg("--target")
-            .arg(&target),
-        0,
-    );
+    let o = run_expect(setpriv_nobody().arg(&bin).arg("status").arg("--target").arg(&target), 0);
     let human = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        human.contains("not root"),
-        "human status should say owners were left alone: {human}"
-    );
+    assert!(human.contains("not root"), "human status should say owners were left alone: {human}");
 }
