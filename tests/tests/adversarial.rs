@@ -1146,3 +1146,91 @@ fn planted_symlink_under_a_deleted_directory() {
     env.refused(4, &["dir: expected dir, found symlink"]);
     assert!(env.outside.join("file").exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Seed corpus of the fuzz targets in fuzz/.
+
+/// A manifest using every entry kind, content source, piece method and optional field, valid.
+fn rich() -> forge::Forged {
+    let old_conf = b"old configuration\n";
+    let patched = b"old configuration, patched\n";
+    let solid = b"helloworld";
+    let (patch_frame, solid_frame) = (forge::zstd(patched), forge::zstd(solid));
+    let mut m = forge::empty(7);
+    m.base = Some(bundle::Base { version: Some(6), tree: Hash::of(b"tree") });
+    m.expires = Some(4_000_000_000);
+    m.frames = vec![forge::frame(&patch_frame, patched.len() as u64), forge::frame(&solid_frame, solid.len() as u64)];
+    let file = |path: &str, data: &[u8], content: Content| Entry {
+        path: p(path),
+        meta: forge::meta(0o644),
+        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content, config: path.ends_with(".conf") },
+    };
+    let piece = |frame, offset, len, method| Piece { frame, offset, len, method };
+    m.entries = vec![
+        forge::dir("etc", 0o755),
+        file("etc/a.conf", old_conf, Content::Copy { from: p("etc/old.conf") }),
+        file("etc/b", b"", Content::Empty),
+        hardlink("etc/c", "etc/b"),
+        file(
+            "etc/d",
+            patched,
+            Content::Pieces(vec![piece(
+                0,
+                0,
+                patched.len() as u64,
+                Method::Patch { base: p("etc/old.conf"), offset: 0, len: old_conf.len() as u64 },
+            )]),
+        ),
+        file("etc/e", b"hello", Content::Pieces(vec![piece(1, 0, 5, Method::Zstd)])),
+        file("etc/f", b"world", Content::Pieces(vec![piece(1, 5, 5, Method::Zstd)])),
+        forge::symlink("etc/l", b"b"),
+        file("etc/old.conf", old_conf, Content::Unchanged),
+        Entry { path: p("etc/p"), meta: forge::meta(0o600), kind: Kind::Fifo },
+        Entry { path: p("etc/z"), meta: forge::meta(0o600), kind: Kind::CharDev { rdev: 0x103 } },
+    ];
+    m.old = vec![old_dir("etc"), old_file("etc/gone", b"gone\n"), old_file("etc/old.conf", old_conf)];
+    m.script = ["etc/a.conf", "etc/b", "etc/c", "etc/d", "etc/e", "etc/f", "etc/l", "etc/p", "etc/z"]
+        .iter()
+        .map(|s| forge::step(Op::Place, s))
+        .chain([forge::step(Op::Delete, "etc/gone"), forge::step(Op::DirMeta, "etc")])
+        .collect();
+    m.hooks = vec![Hook { glob: "etc/**/*.conf".into(), command: "true".into(), timeout_secs: 5 }];
+    m.rotation = Some(Rotation {
+        add: vec![Hash(forge::secret(3).public().bytes)],
+        retire: vec![forge::secret(4).public().id],
+        threshold: Some(1),
+    });
+    forge::Forged { manifest: m, frames: vec![patch_frame, solid_frame] }
+}
+
+/// Writes fuzz/corpus/{manifest_decode,script_validate,bundle_verify}/seed-*: run with
+/// `cargo test -p ferry-tests --test adversarial -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let k1 = forge::secret(1);
+    let k2 = forge::secret(2);
+    let mut deletes = forge::empty(2);
+    deletes.old = vec![old_dir("dir"), old_file("dir/file", DIR_FILE)];
+    deletes.script = vec![forge::step(Op::Delete, "dir/file"), forge::step(Op::Delete, "dir")];
+    let seeds: Vec<(&str, forge::Forged, Vec<&SecretKey>)> = vec![
+        ("minimal", minimal(), vec![&k1]),
+        ("replace", replace_dir_file(), vec![&k1]),
+        ("deletes", forge::Forged { manifest: deletes, frames: vec![] }, vec![&k1]),
+        ("rich", rich(), vec![&k1, &k2]),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    for (name, f, keys) in seeds {
+        let m = forge::with_signers(&f.manifest, &keys);
+        m.check(&Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        bundle::script::validate(&m).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mb = m.encode();
+        for target in ["manifest_decode", "script_validate"] {
+            fs::create_dir_all(root.join(target)).expect("mkdir");
+            fs::write(root.join(target).join(format!("seed-{name}")), &mb).expect("write seed");
+        }
+        fs::create_dir_all(root.join("bundle_verify")).expect("mkdir");
+        fs::write(root.join("bundle_verify").join(format!("seed-{name}")), forge::bundle_bytes(&m, &keys, &f.frames))
+            .expect("write seed");
+    }
+}
