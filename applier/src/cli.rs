@@ -10,14 +10,14 @@ Exit codes:
   0  success (also: this bundle is already installed)
   1  internal error
   2  usage error
-  3  bad signature, untrusted signer, corrupt, truncated or hostile bundle
+  3  bad signature, untrusted or retired signer, corrupt, truncated or hostile bundle
   4  target does not match the bundle's base (drifted, missing or planted paths)
   5  version refused (not newer than installed, or built for another version)
   6  I/O failure (permission denied, read-only filesystem, ...)
   7  another ferry-apply holds the target's lock
   8  committed, but a post-commit hook failed
   9  another apply is pending (resume it first), or resume needs the bundle
- 10  refused by trust policy (channel, expiry, retired key)
+ 10  refused by policy: wrong channel, or expired
  11  not enough free space
  12  inbox: at least one bundle failed";
 

@@ -25,7 +25,7 @@ pub enum Exit {
     HookFailed = 8,
     /// An interrupted apply of another bundle is pending (or resume needs the bundle again).
     Pending = 9,
-    /// Refused by trust policy: wrong channel, expired bundle, retired key.
+    /// Refused by policy: wrong channel or expired bundle (a retired key is `BadBundle`).
     Policy = 10,
     /// Not enough free space to stage the update.
     NoSpace = 11,
