@@ -174,6 +174,8 @@ corpus_commit10k() {
 }
 
 # ---------------------------------------------------------------- main
+# (a function called on the last line, so editing this file during a run cannot derail it)
+main() {
 ALL=(wheels rootfs synth commit10k)
 [[ $# -gt 0 ]] && TODO=("$@") || TODO=("${ALL[@]}")
 [[ $EUID -eq 0 ]] || log "warning: not root; rootfs (debootstrap/chroot) will fail"
@@ -183,10 +185,18 @@ for c in "${TODO[@]}"; do
         wheels|rootfs|synth|commit10k) ;;
         *) die "unknown corpus '$c' (known: ${ALL[*]})" ;;
     esac
-    # each corpus in a subshell: one failing does not stop the others
-    if ! ( "corpus_$c" ); then
-        log "$c: FAILED"
+    # each corpus in a subshell with errexit: one failing does not stop the others
+    # (not under `if`, which would switch errexit off inside)
+    set +e
+    ( set -e; "corpus_$c" )
+    local st=$?
+    set -e
+    if [[ $st -ne 0 ]]; then
+        log "$c: FAILED (exit $st)"
         rc=1
     fi
 done
-exit $rc
+return $rc
+}
+
+{ main "$@"; exit $?; }

@@ -34,6 +34,9 @@ warn() { log "WARNING: $*"; }
 die()  { log "ERROR: $*"; exit 1; }
 want() { [[ "$TOOLS" == *" $1 "* ]]; }
 
+# The whole script is one function, called on the last line: bash has parsed all of it before
+# running anything, so editing this file while a run is in progress cannot derail that run.
+main() {
 # ------------------------------------------------------------------ setup
 [[ $EUID -eq 0 ]] || warn "not root: rootfs trees (root-owned, device nodes) will not copy/verify correctly"
 [[ -d "$WORK" ]] || die "no $WORK: run bash bench/corpora.sh first"
@@ -145,8 +148,9 @@ def flat(x, pre=""):
             yield from flat(v, f"{pre}{k}.")
     elif not isinstance(x, list):
         yield pre[:-1], x
-for k, v in flat(doc):
-    print(f"{k}={v}")
+for i, (k, v) in enumerate(flat(doc)):
+    if i < 80:
+        print(f"{k}={v}")
 EOF
 }
 
@@ -181,7 +185,8 @@ measure_ferry() {
         fi
         put "$m" size "$(fsize "$bundle")"
         put "$m" build_s "$T_fb_S"; put "$m" build_kib "$T_fb_KIB"
-        json_fields "$d/build.json" | sed 's/^/build./' | head -n 40 | while IFS= read -r kv; do put "$m" json "$kv"; done
+        local kv
+        while IFS= read -r kv; do put "$m" json "build.$kv"; done < <(json_fields "$d/build.json")
 
         log "$C: ferry apply (onto a fresh copy of old)"
         fresh_copy "$O" "$S/target"
@@ -200,13 +205,13 @@ measure_ferry() {
             fi
         fi
         put "$m" apply_s "$T_fa_S"; put "$m" apply_kib "$T_fa_KIB"
-        local kv cw="" cw2=""
+        local cw="" cw2=""
         while IFS= read -r kv; do
             put "$m" json "apply.$kv"
             # prefer a field named like commit_window*, else commit*ms/time
             if [[ -z "$cw" && "${kv%%=*}" =~ [Cc]ommit_?[Ww]indow ]]; then cw="${kv%%=*} = ${kv#*=}"
             elif [[ -z "$cw2" && "${kv%%=*}" =~ [Cc]ommit.*(_ms|[Tt]ime|[Ww]indow) ]]; then cw2="${kv%%=*} = ${kv#*=}"; fi
-        done < <(json_fields "$d/apply.json" | head -n 60)
+        done < <(json_fields "$d/apply.json")
         cw="${cw:-$cw2}"
         put "$m" commit_window "${cw:-n/a}"
         # ferry keeps its own state (journal, previous version for rollback) in TARGET/$FERRY_STATE_DIR:
@@ -311,16 +316,18 @@ measure_tarzst() {
 measure_ostree() {
     begin_results ostree
     local d="$S/ostree"; rm -rf "$d"; mkdir -p "$d"
-    local m="OSTree static delta (--inline)"
+    local m="OSTree static delta (--inline --min-fallback-size=0)"
     put "$m" order 60
     local oo="$O" nn="$N" note=""
-    local nspecial; nspecial=$(find "$O" "$N" \( -type b -o -type c -o -type p -o -type s \) | wc -l)
-    if [[ "$nspecial" -gt 0 ]]; then
-        log "$C: $nspecial device nodes/fifos/sockets: copying trees without them for OSTree"
-        rsync -aH --no-devices --no-specials "$O/" "$d/old/"
-        rsync -aH --no-devices --no-specials "$N/" "$d/new/"
+    local so sn
+    so=$(find "$O" \( -type b -o -type c -o -type p -o -type s \) | wc -l)
+    sn=$(find "$N" \( -type b -o -type c -o -type p -o -type s \) | wc -l)
+    if [[ $((so + sn)) -gt 0 ]]; then
+        log "$C: device nodes/fifos/sockets (old $so, new $sn): copying trees without them for OSTree"
+        rsync -aH --no-devices --no-specials "$O/" "$d/old/" > "$d/copy.log" 2>&1
+        rsync -aH --no-devices --no-specials "$N/" "$d/new/" >> "$d/copy.log" 2>&1
         oo="$d/old"; nn="$d/new"
-        note="trees without their $nspecial device nodes/specials (OSTree cannot store them); "
+        note="trees copied without their device nodes/specials (old $so, new $sn: OSTree cannot store them); "
     fi
     ostree init --repo="$d/repo" --mode=archive
     log "$C: ostree commit old, new"
@@ -331,13 +338,16 @@ measure_ostree() {
         || { put "$m" note "${note}ostree commit failed: $(tail -n1 "$d/commit.err")"; return 0; }
     r1=$(tail -n1 "$d/rev1"); r2=$(tail -n1 "$d/rev2")
     log "$C: ostree static-delta generate"
-    timed og ostree static-delta generate --repo="$d/repo" --from="$r1" --to="$r2" --inline --filename="$d/delta" \
+    # --min-fallback-size=0: self-contained (no object left out for a separate HTTP fetch);
+    # without it objects > 4 MiB are not in the delta and apply-offline refuses it
+    timed og ostree static-delta generate --repo="$d/repo" --from="$r1" --to="$r2" --inline --min-fallback-size=0 \
+        --filename="$d/delta" \
         > "$d/generate.log" 2>&1 || { put "$m" note "${note}static-delta generate failed: $(tail -n1 "$d/generate.log")"; return 0; }
     put "$m" size "$(dsize "$d/delta")"
     put "$m" build_s "$T_og_S"; put "$m" build_kib "$T_og_KIB"
     # apply: a second repo holding only the old commit, apply-offline the delta into it
     ostree init --repo="$d/repo2" --mode=bare   # apply-offline needs a bare repo
-    ostree pull-local --repo="$d/repo2" "$d/repo" "$r1" > /dev/null 2>&1
+    ostree pull-local --repo="$d/repo2" "$d/repo" "$r1" > /dev/null 2>&1 || true
     if timed oa ostree static-delta apply-offline --repo="$d/repo2" "$d/delta" > "$d/apply.log" 2>&1; then
         put "$m" apply_s "$T_oa_S"; put "$m" apply_kib "$T_oa_KIB"
         if ostree fsck --repo="$d/repo2" > /dev/null 2>&1 && ostree show --repo="$d/repo2" "$r2" > /dev/null 2>&1; then
@@ -356,7 +366,7 @@ corpus_stats() {
     local k v
     while IFS=$'\t' read -r k v; do put corpus "$k" "$v"; done < "$S/perfile/stats.tsv"
     put corpus measured "$(date -u +%FT%TZ)"
-    [[ -f "$WORK/$C/.done" ]] && put corpus created "$(cat "$WORK/$C/.done")"
+    if [[ -f "$WORK/$C/.done" ]]; then put corpus created "$(cat "$WORK/$C/.done")"; fi
 }
 
 # ------------------------------------------------------------------ versions + main loop
@@ -379,10 +389,18 @@ for C in "${CORPORA[@]}"; do
     corpus_stats
     for t in ferry rsync perfile tarzst ostree; do
         want "$t" || continue
-        "measure_$t" || warn "$C: $t measurement failed"
+        # in a subshell with errexit, not under `||` (which would switch errexit off inside)
+        set +e
+        ( set -e; "measure_$t" )
+        local st=$?
+        set -e
+        [[ $st -eq 0 ]] || warn "$C: $t measurement failed (exit $st); its rows may be missing"
     done
     [[ -n "${KEEP_SCRATCH:-}" ]] || rm -rf --one-file-system "$S/target" "$S/rsync/batch" "$S/ostree"
 done
 [[ -n "${KEEP_SCRATCH:-}" ]] || rm -rf --one-file-system "$S/target"
 
 python3 "$BENCH_DIR/report.py" "$RES" "$BENCH_DIR/RESULTS.md" "${CORPORA[@]}"
+}
+
+{ main "$@"; exit $?; }
