@@ -187,7 +187,7 @@ pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
     let used_as_base = m.entries.iter().any(|e| match &e.kind {
         bundle::Kind::File { content: bundle::Content::Copy { from }, .. } => from == p,
         bundle::Kind::File { content: bundle::Content::Pieces(ps), .. } => {
-            ps.iter().any(|x| matches!(&x.method, bundle::Method::Patch { base, .. } if base == p))
+            ps.iter().any(|x| x.method.base() == Some(p))
         }
         _ => false,
     });

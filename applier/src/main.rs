@@ -294,7 +294,7 @@ fn applier_inspect(file: &std::path::Path) -> Result<serde_json::Value, Error> {
                     for p in ps {
                         match p.method {
                             Method::Zstd => zstd_pieces += 1,
-                            Method::Patch { .. } => patch_pieces += 1,
+                            Method::Patch { .. } | Method::Bsdiff { .. } => patch_pieces += 1,
                         }
                     }
                 }

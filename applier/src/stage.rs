@@ -141,14 +141,18 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                 continue;
             }
             t.sort_unstable();
-            // Patch frames hold one piece; its base is read from the live OLD file.
-            let base: Option<Vec<u8>> = match m.entries[t[0].3].kind.clone() {
-                Kind::File { content: Content::Pieces(ps), .. } => {
-                    match ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone()) {
-                        Some(Method::Patch { base, offset, len }) => Some(read_base(root, &base, offset, len, limits)?),
-                        _ => None,
-                    }
-                }
+            // Patch and bsdiff frames hold one piece; its base is read from the live OLD file. A
+            // bsdiff frame decodes (plain zstd, bounded) to a patch applied after the loop.
+            let method = match &m.entries[t[0].3].kind {
+                Kind::File { content: Content::Pieces(ps), .. } => ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone()),
+                _ => None,
+            };
+            let base: Option<Vec<u8>> = match &method {
+                Some(Method::Patch { base, offset, len }) => Some(read_base(root, base, *offset, *len, limits)?),
+                _ => None,
+            };
+            let mut bsdiff: Option<(Vec<u8>, Vec<u8>)> = match &method {
+                Some(Method::Bsdiff { base, offset, len }) => Some((read_base(root, base, *offset, *len, limits)?, Vec::new())),
                 _ => None,
             };
             let mut fr = r.frame(fi, f)?;
@@ -166,6 +170,11 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                     let end = pos + n as u64;
                     if end > f.decoded {
                         return Err(bundle::Error::FrameDecode { index: fi as u32, what: format!("decodes to more than the declared {} bytes", f.decoded) }.into());
+                    }
+                    if let Some((_, patch)) = bsdiff.as_mut() {
+                        patch.extend_from_slice(&buf[..n]);
+                        pos = end;
+                        continue;
                     }
                     for &(po, pl, fo, ei) in &t {
                         let (s, e) = (po.max(pos), (po + pl).min(end));
@@ -187,6 +196,22 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                 }
                 if pos != f.decoded {
                     return Err(bundle::Error::FrameDecode { index: fi as u32, what: format!("decodes to {pos} bytes, declared {}", f.decoded) }.into());
+                }
+            }
+            if let Some((old, patch)) = bsdiff.take() {
+                let out = bundle::bspatch::apply(&old, &patch, t[0].1)
+                    .map_err(|what| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {what}") })?;
+                for &(_, _, fo, ei) in &t {
+                    let file = match open.entry(ei) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", &m.entries[ei].path)?;
+                            crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
+                            v.insert(f)
+                        }
+                    };
+                    file.write_all_at(&out, fo).ctx("write staged", &m.entries[ei].path)?;
+                    rep.bytes += out.len() as u64;
                 }
             }
             fr.finish().map_err(|e| crate::source::explain(e.into()))?;

@@ -20,7 +20,7 @@ pub mod write;
 
 pub use error::{Error, Result};
 
-use bundle::{BundlePath, Content, Hook, Kind, Limits, Manifest, Method, Op, Piece, Rotation, Step};
+use bundle::{BundlePath, Content, Hook, Kind, Limits, Manifest, Op, Piece, Rotation, Step};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -367,7 +367,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         let mut pieces = Vec::new();
         for pr in &enc.pieces {
             let f = &encoded.frames[pr.frame];
-            if let Method::Patch { base, .. } = &f.method {
+            if let Some(base) = f.method.base() {
                 used.insert(base.clone());
             }
             let index = match frame_index[pr.frame] {
@@ -416,6 +416,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
                     write::Encoding::Zstd => "zstd",
                     write::Encoding::Patch => "patch",
                     write::Encoding::Chunked => "chunked",
+                    write::Encoding::Bsdiff => "bsdiff",
                     // Counted per frame below.
                     write::Encoding::Solid => continue,
                 };

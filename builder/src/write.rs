@@ -43,6 +43,8 @@ pub enum Encoding {
     Chunked,
     /// Part of a solid frame shared with other small files.
     Solid,
+    /// A zstd-compressed bsdiff patch (ELF files).
+    Bsdiff,
 }
 
 /// A byte range of an encoded frame's decoded output that holds (part of) a file.
@@ -159,33 +161,67 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     let job = &jobs[u.job];
     let data = if u.chunked { read_range(&job.fs_path, u.offset, u.len)? } else { read_job(job)? };
     let cerr = |source| Error::Compress { path: job.path.display(), source };
-    // The smaller of plain zstd and a patch against the base; a patch that is already at least
-    // 64:1 is kept without spending a (slow, high-level) plain encode to compare.
-    let patch = match &u.base {
-        Some((bp, bfs, off, len)) => {
-            let base = read_range(bfs, *off, *len)?;
-            let p = delta::compress(&data, level, Some(&base)).map_err(cerr)?;
-            Some((p, Method::Patch { base: bp.clone(), offset: *off, len: *len }, Some(base)))
-        }
+    let base = match &u.base {
+        Some((_, bfs, off, len)) => Some(read_range(bfs, *off, *len)?),
         None => None,
     };
-    let (bytes, method, base) = match patch {
-        Some(p) if (p.0.len() as u64).saturating_mul(PATCH_GOOD_ENOUGH) <= u.len => p,
-        p => {
-            let plain = delta::compress(&data, level, None).map_err(cerr)?;
-            match p {
-                Some(p) if p.0.len() < plain.len() => p,
-                _ if u.solid_ok => return Ok(None),
-                _ => (plain, Method::Zstd, None),
-            }
+    // Candidates: (frame bytes, method). The smaller of plain zstd and a patch against the base;
+    // a patch that is already at least 64:1 is kept without spending a (slow, high-level) plain
+    // encode to compare.
+    let mut cands: Vec<(Vec<u8>, Method)> = Vec::new();
+    if let (Some((bp, _, off, len)), Some(b)) = (&u.base, &base) {
+        let p = delta::compress(&data, level, Some(b)).map_err(cerr)?;
+        cands.push((p, Method::Patch { base: bp.clone(), offset: *off, len: *len }));
+    }
+    if cands.first().is_none_or(|p| (p.0.len() as u64).saturating_mul(PATCH_GOOD_ENOUGH) > u.len) {
+        cands.push((delta::compress(&data, level, None).map_err(cerr)?, Method::Zstd));
+    }
+    // Executables and shared objects: recompiling shifts addresses all over the file, which a
+    // bsdiff patch (zstd-compressed) encodes better than a zstd patch.
+    if let (Some((bp, _, off, len)), Some(b)) = (&u.base, &base) {
+        if !u.chunked && data.starts_with(b"\x7fELF") && u.len <= BSDIFF_MAX && *len <= BSDIFF_MAX {
+            let mut raw = Vec::new();
+            bsdiff::diff(b, &data, &mut raw).map_err(cerr)?;
+            let z = delta::compress(&raw, level, None).map_err(cerr)?;
+            cands.push((z, Method::Bsdiff { base: bp.clone(), offset: *off, len: *len }));
+        }
+    }
+    let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
+        return Err(cerr(io::Error::other("no encoding")));
+    };
+    let (bytes, method) = cands.swap_remove(best);
+    if method == Method::Zstd && u.solid_ok {
+        return Ok(None);
+    }
+    // Check the frame decodes back to the input the way the applier will decode it.
+    let decoded = match &method {
+        Method::Zstd => {
+            check_decodes(&delta::decompress(&bytes, None, u.len).map_err(cerr)?, &data).map_err(cerr)?;
+            u.len
+        }
+        Method::Patch { .. } => {
+            check_decodes(&delta::decompress(&bytes, base.as_deref(), u.len).map_err(cerr)?, &data).map_err(cerr)?;
+            u.len
+        }
+        Method::Bsdiff { .. } => {
+            let patch = delta::decompress(&bytes, None, 2 * BSDIFF_MAX + u.len).map_err(cerr)?;
+            let out = bundle::bspatch::apply(base.as_deref().unwrap_or_default(), &patch, u.len)
+                .map_err(|e| cerr(io::Error::other(e)))?;
+            check_decodes(&out, &data).map_err(cerr)?;
+            patch.len() as u64
         }
     };
-    // Check the frame decodes back to the input the way the applier will decode it.
-    let back = delta::decompress(&bytes, base.as_deref(), u.len).map_err(cerr)?;
+    store_frame(store, bytes, decoded, method).map(Some)
+}
+
+/// Files (and bases) up to this size get a bsdiff candidate if they are ELF.
+pub const BSDIFF_MAX: u64 = 16 << 20;
+
+fn check_decodes(back: &[u8], data: &[u8]) -> io::Result<()> {
     if back != data {
-        return Err(cerr(io::Error::other("frame does not decode to its input")));
+        return Err(io::Error::other("frame does not decode to its input"));
     }
-    store_frame(store, bytes, u.len, method).map(Some)
+    Ok(())
 }
 
 fn store_frame(store: &FrameStore, bytes: Vec<u8>, decoded: u64, method: Method) -> Result<StoredFrame> {
@@ -312,9 +348,10 @@ pub fn encode_all(
         e.encoding = match (&f.method, u.chunked) {
             (_, true) => Encoding::Chunked,
             (Method::Patch { .. }, false) => Encoding::Patch,
+            (Method::Bsdiff { .. }, false) => Encoding::Bsdiff,
             (Method::Zstd, false) => Encoding::Zstd,
         };
-        e.pieces.push(PieceRef { frame: out.frames.len(), offset: 0, len: f.frame.decoded });
+        e.pieces.push(PieceRef { frame: out.frames.len(), offset: 0, len: u.len });
         out.frames.push(f);
     }
 
@@ -450,7 +487,7 @@ mod tests {
                     assert_eq!((*offset, *len), delta::chunk_base_window(i as u64, chunk, 5 * chunk));
                     Some(&oldb[*offset as usize..(*offset + *len) as usize])
                 }
-                Method::Zstd => None,
+                _ => None,
             };
             rebuilt.extend(delta::decompress(&bytes, prefix, f.frame.decoded)?);
         }

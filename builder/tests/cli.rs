@@ -127,6 +127,14 @@ fn check_contents(b: &Read_, old: &Path, new: &Path) -> R {
                             d.read_to_end(&mut v)?;
                             v
                         }
+                        Method::Bsdiff { base, offset, len } => {
+                            let o = fs::read(fsp(old, base))?;
+                            let patch = zstd::stream::decode_all(&frame[..])?;
+                            let window = &o[*offset as usize..(*offset + *len) as usize];
+                            let mut out = vec![0u8; p.offset as usize];
+                            out.extend(bundle::bspatch::apply(window, &patch, p.len)?);
+                            out
+                        }
                     };
                     out.extend_from_slice(&decoded[p.offset as usize..(p.offset + p.len) as usize]);
                 }

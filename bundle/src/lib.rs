@@ -4,12 +4,14 @@
 //!
 //! - [`path`]: [`BundlePath`], a relative path that cannot escape the target.
 //! - [`manifest`]: the signed manifest (entries of NEW, expected OLD state, frames, apply script).
+//! - [`bspatch`]: applying the bsdiff patches of `Method::Bsdiff` pieces, bounded.
 //! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
 //! - [`limits`]: bounds on every untrusted size and count.
 //! - [`glob`]: the path-glob language of hooks and config-file marks.
 
+pub mod bspatch;
 pub mod container;
 pub mod error;
 pub mod glob;

@@ -127,6 +127,20 @@ pub enum Method {
     /// zstd with bytes `[offset, offset+len)` of the OLD file at `base` as reference prefix
     /// (`zstd --patch-from`).
     Patch { base: BundlePath, offset: u64, len: u64 },
+    /// The frame is plain zstd and decodes to a bsdiff patch ([`crate::bspatch`]) against bytes
+    /// `[offset, offset+len)` of the OLD file at `base`; applying it gives the piece's `len`
+    /// bytes. The frame holds this one piece, at offset 0.
+    Bsdiff { base: BundlePath, offset: u64, len: u64 },
+}
+
+impl Method {
+    /// The OLD file this method reads, if any.
+    pub fn base(&self) -> Option<&BundlePath> {
+        match self {
+            Method::Zstd => None,
+            Method::Patch { base, .. } | Method::Bsdiff { base, .. } => Some(base),
+        }
+    }
 }
 
 /// Expected state of a path in OLD.
@@ -290,7 +304,8 @@ impl Manifest {
         }
         let depth_ok = |p: &BundlePath| p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth;
         // Per-frame coverage: pieces of each frame, to check they tile it exactly.
-        let mut per_frame: Vec<Vec<(u64, u64, bool)>> = vec![Vec::new(); self.frames.len()];
+        // (offset, length, method: 0 zstd, 1 patch, 2 bsdiff)
+        let mut per_frame: Vec<Vec<(u64, u64, u8)>> = vec![Vec::new(); self.frames.len()];
         for e in &self.entries {
             if !depth_ok(&e.path) {
                 return err(format!("path {} exceeds length or depth limit", e.path));
@@ -314,18 +329,28 @@ impl Manifest {
                             let Some(fr) = self.frames.get(p.frame as usize) else {
                                 return err(format!("{}: piece refers to missing frame {}", e.path, p.frame));
                             };
+                            // A bsdiff piece is the whole output of patching with its frame: offset 0,
+                            // any length up to the decoded-size limit; it tiles its frame alone.
+                            let bsdiff = matches!(p.method, Method::Bsdiff { .. });
                             let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
-                            if end.is_none() || p.len == 0 {
+                            let inside = if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
+                            if !inside || p.len == 0 {
                                 return err(format!("{}: piece outside frame {}", e.path, p.frame));
                             }
-                            if let Method::Patch { base, offset, len } = &p.method {
+                            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
                                 match self.old_entry(base) {
                                     Some(OldEntry { kind: OldKind::File { size, .. }, .. })
                                         if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
                                     _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
                                 }
                             }
-                            per_frame[p.frame as usize].push((p.offset, p.len, matches!(p.method, Method::Patch { .. })));
+                            let span = if bsdiff { fr.decoded } else { p.len };
+                            let kind = match p.method {
+                                Method::Zstd => 0,
+                                Method::Patch { .. } => 1,
+                                Method::Bsdiff { .. } => 2,
+                            };
+                            per_frame[p.frame as usize].push((p.offset, span, kind));
                             total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
                         }
                         if total != *size {
@@ -348,12 +373,12 @@ impl Manifest {
         }
         for (i, ps) in per_frame.iter_mut().enumerate() {
             // Identical pieces may be shared (deduplicated content); otherwise pieces tile the
-            // frame exactly, and a patch frame holds one piece.
+            // frame exactly, and a patch or bsdiff frame holds one piece.
             ps.sort_unstable();
             ps.dedup();
             let mut at = 0u64;
-            for &(off, len, patch) in ps.iter() {
-                if off != at || (patch && ps.len() != 1) {
+            for &(off, len, kind) in ps.iter() {
+                if off != at || (kind != 0 && ps.len() != 1) {
                     return err(format!("frame {i}: pieces do not tile the frame"));
                 }
                 at = off + len;

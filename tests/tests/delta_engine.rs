@@ -396,3 +396,139 @@ fn archive_members_outside_the_tree_are_refused() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a directory, a .tar or a .tar.zst"));
 }
+
+/// C source of a program with many small functions; version 2 adds a function at the top (so
+/// every later address shifts) and a line of output.
+fn c_program(version: u32) -> String {
+    let mut s = String::from("#include <stdio.h>\n#include <string.h>\n");
+    if version == 2 {
+        s += "static int extra(int x) { return x * 7 + 3; }\n";
+    }
+    for i in 0..200 {
+        s += &format!("int f{i}(int x) {{ char b[64]; snprintf(b, sizeof b, \"f{i} %d\", x); return (int)strlen(b) + x * {}; }}\n", i % 13);
+    }
+    s += "int main(int argc, char **argv) { int t = 0; (void)argv;\n";
+    for i in 0..200 {
+        s += &format!("  t += f{i}(argc + {i});\n");
+    }
+    if version == 2 {
+        s += "  t += extra(t);\n  puts(\"version 2\");\n";
+    }
+    s += "  printf(\"%d\\n\", t); return 0; }\n";
+    s
+}
+
+fn c_library(version: u32) -> String {
+    let mut s = String::new();
+    for i in 0..150 {
+        let k = if version == 2 && i == 3 { 99 } else { i % 7 };
+        s += &format!("int lib_f{i}(int x) {{ return x * {k} + {i}; }}\n");
+    }
+    if version == 2 {
+        s += "int lib_new(int x) { return lib_f1(x) + lib_f2(x); }\n";
+    }
+    s
+}
+
+fn gcc(src: &str, out: &Path, extra: &[&str]) {
+    let c = out.with_extension("c");
+    fs::write(&c, src).expect("write source");
+    let o = std::process::Command::new("gcc").args(["-O2", "-o"]).arg(out).arg(&c).args(extra).output().expect("gcc");
+    assert!(o.status.success(), "gcc: {}", String::from_utf8_lossy(&o.stderr));
+    fs::remove_file(&c).expect("rm source");
+}
+
+#[test]
+fn elf_files_get_bsdiff_patches_when_smaller() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    for (root, v) in [(&old, 1), (&new, 2)] {
+        fs::create_dir_all(root.join("bin")).expect("mkdir");
+        fs::create_dir_all(root.join("lib")).expect("mkdir");
+        gcc(&c_program(v), &root.join("bin/prog"), &[]);
+        gcc(&c_library(v), &root.join("lib/libdemo.so"), &["-shared", "-fPIC"]);
+        stamp_all(root, 1_650_000_000 + u64::from(v) as i64 * 1000);
+    }
+    let want = snapshot(&new, true);
+    let out = d.path().join("elf.ferry");
+    let rep = build_json(Some(&old), &new, &secret, &out, &[]);
+    let m = manifest(&out);
+    let ps = pieces(&m);
+    // What a zstd patch (the other candidate) would cost, for comparison.
+    let zstd_patch = |p: &str| {
+        let (o, n) = (fs::read(old.join(p)).expect("read"), fs::read(new.join(p)).expect("read"));
+        let mut e = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 19, &o).expect("encoder");
+        std::io::Write::write_all(&mut e, &n).expect("compress");
+        e.finish().expect("finish").len()
+    };
+    let mut bsdiff_files = 0;
+    for p in ["bin/prog", "lib/libdemo.so"] {
+        let piece = &ps[p][0];
+        let frame = m.frames[piece.frame as usize].size;
+        eprintln!("{p}: {:?} frame {frame} bytes; zstd patch at level 19 {} bytes", piece.method, zstd_patch(p));
+        if let Method::Bsdiff { base, offset, len } = &piece.method {
+            assert_eq!(base.display(), p);
+            assert_eq!((*offset, *len), (0, fs::metadata(old.join(p)).expect("stat").len()));
+            assert_eq!(piece.len, fs::metadata(new.join(p)).expect("stat").len());
+            assert!(frame as usize <= zstd_patch(p), "bsdiff kept although larger");
+            bsdiff_files += 1;
+        }
+    }
+    assert!(bsdiff_files >= 1, "no bsdiff piece: {rep}");
+    assert_eq!(rep["stats"]["bsdiff"]["files"].as_u64(), Some(bsdiff_files), "{rep}");
+    // `verify` decodes bsdiff frames (plain zstd) without the OLD tree.
+    let o = run_expect(apply_cmd().arg("verify").arg(&out).arg("--trust").arg(&public), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("OK") || String::from_utf8_lossy(&o.stderr).contains("OK"));
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&out, &target, &public, 0, &[]);
+    assert_same(&snapshot(&target, true), &want, "bsdiff bundle applied to OLD");
+    let run = std::process::Command::new(target.join("bin/prog")).output().expect("run the patched program");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("version 2"));
+    // Hostile patches (writing past the declared length, reading outside the base window) are
+    // refused by bundle::bspatch, whose unit tests cover them.
+}
+
+#[test]
+fn bsdiff_pieces_obey_the_structural_rules() {
+    use bundle::{OldEntry, OldKind};
+    use ferry_tests::forge;
+    let base = forge::path("bin/prog");
+    let mut m = forge::empty(2);
+    m.signers = vec![bundle::sig::manifest_key(&forge::secret(1).public())];
+    m.old = vec![OldEntry {
+        path: base.clone(),
+        meta: forge::meta(0o755),
+        kind: OldKind::File { size: 1000, hash: bundle::Hash::of(b"old") },
+    }];
+    m.frames = vec![forge::frame(b"compressed patch", 300)];
+    let mut e = forge::file("bin/prog", &[7u8; 5000], 0, 0);
+    let set = |e: &mut bundle::Entry, f: &dyn Fn(&mut bundle::Piece)| {
+        if let Kind::File { content: Content::Pieces(ps), .. } = &mut e.kind {
+            f(&mut ps[0]);
+        }
+    };
+    set(&mut e, &|p| p.method = Method::Bsdiff { base: base.clone(), offset: 0, len: 1000 });
+    m.entries = vec![e.clone()];
+    // Output (5000) larger than the decoded patch (300): fine for bsdiff.
+    m.check(&Limits::default()).expect("valid bsdiff piece");
+    let refused = |m: &Manifest, what: &str| {
+        assert!(m.check(&Limits::default()).is_err(), "{what} accepted");
+    };
+    let mut bad = e.clone();
+    set(&mut bad, &|p| p.offset = 1);
+    refused(&Manifest { entries: vec![bad], ..m.clone() }, "bsdiff piece at offset 1");
+    let mut bad = e.clone();
+    set(&mut bad, &|p| p.method = Method::Bsdiff { base: base.clone(), offset: 1, len: 1000 });
+    refused(&Manifest { entries: vec![bad], ..m.clone() }, "base window past the OLD file");
+    let mut bad = e.clone();
+    set(&mut bad, &|p| p.method = Method::Bsdiff { base: forge::path("missing"), offset: 0, len: 1 });
+    refused(&Manifest { entries: vec![bad], ..m.clone() }, "base not in OLD");
+    // Sharing the frame with a plain piece, or a patch piece of the same span, is refused.
+    let plain = forge::file("other", &[1u8; 300], 0, 0);
+    refused(&Manifest { entries: vec![e.clone(), plain], ..m.clone() }, "bsdiff frame shared with zstd");
+    let mut patch = forge::file("zz", &[1u8; 300], 0, 0);
+    set(&mut patch, &|p| p.method = Method::Patch { base: base.clone(), offset: 0, len: 10 });
+    refused(&Manifest { entries: vec![e.clone(), patch], ..m.clone() }, "bsdiff frame shared with a patch");
+}
