@@ -251,7 +251,10 @@ pub fn mount_key(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub fn keeping_mtime<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let st = rfs::fstat(dir)?;
     let r = f()?;
-    let t = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
-    rfs::futimens(dir, &Timestamps { last_access: t, last_modification: t })?;
+    let now = rfs::fstat(dir)?;
+    if (now.st_mtime, now.st_mtime_nsec) != (st.st_mtime, st.st_mtime_nsec) {
+        let t = Timespec { tv_sec: st.st_mtime as _, tv_nsec: st.st_mtime_nsec as _ };
+        rfs::futimens(dir, &Timestamps { last_access: t, last_modification: t })?;
+    }
     Ok(r)
 }
