@@ -248,13 +248,14 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         let n = txn.head.manifest.script.len();
         let mut res = Ok(());
         let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
+        let mut dirs = commit::DirCache::default();
         for i in 0..n {
             prog.tick(i as u64, 0);
             if let Err(e) = crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path) {
                 res = Err(e);
                 break;
             }
-            match commit::forward(root, &mut txn, i, t.owners) {
+            match commit::forward(root, &mut txn, i, t.owners, &mut dirs) {
                 Ok(true) if first.is_none() => first = Some(Instant::now()),
                 Ok(_) => {}
                 Err(e) => {

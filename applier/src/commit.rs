@@ -51,6 +51,36 @@ fn new_type(k: &Kind) -> &'static str {
     }
 }
 
+/// Open directory handles of the commit, by path, so that each step costs one `openat` per
+/// new directory rather than one per path component: the commit window is renames, not lookups.
+/// A handle stays valid while its directory is not moved; steps that move a path forget every
+/// handle at or under it first.
+#[derive(Default)]
+pub struct DirCache {
+    dirs: std::collections::HashMap<BundlePath, std::os::fd::OwnedFd>,
+}
+
+impl DirCache {
+    /// The parent directory of `p` (resolved beneath `root` without following symlinks).
+    fn parent(&mut self, root: BorrowedFd<'_>, p: &BundlePath) -> std::io::Result<std::os::fd::OwnedFd> {
+        let Some(parent) = p.parent() else {
+            return fsx::open_dir_beneath(root, None);
+        };
+        if let Some(fd) = self.dirs.get(&parent) {
+            return fd.try_clone();
+        }
+        let up = self.parent(root, &parent)?;
+        let fd = fsx::open_dir_at(up.as_fd(), parent.file_name())?;
+        let copy = fd.try_clone()?;
+        self.dirs.insert(parent, fd);
+        Ok(copy)
+    }
+
+    fn forget(&mut self, p: &BundlePath) {
+        self.dirs.retain(|k, _| k != p && !k.is_under(p));
+    }
+}
+
 /// Everything a `Place` step (forward or reverse) needs to know about its path.
 struct Slot<'a> {
     new_kind: Kind,
@@ -81,11 +111,14 @@ fn slot<'a>(root: BorrowedFd<'_>, txn: &'a mut Txn, p: &BundlePath) -> Result<Sl
 }
 
 /// Run step `i` forward. Returns true if it renamed something into the live tree.
-pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> Result<bool> {
-    let m = &txn.head.manifest;
-    let step = m.script[i].clone();
+pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, dirs: &mut DirCache) -> Result<bool> {
+    let step = txn.head.manifest.script[i].clone();
     let p = &step.path;
-    let (dir, name) = match fsx::parent_of(root, p) {
+    // A step that moves a directory (exchange, delete) invalidates handles under it.
+    if matches!(step.op, Op::Place | Op::Delete) {
+        dirs.forget(p);
+    }
+    let dir = match dirs.parent(root, p) {
         Ok(x) => x,
         // A deleted path whose parent was already moved out by an earlier run: done.
         Err(e) if step.op == Op::Delete && matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) => {
@@ -93,6 +126,8 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool) -> R
         }
         Err(e) => return Err(e).ctx("open parent of", p),
     };
+    let name = p.file_name();
+    let m = &txn.head.manifest;
     let dir = dir.as_fd();
     let cur = fsx::lstat_at(dir, name).ctx("stat", p)?;
     match step.op {
