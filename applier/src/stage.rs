@@ -230,10 +230,11 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
         prog.finish(m.frames.len() as u64, read);
         written.dedup();
     }
+    let from_frames: HashSet<usize> = written.iter().copied().collect();
 
     // Everything else: empty files, local copies, symlinks, directories, special files, links.
     for &i in &placed {
-        if done.contains(&i) || written.contains(&i) {
+        if done.contains(&i) || from_frames.contains(&i) {
             continue;
         }
         let e = &m.entries[i];
