@@ -9,9 +9,12 @@
 #                e.g. BENCH_TOOLS=ferry re-measures ferry only and keeps the stored competitor numbers
 #   FERRY_LEVELS="default"    ferry --level values to measure (e.g. "fast default max")
 #   SKIP_CARGO_BUILD=1        use the existing target/release binaries
+#   FERRY_BIN_DIR=DIR         take ferry-build/ferry-apply from DIR instead of target/release
 #   VERIFY_EXCLUDE="pat ..."  rsync --exclude patterns ignored when comparing an applied tree with new
 #   FERRY_STATE_DIR=.ferry    ferry-apply's state dir in the target (excluded from ferry's check, size reported)
 #   KEEP_SCRATCH=1            keep bench/work/scratch (applied trees, bundles, repos)
+#   BENCH_WORK=DIR            corpora/results/scratch elsewhere than bench/work
+#   BENCH_RESULTS_MD=FILE     write the Markdown there instead of bench/RESULTS.md
 #
 # Results: one TSV per corpus and method family in bench/work/results/CORPUS/,
 # rendered by bench/report.py into bench/RESULTS.md (and printed).
@@ -104,11 +107,13 @@ verify() {
 }
 
 # ------------------------------------------------------------------ ferry build
-FB="$ROOT/target/release/ferry-build"
-FA="$ROOT/target/release/ferry-apply"
+FB="${FERRY_BIN_DIR:-$ROOT/target/release}/ferry-build"
+FA="${FERRY_BIN_DIR:-$ROOT/target/release}/ferry-apply"
 FERRY_STATUS="not requested"
 if want ferry; then
-    if [[ -z "${SKIP_CARGO_BUILD:-}" ]]; then
+    if [[ -n "${SKIP_CARGO_BUILD:-}" ]]; then
+        FERRY_STATUS="cargo build skipped (SKIP_CARGO_BUILD)"
+    else
         log "cargo build --release -p ferry-builder -p ferry-applier (log: $RES/cargo-build.log)"
         if (cd "$ROOT" && cargo build --release -p ferry-builder -p ferry-applier) > "$RES/cargo-build.log" 2>&1; then
             FERRY_STATUS="built"
@@ -119,6 +124,10 @@ if want ferry; then
         fi
     fi
     if [[ -x "$FB" && -x "$FA" ]]; then
+        if [[ "$FERRY_STATUS" != built ]]; then
+            FERRY_STATUS="$FERRY_STATUS; measured the existing binaries of $(date -u -r "$FB" '+%F %H:%M UTC')"
+            warn "using the existing ferry binaries ($(date -u -r "$FB" '+%F %H:%M UTC'))"
+        fi
         KEYS="$SCR/keys"; mkdir -p "$KEYS"
         if [[ ! -f "$KEYS/bench.secret" ]] && ! "$FB" keygen --out "$KEYS/bench" > "$KEYS/keygen.log" 2>&1; then
             warn "ferry-build keygen failed: $(tail -n3 "$KEYS/keygen.log")"
@@ -156,14 +165,15 @@ EOF
 
 measure_ferry() {
     begin_results ferry
-    local level
+    local level i=0
     for level in $FERRY_LEVELS; do
         local m="ferry --level $level"
-        put "$m" order 10
+        put "$m" order "1$((i++))"
         if [[ "${FERRY_OK:-0}" != 1 ]]; then
             put "$m" note "n/a: $FERRY_STATUS"
             continue
         fi
+        [[ "$FERRY_STATUS" == built ]] || put "$m" note "$FERRY_STATUS"
         local d="$S/ferry-$level"; rm -rf "$d"; mkdir -p "$d"
         local bundle="$d/bundle.ferry" args=(--level "$level" --json)
         log "$C: ferry build --level $level"
@@ -400,7 +410,7 @@ for C in "${CORPORA[@]}"; do
 done
 [[ -n "${KEEP_SCRATCH:-}" ]] || rm -rf --one-file-system "$S/target"
 
-python3 "$BENCH_DIR/report.py" "$RES" "$BENCH_DIR/RESULTS.md" "${CORPORA[@]}"
+python3 "$BENCH_DIR/report.py" "$RES" "${BENCH_RESULTS_MD:-$BENCH_DIR/RESULTS.md}" "${CORPORA[@]}"
 }
 
 { main "$@"; exit $?; }
