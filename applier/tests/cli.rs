@@ -47,7 +47,7 @@ const CODES: &[(u8, &str)] = &[
     (7, "lock"),
     (8, "hook failed"),
     (9, "pending"),
-    (10, "trust policy"),
+    (10, "policy"),
     (11, "free space"),
     (12, "inbox"),
 ];

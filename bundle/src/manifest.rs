@@ -220,8 +220,14 @@ pub struct Rotation {
 }
 
 impl Manifest {
-    /// Canonical CBOR encoding.
+    /// The manifest member's bytes: one zstd frame (level [`MANIFEST_LEVEL`]) holding the
+    /// canonical CBOR encoding ([`Manifest::to_cbor`]). Signatures cover these bytes.
     pub fn encode(&self) -> Vec<u8> {
+        pack(&self.to_cbor())
+    }
+
+    /// Canonical CBOR encoding.
+    pub fn to_cbor(&self) -> Vec<u8> {
         let mut out = Vec::new();
         // Serialising plain data into a Vec cannot fail.
         #[allow(clippy::unwrap_used)]
@@ -229,11 +235,17 @@ impl Manifest {
         out
     }
 
-    /// Decode and check the structural rules of bundle-format.md ("Manifest rules"). The caller
-    /// has already bounded `bytes.len()` by [`Limits::max_manifest_bytes`].
+    /// Decode the manifest member (call only after its signatures verified): decompress it,
+    /// bounded by [`Limits::max_manifest_bytes`], then [`Manifest::from_cbor`].
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
+        let cbor = unpack(bytes, limits.max_manifest_bytes)?;
+        Manifest::from_cbor(&cbor, limits)
+    }
+
+    /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5).
+    pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
         let m: Manifest = ciborium::from_reader(bytes).map_err(|e| Error::Manifest(e.to_string()))?;
-        if m.encode() != bytes {
+        if m.to_cbor() != bytes {
             return Err(Error::Manifest("not in canonical encoding".into()));
         }
         m.check(limits)?;
@@ -437,6 +449,37 @@ impl OldKind {
             OldKind::BlockDev { .. } => "blockdev",
         }
     }
+}
+
+/// zstd level of the manifest member (deterministic for a given zstd version; a reader never
+/// re-compresses, it checks the signature over the bytes it received).
+pub const MANIFEST_LEVEL: i32 = 19;
+
+/// Compress CBOR into the manifest member: one zstd frame.
+pub fn pack(cbor: &[u8]) -> Vec<u8> {
+    // Compressing from a slice into a Vec cannot fail.
+    #[allow(clippy::unwrap_used)]
+    zstd::bulk::compress(cbor, MANIFEST_LEVEL).unwrap()
+}
+
+/// Decompress the manifest member: exactly one zstd frame, nothing after it, at most `max`
+/// decoded bytes (a frame that would decode to more is cut off there and refused), window ≤ 2^27.
+pub fn unpack(bytes: &[u8], max: u64) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let bad = |what: String| Error::Manifest(format!("manifest member: {what}"));
+    match zstd::zstd_safe::find_frame_compressed_size(bytes) {
+        Ok(n) if n == bytes.len() => {}
+        Ok(_) => return Err(bad("data after the zstd frame".into())),
+        Err(_) => return Err(bad("not a zstd frame".into())),
+    }
+    let mut d = zstd::stream::read::Decoder::with_buffer(bytes).map_err(|e| bad(e.to_string()))?.single_frame();
+    d.window_log_max(27).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    d.take(max.saturating_add(1)).read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
+    if out.len() as u64 > max {
+        return Err(Error::TooLarge { what: "decoded manifest".into(), size: out.len() as u64, limit: max });
+    }
+    Ok(out)
 }
 
 /// Digest of a whole tree: BLAKE3 (derive-key mode, context `ferry tree v1`) over the CBOR

@@ -133,7 +133,14 @@ pub fn signatures(manifest_bytes: &[u8], keys: &[&SecretKey]) -> Vec<u8> {
 
 /// A complete bundle around `manifest_bytes` (taken as is, signers and all).
 pub fn raw_bundle_bytes(manifest_bytes: &[u8], keys: &[&SecretKey], frames: &[Vec<u8>]) -> Vec<u8> {
-    framed(manifest_bytes, &signatures(manifest_bytes, keys), frames)
+    // Hand-made CBOR is packed into the manifest member's zstd frame as the builder does; bytes
+    // that already are a zstd frame (from `Manifest::encode`) are used as they are.
+    let packed = if manifest_bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        manifest_bytes.to_vec()
+    } else {
+        bundle::manifest::pack(manifest_bytes)
+    };
+    framed(&packed, &signatures(&packed, keys), frames)
 }
 
 /// Frame the given manifest, signature member and payload frames canonically.
@@ -272,7 +279,7 @@ mod tests {
     fn value_roundtrip_is_exact() {
         let k = secret(1);
         let f = minimal(1, "d", b"hello");
-        assert_eq!(encode_value(&to_value(&f.manifest, &[&k])), with_signers(&f.manifest, &[&k]).encode());
+        assert_eq!(encode_value(&to_value(&f.manifest, &[&k])), with_signers(&f.manifest, &[&k]).to_cbor());
     }
 
     #[test]

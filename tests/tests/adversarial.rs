@@ -585,7 +585,7 @@ fn other_script_defects() {
 fn many_entries_manifest(key: &SecretKey, n: u32) -> Vec<u8> {
     let mut m = forge::empty(1);
     m.entries = vec![forge::dir("d0000000", 0o755)];
-    let enc = forge::with_signers(&m, &[key]).encode();
+    let enc = forge::with_signers(&m, &[key]).to_cbor();
     let mut one = Vec::new();
     ciborium::into_writer(&m.entries[0], &mut one).expect("encode entry");
     let mut key_and_one = b"\x67entries\x81".to_vec();
@@ -797,7 +797,7 @@ fn out_of_range_numbers() {
     // Byte-level encodings: non-minimal integers, a lying array length, a huge byte string, junk
     // after the manifest.
     let env = Env::new();
-    let good = forge::with_signers(&f.manifest, &[&env.key]).encode();
+    let good = forge::with_signers(&f.manifest, &[&env.key]).to_cbor();
     let splice = |from: &[u8], to: &[u8]| -> Vec<u8> {
         let at = good.windows(from.len()).position(|w| w == from).expect("pattern in manifest");
         [&good[..at], to, &good[at + from.len()..]].concat()
@@ -1224,7 +1224,7 @@ fn write_fuzz_seeds() {
         let m = forge::with_signers(&f.manifest, &keys);
         m.check(&Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         bundle::script::validate(&m).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mb = m.encode();
+        let mb = m.to_cbor();
         for target in ["manifest_decode", "script_validate"] {
             fs::create_dir_all(root.join(target)).expect("mkdir");
             fs::write(root.join(target).join(format!("seed-{name}")), &mb).expect("write seed");
