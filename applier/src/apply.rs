@@ -87,7 +87,8 @@ fn ms(t: Instant) -> f64 {
 }
 
 pub fn load_trust(o: &Options, paths: &Paths) -> Result<TrustPolicy> {
-    let t = o.trust.as_ref().ok_or_else(|| Error::Usage("--trust KEY.pub (or a directory of keys) is required".into()))?;
+    let t =
+        o.trust.as_ref().ok_or_else(|| Error::Usage("--trust KEY.pub (or a directory of keys) is required".into()))?;
     crate::trust::load(t, Some(&paths.trust()))
 }
 
@@ -96,7 +97,10 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
     let m = &h.manifest;
     if let Some(v) = st.version {
         if m.version <= v {
-            return Err(Error::Version(format!("bundle version {} is not newer than the installed version {v}", m.version)));
+            return Err(Error::Version(format!(
+                "bundle version {} is not newer than the installed version {v}",
+                m.version
+            )));
         }
         if let Some(bv) = m.base.as_ref().and_then(|b| b.version) {
             if bv != v {
@@ -107,7 +111,10 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
     let want = st.channel.clone().or_else(|| o.channel.clone());
     if let Some(c) = want {
         if c != m.channel {
-            return Err(Error::Policy(format!("bundle is for channel {:?}, the target follows channel {c:?}", m.channel)));
+            return Err(Error::Policy(format!(
+                "bundle is for channel {:?}, the target follows channel {c:?}",
+                m.channel
+            )));
         }
     }
     if let Some(exp) = m.expires {
@@ -159,7 +166,13 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     let st = state::load(&t.paths.state())?;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         log(o, format!("version {} (this bundle) is already installed", h.manifest.version));
-        return Ok(Report { result: "already-installed".into(), version: st.version, bundle_id: st.bundle_id, channel: st.channel, ..Default::default() });
+        return Ok(Report {
+            result: "already-installed".into(),
+            version: st.version,
+            bundle_id: st.bundle_id,
+            channel: st.channel,
+            ..Default::default()
+        });
     }
     check_policy(o, &st, &h)?;
     let kept = crate::base::check(t.root.as_fd(), &h.manifest, &|p| conffile(&h.manifest, p)).map_err(Error::Drift)?;
@@ -167,7 +180,15 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
         log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));
     }
     let verify_ms = ms(t0);
-    log(o, format!("verified bundle version {} ({} entries, {} steps)", h.manifest.version, h.manifest.entries.len(), h.manifest.script.len()));
+    log(
+        o,
+        format!(
+            "verified bundle version {} ({} entries, {} steps)",
+            h.manifest.version,
+            h.manifest.entries.len(),
+            h.manifest.script.len()
+        ),
+    );
     let mut txn = Txn::create(&t.paths.txn(), h, bundle)?;
     state::save(&txn.dir.join("state-before.json"), &st)?;
     txn.save_kept(&kept)?;
@@ -238,7 +259,14 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         state::write_atomic(&txn.dir.join("oldmeta.cbor"), &b)?;
         txn.append(Record::Staged)?;
         rep.stage_ms = ms(t0);
-        log(o, format!("staged {} objects ({} bytes); the bundle is no longer needed", rep.staged_objects + rep.staged_reused, rep.staged_bytes));
+        log(
+            o,
+            format!(
+                "staged {} objects ({} bytes); the bundle is no longer needed",
+                rep.staged_objects + rep.staged_reused,
+                rep.staged_bytes
+            ),
+        );
     } else {
         txn.open_works(root, false)?;
     }
@@ -251,7 +279,9 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         let mut dirs = commit::DirCache::default();
         for i in 0..n {
             prog.tick(i as u64, 0);
-            if let Err(e) = crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path) {
+            if let Err(e) =
+                crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path)
+            {
                 res = Err(e);
                 break;
             }
@@ -274,7 +304,13 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         sync_all(root, &txn)?;
         txn.append(Record::Committed)?;
         rep.commit_ms = ms(t0);
-        log(o, format!("committed version {} ({} steps, window {:.1} ms)", txn.head.manifest.version, n, rep.commit_window_ms));
+        log(
+            o,
+            format!(
+                "committed version {} ({} steps, window {:.1} ms)",
+                txn.head.manifest.version, n, rep.commit_window_ms
+            ),
+        );
     }
     finish(o, t, txn, &mut rep)?;
     Ok(rep)
@@ -313,7 +349,8 @@ fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()>
     let mut hook_err = None;
     if !txn.has(&Record::HooksDone) {
         st.hooks = hooks::run(&m, &o.target, &t.paths.hooks_log(), o.no_hooks);
-        let failed: Vec<String> = st.hooks.iter().filter(|h| !h.ok).map(|h| format!("{} ({})", h.command, h.result)).collect();
+        let failed: Vec<String> =
+            st.hooks.iter().filter(|h| !h.ok).map(|h| format!("{} ({})", h.command, h.result)).collect();
         if !failed.is_empty() {
             st.last_error = Some(format!("hooks failed: {}", failed.join("; ")));
             hook_err = Some(Error::Hook(failed.join("; ")));
@@ -420,5 +457,11 @@ pub fn rollback(o: &Options) -> Result<Report> {
     prev.append(Record::RollbackBegin)?;
     rollback_txn(o, &t, prev)?;
     let st = state::load(&t.paths.state())?;
-    Ok(Report { result: "rolled-back".into(), version: st.version, bundle_id: st.bundle_id, channel: st.channel, ..Default::default() })
+    Ok(Report {
+        result: "rolled-back".into(),
+        version: st.version,
+        bundle_id: st.bundle_id,
+        channel: st.channel,
+        ..Default::default()
+    })
 }

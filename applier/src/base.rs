@@ -30,7 +30,11 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<(bundle::Hash, u64)> {
 }
 
 /// What is at a path now, in the manifest's terms; `Err` text describes an unusable path.
-pub fn observe(root: BorrowedFd<'_>, p: &BundlePath, want_hash: bool) -> Result<Option<(OldKind, rustix::fs::Stat)>, String> {
+pub fn observe(
+    root: BorrowedFd<'_>,
+    p: &BundlePath,
+    want_hash: bool,
+) -> Result<Option<(OldKind, rustix::fs::Stat)>, String> {
     let (dir, name) = match fsx::parent_of(root, p) {
         Ok(x) => x,
         Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::NOENT) => return Ok(None),
@@ -52,7 +56,9 @@ pub fn observe(root: BorrowedFd<'_>, p: &BundlePath, want_hash: bool) -> Result<
             OldKind::File { size: st.st_size as u64, hash }
         }
         FileType::Directory => OldKind::Dir,
-        FileType::Symlink => OldKind::Symlink { target: fsx::readlink_at(dir.as_fd(), name).map_err(|e| e.to_string())? },
+        FileType::Symlink => {
+            OldKind::Symlink { target: fsx::readlink_at(dir.as_fd(), name).map_err(|e| e.to_string())? }
+        }
         FileType::Fifo => OldKind::Fifo,
         FileType::CharacterDevice => OldKind::CharDev { rdev: st.st_rdev },
         FileType::BlockDevice => OldKind::BlockDev { rdev: st.st_rdev },
@@ -69,7 +75,11 @@ pub fn describe(p: &BundlePath, why: &str) -> String {
 /// Check the target against the manifest. `conffile_ok` says whether a content difference at a
 /// path may be tolerated (a locally edited config file, kept under the conffile rule); those paths
 /// are returned instead of being reported as drift.
-pub fn check(root: BorrowedFd<'_>, m: &Manifest, conffile_ok: &dyn Fn(&BundlePath) -> bool) -> Result<Vec<BundlePath>, Vec<String>> {
+pub fn check(
+    root: BorrowedFd<'_>,
+    m: &Manifest,
+    conffile_ok: &dyn Fn(&BundlePath) -> bool,
+) -> Result<Vec<BundlePath>, Vec<String>> {
     let mut drift = Vec::new();
     let mut kept = Vec::new();
     for o in &m.old {
@@ -79,7 +89,9 @@ pub fn check(root: BorrowedFd<'_>, m: &Manifest, conffile_ok: &dyn Fn(&BundlePat
             Ok(Some((k, _))) => {
                 if k != o.kind {
                     let why = match (&k, &o.kind) {
-                        (OldKind::File { .. }, OldKind::File { .. }) => "content differs from the bundle's base".to_string(),
+                        (OldKind::File { .. }, OldKind::File { .. }) => {
+                            "content differs from the bundle's base".to_string()
+                        }
                         (OldKind::Symlink { .. }, OldKind::Symlink { .. }) => "symlink target differs".to_string(),
                         _ if k.name() == o.kind.name() => "device number differs".to_string(),
                         _ => format!("expected {}, found {}", o.kind.name(), k.name()),
@@ -93,21 +105,27 @@ pub fn check(root: BorrowedFd<'_>, m: &Manifest, conffile_ok: &dyn Fn(&BundlePat
             }
         }
     }
-    let created: HashSet<&BundlePath> = m.script.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place)).map(|s| &s.path).collect();
+    let created: HashSet<&BundlePath> =
+        m.script.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place)).map(|s| &s.path).collect();
     for s in &m.script {
         // A path whose parent the script creates cannot exist yet: the parent is checked itself.
         let parent_created = s.path.parent().is_some_and(|p| created.contains(&p));
         if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() && !parent_created {
             match observe(root, &s.path, false) {
                 Ok(None) => {}
-                Ok(Some((k, _))) => drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name()))),
+                Ok(Some((k, _))) => {
+                    drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name())))
+                }
                 Err(why) => drift.push(describe(&s.path, &why)),
             }
         }
         // Untouched parents must be real directories now.
         if let Some(parent) = s.path.parent() {
             if !created.contains(&parent) && fsx::open_dir_beneath(root, Some(&parent)).is_err() {
-                drift.push(describe(&s.path, &format!("parent {parent} is not a real directory (missing, or a symlink)")));
+                drift.push(describe(
+                    &s.path,
+                    &format!("parent {parent} is not a real directory (missing, or a symlink)"),
+                ));
             }
         }
         if s.op == Op::DirMeta && !created.contains(&s.path) && fsx::open_dir_beneath(root, Some(&s.path)).is_err() {
@@ -116,13 +134,21 @@ pub fn check(root: BorrowedFd<'_>, m: &Manifest, conffile_ok: &dyn Fn(&BundlePat
     }
     // A directory the bundle removes (deleted, or replaced by a non-directory) may hold only what
     // OLD held: a local addition would otherwise be removed with it.
-    for o in m.old.iter().filter(|o| matches!(o.kind, OldKind::Dir) && m.entry(&o.path).is_none_or(|e| !matches!(e.kind, bundle::Kind::Dir))) {
+    for o in m.old.iter().filter(|o| {
+        matches!(o.kind, OldKind::Dir) && m.entry(&o.path).is_none_or(|e| !matches!(e.kind, bundle::Kind::Dir))
+    }) {
         if let Ok(d) = fsx::open_dir_beneath(root, Some(&o.path)) {
             if let Ok(names) = fsx::list_dir(d.as_fd()) {
                 for n in names {
                     let listed = o.path.join(&n).ok().is_some_and(|c| m.old_entry(&c).is_some());
                     if !listed {
-                        drift.push(describe(&o.path, &format!("contains {:?}, which the bundle's base does not have", String::from_utf8_lossy(&n))));
+                        drift.push(describe(
+                            &o.path,
+                            &format!(
+                                "contains {:?}, which the bundle's base does not have",
+                                String::from_utf8_lossy(&n)
+                            ),
+                        ));
                     }
                 }
             }

@@ -170,4 +170,3 @@ pub enum Cmd {
         timeout: u64,
     },
 }
-

@@ -121,7 +121,10 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, dirs
     let dir = match dirs.parent(root, p) {
         Ok(x) => x,
         // A deleted path whose parent was already moved out by an earlier run: done.
-        Err(e) if step.op == Op::Delete && matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) => {
+        Err(e)
+            if step.op == Op::Delete
+                && matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) =>
+        {
             return Ok(false)
         }
         Err(e) => return Err(e).ctx("open parent of", p),

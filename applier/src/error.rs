@@ -92,8 +92,12 @@ impl Error {
             Error::Drift(_) => Exit::BaseMismatch,
             Error::Version(_) => Exit::VersionRefused,
             Error::Policy(_) => Exit::Policy,
-            Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => Exit::NoSpace,
-            Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error()) => Exit::NoSpace,
+            Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                Exit::NoSpace
+            }
+            Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error()) => {
+                Exit::NoSpace
+            }
             Error::Io { .. } => Exit::Io,
             Error::NoSpace { .. } => Exit::NoSpace,
             Error::Locked(_) => Exit::Locked,

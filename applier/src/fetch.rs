@@ -130,8 +130,13 @@ pub fn fetch(o: &Options) -> Result<Report> {
     std::fs::create_dir_all(&o.into).ctx("create", o.into.display())?;
     let trust = o.trust.as_deref().map(|t| crate::trust::load(t, None)).transpose()?;
     let paths = Paths::new(&o.into, &name);
-    let part =
-        OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&paths.part).ctx("open", paths.part.display())?;
+    let part = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&paths.part)
+        .ctx("open", paths.part.display())?;
     match rustix::fs::flock(&part, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => return Err(Error::Locked(paths.part.display().to_string())),
@@ -162,7 +167,9 @@ pub fn fetch(o: &Options) -> Result<Report> {
     let head = loop {
         let r = match f.ranges() {
             Err(Fail::NoRanges(body)) => {
-                f.say(format_args!("fetch: the server ignores range requests; streaming the whole bundle (no resumption)"));
+                f.say(format_args!(
+                    "fetch: the server ignores range requests; streaming the whole bundle (no resumption)"
+                ));
                 f.report.range_requests = false;
                 f.stream(Some(body))
             }
@@ -240,7 +247,13 @@ impl Paths {
             s.push(ext);
             dir.join(s)
         };
-        Paths { dir: dir.to_path_buf(), final_: dir.join(name), part: with(".part"), state: with(".fetch"), state_tmp: with(".fetch.tmp") }
+        Paths {
+            dir: dir.to_path_buf(),
+            final_: dir.join(name),
+            part: with(".part"),
+            state: with(".fetch"),
+            state_tmp: with(".fetch.tmp"),
+        }
     }
 }
 
@@ -311,7 +324,9 @@ impl Http {
             Err(ureq::Error::Status(code, r)) if code >= 500 || code == 408 || code == 429 => {
                 Err(Fail::Net(format!("HTTP {code} {}", r.status_text())))
             }
-            Err(ureq::Error::Status(code, r)) => Err(Fail::Stop(net_error(&self.url, format!("HTTP {code} {}", r.status_text())))),
+            Err(ureq::Error::Status(code, r)) => {
+                Err(Fail::Stop(net_error(&self.url, format!("HTTP {code} {}", r.status_text()))))
+            }
             Err(ureq::Error::Transport(t)) => {
                 let mut m = t.kind().to_string();
                 if let Some(x) = t.message() {
@@ -328,7 +343,9 @@ impl Http {
     fn see_total(&mut self, t: Option<u64>) -> Result<(), Fail> {
         match (self.total, t) {
             (None, Some(t)) => self.total = Some(t),
-            (Some(a), Some(b)) if a != b => return Err(Fail::Changed(format!("its length went from {a} to {b} bytes"))),
+            (Some(a), Some(b)) if a != b => {
+                return Err(Fail::Changed(format!("its length went from {a} to {b} bytes")))
+            }
             _ => {}
         }
         Ok(())
@@ -340,7 +357,8 @@ impl Http {
         match r.status() {
             206 => {
                 let cr = r.header("Content-Range").unwrap_or("").to_string();
-                let (s, e, total) = content_range(&cr).ok_or_else(|| Fail::Net(format!("206 with a bad Content-Range {cr:?}")))?;
+                let (s, e, total) =
+                    content_range(&cr).ok_or_else(|| Fail::Net(format!("206 with a bad Content-Range {cr:?}")))?;
                 self.see_total(total)?;
                 if s != a {
                     return Err(Fail::Net(format!("asked for bytes {a}-{}, the server sent {cr}", b - 1)));
@@ -373,7 +391,10 @@ impl Http {
     fn head_len(&mut self) -> Result<u64, Fail> {
         let r = self.call("HEAD", None)?;
         r.header("Content-Length").and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
-            Fail::Stop(net_error(&self.url, "the server gives no length for the file (no Content-Range total, no Content-Length)".into()))
+            Fail::Stop(net_error(
+                &self.url,
+                "the server gives no length for the file (no Content-Range total, no Content-Length)".into(),
+            ))
         })
     }
 }
@@ -407,7 +428,12 @@ struct Span {
 fn spans(layout: &[(u64, u64)]) -> Vec<Span> {
     layout
         .iter()
-        .map(|&(data, size)| Span { start: data - BLOCK, data, data_end: data + size, end: data + size.div_ceil(BLOCK) * BLOCK })
+        .map(|&(data, size)| Span {
+            start: data - BLOCK,
+            data,
+            data_end: data + size,
+            end: data + size.div_ceil(BLOCK) * BLOCK,
+        })
         .collect()
 }
 
@@ -517,7 +543,10 @@ impl Fetcher<'_> {
         }
         b.fails += 1;
         if b.fails > self.o.retries {
-            return Err(Fail::Stop(net_error(&self.o.url, format!("{what}: {msg}; gave up after {} failed attempts in a row", b.fails))));
+            return Err(Fail::Stop(net_error(
+                &self.o.url,
+                format!("{what}: {msg}; gave up after {} failed attempts in a row", b.fails),
+            )));
         }
         let wait = self.o.retry_wait.saturating_mul(1 << (b.fails - 1).min(16)).min(MAX_WAIT);
         self.say(format_args!("fetch: network error ({what}): {msg}; retrying in {} ms", wait.as_millis()));
@@ -716,7 +745,10 @@ impl Fetcher<'_> {
             if ok && job.check(i, s, f).is_ok() {
                 good.insert(i);
             } else {
-                self.say(format_args!("fetch: frame {i} in {} no longer verifies; fetching it again", self.paths.part.display()));
+                self.say(format_args!(
+                    "fetch: frame {i} in {} no longer verifies; fetching it again",
+                    self.paths.part.display()
+                ));
             }
         }
         Ok(good)
@@ -735,7 +767,11 @@ impl Fetcher<'_> {
             let mut last = first;
             // A run of consecutive missing frames; a frame already partly received (a dropped
             // connection) starts a run of its own, at the byte where it stopped.
-            while last + 1 < n && pending.contains(&(last + 1)) && !jobs.contains_key(&(last + 1)) && spans[last + 1].end - from <= BATCH {
+            while last + 1 < n
+                && pending.contains(&(last + 1))
+                && !jobs.contains_key(&(last + 1))
+                && spans[last + 1].end - from <= BATCH
+            {
                 last += 1;
             }
             let to = spans[last].end;
@@ -747,7 +783,9 @@ impl Fetcher<'_> {
                 while at < end {
                     let want = buf.len().min((end - at) as usize);
                     let got = match body.read(&mut buf[..want]) {
-                        Ok(0) => return Err(Fail::Net(format!("connection closed after {} of {len} bytes", at - from))),
+                        Ok(0) => {
+                            return Err(Fail::Net(format!("connection closed after {} of {len} bytes", at - from)))
+                        }
                         Ok(k) => k,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(Fail::Net(format!("{e} (after {} of {len} bytes)", at - from))),
@@ -813,11 +851,14 @@ impl Fetcher<'_> {
     fn end_marker(&mut self, at: u64) -> Result<(), Fail> {
         let z = self.with_retries("end marker", |h| h.range_vec(at, at + END_MARKER))?;
         if z.len() as u64 != END_MARKER {
-            return Err(Fail::Stop(bundle::Error::Truncated { offset: at + z.len() as u64, what: "end-of-archive marker".into() }.into()));
+            return Err(Fail::Stop(
+                bundle::Error::Truncated { offset: at + z.len() as u64, what: "end-of-archive marker".into() }.into(),
+            ));
         }
         if let Some(i) = z.iter().position(|&b| b != 0) {
             return Err(Fail::Stop(
-                bundle::Error::Framing { offset: at + i as u64, what: "expected end-of-archive zero blocks".into() }.into(),
+                bundle::Error::Framing { offset: at + i as u64, what: "expected end-of-archive zero blocks".into() }
+                    .into(),
             ));
         }
         self.write_at(&z, at)?;
@@ -830,7 +871,9 @@ impl Fetcher<'_> {
             return Err(Fail::Stop(bundle::Error::TrailingData { offset: end }.into()));
         }
         if total < end {
-            return Err(Fail::Stop(bundle::Error::Truncated { offset: total, what: "end-of-archive marker".into() }.into()));
+            return Err(Fail::Stop(
+                bundle::Error::Truncated { offset: total, what: "end-of-archive marker".into() }.into(),
+            ));
         }
         Ok(())
     }
@@ -846,7 +889,12 @@ impl Fetcher<'_> {
                 Some(b) => b,
                 None => match self.http.call("GET", None) {
                     Ok(r) if r.status() == 200 => r.into_reader(),
-                    Ok(r) => return Err(Fail::Stop(net_error(&self.o.url, format!("unexpected HTTP {} to a plain GET", r.status())))),
+                    Ok(r) => {
+                        return Err(Fail::Stop(net_error(
+                            &self.o.url,
+                            format!("unexpected HTTP {} to a plain GET", r.status()),
+                        )))
+                    }
                     Err(Fail::Net(m)) => {
                         self.retry(&mut backoff, "whole file", m, false)?;
                         continue;
@@ -858,14 +906,25 @@ impl Fetcher<'_> {
             let before = self.http.bytes;
             let (mut net, mut disk) = (None, None);
             let res = {
-                let tee = Tee { inner: body, file: &self.part, at: 0, count: &mut self.http.bytes, net: &mut net, disk: &mut disk };
+                let tee = Tee {
+                    inner: body,
+                    file: &self.part,
+                    at: 0,
+                    count: &mut self.http.bytes,
+                    net: &mut net,
+                    disk: &mut disk,
+                };
                 let mut r = Reader::new(tee, self.limits.clone());
                 stream_checks(&mut r, self.trust.as_ref(), &self.limits, self.o.quiet)
             };
             match res {
                 _ if disk.is_some() => {
                     let e = disk.unwrap_or_else(|| io::Error::other("write failed"));
-                    return Err(Fail::Stop(Error::Io { op: "write", path: self.paths.part.display().to_string(), source: e }));
+                    return Err(Fail::Stop(Error::Io {
+                        op: "write",
+                        path: self.paths.part.display().to_string(),
+                        source: e,
+                    }));
                 }
                 Ok(h) => {
                     self.report.frames = h.manifest.frames.len();
@@ -886,7 +945,9 @@ impl Fetcher<'_> {
                             *c - 1
                         ))));
                     }
-                    self.say(format_args!("re-fetching frame {index}: hash mismatch (the whole file again: the server ignores ranges)"));
+                    self.say(format_args!(
+                        "re-fetching frame {index}: hash mismatch (the whole file again: the server ignores ranges)"
+                    ));
                     self.report.refetched_frames.push(index as usize);
                 }
                 Err(e) => return Err(Fail::Stop(e)),
@@ -927,7 +988,12 @@ impl Fetcher<'_> {
 }
 
 /// The checks of [`verify::bundle`] on a stream, printing progress.
-fn stream_checks<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limits: &Limits, quiet: bool) -> Result<Head> {
+fn stream_checks<R: Read>(
+    r: &mut Reader<R>,
+    trust: Option<&TrustPolicy>,
+    limits: &Limits,
+    quiet: bool,
+) -> Result<Head> {
     let h = verify::head(r, trust, limits)?;
     let n = h.manifest.frames.len();
     for (i, f) in h.manifest.frames.iter().enumerate() {
@@ -983,7 +1049,16 @@ mod tests {
     fn names() {
         assert_eq!(file_name("http://h/a/b/v2.ferry").ok().as_deref(), Some("v2.ferry"));
         assert_eq!(file_name("https://h:8080/x%20y.ferry?sig=1#f").ok().as_deref(), Some("x y.ferry"));
-        for bad in ["http://h/", "http://h", "http://h/a/..", "http://h/.", "http://h/a%2Fb", "ftp://h/x", "h/x", "http://h/%00"] {
+        for bad in [
+            "http://h/",
+            "http://h",
+            "http://h/a/..",
+            "http://h/.",
+            "http://h/a%2Fb",
+            "ftp://h/x",
+            "h/x",
+            "http://h/%00",
+        ] {
             assert!(file_name(bad).is_err(), "{bad}");
         }
     }

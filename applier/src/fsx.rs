@@ -65,7 +65,8 @@ pub fn file_type(s: &Stat) -> FileType {
 
 /// Open a regular file for reading without following a symlink and without blocking on a FIFO.
 pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
-    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let fd =
+        rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
     let st = rfs::fstat(&fd)?;
     if file_type(&st) != FileType::RegularFile {
         return Err(io::Error::other("not a regular file"));
@@ -180,14 +181,22 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners
         // chown clears setuid/setgid, so compare with the mode as it is now.
         _ if rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & 0o7777 == meta.mode => {}
         FileType::RegularFile | FileType::Directory => {
-            let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+            let fd = rfs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
             rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
         }
         // FIFOs and devices: opening them can block or have side effects; chmodat follows a
         // symlink at `name`, but we just saw it is not one and the directory is resolved safely.
         _ => rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?,
     }
-    if cur.mtime_ns == meta.mtime_ns && cur.mode == meta.mode && (!owners || (cur.uid == meta.uid && cur.gid == meta.gid)) {
+    if cur.mtime_ns == meta.mtime_ns
+        && cur.mode == meta.mode
+        && (!owners || (cur.uid == meta.uid && cur.gid == meta.gid))
+    {
         return Ok(());
     }
     set_mtime_at(dir, name, meta.mtime_ns)

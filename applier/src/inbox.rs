@@ -61,14 +61,26 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
                 exit_code: 0,
             }),
             Err(Error::Bundle(bundle::Error::NotABundle)) => {}
-            Err(e) => items.push(Item { bundle: name, version: None, outcome: "failed".into(), reason: e.to_string(), exit_code: e.exit() as u8 }),
+            Err(e) => items.push(Item {
+                bundle: name,
+                version: None,
+                outcome: "failed".into(),
+                reason: e.to_string(),
+                exit_code: e.exit() as u8,
+            }),
         }
     }
     heads.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     for (v, p, h) in heads {
         let st = state::load(&paths.state())?;
         let name = p.display().to_string();
-        let skip = |reason: String| Item { bundle: name.clone(), version: Some(v), outcome: "skipped".into(), reason, exit_code: 0 };
+        let skip = |reason: String| Item {
+            bundle: name.clone(),
+            version: Some(v),
+            outcome: "skipped".into(),
+            reason,
+            exit_code: 0,
+        };
         if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
             items.push(skip("already installed".into()));
             continue;
@@ -90,8 +102,20 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
             continue;
         }
         match apply::apply(o, &p) {
-            Ok(r) => items.push(Item { bundle: name, version: Some(v), outcome: "applied".into(), reason: r.result, exit_code: 0 }),
-            Err(e) => items.push(Item { bundle: name, version: Some(v), outcome: "failed".into(), reason: e.to_string(), exit_code: e.exit() as u8 }),
+            Ok(r) => items.push(Item {
+                bundle: name,
+                version: Some(v),
+                outcome: "applied".into(),
+                reason: r.result,
+                exit_code: 0,
+            }),
+            Err(e) => items.push(Item {
+                bundle: name,
+                version: Some(v),
+                outcome: "failed".into(),
+                reason: e.to_string(),
+                exit_code: e.exit() as u8,
+            }),
         }
     }
     let failed = items.iter().filter(|i| i.outcome == "failed").count();

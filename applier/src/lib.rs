@@ -15,8 +15,8 @@
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 
 pub mod apply;
-pub mod cli;
 pub mod base;
+pub mod cli;
 pub mod commit;
 pub mod error;
 pub mod failpoint;

@@ -1,9 +1,9 @@
 //! `ferry-apply`: thin command-line shim over the `applier` library.
 
 use applier::apply::{self, Options};
+use applier::cli::{ApplyArgs, Cli, Cmd, TargetArgs};
 use applier::error::{Error, Exit};
 use bundle::Limits;
-use applier::cli::{ApplyArgs, Cli, Cmd, TargetArgs};
 use clap::Parser;
 use serde_json::json;
 use std::process::ExitCode;
@@ -11,7 +11,8 @@ use std::process::ExitCode;
 fn opts(t: &TargetArgs, a: Option<&ApplyArgs>, quiet: bool) -> Options {
     let verbose = VERBOSE.load(std::sync::atomic::Ordering::Relaxed);
     let progress = applier::progress::wanted(quiet, verbose);
-    let mut o = Options { target: t.target.clone(), state_dir: t.state_dir.clone(), quiet, progress, ..Default::default() };
+    let mut o =
+        Options { target: t.target.clone(), state_dir: t.state_dir.clone(), quiet, progress, ..Default::default() };
     if let Some(a) = a {
         o.trust = a.trust.clone();
         o.channel = a.channel.clone();
@@ -41,7 +42,10 @@ fn fail(command: &str, json: bool, e: &Error) -> ExitCode {
     let code = e.exit();
     eprintln!("ferry-apply {command}: error: {e}");
     if json {
-        println!("{}", json!({"ferry_report": 1, "command": command, "exit_code": code as u8, "exit_meaning": code.meaning(), "error": e.to_string()}));
+        println!(
+            "{}",
+            json!({"ferry_report": 1, "command": command, "exit_code": code as u8, "exit_meaning": code.meaning(), "error": e.to_string()})
+        );
     }
     ExitCode::from(code as u8)
 }
@@ -65,9 +69,20 @@ fn main() -> ExitCode {
             match r {
                 Ok(h) => {
                     let signers: Vec<&str> = h.signers.iter().map(|k| k.id.as_str()).collect();
-                    report("verify", json, json!({"verified": true, "version": h.manifest.version, "bundle_id": h.id.to_hex(), "signers": signers}), || {
-                        format!("OK: {} version {} signed by {} ({} frames verified)", file.display(), h.manifest.version, signers.join(","), h.manifest.frames.len())
-                    });
+                    report(
+                        "verify",
+                        json,
+                        json!({"verified": true, "version": h.manifest.version, "bundle_id": h.id.to_hex(), "signers": signers}),
+                        || {
+                            format!(
+                                "OK: {} version {} signed by {} ({} frames verified)",
+                                file.display(),
+                                h.manifest.version,
+                                signers.join(","),
+                                h.manifest.frames.len()
+                            )
+                        },
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("verify", json, &e),
@@ -86,7 +101,9 @@ fn main() -> ExitCode {
             match apply::apply(&o, &file) {
                 Ok(r) => {
                     let v = serde_json::to_value(&r).unwrap_or_default();
-                    report("apply", json, v, || format!("{}: version {}", r.result, r.version.map(|v| v.to_string()).unwrap_or_default()));
+                    report("apply", json, v, || {
+                        format!("{}: version {}", r.result, r.version.map(|v| v.to_string()).unwrap_or_default())
+                    });
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("apply", json, &e),
@@ -132,7 +149,12 @@ fn main() -> ExitCode {
             match apply::rollback(&o) {
                 Ok(r) => {
                     let v = serde_json::to_value(&r).unwrap_or_default();
-                    report("rollback", json, v, || format!("rolled back; installed version now {}", r.version.map(|v| v.to_string()).unwrap_or_else(|| "none".into())));
+                    report("rollback", json, v, || {
+                        format!(
+                            "rolled back; installed version now {}",
+                            r.version.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+                        )
+                    });
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail("rollback", json, &e),
@@ -258,10 +280,16 @@ fn status_human(s: &applier::status::Status) -> String {
         None => "installed: nothing applied by ferry yet".into(),
     };
     if let Some(p) = &s.pending {
-        out.push_str(&format!("\npending: version {} interrupted while {}; resume will {}", p.version, p.phase, p.resume_will));
+        out.push_str(&format!(
+            "\npending: version {} interrupted while {}; resume will {}",
+            p.version, p.phase, p.resume_will
+        ));
     }
     if let Some(k) = &s.rollback {
-        out.push_str(&format!("\nrollback: backups of version {} kept; rollback restores {}", k.version, k.rollback_restores));
+        out.push_str(&format!(
+            "\nrollback: backups of version {} kept; rollback restores {}",
+            k.version, k.rollback_restores
+        ));
     }
     for c in &i.conffiles_kept {
         out.push_str(&format!("\nconfig file kept with local edits; new version at {c}"));
@@ -305,7 +333,8 @@ fn applier_inspect(file: &std::path::Path) -> Result<serde_json::Value, Error> {
     }
     let payload: u64 = m.frames.iter().map(|f| f.size).sum();
     let decoded: u64 = m.frames.iter().map(|f| f.decoded).sum();
-    let script: Vec<serde_json::Value> = m.script.iter().map(|s| json!({"op": format!("{:?}", s.op), "path": s.path.display()})).collect();
+    let script: Vec<serde_json::Value> =
+        m.script.iter().map(|s| json!({"op": format!("{:?}", s.op), "path": s.path.display()})).collect();
     Ok(json!({
         "verified": false,
         "note": "unverified: inspect checks that the signatures are well-formed and match, not that a trusted key made them; use `verify --trust`",

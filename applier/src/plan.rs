@@ -76,13 +76,19 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     }
     let mut filesystems = Vec::new();
     for (_, (dir, need)) in per {
-        let d = fsx::open_dir_beneath(root.as_fd(), bundle::BundlePath::new(dir.clone()).ok().as_ref()).ctx("open", &dir)?;
+        let d = fsx::open_dir_beneath(root.as_fd(), bundle::BundlePath::new(dir.clone()).ok().as_ref())
+            .ctx("open", &dir)?;
         let avail = fsx::free_bytes(d.as_fd()).ctx("statvfs", &dir)?;
         let fits = need + need / 100 + (1 << 20) <= avail;
         if !fits && refusal.is_none() {
             refusal = Some(Error::NoSpace { need, avail, path: dir.clone() });
         }
-        filesystems.push(Filesystem { example_dir: if dir.is_empty() { ".".into() } else { dir }, stage_bytes: need, available_bytes: avail, fits });
+        filesystems.push(Filesystem {
+            example_dir: if dir.is_empty() { ".".into() } else { dir },
+            stage_bytes: need,
+            available_bytes: avail,
+            fits,
+        });
     }
     Ok(Plan {
         version: m.version,

@@ -90,7 +90,13 @@ thread_local! {
 
 /// Names of the parts holding bundle bytes `[start, end)`, when reading a split bundle.
 fn parts_of(start: u64, end: u64) -> Vec<String> {
-    PARTS.with(|ps| ps.borrow().iter().filter(|(_, s, l)| *s < end.max(start + 1) && start < s + l).map(|(n, _, _)| n.clone()).collect())
+    PARTS.with(|ps| {
+        ps.borrow()
+            .iter()
+            .filter(|(_, s, l)| *s < end.max(start + 1) && start < s + l)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    })
 }
 
 /// After a truncation error, the name of the first part that was not found, if reading parts.
@@ -108,11 +114,14 @@ pub fn explain(e: Error) -> Error {
             None
         }
         Error::Bundle(bundle::Error::FrameHash { offset, size, .. }) => Some((*offset, offset + size)),
-        Error::Bundle(bundle::Error::Framing { offset, .. }) | Error::Bundle(bundle::Error::TrailingData { offset }) => Some((*offset, offset + 1)),
+        Error::Bundle(bundle::Error::Framing { offset, .. })
+        | Error::Bundle(bundle::Error::TrailingData { offset }) => Some((*offset, offset + 1)),
         _ => None,
     };
     match range.map(|(s, e)| parts_of(s, e)) {
-        Some(parts) if !parts.is_empty() => Error::BadPart(format!("{e}; corrupt data in split bundle part {}", parts.join(" or "))),
+        Some(parts) if !parts.is_empty() => {
+            Error::BadPart(format!("{e}; corrupt data in split bundle part {}", parts.join(" or ")))
+        }
         _ => e,
     }
 }

@@ -45,14 +45,25 @@ fn file_size(e: &Entry) -> u64 {
 }
 
 /// Stage everything. `bundle` is needed only if some frame content is not yet staged.
-pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits: &Limits, owners: bool, progress: bool) -> Result<StageReport> {
+pub fn stage(
+    root: BorrowedFd<'_>,
+    txn: &mut Txn,
+    bundle: Option<&Path>,
+    limits: &Limits,
+    owners: bool,
+    progress: bool,
+) -> Result<StageReport> {
     let m = txn.head.manifest.clone();
     let placed = placed_entries(&m);
     let mut rep = StageReport::default();
     let mut work_of: HashMap<usize, usize> = HashMap::new();
     for &i in &placed {
         let dev = txn.work_for(root, &m.entries[i].path, true)?.dev;
-        let w = txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
+        let w = txn
+            .works
+            .iter()
+            .position(|w| w.dev == dev)
+            .ok_or_else(|| Error::Internal("work directory vanished".into()))?;
         work_of.insert(i, w);
     }
     // A deletion moves the OLD entry into the backup area of its filesystem: create (and journal)
@@ -93,7 +104,11 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
         }
     }
     for (dev, need) in &rep.needed {
-        let w = txn.works.iter().find(|w| w.dev == *dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
+        let w = txn
+            .works
+            .iter()
+            .find(|w| w.dev == *dev)
+            .ok_or_else(|| Error::Internal("work directory vanished".into()))?;
         let avail = fsx::free_bytes(w.stage.as_fd()).ctx("statvfs", "work directory")?;
         let need_margin = need + need / 100 + (1 << 20);
         if need_margin > avail {
@@ -144,7 +159,9 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
             // Patch and bsdiff frames hold one piece; its base is read from the live OLD file. A
             // bsdiff frame decodes (plain zstd, bounded) to a patch applied after the loop.
             let method = match &m.entries[t[0].3].kind {
-                Kind::File { content: Content::Pieces(ps), .. } => ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone()),
+                Kind::File { content: Content::Pieces(ps), .. } => {
+                    ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone())
+                }
                 _ => None,
             };
             let base: Option<Vec<u8>> = match &method {
@@ -152,11 +169,14 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                 _ => None,
             };
             let mut bsdiff: Option<(Vec<u8>, Vec<u8>)> = match &method {
-                Some(Method::Bsdiff { base, offset, len }) => Some((read_base(root, base, *offset, *len, limits)?, Vec::new())),
+                Some(Method::Bsdiff { base, offset, len }) => {
+                    Some((read_base(root, base, *offset, *len, limits)?, Vec::new()))
+                }
                 _ => None,
             };
             let mut fr = r.frame(fi, f)?;
-            let fe = |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
+            let fe =
+                |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
             {
                 let dec = crate::verify::decoder(&mut fr, base.as_deref(), limits, fi)?;
                 let mut dec = dec.take(f.decoded + 1);
@@ -169,7 +189,11 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                     }
                     let end = pos + n as u64;
                     if end > f.decoded {
-                        return Err(bundle::Error::FrameDecode { index: fi as u32, what: format!("decodes to more than the declared {} bytes", f.decoded) }.into());
+                        return Err(bundle::Error::FrameDecode {
+                            index: fi as u32,
+                            what: format!("decodes to more than the declared {} bytes", f.decoded),
+                        }
+                        .into());
                     }
                     if let Some((_, patch)) = bsdiff.as_mut() {
                         patch.extend_from_slice(&buf[..n]);
@@ -184,28 +208,37 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
                         let file = match open.entry(ei) {
                             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                             std::collections::hash_map::Entry::Vacant(v) => {
-                                let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", &m.entries[ei].path)?;
+                                let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei))
+                                    .ctx("create staged", &m.entries[ei].path)?;
                                 crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
                                 v.insert(f)
                             }
                         };
-                        file.write_all_at(&buf[(s - pos) as usize..(e - pos) as usize], fo + (s - po)).ctx("write staged", &m.entries[ei].path)?;
+                        file.write_all_at(&buf[(s - pos) as usize..(e - pos) as usize], fo + (s - po))
+                            .ctx("write staged", &m.entries[ei].path)?;
                         rep.bytes += e - s;
                     }
                     pos = end;
                 }
                 if pos != f.decoded {
-                    return Err(bundle::Error::FrameDecode { index: fi as u32, what: format!("decodes to {pos} bytes, declared {}", f.decoded) }.into());
+                    return Err(bundle::Error::FrameDecode {
+                        index: fi as u32,
+                        what: format!("decodes to {pos} bytes, declared {}", f.decoded),
+                    }
+                    .into());
                 }
             }
             if let Some((old, patch)) = bsdiff.take() {
-                let out = bundle::bspatch::apply(&old, &patch, t[0].1)
-                    .map_err(|what| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {what}") })?;
+                let out = bundle::bspatch::apply(&old, &patch, t[0].1).map_err(|what| bundle::Error::FrameDecode {
+                    index: fi as u32,
+                    what: format!("bsdiff patch: {what}"),
+                })?;
                 for &(_, _, fo, ei) in &t {
                     let file = match open.entry(ei) {
                         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                         std::collections::hash_map::Entry::Vacant(v) => {
-                            let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", &m.entries[ei].path)?;
+                            let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei))
+                                .ctx("create staged", &m.entries[ei].path)?;
                             crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
                             v.insert(f)
                         }
@@ -256,11 +289,19 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
             Kind::Dir => fsx::mkdir_at(sd, &name, 0o700).ctx("stage directory", &e.path)?,
             Kind::Symlink { target } => fsx::symlink_at(target, sd, &name).ctx("stage symlink", &e.path)?,
             Kind::Fifo => fsx::mknod_at(sd, &name, FileType::Fifo, e.meta.mode, 0).ctx("stage fifo", &e.path)?,
-            Kind::CharDev { rdev } => fsx::mknod_at(sd, &name, FileType::CharacterDevice, e.meta.mode, *rdev).ctx("stage device", &e.path)?,
-            Kind::BlockDev { rdev } => fsx::mknod_at(sd, &name, FileType::BlockDevice, e.meta.mode, *rdev).ctx("stage device", &e.path)?,
+            Kind::CharDev { rdev } => {
+                fsx::mknod_at(sd, &name, FileType::CharacterDevice, e.meta.mode, *rdev).ctx("stage device", &e.path)?
+            }
+            Kind::BlockDev { rdev } => {
+                fsx::mknod_at(sd, &name, FileType::BlockDevice, e.meta.mode, *rdev).ctx("stage device", &e.path)?
+            }
             Kind::Hardlink { primary } => {
-                let pi = m.entries.binary_search_by(|x| x.path.cmp(primary)).map_err(|_| Error::Internal("hardlink primary".into()))?;
-                fsx::link_at(stage_fd(txn, &work_of, pi)?, &staged_name(pi), sd, &name).ctx("stage hardlink", &e.path)?;
+                let pi = m
+                    .entries
+                    .binary_search_by(|x| x.path.cmp(primary))
+                    .map_err(|_| Error::Internal("hardlink primary".into()))?;
+                fsx::link_at(stage_fd(txn, &work_of, pi)?, &staged_name(pi), sd, &name)
+                    .ctx("stage hardlink", &e.path)?;
             }
         }
         rep.objects += 1;
@@ -291,7 +332,8 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
         if matches!(e.kind, Kind::Dir) {
             meta.mtime_ns = 0; // set by the directory's DirMeta step after its children arrive
         }
-        fsx::set_meta_at(stage_fd(txn, &work_of, i)?, &staged_name(i), &meta, owners).ctx("set metadata of staged", &e.path)?;
+        fsx::set_meta_at(stage_fd(txn, &work_of, i)?, &staged_name(i), &meta, owners)
+            .ctx("set metadata of staged", &e.path)?;
     }
     for w in &txn.works {
         fsx::syncfs(w.stage.as_fd()).ctx("syncfs", "work directory")?;
@@ -300,9 +342,20 @@ pub fn stage(root: BorrowedFd<'_>, txn: &mut Txn, bundle: Option<&Path>, limits:
     Ok(rep)
 }
 
-fn read_base(root: BorrowedFd<'_>, base: &bundle::BundlePath, offset: u64, len: u64, limits: &Limits) -> Result<Vec<u8>> {
+fn read_base(
+    root: BorrowedFd<'_>,
+    base: &bundle::BundlePath,
+    offset: u64,
+    len: u64,
+    limits: &Limits,
+) -> Result<Vec<u8>> {
     if len > limits.max_frame_decoded {
-        return Err(bundle::Error::TooLarge { what: format!("delta base window of {base}"), size: len, limit: limits.max_frame_decoded }.into());
+        return Err(bundle::Error::TooLarge {
+            what: format!("delta base window of {base}"),
+            size: len,
+            limit: limits.max_frame_decoded,
+        }
+        .into());
     }
     let (d, n) = fsx::parent_of(root, base).ctx("open delta base", base)?;
     let f = fsx::open_file_at(d.as_fd(), n).ctx("open delta base", base)?;

@@ -79,8 +79,12 @@ impl Paths {
 
 pub fn load(p: &Path) -> Result<State> {
     match std::fs::read(p) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Internal(format!("{}: corrupt state file: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State { state_version: STATE_VERSION, ..Default::default() }),
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| Error::Internal(format!("{}: corrupt state file: {e}", p.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(State { state_version: STATE_VERSION, ..Default::default() })
+        }
         Err(e) => Err(e).ctx("read state", p.display()),
     }
 }
@@ -108,7 +112,12 @@ pub fn fsync_dir(d: &Path) -> Result<()> {
 /// Take the target's lock; fails at once if another applier holds it.
 pub fn lock(paths: &Paths) -> Result<File> {
     std::fs::create_dir_all(&paths.dir).ctx("create state directory", paths.dir.display())?;
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(paths.lock()).ctx("open lock", paths.lock().display())?;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.lock())
+        .ctx("open lock", paths.lock().display())?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(f),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(paths.lock().display().to_string())),

@@ -45,9 +45,21 @@ pub fn status(o: &Options) -> Result<Status> {
             } else if t.has(&Record::Staged) {
                 ("committing", "finish the commit from the staged files (the bundle is not needed)".to_string())
             } else {
-                ("staging", format!("re-read the bundle at {} (or --bundle), keep verified staged files, then commit", bp.clone().unwrap_or_default()))
+                (
+                    "staging",
+                    format!(
+                        "re-read the bundle at {} (or --bundle), keep verified staged files, then commit",
+                        bp.clone().unwrap_or_default()
+                    ),
+                )
             };
-            Some(Pending { phase: phase.into(), version: t.head.manifest.version, bundle_id: t.head.id.to_hex(), bundle_path: bp, resume_will: will })
+            Some(Pending {
+                phase: phase.into(),
+                version: t.head.manifest.version,
+                bundle_id: t.head.id.to_hex(),
+                bundle_path: bp,
+                resume_will: will,
+            })
         }
     };
     let rollback = match Txn::load(&paths.prev(), &o.limits)? {

@@ -56,7 +56,15 @@ impl Txn {
         let abs = std::fs::canonicalize(bundle_path).unwrap_or_else(|_| bundle_path.to_path_buf());
         let rec = Record::Begin { bundle_id: head.id, bundle_path: abs.as_os_str().as_bytes().to_vec() };
         journal.append(&rec)?;
-        Ok(Txn { dir: dir.to_path_buf(), head, journal, records: vec![rec], works: Vec::new(), work_locs: Vec::new(), kept: Default::default() })
+        Ok(Txn {
+            dir: dir.to_path_buf(),
+            head,
+            journal,
+            records: vec![rec],
+            works: Vec::new(),
+            work_locs: Vec::new(),
+            kept: Default::default(),
+        })
     }
 
     /// Load a transaction directory (resume, rollback, status). The saved manifest is verified
@@ -69,8 +77,10 @@ impl Txn {
         let mb = std::fs::read(dir.join("manifest.cbor")).ctx("read", dir.join("manifest.cbor").display())?;
         let sb = std::fs::read(dir.join("signatures.cbor")).ctx("read", dir.join("signatures.cbor").display())?;
         let mut framed = Vec::new();
-        bundle::container::write_member(&mut framed, bundle::container::MANIFEST_NAME, &mb).ctx("buffer", "manifest")?;
-        bundle::container::write_member(&mut framed, bundle::container::SIGNATURES_NAME, &sb).ctx("buffer", "manifest")?;
+        bundle::container::write_member(&mut framed, bundle::container::MANIFEST_NAME, &mb)
+            .ctx("buffer", "manifest")?;
+        bundle::container::write_member(&mut framed, bundle::container::SIGNATURES_NAME, &sb)
+            .ctx("buffer", "manifest")?;
         let mut r = bundle::container::Reader::new(&framed[..], limits.clone());
         let head = crate::verify::head(&mut r, None, limits)?;
         let work_locs = records
@@ -208,7 +218,8 @@ impl Txn {
         for (_, loc) in &self.work_locs {
             if let Some(p) = loc {
                 if let Ok((d, n)) = fsx::parent_of(root, p) {
-                    fsx::keeping_mtime(d.as_fd(), || fsx::remove_tree_at(d.as_fd(), n)).ctx("remove work directory", p)?;
+                    fsx::keeping_mtime(d.as_fd(), || fsx::remove_tree_at(d.as_fd(), n))
+                        .ctx("remove work directory", p)?;
                 }
             }
         }

@@ -48,7 +48,11 @@ pub fn bundle(path: &Path, trust: Option<&TrustPolicy>, limits: &Limits, decode:
             let mut fr = r.frame(i, f)?;
             let n = decode_count(&mut fr, limits, f.decoded, i)?;
             if n != f.decoded {
-                return Err(bundle::Error::FrameDecode { index: i as u32, what: format!("decodes to {n} bytes, declared {}", f.decoded) }.into());
+                return Err(bundle::Error::FrameDecode {
+                    index: i as u32,
+                    what: format!("decodes to {n} bytes, declared {}", f.decoded),
+                }
+                .into());
             }
             fr.finish()
         } else {
@@ -78,7 +82,12 @@ pub fn frame_is_patch(m: &Manifest) -> Vec<bool> {
 }
 
 /// A zstd decoder over `r` bounded by the limits' window, optionally with a reference prefix.
-pub fn decoder<'a, R: Read>(r: R, prefix: Option<&'a [u8]>, limits: &Limits, index: usize) -> Result<zstd::stream::read::Decoder<'a, std::io::BufReader<R>>> {
+pub fn decoder<'a, R: Read>(
+    r: R,
+    prefix: Option<&'a [u8]>,
+    limits: &Limits,
+    index: usize,
+) -> Result<zstd::stream::read::Decoder<'a, std::io::BufReader<R>>> {
     let fe = |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: index as u32, what: e.to_string() });
     let mut d = match prefix {
         Some(p) => zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(r), p).map_err(fe)?,

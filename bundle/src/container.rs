@@ -154,13 +154,16 @@ impl<R: Read> Reader<R> {
             }
         }
         let field = &h[124..136];
-        let size = std::str::from_utf8(&field[..11])
-            .ok()
-            .and_then(|s| u64::from_str_radix(s, 8).ok())
-            .ok_or_else(|| Error::Framing { offset: at + 124, what: format!("size field of {name} is not 11 octal digits") })?;
+        let size =
+            std::str::from_utf8(&field[..11]).ok().and_then(|s| u64::from_str_radix(s, 8).ok()).ok_or_else(|| {
+                Error::Framing { offset: at + 124, what: format!("size field of {name} is not 11 octal digits") }
+            })?;
         if header(name, size) != h {
             let first = header(name, size).iter().zip(h.iter()).position(|(a, b)| a != b).unwrap_or(0);
-            return Err(Error::Framing { offset: at + first as u64, what: format!("header of member {name} is not canonical") });
+            return Err(Error::Framing {
+                offset: at + first as u64,
+                what: format!("header of member {name} is not canonical"),
+            });
         }
         if size > max {
             return Err(Error::TooLarge { what: name.into(), size, limit: max });
@@ -237,7 +240,10 @@ impl<R: Read> Reader<R> {
 
     /// Verify a whole bundle stream: head, every frame hash, the end marker. Returns the manifest
     /// and signature bytes (not yet decoded or checked against keys).
-    pub fn verify_framing(mut self, decode: impl FnOnce(&[u8]) -> Result<Manifest, Error>) -> Result<(Vec<u8>, Vec<u8>, Manifest), Error> {
+    pub fn verify_framing(
+        mut self,
+        decode: impl FnOnce(&[u8]) -> Result<Manifest, Error>,
+    ) -> Result<(Vec<u8>, Vec<u8>, Manifest), Error> {
         let (mb, sb) = self.head()?;
         let m = decode(&mb)?;
         for (i, f) in m.frames.iter().enumerate() {

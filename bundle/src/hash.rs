@@ -52,10 +52,7 @@ impl<'de> Deserialize<'de> for Hash {
         } else {
             serde_bytes::ByteBuf::deserialize(d)?
         };
-        let a: [u8; 32] = b
-            .as_slice()
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("digest must be 32 bytes"))?;
+        let a: [u8; 32] = b.as_slice().try_into().map_err(|_| serde::de::Error::custom("digest must be 32 bytes"))?;
         Ok(Hash(a))
     }
 }

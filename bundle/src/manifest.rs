@@ -88,10 +88,16 @@ pub enum Kind {
         target: Vec<u8>,
     },
     /// Another name of the inode of `primary`, a `File` entry earlier in sorted order.
-    Hardlink { primary: BundlePath },
+    Hardlink {
+        primary: BundlePath,
+    },
     Fifo,
-    CharDev { rdev: u64 },
-    BlockDev { rdev: u64 },
+    CharDev {
+        rdev: u64,
+    },
+    BlockDev {
+        rdev: u64,
+    },
 }
 
 /// Where the bytes of a NEW file come from.
@@ -154,15 +160,22 @@ pub struct OldEntry {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OldKind {
-    File { size: u64, hash: Hash },
+    File {
+        size: u64,
+        hash: Hash,
+    },
     Dir,
     Symlink {
         #[serde(with = "serde_bytes")]
         target: Vec<u8>,
     },
     Fifo,
-    CharDev { rdev: u64 },
-    BlockDev { rdev: u64 },
+    CharDev {
+        rdev: u64,
+    },
+    BlockDev {
+        rdev: u64,
+    },
 }
 
 /// One payload frame: a tar member holding one zstd frame.
@@ -262,13 +275,19 @@ impl Manifest {
         if self.signers.is_empty() || self.signers.len() > limits.max_signatures {
             return err(format!("{} signers (1 to {} allowed)", self.signers.len(), limits.max_signatures));
         }
-        for (what, n) in [("entries", self.entries.len()), ("old entries", self.old.len()), ("script steps", self.script.len())] {
+        for (what, n) in
+            [("entries", self.entries.len()), ("old entries", self.old.len()), ("script steps", self.script.len())]
+        {
             if n > limits.max_entries {
                 return Err(Error::TooMany { what: what.into(), count: n as u64, limit: limits.max_entries as u64 });
             }
         }
         if self.frames.len() > limits.max_frames {
-            return Err(Error::TooMany { what: "frames".into(), count: self.frames.len() as u64, limit: limits.max_frames as u64 });
+            return Err(Error::TooMany {
+                what: "frames".into(),
+                count: self.frames.len() as u64,
+                limit: limits.max_frames as u64,
+            });
         }
         if self.hooks.len() > limits.max_hooks {
             return err(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks));
@@ -278,14 +297,16 @@ impl Manifest {
                 return err(format!("hook {:?}: glob over 256 bytes, command over 4096 bytes or zero timeout", h.glob));
             }
         }
-        if self.channel.is_empty() || self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic())) {
+        if self.channel.is_empty() || self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic()))
+        {
             return err("channel must be 1..128 printable ASCII characters".into());
         }
         if let Some(r) = &self.rotation {
             // Recorded in the target's trust policy after the commit: anything the policy could
             // not load back (or a key that is not a key) would fail only then, or lock the target.
             for k in &r.add {
-                crate::sig::PublicKey::from_bytes(k.0).map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
+                crate::sig::PublicKey::from_bytes(k.0)
+                    .map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
             }
             for id in &r.retire {
                 if id.len() != 16 || crate::hash::unhex(id).is_none() {
@@ -311,7 +332,11 @@ impl Manifest {
                 return Err(Error::TooLarge { what: "frame".into(), size: f.size, limit: limits.max_frame_bytes });
             }
             if f.decoded > limits.max_frame_decoded {
-                return Err(Error::TooLarge { what: "decoded frame".into(), size: f.decoded, limit: limits.max_frame_decoded });
+                return Err(Error::TooLarge {
+                    what: "decoded frame".into(),
+                    size: f.decoded,
+                    limit: limits.max_frame_decoded,
+                });
             }
         }
         let depth_ok = |p: &BundlePath| p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth;
@@ -326,7 +351,9 @@ impl Manifest {
                 return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
             }
             match &e.kind {
-                Kind::Symlink { target } if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) => {
+                Kind::Symlink { target }
+                    if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) =>
+                {
                     return err(format!("{}: symlink target empty, too long or with NUL", e.path));
                 }
                 Kind::Hardlink { primary } => match self.entry(primary) {
@@ -345,15 +372,23 @@ impl Manifest {
                             // any length up to the decoded-size limit; it tiles its frame alone.
                             let bsdiff = matches!(p.method, Method::Bsdiff { .. });
                             let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
-                            let inside = if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
+                            let inside =
+                                if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
                             if !inside || p.len == 0 {
                                 return err(format!("{}: piece outside frame {}", e.path, p.frame));
                             }
-                            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
+                            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } =
+                                &p.method
+                            {
                                 match self.old_entry(base) {
                                     Some(OldEntry { kind: OldKind::File { size, .. }, .. })
                                         if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
-                                    _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
+                                    _ => {
+                                        return err(format!(
+                                            "{}: delta base {} is not an OLD file of that size",
+                                            e.path, base
+                                        ))
+                                    }
                                 }
                             }
                             let span = if bsdiff { fr.decoded } else { p.len };

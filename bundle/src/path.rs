@@ -187,8 +187,20 @@ mod tests {
             assert!(BundlePath::new(p.to_vec()).is_ok(), "{:?}", p);
         }
         let bad: &[&[u8]] = &[
-            b"", b"/", b"/a", b"a/", b"a//b", b".", b"..", b"a/./b", b"a/../b", b"../a", b"a\0b",
-            b".ferry", b".ferry/x", b"a/..",
+            b"",
+            b"/",
+            b"/a",
+            b"a/",
+            b"a//b",
+            b".",
+            b"..",
+            b"a/./b",
+            b"a/../b",
+            b"../a",
+            b"a\0b",
+            b".ferry",
+            b".ferry/x",
+            b"a/..",
         ];
         for p in bad {
             assert!(BundlePath::new(p.to_vec()).is_err(), "{:?}", p);

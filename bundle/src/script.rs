@@ -82,7 +82,11 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
             if let Some(p) = s.path.parent() {
                 if let Some(&j) = created.get(&p) {
                     if j > i {
-                        return Err(Error::Script { step: i, path: s.path.clone(), why: format!("parent {p} is created later, at step {j}") });
+                        return Err(Error::Script {
+                            step: i,
+                            path: s.path.clone(),
+                            why: format!("parent {p} is created later, at step {j}"),
+                        });
                     }
                 }
             }
@@ -98,8 +102,12 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
             Op::Place => {
                 let Some(n) = n else { return bad("place of a path that is not in NEW".into()) };
                 match (&n.kind, o.map(|o| &o.kind)) {
-                    (Kind::Dir, None | Some(OldKind::Dir)) => return bad("place of a directory that is not a type change (use mkdir)".into()),
-                    (Kind::File { content: Content::Unchanged, .. }, _) => return bad("place of a file with unchanged content".into()),
+                    (Kind::Dir, None | Some(OldKind::Dir)) => {
+                        return bad("place of a directory that is not a type change (use mkdir)".into())
+                    }
+                    (Kind::File { content: Content::Unchanged, .. }, _) => {
+                        return bad("place of a file with unchanged content".into())
+                    }
                     _ => {}
                 }
                 parent_ready(i)?;
@@ -129,7 +137,9 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
                 | (Some(Kind::Fifo), Some(OldKind::Fifo))
                 | (Some(Kind::CharDev { .. }), Some(OldKind::CharDev { .. }))
                 | (Some(Kind::BlockDev { .. }), Some(OldKind::BlockDev { .. })) => {}
-                _ => return bad("setmeta needs the same non-directory type in OLD and NEW with unchanged content".into()),
+                _ => {
+                    return bad("setmeta needs the same non-directory type in OLD and NEW with unchanged content".into())
+                }
             },
             Op::Delete => {
                 if n.is_some() || o.is_none() {
@@ -161,7 +171,11 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
                 for a in t.ancestors().iter().chain(std::iter::once(&t)) {
                     if let Some(&j) = deleted.get(a) {
                         if j < i {
-                            return Err(Error::Script { step: i, path: (*p).clone(), why: format!("symlink deleted after its target {a}") });
+                            return Err(Error::Script {
+                                step: i,
+                                path: (*p).clone(),
+                                why: format!("symlink deleted after its target {a}"),
+                            });
                         }
                     }
                 }
@@ -189,7 +203,10 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
             return Err(Error::Manifest(format!("{}: OLD entry not in NEW is never deleted", o.path)));
         }
         if let Some(n) = new.get(&o.path) {
-            if n.kind.name() != o.kind.name() && !(matches!(n.kind, Kind::Hardlink { .. }) && o.kind.name() == "file") && !created.contains_key(&o.path) {
+            if n.kind.name() != o.kind.name()
+                && !(matches!(n.kind, Kind::Hardlink { .. }) && o.kind.name() == "file")
+                && !created.contains_key(&o.path)
+            {
                 return Err(Error::Manifest(format!("{}: type changes but the path is never placed", o.path)));
             }
         }

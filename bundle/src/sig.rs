@@ -125,8 +125,10 @@ pub fn verify_signatures(manifest_bytes: &[u8], sig_bytes: &[u8], max: usize) ->
     }
     let mut sigs: Vec<SignatureEntry> = Vec::new();
     for (k, s) in &v {
-        let k: [u8; 32] = k.as_slice().try_into().map_err(|_| Error::Signatures("public key must be 32 bytes".into()))?;
-        let s: [u8; 64] = s.as_slice().try_into().map_err(|_| Error::Signatures("signature must be 64 bytes".into()))?;
+        let k: [u8; 32] =
+            k.as_slice().try_into().map_err(|_| Error::Signatures("public key must be 32 bytes".into()))?;
+        let s: [u8; 64] =
+            s.as_slice().try_into().map_err(|_| Error::Signatures("signature must be 64 bytes".into()))?;
         sigs.push((k, s));
     }
     if encode_signatures(&sigs) != sig_bytes {
@@ -177,10 +179,13 @@ impl TrustPolicy {
             let mut w = line.split_whitespace();
             match (w.next(), w.next(), w.next()) {
                 (Some("threshold"), Some(k), None) => {
-                    self.threshold = k.parse().ok().filter(|&k| k >= 1).ok_or_else(|| bad("threshold must be a number >= 1"))?
+                    self.threshold =
+                        k.parse().ok().filter(|&k| k >= 1).ok_or_else(|| bad("threshold must be a number >= 1"))?
                 }
                 // Key ids are compared in lower case: `retire 0123ABCD...` must not be silently ineffective.
-                (Some("retire"), Some(id), None) if id.len() == 16 && unhex(id).is_some() => self.retired.push(id.to_ascii_lowercase()),
+                (Some("retire"), Some(id), None) if id.len() == 16 && unhex(id).is_some() => {
+                    self.retired.push(id.to_ascii_lowercase())
+                }
                 _ => return Err(bad("expected 'threshold N' or 'retire <16 hex digit key id>'")),
             }
         }
@@ -189,10 +194,8 @@ impl TrustPolicy {
 
     /// Check that at least `threshold` distinct trusted, non-retired keys signed.
     pub fn check(&self, signer_ids: &[String]) -> Result<(), Error> {
-        let good = signer_ids
-            .iter()
-            .filter(|id| self.keys.iter().any(|k| &&k.id == id) && !self.retired.contains(id))
-            .count();
+        let good =
+            signer_ids.iter().filter(|id| self.keys.iter().any(|k| &&k.id == id) && !self.retired.contains(id)).count();
         let need = self.threshold.max(1);
         if good < need {
             return Err(Error::Untrusted { have: good, need, signers: signer_ids.join(",") });

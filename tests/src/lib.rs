@@ -29,11 +29,12 @@ pub fn bin(name: &str) -> PathBuf {
     // when `cargo test --workspace` already built them).
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
-        {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo).args(["build", "-q", "-p", "ferry-builder", "-p", "ferry-applier"]).current_dir(&root).status();
-            assert!(st.map(|s| s.success()).unwrap_or(false), "building the ferry binaries failed");
-        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-q", "-p", "ferry-builder", "-p", "ferry-applier"])
+            .current_dir(&root)
+            .status();
+        assert!(st.map(|s| s.success()).unwrap_or(false), "building the ferry binaries failed");
     });
     p
 }
@@ -72,7 +73,15 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 /// Build a bundle; `old` None makes a full bundle.
 pub fn build(old: Option<&Path>, new: &Path, key: &Path, version: u64, out: &Path, extra: &[&str]) {
     let mut c = build_cmd();
-    c.arg("build").arg("--new").arg(new).arg("--key").arg(key).arg("--version").arg(version.to_string()).arg("--out").arg(out);
+    c.arg("build")
+        .arg("--new")
+        .arg(new)
+        .arg("--key")
+        .arg(key)
+        .arg("--version")
+        .arg(version.to_string())
+        .arg("--out")
+        .arg(out);
     if let Some(o) = old {
         c.arg("--old").arg(o);
     }
@@ -82,7 +91,10 @@ pub fn build(old: Option<&Path>, new: &Path, key: &Path, version: u64, out: &Pat
 
 /// `ferry-apply apply` with the given exit code expected.
 pub fn apply(bundle: &Path, target: &Path, trust: &Path, code: i32, extra: &[&str]) -> Output {
-    run_expect(apply_cmd().arg("apply").arg(bundle).arg("--target").arg(target).arg("--trust").arg(trust).args(extra), code)
+    run_expect(
+        apply_cmd().arg("apply").arg(bundle).arg("--target").arg(target).arg("--trust").arg(trust).args(extra),
+        code,
+    )
 }
 
 /// Copy a tree exactly (hardlinks, devices, modes, owners, times).
@@ -127,7 +139,13 @@ pub fn snapshot(root: &Path, dir_mtimes: bool) -> Snapshot {
     out
 }
 
-fn walk(root: &Path, dir: &Path, dir_mtimes: bool, out: &mut Snapshot, inodes: &mut BTreeMap<(u64, u64), Vec<Vec<u8>>>) {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    dir_mtimes: bool,
+    out: &mut Snapshot,
+    inodes: &mut BTreeMap<(u64, u64), Vec<Vec<u8>>>,
+) {
     let mut names: Vec<_> = fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry").path()).collect();
     names.sort();
     for p in names {
@@ -163,7 +181,11 @@ fn walk(root: &Path, dir: &Path, dir_mtimes: bool, out: &mut Snapshot, inodes: &
             gid: md.gid(),
             mtime_ns: if kind != "dir" || dir_mtimes { Some(mtime) } else { None },
             content: if ft.is_file() { Some(blake3::hash(&fs::read(&p).expect("read"))) } else { None },
-            link: if ft.is_symlink() { Some(fs::read_link(&p).expect("readlink").as_os_str().as_bytes().to_vec()) } else { None },
+            link: if ft.is_symlink() {
+                Some(fs::read_link(&p).expect("readlink").as_os_str().as_bytes().to_vec())
+            } else {
+                None
+            },
             rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
             group: None,
         };
@@ -206,7 +228,8 @@ pub fn set_mtime(p: &Path, secs: i64) {
 }
 
 fn name(rng: &mut StdRng) -> Vec<u8> {
-    let pool: &[&[u8]] = &[b"a", b"b", b"lib", b"etc", b"x.conf", b"data.bin", b"caf\xc3\xa9", b"\xff\xferaw", b"sp ace", b"z"];
+    let pool: &[&[u8]] =
+        &[b"a", b"b", b"lib", b"etc", b"x.conf", b"data.bin", b"caf\xc3\xa9", b"\xff\xferaw", b"sp ace", b"z"];
     let mut n = pool[rng.gen_range(0..pool.len())].to_vec();
     n.extend_from_slice(rng.gen_range(0..50u32).to_string().as_bytes());
     n
@@ -251,7 +274,9 @@ pub fn gen_tree(root: &Path, seed: u64) {
                 let target: Vec<u8> = match rng.gen_range(0..3) {
                     0 => b"/usr/lib/nowhere".to_vec(),
                     1 => b"../dangling".to_vec(),
-                    _ => files.last().and_then(|f| f.file_name()).map(|n| n.as_bytes().to_vec()).unwrap_or(b"x".to_vec()),
+                    _ => {
+                        files.last().and_then(|f| f.file_name()).map(|n| n.as_bytes().to_vec()).unwrap_or(b"x".to_vec())
+                    }
                 };
                 symlink(OsStr::from_bytes(&target), &p).expect("symlink");
             }
@@ -262,7 +287,8 @@ pub fn gen_tree(root: &Path, seed: u64) {
             _ => {
                 fs::write(&p, content(&mut rng)).expect("write");
                 let modes = [0o644, 0o755, 0o600, 0o4755, 0o2750, 0o1777 & 0o1755];
-                fs::set_permissions(&p, fs::Permissions::from_mode(modes[rng.gen_range(0..modes.len())])).expect("chmod");
+                fs::set_permissions(&p, fs::Permissions::from_mode(modes[rng.gen_range(0..modes.len())]))
+                    .expect("chmod");
                 files.push(p);
             }
         }
@@ -410,12 +436,9 @@ pub fn mutate_more(new: &Path, seed: u64) {
         }
     }
     if pick(2) {
-        if let Some(p) = find(false, &|p, m| {
-            m.is_dir()
-                && fs::read_dir(p)
-                    .map(|mut r| r.next().is_none())
-                    .unwrap_or(false)
-        }) {
+        if let Some(p) =
+            find(false, &|p, m| m.is_dir() && fs::read_dir(p).map(|mut r| r.next().is_none()).unwrap_or(false))
+        {
             fs::remove_dir(&p).expect("rmdir");
             fs::write(&p, b"was an empty directory").expect("write");
         }
@@ -436,15 +459,8 @@ pub fn mutate_more(new: &Path, seed: u64) {
     if pick(5) {
         let mut all = Vec::new();
         collect(new, &mut all);
-        for (i, p) in all
-            .iter()
-            .filter(|p| {
-                fs::symlink_metadata(p)
-                    .map(|m| m.is_file())
-                    .unwrap_or(false)
-            })
-            .take(3)
-            .enumerate()
+        for (i, p) in
+            all.iter().filter(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false)).take(3).enumerate()
         {
             let mode = [0o4711, 0o2755, 0o644][i];
             fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
@@ -488,7 +504,12 @@ pub fn mutate_more(new: &Path, seed: u64) {
         let mut all = Vec::new();
         collect(new, &mut all);
         for (i, p) in all.iter().enumerate().filter(|(i, _)| i % 4 == 1) {
-            let st = Command::new("chown").arg("-h").arg(format!("{}:{}", 1000 + i, 2000 + i)).arg(p).status().expect("chown");
+            let st = Command::new("chown")
+                .arg("-h")
+                .arg(format!("{}:{}", 1000 + i, 2000 + i))
+                .arg(p)
+                .status()
+                .expect("chown");
             assert!(st.success());
         }
     }

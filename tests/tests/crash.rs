@@ -27,7 +27,8 @@ struct World {
 }
 
 fn gcc(args: &[&str], cwd: &Path) {
-    let o = Command::new("gcc").args(args).current_dir(cwd).output().expect("gcc is required for the ELF ordering test");
+    let o =
+        Command::new("gcc").args(args).current_dir(cwd).output().expect("gcc is required for the ELF ordering test");
     assert!(o.status.success(), "gcc {:?}: {}", args, String::from_utf8_lossy(&o.stderr));
 }
 
@@ -102,7 +103,12 @@ fn world() -> World {
     fs::write(old.join("share/same"), "same").expect("w");
     fs::write(new.join("share/same"), "same").expect("w");
     for t in [&old, &new] {
-        let st = Command::new("sh").arg("-c").arg("find . -exec touch -h -d @1650000000 {} +").current_dir(t).status().expect("touch");
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg("find . -exec touch -h -d @1650000000 {} +")
+            .current_dir(t)
+            .status()
+            .expect("touch");
         assert!(st.success());
     }
     let (secret, public) = keygen(&dir, "k");
@@ -140,7 +146,17 @@ impl World {
             let mut n = n.clone();
             n.group = None;
             if n.kind == "dir" {
-                n = Node { kind: "dir", mode: 0, uid: 0, gid: 0, mtime_ns: None, content: None, link: None, rdev: 0, group: None };
+                n = Node {
+                    kind: "dir",
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: None,
+                    content: None,
+                    link: None,
+                    rdev: 0,
+                    group: None,
+                };
             }
             n
         };
@@ -177,7 +193,11 @@ fn count_failpoints(w: &World, cmd: &mut Command) -> Vec<String> {
     let log = w.dir.join("failpoints.log");
     let _ = fs::remove_file(&log);
     run_expect(cmd.env("FERRY_FAILPOINT_COUNT", &log), 0);
-    fs::read_to_string(&log).expect("failpoint log").lines().map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_string()).collect()
+    fs::read_to_string(&log)
+        .expect("failpoint log")
+        .lines()
+        .map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_string())
+        .collect()
 }
 
 fn killed(o: &std::process::Output) -> bool {
@@ -280,7 +300,14 @@ fn rollback_after_apply_survives_crashes() {
     for k in 1..=names.len() {
         let t = w.fresh_target("t");
         run_expect(&mut w.apply_cmd(&w.bundle, &t), 0);
-        let o = apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t).env("FERRY_CRASH_AT", k.to_string()).output().expect("spawn");
+        let o = apply_cmd()
+            .arg("-q")
+            .arg("rollback")
+            .arg("--target")
+            .arg(&t)
+            .env("FERRY_CRASH_AT", k.to_string())
+            .output()
+            .expect("spawn");
         assert!(killed(&o), "rollback crash point {k} did not kill");
         let what = format!("rollback crashed at point {k} ({})", names[k - 1]);
         w.check_mixed(&t, &what);
@@ -297,7 +324,8 @@ fn injected_commit_failure_rolls_back() {
     let w = world();
     let t = w.fresh_target("count");
     let names = count_failpoints(&w, &mut w.apply_cmd(&w.bundle, &t));
-    let commit_points: Vec<usize> = names.iter().enumerate().filter(|(_, n)| *n == "commit-step").map(|(i, _)| i + 1).collect();
+    let commit_points: Vec<usize> =
+        names.iter().enumerate().filter(|(_, n)| *n == "commit-step").map(|(i, _)| i + 1).collect();
     let picks = [commit_points[0], commit_points[commit_points.len() / 2], commit_points[commit_points.len() - 1]];
     for k in picks {
         let t = w.fresh_target("t");
@@ -349,7 +377,12 @@ fn read_only_mount_during_commit_leaves_target_unchanged() {
     // State on another (writable) place; the target's `many` directory read-only via a bind mount.
     let ro = t.join("many");
     let ok = Command::new("mount").arg("--bind").arg(&ro).arg(&ro).status().map(|s| s.success()).unwrap_or(false)
-        && Command::new("mount").args(["-o", "remount,ro,bind"]).arg(&ro).status().map(|s| s.success()).unwrap_or(false);
+        && Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(&ro)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
     if !ok {
         let _ = Command::new("umount").arg(&ro).status();
         eprintln!("NOTE: read-only bind mounts are not permitted here; covered by the injected failure test instead");
@@ -359,7 +392,11 @@ fn read_only_mount_during_commit_leaves_target_unchanged() {
     let o = w.apply_cmd(&w.bundle, &t).arg("--state-dir").arg(&state).output().expect("spawn");
     let _ = Command::new("umount").arg(&ro).status();
     assert_ne!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_same(&snapshot(&t, true), &w.old_snap, "read-only mount");
     assert!(!state.join("txn").exists());
     let _ = Duration::from_secs(0);

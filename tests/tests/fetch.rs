@@ -146,7 +146,11 @@ fn handle(mut s: TcpStream, file: &[u8], f: &Faults, log: &Mutex<Log>) -> std::i
             );
             (h, a, b)
         }
-        _ => (format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: none\r\nConnection: close\r\n\r\n"), 0, len),
+        _ => (
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: none\r\nConnection: close\r\n\r\n"),
+            0,
+            len,
+        ),
     };
     s.write_all(head.as_bytes())?;
     if method == "HEAD" {
@@ -218,12 +222,20 @@ fn frame_spans(bundle: &[u8]) -> Vec<(u64, u64)> {
     let mut r = Reader::new(bundle, Limits::default());
     let (mb, sb) = r.head().expect("head");
     let m = Manifest::decode(&mb, &Limits::default()).expect("manifest");
-    layout(mb.len() as u64, sb.len() as u64, &m.frames).iter().map(|&(data, size)| (data - 512, data + size.div_ceil(512) * 512)).collect()
+    layout(mb.len() as u64, sb.len() as u64, &m.frames)
+        .iter()
+        .map(|&(data, size)| (data - 512, data + size.div_ceil(512) * 512))
+        .collect()
 }
 
 fn fetch(url: &str, into: &Path, trust: Option<&Path>, extra: &[&str]) -> Output {
     let mut c = apply_cmd();
-    c.arg("fetch").arg(url).arg("--into").arg(into).args(["--json", "--retry-wait-ms", "10", "--timeout", "10"]).args(extra);
+    c.arg("fetch")
+        .arg(url)
+        .arg("--into")
+        .arg(into)
+        .args(["--json", "--retry-wait-ms", "10", "--timeout", "10"])
+        .args(extra);
     if let Some(t) = trust {
         c.arg("--trust").arg(t);
     }
@@ -282,7 +294,12 @@ fn dropped_connections_and_a_corrupt_range_refetch_only_that_frame() {
     let again = log.requests.iter().filter(|(_, r)| *r == Some(f1)).count();
     assert!(again >= 1, "frame 1's range {f1:?} was not re-requested: {:?}", log.requests);
     assert!(log.requests.iter().all(|(m, r)| m != "GET" || r.is_some()), "a GET without Range: {:?}", log.requests);
-    assert!(log.served < 2 * fx.bundle.len() as u64, "served {} bytes for a {}-byte bundle", log.served, fx.bundle.len());
+    assert!(
+        log.served < 2 * fx.bundle.len() as u64,
+        "served {} bytes for a {}-byte bundle",
+        log.served,
+        fx.bundle.len()
+    );
     assert_eq!(j["bytes"], log.served);
 }
 
@@ -298,7 +315,8 @@ fn an_interrupted_fetch_resumes_in_a_second_run() {
     expect_code(&o, 6);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("network"), "{err}");
-    let state: serde_json::Value = serde_json::from_slice(&fs::read(into.join("v.ferry.fetch")).expect("state kept")).expect("state JSON");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(into.join("v.ferry.fetch")).expect("state kept")).expect("state JSON");
     assert!(!state["verified_frames"].as_array().expect("frames").is_empty(), "{state}");
     assert!(!into.join("v.ferry").exists());
     let first = dying.served();
@@ -339,7 +357,10 @@ fn an_untrusted_bundle_is_refused_after_the_head() {
     let first_frame = frame_spans(&fx.bundle)[0].0;
     let reqs = srv.requests();
     assert!(reqs.len() <= 2, "{reqs:?}");
-    assert!(reqs.iter().all(|(_, r)| r.is_some_and(|(a, _)| a < first_frame)), "a payload range was requested: {reqs:?}");
+    assert!(
+        reqs.iter().all(|(_, r)| r.is_some_and(|(a, _)| a < first_frame)),
+        "a payload range was requested: {reqs:?}"
+    );
     assert!(srv.served() < first_frame + 4096, "served {} bytes", srv.served());
     assert!(!into.join("v.ferry").exists());
 

@@ -56,59 +56,28 @@ fn target_spanning_two_mounts() {
     let t = d.join("t");
     fs::create_dir_all(t.join("data")).expect("mkdir");
     if !mount_tmpfs(&t.join("data")) {
-        eprintln!(
-            "NOTE: mounting tmpfs is not permitted here; the multi-mount case is not exercised"
-        );
+        eprintln!("NOTE: mounting tmpfs is not permitted here; the multi-mount case is not exercised");
         return;
     }
     let _guard = Unmount(&t.join("data"));
     // Fill the target: data/ is the tmpfs mount, the rest is on the temp directory's filesystem.
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", old.display()))
-        .arg(&t)
-        .status()
-        .expect("cp");
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
     // cp does not carry the mode of data/ onto the mount's root directory.
-    let st = Command::new("chmod").arg("--reference").arg(old.join("data")).arg(t.join("data")).status().expect("chmod");
+    let st =
+        Command::new("chmod").arg("--reference").arg(old.join("data")).arg(t.join("data")).status().expect("chmod");
     let st2 = Command::new("touch").arg("-r").arg(old.join("data")).arg(t.join("data")).status().expect("touch");
     assert!(st.success() && st2.success());
     let before = snapshot(&t, true);
     assert_same(&before, &snapshot(&old, true), "target prepared as OLD");
 
     apply(&b, &t, &public, 0, &[]);
-    assert_same(
-        &snapshot(&t, true),
-        &snapshot(&new, true),
-        "applied across two mounts",
-    );
+    assert_same(&snapshot(&t, true), &snapshot(&new, true), "applied across two mounts");
     // Backups of the tmpfs paths are kept on the tmpfs, for rollback.
-    assert_eq!(
-        work_dirs(&t.join("data")).len(),
-        1,
-        "work directory on the second mount"
-    );
-    assert!(
-        work_dirs(&t).is_empty(),
-        "no work directory needed on the state directory's filesystem"
-    );
+    assert_eq!(work_dirs(&t.join("data")).len(), 1, "work directory on the second mount");
+    assert!(work_dirs(&t).is_empty(), "no work directory needed on the state directory's filesystem");
 
-    run_expect(
-        apply_cmd()
-            .arg("-q")
-            .arg("rollback")
-            .arg("--target")
-            .arg(&t),
-        0,
-    );
-    assert_same(
-        &snapshot(&t, true),
-        &before,
-        "rolled back across two mounts",
-    );
-    assert!(
-        work_dirs(&t.join("data")).is_empty(),
-        "rollback removed the work directory"
-    );
+    run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+    assert_same(&snapshot(&t, true), &before, "rolled back across two mounts");
+    assert!(work_dirs(&t.join("data")).is_empty(), "rollback removed the work directory");
 }

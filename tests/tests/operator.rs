@@ -66,7 +66,10 @@ fn plan_lists_exactly_the_drifted_paths_and_changes_nothing() {
     // A clean target: plan says it would apply, exit 0, and lists the space it needs.
     let t2 = w.d.join("t2");
     copy_tree(&w.old, &t2);
-    let o = run_expect(apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t2).arg("--trust").arg(&w.public).arg("--json"), 0);
+    let o = run_expect(
+        apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t2).arg("--trust").arg(&w.public).arg("--json"),
+        0,
+    );
     let v = json(&o);
     assert_eq!(v["would_apply"], true);
     assert!(v["filesystems"][0]["available_bytes"].as_u64().unwrap_or(0) > 0);
@@ -111,7 +114,10 @@ fn free_space_is_checked_before_staging() {
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
     let before = snapshot(&t, true);
-    let o = run_expect(apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t).arg("--trust").arg(&w.public).arg("--json"), 11);
+    let o = run_expect(
+        apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t).arg("--trust").arg(&w.public).arg("--json"),
+        11,
+    );
     assert_eq!(json(&o)["filesystems"][0]["fits"], false);
     let o = apply(&b, &t, &w.public, 11, &[]);
     let err = String::from_utf8_lossy(&o.stderr);

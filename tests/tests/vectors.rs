@@ -85,7 +85,8 @@ fn vector_regenerates_identically() {
         let mut r = bundle::container::Reader::new(&fresh[..], limits.clone());
         let (mb, _) = r.head().expect("head");
         let m = bundle::Manifest::decode(&mb, &limits).expect("manifest");
-        fs::write(dir().join("small.manifest.json"), serde_json::to_string_pretty(&m).expect("json") + "\n").expect("write json");
+        fs::write(dir().join("small.manifest.json"), serde_json::to_string_pretty(&m).expect("json") + "\n")
+            .expect("write json");
         return;
     }
     if !is_root() {
@@ -93,5 +94,8 @@ fn vector_regenerates_identically() {
         return;
     }
     let stored = fs::read(dir().join("small.ferry")).expect("vector");
-    assert!(fresh == stored, "ferry-build output for the vector's trees changed; if intended, regenerate with FERRY_REGEN_VECTORS=1");
+    assert!(
+        fresh == stored,
+        "ferry-build output for the vector's trees changed; if intended, regenerate with FERRY_REGEN_VECTORS=1"
+    );
 }
