@@ -77,7 +77,11 @@ impl DirCache {
     }
 
     fn forget(&mut self, p: &BundlePath) {
-        self.dirs.retain(|k, _| k != p && !k.is_under(p));
+        // Handles under `p` exist only if `p`'s own handle does (every lookup caches each
+        // ancestor on its way), so most steps cost one hash lookup here.
+        if self.dirs.remove(p).is_some() {
+            self.dirs.retain(|k, _| !k.is_under(p));
+        }
     }
 }
 

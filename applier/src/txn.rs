@@ -26,6 +26,9 @@ pub struct Txn {
     pub work_locs: Vec<(u64, Option<BundlePath>)>,
     /// Config files whose local edits are kept (`kept.cbor`): their NEW version goes beside them.
     pub kept: std::collections::BTreeSet<BundlePath>,
+    /// Mount of each parent directory already looked up (a directory's mount does not change
+    /// during an apply: type changes swap within one work directory).
+    mounts: std::collections::HashMap<Option<BundlePath>, u64>,
 }
 
 /// Name of a work directory on a filesystem other than the state directory's, at the topmost
@@ -64,6 +67,7 @@ impl Txn {
             works: Vec::new(),
             work_locs: Vec::new(),
             kept: Default::default(),
+            mounts: Default::default(),
         })
     }
 
@@ -95,7 +99,16 @@ impl Txn {
             Ok(b) => ciborium::from_reader(&b[..]).map_err(|e| Error::Internal(format!("kept.cbor: {e}")))?,
             Err(_) => Default::default(),
         };
-        Ok(Some(Txn { dir: dir.to_path_buf(), head, journal, records, works: Vec::new(), work_locs, kept }))
+        Ok(Some(Txn {
+            dir: dir.to_path_buf(),
+            head,
+            journal,
+            records,
+            works: Vec::new(),
+            work_locs,
+            kept,
+            mounts: Default::default(),
+        }))
     }
 
     /// Record the config files whose local edits are kept (before staging starts).
@@ -173,7 +186,19 @@ impl Txn {
     /// The work directory for objects that will live in `path`'s parent directory, created (and
     /// journaled) on first use. The filesystem is that of the nearest existing ancestor.
     pub fn work_for(&mut self, root: BorrowedFd<'_>, path: &BundlePath, create: bool) -> Result<&Work> {
-        let dev = dev_of_parent(root, path)?;
+        let parent = path.parent();
+        let dev = match self.mounts.get(&parent) {
+            Some(d) => *d,
+            None => {
+                let d = dev_of_parent(root, path)?;
+                // Only remember directories that exist (a missing one is looked up again once
+                // a step has created it).
+                if parent.as_ref().is_none_or(|p| fsx::open_dir_beneath(root, Some(p)).is_ok()) {
+                    self.mounts.insert(parent, d);
+                }
+                d
+            }
+        };
         if let Some(i) = self.works.iter().position(|w| w.dev == dev) {
             return Ok(&self.works[i]);
         }
