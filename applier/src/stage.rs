@@ -205,15 +205,7 @@ pub fn stage(
                         if s >= e {
                             continue;
                         }
-                        let file = match open.entry(ei) {
-                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei))
-                                    .ctx("create staged", &m.entries[ei].path)?;
-                                crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
-                                v.insert(f)
-                            }
-                        };
+                        let file = staged_file(&mut open, stage_fd(txn, &work_of, ei)?, ei, &m.entries[ei].path)?;
                         file.write_all_at(&buf[(s - pos) as usize..(e - pos) as usize], fo + (s - po))
                             .ctx("write staged", &m.entries[ei].path)?;
                         rep.bytes += e - s;
@@ -234,15 +226,7 @@ pub fn stage(
                     what: format!("bsdiff patch: {what}"),
                 })?;
                 for &(_, _, fo, ei) in &t {
-                    let file = match open.entry(ei) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            let f = fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei))
-                                .ctx("create staged", &m.entries[ei].path)?;
-                            crate::failpoint::may_fail("stage-create").ctx("create staged", &m.entries[ei].path)?;
-                            v.insert(f)
-                        }
-                    };
+                    let file = staged_file(&mut open, stage_fd(txn, &work_of, ei)?, ei, &m.entries[ei].path)?;
                     file.write_all_at(&out, fo).ctx("write staged", &m.entries[ei].path)?;
                     rep.bytes += out.len() as u64;
                 }
@@ -340,6 +324,23 @@ pub fn stage(
     }
     crate::failpoint::hit("stage-synced");
     Ok(rep)
+}
+
+/// The open staged file of entry `ei`, created (exclusively) on first use.
+fn staged_file<'a>(
+    open: &'a mut HashMap<usize, std::fs::File>,
+    stage: BorrowedFd<'_>,
+    ei: usize,
+    path: &bundle::BundlePath,
+) -> Result<&'a std::fs::File> {
+    Ok(match open.entry(ei) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let f = fsx::create_file_at(stage, &staged_name(ei)).ctx("create staged", path)?;
+            crate::failpoint::may_fail("stage-create").ctx("create staged", path)?;
+            v.insert(f)
+        }
+    })
 }
 
 fn read_base(
