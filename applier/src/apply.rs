@@ -162,7 +162,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
         return Ok(rep);
     }
     let t0 = Instant::now();
-    let h = verify::bundle(bundle, Some(&trust), &o.limits, false)?;
+    let h = verify::bundle_with_progress(bundle, Some(&trust), &o.limits, false, o.progress)?;
     let st = state::load(&t.paths.state())?;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         log(o, format!("version {} (this bundle) is already installed", h.manifest.version));
@@ -294,6 +294,7 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
                 }
             }
         }
+        prog.finish(n as u64, 0);
         rep.commit_window_ms = first.map(ms).unwrap_or(0.0);
         if let Err(e) = res {
             log(o, format!("commit failed, rolling back to the previous version: {e}"));

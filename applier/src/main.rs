@@ -64,8 +64,10 @@ fn main() -> ExitCode {
     VERBOSE.store(cli.verbose && !cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match cli.cmd {
         Cmd::Verify { file, trust, json } => {
-            let r = applier::trust::load(&trust, None)
-                .and_then(|t| applier::verify::bundle(&file, Some(&t), &Limits::default(), true));
+            let r = applier::trust::load(&trust, None).and_then(|t| {
+                let progress = applier::progress::wanted(q || json, VERBOSE.load(std::sync::atomic::Ordering::Relaxed));
+                applier::verify::bundle_with_progress(&file, Some(&t), &Limits::default(), true, progress)
+            });
             match r {
                 Ok(h) => {
                     let signers: Vec<&str> = h.signers.iter().map(|k| k.id.as_str()).collect();

@@ -1,7 +1,8 @@
-//! Progress of long phases as plain log lines on stderr — at most one a second, with counts,
-//! bytes, rate and ETA — readable in journald and on a terminal alike. (The applier stays small:
-//! no terminal UI library; `ferry-build` draws progress bars.)
+//! Progress of long phases (verify, stage, commit). On a terminal: an indicatif bar with bytes (or
+//! steps), rate and ETA. Otherwise (journald, pipes) with `-v`: plain log lines, at most one a
+//! second, with counts, bytes, rate and ETA. `-q` shows neither.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ pub struct Progress {
     start: Instant,
     last: Instant,
     enabled: bool,
+    bar: Option<ProgressBar>,
 }
 
 /// Progress is shown with `-v`, or on a terminal unless `-q`.
@@ -27,11 +29,27 @@ fn mib(b: u64) -> f64 {
 impl Progress {
     pub fn new(phase: &'static str, unit: &'static str, total: u64, total_bytes: u64, enabled: bool) -> Progress {
         let now = Instant::now();
-        Progress { phase, unit, total, total_bytes, start: now, last: now, enabled }
+        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+            let (len, template) = if total_bytes > 0 {
+                (total_bytes, "{prefix:>7} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            } else {
+                (total, "{prefix:>7} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            };
+            let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+            let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+                .with_style(style.progress_chars("=> "));
+            b.set_prefix(phase);
+            b
+        });
+        Progress { phase, unit, total, total_bytes, start: now, last: now, enabled, bar }
     }
 
-    /// Report `done` units and `bytes` so far (printed at most once a second).
+    /// Report `done` units and `bytes` so far.
     pub fn tick(&mut self, done: u64, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(if self.total_bytes > 0 { bytes } else { done });
+            return;
+        }
         if !self.enabled || self.last.elapsed() < Duration::from_secs(1) {
             return;
         }
@@ -40,6 +58,10 @@ impl Progress {
     }
 
     pub fn finish(&mut self, done: u64, bytes: u64) {
+        if let Some(b) = self.bar.take() {
+            b.set_position(if self.total_bytes > 0 { bytes } else { done });
+            b.finish_and_clear();
+        }
         if self.enabled {
             self.print(done, bytes, true);
         }

@@ -39,11 +39,27 @@ pub fn head<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limits: &Li
 /// Verify a whole bundle file: head, trust, every frame hash and the end of the archive. With
 /// `decode`, also decode every plain-zstd frame to check its exact decoded size.
 pub fn bundle(path: &Path, trust: Option<&TrustPolicy>, limits: &Limits, decode: bool) -> Result<Head> {
+    bundle_with_progress(path, trust, limits, decode, false)
+}
+
+/// [`bundle`], showing progress over the frames ([`crate::progress`]).
+pub fn bundle_with_progress(
+    path: &Path,
+    trust: Option<&TrustPolicy>,
+    limits: &Limits,
+    decode: bool,
+    progress: bool,
+) -> Result<Head> {
     let src = source::open(path)?;
     let mut r = Reader::new(src.reader, limits.clone());
     let h = head(&mut r, trust, limits).map_err(source::explain)?;
     let patch: Vec<bool> = frame_is_patch(&h.manifest);
+    let total: u64 = h.manifest.frames.iter().map(|f| f.size).sum();
+    let mut prog = crate::progress::Progress::new("verify", "frames", h.manifest.frames.len() as u64, total, progress);
+    let mut read = 0u64;
     for (i, f) in h.manifest.frames.iter().enumerate() {
+        prog.tick(i as u64, read);
+        read += f.size;
         let res = if decode && !patch[i] {
             let mut fr = r.frame(i, f)?;
             let n = decode_count(&mut fr, limits, f.decoded, i)?;
@@ -61,6 +77,7 @@ pub fn bundle(path: &Path, trust: Option<&TrustPolicy>, limits: &Limits, decode:
         res.map_err(|e| source::explain(e.into()))?;
     }
     r.end().map_err(|e| source::explain(e.into()))?;
+    prog.finish(h.manifest.frames.len() as u64, read);
     Ok(h)
 }
 
