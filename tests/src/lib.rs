@@ -534,3 +534,16 @@ pub fn mutate_more(new: &Path, seed: u64) {
         }
     }
 }
+
+/// `n` pseudo-random, incompressible bytes (xorshift64; deterministic for a seed).
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -179,19 +179,6 @@ fn handle(mut s: TcpStream, file: &[u8], f: &Faults, log: &Mutex<Log>) -> std::i
     s.flush()
 }
 
-/// Pseudo-random incompressible bytes.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 struct Fx {
     _tmp: tempfile::TempDir,
     d: PathBuf,

@@ -80,15 +80,7 @@ fn plan_lists_exactly_the_drifted_paths_and_changes_nothing() {
 fn free_space_is_checked_before_staging() {
     let w = trees();
     // 4 MiB of incompressible content in NEW; the target is a 2 MiB tmpfs.
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    let noise: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
+    let noise = noise(4 << 20, 0x2545f4914f6cdd1d);
     fs::write(w.new.join("bin/big"), noise).expect("w");
     let b = w.d.join("b.ferry");
     build(Some(&w.old), &w.new, &w.secret, 2, &b, &[]);

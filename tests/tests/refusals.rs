@@ -35,18 +35,6 @@ impl Fx {
     }
 }
 
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// OLD and NEW with several kinds of change, so a delta bundle has plain zstd frames and patch
 /// frames (each with padding), deletions, new directories and metadata changes.
 fn fixture() -> Fx {

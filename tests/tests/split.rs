@@ -17,15 +17,7 @@ fn apply_from_parts_and_name_bad_parts() {
     gen_tree(&old, 11);
     mutate(&old, &new, 11);
     // Enough incompressible new content for several parts.
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let noise: Vec<u8> = (0..200_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let noise = noise(200_000, 0x9e3779b97f4a7c15);
     fs::write(new.join("noise.bin"), noise).expect("w");
     let (secret, public) = keygen(d, "k");
     let b = d.join("b.ferry");
