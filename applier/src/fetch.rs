@@ -26,7 +26,7 @@
 
 use crate::error::{Ctx, Error, Result};
 use crate::verify::{self, Head};
-use bundle::container::{self, Reader, BLOCK, MANIFEST_NAME, MAX_SIGNATURES_BYTES};
+use bundle::container::{self, Reader, Span, BLOCK, MANIFEST_NAME, MAX_SIGNATURES_BYTES};
 use bundle::sig::TrustPolicy;
 use bundle::{Hash, Limits};
 use serde::{Deserialize, Serialize};
@@ -416,27 +416,6 @@ fn read_full(body: &mut dyn Read, buf: &mut [u8], count: &mut u64) -> Result<(),
     Ok(())
 }
 
-/// One frame member's bytes in the bundle: header at `start`, data `data..data_end`, padding to `end`.
-#[derive(Clone, Copy, Debug)]
-struct Span {
-    start: u64,
-    data: u64,
-    data_end: u64,
-    end: u64,
-}
-
-fn spans(layout: &[(u64, u64)]) -> Vec<Span> {
-    layout
-        .iter()
-        .map(|&(data, size)| Span {
-            start: data - BLOCK,
-            data,
-            data_end: data + size,
-            end: data + size.div_ceil(BLOCK) * BLOCK,
-        })
-        .collect()
-}
-
 /// A frame being received: header bytes, running hashes, padding check, and the next offset.
 struct Job {
     pos: u64,
@@ -459,8 +438,8 @@ impl Job {
             let at = self.pos;
             let (k, region) = if at < s.data {
                 ((s.data - at) as usize, 0)
-            } else if at < s.data_end {
-                ((s.data_end - at) as usize, 1)
+            } else if at < s.data + s.size {
+                ((s.data + s.size - at) as usize, 1)
             } else {
                 ((s.end - at) as usize, 2)
             };
@@ -485,8 +464,12 @@ impl Job {
     }
 
     /// Check a complete frame; on failure, why, and the digest of what was received.
-    fn check(&self, index: usize, s: &Span, f: &bundle::Frame) -> std::result::Result<(), (String, Hash)> {
-        let why = if self.hdr != container::header(&container::frame_name(index), f.size) {
+    fn check(&self, s: &Span, f: &bundle::Frame) -> std::result::Result<(), (String, Hash)> {
+        let header_ok = match s.member {
+            Some((k, size)) => self.hdr == container::header(&container::payload_name(k), size),
+            None => true,
+        };
+        let why = if !header_ok {
             "its tar header is not the canonical one"
         } else if Hash::from(self.data.finalize()) != f.hash {
             "hash mismatch"
@@ -640,7 +623,7 @@ impl Fetcher<'_> {
         let m = &head.manifest;
         let n = m.frames.len();
         let lay = container::layout(head.manifest_bytes.len() as u64, head.sig_bytes.len() as u64, &m.frames);
-        let spans = spans(&lay);
+        let spans = lay;
         let end_start = spans.last().map_or(raw.len() as u64, |s| s.end);
         let size = end_start + END_MARKER;
         self.report.size = size;
@@ -742,7 +725,7 @@ impl Fetcher<'_> {
                 }
                 job.feed(s, &buf[..k]);
             }
-            if ok && job.check(i, s, f).is_ok() {
+            if ok && job.check(s, f).is_ok() {
                 good.insert(i);
             } else {
                 self.say(format_args!(
@@ -801,7 +784,7 @@ impl Fetcher<'_> {
                         at += k as u64;
                         if job.pos == s.end {
                             let Some(job) = jobs.remove(&cur) else { break };
-                            match job.check(cur, s, &frames[cur]) {
+                            match job.check(s, &frames[cur]) {
                                 Ok(()) => {
                                     pending.remove(&cur);
                                     self.verified.insert(cur);
@@ -997,7 +980,7 @@ fn stream_checks<R: Read>(
     let h = verify::head(r, trust, limits)?;
     let n = h.manifest.frames.len();
     for (i, f) in h.manifest.frames.iter().enumerate() {
-        r.check_frame(i, f)?;
+        r.check_frame(&h.manifest.frames, i)?;
         if !quiet {
             eprintln!("fetched frame {i}/{n} ({} bytes)", f.size);
         }
@@ -1075,20 +1058,26 @@ mod tests {
     fn job_checks_header_hash_padding() {
         let data = b"frame bytes".to_vec();
         let f = bundle::Frame { size: data.len() as u64, hash: Hash::from(blake3::hash(&data)), decoded: 0 };
-        let mut member = container::header(&container::frame_name(3), f.size).to_vec();
+        let mut member = container::header(&container::payload_name(3), f.size).to_vec();
         member.extend_from_slice(&data);
         member.resize(1024, 0);
-        let s = spans(&[(1000 + BLOCK, f.size)])[0];
+        let s = Span { start: 1000, data: 1000 + BLOCK, size: f.size, end: 2024, member: Some((3, f.size)) };
         let mut j = Job::new(&s);
         for c in member.chunks(100) {
             assert_eq!(j.feed(&s, c), c.len());
         }
-        assert!(j.check(3, &s, &f).is_ok());
-        assert!(j.check(4, &s, &f).is_err(), "header names another frame");
+        assert!(j.check(&s, &f).is_ok());
+        let other = Span { member: Some((4, f.size)), ..s };
+        assert!(j.check(&other, &f).is_err(), "header names another member");
+        // A frame in the middle of a member has neither header nor padding.
+        let mid = Span { start: 1000, data: 1000, size: f.size, end: 1000 + f.size, member: None };
+        let mut jm = Job::new(&mid);
+        assert_eq!(jm.feed(&mid, &member[512..]), data.len());
+        assert!(jm.check(&mid, &f).is_ok());
         let check = |m: &[u8]| {
             let mut j = Job::new(&s);
             j.feed(&s, m);
-            j.check(3, &s, &f).err().map(|e| e.0)
+            j.check(&s, &f).err().map(|e| e.0)
         };
         let mut bad = member.clone();
         bad[515] ^= 1; // data

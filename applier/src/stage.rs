@@ -152,7 +152,7 @@ pub fn stage(
             read += f.size;
             let mut t = std::mem::take(&mut targets[fi]);
             if t.is_empty() {
-                r.check_frame(fi, f).map_err(|e| crate::source::explain(e.into()))?;
+                r.check_frame(&m.frames, fi).map_err(|e| crate::source::explain(e.into()))?;
                 continue;
             }
             t.sort_unstable();
@@ -174,7 +174,7 @@ pub fn stage(
                 }
                 _ => None,
             };
-            let mut fr = r.frame(fi, f)?;
+            let mut fr = r.frame(&m.frames, fi)?;
             let fe =
                 |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
             {

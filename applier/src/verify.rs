@@ -61,7 +61,7 @@ pub fn bundle_with_progress(
         prog.tick(i as u64, read);
         read += f.size;
         let res = if decode && !patch[i] {
-            let mut fr = r.frame(i, f)?;
+            let mut fr = r.frame(&h.manifest.frames, i)?;
             let n = decode_count(&mut fr, limits, f.decoded, i)?;
             if n != f.decoded {
                 return Err(bundle::Error::FrameDecode {
@@ -72,7 +72,7 @@ pub fn bundle_with_progress(
             }
             fr.finish()
         } else {
-            r.check_frame(i, f)
+            r.check_frame(&h.manifest.frames, i)
         };
         res.map_err(|e| source::explain(e.into()))?;
     }

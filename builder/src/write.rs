@@ -412,16 +412,17 @@ pub fn write_bundle(
         let mut w = BufWriter::with_capacity(1 << 20, f);
         container::write_member(&mut w, container::MANIFEST_NAME, manifest)?;
         container::write_member(&mut w, container::SIGNATURES_NAME, signatures)?;
-        for (i, &(offset, size)) in frames.iter().enumerate() {
-            container::begin_member(&mut w, &container::frame_name(i), size)?;
+        let sizes: Vec<u64> = frames.iter().map(|f| f.1).collect();
+        container::write_payload(&mut w, &sizes, |w, i| {
+            let (offset, size) = frames[i];
             src.seek(SeekFrom::Start(offset))?;
-            let n = io::copy(&mut (&mut src).take(size), &mut w)?;
+            let n = io::copy(&mut (&mut src).take(size), w)?;
             if n != size {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "temporary frame file is short"));
             }
-            container::end_member(&mut w, size)?;
             progress.advance(1, size);
-        }
+            Ok(())
+        })?;
         container::finish(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;

@@ -90,8 +90,8 @@ fn read_bundle(path: &Path) -> R<Read_> {
     bundle::sig::check_signers(&manifest, &keys)?;
     bundle::script::validate(&manifest)?;
     let mut frames = Vec::new();
-    for (i, fr) in manifest.frames.iter().enumerate() {
-        let mut rd = r.frame(i, fr)?;
+    for i in 0..manifest.frames.len() {
+        let mut rd = r.frame(&manifest.frames, i)?;
         let mut v = Vec::new();
         rd.read_to_end(&mut v)?;
         rd.finish()?;

@@ -8,9 +8,13 @@
 //! ```text
 //! [hdr "ferry-v1/manifest.cbor"]   [manifest][zero pad to 512]
 //! [hdr "ferry-v1/signatures.cbor"] [signatures][pad]
-//! [hdr "ferry-v1/frame.00000000.zst"] [zstd frame][pad]  ... one per manifest frame
+//! [hdr "ferry-v1/payload.00000000"] [frame 0][frame 1]...[frame k][pad]   frames back to back
+//! [hdr "ferry-v1/payload.00000001"] [frame k+1]...[pad]                   a new member every 1 GiB
 //! [512 zero bytes][512 zero bytes]  EOF
 //! ```
+//!
+//! Frames are packed into payload members greedily by [`packs`], a function of the manifest's
+//! frame sizes alone, so the layout is canonical and a reader knows where every frame starts.
 
 use crate::{Error, Hash, Limits, Manifest};
 use std::io::{self, Read, Write};
@@ -23,9 +27,37 @@ pub const MAX_MEMBER: u64 = 0o77777777777;
 /// Bound on the signature member (16 signatures of 64 bytes plus CBOR overhead).
 pub const MAX_SIGNATURES_BYTES: u64 = 4096;
 
-/// Name of payload frame `i`.
-pub fn frame_name(i: usize) -> String {
-    format!("ferry-v1/frame.{i:08}.zst")
+/// Payload members are filled with whole frames up to this many bytes (a frame larger than this
+/// gets a member of its own).
+pub const PACK_BYTES: u64 = 1 << 30;
+
+/// Name of payload member `k`.
+pub fn payload_name(k: usize) -> String {
+    format!("ferry-v1/payload.{k:08}")
+}
+
+/// One payload member: frames `first..end` of the manifest, back to back, `size` bytes in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pack {
+    pub first: usize,
+    pub end: usize,
+    pub size: u64,
+}
+
+/// The canonical packing of frames of these sizes into payload members: in order, a frame starts
+/// a new member when the current one is not empty and would grow beyond [`PACK_BYTES`].
+pub fn packs(sizes: impl IntoIterator<Item = u64>) -> Vec<Pack> {
+    let mut out: Vec<Pack> = Vec::new();
+    for (i, s) in sizes.into_iter().enumerate() {
+        match out.last_mut() {
+            Some(p) if p.size.saturating_add(s) <= PACK_BYTES => {
+                p.end = i + 1;
+                p.size += s;
+            }
+            _ => out.push(Pack { first: i, end: i + 1, size: s }),
+        }
+    }
+    out
 }
 
 /// The only header a member `name` of `size` bytes may have: POSIX ustar, mode 0644, owner 0:0,
@@ -67,24 +99,69 @@ pub fn end_member(w: &mut impl Write, size: u64) -> io::Result<()> {
     w.write_all(&[0u8; 512][..padding(size)])
 }
 
+/// Write the payload members for frames of these sizes (in manifest order), packed by [`packs`];
+/// `frame(w, i)` must write exactly the `sizes[i]` bytes of frame `i`.
+pub fn write_payload<W: Write>(
+    w: &mut W,
+    sizes: &[u64],
+    mut frame: impl FnMut(&mut W, usize) -> io::Result<()>,
+) -> io::Result<()> {
+    for (k, p) in packs(sizes.iter().copied()).into_iter().enumerate() {
+        if p.size > MAX_MEMBER {
+            return Err(io::Error::other(format!("frame {} is larger than a tar member can be", p.first)));
+        }
+        begin_member(w, &payload_name(k), p.size)?;
+        for i in p.first..p.end {
+            frame(w, i)?;
+        }
+        end_member(w, p.size)?;
+    }
+    Ok(())
+}
+
 /// Write the end-of-archive marker.
 pub fn finish(w: &mut impl Write) -> io::Result<()> {
     w.write_all(&[0u8; 1024])
 }
 
-/// Offset of frame data: where each frame member's data starts, given the manifest and the
-/// signature member sizes. Lets a reader seek straight to a frame (resumable fetch, split parts).
-pub fn layout(manifest_len: u64, sig_len: u64, frames: &[crate::Frame]) -> Vec<(u64, u64)> {
+/// Where one frame lies in a bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// First byte that belongs to this frame: its payload member's header if the frame starts
+    /// the member, else the frame's first byte.
+    pub start: u64,
+    /// First byte of the frame.
+    pub data: u64,
+    /// The frame's size.
+    pub size: u64,
+    /// One past the last byte that belongs to this frame: after the member's padding if the
+    /// frame ends its member, else `data + size`.
+    pub end: u64,
+    /// If the frame starts a payload member: the member's index and size (its header is
+    /// `header(&payload_name(k), size)` at `start`).
+    pub member: Option<(usize, u64)>,
+}
+
+/// Where each frame lies, given the manifest and the signature member sizes. Lets a reader seek
+/// straight to a frame (resumable fetch, split parts). The spans tile the payload members.
+pub fn layout(manifest_len: u64, sig_len: u64, frames: &[crate::Frame]) -> Vec<Span> {
     let round = |n: u64| n.div_ceil(BLOCK) * BLOCK;
     let mut at = BLOCK + round(manifest_len) + BLOCK + round(sig_len);
-    frames
-        .iter()
-        .map(|f| {
-            let data = at + BLOCK;
-            at = data + round(f.size);
-            (data, f.size)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(frames.len());
+    for (k, p) in packs(frames.iter().map(|f| f.size)).into_iter().enumerate() {
+        let member_start = at;
+        let mut data = at + BLOCK;
+        for (i, f) in frames.iter().enumerate().take(p.end).skip(p.first) {
+            let first = i == p.first;
+            let last = i + 1 == p.end;
+            let start = if first { member_start } else { data };
+            let end = if last { data + f.size + padding(p.size) as u64 } else { data + f.size };
+            out.push(Span { start, data, size: f.size, end, member: first.then_some((k, p.size)) });
+            data += f.size;
+        }
+        at = member_start + BLOCK + round(p.size);
+    }
+    out
 }
 
 /// Streaming reader that accepts only canonical framing.
@@ -92,11 +169,25 @@ pub struct Reader<R> {
     inner: R,
     offset: u64,
     limits: Limits,
+    /// Per frame of the manifest being read: the payload member it starts (index, size), and
+    /// the size of the member it ends (whose padding follows it). Computed on first use.
+    plan: Vec<(Option<(usize, u64)>, Option<u64>)>,
 }
 
 impl<R: Read> Reader<R> {
     pub fn new(inner: R, limits: Limits) -> Self {
-        Reader { inner, offset: 0, limits }
+        Reader { inner, offset: 0, limits, plan: Vec::new() }
+    }
+
+    fn plan_for(&mut self, frames: &[crate::Frame]) {
+        if self.plan.len() == frames.len() {
+            return;
+        }
+        self.plan = vec![(None, None); frames.len()];
+        for (k, p) in packs(frames.iter().map(|f| f.size)).into_iter().enumerate() {
+            self.plan[p.first].0 = Some((k, p.size));
+            self.plan[p.end - 1].1 = Some(p.size);
+        }
     }
 
     /// Bytes consumed so far.
@@ -199,22 +290,42 @@ impl<R: Read> Reader<R> {
         Ok((m, s))
     }
 
-    /// Start frame `index` of the manifest: checks the header; the returned reader yields exactly
-    /// the frame's bytes and hashes them. Call [`FrameReader::finish`] afterwards.
-    pub fn frame(&mut self, index: usize, frame: &crate::Frame) -> Result<FrameReader<'_, R>, Error> {
-        let size = self.header(&frame_name(index), self.limits.max_frame_bytes)?;
-        if size != frame.size {
-            return Err(Error::Framing {
-                offset: self.offset - BLOCK + 124,
-                what: format!("frame {index} is {size} bytes, the manifest says {}", frame.size),
-            });
+    /// Start frame `index` of the manifest's `frames` (frames are read in order): reads the
+    /// payload member header if the frame starts a member; the returned reader yields exactly the
+    /// frame's bytes and hashes them. Call [`FrameReader::finish`] afterwards.
+    pub fn frame(&mut self, frames: &[crate::Frame], index: usize) -> Result<FrameReader<'_, R>, Error> {
+        self.plan_for(frames);
+        let frame = frames.get(index).ok_or_else(|| Error::Framing {
+            offset: self.offset,
+            what: format!("frame {index} is not in the manifest"),
+        })?;
+        let (starts, ends) = self.plan[index];
+        if let Some((k, want)) = starts {
+            let name = payload_name(k);
+            let size = self.header(&name, MAX_MEMBER)?;
+            if size != want {
+                return Err(Error::Framing {
+                    offset: self.offset - BLOCK + 124,
+                    what: format!(
+                        "payload member {name} is {size} bytes, the manifest says {want} (the sum of its frames)"
+                    ),
+                });
+            }
         }
-        Ok(FrameReader { reader: self, left: size, size, index, expect: frame.hash, hasher: blake3::Hasher::new() })
+        Ok(FrameReader {
+            reader: self,
+            left: frame.size,
+            size: frame.size,
+            index,
+            expect: frame.hash,
+            hasher: blake3::Hasher::new(),
+            pad: ends,
+        })
     }
 
-    /// Skip one frame after checking its header and hash (used by verification).
-    pub fn check_frame(&mut self, index: usize, frame: &crate::Frame) -> Result<(), Error> {
-        let mut fr = self.frame(index, frame)?;
+    /// Skip one frame after checking its framing and hash (used by verification).
+    pub fn check_frame(&mut self, frames: &[crate::Frame], index: usize) -> Result<(), Error> {
+        let mut fr = self.frame(frames, index)?;
         io::copy(&mut fr, &mut io::sink()).map_err(|e| unwrap_io(e, index))?;
         fr.finish()
     }
@@ -246,8 +357,8 @@ impl<R: Read> Reader<R> {
     ) -> Result<(Vec<u8>, Vec<u8>, Manifest), Error> {
         let (mb, sb) = self.head()?;
         let m = decode(&mb)?;
-        for (i, f) in m.frames.iter().enumerate() {
-            self.check_frame(i, f)?;
+        for i in 0..m.frames.len() {
+            self.check_frame(&m.frames, i)?;
         }
         self.end()?;
         Ok((mb, sb, m))
@@ -274,6 +385,8 @@ pub struct FrameReader<'a, R> {
     index: usize,
     expect: Hash,
     hasher: blake3::Hasher,
+    /// The frame ends a payload member of this size: its padding follows.
+    pad: Option<u64>,
 }
 
 impl<R: Read> Read for FrameReader<'_, R> {
@@ -303,7 +416,10 @@ impl<R: Read> FrameReader<'_, R> {
             let offset = self.reader.offset - self.size;
             return Err(Error::FrameHash { index: index as u32, offset, size: self.size });
         }
-        self.reader.padding(self.size)
+        match self.pad {
+            Some(member) => self.reader.padding(member),
+            None => Ok(()),
+        }
     }
 }
 
@@ -318,6 +434,58 @@ mod tests {
         let sum: u32 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 }).sum();
         let field = std::str::from_utf8(&h[148..154]).unwrap();
         assert_eq!(u32::from_str_radix(field, 8).unwrap(), sum);
+    }
+
+    #[test]
+    fn packing_is_greedy_and_layout_tiles_the_payload() {
+        assert_eq!(packs([]), vec![]);
+        let p = packs([10, PACK_BYTES - 10, 1, PACK_BYTES + 5, 3]);
+        assert_eq!(
+            p,
+            vec![
+                Pack { first: 0, end: 2, size: PACK_BYTES },
+                Pack { first: 2, end: 3, size: 1 },
+                Pack { first: 3, end: 4, size: PACK_BYTES + 5 },
+                Pack { first: 4, end: 5, size: 3 },
+            ]
+        );
+        let frames: Vec<crate::Frame> =
+            [700u64, 5, 1030].iter().map(|&size| crate::Frame { size, hash: Hash::of(&[]), decoded: 1 }).collect();
+        let l = layout(3, 100, &frames);
+        let payload = 512 + 512 + 512 + 512;
+        assert_eq!(
+            l[0],
+            Span { start: payload, data: payload + 512, size: 700, end: payload + 1212, member: Some((0, 1735)) }
+        );
+        assert_eq!(l[1].start, l[0].end);
+        assert_eq!((l[1].data, l[1].end, l[1].member), (payload + 1212, payload + 1217, None));
+        assert_eq!((l[2].start, l[2].end), (payload + 1217, payload + 512 + 2048));
+    }
+
+    #[test]
+    fn payload_roundtrip() {
+        let data: Vec<Vec<u8>> = vec![b"one".to_vec(), vec![7u8; 600], b"x".to_vec()];
+        let frames: Vec<crate::Frame> =
+            data.iter().map(|d| crate::Frame { size: d.len() as u64, hash: Hash::of(d), decoded: 0 }).collect();
+        let mut v = Vec::new();
+        let sizes: Vec<u64> = frames.iter().map(|f| f.size).collect();
+        write_payload(&mut v, &sizes, |w, i| w.write_all(&data[i])).unwrap();
+        finish(&mut v).unwrap();
+        assert_eq!(v.len(), 512 + 1024 + 1024);
+        let mut r = Reader::new(&v[..], Limits::default());
+        for i in 0..frames.len() {
+            let mut fr = r.frame(&frames, i).unwrap();
+            let mut got = Vec::new();
+            fr.read_to_end(&mut got).unwrap();
+            assert_eq!(got, data[i]);
+            fr.finish().unwrap();
+        }
+        r.end().unwrap();
+        // A wrong frame size in the manifest is a framing error at the member header.
+        let mut bad = frames.clone();
+        bad[1].size += 1;
+        let mut r = Reader::new(&v[..], Limits::default());
+        assert!(matches!(r.frame(&bad, 0), Err(Error::Framing { .. })));
     }
 
     #[test]

@@ -12,9 +12,7 @@
 //! - [`rle_bomb`]: a tiny zstd frame that decodes to gigabytes.
 //! - [`regions`]: the byte ranges of every region of a bundle file, for bit-flip tests.
 
-use bundle::container::{
-    self, begin_member, end_member, finish, frame_name, write_member, MANIFEST_NAME, SIGNATURES_NAME,
-};
+use bundle::container::{self, finish, write_member, write_payload, MANIFEST_NAME, SIGNATURES_NAME};
 use bundle::sig::{encode_signatures, SecretKey};
 use bundle::{BundlePath, Content, Entry, Frame, Hash, Kind, Manifest, Meta, Method, Op, Piece, Step, FORMAT_VERSION};
 pub use ciborium::Value;
@@ -149,11 +147,8 @@ pub fn framed(manifest_bytes: &[u8], sig_bytes: &[u8], frames: &[Vec<u8>]) -> Ve
         Vec::with_capacity(manifest_bytes.len() + frames.iter().map(|f| f.len() + 1024).sum::<usize>() + 4096);
     write_member(&mut out, MANIFEST_NAME, manifest_bytes).expect("write");
     write_member(&mut out, SIGNATURES_NAME, sig_bytes).expect("write");
-    for (i, f) in frames.iter().enumerate() {
-        begin_member(&mut out, &frame_name(i), f.len() as u64).expect("write");
-        out.write_all(f).expect("write");
-        end_member(&mut out, f.len() as u64).expect("write");
-    }
+    let sizes: Vec<u64> = frames.iter().map(|f| f.len() as u64).collect();
+    write_payload(&mut out, &sizes, |w, i| w.write_all(&frames[i])).expect("write");
     finish(&mut out).expect("write");
     out
 }
@@ -247,7 +242,8 @@ pub fn rle_bomb(blocks: u32) -> Vec<u8> {
 }
 
 /// Byte ranges of every region of a bundle whose manifest, signature member and frames have the
-/// given sizes: headers, data and padding of each member, and the end-of-archive marker.
+/// given sizes: headers, data and padding of each member, each frame's data within its payload
+/// member, and the end-of-archive marker.
 pub fn regions(manifest_len: usize, sig_len: usize, frame_lens: &[usize]) -> Vec<(String, Range<usize>)> {
     let b = container::BLOCK as usize;
     let mut out = Vec::new();
@@ -263,8 +259,18 @@ pub fn regions(manifest_len: usize, sig_len: usize, frame_lens: &[usize]) -> Vec
     };
     member("manifest".into(), manifest_len, &mut out);
     member("signatures".into(), sig_len, &mut out);
-    for (i, &l) in frame_lens.iter().enumerate() {
-        member(format!("frame {i}"), l, &mut out);
+    for (k, p) in container::packs(frame_lens.iter().map(|&l| l as u64)).into_iter().enumerate() {
+        out.push((format!("payload {k} header"), at..at + b));
+        at += b;
+        for (i, &l) in frame_lens.iter().enumerate().take(p.end).skip(p.first) {
+            out.push((format!("frame {i} data"), at..at + l));
+            at += l;
+        }
+        let pad = (p.size as usize).div_ceil(b) * b - p.size as usize;
+        if pad > 0 {
+            out.push((format!("payload {k} padding"), at..at + pad));
+            at += pad;
+        }
     }
     let end = out.last().map(|r| r.1.end).unwrap_or(0);
     out.push(("end-of-archive marker".into(), end..end + 2 * b));

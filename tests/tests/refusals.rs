@@ -151,14 +151,14 @@ fn flipped_byte_in_every_region_is_refused() {
         "manifest padding",
         "signatures header",
         "signatures data",
-        "frame 0 header",
+        "payload 0 header",
         "frame 0 data",
         "frame 1 data",
+        "payload 0 padding",
         "end-of-archive marker",
     ] {
         assert!(names.contains(&want), "fixture bundle lacks region {want:?}: {names:?}");
     }
-    assert!(names.iter().any(|n| n.starts_with("frame") && n.ends_with("padding")), "no frame has padding: {names:?}");
 
     // Positions: first, middle and last byte of every region, plus each field of the first header.
     let mut cases: Vec<(String, usize)> = Vec::new();
@@ -237,7 +237,8 @@ fn truncated_bundles_are_refused_with_the_offset() {
         ("inside the signature header", find("signatures header").start + 200),
         ("inside frame 0", (f0.start + f0.end) / 2),
         ("inside frame 1", f1.start + 1),
-        ("inside a frame header", find("frame 1 header").start + 10),
+        ("inside the payload member header", find("payload 0 header").start + 10),
+        ("between frame 0 and frame 1", f1.start),
         ("before the end marker", len - 1024),
         ("inside the end marker", len - 512),
         ("one byte short", len - 1),
