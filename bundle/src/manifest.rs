@@ -500,10 +500,10 @@ impl Manifest {
                     mark(j, &mut need, &mut work);
                 }
             }
-            for a in e.path.ancestors() {
-                if let Some(j) = index(&a) {
-                    mark(j, &mut need, &mut work);
-                }
+            // The parent only: once marked, it marks its own parent in turn (linear work even
+            // for deep paths).
+            if let Some(j) = e.path.parent().and_then(|a| index(&a)) {
+                mark(j, &mut need, &mut work);
             }
         }
         need

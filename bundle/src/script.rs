@@ -311,7 +311,7 @@ mod tests {
                 file("d/copy", Content::Copy { from: p("src") }, false),
                 file("src", Content::Unchanged, false),
             ],
-            vec![old_file("d/a"), old_file("gone"), old_file("src")],
+            vec![old_dir("d"), old_file("d/a"), old_file("gone"), old_file("src")],
             vec![step(Op::SetMeta, "d/a"), step(Op::Place, "d/copy"), step(Op::Delete, "gone"), step(Op::DirMeta, "d")],
         )
     }
