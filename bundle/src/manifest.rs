@@ -6,7 +6,7 @@
 
 use crate::{BundlePath, Error, Hash, Limits, FORMAT_VERSION};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The signed description of one update.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,6 +470,7 @@ impl Manifest {
         }
         let mut need = vec![false; self.entries.len()];
         let mut work: Vec<usize> = Vec::new();
+        let mut expanded: BTreeSet<&BundlePath> = BTreeSet::new();
         let mark = |i: usize, need: &mut Vec<bool>, work: &mut Vec<usize>| {
             if !need[i] {
                 need[i] = true;
@@ -490,7 +491,8 @@ impl Manifest {
                 Kind::File { .. } => Some(&e.path),
                 _ => None,
             };
-            if let Some(g) = group {
+            // Each group once (a group of k names costs k, not k²).
+            if let Some(g) = group.filter(|g| expanded.insert(*g)) {
                 for j in index(g).into_iter().chain(links.get(g).into_iter().flatten().copied()) {
                     mark(j, &mut need, &mut work);
                 }
