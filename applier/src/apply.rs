@@ -183,7 +183,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     log(
         o,
         format!(
-            "verified bundle version {} ({} entries, {} steps)",
+            "verified bundle version {} ({} entries listed, {} steps)",
             h.manifest.version,
             h.manifest.entries.len(),
             h.manifest.script.len()
@@ -198,7 +198,9 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
 }
 
 /// The conffile rule applies to a NEW regular file marked `config` whose `NAME.ferry-new` the
-/// bundle does not itself use.
+/// bundle does not itself use. Entries are sparse, but a manifest listing a config file also
+/// lists `NAME.ferry-new` if NEW has it (bundle-format.md §4.2): a side name in neither
+/// `entries` nor `old` is not a path of NEW or of the bundle's base.
 pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
     let side = match p.parent() {
         Some(d) => d.join(&crate::commit::ferry_new_name(p)),

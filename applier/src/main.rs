@@ -349,6 +349,11 @@ fn applier_inspect(file: &std::path::Path) -> Result<serde_json::Value, Error> {
         "channel": m.channel,
         "created": m.created,
         "expires": m.expires,
+        "entries_note": if m.base.is_some() {
+            "a delta bundle lists only the NEW entries it changes or needs; unchanged paths are not listed, so counts and new_file_bytes cover the listed entries"
+        } else {
+            "a full bundle lists every entry of NEW"
+        },
         "counts": {"entries": m.entries.len(), "by_type": counts, "old": m.old.len(), "frames": m.frames.len(), "steps": m.script.len(), "zstd_pieces": zstd_pieces, "patch_pieces": patch_pieces, "copies": copies},
         "sizes": {"new_file_bytes": new_bytes, "payload_bytes": payload, "decoded_bytes": decoded, "manifest_bytes": mb.len()},
         "hooks": m.hooks.iter().map(|h| json!({"glob": h.glob, "command": h.command, "timeout_secs": h.timeout_secs})).collect::<Vec<_>>(),
@@ -359,13 +364,14 @@ fn applier_inspect(file: &std::path::Path) -> Result<serde_json::Value, Error> {
 
 fn inspect_human(v: &serde_json::Value) -> String {
     let mut s = format!(
-        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts {}\nsizes {}\napply script:",
+        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
         if v["signatures_valid"].as_bool() == Some(true) { "well-formed and matching" } else { "INVALID" },
         v["version"],
         v["channel"],
         v["base"],
         v["signers"],
         v["counts"],
+        v["entries_note"].as_str().unwrap_or(""),
         v["sizes"],
     );
     if let Some(steps) = v["script"].as_array() {

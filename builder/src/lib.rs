@@ -84,7 +84,10 @@ pub struct BuildReport {
     pub bundle: String,
     pub bytes: u64,
     pub version: u64,
+    /// Entries listed in the manifest (a delta lists only what it touches or needs).
     pub entries: usize,
+    /// Entries of the whole NEW tree.
+    pub tree_entries: usize,
     pub steps: usize,
     pub frames: usize,
     pub stats: BTreeMap<&'static str, Stat>,
@@ -311,9 +314,11 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let mut used: BTreeSet<BundlePath> =
         d.choices.values().filter_map(|c| if let diff::Choice::Copy(f) = c { Some(f.clone()) } else { None }).collect();
 
+    let tree_entries = d.entries.len();
     if opts.dry_run {
         manifest.entries = std::mem::take(&mut d.entries);
         manifest.old = old_list(&used);
+        manifest.drop_unneeded_entries();
         bundle::script::validate(&manifest).map_err(Error::Invalid)?;
         return Ok(BuildReport {
             ferry_report: 1,
@@ -322,6 +327,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
             bytes: 0,
             version: opts.version,
             entries: manifest.entries.len(),
+            tree_entries,
             steps: manifest.script.len(),
             frames: 0,
             stats: BTreeMap::new(),
@@ -431,8 +437,11 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     if files > 0 {
         stats.insert("solid", Stat { files, bytes_in, bytes_out, frames });
     }
+    // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
+    // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
     manifest.entries = std::mem::take(&mut d.entries);
     manifest.old = old_list(&used);
+    manifest.drop_unneeded_entries();
 
     // A bundle the applier would refuse is a builder bug (or an inexpressible tree): stop here.
     manifest.check(&Limits::default()).map_err(Error::Invalid)?;
@@ -458,6 +467,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         bytes,
         version: opts.version,
         entries: manifest.entries.len(),
+        tree_entries,
         steps: manifest.script.len(),
         frames: manifest.frames.len(),
         stats,

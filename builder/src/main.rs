@@ -132,7 +132,10 @@ fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) 
             println!("{l}");
         }
         if verbosity > Verbosity::Quiet {
-            eprintln!("dry run: {} entries, {} steps; nothing written", r.entries, r.steps);
+            eprintln!(
+                "dry run: {} of {} entries listed, {} steps; nothing written",
+                r.entries, r.tree_entries, r.steps
+            );
         }
         return;
     }
@@ -140,8 +143,8 @@ fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) 
         return;
     }
     eprintln!(
-        "{}: {} bytes, version {}, {} entries, {} steps, {} frames, {} ms",
-        r.bundle, r.bytes, r.version, r.entries, r.steps, r.frames, r.duration_ms
+        "{}: {} bytes, version {}, {} of {} entries listed, {} steps, {} frames, {} ms",
+        r.bundle, r.bytes, r.version, r.entries, r.tree_entries, r.steps, r.frames, r.duration_ms
     );
     for (k, s) in &r.stats {
         let frames = if s.frames > 0 { format!(" {:>7} frames", s.frames) } else { String::new() };

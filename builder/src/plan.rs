@@ -279,7 +279,7 @@ mod tests {
             .collect();
         let (script, warnings) = order(&d.steps, &d.entries, &old_links, elf).unwrap_or_else(|e| panic!("{e}"));
         assert!(warnings.is_empty(), "{warnings:?}");
-        let m = Manifest {
+        let mut m = Manifest {
             format: bundle::FORMAT_VERSION,
             version: 1,
             base: None,
@@ -294,6 +294,7 @@ mod tests {
             hooks: vec![],
             rotation: None,
         };
+        m.drop_unneeded_entries();
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));
         script.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
     }

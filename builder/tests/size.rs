@@ -17,8 +17,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// Full bundle of NEW, `--level default`.
 const RECORDED_FULL: u64 = 483_840;
-/// Delta OLD → NEW, `--level default`.
+/// Delta OLD → NEW, `--level default`. Every entry of NEW gets a new mtime here (`settle`), so
+/// every entry has a step and sparse entries do not shrink this one.
 const RECORDED_DELTA: u64 = 73_216;
+/// Delta OLD → NEW where entries the update leaves alone keep their mtimes (so the manifest
+/// lists only what changes, bundle-format.md §4.2), `--level default`. (71,168 bytes when the
+/// manifest still listed every entry of NEW.)
+const RECORDED_DELTA_SAME_MTIMES: u64 = 61_952;
 const SLACK: f64 = 1.02;
 
 type R<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -163,6 +168,29 @@ fn trees(d: &Path) -> R<(PathBuf, PathBuf)> {
     Ok((old, new))
 }
 
+/// Copy `src` to `dst` and give every entry an mtime derived from its path only, so an entry
+/// that is the same in OLD and NEW has the same metadata (as on real systems, where an update
+/// leaves most files alone; `settle` gives every entry of NEW a new mtime instead).
+fn copy_with_path_mtimes(src: &Path, dst: &Path) -> R {
+    let st = std::process::Command::new("cp").arg("-a").arg(src).arg(dst).status()?;
+    assert!(st.success());
+    fn walk(root: &Path, d: &Path) -> R {
+        let mut v: Vec<PathBuf> = fs::read_dir(d)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        v.sort();
+        for p in v {
+            if p.is_dir() {
+                walk(root, &p)?;
+            }
+            // FNV-1a of the relative path: fixed forever.
+            let rel = p.strip_prefix(root)?.as_os_str().as_encoded_bytes();
+            let h = rel.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            fs::File::open(&p)?.set_modified(UNIX_EPOCH + Duration::from_secs(1_600_000_000 + h % 10_000_000))?;
+        }
+        Ok(())
+    }
+    walk(dst, dst)
+}
+
 fn keygen(dir: &Path) -> R<PathBuf> {
     Command::new(env!("CARGO_BIN_EXE_ferry-build")).arg("keygen").arg("--out").arg(dir.join("k")).assert().success();
     Ok(dir.join("k.secret"))
@@ -198,12 +226,17 @@ fn bundle_sizes_do_not_regress() -> R {
     let (old, new) = trees(d.path())?;
     let full = build(None, &new, &key, &d.path().join("full.ferry"))?;
     let delta = build(Some(&old), &new, &key, &d.path().join("delta.ferry"))?;
-    eprintln!("sizes: full {full}, delta {delta}");
+    let (old2, new2) = (d.path().join("old-same-mtimes"), d.path().join("new-same-mtimes"));
+    copy_with_path_mtimes(&old, &old2)?;
+    copy_with_path_mtimes(&new, &new2)?;
+    let sparse = build(Some(&old2), &new2, &key, &d.path().join("delta-same-mtimes.ferry"))?;
+    eprintln!("sizes: full {full}, delta {delta}, delta with unchanged mtimes {sparse}");
     if std::env::var_os("SIZE_KEEP").is_some() {
         let kept = d.keep();
         eprintln!("kept {}", kept.display());
     }
     check("full", full, RECORDED_FULL);
     check("delta", delta, RECORDED_DELTA);
+    check("delta with unchanged mtimes", sparse, RECORDED_DELTA_SAME_MTIMES);
     Ok(())
 }

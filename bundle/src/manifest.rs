@@ -6,6 +6,7 @@
 
 use crate::{BundlePath, Error, Hash, Limits, FORMAT_VERSION};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The signed description of one update.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +26,11 @@ pub struct Manifest {
     pub expires: Option<u64>,
     /// Public keys that sign this manifest, in the order of the signature member.
     pub signers: Vec<PublicKey>,
-    /// Every entry of NEW, sorted by path bytes, unique.
+    /// The entries of NEW the bundle needs, sorted by path bytes, unique: every path with a
+    /// Mkdir, Place, SetMeta or DirMeta step or listed in `old` (if in NEW), closed under
+    /// hardlink groups, `NAME.ferry-new` beside config files, and ancestors
+    /// ([`Manifest::required_entries`]). A path of NEW that is not listed is identical in OLD
+    /// and NEW and untouched. A full bundle creates every path, so it lists the whole NEW tree.
     pub entries: Vec<Entry>,
     /// Expected OLD state of every path the bundle replaces, deletes, changes metadata of, or
     /// reads as a delta base or copy source; sorted, unique.
@@ -442,6 +447,78 @@ impl Manifest {
         Ok(())
     }
 
+    /// Which of [`Manifest::entries`] the manifest must list (bundle-format.md §4.2), by index:
+    /// the least set of entries that holds
+    /// 1. every path with a `Mkdir`, `Place`, `SetMeta` or `DirMeta` step,
+    /// 2. every path of [`Manifest::old`] that is in `entries`,
+    /// 3. with any member of a hardlink group (a `File` and the `Hardlink`s naming it as
+    ///    primary), every member,
+    /// 4. with a `File` marked `config`, the entry `NAME.ferry-new` beside it,
+    /// 5. with any entry, its ancestors.
+    ///
+    /// The builder calls this on the whole NEW tree and keeps the marked entries; a reader calls
+    /// it on a decoded manifest and refuses one that lists an entry not marked
+    /// ([`crate::script::validate`]).
+    pub fn required_entries(&self) -> Vec<bool> {
+        let index = |p: &BundlePath| self.entries.binary_search_by(|e| e.path.cmp(p)).ok();
+        // Hardlinks by primary path.
+        let mut links: BTreeMap<&BundlePath, Vec<usize>> = BTreeMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Kind::Hardlink { primary } = &e.kind {
+                links.entry(primary).or_default().push(i);
+            }
+        }
+        let mut need = vec![false; self.entries.len()];
+        let mut work: Vec<usize> = Vec::new();
+        let mut expanded: BTreeSet<&BundlePath> = BTreeSet::new();
+        let mark = |i: usize, need: &mut Vec<bool>, work: &mut Vec<usize>| {
+            if !need[i] {
+                need[i] = true;
+                work.push(i);
+            }
+        };
+        let seeds =
+            self.script.iter().filter(|s| s.op != Op::Delete).map(|s| &s.path).chain(self.old.iter().map(|o| &o.path));
+        for p in seeds {
+            if let Some(i) = index(p) {
+                mark(i, &mut need, &mut work);
+            }
+        }
+        while let Some(i) = work.pop() {
+            let e = &self.entries[i];
+            let group = match &e.kind {
+                Kind::Hardlink { primary } => Some(primary),
+                Kind::File { .. } => Some(&e.path),
+                _ => None,
+            };
+            // Each group once (a group of k names costs k, not k²).
+            if let Some(g) = group.filter(|g| expanded.insert(*g)) {
+                for j in index(g).into_iter().chain(links.get(g).into_iter().flatten().copied()) {
+                    mark(j, &mut need, &mut work);
+                }
+            }
+            if let Kind::File { config: true, .. } = &e.kind {
+                if let Some(j) = ferry_new_path(&e.path).and_then(|s| index(&s)) {
+                    mark(j, &mut need, &mut work);
+                }
+            }
+            // The parent only: once marked, it marks its own parent in turn (linear work even
+            // for deep paths).
+            if let Some(j) = e.path.parent().and_then(|a| index(&a)) {
+                mark(j, &mut need, &mut work);
+            }
+        }
+        need
+    }
+
+    /// Keep only the entries [`Manifest::required_entries`] marks (what the builder does once
+    /// the script and `old` are final).
+    pub fn drop_unneeded_entries(&mut self) {
+        let need = self.required_entries();
+        self.entries =
+            std::mem::take(&mut self.entries).into_iter().zip(need).filter(|(_, n)| *n).map(|(e, _)| e).collect();
+    }
+
     /// Find a NEW entry by path (entries are sorted).
     pub fn entry(&self, p: &BundlePath) -> Option<&Entry> {
         self.entries.binary_search_by(|e| e.path.cmp(p)).ok().map(|i| &self.entries[i])
@@ -483,6 +560,17 @@ impl OldKind {
             OldKind::CharDev { .. } => "chardev",
             OldKind::BlockDev { .. } => "blockdev",
         }
+    }
+}
+
+/// `NAME.ferry-new` beside `p`: where the applier puts the NEW version of a locally edited
+/// configuration file. `None` if that name would not be a valid path (over 255 bytes).
+pub fn ferry_new_path(p: &BundlePath) -> Option<BundlePath> {
+    let mut name = p.file_name().to_vec();
+    name.extend_from_slice(b".ferry-new");
+    match p.parent() {
+        Some(d) => d.join(&name).ok(),
+        None => BundlePath::new(name).ok(),
     }
 }
 

@@ -76,6 +76,11 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
         last_phase = ph;
         let n = new.get(&s.path).copied();
         let o = old.get(&s.path).copied();
+        // Entries are sparse, but every path a step creates or changes is listed: an unlisted
+        // path is by definition identical in OLD and NEW.
+        if s.op != Op::Delete && n.is_none() {
+            return bad(format!("{:?} of a path that is not in NEW (not listed in entries)", s.op));
+        }
         // A path created by this step needs its parent to exist as a directory already: either
         // untouched (the applier checks it is a real directory) or created by an earlier step.
         let parent_ready = |i: usize| -> Result<(), Error> {
@@ -184,6 +189,7 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
     }
 
     // Completeness: everything NEW needs is created, every OLD path not in NEW is removed.
+    // Only listed entries can be checked; an unlisted NEW path is identical in OLD (§4.2).
     for e in &m.entries {
         // Unchanged entries are not listed in OLD, so only file content tells what must be staged.
         let needs = matches!(&e.kind, Kind::File { content, .. } if !matches!(content, Content::Unchanged));
@@ -197,10 +203,23 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
                 return Err(Error::Manifest(format!("{}: hardlink group placed only in part", e.path)));
             }
         }
+        // A directory the script creates is new (or replaces a non-directory): nothing under it
+        // exists in OLD, so every NEW entry under it is created too.
+        if let Some(p) = e.path.parent() {
+            if created.contains_key(&p) && !created.contains_key(&e.path) {
+                return Err(Error::Manifest(format!(
+                    "{}: NEW entry under the created directory {p} is never created",
+                    e.path
+                )));
+            }
+        }
     }
     for o in &m.old {
         if !new.contains_key(&o.path) && !deleted.contains_key(&o.path) && !under_exchanged(&o.path) {
-            return Err(Error::Manifest(format!("{}: OLD entry not in NEW is never deleted", o.path)));
+            return Err(Error::Manifest(format!(
+                "{}: OLD entry not in NEW (not listed in entries) is never deleted",
+                o.path
+            )));
         }
         if let Some(n) = new.get(&o.path) {
             if n.kind.name() != o.kind.name()
@@ -211,5 +230,187 @@ pub fn validate(m: &Manifest) -> Result<(), Error> {
             }
         }
     }
+    // Sparse entries (§4.2): the manifest lists exactly the entries the bundle needs.
+    for (e, need) in m.entries.iter().zip(m.required_entries()) {
+        if !need {
+            return Err(Error::Manifest(format!(
+                "{}: listed in entries, but it has no step, no OLD entry and is not needed by a listed \
+                 entry (unchanged entries are not listed)",
+                e.path
+            )));
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Hash, Limits, Meta, Step};
+
+    fn p(s: &str) -> BundlePath {
+        BundlePath::new(s.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{e}"))
+    }
+    fn meta(mode: u32) -> Meta {
+        Meta { mode, uid: 0, gid: 0, mtime_ns: 0 }
+    }
+    fn dir(s: &str) -> Entry {
+        Entry { path: p(s), meta: meta(0o755), kind: Kind::Dir }
+    }
+    fn file(s: &str, content: Content, config: bool) -> Entry {
+        let size = if content == Content::Empty { 0 } else { 3 };
+        Entry { path: p(s), meta: meta(0o644), kind: Kind::File { size, hash: Hash([1; 32]), content, config } }
+    }
+    fn link(s: &str, primary: &str) -> Entry {
+        Entry { path: p(s), meta: meta(0o644), kind: Kind::Hardlink { primary: p(primary) } }
+    }
+    fn old_file(s: &str) -> OldEntry {
+        OldEntry { path: p(s), meta: meta(0o600), kind: OldKind::File { size: 3, hash: Hash([1; 32]) } }
+    }
+    fn old_dir(s: &str) -> OldEntry {
+        OldEntry { path: p(s), meta: meta(0o755), kind: OldKind::Dir }
+    }
+    fn step(op: Op, s: &str) -> Step {
+        Step { op, path: p(s) }
+    }
+    fn manifest(entries: Vec<Entry>, old: Vec<OldEntry>, script: Vec<Step>) -> Manifest {
+        Manifest {
+            format: crate::FORMAT_VERSION,
+            version: 2,
+            base: Some(crate::Base { version: Some(1), tree: Hash([0; 32]) }),
+            channel: "stable".into(),
+            created: 0,
+            expires: None,
+            signers: vec![Hash([0; 32])],
+            entries,
+            old,
+            frames: vec![],
+            script,
+            hooks: vec![],
+            rotation: None,
+        }
+    }
+    fn run(m: &Manifest) -> Result<(), String> {
+        m.check(&Limits::default()).map_err(|e| e.to_string())?;
+        validate(m).map_err(|e| e.to_string())
+    }
+    fn refused(m: &Manifest, needle: &str) {
+        match run(m) {
+            Ok(()) => panic!("accepted, expected {needle:?}"),
+            Err(e) => assert!(e.contains(needle), "{e:?} does not contain {needle:?}"),
+        }
+    }
+
+    /// `d/a` changes mode only, `d/b` (unlisted) and everything else is unchanged; `gone` is
+    /// deleted; `d/copy` is a copy of OLD `src`, which stays in NEW unchanged.
+    fn sparse() -> Manifest {
+        manifest(
+            vec![
+                dir("d"),
+                file("d/a", Content::Unchanged, false),
+                file("d/copy", Content::Copy { from: p("src") }, false),
+                file("src", Content::Unchanged, false),
+            ],
+            vec![old_dir("d"), old_file("d/a"), old_file("gone"), old_file("src")],
+            vec![step(Op::SetMeta, "d/a"), step(Op::Place, "d/copy"), step(Op::Delete, "gone"), step(Op::DirMeta, "d")],
+        )
+    }
+
+    #[test]
+    fn sparse_entries_accepted() {
+        let m = sparse();
+        run(&m).unwrap_or_else(|e| panic!("{e}"));
+        assert!(m.required_entries().iter().all(|&n| n));
+    }
+
+    #[test]
+    fn builder_filter_keeps_exactly_the_needed_entries() {
+        let mut m = sparse();
+        // The whole NEW tree: add unchanged entries that nothing needs.
+        m.entries.extend([
+            dir("other"),
+            file("other/x", Content::Unchanged, false),
+            file("d/b", Content::Unchanged, false),
+        ]);
+        m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        refused(&m, "d/b: listed in entries, but it has no step");
+        m.drop_unneeded_entries();
+        assert_eq!(m.entries, sparse().entries);
+        run(&m).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn unlisted_step_path_refused() {
+        let mut m = sparse();
+        m.entries.retain(|e| e.path != p("d/a"));
+        refused(&m, "SetMeta of a path that is not in NEW (not listed in entries)");
+        let mut m = sparse();
+        m.entries.retain(|e| e.path != p("d/copy"));
+        refused(&m, "Place of a path that is not in NEW");
+    }
+
+    #[test]
+    fn surviving_old_entry_must_be_listed() {
+        // `src` is read as a copy source and stays in NEW: unlisted, it would mean "removed",
+        // but nothing removes it.
+        let mut m = sparse();
+        m.entries.retain(|e| e.path != p("src"));
+        refused(&m, "src: OLD entry not in NEW (not listed in entries) is never deleted");
+    }
+
+    #[test]
+    fn ancestors_must_be_listed() {
+        let mut m = sparse();
+        m.entries.retain(|e| e.path != p("d"));
+        m.script.retain(|s| s.op != Op::DirMeta);
+        refused(&m, "parent d is not a directory of NEW");
+    }
+
+    #[test]
+    fn unchanged_entry_needs_a_reason() {
+        let mut m = sparse();
+        m.entries.insert(2, file("d/b", Content::Unchanged, false));
+        refused(&m, "d/b: listed in entries, but it has no step");
+    }
+
+    #[test]
+    fn hardlink_groups_listed_whole() {
+        // SetMeta of a primary lists its hardlinks (same inode) even without steps.
+        let mut m = manifest(
+            vec![file("a", Content::Unchanged, false), link("b", "a"), link("c", "a")],
+            vec![old_file("a")],
+            vec![step(Op::SetMeta, "a")],
+        );
+        run(&m).unwrap_or_else(|e| panic!("{e}"));
+        // A member listed for its step pulls in the primary; listing a member with no reason
+        // except an unlisted group is refused by the primary rule.
+        m.entries.remove(0);
+        refused(&m, "hardlink primary a is not an earlier file entry");
+        // A group placed only in part.
+        let m = manifest(vec![file("a", Content::Empty, false), link("b", "a")], vec![], vec![step(Op::Place, "a")]);
+        refused(&m, "hardlink group placed only in part");
+    }
+
+    #[test]
+    fn config_side_file_listed_with_its_config_file() {
+        let m = |config: bool| {
+            manifest(
+                vec![file("c", Content::Empty, config), file("c.ferry-new", Content::Unchanged, false)],
+                vec![old_file("c")],
+                vec![step(Op::Place, "c")],
+            )
+        };
+        run(&m(true)).unwrap_or_else(|e| panic!("{e}"));
+        refused(&m(false), "c.ferry-new: listed in entries, but it has no step");
+    }
+
+    #[test]
+    fn entries_under_a_created_directory_are_created() {
+        let m = manifest(
+            vec![dir("n"), file("n/x", Content::Unchanged, false)],
+            vec![old_file("n/x")],
+            vec![step(Op::Mkdir, "n"), step(Op::DirMeta, "n")],
+        );
+        refused(&m, "n/x: NEW entry under the created directory n is never created");
+    }
 }

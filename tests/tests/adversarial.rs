@@ -1234,3 +1234,64 @@ fn write_fuzz_seeds() {
             .expect("write seed");
     }
 }
+
+/// Sparse entries (bundle-format.md §4.2, §6 rules 9 and 10): an `old` path without an entry is
+/// not in NEW, so it must be removed; a step's path must be listed; and nothing is listed without
+/// a reason. Each defect is refused before anything is written.
+#[test]
+fn sparse_entries_must_be_consistent() {
+    let unchanged = |path: &str, meta: u32, data: &[u8]| Entry {
+        path: p(path),
+        meta: forge::meta(meta),
+        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content: Content::Unchanged, config: false },
+    };
+    let copy = Entry {
+        path: p("new/copy"),
+        meta: forge::meta(0o644),
+        kind: Kind::File {
+            size: FILE.len() as u64,
+            hash: Hash::of(FILE),
+            content: Content::Copy { from: p("file") },
+            config: false,
+        },
+    };
+    // `new/copy` is a copy of OLD `file`, which stays: `file` is in `old` (copy source), so it
+    // must be listed; without its entry it would mean "deleted", yet nothing deletes it.
+    let mut m = forge::empty(1);
+    m.entries = vec![forge::dir("new", 0o755), copy];
+    m.old = vec![old_file("file", FILE)];
+    m.script = vec![forge::step(Op::Mkdir, "new"), forge::step(Op::Place, "new/copy"), forge::step(Op::DirMeta, "new")];
+    let env = Env::new();
+    env.write(&m, &[]);
+    env.refused(3, &["file: OLD entry not in NEW (not listed in entries) is never deleted"]);
+
+    // A step on an unlisted path.
+    let mut bad = m.clone();
+    bad.script.insert(2, forge::step(Op::SetMeta, "dir/file"));
+    bad.old.insert(0, old_file("dir/file", DIR_FILE));
+    bad.entries.insert(0, forge::dir("dir", 0o755));
+    bad.entries.push(unchanged("file", 0o644, FILE));
+    bad.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let env = Env::new();
+    env.write(&bad, &[]);
+    env.refused(3, &["step 2", "SetMeta of a path that is not in NEW (not listed in entries)"]);
+
+    // An entry listed for no reason (an unchanged directory of the target).
+    let mut bad = m.clone();
+    bad.entries.insert(0, forge::dir("dir", 0o755));
+    bad.entries.push(unchanged("file", 0o644, FILE));
+    bad.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let env = Env::new();
+    env.write(&bad, &[]);
+    env.refused(3, &["dir: listed in entries, but it has no step"]);
+
+    // Consistent: the copy source is listed, unchanged; everything else is untouched.
+    m.entries.push(unchanged("file", 0o644, FILE));
+    m.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let env = Env::new();
+    env.write(&m, &[]);
+    env.applied();
+    assert_eq!(fs::read(env.target.join("new/copy")).expect("copy"), FILE);
+    assert_eq!(fs::read(env.target.join("file")).expect("source"), FILE);
+    assert_eq!(fs::read(env.target.join("dir/file")).expect("untouched"), DIR_FILE);
+}

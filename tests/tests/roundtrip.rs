@@ -380,3 +380,97 @@ fn unprivileged_apply_with_setpriv() {
     let human = String::from_utf8_lossy(&o.stdout);
     assert!(human.contains("not root"), "human status should say owners were left alone: {human}");
 }
+
+/// Sparse manifest entries (bundle-format.md §4.2): on a tree of 2,000+ files where a handful
+/// change (edits, a rename, a mode-only change, a deleted directory, a new hardlink), the delta
+/// bundle lists only the entries it touches or needs, and applying it still gives NEW exactly.
+#[test]
+fn delta_of_a_mostly_unchanged_tree_lists_few_entries() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let k = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    for i in 0..20 {
+        for j in 0..100 {
+            let p = old.join(format!("d{i:02}/f{j:03}"));
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(&p, format!("file {i} {j}\n").repeat(1 + (i * j) % 7)).expect("write");
+        }
+    }
+    fs::create_dir_all(old.join("gone/sub")).expect("mkdir");
+    fs::write(old.join("gone/sub/x"), b"leaves with its directory").expect("write");
+    fs::write(old.join("gone/y"), b"so does this").expect("write");
+    // An unchanged hardlink group: never listed.
+    fs::create_dir_all(old.join("hl")).expect("mkdir");
+    fs::write(old.join("hl/a"), b"two names, one inode").expect("write");
+    fs::hard_link(old.join("hl/a"), old.join("hl/b")).expect("link");
+    let mut all = Vec::new();
+    collect_all(&old, &mut all);
+    for p in &all {
+        set_mtime(p, 1_600_000_000);
+    }
+    set_mtime(&old, 1_600_000_000);
+    copy_tree(&old, &new);
+
+    // Edits (content and mtime).
+    for (i, j) in [(1, 1), (4, 40), (9, 99), (15, 7), (19, 0)] {
+        let p = new.join(format!("d{i:02}/f{j:03}"));
+        fs::write(&p, format!("edited {i} {j}\n")).expect("write");
+        set_mtime(&p, 1_700_000_000);
+    }
+    // A rename across directories (a local copy, no payload).
+    fs::rename(new.join("d03/f005"), new.join("d07/renamed")).expect("rename");
+    // A mode-only change.
+    fs::set_permissions(new.join("d10/f010"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    // A deleted directory with a subdirectory.
+    fs::remove_dir_all(new.join("gone")).expect("rm -r");
+    // A new hardlink to an existing, otherwise unchanged file: its group is re-placed.
+    fs::hard_link(new.join("d12/f000"), new.join("d12/link")).expect("link");
+    for p in ["d03", "d07", "d12"] {
+        set_mtime(&new.join(p), 1_700_000_000);
+    }
+    set_mtime(&new, 1_700_000_000);
+
+    let bundle = d.path().join("delta.ferry");
+    build(Some(&old), &new, &k.secret, 2, &bundle, &[]);
+
+    // The manifest, as `inspect` reports it and as the bundle crate decodes it.
+    let o = run_expect(apply_cmd().arg("inspect").arg("--json").arg(&bundle), 0);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect json");
+    let listed = v["counts"]["entries"].as_u64().expect("counts.entries");
+    let mut tree = Vec::new();
+    collect_all(&new, &mut tree);
+    assert!(tree.len() > 2000, "{}", tree.len());
+    eprintln!("{listed} of {} entries listed", tree.len());
+    assert!(listed > 0 && listed * 50 < tree.len() as u64, "{listed} of {} entries listed", tree.len());
+    assert!(v["entries_note"].as_str().is_some_and(|n| n.contains("not listed")), "{v}");
+
+    let bytes = fs::read(&bundle).expect("read bundle");
+    let limits = bundle::Limits::default();
+    let mut r = bundle::container::Reader::new(&bytes[..], limits.clone());
+    let (mb, _) = r.head().expect("head");
+    let m = bundle::Manifest::decode(&mb, &limits).expect("manifest");
+    bundle::script::validate(&m).expect("script");
+    let paths: Vec<String> = m.entries.iter().map(|e| e.path.display()).collect();
+    for want in
+        ["d01", "d01/f001", "d03", "d07", "d07/renamed", "d10", "d10/f010", "d12", "d12/f000", "d12/link", "d19/f000"]
+    {
+        assert!(paths.iter().any(|p| p == want), "{want} not listed: {paths:?}");
+    }
+    for unlisted in ["hl", "hl/a", "hl/b", "d00", "d00/f000", "d10/f011", "gone", "gone/sub/x"] {
+        assert!(!paths.iter().any(|p| p == unlisted), "{unlisted} listed: {paths:?}");
+    }
+    // The copy source d03/f005 is gone from NEW: in `old`, not in entries, deleted.
+    assert!(m.old_entry(&forge_path("d03/f005")).is_some());
+    assert!(m.script.iter().any(|s| s.op == bundle::Op::Delete && s.path.display() == "d03/f005"));
+    assert!(m.entries.len() as u64 == listed);
+
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&bundle, &target, &k.public, 0, &[]);
+    assert_same(&snapshot(&target, true), &snapshot(&new, true), "sparse delta");
+    no_txn(&target);
+}
+
+fn forge_path(p: &str) -> bundle::BundlePath {
+    ferry_tests::forge::path(p)
+}
