@@ -279,10 +279,11 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         let t0 = Instant::now();
         let mut first: Option<Instant> = None;
         let n = txn.head.manifest.script.len();
-        let mut res = Ok(());
         let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
         let mut c = commit::Commit { fresh, ..Default::default() };
-        for i in 0..n {
+        // A failure here is handled as a failed step would be (Abort, then rollback).
+        let mut res = commit::prepare(root, &mut txn, &mut c);
+        for i in 0..if res.is_ok() { n } else { 0 } {
             prog.tick(i as u64, 0);
             if let Err(e) =
                 crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path)

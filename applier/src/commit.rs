@@ -99,26 +99,30 @@ pub struct Commit {
     /// This run journaled `Staged` itself, so no step of the transaction has run yet: steps skip
     /// the checks that detect an earlier run's work (bundle-format.md §10.3). False on resume.
     pub fresh: bool,
+    /// Facts of each `Place` step worked out by [`prepare`], taken by the step.
+    pub facts: Vec<Option<Facts>>,
 }
 
-/// Everything a `Place` step (forward or reverse) needs to know about its path.
-struct Slot<'a> {
+/// Everything a `Place` step (forward or reverse) needs to know about its path, from the
+/// manifest and the transaction (no filesystem access but the work directory lookup).
+pub struct Facts {
     /// Kind name of the NEW entry as it appears on disk (a hardlink is a file).
     new_type: &'static str,
     /// Kind name of the OLD entry, if any.
     old_type: Option<&'static str>,
     /// A locally edited config file (the conffile rule).
     kept: bool,
-    sd: BorrowedFd<'a>,
-    bd: BorrowedFd<'a>,
+    /// Name of the staged object in the staging directory.
     sname: Vec<u8>,
     /// A type change involving a directory: done with `RENAME_EXCHANGE`.
     exchange: bool,
     /// Identity of the staged object (exchange protocol), or `None` (older transactions).
     id: Option<(u64, u64)>,
+    /// Index of the work directory in `txn.works`.
+    work: usize,
 }
 
-fn slot<'a>(root: BorrowedFd<'_>, txn: &'a mut Txn, p: &BundlePath) -> Result<Slot<'a>> {
+fn facts(root: BorrowedFd<'_>, txn: &mut Txn, p: &BundlePath) -> Result<Facts> {
     let m = &txn.head.manifest;
     let ei = entry_index(m, p)?;
     let new_type = new_type(&m.entries[ei].kind);
@@ -129,9 +133,29 @@ fn slot<'a>(root: BorrowedFd<'_>, txn: &'a mut Txn, p: &BundlePath) -> Result<Sl
         Some(ids) => Some(*ids.get(ei).ok_or_else(|| Error::Internal(format!("{p}: no staged identity")))?),
         None => None,
     };
-    let w = txn.work_for(root, p, false)?;
-    let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
-    Ok(Slot { new_type, old_type, kept, sd, bd, sname: staged_name(ei), exchange, id })
+    let dev = txn.work_for(root, p, false)?.dev;
+    let work =
+        txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
+    Ok(Facts { new_type, old_type, kept, sname: staged_name(ei), exchange, id, work })
+}
+
+/// Before the first rename: work out every `Place` step's [`Facts`], so the commit window holds
+/// the renames and little else.
+pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()> {
+    let places: Vec<(usize, BundlePath)> = txn
+        .head
+        .manifest
+        .script
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.op == Op::Place)
+        .map(|(i, s)| (i, s.path.clone()))
+        .collect();
+    c.facts = (0..txn.head.manifest.script.len()).map(|_| None).collect();
+    for (i, p) in places {
+        c.facts[i] = Some(facts(root, txn, &p)?);
+    }
+    Ok(())
 }
 
 fn is_id(s: &Option<rustix::fs::Stat>, id: (u64, u64)) -> bool {
@@ -192,7 +216,12 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &
             Ok(false)
         }
         Op::Place => {
-            let Slot { new_type, old_type, kept, sd, bd, sname, exchange, id } = slot(root, txn, p)?;
+            let f = match c.facts.get_mut(i).and_then(Option::take) {
+                Some(f) => f,
+                None => facts(root, txn, p)?,
+            };
+            let Facts { new_type, old_type, kept, sname, exchange, id, work } = f;
+            let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
             let staged = || fsx::lstat_at(sd, &sname).ctx("stat staged", p);
             if exchange {
                 // Type change involving a directory: swap atomically; the OLD entry (with any
@@ -284,7 +313,8 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             }
         }
         Op::Place => {
-            let Slot { new_type, old_type, kept, sd, bd, sname, exchange, id } = slot(root, txn, p)?;
+            let Facts { new_type, old_type, kept, sname, exchange, id, work } = facts(root, txn, p)?;
+            let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
             let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
             if kept {
                 let side = ferry_new_name(p);
