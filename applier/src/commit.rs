@@ -158,6 +158,20 @@ pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()
     Ok(())
 }
 
+/// `RENAME_EXCHANGE` of a staged file with a live one; `FERRY_NO_EXCHANGE=1` (tests) makes it
+/// fail as on a filesystem without it.
+fn exchange_file(sd: BorrowedFd<'_>, sname: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
+    if crate::failpoint::no_exchange() {
+        return Err(rustix::io::Errno::INVAL.into());
+    }
+    fsx::exchange(sd, sname, dir, name)
+}
+
+/// The filesystem (or kernel) does not support `RENAME_EXCHANGE`.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(fsx::errno(e), Some(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS))
+}
+
 fn is_id(s: &Option<rustix::fs::Stat>, id: (u64, u64)) -> bool {
     #[allow(clippy::unnecessary_cast)] // st_dev and st_ino are not u64 on every architecture
     s.as_ref().is_some_and(|s| (s.st_dev as u64, s.st_ino as u64) == id)
@@ -251,7 +265,22 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &
                     if !fresh && is_id(&cur()?, id) {
                         return Ok(false);
                     }
-                    fsx::exchange(sd, &sname, dir, name).ctx("exchange into place", p)?;
+                    match exchange_file(sd, &sname, dir, name) {
+                        Ok(()) => {}
+                        Err(e) if unsupported(&e) => {
+                            // A filesystem without RENAME_EXCHANGE (NFS, older ZFS): keep the OLD
+                            // inode with a hard link (one left by an interrupted run is fine),
+                            // then rename over it. The live path then holds the staged inode too.
+                            match fsx::link_at(dir, name, bd, &backup_name(i)) {
+                                Err(e) if fsx::errno(&e) != Some(rustix::io::Errno::EXIST) => {
+                                    return Err(e).ctx("back up (link)", p)
+                                }
+                                _ => {}
+                            }
+                            fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
+                        }
+                        Err(e) => return Err(e).ctx("exchange into place", p),
+                    }
                 }
                 (Some(_), None) => {
                     // A transaction staged by an older ferry-apply: keep the OLD inode for
@@ -328,7 +357,9 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
                     fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
                 }
             } else if let (Some(_), Some(id)) = (old_type, id) {
-                if is_id(&cur, id) {
+                let bname = backup_name(i);
+                let backup = || fsx::lstat_at(bd, &bname).ctx("stat backup", p);
+                if is_id(&cur, id) && staged.is_some() {
                     // The live path holds the staged inode: the forward exchange happened, and
                     // the OLD inode is in the staging slot. Exchange back.
                     fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
@@ -337,6 +368,9 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
                     // put OLD back over it (as a backup rename would). Afterwards the slot is
                     // empty, so a rerun does nothing.
                     fsx::rename_at(sd, &sname, dir, name).ctx("restore from the staging slot", p)?;
+                } else if staged.is_none() && backup()?.is_some() {
+                    // Forward used the link-and-rename fallback (no RENAME_EXCHANGE).
+                    fsx::rename_at(bd, &bname, dir, name).ctx("restore from backup", p)?;
                 }
             } else if old_type.is_some() {
                 let bname = backup_name(i);

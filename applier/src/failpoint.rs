@@ -6,6 +6,8 @@
 //! - `FERRY_FAILPOINT_COUNT=FILE`: append one line per hit to FILE, so a test can count them.
 //! - `FERRY_FAIL_AT=N`: the N-th hit returns an injected I/O error instead (a failure that is not
 //!   a crash), at points that can fail.
+//! - `FERRY_NO_EXCHANGE=1`: `Place` steps replacing a file take the fallback for filesystems
+//!   without `RENAME_EXCHANGE` (hard-link backup, then rename).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -17,6 +19,7 @@ struct Env {
     count: Option<String>,
     crash_at: Option<u64>,
     fail_at: Option<u64>,
+    no_exchange: bool,
 }
 
 fn env() -> &'static Env {
@@ -27,8 +30,15 @@ fn env() -> &'static Env {
             count: std::env::var("FERRY_FAILPOINT_COUNT").ok(),
             crash_at: n("FERRY_CRASH_AT"),
             fail_at: n("FERRY_FAIL_AT"),
+            no_exchange: std::env::var("FERRY_NO_EXCHANGE").is_ok_and(|v| v == "1"),
         }
     })
+}
+
+/// `FERRY_NO_EXCHANGE=1`: replacing a file behaves as on a filesystem without
+/// `RENAME_EXCHANGE` (the link-and-rename fallback).
+pub fn no_exchange() -> bool {
+    env().no_exchange
 }
 
 /// A point where a crash may be injected.

@@ -503,3 +503,37 @@ fn rollback_restores_files_replaced_or_removed_after_the_apply() {
     run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
     assert_same(&snapshot(&t, true), &w.old_snap, "rollback after local changes");
 }
+
+/// On a filesystem without `RENAME_EXCHANGE` (forced with `FERRY_NO_EXCHANGE=1`), replacing a
+/// file falls back to a hard-link backup and a rename: crashes at every commit step resume
+/// (with or without the fallback) to NEW, and rollback restores OLD.
+#[test]
+fn without_rename_exchange_the_link_fallback_resumes_and_rolls_back() {
+    let w = world();
+    let t = w.fresh_target("count");
+    let names = count_failpoints(&w, w.apply_cmd(&w.bundle, &t).env("FERRY_NO_EXCHANGE", "1"));
+    assert_same(&snapshot(&t, true), &w.new_snap, "apply with the fallback");
+    assert_eq!(old_in_stage(&t), 0, "the fallback keeps OLD files in backup/");
+    run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+    assert_same(&snapshot(&t, true), &w.old_snap, "rollback of an apply with the fallback");
+    for (n, k) in commit_points(&names).into_iter().enumerate() {
+        let t = w.fresh_target("t");
+        let o = w
+            .apply_cmd(&w.bundle, &t)
+            .env("FERRY_NO_EXCHANGE", "1")
+            .env("FERRY_CRASH_AT", k.to_string())
+            .output()
+            .expect("spawn");
+        assert!(killed(&o), "crash point {k} did not kill");
+        let what = format!("fallback, crash at commit point {k}");
+        w.check_mixed(&t, &what);
+        let mut r = resume_cmd(&t);
+        if n % 2 == 0 {
+            r.env("FERRY_NO_EXCHANGE", "1");
+        }
+        run_expect(&mut r, 0);
+        assert_same(&snapshot(&t, true), &w.new_snap, &format!("{what}: after resume"));
+        run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+        assert_same(&snapshot(&t, true), &w.old_snap, &format!("{what}: rollback"));
+    }
+}
