@@ -237,6 +237,7 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         rep.result = "rolled-back".into();
         return Ok(rep);
     }
+    let mut fresh = false;
     if !txn.has(&Record::Staged) {
         txn.open_works(root, true)?;
         let t0 = Instant::now();
@@ -255,11 +256,15 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
                 return Err(e);
             }
         }
+        let ids = commit::staged_ids(root, &mut txn)?;
+        txn.save_staged_ids(ids)?;
         let old_meta = commit::capture_old_meta(root, &txn.head.manifest);
         let mut b = Vec::new();
         ciborium::into_writer(&old_meta, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
         state::write_atomic(&txn.dir.join("oldmeta.cbor"), &b)?;
         txn.append(Record::Staged)?;
+        // No step has run: this run skips the checks for an earlier run's work.
+        fresh = true;
         rep.stage_ms = ms(t0);
         log(
             o,
@@ -276,10 +281,11 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         let t0 = Instant::now();
         let mut first: Option<Instant> = None;
         let n = txn.head.manifest.script.len();
-        let mut res = Ok(());
         let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
-        let mut dirs = commit::DirCache::default();
-        for i in 0..n {
+        let mut c = commit::Commit { fresh, ..Default::default() };
+        // A failure here is handled as a failed step would be (Abort, then rollback).
+        let mut res = commit::prepare(root, &mut txn, &mut c);
+        for i in 0..if res.is_ok() { n } else { 0 } {
             prog.tick(i as u64, 0);
             if let Err(e) =
                 crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path)
@@ -287,7 +293,7 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
                 res = Err(e);
                 break;
             }
-            match commit::forward(root, &mut txn, i, t.owners, &mut dirs) {
+            match commit::forward(root, &mut txn, i, t.owners, &mut c) {
                 Ok(true) if first.is_none() => first = Some(Instant::now()),
                 Ok(_) => {}
                 Err(e) => {

@@ -8,7 +8,7 @@
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
 use crate::txn::{backup_name, staged_name, Txn};
-use bundle::{BundlePath, Kind, Manifest, Meta, OldKind, Op};
+use bundle::{BundlePath, Kind, Manifest, Meta, Op};
 use rustix::fs::FileType;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -57,23 +57,30 @@ fn new_type(k: &Kind) -> &'static str {
 /// handle at or under it first.
 #[derive(Default)]
 pub struct DirCache {
+    root: Option<std::os::fd::OwnedFd>,
     dirs: std::collections::HashMap<BundlePath, std::os::fd::OwnedFd>,
 }
 
 impl DirCache {
     /// The parent directory of `p` (resolved beneath `root` without following symlinks).
-    fn parent(&mut self, root: BorrowedFd<'_>, p: &BundlePath) -> std::io::Result<std::os::fd::OwnedFd> {
-        let Some(parent) = p.parent() else {
-            return fsx::open_dir_beneath(root, None);
-        };
-        if let Some(fd) = self.dirs.get(&parent) {
-            return fd.try_clone();
+    fn parent(&mut self, root: BorrowedFd<'_>, p: &BundlePath) -> std::io::Result<BorrowedFd<'_>> {
+        match p.parent() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(fsx::open_dir_beneath(root, None)?);
+                }
+                self.root.as_ref().map(|f| f.as_fd()).ok_or_else(|| std::io::Error::other("no root handle"))
+            }
+            Some(d) => self.dir(root, d),
         }
-        let up = self.parent(root, &parent)?;
-        let fd = fsx::open_dir_at(up.as_fd(), parent.file_name())?;
-        let copy = fd.try_clone()?;
-        self.dirs.insert(parent, fd);
-        Ok(copy)
+    }
+
+    fn dir(&mut self, root: BorrowedFd<'_>, d: BundlePath) -> std::io::Result<BorrowedFd<'_>> {
+        if !self.dirs.contains_key(&d) {
+            let fd = fsx::open_dir_at(self.parent(root, &d)?, d.file_name())?;
+            self.dirs.insert(d.clone(), fd);
+        }
+        self.dirs.get(&d).map(|f| f.as_fd()).ok_or_else(|| std::io::Error::other("no directory handle"))
     }
 
     fn forget(&mut self, p: &BundlePath) {
@@ -85,44 +92,119 @@ impl DirCache {
     }
 }
 
-/// Everything a `Place` step (forward or reverse) needs to know about its path.
-struct Slot<'a> {
-    new_kind: Kind,
-    old: Option<OldKind>,
-    /// A locally edited config file (the conffile rule).
-    kept: bool,
-    sd: BorrowedFd<'a>,
-    bd: BorrowedFd<'a>,
-    sname: Vec<u8>,
-    /// The staged object, if still in the staging slot.
-    staged: Option<rustix::fs::Stat>,
-    /// A type change involving a directory: done with `RENAME_EXCHANGE`.
-    exchange: bool,
+/// State of one commit run.
+#[derive(Default)]
+pub struct Commit {
+    pub dirs: DirCache,
+    /// This run journaled `Staged` itself, so no step of the transaction has run yet: steps skip
+    /// the checks that detect an earlier run's work (bundle-format.md §10.3). False on resume.
+    pub fresh: bool,
+    /// Facts of each `Place` step worked out by [`prepare`], taken by the step.
+    pub facts: Vec<Option<Facts>>,
 }
 
-fn slot<'a>(root: BorrowedFd<'_>, txn: &'a mut Txn, p: &BundlePath) -> Result<Slot<'a>> {
+/// Everything a `Place` step (forward or reverse) needs to know about its path, from the
+/// manifest and the transaction (no filesystem access but the work directory lookup).
+pub struct Facts {
+    /// Kind name of the NEW entry as it appears on disk (a hardlink is a file).
+    new_type: &'static str,
+    /// Kind name of the OLD entry, if any.
+    old_type: Option<&'static str>,
+    /// A locally edited config file (the conffile rule).
+    kept: bool,
+    /// Name of the staged object in the staging directory.
+    sname: Vec<u8>,
+    /// A type change involving a directory: done with `RENAME_EXCHANGE`.
+    exchange: bool,
+    /// Identity of the staged object (exchange protocol), or `None` (older transactions).
+    id: Option<(u64, u64)>,
+    /// Index of the work directory in `txn.works`.
+    work: usize,
+}
+
+fn facts(root: BorrowedFd<'_>, txn: &mut Txn, p: &BundlePath) -> Result<Facts> {
     let m = &txn.head.manifest;
     let ei = entry_index(m, p)?;
-    let new_kind = m.entries[ei].kind.clone();
-    let old = m.old_entry(p).map(|o| o.kind.clone());
+    let new_type = new_type(&m.entries[ei].kind);
+    let old_type = m.old_entry(p).map(|o| o.kind.name());
     let kept = txn.kept.contains(p);
-    let exchange = matches!(old, Some(OldKind::Dir)) || (old.is_some() && matches!(new_kind, Kind::Dir));
-    let w = txn.work_for(root, p, false)?;
-    let (sd, bd) = (w.stage.as_fd(), w.backup.as_fd());
-    let sname = staged_name(ei);
-    let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
-    Ok(Slot { new_kind, old, kept, sd, bd, sname, staged, exchange })
+    let exchange = old_type == Some("dir") || (old_type.is_some() && new_type == "dir");
+    let id = match &txn.staged_ids {
+        Some(ids) => Some(*ids.get(ei).ok_or_else(|| Error::Internal(format!("{p}: no staged identity")))?),
+        None => None,
+    };
+    let dev = txn.work_for(root, p, false)?.dev;
+    let work =
+        txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
+    Ok(Facts { new_type, old_type, kept, sname: staged_name(ei), exchange, id, work })
+}
+
+/// Before the first rename: work out every `Place` step's [`Facts`], so the commit window holds
+/// the renames and little else.
+pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()> {
+    let places: Vec<(usize, BundlePath)> = txn
+        .head
+        .manifest
+        .script
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.op == Op::Place)
+        .map(|(i, s)| (i, s.path.clone()))
+        .collect();
+    c.facts = (0..txn.head.manifest.script.len()).map(|_| None).collect();
+    for (i, p) in places {
+        c.facts[i] = Some(facts(root, txn, &p)?);
+    }
+    Ok(())
+}
+
+/// `RENAME_EXCHANGE` of a staged file with a live one; `FERRY_NO_EXCHANGE=1` (tests) makes it
+/// fail as on a filesystem without it.
+fn exchange_file(sd: BorrowedFd<'_>, sname: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
+    if crate::failpoint::no_exchange() {
+        return Err(rustix::io::Errno::INVAL.into());
+    }
+    fsx::exchange(sd, sname, dir, name)
+}
+
+/// The filesystem (or kernel) does not support `RENAME_EXCHANGE`.
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(fsx::errno(e), Some(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS))
+}
+
+fn is_id(s: &Option<rustix::fs::Stat>, id: (u64, u64)) -> bool {
+    #[allow(clippy::unnecessary_cast)] // st_dev and st_ino are not u64 on every architecture
+    s.as_ref().is_some_and(|s| (s.st_dev as u64, s.st_ino as u64) == id)
+}
+
+/// `(st_dev, st_ino)` of every NEW entry's staged object, by entry index (`(0, 0)` for none):
+/// recorded after staging for the exchange protocol of `Place` steps.
+pub fn staged_ids(root: BorrowedFd<'_>, txn: &mut Txn) -> Result<Vec<(u64, u64)>> {
+    let m = &txn.head.manifest;
+    let mut ids = vec![(0u64, 0u64); m.entries.len()];
+    let places: Vec<BundlePath> = m.script.iter().filter(|s| s.op == Op::Place).map(|s| s.path.clone()).collect();
+    for p in &places {
+        let ei = entry_index(&txn.head.manifest, p)?;
+        let w = txn.work_for(root, p, false)?;
+        if let Some(st) = fsx::lstat_at(w.stage.as_fd(), &staged_name(ei)).ctx("stat staged", p)? {
+            #[allow(clippy::unnecessary_cast)]
+            let id = (st.st_dev as u64, st.st_ino as u64);
+            ids[ei] = id;
+        }
+    }
+    Ok(ids)
 }
 
 /// Run step `i` forward. Returns true if it renamed something into the live tree.
-pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, dirs: &mut DirCache) -> Result<bool> {
+pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &mut Commit) -> Result<bool> {
     let step = txn.head.manifest.script[i].clone();
     let p = &step.path;
+    let fresh = c.fresh;
     // A step that moves a directory (exchange, delete) invalidates handles under it.
     if matches!(step.op, Op::Place | Op::Delete) {
-        dirs.forget(p);
+        c.dirs.forget(p);
     }
-    let dir = match dirs.parent(root, p) {
+    let dir = match c.dirs.parent(root, p) {
         Ok(x) => x,
         // A deleted path whose parent was already moved out by an earlier run: done.
         Err(e)
@@ -134,13 +216,12 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, dirs
         Err(e) => return Err(e).ctx("open parent of", p),
     };
     let name = p.file_name();
-    let m = &txn.head.manifest;
-    let dir = dir.as_fd();
-    let cur = fsx::lstat_at(dir, name).ctx("stat", p)?;
+    let cur = || fsx::lstat_at(dir, name).ctx("stat", p);
     match step.op {
         Op::Mkdir => {
+            let m = &txn.head.manifest;
             let e = &m.entries[entry_index(m, p)?];
-            if !is_dir(&cur) {
+            if !is_dir(&cur()?) {
                 fsx::mkdir_at(dir, name, 0o700).ctx("mkdir", p)?;
             }
             let mut meta = e.meta;
@@ -149,55 +230,92 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, dirs
             Ok(false)
         }
         Op::Place => {
-            let Slot { new_kind, old, kept, sd, bd, sname, staged, exchange } = slot(root, txn, p)?;
+            let f = match c.facts.get_mut(i).and_then(Option::take) {
+                Some(f) => f,
+                None => facts(root, txn, p)?,
+            };
+            let Facts { new_type, old_type, kept, sname, exchange, id, work } = f;
+            let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
+            let staged = || fsx::lstat_at(sd, &sname).ctx("stat staged", p);
             if exchange {
                 // Type change involving a directory: swap atomically; the OLD entry (with any
                 // subtree) ends up in the staging slot, which is its backup.
-                let done = cur.as_ref().is_some_and(|c| type_name(c) == new_type(&new_kind))
-                    && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old.as_ref().map(|o| o.name()));
+                let cur = cur()?;
+                let done = cur.as_ref().is_some_and(|c| type_name(c) == new_type)
+                    && staged()?.as_ref().is_some_and(|s| Some(type_name(s)) == old_type);
                 if done {
                     return Ok(false);
                 }
                 fsx::exchange(sd, &sname, dir, name).ctx("exchange", p)?;
                 return Ok(true);
             }
-            if staged.is_none() {
-                return Ok(false); // renamed into place by an earlier run
-            }
             if kept {
                 // Conffile rule: the local edit stays; the NEW version goes beside it.
+                if !fresh && staged()?.is_none() {
+                    return Ok(false); // renamed beside it by an earlier run
+                }
                 fsx::rename_at(sd, &sname, dir, &ferry_new_name(p)).ctx("place beside the local config file", p)?;
                 return Ok(true);
             }
-            if old.is_some() {
-                // Keep the OLD inode for rollback: a hard link, no copy.
-                let bname = backup_name(i);
-                if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_none() {
-                    fsx::link_at(dir, name, bd, &bname).ctx("back up (link)", p)?;
+            match (old_type, id) {
+                (Some(_), Some(id)) => {
+                    // Exchange the staged NEW object with the live OLD one: one atomic syscall,
+                    // and the OLD inode lands in the staging slot, which is its backup. The live
+                    // path holds the staged inode exactly when this happened.
+                    if !fresh && is_id(&cur()?, id) {
+                        return Ok(false);
+                    }
+                    match exchange_file(sd, &sname, dir, name) {
+                        Ok(()) => {}
+                        Err(e) if unsupported(&e) => {
+                            // A filesystem without RENAME_EXCHANGE (NFS, older ZFS): keep the OLD
+                            // inode with a hard link (one left by an interrupted run is fine),
+                            // then rename over it. The live path then holds the staged inode too.
+                            match fsx::link_at(dir, name, bd, &backup_name(i)) {
+                                Err(e) if fsx::errno(&e) != Some(rustix::io::Errno::EXIST) => {
+                                    return Err(e).ctx("back up (link)", p)
+                                }
+                                _ => {}
+                            }
+                            fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
+                        }
+                        Err(e) => return Err(e).ctx("exchange into place", p),
+                    }
                 }
-                fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
-            } else {
-                fsx::rename_noreplace(sd, &sname, dir, name).ctx("rename into place", p)?;
+                (Some(_), None) => {
+                    // A transaction staged by an older ferry-apply: keep the OLD inode for
+                    // rollback with a hard link, then rename over it.
+                    if staged()?.is_none() {
+                        return Ok(false);
+                    }
+                    let bname = backup_name(i);
+                    if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_none() {
+                        fsx::link_at(dir, name, bd, &bname).ctx("back up (link)", p)?;
+                    }
+                    fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
+                }
+                (None, _) => {
+                    if !fresh && staged()?.is_none() {
+                        return Ok(false); // renamed into place by an earlier run
+                    }
+                    fsx::rename_noreplace(sd, &sname, dir, name).ctx("rename into place", p)?;
+                }
             }
             Ok(true)
         }
         Op::SetMeta if txn.kept.contains(p) => Ok(false),
-        Op::SetMeta => {
+        Op::SetMeta | Op::DirMeta => {
+            let m = &txn.head.manifest;
             let e = &m.entries[entry_index(m, p)?];
             fsx::set_meta_at(dir, name, &e.meta, owners).ctx("set metadata", p)?;
             Ok(false)
         }
         Op::Delete => {
-            if cur.is_some() {
+            if cur()?.is_some() {
                 let w = txn.work_for(root, p, false)?;
                 fsx::rename_noreplace(dir, name, w.backup.as_fd(), &backup_name(i)).ctx("move out of the tree", p)?;
                 return Ok(true);
             }
-            Ok(false)
-        }
-        Op::DirMeta => {
-            let e = &m.entries[entry_index(m, p)?];
-            fsx::set_meta_at(dir, name, &e.meta, owners).ctx("set metadata", p)?;
             Ok(false)
         }
     }
@@ -224,19 +342,37 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             }
         }
         Op::Place => {
-            let Slot { new_kind, old, kept, sd, bd, sname, staged, exchange } = slot(root, txn, p)?;
+            let Facts { new_type, old_type, kept, sname, exchange, id, work } = facts(root, txn, p)?;
+            let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
+            let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
             if kept {
                 let side = ferry_new_name(p);
                 if staged.is_none() && fsx::lstat_at(dir, &side).ctx("stat", p)?.is_some() {
                     fsx::rename_noreplace(dir, &side, sd, &sname).ctx("move out of the tree", p)?;
                 }
             } else if exchange {
-                let forward_done = cur.as_ref().is_some_and(|c| type_name(c) == new_type(&new_kind))
-                    && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old.as_ref().map(|o| o.name()));
+                let forward_done = cur.as_ref().is_some_and(|c| type_name(c) == new_type)
+                    && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old_type);
                 if forward_done {
                     fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
                 }
-            } else if old.is_some() {
+            } else if let (Some(_), Some(id)) = (old_type, id) {
+                let bname = backup_name(i);
+                let backup = || fsx::lstat_at(bd, &bname).ctx("stat backup", p);
+                if is_id(&cur, id) && staged.is_some() {
+                    // The live path holds the staged inode: the forward exchange happened, and
+                    // the OLD inode is in the staging slot. Exchange back.
+                    fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
+                } else if staged.is_some() && !is_id(&staged, id) {
+                    // The slot holds the OLD inode but the path was replaced after the apply:
+                    // put OLD back over it (as a backup rename would). Afterwards the slot is
+                    // empty, so a rerun does nothing.
+                    fsx::rename_at(sd, &sname, dir, name).ctx("restore from the staging slot", p)?;
+                } else if staged.is_none() && backup()?.is_some() {
+                    // Forward used the link-and-rename fallback (no RENAME_EXCHANGE).
+                    fsx::rename_at(bd, &bname, dir, name).ctx("restore from backup", p)?;
+                }
+            } else if old_type.is_some() {
                 let bname = backup_name(i);
                 if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_some() {
                     if staged.is_none() {

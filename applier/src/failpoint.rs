@@ -6,25 +6,51 @@
 //! - `FERRY_FAILPOINT_COUNT=FILE`: append one line per hit to FILE, so a test can count them.
 //! - `FERRY_FAIL_AT=N`: the N-th hit returns an injected I/O error instead (a failure that is not
 //!   a crash), at points that can fail.
+//! - `FERRY_NO_EXCHANGE=1`: `Place` steps replacing a file take the fallback for filesystems
+//!   without `RENAME_EXCHANGE` (hard-link backup, then rename).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 static HITS: AtomicU64 = AtomicU64::new(0);
 
-fn env_n(name: &str) -> Option<u64> {
-    std::env::var(name).ok()?.parse().ok()
+/// The variables, read once (a commit step must not scan the environment three times).
+struct Env {
+    count: Option<String>,
+    crash_at: Option<u64>,
+    fail_at: Option<u64>,
+    no_exchange: bool,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let n = |name: &str| std::env::var(name).ok()?.parse().ok();
+        Env {
+            count: std::env::var("FERRY_FAILPOINT_COUNT").ok(),
+            crash_at: n("FERRY_CRASH_AT"),
+            fail_at: n("FERRY_FAIL_AT"),
+            no_exchange: std::env::var("FERRY_NO_EXCHANGE").is_ok_and(|v| v == "1"),
+        }
+    })
+}
+
+/// `FERRY_NO_EXCHANGE=1`: replacing a file behaves as on a filesystem without
+/// `RENAME_EXCHANGE` (the link-and-rename fallback).
+pub fn no_exchange() -> bool {
+    env().no_exchange
 }
 
 /// A point where a crash may be injected.
 pub fn hit(name: &str) {
     let n = HITS.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Ok(f) = std::env::var("FERRY_FAILPOINT_COUNT") {
+    if let Some(f) = &env().count {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
             let _ = writeln!(f, "{n} {name}");
         }
     }
-    if env_n("FERRY_CRASH_AT") == Some(n) {
+    if env().crash_at == Some(n) {
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
@@ -33,7 +59,7 @@ pub fn hit(name: &str) {
 /// A point where a crash or an I/O error may be injected.
 pub fn may_fail(name: &str) -> std::io::Result<()> {
     hit(name);
-    if env_n("FERRY_FAIL_AT") == Some(HITS.load(Ordering::SeqCst)) {
+    if env().fail_at == Some(HITS.load(Ordering::SeqCst)) {
         return Err(std::io::Error::other(format!("injected failure at {name}")));
     }
     Ok(())

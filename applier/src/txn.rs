@@ -26,10 +26,19 @@ pub struct Txn {
     pub work_locs: Vec<(u64, Option<BundlePath>)>,
     /// Config files whose local edits are kept (`kept.cbor`): their NEW version goes beside them.
     pub kept: std::collections::BTreeSet<BundlePath>,
+    /// `(st_dev, st_ino)` of each NEW entry's staged object (`(0, 0)` for entries with none),
+    /// recorded once staging is complete (`staged-ids.cbor`, durable before `Staged`). A `Place`
+    /// over an OLD entry exchanges the staged object with the live one, so the live path holds
+    /// this inode exactly when the step happened. `None` for a transaction staged by an older
+    /// ferry-apply, whose `Place` steps hard-link a backup and rename instead.
+    pub staged_ids: Option<Vec<(u64, u64)>>,
     /// Mount of each parent directory already looked up (a directory's mount does not change
     /// during an apply: type changes swap within one work directory).
     mounts: std::collections::HashMap<Option<BundlePath>, u64>,
 }
+
+/// File in the transaction directory holding [`Txn::staged_ids`].
+pub const STAGED_IDS: &str = "staged-ids.cbor";
 
 /// Name of a work directory on a filesystem other than the state directory's, at the topmost
 /// directory of the target on that filesystem.
@@ -67,6 +76,7 @@ impl Txn {
             works: Vec::new(),
             work_locs: Vec::new(),
             kept: Default::default(),
+            staged_ids: None,
             mounts: Default::default(),
         })
     }
@@ -99,6 +109,11 @@ impl Txn {
             Ok(b) => ciborium::from_reader(&b[..]).map_err(|e| Error::Internal(format!("kept.cbor: {e}")))?,
             Err(_) => Default::default(),
         };
+        let staged_ids = match std::fs::read(dir.join(STAGED_IDS)) {
+            Ok(b) => Some(ciborium::from_reader(&b[..]).map_err(|e| Error::Internal(format!("{STAGED_IDS}: {e}")))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).ctx("read", dir.join(STAGED_IDS).display()),
+        };
         Ok(Some(Txn {
             dir: dir.to_path_buf(),
             head,
@@ -107,6 +122,7 @@ impl Txn {
             works: Vec::new(),
             work_locs,
             kept,
+            staged_ids,
             mounts: Default::default(),
         }))
     }
@@ -117,6 +133,16 @@ impl Txn {
         let mut b = Vec::new();
         ciborium::into_writer(&self.kept, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
         crate::state::write_atomic(&self.dir.join("kept.cbor"), &b)
+    }
+
+    /// Record the identities of the staged objects (after the staging sync, before `Staged`).
+    pub fn save_staged_ids(&mut self, ids: Vec<(u64, u64)>) -> Result<()> {
+        let mut b = Vec::new();
+        ciborium::into_writer(&ids, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
+        crate::state::write_atomic(&self.dir.join(STAGED_IDS), &b)?;
+        self.staged_ids = Some(ids);
+        crate::failpoint::hit("staged-ids");
+        Ok(())
     }
 
     pub fn has(&self, want: &Record) -> bool {

@@ -401,3 +401,139 @@ fn read_only_mount_during_commit_leaves_target_unchanged() {
     assert!(!state.join("txn").exists());
     let _ = Duration::from_secs(0);
 }
+
+fn commit_points(names: &[String]) -> Vec<usize> {
+    names.iter().enumerate().filter(|(_, n)| *n == "commit-step").map(|(i, _)| i + 1).collect()
+}
+
+/// Files of `many/` whose OLD version is kept in a staging slot of the completed transaction.
+fn old_in_stage(t: &Path) -> usize {
+    fs::read_dir(t.join(".ferry/prev/work/stage"))
+        .expect("staging area")
+        .filter(|e| fs::read(e.as_ref().expect("entry").path()).is_ok_and(|b| b.starts_with(b"old content")))
+        .count()
+}
+
+fn resume_cmd(t: &Path) -> Command {
+    let mut c = apply_cmd();
+    c.arg("-q").arg("resume").arg("--target").arg(t);
+    c
+}
+
+/// Crash in the middle of the commit, then crash the resume at each of its commit steps: the
+/// next resume tells steps exchanged by the first run (the live path holds the staged inode),
+/// by the interrupted resume, and not yet done apart, and finishes to exactly NEW.
+#[test]
+fn crash_during_commit_then_crash_during_resume() {
+    let w = world();
+    let t = w.fresh_target("count");
+    let names = count_failpoints(&w, &mut w.apply_cmd(&w.bundle, &t));
+    let cp = commit_points(&names);
+    let mid = cp[cp.len() / 2];
+    let crash_mid = |t: &Path| {
+        let o = w.apply_cmd(&w.bundle, t).env("FERRY_CRASH_AT", mid.to_string()).output().expect("spawn");
+        assert!(killed(&o), "crash point {mid} did not kill");
+    };
+    let t = w.fresh_target("count2");
+    crash_mid(&t);
+    let rnames = count_failpoints(&w, &mut resume_cmd(&t));
+    assert_same(&snapshot(&t, true), &w.new_snap, "resume after a crash mid-commit");
+    assert_eq!(old_in_stage(&t), 8, "the exchange protocol keeps each OLD file in its staging slot");
+    let rcp = commit_points(&rnames);
+    assert!(rcp.len() == cp.len(), "resume runs the whole script: {rnames:?}");
+    for k in rcp {
+        let t = w.fresh_target("t");
+        crash_mid(&t);
+        let o = resume_cmd(&t).env("FERRY_CRASH_AT", k.to_string()).output().expect("spawn");
+        assert!(killed(&o), "resume crash point {k} did not kill");
+        let what = format!("crash at commit point {mid}, then resume crashed at point {k}");
+        w.check_mixed(&t, &what);
+        w.resume(&t);
+        assert_same(&snapshot(&t, true), &w.new_snap, &format!("{what}: after resume"));
+        run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+        assert_same(&snapshot(&t, true), &w.old_snap, &format!("{what}: rollback"));
+    }
+}
+
+/// A transaction staged by an older ferry-apply has no `staged-ids.cbor`: its `Place` steps
+/// over OLD entries hard-link a backup and rename (the protocol before the exchange). Resume,
+/// a crash during that resume, and rollback still work.
+#[test]
+fn transaction_without_staged_ids_uses_link_and_rename() {
+    let w = world();
+    let t = w.fresh_target("count");
+    let names = count_failpoints(&w, &mut w.apply_cmd(&w.bundle, &t));
+    let first = commit_points(&names)[0];
+    // Staged is durable, no step has run: make it look like an older applier's transaction.
+    let pending = |name: &str| {
+        let t = w.fresh_target(name);
+        let o = w.apply_cmd(&w.bundle, &t).env("FERRY_CRASH_AT", first.to_string()).output().expect("spawn");
+        assert!(killed(&o), "crash point {first} did not kill");
+        fs::remove_file(t.join(".ferry/txn/staged-ids.cbor")).expect("staged-ids.cbor written before Staged");
+        t
+    };
+    let t = pending("count2");
+    let rnames = count_failpoints(&w, &mut resume_cmd(&t));
+    assert_same(&snapshot(&t, true), &w.new_snap, "legacy resume");
+    assert_eq!(old_in_stage(&t), 0, "the link protocol keeps OLD files in backup/, not in the staging slots");
+    let rcp = commit_points(&rnames);
+    for k in [rcp[rcp.len() / 3], rcp[rcp.len() / 2], rcp[rcp.len() - 1]] {
+        let t = pending("t");
+        let o = resume_cmd(&t).env("FERRY_CRASH_AT", k.to_string()).output().expect("spawn");
+        assert!(killed(&o), "legacy resume crash point {k} did not kill");
+        let what = format!("legacy resume crashed at point {k}");
+        w.check_mixed(&t, &what);
+        w.resume(&t);
+        assert_same(&snapshot(&t, true), &w.new_snap, &format!("{what}: after resume"));
+        run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+        assert_same(&snapshot(&t, true), &w.old_snap, &format!("{what}: rollback"));
+    }
+}
+
+/// Rollback restores a replaced file's OLD inode from its staging slot even if the NEW file was
+/// replaced or removed after the apply (the path no longer holds the staged inode).
+#[test]
+fn rollback_restores_files_replaced_or_removed_after_the_apply() {
+    let w = world();
+    let t = w.fresh_target("t");
+    run_expect(&mut w.apply_cmd(&w.bundle, &t), 0);
+    fs::write(t.join("many/f0.tmp"), "edited by hand").expect("w");
+    fs::rename(t.join("many/f0.tmp"), t.join("many/f0")).expect("mv");
+    fs::remove_file(t.join("many/f1")).expect("rm");
+    run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+    assert_same(&snapshot(&t, true), &w.old_snap, "rollback after local changes");
+}
+
+/// On a filesystem without `RENAME_EXCHANGE` (forced with `FERRY_NO_EXCHANGE=1`), replacing a
+/// file falls back to a hard-link backup and a rename: crashes at every commit step resume
+/// (with or without the fallback) to NEW, and rollback restores OLD.
+#[test]
+fn without_rename_exchange_the_link_fallback_resumes_and_rolls_back() {
+    let w = world();
+    let t = w.fresh_target("count");
+    let names = count_failpoints(&w, w.apply_cmd(&w.bundle, &t).env("FERRY_NO_EXCHANGE", "1"));
+    assert_same(&snapshot(&t, true), &w.new_snap, "apply with the fallback");
+    assert_eq!(old_in_stage(&t), 0, "the fallback keeps OLD files in backup/");
+    run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+    assert_same(&snapshot(&t, true), &w.old_snap, "rollback of an apply with the fallback");
+    for (n, k) in commit_points(&names).into_iter().enumerate() {
+        let t = w.fresh_target("t");
+        let o = w
+            .apply_cmd(&w.bundle, &t)
+            .env("FERRY_NO_EXCHANGE", "1")
+            .env("FERRY_CRASH_AT", k.to_string())
+            .output()
+            .expect("spawn");
+        assert!(killed(&o), "crash point {k} did not kill");
+        let what = format!("fallback, crash at commit point {k}");
+        w.check_mixed(&t, &what);
+        let mut r = resume_cmd(&t);
+        if n % 2 == 0 {
+            r.env("FERRY_NO_EXCHANGE", "1");
+        }
+        run_expect(&mut r, 0);
+        assert_same(&snapshot(&t, true), &w.new_snap, &format!("{what}: after resume"));
+        run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+        assert_same(&snapshot(&t, true), &w.old_snap, &format!("{what}: rollback"));
+    }
+}
