@@ -82,8 +82,10 @@ pub fn check(
 ) -> Result<Vec<BundlePath>, Vec<String>> {
     let mut drift = Vec::new();
     let mut kept = Vec::new();
-    for o in &m.old {
-        match observe(root, &o.path, matches!(o.kind, OldKind::File { .. })) {
+    // Observing hashes every OLD file the bundle touches: the slow part, done in parallel.
+    let seen = crate::par::map(&m.old, |o| observe(root, &o.path, matches!(o.kind, OldKind::File { .. })));
+    for (o, seen) in m.old.iter().zip(seen) {
+        match seen {
             Err(why) => drift.push(describe(&o.path, &why)),
             Ok(None) => drift.push(describe(&o.path, &format!("missing (expected {})", o.kind.name()))),
             Ok(Some((k, _))) => {

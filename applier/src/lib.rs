@@ -13,6 +13,7 @@
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
 //! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
+//! - [`par`]: parallel hashing of the base and of staged files.
 
 pub mod apply;
 pub mod base;
@@ -25,6 +26,7 @@ pub mod fsx;
 pub mod hooks;
 pub mod inbox;
 pub mod journal;
+pub mod par;
 pub mod plan;
 pub mod progress;
 pub mod source;

@@ -3,6 +3,11 @@
 //! OLD file), copied from an OLD file, or made (symlink, directory, FIFO, device, hardlink) — given
 //! its final owner, mode and mtime, verified against the manifest's hash, and made durable with
 //! one `syncfs` per filesystem. The live tree is only read.
+//!
+//! Frames are decoded in bundle order on one thread: the bundle may be a stream read once (a USB
+//! stick, stdin, a split set), and one frame at a time keeps memory to one frame's working set.
+//! Hashing — of slots an interrupted run left, and of every written file before it counts as
+//! staged — is independent per file and runs in parallel ([`crate::par`]).
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
@@ -77,23 +82,32 @@ pub fn stage(
     }
 
     // Keep what an interrupted run already staged and verified; remove anything else.
-    let mut done: HashSet<usize> = HashSet::new();
-    for &i in &placed {
+    // What is in a slot: nothing (None), a verified file (Some(true)), anything else (Some(false)).
+    let shared: &Txn = txn;
+    let found = crate::par::map(&placed, |&i| -> Result<Option<bool>> {
         let e = &m.entries[i];
-        let sd = stage_fd(txn, &work_of, i)?;
+        let sd = stage_fd(shared, &work_of, i)?;
         let name = staged_name(i);
-        let Some(st) = fsx::lstat_at(sd, &name).ctx("stat staged", &e.path)? else { continue };
+        let Some(st) = fsx::lstat_at(sd, &name).ctx("stat staged", &e.path)? else { return Ok(None) };
         if let Kind::File { size, hash, .. } = &e.kind {
             if fsx::file_type(&st) == FileType::RegularFile && st.st_size as u64 == *size {
                 let f = fsx::open_file_at(sd, &name).ctx("open staged", &e.path)?;
-                if crate::base::hash_reader(f).ctx("read staged", &e.path)?.0 == *hash {
-                    done.insert(i);
-                    rep.reused += 1;
-                    continue;
-                }
+                return Ok(Some(crate::base::hash_reader(f).ctx("read staged", &e.path)?.0 == *hash));
             }
         }
-        fsx::remove_tree_at(sd, &name).ctx("remove stale staged", &e.path)?;
+        Ok(Some(false))
+    });
+    let mut done: HashSet<usize> = HashSet::new();
+    for (&i, found) in placed.iter().zip(found) {
+        match found? {
+            None => {}
+            Some(true) => {
+                done.insert(i);
+                rep.reused += 1;
+            }
+            Some(false) => fsx::remove_tree_at(stage_fd(txn, &work_of, i)?, &staged_name(i))
+                .ctx("remove stale staged", &m.entries[i].path)?,
+        }
     }
 
     // Free space, per filesystem, before writing anything.
@@ -292,11 +306,12 @@ pub fn stage(
         crate::failpoint::may_fail("stage-object").ctx("stage", &e.path)?;
     }
 
-    // Verify what was written, then give every object its final metadata.
-    for &i in &written {
+    // Verify what was written (hashing in parallel), then give every object its final metadata.
+    let shared: &Txn = txn;
+    let checked = crate::par::map(&written, |&i| -> Result<()> {
         let e = &m.entries[i];
         if let Kind::File { size, hash, .. } = &e.kind {
-            let f = fsx::open_file_at(stage_fd(txn, &work_of, i)?, &staged_name(i)).ctx("open staged", &e.path)?;
+            let f = fsx::open_file_at(stage_fd(shared, &work_of, i)?, &staged_name(i)).ctx("open staged", &e.path)?;
             let (h, n) = crate::base::hash_reader(f).ctx("read staged", &e.path)?;
             if h != *hash || n != *size {
                 return Err(Error::Bundle(bundle::Error::Manifest(format!(
@@ -305,7 +320,9 @@ pub fn stage(
                 ))));
             }
         }
-    }
+        Ok(())
+    });
+    checked.into_iter().collect::<Result<()>>()?;
     rep.objects += written.len();
     for &i in &placed {
         let e = &m.entries[i];

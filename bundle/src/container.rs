@@ -164,14 +164,17 @@ pub fn layout(manifest_len: u64, sig_len: u64, frames: &[crate::Frame]) -> Vec<S
     out
 }
 
+/// Where a frame sits among the payload members: the member it starts (index, size), and the
+/// size of the member it ends (whose padding follows it).
+type FrameSlot = (Option<(usize, u64)>, Option<u64>);
+
 /// Streaming reader that accepts only canonical framing.
 pub struct Reader<R> {
     inner: R,
     offset: u64,
     limits: Limits,
-    /// Per frame of the manifest being read: the payload member it starts (index, size), and
-    /// the size of the member it ends (whose padding follows it). Computed on first use.
-    plan: Vec<(Option<(usize, u64)>, Option<u64>)>,
+    /// Per frame of the manifest being read, computed on first use.
+    plan: Vec<FrameSlot>,
 }
 
 impl<R: Read> Reader<R> {
@@ -473,11 +476,11 @@ mod tests {
         finish(&mut v).unwrap();
         assert_eq!(v.len(), 512 + 1024 + 1024);
         let mut r = Reader::new(&v[..], Limits::default());
-        for i in 0..frames.len() {
+        for (i, want) in data.iter().enumerate() {
             let mut fr = r.frame(&frames, i).unwrap();
             let mut got = Vec::new();
             fr.read_to_end(&mut got).unwrap();
-            assert_eq!(got, data[i]);
+            assert_eq!(&got, want);
             fr.finish().unwrap();
         }
         r.end().unwrap();
