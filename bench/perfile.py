@@ -12,6 +12,7 @@
 Deletions, mode/owner changes and directories are metadata that none of the
 per-file sums include: those sums are lower bounds for a real update format.
 """
+import filecmp
 import math
 import os
 import stat
@@ -114,6 +115,7 @@ def window_log(*sizes):
 def run(tool, old, new, out):
     changed = read_list(os.path.join(out, "changed.lst"))
     tmp = os.path.join(out, f"tmp.{tool}")
+    back = os.path.join(out, f"tmp.{tool}.decoded")
     rows = []
     t_all = time.perf_counter()
     for i, rel in enumerate(changed):
@@ -123,20 +125,27 @@ def run(tool, old, new, out):
         how = tool
         if tool == "zstd":
             cmd = ["zstd", "-q", "-f", "-19", f"--long={window_log(sa, sb)}", f"--patch-from={a}", b, "-o", tmp]
+            dec = ["zstd", "-q", "-f", "-d", f"--long={window_log(sa, sb)}", f"--patch-from={a}", tmp, "-o", back]
         elif tool == "xdelta3":
             # source window = whole source file (xdelta3's default -B is 64 MiB, which it
             # allocates even for a 4 KiB file: 0.3 s and 130 MiB per call; minimum 512 KiB)
             blk = 1 << 19
             while blk < sa and blk < (1 << 31):
                 blk <<= 1
-            cmd = ["xdelta3", "-q", "-f", "-9", "-e", "-B", str(blk), "-s", a, b, tmp]
+            # -D -R: no external gzip/bzip2 (de)compression. Without them xdelta3 diffs the
+            # *decompressed* content of a .gz and re-gzips on decode, which does not give back the
+            # original bytes (gzip -9n vs gzip -6): a tiny delta that reproduces the wrong file.
+            cmd = ["xdelta3", "-q", "-f", "-9", "-e", "-D", "-R", "-B", str(blk), "-s", a, b, tmp]
+            dec = ["xdelta3", "-q", "-f", "-d", "-D", "-R", "-B", str(blk), "-s", a, tmp, back]
         elif tool == "bsdiff":
             if max(sa, sb) > BSDIFF_MAX:
                 # fallback: the whole new file, zstd -19
                 how = "skipped>64MiB:zstd-full"
                 cmd = ["zstd", "-q", "-f", "-19", f"--long={window_log(sb)}", b, "-o", tmp]
+                dec = ["zstd", "-q", "-f", "-d", f"--long={window_log(sb)}", tmp, "-o", back]
             else:
                 cmd = ["bsdiff", a, b, tmp]
+                dec = ["bspatch", a, back, tmp]
         else:
             sys.exit(f"unknown tool {tool}")
         t0 = time.perf_counter()
@@ -144,11 +153,17 @@ def run(tool, old, new, out):
         dt = time.perf_counter() - t0
         if r.returncode != 0:
             sys.exit(f"{tool} failed on {rel}: {' '.join(cmd)}\n{r.stderr.decode(errors='replace')}")
+        # Every delta must give back NEW's exact bytes (decoding is not timed).
+        r = subprocess.run(dec, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if r.returncode != 0 or not filecmp.cmp(back, b, shallow=False):
+            sys.exit(f"{tool}: the delta of {rel} does not decode to the new file: {' '.join(dec)}\n"
+                     f"{r.stderr.decode(errors='replace')}")
         rows.append((rel, os.path.getsize(tmp), dt, how))
         if (i + 1) % 500 == 0:
             print(f"  {tool}: {i + 1}/{len(changed)} files, {time.perf_counter() - t_all:.0f}s", file=sys.stderr, flush=True)
-    if os.path.exists(tmp):
-        os.unlink(tmp)
+    for t in (tmp, back):
+        if os.path.exists(t):
+            os.unlink(t)
     with open(os.path.join(out, f"{tool}.tsv"), "w") as f:
         for rel, size, dt, how in rows:
             f.write(f"{size}\t{dt:.4f}\t{how}\t{rel}\n")
