@@ -94,6 +94,10 @@ maxi() { printf '%s\n' "$@" | sort -n | tail -n1; }
 fresh_copy() { # fresh_copy SRC DST
     rm -rf --one-file-system "$2"
     cp -a "$1" "$2"
+    # Flush the copy before anything is timed on it: an apply that syncs (ferry's syncfs) would
+    # otherwise also pay for writing out this copy's dirty pages, and one that does not (rsync
+    # --read-batch) would not.
+    sync
 }
 
 # verify EXPECTED ACTUAL LOG -> echoes "OK" or "DIFF(n)"; content (checksums), types, symlink
