@@ -121,6 +121,12 @@ impl FrameStore {
 
 /// A patch at least this many times smaller than its input is kept without trying plain zstd.
 pub const PATCH_GOOD_ENOUGH: u64 = 64;
+/// Level at which several candidate encodings of one file are ranked before the slow level is
+/// spent on the promising ones.
+pub const PROBE_LEVEL: i32 = 3;
+/// A probed candidate is encoded at the full level if its probe is at most NUM/DEN of the best.
+const PROBE_MARGIN_NUM: u64 = 5;
+const PROBE_MARGIN_DEN: u64 = 4;
 
 struct Unit {
     job: usize,
@@ -165,25 +171,57 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
         Some((_, bfs, off, len)) => Some(read_range(bfs, *off, *len)?),
         None => None,
     };
-    // Candidates: (frame bytes, method). The smaller of plain zstd and a patch against the base;
-    // a patch that is already at least 64:1 is kept without spending a (slow, high-level) plain
-    // encode to compare.
-    let mut cands: Vec<(Vec<u8>, Method)> = Vec::new();
-    if let (Some((bp, _, off, len)), Some(b)) = (&u.base, &base) {
-        let p = delta::compress(&data, level, Some(b)).map_err(cerr)?;
-        cands.push((p, Method::Patch { base: bp.clone(), offset: *off, len: *len }));
-    }
-    if cands.first().is_none_or(|p| (p.0.len() as u64).saturating_mul(PATCH_GOOD_ENOUGH) > u.len) {
-        cands.push((delta::compress(&data, level, None).map_err(cerr)?, Method::Zstd));
-    }
-    // Executables and shared objects: recompiling shifts addresses all over the file, which a
-    // bsdiff patch (zstd-compressed) encodes better than a zstd patch.
-    if let (Some((bp, _, off, len)), Some(b)) = (&u.base, &base) {
-        if !u.chunked && data.starts_with(b"\x7fELF") && u.len <= BSDIFF_MAX && *len <= BSDIFF_MAX {
+    // Candidates: a patch against the base, plain zstd, and for executables and shared objects a
+    // bsdiff patch (recompiling shifts addresses all over the file, which bsdiff encodes better
+    // than a zstd patch). Plain zstd is skipped when the patch is already at least 64:1.
+    let bsdiff_raw = match (&u.base, &base) {
+        (Some((_, _, _, len)), Some(b))
+            if !u.chunked && data.starts_with(b"\x7fELF") && u.len <= BSDIFF_MAX && *len <= BSDIFF_MAX =>
+        {
             let mut raw = Vec::new();
             bsdiff::diff(b, &data, &mut raw).map_err(cerr)?;
-            let z = delta::compress(&raw, level, None).map_err(cerr)?;
-            cands.push((z, Method::Bsdiff { base: bp.clone(), offset: *off, len: *len }));
+            Some(raw)
+        }
+        _ => None,
+    };
+    let encode = |method: &Method, level: i32| -> io::Result<Vec<u8>> {
+        match method {
+            Method::Patch { .. } => delta::compress(&data, level, base.as_deref()),
+            Method::Zstd => delta::compress(&data, level, None),
+            Method::Bsdiff { .. } => delta::compress(bsdiff_raw.as_deref().unwrap_or_default(), level, None),
+        }
+    };
+    let mut methods: Vec<Method> = Vec::new();
+    if let Some((bp, _, off, len)) = &u.base {
+        methods.push(Method::Patch { base: bp.clone(), offset: *off, len: *len });
+    }
+    methods.push(Method::Zstd);
+    if let (Some(_), Some((bp, _, off, len))) = (&bsdiff_raw, &u.base) {
+        methods.push(Method::Bsdiff { base: bp.clone(), offset: *off, len: *len });
+    }
+    // With several candidates at a slow level, rank them first at PROBE_LEVEL (cheap) and spend
+    // the full level only on those within PROBE_MARGIN of the best probe; the probes stay
+    // candidates themselves.
+    let full_level_for_all = methods.len() == 1 || level <= PROBE_LEVEL;
+    let mut cands: Vec<(Vec<u8>, Method)> = Vec::new();
+    let first_level = if full_level_for_all { level } else { PROBE_LEVEL };
+    for m in methods {
+        let good_patch =
+            cands.first().is_some_and(|(p, _)| (p.len() as u64).saturating_mul(PATCH_GOOD_ENOUGH) <= u.len);
+        if m == Method::Zstd && good_patch {
+            continue;
+        }
+        cands.push((encode(&m, first_level).map_err(cerr)?, m));
+    }
+    if !full_level_for_all {
+        let best = cands.iter().map(|c| c.0.len() as u64).min().unwrap_or(0);
+        let contenders: Vec<Method> = cands
+            .iter()
+            .filter(|c| (c.0.len() as u64) * PROBE_MARGIN_DEN <= best * PROBE_MARGIN_NUM)
+            .map(|c| c.1.clone())
+            .collect();
+        for m in contenders {
+            cands.push((encode(&m, level).map_err(cerr)?, m));
         }
     }
     let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
