@@ -101,6 +101,11 @@ pub struct BuildArgs {
     /// Print the apply script and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// A file or symlink whose content, mode and owner are unchanged keeps the target's mtime
+    /// instead of taking NEW's (no step, not listed): smaller bundles when a rebuild or package
+    /// reinstall touched every mtime. The target then differs from NEW in those mtimes.
+    #[arg(long)]
+    pub keep_unchanged_mtimes: bool,
     /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
     pub split_size: Option<u64>,

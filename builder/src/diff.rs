@@ -22,6 +22,33 @@ pub enum Choice {
     },
 }
 
+/// `--keep-unchanged-mtimes`: every NEW file or symlink that OLD has at the same path with the
+/// same content (or target), mode and owner, and that is not a hardlink on either side, takes
+/// OLD's mtime, so that an mtime-only change is not an update: such paths get no step and are not
+/// listed in a delta's manifest. Directories keep NEW's mtimes. Returns (files, bytes) changed.
+pub fn keep_unchanged_mtimes(old: &Tree, new: &mut Tree) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    for n in new.entries.iter_mut() {
+        let Some(o) = old.get(&n.path) else { continue };
+        let same = match (&n.ty, &o.ty) {
+            (Type::File, Type::File) => {
+                n.size == o.size && n.hash == o.hash && n.primary.is_none() && o.primary.is_none()
+            }
+            (Type::Symlink(a), Type::Symlink(b)) => a == b,
+            _ => false,
+        };
+        if same
+            && n.meta.mtime_ns != o.meta.mtime_ns
+            && (n.meta.mode, n.meta.uid, n.meta.gid) == (o.meta.mode, o.meta.uid, o.meta.gid)
+        {
+            n.meta.mtime_ns = o.meta.mtime_ns;
+            files += 1;
+            bytes += n.size;
+        }
+    }
+    (files, bytes)
+}
+
 /// Result of the comparison.
 #[derive(Clone, Debug, Default)]
 pub struct Diff {

@@ -57,6 +57,8 @@ pub struct BuildOptions {
     pub rotate_retire: Vec<String>,
     pub rotate_threshold: Option<u32>,
     pub dry_run: bool,
+    /// Files whose only change is their mtime keep the target's mtime ([`diff::keep_unchanged_mtimes`]).
+    pub keep_unchanged_mtimes: bool,
     /// Manifest creation time (seconds since the epoch); see [`created_from_env`].
     pub created: u64,
 }
@@ -234,11 +236,12 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         _ => PathBuf::from("."),
     };
     let mut content_store = None;
-    let new = image::scan_input(&opts.new, "new", &out_dir, &mut content_store, progress)?;
+    let mut new = image::scan_input(&opts.new, "new", &out_dir, &mut content_store, progress)?;
     let old = match &opts.old {
         Some(p) => image::scan_input(p, "old", &out_dir, &mut content_store, progress)?,
         None => scan::Tree::default(),
     };
+    let kept_mtimes = if opts.keep_unchanged_mtimes { diff::keep_unchanged_mtimes(&old, &mut new) } else { (0, 0) };
     let base = opts
         .old
         .as_ref()
@@ -436,6 +439,10 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let (files, bytes_in, bytes_out, frames) = encoded.solid;
     if files > 0 {
         stats.insert("solid", Stat { files, bytes_in, bytes_out, frames });
+    }
+    // Files and symlinks given OLD's mtime; the files among them are also counted as unchanged.
+    if kept_mtimes.0 > 0 {
+        stats.insert("mtime_kept", Stat { files: kept_mtimes.0, bytes_in: kept_mtimes.1, bytes_out: 0, frames: 0 });
     }
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).

@@ -59,6 +59,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                 rotate_retire: a.rotate_retire,
                 rotate_threshold: a.rotate_threshold,
                 dry_run: a.dry_run,
+                keep_unchanged_mtimes: a.keep_unchanged_mtimes,
                 created: builder::created_from_env()?,
             };
             let progress = Progress::new(verbosity);

@@ -474,3 +474,95 @@ fn delta_of_a_mostly_unchanged_tree_lists_few_entries() {
 fn forge_path(p: &str) -> bundle::BundlePath {
     ferry_tests::forge::path(p)
 }
+
+/// `--keep-unchanged-mtimes`: a NEW tree in which every file got a new mtime (a rebuild, a package
+/// reinstall) but few changed. The bundle lists only the real changes; after applying, content,
+/// types, modes and owners equal NEW, changed files have NEW's mtimes, and files whose only change
+/// was the mtime (and a symlink likewise) keep the target's. A mode change still counts.
+#[test]
+fn keep_unchanged_mtimes_ships_only_real_changes() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let k = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    for i in 0..10 {
+        for j in 0..50 {
+            let p = old.join(format!("d{i}/f{j:02}"));
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(&p, format!("file {i} {j}\n").repeat(1 + j % 5)).expect("write");
+        }
+    }
+    std::os::unix::fs::symlink("d0/f00", old.join("link")).expect("symlink");
+    fs::hard_link(old.join("d1/f00"), old.join("d1/hard")).expect("link");
+    let mut all = Vec::new();
+    collect_all(&old, &mut all);
+    for p in &all {
+        set_mtime(p, 1_600_000_000);
+    }
+    copy_tree(&old, &new);
+    fs::write(new.join("d2/f07"), b"edited\n").expect("write");
+    fs::set_permissions(new.join("d3/f03"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut all = Vec::new();
+    collect_all(&new, &mut all);
+    for p in &all {
+        set_mtime(p, 1_700_000_000);
+    }
+
+    let exact = d.path().join("exact.ferry");
+    let kept = d.path().join("kept.ferry");
+    build(Some(&old), &new, &k.secret, 2, &exact, &[]);
+    let o = run_expect(
+        build_cmd()
+            .args(["build", "--json", "--version", "2", "--keep-unchanged-mtimes", "--key"])
+            .arg(&k.secret)
+            .arg("--old")
+            .arg(&old)
+            .arg("--new")
+            .arg(&new)
+            .arg("--out")
+            .arg(&kept),
+        0,
+    );
+    let report = json_of(&o);
+    // 500 files, the hardlink's second name and the symlink, less d1/f00 and d1/hard (a
+    // hardlink group), d2/f07 (edited) and d3/f03 (chmod).
+    assert_eq!(report["stats"]["mtime_kept"]["files"], 498, "{report}");
+    let listed = |b: &Path| -> usize {
+        let o = run_expect(apply_cmd().arg("inspect").arg("--json").arg(b), 0);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect json");
+        v["counts"]["entries"].as_u64().expect("counts.entries") as usize
+    };
+    let (n_exact, n_kept) = (listed(&exact), listed(&kept));
+    assert!(n_exact > 500 && n_kept < 30, "exact lists {n_exact}, kept lists {n_kept}");
+    assert!(fs::metadata(&kept).expect("kept").len() < fs::metadata(&exact).expect("exact").len());
+
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&kept, &target, &k.public, 0, &[]);
+    no_txn(&target);
+    // Content, types, modes and owners as NEW (snapshot without directory mtimes, then files).
+    let mtime = |p: &Path| fs::symlink_metadata(p).expect("stat").mtime();
+    for p in &all {
+        let rel = p.strip_prefix(&new).expect("under new");
+        let t = target.join(rel);
+        let (a, b) = (fs::symlink_metadata(p).expect("new"), fs::symlink_metadata(&t).expect("target"));
+        assert_eq!((a.mode(), a.uid(), a.gid(), a.len()), (b.mode(), b.uid(), b.gid(), b.len()), "{}", rel.display());
+        if a.is_file() {
+            assert_eq!(fs::read(p).expect("read"), fs::read(&t).expect("read"), "{}", rel.display());
+        } else if a.file_type().is_symlink() {
+            assert_eq!(fs::read_link(p).expect("link"), fs::read_link(&t).expect("link"));
+        }
+        let changed = ["d2/f07", "d3/f03", "d1/f00", "d1/hard"].iter().any(|c| rel == Path::new(c));
+        if a.is_dir() {
+            continue;
+        } else if changed {
+            assert_eq!(mtime(&t), 1_700_000_000, "{} should take NEW's mtime", rel.display());
+        } else {
+            assert_eq!(mtime(&t), 1_600_000_000, "{} should keep the target's mtime", rel.display());
+        }
+    }
+    // A second apply of the exact bundle to another copy gives NEW exactly, mtimes included.
+    let exact_target = d.path().join("exact-target");
+    copy_tree(&old, &exact_target);
+    apply(&exact, &exact_target, &k.public, 0, &[]);
+    assert_same(&snapshot(&exact_target, false), &snapshot(&new, false), "exact delta");
+}
