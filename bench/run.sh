@@ -7,7 +7,8 @@
 # Environment knobs:
 #   BENCH_TOOLS="ferry rsync perfile tarzst ostree"   which measurements to run (default: all);
 #                e.g. BENCH_TOOLS=ferry re-measures ferry only and keeps the stored competitor numbers
-#   FERRY_LEVELS="default"    ferry --level values to measure (e.g. "fast default max")
+#   FERRY_LEVELS="default"    ferry --level values to measure (e.g. "fast default max"); LEVEL+keep-mtimes
+#                             also builds with --keep-unchanged-mtimes (e.g. "default default+keep-mtimes")
 #   SKIP_CARGO_BUILD=1        use the existing target/release binaries
 #   FERRY_BIN_DIR=DIR         take ferry-build/ferry-apply from DIR instead of target/release
 #   VERIFY_EXCLUDE="pat ..."  rsync --exclude patterns ignored when comparing an applied tree with new
@@ -26,7 +27,7 @@ WORK="${BENCH_WORK:-$BENCH_DIR/work}"
 RES="$WORK/results"
 SCR="$WORK/scratch"
 TOOLS=" ${BENCH_TOOLS:-ferry rsync perfile tarzst ostree} "
-FERRY_LEVELS="${FERRY_LEVELS:-default}"
+FERRY_LEVELS="${FERRY_LEVELS:-default default+keep-mtimes}"
 FERRY_STATE_DIR="${FERRY_STATE_DIR:-.ferry}"   # ferry-apply's state directory inside the target
 ALL=(wheels rootfs synth commit10k)
 TIME=/usr/bin/time
@@ -169,18 +170,20 @@ EOF
 
 measure_ferry() {
     begin_results ferry
-    local level i=0
-    for level in $FERRY_LEVELS; do
-        local m="ferry --level $level"
+    local spec i=0
+    for spec in $FERRY_LEVELS; do
+        # LEVEL, or LEVEL+keep-mtimes for a build with --keep-unchanged-mtimes
+        local level="${spec%%+*}" extra=() m="ferry --level ${spec%%+*}"
+        if [[ "$spec" == *+keep-mtimes ]]; then extra=(--keep-unchanged-mtimes); m="$m --keep-unchanged-mtimes"; fi
         put "$m" order "1$((i++))"
         if [[ "${FERRY_OK:-0}" != 1 ]]; then
             put "$m" note "n/a: $FERRY_STATUS"
             continue
         fi
         [[ "$FERRY_STATUS" == built ]] || put "$m" note "$FERRY_STATUS"
-        local d="$S/ferry-$level"; rm -rf "$d"; mkdir -p "$d"
-        local bundle="$d/bundle.ferry" args=(--level "$level" --json)
-        log "$C: ferry build --level $level"
+        local d="$S/ferry-$spec"; rm -rf "$d"; mkdir -p "$d"
+        local bundle="$d/bundle.ferry" args=(--level "$level" --json "${extra[@]}")
+        log "$C: ${m/ferry/ferry build}"
         if ! timed fb "$FB" build --old "$O" --new "$N" --key "$KEYS/bench.secret" --version 2 \
                 --out "$bundle" "${args[@]}" > "$d/build.json" 2> "$d/build.err"; then
             # maybe --level/--json are not implemented yet: retry with the bare contract
