@@ -58,7 +58,19 @@ impl Server {
 
     /// Serve on `addr` (the address of a stopped server: the same URL again).
     fn start_at(addr: &str, file: Vec<u8>, faults: Faults) -> Server {
-        let l = TcpListener::bind(addr).expect("bind");
+        // A port just released can be taken for a moment by an outgoing connection of a test
+        // running in parallel (it is free in the ephemeral range): retry for a while.
+        let mut tries = 0;
+        let l = loop {
+            match TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("bind {addr}: {e}"),
+            }
+        };
         let addr = l.local_addr().expect("addr");
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
