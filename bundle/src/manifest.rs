@@ -346,8 +346,10 @@ impl Manifest {
         }
         let depth_ok = |p: &BundlePath| p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth;
         // Per-frame coverage: pieces of each frame, to check they tile it exactly.
-        // (offset, length, method: 0 zstd, 1 patch, 2 bsdiff)
-        let mut per_frame: Vec<Vec<(u64, u64, u8)>> = vec![Vec::new(); self.frames.len()];
+        // (offset, length, method: 0 zstd, 1 patch, 2 bsdiff, and the delta base window: two
+        // references to one patch frame are one piece only if they name the same base bytes)
+        type Base<'a> = Option<(&'a BundlePath, u64, u64)>;
+        let mut per_frame: Vec<Vec<(u64, u64, u8, Base)>> = vec![Vec::new(); self.frames.len()];
         for e in &self.entries {
             if !depth_ok(&e.path) {
                 return err(format!("path {} exceeds length or depth limit", e.path));
@@ -397,12 +399,12 @@ impl Manifest {
                                 }
                             }
                             let span = if bsdiff { fr.decoded } else { p.len };
-                            let kind = match p.method {
-                                Method::Zstd => 0,
-                                Method::Patch { .. } => 1,
-                                Method::Bsdiff { .. } => 2,
+                            let (kind, base) = match &p.method {
+                                Method::Zstd => (0, None),
+                                Method::Patch { base, offset, len } => (1, Some((base, *offset, *len))),
+                                Method::Bsdiff { base, offset, len } => (2, Some((base, *offset, *len))),
                             };
-                            per_frame[p.frame as usize].push((p.offset, span, kind));
+                            per_frame[p.frame as usize].push((p.offset, span, kind, base));
                             total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
                         }
                         if total != *size {
@@ -429,7 +431,7 @@ impl Manifest {
             ps.sort_unstable();
             ps.dedup();
             let mut at = 0u64;
-            for &(off, len, kind) in ps.iter() {
+            for &(off, len, kind, _) in ps.iter() {
                 if off != at || (kind != 0 && ps.len() != 1) {
                     return err(format!("frame {i}: pieces do not tile the frame"));
                 }

@@ -694,6 +694,21 @@ fn out_of_range_numbers() {
             "frame 1: pieces do not tile the frame",
         ),
         (
+            "one patch frame used with two different bases",
+            Box::new(|m| {
+                m.old = vec![old_file("dir/file", DIR_FILE), old_file("file", FILE)];
+                piece(m).method = Method::Patch { base: p("file"), offset: 0, len: FILE.len() as u64 };
+                let mut other = m.entries[1].clone();
+                other.path = p("new/g");
+                if let Kind::File { content: Content::Pieces(ps), .. } = &mut other.kind {
+                    ps[0].method = Method::Patch { base: p("dir/file"), offset: 0, len: DIR_FILE.len() as u64 };
+                }
+                m.entries.push(other);
+                m.script.insert(2, forge::step(Op::Place, "new/g"));
+            }),
+            "frame 0: pieces do not tile the frame",
+        ),
+        (
             "delta window overflows",
             Box::new(|m| {
                 m.old = vec![old_file("file", FILE)];
