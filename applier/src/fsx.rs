@@ -74,6 +74,16 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Open an existing regular file for writing (no create, no symlink followed).
+pub fn open_write_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
+    let fd = rfs::openat(dir, name, OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let st = rfs::fstat(&fd)?;
+    if file_type(&st) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(File::from(fd))
+}
+
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
     Ok(rfs::readlinkat(dir, name, Vec::new())?.into_bytes())
 }

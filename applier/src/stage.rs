@@ -4,10 +4,13 @@
 //! its final owner, mode and mtime, verified against the manifest's hash, and made durable with
 //! one `syncfs` per filesystem. The live tree is only read.
 //!
-//! Frames are decoded in bundle order on one thread: the bundle may be a stream read once (a USB
-//! stick, stdin, a split set), and one frame at a time keeps memory to one frame's working set.
+//! The bundle is read once, in order, on one thread (it may be a stream: a USB stick, stdin, a
+//! split set), and every frame's hash is checked as it is read. Small frames (at most 8 MiB, and
+//! 16 MiB decoded plus delta base) are then decoded by up to four threads, each writing its
+//! pieces with positioned writes into staged files created beforehand; larger frames are decoded
+//! on the reading thread as they stream in. Memory stays at a few small frames per thread.
 //! Hashing — of slots an interrupted run left, and of every written file before it counts as
-//! staged — is independent per file and runs in parallel ([`crate::par`]).
+//! staged — is independent per file and runs in parallel too ([`crate::par`]).
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
@@ -157,108 +160,106 @@ pub fn stage(
         if h.id != txn.head.id {
             return Err(Error::Pending(format!("{} is not the bundle of the interrupted apply", path.display())));
         }
-        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        // Every staged file that frames fill exists before any frame is decoded: decoding runs
+        // on several threads, and one file's pieces may come from several frames.
+        let mut fill: Vec<usize> = pieces_left.keys().copied().collect();
+        fill.sort_unstable();
+        for &ei in &fill {
+            let path = &m.entries[ei].path;
+            fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", path)?;
+            crate::failpoint::may_fail("stage-create").ctx("create staged", path)?;
+        }
         let total: u64 = m.frames.iter().map(|f| f.size).sum();
         let mut prog = crate::progress::Progress::new("stage", "frames", m.frames.len() as u64, total, progress);
-        let mut read = 0u64;
-        for (fi, f) in m.frames.iter().enumerate() {
-            prog.tick(fi as u64, read);
-            read += f.size;
-            let mut t = std::mem::take(&mut targets[fi]);
-            if t.is_empty() {
-                r.check_frame(&m.frames, fi).map_err(|e| crate::source::explain(e.into()))?;
-                continue;
-            }
-            t.sort_unstable();
-            // Patch and bsdiff frames hold one piece; its base is read from the live OLD file. A
-            // bsdiff frame decodes (plain zstd, bounded) to a patch applied after the loop.
-            let method = match &m.entries[t[0].3].kind {
-                Kind::File { content: Content::Pieces(ps), .. } => {
-                    ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone())
-                }
-                _ => None,
-            };
-            let base: Option<Vec<u8>> = match &method {
-                Some(Method::Patch { base, offset, len }) => Some(read_base(root, base, *offset, *len, limits)?),
-                _ => None,
-            };
-            let mut bsdiff: Option<(Vec<u8>, Vec<u8>)> = match &method {
-                Some(Method::Bsdiff { base, offset, len }) => {
-                    Some((read_base(root, base, *offset, *len, limits)?, Vec::new()))
-                }
-                _ => None,
-            };
-            let mut fr = r.frame(&m.frames, fi)?;
-            let fe =
-                |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
-            {
-                let dec = crate::verify::decoder(&mut fr, base.as_deref(), limits, fi)?;
-                let mut dec = dec.take(f.decoded + 1);
-                let mut buf = vec![0u8; 1 << 18];
-                let mut pos = 0u64;
-                loop {
-                    let n = dec.read(&mut buf).map_err(fe)?;
-                    if n == 0 {
-                        break;
-                    }
-                    let end = pos + n as u64;
-                    if end > f.decoded {
-                        return Err(bundle::Error::FrameDecode {
-                            index: fi as u32,
-                            what: format!("decodes to more than the declared {} bytes", f.decoded),
+        let shared: &Txn = txn;
+        let ctx = FrameCtx { root, txn: shared, work_of: &work_of, m: &m, limits };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(DECODE_THREADS);
+        let failed: std::sync::Mutex<Vec<(usize, Error)>> = std::sync::Mutex::new(Vec::new());
+        let decoded_bytes = std::sync::atomic::AtomicU64::new(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FrameJob>(threads);
+        let rx = std::sync::Mutex::new(rx);
+        let main_err: Option<(usize, Error)> = std::thread::scope(|sc| {
+            // Dropped when this closure returns, which lets the decoding threads finish.
+            let tx = tx;
+            if threads > 1 {
+                for _ in 0..threads {
+                    sc.spawn(|| loop {
+                        let job = match rx.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        match ctx.decode(&job.bytes[..], job.fi, &job.targets) {
+                            Ok(n) => {
+                                decoded_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failed.lock() {
+                                    f.push((job.fi, e));
+                                }
+                            }
                         }
-                        .into());
+                    });
+                }
+            }
+            let mut read = 0u64;
+            for (fi, f) in m.frames.iter().enumerate() {
+                prog.tick(fi as u64, read);
+                read += f.size;
+                if failed.lock().map_or(true, |v| !v.is_empty()) {
+                    break; // a decoder failed: stop reading; its error is reported below
+                }
+                let mut t = std::mem::take(&mut targets[fi]);
+                if t.is_empty() {
+                    if let Err(e) = r.check_frame(&m.frames, fi) {
+                        return Some((fi, crate::source::explain(e.into())));
                     }
-                    if let Some((_, patch)) = bsdiff.as_mut() {
-                        patch.extend_from_slice(&buf[..n]);
-                        pos = end;
-                        continue;
+                    continue;
+                }
+                t.sort_unstable();
+                let base_len = ctx.base_window(fi, &t).map_or(0, |(_, _, len)| len);
+                let small = f.size <= PAR_FRAME_MAX && f.decoded.saturating_add(base_len) <= PAR_DECODE_MAX;
+                let staged: Result<()> = (|| {
+                    let mut fr = r.frame(&m.frames, fi)?;
+                    if threads > 1 && small {
+                        // Read (and hash-check) the whole frame here; a worker decodes it.
+                        let mut bytes = Vec::with_capacity(f.size as usize);
+                        fr.read_to_end(&mut bytes)
+                            .map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() })?;
+                        fr.finish().map_err(|e| crate::source::explain(e.into()))?;
+                        tx.send(FrameJob { fi, bytes, targets: t.clone() })
+                            .map_err(|_| Error::Internal("frame decoders stopped".into()))?;
+                    } else {
+                        let n = ctx.decode(&mut fr, fi, &t)?;
+                        decoded_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        fr.finish().map_err(|e| crate::source::explain(e.into()))?;
                     }
-                    for &(po, pl, fo, ei) in &t {
-                        let (s, e) = (po.max(pos), (po + pl).min(end));
-                        if s >= e {
-                            continue;
+                    Ok(())
+                })();
+                if let Err(e) = staged {
+                    return Some((fi, e));
+                }
+                for &(_, _, _, ei) in &t {
+                    if let Some(c) = pieces_left.get_mut(&ei) {
+                        *c -= 1;
+                        if *c == 0 {
+                            written.push(ei);
                         }
-                        let file = staged_file(&mut open, stage_fd(txn, &work_of, ei)?, ei, &m.entries[ei].path)?;
-                        file.write_all_at(&buf[(s - pos) as usize..(e - pos) as usize], fo + (s - po))
-                            .ctx("write staged", &m.entries[ei].path)?;
-                        rep.bytes += e - s;
-                    }
-                    pos = end;
-                }
-                if pos != f.decoded {
-                    return Err(bundle::Error::FrameDecode {
-                        index: fi as u32,
-                        what: format!("decodes to {pos} bytes, declared {}", f.decoded),
-                    }
-                    .into());
-                }
-            }
-            if let Some((old, patch)) = bsdiff.take() {
-                let out = bundle::bspatch::apply(&old, &patch, t[0].1).map_err(|what| bundle::Error::FrameDecode {
-                    index: fi as u32,
-                    what: format!("bsdiff patch: {what}"),
-                })?;
-                for &(_, _, fo, ei) in &t {
-                    let file = staged_file(&mut open, stage_fd(txn, &work_of, ei)?, ei, &m.entries[ei].path)?;
-                    file.write_all_at(&out, fo).ctx("write staged", &m.entries[ei].path)?;
-                    rep.bytes += out.len() as u64;
-                }
-            }
-            fr.finish().map_err(|e| crate::source::explain(e.into()))?;
-            for &(_, _, _, ei) in &t {
-                if let Some(c) = pieces_left.get_mut(&ei) {
-                    *c -= 1;
-                    if *c == 0 {
-                        open.remove(&ei);
-                        written.push(ei);
                     }
                 }
+                crate::failpoint::hit("stage-frame");
             }
-            crate::failpoint::hit("stage-frame");
+            prog.finish(m.frames.len() as u64, read);
+            None
+        });
+        // The first failure in frame order, as a sequential run would have reported it.
+        let mut errs = failed.into_inner().unwrap_or_default();
+        errs.extend(main_err);
+        if let Some((_, e)) = errs.into_iter().min_by_key(|(fi, _)| *fi) {
+            return Err(e);
         }
+        rep.bytes += decoded_bytes.into_inner();
         r.end().map_err(|e| crate::source::explain(e.into()))?;
-        prog.finish(m.frames.len() as u64, read);
         written.dedup();
     }
     let from_frames: HashSet<usize> = written.iter().copied().collect();
@@ -343,21 +344,133 @@ pub fn stage(
     Ok(rep)
 }
 
-/// The open staged file of entry `ei`, created (exclusively) on first use.
-fn staged_file<'a>(
-    open: &'a mut HashMap<usize, std::fs::File>,
-    stage: BorrowedFd<'_>,
-    ei: usize,
-    path: &bundle::BundlePath,
-) -> Result<&'a std::fs::File> {
-    Ok(match open.entry(ei) {
-        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            let f = fsx::create_file_at(stage, &staged_name(ei)).ctx("create staged", path)?;
-            crate::failpoint::may_fail("stage-create").ctx("create staged", path)?;
-            v.insert(f)
+/// Frames read from the bundle and decoded by worker threads at most this big (compressed).
+const PAR_FRAME_MAX: u64 = 8 << 20;
+/// ... and at most this many bytes decoded plus delta base: larger frames are decoded on the
+/// reading thread, so memory stays at a few small frames per thread.
+const PAR_DECODE_MAX: u64 = 16 << 20;
+/// At most this many decoding threads.
+const DECODE_THREADS: usize = 4;
+
+/// A verified frame handed to a decoding thread: its index, bytes and pieces (piece offset,
+/// length, file offset, entry).
+struct FrameJob {
+    fi: usize,
+    bytes: Vec<u8>,
+    targets: Vec<(u64, u64, u64, usize)>,
+}
+
+/// What decoding a frame into staged files needs; shared by the decoding threads.
+#[derive(Clone, Copy)]
+struct FrameCtx<'a> {
+    root: BorrowedFd<'a>,
+    txn: &'a Txn,
+    work_of: &'a HashMap<usize, usize>,
+    m: &'a bundle::Manifest,
+    limits: &'a Limits,
+}
+
+impl FrameCtx<'_> {
+    /// The frame's method (from its first piece).
+    fn method(&self, fi: usize, t: &[(u64, u64, u64, usize)]) -> Option<Method> {
+        match &self.m.entries[t.first()?.3].kind {
+            Kind::File { content: Content::Pieces(ps), .. } => {
+                ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone())
+            }
+            _ => None,
         }
-    })
+    }
+
+    /// The delta base window a patch or bsdiff frame reads: (path, offset, len).
+    fn base_window(&self, fi: usize, t: &[(u64, u64, u64, usize)]) -> Option<(bundle::BundlePath, u64, u64)> {
+        match self.method(fi, t)? {
+            Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } => Some((base, offset, len)),
+            Method::Zstd => None,
+        }
+    }
+
+    /// Open the (already created) staged file of entry `ei` for writing.
+    fn open(&self, ei: usize) -> Result<std::fs::File> {
+        let path = &self.m.entries[ei].path;
+        let w = self.work_of.get(&ei).ok_or_else(|| Error::Internal(format!("entry {ei} has no work directory")))?;
+        fsx::open_write_at(self.txn.works[*w].stage.as_fd(), &staged_name(ei)).ctx("open staged", path)
+    }
+
+    /// Decode frame `fi` from `src` into its pieces' staged files. Patch and bsdiff frames hold
+    /// one piece; the base is read from the live OLD file. A bsdiff frame decodes (plain zstd,
+    /// bounded) to a patch applied afterwards. Returns the bytes written.
+    fn decode<R: Read>(&self, src: R, fi: usize, t: &[(u64, u64, u64, usize)]) -> Result<u64> {
+        let f = &self.m.frames[fi];
+        let method = self.method(fi, t);
+        let base = match self.base_window(fi, t) {
+            Some((b, off, len)) => Some(read_base(self.root, &b, off, len, self.limits)?),
+            None => None,
+        };
+        let is_bsdiff = matches!(method, Some(Method::Bsdiff { .. }));
+        let fe =
+            |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
+        let prefix = if is_bsdiff { None } else { base.as_deref() };
+        let mut dec = crate::verify::decoder(src, prefix, self.limits, fi)?.take(f.decoded + 1);
+        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        let mut patch = Vec::new();
+        // Sized to the frame (one more byte detects a frame longer than declared): most frames
+        // are small, and zeroing a large buffer per frame cost more than decoding them.
+        let mut buf = vec![0u8; (f.decoded + 1).min(1 << 18) as usize];
+        let (mut pos, mut written) = (0u64, 0u64);
+        loop {
+            let n = dec.read(&mut buf).map_err(fe)?;
+            if n == 0 {
+                break;
+            }
+            let end = pos + n as u64;
+            if end > f.decoded {
+                return Err(bundle::Error::FrameDecode {
+                    index: fi as u32,
+                    what: format!("decodes to more than the declared {} bytes", f.decoded),
+                }
+                .into());
+            }
+            if is_bsdiff {
+                patch.extend_from_slice(&buf[..n]);
+                pos = end;
+                continue;
+            }
+            for &(po, pl, fo, ei) in t {
+                let (s, e) = (po.max(pos), (po + pl).min(end));
+                if s >= e {
+                    continue;
+                }
+                let file = match open.entry(ei) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(self.open(ei)?),
+                };
+                file.write_all_at(&buf[(s - pos) as usize..(e - pos) as usize], fo + (s - po))
+                    .ctx("write staged", &self.m.entries[ei].path)?;
+                written += e - s;
+            }
+            pos = end;
+        }
+        if pos != f.decoded {
+            return Err(bundle::Error::FrameDecode {
+                index: fi as u32,
+                what: format!("decodes to {pos} bytes, declared {}", f.decoded),
+            }
+            .into());
+        }
+        if is_bsdiff {
+            let old = base.as_deref().unwrap_or_default();
+            let want = t.first().map_or(0, |x| x.1);
+            let out = bundle::bspatch::apply(old, &patch, want).map_err(|what| bundle::Error::FrameDecode {
+                index: fi as u32,
+                what: format!("bsdiff patch: {what}"),
+            })?;
+            for &(_, _, fo, ei) in t {
+                self.open(ei)?.write_all_at(&out, fo).ctx("write staged", &self.m.entries[ei].path)?;
+                written += out.len() as u64;
+            }
+        }
+        Ok(written)
+    }
 }
 
 fn read_base(
