@@ -202,10 +202,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
 /// lists `NAME.ferry-new` if NEW has it (bundle-format.md §4.2): a side name in neither
 /// `entries` nor `old` is not a path of NEW or of the bundle's base.
 pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
-    let side = match p.parent() {
-        Some(d) => d.join(&crate::commit::ferry_new_name(p)),
-        None => bundle::BundlePath::new(crate::commit::ferry_new_name(p)),
-    };
+    let side = bundle::ferry_new_path(p);
     // Nothing may be decoded from the local (edited) file: no delta base, no copy source.
     let used_as_base = m.entries.iter().any(|e| match &e.kind {
         bundle::Kind::File { content: bundle::Content::Copy { from }, .. } => from == p,
@@ -216,7 +213,7 @@ pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
     });
     matches!(m.entry(p).map(|e| &e.kind), Some(bundle::Kind::File { config: true, .. }))
         && !used_as_base
-        && side.ok().is_some_and(|s| m.entry(&s).is_none() && m.old_entry(&s).is_none())
+        && side.is_some_and(|s| m.entry(&s).is_none() && m.old_entry(&s).is_none())
 }
 
 /// Drive a transaction from wherever its journal says it is to the end.

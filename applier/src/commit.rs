@@ -13,13 +13,6 @@ use rustix::fs::FileType;
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
-/// `NAME.ferry-new`: where the NEW version of a locally edited config file goes.
-pub fn ferry_new_name(p: &BundlePath) -> Vec<u8> {
-    let mut n = p.file_name().to_vec();
-    n.extend_from_slice(b".ferry-new");
-    n
-}
-
 /// Actual metadata of touched paths before the commit, saved for rollback.
 pub type OldMeta = BTreeMap<BundlePath, Meta>;
 
@@ -254,7 +247,8 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &
                 if !fresh && staged()?.is_none() {
                     return Ok(false); // renamed beside it by an earlier run
                 }
-                fsx::rename_at(sd, &sname, dir, &ferry_new_name(p)).ctx("place beside the local config file", p)?;
+                fsx::rename_at(sd, &sname, dir, &bundle::ferry_new_name(p))
+                    .ctx("place beside the local config file", p)?;
                 return Ok(true);
             }
             match (old_type, id) {
@@ -346,7 +340,7 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
             let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
             if kept {
-                let side = ferry_new_name(p);
+                let side = bundle::ferry_new_name(p);
                 if staged.is_none() && fsx::lstat_at(dir, &side).ctx("stat", p)?.is_some() {
                     fsx::rename_noreplace(dir, &side, sd, &sname).ctx("move out of the tree", p)?;
                 }

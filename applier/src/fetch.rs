@@ -622,8 +622,7 @@ impl Fetcher<'_> {
         let (head, raw) = self.head()?;
         let m = &head.manifest;
         let n = m.frames.len();
-        let lay = container::layout(head.manifest_bytes.len() as u64, head.sig_bytes.len() as u64, &m.frames);
-        let spans = lay;
+        let spans = container::layout(head.manifest_bytes.len() as u64, head.sig_bytes.len() as u64, &m.frames);
         let end_start = spans.last().map_or(raw.len() as u64, |s| s.end);
         let size = end_start + END_MARKER;
         self.report.size = size;

@@ -135,7 +135,8 @@ pub fn stage(
 
     // Frame content.
     let mut targets: Vec<Vec<(u64, u64, u64, usize)>> = vec![Vec::new(); m.frames.len()]; // (piece offset, len, file offset, entry)
-    let mut pieces_left: HashMap<usize, usize> = HashMap::new();
+                                                                                          // The files frames fill (not already staged).
+    let mut fill: Vec<usize> = Vec::new();
     for &i in &placed {
         if done.contains(&i) {
             continue;
@@ -146,11 +147,11 @@ pub fn stage(
                 targets[p.frame as usize].push((p.offset, p.len, at, i));
                 at += p.len;
             }
-            pieces_left.insert(i, ps.len());
+            fill.push(i);
         }
     }
     let mut written: Vec<usize> = Vec::new();
-    if !pieces_left.is_empty() {
+    if !fill.is_empty() {
         let path = bundle.ok_or_else(|| {
             Error::Pending("staging was interrupted and the bundle is needed to finish it; pass it with --bundle or put it back where it was".into())
         })?;
@@ -162,8 +163,6 @@ pub fn stage(
         }
         // Every staged file that frames fill exists before any frame is decoded: decoding runs
         // on several threads, and one file's pieces may come from several frames.
-        let mut fill: Vec<usize> = pieces_left.keys().copied().collect();
-        fill.sort_unstable();
         for &ei in &fill {
             let path = &m.entries[ei].path;
             fsx::create_file_at(stage_fd(txn, &work_of, ei)?, &staged_name(ei)).ctx("create staged", path)?;
@@ -209,15 +208,14 @@ pub fn stage(
                 if failed.lock().map_or(true, |v| !v.is_empty()) {
                     break; // a decoder failed: stop reading; its error is reported below
                 }
-                let mut t = std::mem::take(&mut targets[fi]);
+                let t = std::mem::take(&mut targets[fi]);
                 if t.is_empty() {
                     if let Err(e) = r.check_frame(&m.frames, fi) {
                         return Some((fi, crate::source::explain(e.into())));
                     }
                     continue;
                 }
-                t.sort_unstable();
-                let base_len = ctx.base_window(fi, &t).map_or(0, |(_, _, len)| len);
+                let base_len = ctx.method(fi, &t).as_ref().and_then(base_window).map_or(0, |(_, _, len)| len);
                 let small = f.size <= PAR_FRAME_MAX && f.decoded.saturating_add(base_len) <= PAR_DECODE_MAX;
                 let staged: Result<()> = (|| {
                     let mut fr = r.frame(&m.frames, fi)?;
@@ -227,7 +225,7 @@ pub fn stage(
                         fr.read_to_end(&mut bytes)
                             .map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() })?;
                         fr.finish().map_err(|e| crate::source::explain(e.into()))?;
-                        tx.send(FrameJob { fi, bytes, targets: t.clone() })
+                        tx.send(FrameJob { fi, bytes, targets: t })
                             .map_err(|_| Error::Internal("frame decoders stopped".into()))?;
                     } else {
                         let n = ctx.decode(&mut fr, fi, &t)?;
@@ -238,14 +236,6 @@ pub fn stage(
                 })();
                 if let Err(e) = staged {
                     return Some((fi, e));
-                }
-                for &(_, _, _, ei) in &t {
-                    if let Some(c) = pieces_left.get_mut(&ei) {
-                        *c -= 1;
-                        if *c == 0 {
-                            written.push(ei);
-                        }
-                    }
                 }
                 crate::failpoint::hit("stage-frame");
             }
@@ -260,7 +250,8 @@ pub fn stage(
         }
         rep.bytes += decoded_bytes.into_inner();
         r.end().map_err(|e| crate::source::explain(e.into()))?;
-        written.dedup();
+        // Every frame was decoded: every file they fill is complete.
+        written.extend_from_slice(&fill);
     }
     let from_frames: HashSet<usize> = written.iter().copied().collect();
 
@@ -381,14 +372,6 @@ impl FrameCtx<'_> {
         }
     }
 
-    /// The delta base window a patch or bsdiff frame reads: (path, offset, len).
-    fn base_window(&self, fi: usize, t: &[(u64, u64, u64, usize)]) -> Option<(bundle::BundlePath, u64, u64)> {
-        match self.method(fi, t)? {
-            Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } => Some((base, offset, len)),
-            Method::Zstd => None,
-        }
-    }
-
     /// Open the (already created) staged file of entry `ei` for writing.
     fn open(&self, ei: usize) -> Result<std::fs::File> {
         let path = &self.m.entries[ei].path;
@@ -402,8 +385,8 @@ impl FrameCtx<'_> {
     fn decode<R: Read>(&self, src: R, fi: usize, t: &[(u64, u64, u64, usize)]) -> Result<u64> {
         let f = &self.m.frames[fi];
         let method = self.method(fi, t);
-        let base = match self.base_window(fi, t) {
-            Some((b, off, len)) => Some(read_base(self.root, &b, off, len, self.limits)?),
+        let base = match method.as_ref().and_then(base_window) {
+            Some((b, off, len)) => Some(read_base(self.root, b, off, len, self.limits)?),
             None => None,
         };
         let is_bsdiff = matches!(method, Some(Method::Bsdiff { .. }));
@@ -470,6 +453,14 @@ impl FrameCtx<'_> {
             }
         }
         Ok(written)
+    }
+}
+
+/// The delta base window a patch or bsdiff frame reads: (path, offset, len).
+fn base_window(m: &Method) -> Option<(&bundle::BundlePath, u64, u64)> {
+    match m {
+        Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } => Some((base, *offset, *len)),
+        Method::Zstd => None,
     }
 }
 

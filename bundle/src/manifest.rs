@@ -565,11 +565,18 @@ impl OldKind {
     }
 }
 
-/// `NAME.ferry-new` beside `p`: where the applier puts the NEW version of a locally edited
-/// configuration file. `None` if that name would not be a valid path (over 255 bytes).
-pub fn ferry_new_path(p: &BundlePath) -> Option<BundlePath> {
+/// `NAME.ferry-new`, the file name beside `p` where the applier puts the NEW version of a
+/// locally edited configuration file.
+pub fn ferry_new_name(p: &BundlePath) -> Vec<u8> {
     let mut name = p.file_name().to_vec();
     name.extend_from_slice(b".ferry-new");
+    name
+}
+
+/// The path of [`ferry_new_name`] beside `p`; `None` if it would not be a valid path (a name
+/// over 255 bytes).
+pub fn ferry_new_path(p: &BundlePath) -> Option<BundlePath> {
+    let name = ferry_new_name(p);
     match p.parent() {
         Some(d) => d.join(&name).ok(),
         None => BundlePath::new(name).ok(),

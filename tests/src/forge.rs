@@ -55,6 +55,20 @@ pub fn dir(p: &str, mode: u32) -> Entry {
     Entry { path: path(p), meta: meta(mode), kind: Kind::Dir }
 }
 
+/// A file with content `data`, copied locally from the OLD file `from`.
+pub fn copy(p: &str, from: &str, data: &[u8]) -> Entry {
+    Entry {
+        path: path(p),
+        meta: meta(0o644),
+        kind: Kind::File {
+            size: data.len() as u64,
+            hash: Hash::of(data),
+            content: Content::Copy { from: path(from) },
+            config: false,
+        },
+    }
+}
+
 /// A file whose content `data` is one piece `[offset, offset+len)` of frame `frame`.
 pub fn file(p: &str, data: &[u8], frame: u32, offset: u64) -> Entry {
     let piece = Piece { frame, offset, len: data.len() as u64, method: Method::Zstd };

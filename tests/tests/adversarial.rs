@@ -413,16 +413,7 @@ fn copy_and_delta_sources_outside() {
     for (field, src) in [("Copy/from", b"../outside/file".to_vec()), ("Copy/from", b"/etc/passwd".to_vec())] {
         let env = Env::new();
         let mut m = forge::empty(1);
-        m.entries = vec![Entry {
-            path: p("a"),
-            meta: forge::meta(0o644),
-            kind: Kind::File {
-                size: DIR_FILE.len() as u64,
-                hash: Hash::of(DIR_FILE),
-                content: Content::Copy { from: p("dir/file") },
-                config: false,
-            },
-        }];
+        m.entries = vec![forge::copy("a", "dir/file", DIR_FILE)];
         m.old = vec![old_file("dir/file", DIR_FILE)];
         m.script = vec![forge::step(Op::Place, "a")];
         let mut v = env.value(&m);
@@ -433,16 +424,7 @@ fn copy_and_delta_sources_outside() {
     // A copy source that is not an expected OLD file.
     let env = Env::new();
     let mut m = forge::empty(1);
-    m.entries = vec![Entry {
-        path: p("a"),
-        meta: forge::meta(0o644),
-        kind: Kind::File {
-            size: DIR_FILE.len() as u64,
-            hash: Hash::of(DIR_FILE),
-            content: Content::Copy { from: p("dir/file") },
-            config: false,
-        },
-    }];
+    m.entries = vec![forge::copy("a", "dir/file", DIR_FILE)];
     m.script = vec![forge::step(Op::Place, "a")];
     env.write(&m, &[]);
     env.refused(3, &["copy source dir/file is not an OLD file"]);
@@ -1260,16 +1242,7 @@ fn sparse_entries_must_be_consistent() {
         meta: forge::meta(meta),
         kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content: Content::Unchanged, config: false },
     };
-    let copy = Entry {
-        path: p("new/copy"),
-        meta: forge::meta(0o644),
-        kind: Kind::File {
-            size: FILE.len() as u64,
-            hash: Hash::of(FILE),
-            content: Content::Copy { from: p("file") },
-            config: false,
-        },
-    };
+    let copy = forge::copy("new/copy", "file", FILE);
     // `new/copy` is a copy of OLD `file`, which stays: `file` is in `old` (copy source), so it
     // must be listed; without its entry it would mean "deleted", yet nothing deletes it.
     let mut m = forge::empty(1);

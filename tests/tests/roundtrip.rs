@@ -389,13 +389,7 @@ fn delta_of_a_mostly_unchanged_tree_lists_few_entries() {
     let d = tempfile::tempdir().expect("tempdir");
     let k = keys(d.path());
     let (old, new) = (d.path().join("old"), d.path().join("new"));
-    for i in 0..20 {
-        for j in 0..100 {
-            let p = old.join(format!("d{i:02}/f{j:03}"));
-            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            fs::write(&p, format!("file {i} {j}\n").repeat(1 + (i * j) % 7)).expect("write");
-        }
-    }
+    file_grid(&old, 20, 100, |i, j| (i * j) % 7);
     fs::create_dir_all(old.join("gone/sub")).expect("mkdir");
     fs::write(old.join("gone/sub/x"), b"leaves with its directory").expect("write");
     fs::write(old.join("gone/y"), b"so does this").expect("write");
@@ -403,11 +397,7 @@ fn delta_of_a_mostly_unchanged_tree_lists_few_entries() {
     fs::create_dir_all(old.join("hl")).expect("mkdir");
     fs::write(old.join("hl/a"), b"two names, one inode").expect("write");
     fs::hard_link(old.join("hl/a"), old.join("hl/b")).expect("link");
-    let mut all = Vec::new();
-    collect_all(&old, &mut all);
-    for p in &all {
-        set_mtime(p, 1_600_000_000);
-    }
+    set_mtimes_under(&old, 1_600_000_000);
     set_mtime(&old, 1_600_000_000);
     copy_tree(&old, &new);
 
@@ -471,6 +461,28 @@ fn delta_of_a_mostly_unchanged_tree_lists_few_entries() {
     no_txn(&target);
 }
 
+/// Files `d{i:02}/f{j:03}` under `root` for `i < dirs`, `j < files`, holding the line
+/// "file i j" repeated `1 + repeat(i, j)` times.
+fn file_grid(root: &Path, dirs: usize, files: usize, repeat: impl Fn(usize, usize) -> usize) {
+    for i in 0..dirs {
+        for j in 0..files {
+            let p = root.join(format!("d{i:02}/f{j:03}"));
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(&p, format!("file {i} {j}\n").repeat(1 + repeat(i, j))).expect("write");
+        }
+    }
+}
+
+/// Give every entry under `root` (not `root` itself) the mtime `secs`; returns them.
+fn set_mtimes_under(root: &Path, secs: i64) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    collect_all(root, &mut all);
+    for p in &all {
+        set_mtime(p, secs);
+    }
+    all
+}
+
 fn forge_path(p: &str) -> bundle::BundlePath {
     ferry_tests::forge::path(p)
 }
@@ -484,28 +496,14 @@ fn keep_unchanged_mtimes_ships_only_real_changes() {
     let d = tempfile::tempdir().expect("tempdir");
     let k = keys(d.path());
     let (old, new) = (d.path().join("old"), d.path().join("new"));
-    for i in 0..10 {
-        for j in 0..50 {
-            let p = old.join(format!("d{i}/f{j:02}"));
-            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-            fs::write(&p, format!("file {i} {j}\n").repeat(1 + j % 5)).expect("write");
-        }
-    }
-    std::os::unix::fs::symlink("d0/f00", old.join("link")).expect("symlink");
-    fs::hard_link(old.join("d1/f00"), old.join("d1/hard")).expect("link");
-    let mut all = Vec::new();
-    collect_all(&old, &mut all);
-    for p in &all {
-        set_mtime(p, 1_600_000_000);
-    }
+    file_grid(&old, 10, 50, |_, j| j % 5);
+    std::os::unix::fs::symlink("d00/f000", old.join("link")).expect("symlink");
+    fs::hard_link(old.join("d01/f000"), old.join("d01/hard")).expect("link");
+    set_mtimes_under(&old, 1_600_000_000);
     copy_tree(&old, &new);
-    fs::write(new.join("d2/f07"), b"edited\n").expect("write");
-    fs::set_permissions(new.join("d3/f03"), fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut all = Vec::new();
-    collect_all(&new, &mut all);
-    for p in &all {
-        set_mtime(p, 1_700_000_000);
-    }
+    fs::write(new.join("d02/f007"), b"edited\n").expect("write");
+    fs::set_permissions(new.join("d03/f003"), fs::Permissions::from_mode(0o600)).expect("chmod");
+    let all = set_mtimes_under(&new, 1_700_000_000);
 
     let exact = d.path().join("exact.ferry");
     let kept = d.path().join("kept.ferry");
@@ -523,8 +521,8 @@ fn keep_unchanged_mtimes_ships_only_real_changes() {
         0,
     );
     let report = json_of(&o);
-    // 500 files, the hardlink's second name and the symlink, less d1/f00 and d1/hard (a
-    // hardlink group), d2/f07 (edited) and d3/f03 (chmod).
+    // 500 files, the hardlink's second name and the symlink, less d01/f000 and d01/hard (a
+    // hardlink group), d02/f007 (edited) and d03/f003 (chmod).
     assert_eq!(report["stats"]["mtime_kept"]["files"], 498, "{report}");
     let listed = |b: &Path| -> usize {
         let o = run_expect(apply_cmd().arg("inspect").arg("--json").arg(b), 0);
@@ -551,7 +549,7 @@ fn keep_unchanged_mtimes_ships_only_real_changes() {
         } else if a.file_type().is_symlink() {
             assert_eq!(fs::read_link(p).expect("link"), fs::read_link(&t).expect("link"));
         }
-        let changed = ["d2/f07", "d3/f03", "d1/f00", "d1/hard"].iter().any(|c| rel == Path::new(c));
+        let changed = ["d02/f007", "d03/f003", "d01/f000", "d01/hard"].iter().any(|c| rel == Path::new(c));
         if a.is_dir() {
             continue;
         } else if changed {
