@@ -55,33 +55,24 @@ pub fn dir(p: &str, mode: u32) -> Entry {
     Entry { path: path(p), meta: meta(mode), kind: Kind::Dir }
 }
 
-/// A file with content `data`, copied locally from the OLD file `from`.
-pub fn copy(p: &str, from: &str, data: &[u8]) -> Entry {
+/// A file (mode 0644, not a config file) with content `data` coming from `content`.
+pub fn file_with(p: &str, data: &[u8], content: Content) -> Entry {
     Entry {
         path: path(p),
         meta: meta(0o644),
-        kind: Kind::File {
-            size: data.len() as u64,
-            hash: Hash::of(data),
-            content: Content::Copy { from: path(from) },
-            config: false,
-        },
+        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content, config: false },
     }
+}
+
+/// A file with content `data`, copied locally from the OLD file `from`.
+pub fn copy(p: &str, from: &str, data: &[u8]) -> Entry {
+    file_with(p, data, Content::Copy { from: path(from) })
 }
 
 /// A file whose content `data` is one piece `[offset, offset+len)` of frame `frame`.
 pub fn file(p: &str, data: &[u8], frame: u32, offset: u64) -> Entry {
     let piece = Piece { frame, offset, len: data.len() as u64, method: Method::Zstd };
-    Entry {
-        path: path(p),
-        meta: meta(0o644),
-        kind: Kind::File {
-            size: data.len() as u64,
-            hash: Hash::of(data),
-            content: Content::Pieces(vec![piece]),
-            config: false,
-        },
-    }
+    file_with(p, data, Content::Pieces(vec![piece]))
 }
 
 pub fn symlink(p: &str, target: &[u8]) -> Entry {
