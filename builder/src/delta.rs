@@ -80,6 +80,36 @@ pub fn compress_solid(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     enc.finish()
 }
 
+/// Inputs of at least this size get a suffix array sorted in [`BSDIFF_PARTITIONS`] parts.
+const BSDIFF_PARTITION_MIN: usize = 4 << 20;
+/// Partitions of the suffix array of a large base: sorted in parallel, searched one by one. A
+/// constant, not the number of cores, so the same trees give the same bundle on every machine.
+const BSDIFF_PARTITIONS: usize = 2;
+
+/// A bsdiff patch of `new` against `base` in the record format of bundle-format.md §5.1.
+///
+/// The matching is bsdiff 4's (Colin Percival), over a suffix array built by divsufsort, as the
+/// `bidiff` crate implements it: 4-5 times faster than the qsufsort of the classic algorithm on
+/// shared objects, with patches of the same size.
+pub fn bsdiff(base: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
+    let parts = if base.len() >= BSDIFF_PARTITION_MIN { BSDIFF_PARTITIONS } else { 1 };
+    let params = bidiff::DiffParams::new(parts, None).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(new.len() / 8 + 64);
+    let mut record = |c: &bidiff::Control| -> io::Result<()> {
+        out.extend_from_slice(&(c.add.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(c.copy.len() as u64).to_le_bytes());
+        let seek = if c.seek < 0 { c.seek.unsigned_abs() | 1 << 63 } else { c.seek as u64 };
+        out.extend_from_slice(&seek.to_le_bytes());
+        out.extend_from_slice(c.add);
+        out.extend_from_slice(c.copy);
+        Ok(())
+    };
+    let mut translator = bidiff::Translator::new(base, new, &mut record);
+    bidiff::diff(base, new, &params, |m| translator.translate(m))?;
+    translator.close()?;
+    Ok(out)
+}
+
 /// Decode one frame (with `prefix` for a patch), refusing windows over 2^28 and output over
 /// `max_out` bytes. Used to check every frame the builder writes.
 pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_out: u64) -> io::Result<Vec<u8>> {
@@ -147,6 +177,32 @@ mod tests {
         assert_eq!(out, new);
         assert_eq!(decompress(&plain, None, new.len() as u64)?, new);
         assert!(decompress(&plain, None, 10).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn bsdiff_patches_apply() -> io::Result<()> {
+        let base = pseudo_random(300_000, 3);
+        let mut new = base.clone();
+        // Shifted addresses: every 4th byte of a region bumped, an insertion and a deletion.
+        for i in (1000..200_000).step_by(4) {
+            new[i] = new[i].wrapping_add(8);
+        }
+        new.splice(5000..5000, pseudo_random(777, 4));
+        new.drain(250_000..260_000);
+        let cases: [(&[u8], &[u8]); 4] = [(&base, &new), (&base, &[]), (b"x", &new[..100]), (&new, &base)];
+        for (b, n) in cases {
+            let patch = bsdiff(b, n)?;
+            assert_eq!(bundle::bspatch::apply(b, &patch, n.len() as u64).as_deref(), Ok(n));
+        }
+        // A base large enough for a partitioned suffix array.
+        let big = pseudo_random(BSDIFF_PARTITION_MIN + 4096, 5);
+        let mut edited = big.clone();
+        edited[BSDIFF_PARTITION_MIN / 2..BSDIFF_PARTITION_MIN / 2 + 9].copy_from_slice(b"different");
+        let patch = bsdiff(&big, &edited)?;
+        assert_eq!(bundle::bspatch::apply(&big, &patch, edited.len() as u64).as_deref(), Ok(&edited[..]));
+        let small = compress(&bsdiff(&base, &new)?, 19, None)?;
+        assert!(small.len() < 20_000, "compressed bsdiff patch is {} bytes", small.len());
         Ok(())
     }
 

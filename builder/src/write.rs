@@ -178,9 +178,7 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
         (Some((_, _, _, len)), Some(b))
             if !u.chunked && data.starts_with(b"\x7fELF") && u.len <= BSDIFF_MAX && *len <= BSDIFF_MAX =>
         {
-            let mut raw = Vec::new();
-            bsdiff::diff(b, &data, &mut raw).map_err(cerr)?;
-            Some(raw)
+            Some(delta::bsdiff(b, &data).map_err(cerr)?)
         }
         _ => None,
     };

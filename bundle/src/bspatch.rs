@@ -5,7 +5,7 @@
 //! added (mod 256) to the next `add` bytes of the base, then `copy` bytes copied as they are. The
 //! base position starts at 0, advances by `add` and then moves by `seek`. This is the record
 //! stream of Colin Percival's bsdiff 4 as written by the `bsdiff` crate (interleaved, without
-//! the BSDIFF40 header or bzip2).
+//! the BSDIFF40 header or bzip2). The builder computes the records with the `bidiff` crate.
 //!
 //! Everything is bounded: the output never exceeds the declared length, every base range is
 //! checked, and the patch must produce exactly the declared length and end with its last record.
