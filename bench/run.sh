@@ -14,6 +14,8 @@
 #   VERIFY_EXCLUDE="pat ..."  rsync --exclude patterns ignored when comparing an applied tree with new
 #   FERRY_STATE_DIR=.ferry    ferry-apply's state dir in the target (excluded from ferry's check, size reported)
 #   KEEP_SCRATCH=1            keep bench/work/scratch (applied trees, bundles, repos)
+#   BENCH_RUNS=3              runs of each ferry build and apply and of each rsync/zstd step; the
+#                             median wall time is reported (all runs are in the notes)
 #   BENCH_WORK=DIR            corpora/results/scratch elsewhere than bench/work
 #   BENCH_RESULTS_MD=FILE     write the Markdown there instead of bench/RESULTS.md
 #
@@ -29,6 +31,7 @@ SCR="$WORK/scratch"
 TOOLS=" ${BENCH_TOOLS:-ferry rsync perfile tarzst ostree} "
 FERRY_LEVELS="${FERRY_LEVELS:-default default+keep-mtimes}"
 FERRY_STATE_DIR="${FERRY_STATE_DIR:-.ferry}"   # ferry-apply's state directory inside the target
+RUNS="${BENCH_RUNS:-3}"                         # timed runs of ferry build/apply and rsync (median)
 ALL=(wheels rootfs synth commit10k)
 TIME=/usr/bin/time
 ZSTD_LVL=(-19 --long=27)
@@ -91,6 +94,28 @@ fsize() { stat -c %s "$1"; }
 dsize() { du -sb "$1" | cut -f1; }     # apparent bytes of a file or directory
 addf() { python3 -c 'import sys; print(f"{sum(float(x) for x in sys.argv[1:]):.2f}")' "$@"; }
 maxi() { printf '%s\n' "$@" | sort -n | tail -n1; }
+
+# again NAME SETUP CMD... : after a first `timed NAME CMD...`, run SETUP (a shell command line) and
+# CMD BENCH_RUNS-1 more times (output discarded); T_NAME_S becomes the median wall time of all runs,
+# T_NAME_ALL lists them, T_NAME_KIB is the largest peak RSS. Disk flush times on the reference
+# machine vary by 2-5x between identical runs, so single runs decide nothing.
+again() {
+    local name=$1 setup=$2; shift 2
+    local s="T_${name}_S" k="T_${name}_KIB"
+    local all=("${!s}") kib=${!k} i
+    for ((i = 1; i < RUNS; i++)); do
+        eval "$setup"
+        if ! timed "$name" "$@" > /dev/null 2>&1; then
+            warn "$name: run $((i + 1)) of $RUNS failed; keeping the earlier runs"
+            break
+        fi
+        all+=("${!s}")
+        if (( ${!k} > kib )); then kib=${!k}; fi
+    done
+    printf -v "T_${name}_ALL" '%s' "${all[*]}"
+    printf -v "$s" '%s' "$(printf '%s\n' "${all[@]}" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')"
+    printf -v "$k" '%s' "$kib"
+}
 
 fresh_copy() { # fresh_copy SRC DST
     rm -rf --one-file-system "$2"
@@ -201,6 +226,9 @@ measure_ferry() {
             continue
         fi
         put "$m" size "$(fsize "$bundle")"
+        again fb : "$FB" build --old "$O" --new "$N" --key "$KEYS/bench.secret" --version 2 \
+            --out "$d/again.ferry" "${args[@]}"
+        rm -f "$d/again.ferry"
         put "$m" build_s "$T_fb_S"; put "$m" build_kib "$T_fb_KIB"
         local kv
         while IFS= read -r kv; do put "$m" json "build.$kv"; done < <(json_fields "$d/build.json")
@@ -221,7 +249,10 @@ measure_ferry() {
                 continue
             fi
         fi
+        # the first run's JSON report stays in apply.json; the later runs land on fresh copies too
+        again fa 'fresh_copy "$O" "$S/target"' "$FA" apply "$bundle" --target "$S/target" --trust "$KEYS/bench.pub" "${aargs[@]}"
         put "$m" apply_s "$T_fa_S"; put "$m" apply_kib "$T_fa_KIB"
+        put "$m" note "wall times of $RUNS runs (median shown): build ${T_fb_ALL} s, apply ${T_fa_ALL} s"
         local cw="" cw2=""
         while IFS= read -r kv; do
             put "$m" json "apply.$kv"
@@ -250,14 +281,21 @@ measure_rsync() {
     fresh_copy "$O" "$S/target"
     timed rw rsync "${opts[@]}" --only-write-batch="$d/batch" "$N/" "$S/target/" > "$d/write.log" 2>&1 \
         || { put "$mr" note "rsync write-batch failed: $(tail -n1 "$d/write.log")"; return 0; }
+    # --only-write-batch leaves the target alone: the later runs write the same batch again
+    again rw : rsync "${opts[@]}" --only-write-batch="$d/batch" "$N/" "$S/target/"
     log "$C: zstd the batch"
     timed rz zstd -q -f "${ZSTD_LVL[@]}" -T0 "$d/batch" -o "$d/batch.zst"
+    again rz : zstd -q -f "${ZSTD_LVL[@]}" -T0 "$d/batch" -o "$d/batch.zst"
     timed rd zstd -q -f -d --long=27 "$d/batch.zst" -o "$d/batch.dec"
+    again rd : zstd -q -f -d --long=27 "$d/batch.zst" -o "$d/batch.dec"
     rm -f "$d/batch.dec"
     log "$C: rsync --read-batch onto a fresh copy of old"
     # --only-write-batch left $S/target untouched: it is still a fresh copy of old
     timed rr rsync "${opts[@]}" --read-batch="$d/batch" "$S/target/" > "$d/read.log" 2>&1 \
         || put "$mr" note "read-batch failed: $(tail -n1 "$d/read.log")"
+    again rr 'fresh_copy "$O" "$S/target"' rsync "${opts[@]}" --read-batch="$d/batch" "$S/target/"
+    put "$mr" note "wall times of $RUNS runs (median shown): write-batch ${T_rw_ALL} s, read-batch ${T_rr_ALL} s"
+    put "$mz" note "wall times of $RUNS runs (median shown): zstd ${T_rz_ALL} s, zstd -d ${T_rd_ALL} s"
     local v; v=$(verify "$N" "$S/target" "$d/verify.log")
     put "$mr" size "$(fsize "$d/batch")"
     put "$mr" build_s "$T_rw_S"; put "$mr" build_kib "$T_rw_KIB"

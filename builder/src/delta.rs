@@ -206,6 +206,33 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+        /// Random edits (overwrite, insert, delete, add to every k-th byte) of a random base:
+        /// the bsdiff patch applies back to exactly the edited bytes.
+        #[test]
+        fn bsdiff_roundtrips_random_edits(
+            seed in 0u64..1000,
+            len in 0usize..20_000,
+            edits in proptest::collection::vec((0u8..4, 0usize..20_000, 1usize..600, 1u8..255), 0..8),
+        ) {
+            let base = pseudo_random(len, seed);
+            let mut new = base.clone();
+            for (kind, at, n, v) in edits {
+                let at = at.min(new.len());
+                let end = (at + n).min(new.len());
+                match kind {
+                    0 => new[at..end].iter_mut().for_each(|b| *b = v),
+                    1 => { new.splice(at..at, pseudo_random(n, u64::from(v))); }
+                    2 => { new.drain(at..end); }
+                    _ => new[at..end].iter_mut().step_by(usize::from(v % 8) + 1).for_each(|b| *b = b.wrapping_add(v)),
+                }
+            }
+            let patch = bsdiff(&base, &new).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            proptest::prop_assert_eq!(bundle::bspatch::apply(&base, &patch, new.len() as u64), Ok(new));
+        }
+    }
+
     #[test]
     fn chunk_windows() {
         let c = 100;

@@ -127,11 +127,11 @@ pub const PATCH_GOOD_ENOUGH: u64 = 64;
 pub const PROBE_LEVEL: i32 = 3;
 /// A probed candidate is encoded at the full level if its probe is at most NUM/DEN of the best.
 const PROBE_MARGIN_NUM: u64 = 5;
+const PROBE_MARGIN_DEN: u64 = 4;
 /// A probe at least this many times smaller than its input is kept as it is: the full level would
 /// save a few hundred bytes at most, at the cost of indexing the whole base at the slow level
 /// (measured on the wheels corpus: compress phase 1.32 s -> 0.97 s, bundle +512 bytes, 0.17 %).
 const PROBE_ENOUGH: u64 = 1000;
-const PROBE_MARGIN_DEN: u64 = 4;
 
 struct Unit {
     job: usize,
