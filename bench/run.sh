@@ -123,14 +123,13 @@ again() {
 # longer for its first fsync (ferry's commit: 1.0 s right after a build, 4.4-5.5 s right after
 # `rm -rf` of the previous run's target), while rsync, which never syncs, did not. The trash is
 # emptied once, after everything is measured.
-TRASH_N=0
 trash() {
-    local p
+    local p t
     for p in "$@"; do
         [[ -e "$p" || -L "$p" ]] || continue
         mkdir -p "$SCR/trash"
-        TRASH_N=$((TRASH_N + 1))
-        mv "$p" "$SCR/trash/$$-$TRASH_N"
+        t=$(mktemp -d "$SCR/trash/t.XXXXXX")   # a fresh directory each time (also from subshells)
+        mv "$p" "$t/"
     done
 }
 
