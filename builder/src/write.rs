@@ -184,10 +184,6 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     // bsdiff patch (recompiling shifts addresses all over the file, which bsdiff encodes better
     // than a zstd patch). Plain zstd is skipped when the patch is already at least 64:1, bsdiff
     // (the slow one) when the patch is already at least PROBE_ENOUGH:1.
-    let bsdiff_ok = match &u.base {
-        Some((_, _, _, len)) => !u.chunked && data.starts_with(b"\x7fELF") && u.len <= BSDIFF_MAX && *len <= BSDIFF_MAX,
-        None => false,
-    };
     let mut bsdiff_raw: Option<Vec<u8>> = None;
     let encode = |method: &Method, level: i32, bsdiff_raw: &Option<Vec<u8>>| -> io::Result<Vec<u8>> {
         match method {
@@ -201,7 +197,8 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
         methods.push(Method::Patch { base: bp.clone(), offset: *off, len: *len });
     }
     methods.push(Method::Zstd);
-    if let (true, Some((bp, _, off, len))) = (bsdiff_ok, &u.base) {
+    let elf = !u.chunked && data.starts_with(b"\x7fELF") && u.len <= BSDIFF_MAX;
+    if let Some((bp, _, off, len)) = u.base.as_ref().filter(|b| elf && b.3 <= BSDIFF_MAX) {
         methods.push(Method::Bsdiff { base: bp.clone(), offset: *off, len: *len });
     }
     // With several candidates at a slow level, rank them first at PROBE_LEVEL (cheap) and spend
@@ -225,14 +222,13 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     }
     if !full_level_for_all {
         let best = cands.iter().map(|c| c.0.len() as u64).min().unwrap_or(0);
-        let contenders: Vec<Method> = cands
-            .iter()
-            .filter(|c| (c.0.len() as u64) * PROBE_MARGIN_DEN <= best * PROBE_MARGIN_NUM)
-            .map(|c| c.1.clone())
-            .collect();
         // A probe already this small cannot shrink by much in absolute terms: keep it.
         let keep_probe = best < PROBE_SMALL || best.saturating_mul(PROBE_ENOUGH) <= u.len;
-        let contenders = if keep_probe { Vec::new() } else { contenders };
+        let contenders: Vec<Method> = cands
+            .iter()
+            .filter(|c| !keep_probe && (c.0.len() as u64) * PROBE_MARGIN_DEN <= best * PROBE_MARGIN_NUM)
+            .map(|c| c.1.clone())
+            .collect();
         for m in contenders {
             cands.push((encode(&m, level, &bsdiff_raw).map_err(cerr)?, m));
         }
