@@ -279,7 +279,7 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         let mut first: Option<Instant> = None;
         let n = txn.head.manifest.script.len();
         let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
-        let mut c = commit::Commit { fresh, ..Default::default() };
+        let mut c = commit::Commit::new(fresh);
         // A failure here is handled as a failed step would be (Abort, then rollback).
         let mut res = commit::prepare(root, &mut txn, &mut c);
         for i in 0..if res.is_ok() { n } else { 0 } {

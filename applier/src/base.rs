@@ -11,7 +11,7 @@ use bundle::{BundlePath, Manifest, OldKind, Op};
 use rustix::fs::FileType;
 use std::collections::HashSet;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 /// BLAKE3 of a reader's content and its length.
 pub fn hash_reader(mut r: impl Read) -> std::io::Result<(bundle::Hash, u64)> {
@@ -34,15 +34,16 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<(bundle::Hash, u64)> {
 /// What is at a path now, in the manifest's terms; `Err` text describes an unusable path.
 pub fn observe(
     root: BorrowedFd<'_>,
+    dirs: &mut fsx::DirCache,
     p: &BundlePath,
     want_hash: bool,
 ) -> Result<Option<(OldKind, rustix::fs::Stat)>, String> {
-    let (dir, name) = match fsx::parent_of(root, p) {
+    let (dir, name) = match dirs.parent_of(root, p) {
         Ok(x) => x,
         Err(e) if fsx::errno(&e) == Some(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(format!("a parent directory is not a real directory ({e}); a planted symlink?")),
     };
-    let st = match fsx::lstat_at(dir.as_fd(), name) {
+    let st = match fsx::lstat_at(dir, name) {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(None),
         Err(e) => return Err(e.to_string()),
@@ -50,7 +51,7 @@ pub fn observe(
     let kind = match fsx::file_type(&st) {
         FileType::RegularFile => {
             let hash = if want_hash {
-                let f = fsx::open_file_at(dir.as_fd(), name).map_err(|e| e.to_string())?;
+                let f = fsx::open_file_at(dir, name).map_err(|e| e.to_string())?;
                 hash_reader(f).map_err(|e| e.to_string())?.0
             } else {
                 bundle::Hash::default()
@@ -58,9 +59,7 @@ pub fn observe(
             OldKind::File { size: st.st_size as u64, hash }
         }
         FileType::Directory => OldKind::Dir,
-        FileType::Symlink => {
-            OldKind::Symlink { target: fsx::readlink_at(dir.as_fd(), name).map_err(|e| e.to_string())? }
-        }
+        FileType::Symlink => OldKind::Symlink { target: fsx::readlink_at(dir, name).map_err(|e| e.to_string())? },
         FileType::Fifo => OldKind::Fifo,
         FileType::CharacterDevice => OldKind::CharDev { rdev: st.st_rdev },
         FileType::BlockDevice => OldKind::BlockDev { rdev: st.st_rdev },
@@ -85,7 +84,10 @@ pub fn check(
     let mut drift = Vec::new();
     let mut kept = Vec::new();
     // Observing hashes every OLD file the bundle touches: the slow part, done in parallel.
-    let seen = crate::par::map(&m.old, |o| observe(root, &o.path, matches!(o.kind, OldKind::File { .. })));
+    let seen = crate::par::map_with(&m.old, fsx::DirCache::default, |dirs, o| {
+        observe(root, dirs, &o.path, matches!(o.kind, OldKind::File { .. }))
+    });
+    let mut dirs = fsx::DirCache::default();
     for (o, seen) in m.old.iter().zip(seen) {
         match seen {
             Err(why) => drift.push(describe(&o.path, &why)),
@@ -115,7 +117,7 @@ pub fn check(
         // A path whose parent the script creates cannot exist yet: the parent is checked itself.
         let parent_created = s.path.parent().is_some_and(|p| created.contains(&p));
         if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() && !parent_created {
-            match observe(root, &s.path, false) {
+            match observe(root, &mut dirs, &s.path, false) {
                 Ok(None) => {}
                 Ok(Some((k, _))) => {
                     drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name())))
@@ -125,14 +127,14 @@ pub fn check(
         }
         // Untouched parents must be real directories now.
         if let Some(parent) = s.path.parent() {
-            if !created.contains(&parent) && fsx::open_dir_beneath(root, Some(&parent)).is_err() {
+            if !created.contains(&parent) && dirs.dir(root, Some(&parent)).is_err() {
                 drift.push(describe(
                     &s.path,
                     &format!("parent {parent} is not a real directory (missing, or a symlink)"),
                 ));
             }
         }
-        if s.op == Op::DirMeta && !created.contains(&s.path) && fsx::open_dir_beneath(root, Some(&s.path)).is_err() {
+        if s.op == Op::DirMeta && !created.contains(&s.path) && dirs.dir(root, Some(&s.path)).is_err() {
             drift.push(describe(&s.path, "expected a directory"));
         }
     }
@@ -141,8 +143,8 @@ pub fn check(
     for o in m.old.iter().filter(|o| {
         matches!(o.kind, OldKind::Dir) && m.entry(&o.path).is_none_or(|e| !matches!(e.kind, bundle::Kind::Dir))
     }) {
-        if let Ok(d) = fsx::open_dir_beneath(root, Some(&o.path)) {
-            if let Ok(names) = fsx::list_dir(d.as_fd()) {
+        if let Ok(d) = dirs.dir(root, Some(&o.path)) {
+            if let Ok(names) = fsx::list_dir(d) {
                 for n in names {
                     let listed = o.path.join(&n).ok().is_some_and(|c| m.old_entry(&c).is_some());
                     if !listed {

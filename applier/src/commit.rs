@@ -44,56 +44,24 @@ fn new_type(k: &Kind) -> &'static str {
     }
 }
 
-/// Open directory handles of the commit, by path, so that each step costs one `openat` per
-/// new directory rather than one per path component: the commit window is renames, not lookups.
-/// A handle stays valid while its directory is not moved; steps that move a path forget every
-/// handle at or under it first.
-#[derive(Default)]
-pub struct DirCache {
-    root: Option<std::os::fd::OwnedFd>,
-    dirs: std::collections::HashMap<BundlePath, std::os::fd::OwnedFd>,
-}
-
-impl DirCache {
-    /// The parent directory of `p` (resolved beneath `root` without following symlinks).
-    fn parent(&mut self, root: BorrowedFd<'_>, p: &BundlePath) -> std::io::Result<BorrowedFd<'_>> {
-        match p.parent() {
-            None => {
-                if self.root.is_none() {
-                    self.root = Some(fsx::open_dir_beneath(root, None)?);
-                }
-                self.root.as_ref().map(|f| f.as_fd()).ok_or_else(|| std::io::Error::other("no root handle"))
-            }
-            Some(d) => self.dir(root, d),
-        }
-    }
-
-    fn dir(&mut self, root: BorrowedFd<'_>, d: BundlePath) -> std::io::Result<BorrowedFd<'_>> {
-        if !self.dirs.contains_key(&d) {
-            let fd = fsx::open_dir_at(self.parent(root, &d)?, d.file_name())?;
-            self.dirs.insert(d.clone(), fd);
-        }
-        self.dirs.get(&d).map(|f| f.as_fd()).ok_or_else(|| std::io::Error::other("no directory handle"))
-    }
-
-    fn forget(&mut self, p: &BundlePath) {
-        // Handles under `p` exist only if `p`'s own handle does (every lookup caches each
-        // ancestor on its way), so most steps cost one hash lookup here.
-        if self.dirs.remove(p).is_some() {
-            self.dirs.retain(|k, _| !k.is_under(p));
-        }
-    }
-}
+/// Directory handles the commit keeps open: it runs on one thread, and its steps come in script
+/// order rather than path order, so it keeps more than a parallel phase's [`fsx::DIR_CACHE_MAX`].
+pub const COMMIT_DIR_CACHE: usize = 256;
 
 /// State of one commit run.
-#[derive(Default)]
 pub struct Commit {
-    pub dirs: DirCache,
+    pub dirs: fsx::DirCache,
     /// This run journaled `Staged` itself, so no step of the transaction has run yet: steps skip
     /// the checks that detect an earlier run's work (bundle-format.md §10.3). False on resume.
     pub fresh: bool,
     /// Facts of each `Place` step worked out by [`prepare`], taken by the step.
     pub facts: Vec<Option<Facts>>,
+}
+
+impl Commit {
+    pub fn new(fresh: bool) -> Commit {
+        Commit { dirs: fsx::DirCache::new(COMMIT_DIR_CACHE), fresh, facts: Vec::new() }
+    }
 }
 
 /// Everything a `Place` step (forward or reverse) needs to know about its path, from the
@@ -126,7 +94,7 @@ fn facts(root: BorrowedFd<'_>, txn: &mut Txn, p: &BundlePath) -> Result<Facts> {
         Some(ids) => Some(*ids.get(ei).ok_or_else(|| Error::Internal(format!("{p}: no staged identity")))?),
         None => None,
     };
-    let dev = txn.work_for(root, p, false)?.dev;
+    let dev = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?.dev;
     let work =
         txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
     Ok(Facts { new_type, old_type, kept, sname: staged_name(ei), exchange, id, work })
@@ -178,7 +146,7 @@ pub fn staged_ids(root: BorrowedFd<'_>, txn: &mut Txn) -> Result<Vec<(u64, u64)>
     let places: Vec<BundlePath> = m.script.iter().filter(|s| s.op == Op::Place).map(|s| s.path.clone()).collect();
     for p in &places {
         let ei = entry_index(&txn.head.manifest, p)?;
-        let w = txn.work_for(root, p, false)?;
+        let w = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?;
         if let Some(st) = fsx::lstat_at(w.stage.as_fd(), &staged_name(ei)).ctx("stat staged", p)? {
             #[allow(clippy::unnecessary_cast)]
             let id = (st.st_dev as u64, st.st_ino as u64);
@@ -197,7 +165,7 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &
     if matches!(step.op, Op::Place | Op::Delete) {
         c.dirs.forget(p);
     }
-    let dir = match c.dirs.parent(root, p) {
+    let dir = match c.dirs.dir(root, p.parent().as_ref()) {
         Ok(x) => x,
         // A deleted path whose parent was already moved out by an earlier run: done.
         Err(e)
@@ -306,7 +274,7 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &
         }
         Op::Delete => {
             if cur()?.is_some() {
-                let w = txn.work_for(root, p, false)?;
+                let w = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?;
                 fsx::rename_noreplace(dir, name, w.backup.as_fd(), &backup_name(i)).ctx("move out of the tree", p)?;
                 return Ok(true);
             }
@@ -385,7 +353,7 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             }
         }
         Op::Delete => {
-            let w = txn.work_for(root, p, false)?;
+            let w = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?;
             let bname = backup_name(i);
             if cur.is_none() && fsx::lstat_at(w.backup.as_fd(), &bname).ctx("stat backup", p)?.is_some() {
                 fsx::rename_noreplace(w.backup.as_fd(), &bname, dir, name).ctx("restore", p)?;
@@ -412,8 +380,9 @@ pub fn restore_dir_meta(root: BorrowedFd<'_>, old_meta: &OldMeta, owners: bool) 
 /// Record the current metadata of every existing path a step touches.
 pub fn capture_old_meta(root: BorrowedFd<'_>, m: &Manifest) -> OldMeta {
     let mut out = OldMeta::new();
+    let mut dirs = fsx::DirCache::default();
     for s in &m.script {
-        if let Ok(Some(st)) = fsx::lstat(root, &s.path) {
+        if let Ok(Some(st)) = dirs.lstat(root, &s.path) {
             out.insert(s.path.clone(), fsx::meta_of(&st));
         }
     }

@@ -59,6 +59,88 @@ pub fn lstat(root: BorrowedFd<'_>, path: &BundlePath) -> io::Result<Option<Stat>
     }
 }
 
+/// Handles a [`DirCache`] keeps by default before it evicts all but one path's ancestors. A
+/// target's soft `RLIMIT_NOFILE` is often 1024, a bundle may touch far more directories than
+/// that, and the applier's parallel phases give each thread its own cache (up to 8 threads): a
+/// cache holds at most its bound plus the ancestors of one path. Lookups come mostly in path
+/// order, so a small cache already reuses almost every handle.
+pub const DIR_CACHE_MAX: usize = 64;
+
+/// Directory handles beneath the target root by path, each resolved once (component by component
+/// with `O_NOFOLLOW`, as [`open_dir_beneath`]) and reused, so that a lookup costs one `openat`
+/// per directory not yet seen rather than one per path component, with a bounded number of
+/// handles open ([`DirCache::new`]). A handle stays the directory it was resolved to: whoever
+/// moves or removes a directory through other handles (the commit) calls [`DirCache::forget`] on
+/// its path first. Failed lookups are not cached.
+pub struct DirCache {
+    max: usize,
+    root: Option<OwnedFd>,
+    dirs: std::collections::HashMap<BundlePath, OwnedFd>,
+}
+
+impl Default for DirCache {
+    fn default() -> DirCache {
+        DirCache::new(DIR_CACHE_MAX)
+    }
+}
+
+impl DirCache {
+    /// A cache that keeps up to about `max` handles open.
+    pub fn new(max: usize) -> DirCache {
+        DirCache { max, root: None, dirs: std::collections::HashMap::new() }
+    }
+
+    /// The directory `d` (the root for `None`), resolved beneath `root`.
+    pub fn dir(&mut self, root: BorrowedFd<'_>, d: Option<&BundlePath>) -> io::Result<BorrowedFd<'_>> {
+        let Some(d) = d else {
+            if self.root.is_none() {
+                self.root = Some(open_dir_beneath(root, None)?);
+            }
+            return self.root.as_ref().map(|f| f.as_fd()).ok_or_else(|| io::Error::other("no root handle"));
+        };
+        if !self.dirs.contains_key(d) {
+            // When full, keep only `d`'s ancestors (lookups come in path order, so they are
+            // what the next lookups need). Done before the ancestors are looked up, never
+            // between: a cached directory's parent is always cached too, which `forget` relies
+            // on, and the kept ancestors are a chain from the root.
+            if self.dirs.len() >= self.max {
+                self.dirs.retain(|k, _| d.is_under(k));
+            }
+            let fd = open_dir_at(self.dir(root, d.parent().as_ref())?, d.file_name())?;
+            self.dirs.insert(d.clone(), fd);
+        }
+        self.dirs.get(d).map(|f| f.as_fd()).ok_or_else(|| io::Error::other("no directory handle"))
+    }
+
+    /// The parent directory of `path` and the last component (as [`parent_of`]).
+    pub fn parent_of<'p>(
+        &mut self,
+        root: BorrowedFd<'_>,
+        path: &'p BundlePath,
+    ) -> io::Result<(BorrowedFd<'_>, &'p [u8])> {
+        Ok((self.dir(root, path.parent().as_ref())?, path.file_name()))
+    }
+
+    /// lstat of a bundle path, as [`lstat`].
+    pub fn lstat(&mut self, root: BorrowedFd<'_>, path: &BundlePath) -> io::Result<Option<Stat>> {
+        match self.parent_of(root, path) {
+            Ok((d, n)) => lstat_at(d, n),
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drop the handles of `p` and of everything under it (before `p` is moved or removed).
+    pub fn forget(&mut self, p: &BundlePath) {
+        // Handles under `p` exist only if `p`'s own handle does (every lookup caches each
+        // ancestor on its way, and the cache is only ever emptied as a whole), so most calls
+        // cost one hash lookup.
+        if self.dirs.remove(p).is_some() {
+            self.dirs.retain(|k, _| !k.is_under(p));
+        }
+    }
+}
+
 pub fn file_type(s: &Stat) -> FileType {
     FileType::from_raw_mode(s.st_mode)
 }
@@ -276,4 +358,53 @@ pub fn keeping_mtime<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> io::Result<T>) 
         rfs::futimens(dir, &Timestamps { last_access: t, last_modification: t })?;
     }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bp(s: &str) -> BundlePath {
+        BundlePath::new(s.as_bytes().to_vec()).expect("path")
+    }
+
+    #[test]
+    fn dir_cache_stays_bounded_and_keeps_parents() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let n = DIR_CACHE_MAX + 40;
+        for i in 0..n {
+            std::fs::create_dir_all(t.path().join(format!("a/b/d{i:04}/e"))).expect("mkdir");
+        }
+        let root = open_dir_path(t.path()).expect("root");
+        let mut c = DirCache::default();
+        for i in 0..n {
+            let p = bp(&format!("a/b/d{i:04}/e/f"));
+            let (_, name) = c.parent_of(root.as_fd(), &p).expect("parent");
+            assert_eq!(name, b"f");
+            assert!(c.dirs.len() <= DIR_CACHE_MAX + 3, "{} handles after {i} lookups", c.dirs.len());
+            // Every cached directory's parent is cached (what `forget` relies on).
+            for k in c.dirs.keys() {
+                if let Some(parent) = k.parent() {
+                    assert!(c.dirs.contains_key(&parent), "{k} cached without {parent}");
+                }
+            }
+        }
+        // Forgetting a directory drops every handle under it.
+        c.forget(&bp("a/b"));
+        assert!(c.dirs.keys().all(|k| k == &bp("a")), "{:?}", c.dirs.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn dir_cache_never_follows_a_symlink() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(outside.path().join("x")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), t.path().join("link")).expect("symlink");
+        let root = open_dir_path(t.path()).expect("root");
+        let mut c = DirCache::default();
+        assert!(c.dir(root.as_fd(), Some(&bp("link"))).is_err());
+        assert!(c.parent_of(root.as_fd(), &bp("link/x/f")).is_err());
+        assert!(c.dirs.is_empty(), "a failed lookup is not cached");
+        assert!(c.lstat(root.as_fd(), &bp("missing/f")).expect("lstat").is_none());
+    }
 }

@@ -11,10 +11,21 @@ const MAX_THREADS: usize = 8;
 /// `f` applied to every item, in item order, on up to [`MAX_THREADS`] threads (one when there is
 /// one core or one item). A panic in `f` propagates to the caller, as it would sequentially.
 pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_with(items, || (), |_, x| f(x))
+}
+
+/// [`map`] where each thread first makes its own state with `init` (a cache of directory
+/// handles, say) and `f` gets it with every item that thread takes.
+pub fn map_with<T: Sync, S, R: Send>(
+    items: &[T],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = cores.min(MAX_THREADS).min(items.len());
     if threads <= 1 {
-        return items.iter().map(f).collect();
+        let mut s = init();
+        return items.iter().map(|x| f(&mut s, x)).collect();
     }
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
@@ -22,10 +33,11 @@ pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
+                    let mut state = init();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(i) else { break };
-                        out.push((i, f(item)));
+                        out.push((i, f(&mut state, item)));
                     }
                     out
                 })

@@ -64,9 +64,10 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         refusal = Some(Error::Drift(drifted.clone()));
     }
     let mut per: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+    let mut dirs = crate::fsx::DirCache::default();
     for i in stage::placed_entries(m) {
         let e = &m.entries[i];
-        let key = txn::dev_of_parent(root.as_fd(), &e.path)?;
+        let key = txn::dev_of_parent(root.as_fd(), &mut dirs, &e.path)?;
         let size = match &e.kind {
             bundle::Kind::File { size, .. } => *size,
             _ => 0,

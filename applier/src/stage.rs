@@ -65,8 +65,9 @@ pub fn stage(
     let placed = placed_entries(&m);
     let mut rep = StageReport::default();
     let mut work_of: HashMap<usize, usize> = HashMap::new();
+    let mut dirs = fsx::DirCache::default();
     for &i in &placed {
-        let dev = txn.work_for(root, &m.entries[i].path, true)?.dev;
+        let dev = txn.work_for(root, &mut dirs, &m.entries[i].path, true)?.dev;
         let w = txn
             .works
             .iter()
@@ -77,7 +78,7 @@ pub fn stage(
     // A deletion moves the OLD entry into the backup area of its filesystem: create (and journal)
     // that work directory now too, or a bundle that only deletes there has none at commit time.
     for s in m.script.iter().filter(|s| s.op == Op::Delete) {
-        txn.work_for(root, &s.path, true)?;
+        txn.work_for(root, &mut dirs, &s.path, true)?;
     }
     fn stage_fd<'t>(txn: &'t Txn, work_of: &HashMap<usize, usize>, i: usize) -> Result<BorrowedFd<'t>> {
         let w = work_of.get(&i).ok_or_else(|| Error::Internal(format!("entry {i} has no work directory")))?;
@@ -182,19 +183,22 @@ pub fn stage(
             let tx = tx;
             if threads > 1 {
                 for _ in 0..threads {
-                    sc.spawn(|| loop {
-                        let job = match rx.lock() {
-                            Ok(q) => q.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
-                        match ctx.decode(&job.bytes[..], job.fi, &job.targets) {
-                            Ok(n) => {
-                                decoded_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                if let Ok(mut f) = failed.lock() {
-                                    f.push((job.fi, e));
+                    sc.spawn(|| {
+                        let mut dirs = fsx::DirCache::default();
+                        loop {
+                            let job = match rx.lock() {
+                                Ok(q) => q.recv(),
+                                Err(_) => return,
+                            };
+                            let Ok(job) = job else { return };
+                            match ctx.decode(&mut dirs, &job.bytes[..], job.fi, &job.targets) {
+                                Ok(n) => {
+                                    decoded_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    if let Ok(mut f) = failed.lock() {
+                                        f.push((job.fi, e));
+                                    }
                                 }
                             }
                         }
@@ -228,7 +232,7 @@ pub fn stage(
                         tx.send(FrameJob { fi, bytes, targets: t })
                             .map_err(|_| Error::Internal("frame decoders stopped".into()))?;
                     } else {
-                        let n = ctx.decode(&mut fr, fi, &t)?;
+                        let n = ctx.decode(&mut dirs, &mut fr, fi, &t)?;
                         decoded_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         fr.finish().map_err(|e| crate::source::explain(e.into()))?;
                     }
@@ -269,8 +273,8 @@ pub fn stage(
                 written.push(i);
             }
             Kind::File { content: Content::Copy { from }, .. } => {
-                let (d, n) = fsx::parent_of(root, from).ctx("open copy source", from)?;
-                let mut src = fsx::open_file_at(d.as_fd(), n).ctx("open copy source", from)?;
+                let (d, n) = dirs.parent_of(root, from).ctx("open copy source", from)?;
+                let mut src = fsx::open_file_at(d, n).ctx("open copy source", from)?;
                 let mut dst = fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
                 rep.bytes += std::io::copy(&mut src, &mut dst).ctx("copy", &e.path)?;
                 written.push(i);
@@ -382,11 +386,17 @@ impl FrameCtx<'_> {
     /// Decode frame `fi` from `src` into its pieces' staged files. Patch and bsdiff frames hold
     /// one piece; the base is read from the live OLD file. A bsdiff frame decodes (plain zstd,
     /// bounded) to a patch applied afterwards. Returns the bytes written.
-    fn decode<R: Read>(&self, src: R, fi: usize, t: &[(u64, u64, u64, usize)]) -> Result<u64> {
+    fn decode<R: Read>(
+        &self,
+        dirs: &mut fsx::DirCache,
+        src: R,
+        fi: usize,
+        t: &[(u64, u64, u64, usize)],
+    ) -> Result<u64> {
         let f = &self.m.frames[fi];
         let method = self.method(fi, t);
         let base = match method.as_ref().and_then(base_window) {
-            Some((b, off, len)) => Some(read_base(self.root, b, off, len, self.limits)?),
+            Some((b, off, len)) => Some(read_base(self.root, dirs, b, off, len, self.limits)?),
             None => None,
         };
         let is_bsdiff = matches!(method, Some(Method::Bsdiff { .. }));
@@ -466,6 +476,7 @@ fn base_window(m: &Method) -> Option<(&bundle::BundlePath, u64, u64)> {
 
 fn read_base(
     root: BorrowedFd<'_>,
+    dirs: &mut fsx::DirCache,
     base: &bundle::BundlePath,
     offset: u64,
     len: u64,
@@ -479,8 +490,8 @@ fn read_base(
         }
         .into());
     }
-    let (d, n) = fsx::parent_of(root, base).ctx("open delta base", base)?;
-    let f = fsx::open_file_at(d.as_fd(), n).ctx("open delta base", base)?;
+    let (d, n) = dirs.parent_of(root, base).ctx("open delta base", base)?;
+    let f = fsx::open_file_at(d, n).ctx("open delta base", base)?;
     let mut v = vec![0u8; len as usize];
     f.read_exact_at(&mut v, offset).ctx("read delta base", base)?;
     Ok(v)

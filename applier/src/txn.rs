@@ -211,15 +211,22 @@ impl Txn {
 
     /// The work directory for objects that will live in `path`'s parent directory, created (and
     /// journaled) on first use. The filesystem is that of the nearest existing ancestor.
-    pub fn work_for(&mut self, root: BorrowedFd<'_>, path: &BundlePath, create: bool) -> Result<&Work> {
+    /// `dirs` resolves the directories looked at (the caller's cache: see [`fsx::DirCache`]).
+    pub fn work_for(
+        &mut self,
+        root: BorrowedFd<'_>,
+        dirs: &mut fsx::DirCache,
+        path: &BundlePath,
+        create: bool,
+    ) -> Result<&Work> {
         let parent = path.parent();
         let dev = match self.mounts.get(&parent) {
             Some(d) => *d,
             None => {
-                let d = dev_of_parent(root, path)?;
+                let d = dev_of_parent(root, dirs, path)?;
                 // Only remember directories that exist (a missing one is looked up again once
                 // a step has created it).
-                if parent.as_ref().is_none_or(|p| fsx::open_dir_beneath(root, Some(p)).is_ok()) {
+                if parent.as_ref().is_none_or(|p| dirs.dir(root, Some(p)).is_ok()) {
                     self.mounts.insert(parent, d);
                 }
                 d
@@ -303,11 +310,11 @@ fn open_work(dev: u64, base: BorrowedFd<'_>, create: bool) -> Result<Work> {
 
 /// Mount ([`fsx::mount_key`]) of the nearest existing ancestor directory of `path` (new directories are created on
 /// their parent's filesystem).
-pub fn dev_of_parent(root: BorrowedFd<'_>, path: &BundlePath) -> Result<u64> {
+pub fn dev_of_parent(root: BorrowedFd<'_>, dirs: &mut fsx::DirCache, path: &BundlePath) -> Result<u64> {
     let mut anc = path.ancestors();
     while let Some(a) = anc.pop() {
-        if let Ok(d) = fsx::open_dir_beneath(root, Some(&a)) {
-            return fsx::mount_key(d.as_fd()).ctx("stat", &a);
+        if let Ok(d) = dirs.dir(root, Some(&a)) {
+            return fsx::mount_key(d).ctx("stat", &a);
         }
     }
     fsx::mount_key(root).ctx("stat", "target root")

@@ -371,6 +371,37 @@ fn file_size_limit_while_staging_leaves_target_unchanged() {
 }
 
 #[test]
+fn many_directories_under_a_low_open_file_limit() {
+    // A bundle that touches more directories than the applier may hold open: with a soft
+    // RLIMIT_NOFILE of 512 (a default soft limit is 1024), 700 directories each with a changed
+    // file must still stage, commit and verify (the applier's directory handle caches are bounded).
+    let d = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    for i in 0..700 {
+        for (root, text) in [(&old, "old"), (&new, "new")] {
+            let dir = root.join(format!("d{:02}/s{i:03}", i % 10));
+            fs::create_dir_all(&dir).expect("mkdir");
+            fs::write(dir.join("f"), format!("{text} {i}\n")).expect("write");
+        }
+    }
+    let (secret, public) = keygen(d.path(), "k");
+    let bundle = d.path().join("b.ferry");
+    build(Some(&old), &new, &secret, 2, &bundle, &[]);
+    let t = d.path().join("t");
+    copy_tree(&old, &t);
+    let script = format!(
+        "ulimit -n 512 && exec {} -q apply {} --target {} --trust {}",
+        bin("ferry-apply").display(),
+        bundle.display(),
+        t.display(),
+        public.display()
+    );
+    let o = Command::new("bash").arg("-c").arg(&script).output().expect("bash");
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(&snapshot(&t, false), &snapshot(&new, false), "applied under RLIMIT_NOFILE 512");
+}
+
+#[test]
 fn read_only_mount_during_commit_leaves_target_unchanged() {
     let w = world();
     let t = w.fresh_target("t");

@@ -24,6 +24,8 @@ fn trees() -> Trees {
         fs::create_dir_all(t.join("etc")).expect("mkdir");
         fs::create_dir_all(t.join("bin")).expect("mkdir");
         fs::write(t.join("bin/untouched"), "same in both\n").expect("w");
+        // The same mtime too (two writes can straddle a clock tick): untouched by the bundle.
+        set_mtime(&t.join("bin/untouched"), 1_700_000_000);
     }
     fs::write(old.join("etc/app.conf"), "port = 1\n").expect("w");
     fs::write(new.join("etc/app.conf"), "port = 2\n").expect("w");
