@@ -44,9 +44,14 @@ fn new_type(k: &Kind) -> &'static str {
     }
 }
 
-/// Directory handles the commit keeps open: it runs on one thread, and its steps come in script
-/// order rather than path order, so it keeps more than a parallel phase's [`fsx::DIR_CACHE_MAX`].
-pub const COMMIT_DIR_CACHE: usize = 256;
+/// Directory handles the commit keeps open: half the process's soft `RLIMIT_NOFILE` (512 under
+/// the common default of 1024), at least [`fsx::DIR_CACHE_MAX`]. The commit runs on one thread
+/// and passes over the tree twice (renames, then directory metadata), so the more of the touched
+/// directories stay open, the fewer lookups fall inside the commit window.
+pub fn commit_dir_cache() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    usize::try_from(soft / 2).unwrap_or(usize::MAX).clamp(fsx::DIR_CACHE_MAX, 1 << 16)
+}
 
 /// State of one commit run.
 pub struct Commit {
@@ -60,7 +65,7 @@ pub struct Commit {
 
 impl Commit {
     pub fn new(fresh: bool) -> Commit {
-        Commit { dirs: fsx::DirCache::new(COMMIT_DIR_CACHE), fresh, facts: Vec::new() }
+        Commit { dirs: fsx::DirCache::new(commit_dir_cache()), fresh, facts: Vec::new() }
     }
 }
 
