@@ -88,7 +88,7 @@ pub struct Facts {
     work: usize,
 }
 
-fn facts(root: BorrowedFd<'_>, txn: &mut Txn, p: &BundlePath) -> Result<Facts> {
+fn facts(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, p: &BundlePath) -> Result<Facts> {
     let m = &txn.head.manifest;
     let ei = entry_index(m, p)?;
     let new_type = new_type(&m.entries[ei].kind);
@@ -99,7 +99,7 @@ fn facts(root: BorrowedFd<'_>, txn: &mut Txn, p: &BundlePath) -> Result<Facts> {
         Some(ids) => Some(*ids.get(ei).ok_or_else(|| Error::Internal(format!("{p}: no staged identity")))?),
         None => None,
     };
-    let dev = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?.dev;
+    let dev = txn.work_for(root, dirs, p, false)?.dev;
     let work =
         txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
     Ok(Facts { new_type, old_type, kept, sname: staged_name(ei), exchange, id, work })
@@ -119,7 +119,7 @@ pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()
         .collect();
     c.facts = (0..txn.head.manifest.script.len()).map(|_| None).collect();
     for (i, p) in places {
-        c.facts[i] = Some(facts(root, txn, &p)?);
+        c.facts[i] = Some(facts(root, txn, &mut c.dirs, &p)?);
     }
     Ok(())
 }
@@ -198,7 +198,7 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &
         Op::Place => {
             let f = match c.facts.get_mut(i).and_then(Option::take) {
                 Some(f) => f,
-                None => facts(root, txn, p)?,
+                None => facts(root, txn, &mut fsx::DirCache::default(), p)?,
             };
             let Facts { new_type, old_type, kept, sname, exchange, id, work } = f;
             let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
@@ -309,7 +309,8 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
             }
         }
         Op::Place => {
-            let Facts { new_type, old_type, kept, sname, exchange, id, work } = facts(root, txn, p)?;
+            let Facts { new_type, old_type, kept, sname, exchange, id, work } =
+                facts(root, txn, &mut fsx::DirCache::default(), p)?;
             let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
             let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
             if kept {

@@ -27,6 +27,9 @@ pub fn map_with<T: Sync, S, R: Send>(
         let mut s = init();
         return items.iter().map(|x| f(&mut s, x)).collect();
     }
+    // Threads claim runs of neighbouring items (paths in order share directories, so a thread's
+    // cache of directory handles serves the whole run), small enough to keep the threads busy.
+    let chunk = (items.len() / (threads * 8)).clamp(1, 64);
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, R)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
@@ -35,9 +38,13 @@ pub fn map_with<T: Sync, S, R: Send>(
                     let mut out = Vec::new();
                     let mut state = init();
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        out.push((i, f(&mut state, item)));
+                        let start = next.fetch_add(chunk, Ordering::Relaxed);
+                        if start >= items.len() {
+                            break;
+                        }
+                        for (i, item) in items.iter().enumerate().skip(start).take(chunk) {
+                            out.push((i, f(&mut state, item)));
+                        }
                     }
                     out
                 })
