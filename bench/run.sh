@@ -117,9 +117,10 @@ again() {
     printf -v "$k" '%s' "$kib"
 }
 
-# trash PATH... : move PATHs aside into $SCR/trash (a rename) instead of deleting them. Deleting a
-# tree frees its blocks, and on a filesystem mounted with `discard` (the reference machine's) the
-# disk then works through the discards for minutes: every apply timed in that window waited 3-5x
+# trash PATH... : move PATHs aside into $SCR/trash (a rename) instead of deleting them. After a
+# deleted tree, ext4's inode allocator skips the recently freed inodes for minutes (perf:
+# ext4_create -> find_inode_bit -> recently_deleted), and on a filesystem mounted with `discard`
+# (the reference machine's) the disk works through the discards: every apply timed then waited 3-5x
 # longer for its first fsync (ferry's commit: 1.0 s right after a build, 4.4-5.5 s right after
 # `rm -rf` of the previous run's target), while rsync, which never syncs, did not. The trash is
 # emptied once, after everything is measured.
