@@ -149,9 +149,10 @@ pub fn staged_ids(root: BorrowedFd<'_>, txn: &mut Txn) -> Result<Vec<(u64, u64)>
     let m = &txn.head.manifest;
     let mut ids = vec![(0u64, 0u64); m.entries.len()];
     let places: Vec<BundlePath> = m.script.iter().filter(|s| s.op == Op::Place).map(|s| s.path.clone()).collect();
+    let mut dirs = fsx::DirCache::default();
     for p in &places {
         let ei = entry_index(&txn.head.manifest, p)?;
-        let w = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?;
+        let w = txn.work_for(root, &mut dirs, p, false)?;
         if let Some(st) = fsx::lstat_at(w.stage.as_fd(), &staged_name(ei)).ctx("stat staged", p)? {
             #[allow(clippy::unnecessary_cast)]
             let id = (st.st_dev as u64, st.st_ino as u64);
