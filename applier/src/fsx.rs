@@ -49,16 +49,6 @@ pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Stat>> {
     }
 }
 
-/// lstat of a bundle path; `None` if it or a parent does not exist. A parent that is not a real
-/// directory (a planted symlink) is an error.
-pub fn lstat(root: BorrowedFd<'_>, path: &BundlePath) -> io::Result<Option<Stat>> {
-    match parent_of(root, path) {
-        Ok((d, n)) => lstat_at(d.as_fd(), n),
-        Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Handles a [`DirCache`] keeps by default before it evicts all but one path's ancestors. A
 /// target's soft `RLIMIT_NOFILE` is often 1024, a bundle may touch far more directories than
 /// that, and the applier's parallel phases give each thread its own cache (up to 8 threads): a
@@ -121,7 +111,8 @@ impl DirCache {
         Ok((self.dir(root, path.parent().as_ref())?, path.file_name()))
     }
 
-    /// lstat of a bundle path, as [`lstat`].
+    /// lstat of a bundle path; `None` if it or a parent does not exist. A parent that is not a
+    /// real directory (a planted symlink) is an error.
     pub fn lstat(&mut self, root: BorrowedFd<'_>, path: &BundlePath) -> io::Result<Option<Stat>> {
         match self.parent_of(root, path) {
             Ok((d, n)) => lstat_at(d, n),
@@ -133,8 +124,8 @@ impl DirCache {
     /// Drop the handles of `p` and of everything under it (before `p` is moved or removed).
     pub fn forget(&mut self, p: &BundlePath) {
         // Handles under `p` exist only if `p`'s own handle does (every lookup caches each
-        // ancestor on its way, and the cache is only ever emptied as a whole), so most calls
-        // cost one hash lookup.
+        // ancestor on its way, and eviction keeps a chain of ancestors), so most calls cost one
+        // hash lookup.
         if self.dirs.remove(p).is_some() {
             self.dirs.retain(|k, _| !k.is_under(p));
         }

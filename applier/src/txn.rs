@@ -223,10 +223,10 @@ impl Txn {
         let dev = match self.mounts.get(&parent) {
             Some(d) => *d,
             None => {
-                let d = dev_of_parent(root, dirs, path)?;
+                let (d, parent_exists) = nearest_dir_dev(root, dirs, path)?;
                 // Only remember directories that exist (a missing one is looked up again once
                 // a step has created it).
-                if parent.as_ref().is_none_or(|p| dirs.dir(root, Some(p)).is_ok()) {
+                if parent_exists {
                     self.mounts.insert(parent, d);
                 }
                 d
@@ -311,13 +311,20 @@ fn open_work(dev: u64, base: BorrowedFd<'_>, create: bool) -> Result<Work> {
 /// Mount ([`fsx::mount_key`]) of the nearest existing ancestor directory of `path` (new directories are created on
 /// their parent's filesystem).
 pub fn dev_of_parent(root: BorrowedFd<'_>, dirs: &mut fsx::DirCache, path: &BundlePath) -> Result<u64> {
+    Ok(nearest_dir_dev(root, dirs, path)?.0)
+}
+
+/// [`dev_of_parent`], and whether that nearest existing ancestor is `path`'s parent itself.
+fn nearest_dir_dev(root: BorrowedFd<'_>, dirs: &mut fsx::DirCache, path: &BundlePath) -> Result<(u64, bool)> {
     let mut anc = path.ancestors();
+    let mut parent = true;
     while let Some(a) = anc.pop() {
         if let Ok(d) = dirs.dir(root, Some(&a)) {
-            return fsx::mount_key(d).ctx("stat", &a);
+            return Ok((fsx::mount_key(d).ctx("stat", &a)?, parent));
         }
+        parent = false;
     }
-    fsx::mount_key(root).ctx("stat", "target root")
+    Ok((fsx::mount_key(root).ctx("stat", "target root")?, parent))
 }
 
 /// Staged object name of NEW entry `i`.
