@@ -5,7 +5,7 @@
 use crate::commit::{self, OldMeta};
 use crate::error::{Ctx, Error, Result};
 use crate::journal::Record;
-use crate::state::{self, Paths, State};
+use crate::state::{self, Dir, State};
 use crate::txn::Txn;
 use crate::verify::{self, Head};
 use crate::{fsx, hooks, stage};
@@ -57,28 +57,40 @@ pub struct Report {
     pub conffiles_kept: Vec<String>,
 }
 
-/// An open, locked target.
+/// An open, locked target with its checked state directory.
 pub struct Target {
     pub root: OwnedFd,
-    pub paths: Paths,
+    pub state: Dir,
     pub owners: bool,
-    _lock: File,
+    _lock: (File, OwnedFd),
 }
 
-pub fn state_paths(o: &Options) -> Paths {
-    Paths::new(o.state_dir.clone().unwrap_or_else(|| o.target.join(".ferry")))
+/// Where the state directory is: `--state-dir`, or `TARGET/.ferry`.
+pub fn state_path(o: &Options) -> PathBuf {
+    o.state_dir.clone().unwrap_or_else(|| o.target.join(".ferry"))
 }
 
+/// Open the state directory without creating it (read-only commands); `None` if there is none.
+pub fn open_state(o: &Options) -> Result<Option<Dir>> {
+    Dir::open_state(&state_path(o), false)
+}
+
+/// Open and lock the target; clean up what earlier runs left in the trash (a failure there is
+/// reported, never fatal).
 pub fn open_target(o: &Options) -> Result<Target> {
     let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
-    let paths = state_paths(o);
-    let lock = state::lock(&paths)?;
-    Ok(Target { root, paths, owners: fsx::is_root(), _lock: lock })
+    let state = Dir::open_state(&state_path(o), true)?
+        .ok_or_else(|| Error::Internal("state directory not created".into()))?;
+    let lock = state::lock(&state, root.as_fd())?;
+    for w in crate::txn::sweep_trash(root.as_fd(), &state) {
+        log(o, w);
+    }
+    Ok(Target { root, state, owners: fsx::is_root(), _lock: lock })
 }
 
 fn log(o: &Options, msg: impl AsRef<str>) {
     if !o.quiet {
-        eprintln!("ferry-apply: {}", msg.as_ref());
+        eprintln!("ferry-apply: {}", crate::text::escape(msg.as_ref()));
     }
 }
 
@@ -86,10 +98,48 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-pub fn load_trust(o: &Options, paths: &Paths) -> Result<TrustPolicy> {
+/// The operator's `--trust` with the rotations recorded in the state directory.
+pub fn load_trust(o: &Options, state: Option<&Dir>) -> Result<TrustPolicy> {
     let t =
         o.trust.as_ref().ok_or_else(|| Error::Usage("--trust KEY.pub (or a directory of keys) is required".into()))?;
-    crate::trust::load(t, Some(&paths.trust()))
+    crate::trust::load(t, state)
+}
+
+/// The policy a pending transaction is re-verified against: `--trust` if given, else the one
+/// recorded by the apply that started it (so a bare `resume` still verifies).
+fn resume_trust(o: &Options, t: &Target) -> Result<Option<TrustPolicy>> {
+    if o.trust.is_some() {
+        return load_trust(o, Some(&t.state)).map(Some);
+    }
+    crate::trust::recorded(&t.state)
+}
+
+/// Load transaction `name`, re-verified against `trust`. One that fails verification (forged,
+/// signed by a key the policy does not trust, corrupt) is never continued: it is retired (its
+/// work directories are removed only where they are provably its own) and the error returned;
+/// the target is then as OLD or NEW left it and can be updated again.
+fn load_verified(o: &Options, t: &Target, name: &str, trust: Option<&TrustPolicy>) -> Result<Option<Txn>> {
+    match Txn::load(&t.state, name, &o.limits, trust) {
+        Err(e @ (Error::Bundle(_) | Error::CorruptState { .. })) => {
+            log(o, format!("refusing the transaction in {}: {e}; removing it", t.state.show(name)));
+            Txn::retire(&t.state, name)?;
+            for w in crate::txn::sweep_trash(t.root.as_fd(), &t.state) {
+                log(o, w);
+            }
+            Err(e)
+        }
+        r => r,
+    }
+}
+
+/// Retire transaction `name` and clean up after it (see [`Txn::retire`]).
+fn discard(o: &Options, t: &Target, txn: Txn, name: &str) -> Result<()> {
+    drop(txn);
+    Txn::retire(&t.state, name)?;
+    for w in crate::txn::sweep_trash(t.root.as_fd(), &t.state) {
+        log(o, w);
+    }
+    Ok(())
 }
 
 /// The policy checks that need the target's state: version rule, base version, channel, expiry.
@@ -129,11 +179,12 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
 pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
     let r = apply_locked(o, bundle);
     if let Err(e) = &r {
-        if !matches!(e, Error::Locked(_) | Error::Usage(_)) {
-            let p = state_paths(o).state();
-            if let Ok(mut st) = state::load(&p) {
-                st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
-                let _ = state::save(&p, &st);
+        if !matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. }) {
+            if let Ok(Some(d)) = open_state(o) {
+                if let Ok(mut st) = state::load(&d, state::STATE_FILE) {
+                    st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
+                    let _ = state::save(&d, state::STATE_FILE, &st);
+                }
             }
         }
     }
@@ -142,9 +193,9 @@ pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
 
 fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     let t = open_target(o)?;
-    let trust = load_trust(o, &t.paths)?;
-    finish_interrupted_rollback(o, &t)?;
-    if let Some(txn) = Txn::load(&t.paths.txn(), &o.limits)? {
+    let trust = load_trust(o, Some(&t.state))?;
+    finish_interrupted_rollback(o, &t, Some(&trust))?;
+    if let Some(txn) = load_verified(o, &t, state::TXN, Some(&trust))? {
         let src = crate::source::open(bundle)?;
         let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
         let h = verify::head(&mut r, Some(&trust), &o.limits).map_err(crate::source::explain)?;
@@ -163,7 +214,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     }
     let t0 = Instant::now();
     let h = verify::bundle_with_progress(bundle, Some(&trust), &o.limits, false, o.progress)?;
-    let st = state::load(&t.paths.state())?;
+    let st = state::load(&t.state, state::STATE_FILE)?;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         log(o, format!("version {} (this bundle) is already installed", h.manifest.version));
         return Ok(Report {
@@ -175,8 +226,8 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
         });
     }
     check_policy(o, &st, &h)?;
-    let kept = crate::base::check(t.root.as_fd(), &h.manifest, &|p| conffile(&h.manifest, p)).map_err(Error::Drift)?;
-    for p in &kept {
+    let base = check_base(&t, &h.manifest, &st)?;
+    for p in &base.kept {
         log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));
     }
     let verify_ms = ms(t0);
@@ -189,12 +240,48 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
             h.manifest.script.len()
         ),
     );
-    let mut txn = Txn::create(&t.paths.txn(), h, bundle)?;
-    state::save(&txn.dir.join("state-before.json"), &st)?;
-    txn.save_kept(&kept)?;
+    // The policy this apply was verified under, for a later `resume` without `--trust`.
+    if let Some(p) = &o.trust {
+        crate::trust::record(&t.state, &crate::trust::load(p, None)?)?;
+    }
+    let mut txn = Txn::create(&t.state, h, bundle)?;
+    state::save(&txn.dir, STATE_BEFORE, &st)?;
+    txn.save_kept(&base.kept)?;
+    txn.save_base_ids(base.ids)?;
     let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
     rep.verify_ms = verify_ms;
     Ok(rep)
+}
+
+/// Saved copy of the state file from before the transaction (restored by rollback).
+const STATE_BEFORE: &str = "state-before.json";
+const OLD_META: &str = "oldmeta.cbor";
+
+/// The base check, plus the rule for `NAME.ferry-new` beside a kept config file: one that ferry
+/// did not write (not in the state's kept list) belongs to the administrator and is never
+/// replaced, so the bundle is refused with it listed.
+pub fn check_base(t: &Target, m: &bundle::Manifest, st: &State) -> Result<crate::base::Base> {
+    let base = crate::base::check(t.root.as_fd(), m, &|p| conffile(m, p), t.owners).map_err(Error::Drift)?;
+    let foreign = foreign_side_files(t.root.as_fd(), &base.kept, st);
+    if !foreign.is_empty() {
+        return Err(Error::Drift(foreign));
+    }
+    Ok(base)
+}
+
+/// The `NAME.ferry-new` files beside kept config files that ferry did not write, as drift lines.
+pub fn foreign_side_files(root: std::os::fd::BorrowedFd<'_>, kept: &[bundle::BundlePath], st: &State) -> Vec<String> {
+    let mut dirs = fsx::DirCache::default();
+    let mut out = Vec::new();
+    for p in kept {
+        let Some(side) = bundle::ferry_new_path(p) else { continue };
+        if matches!(dirs.lstat(root, &side), Ok(Some(_))) && !st.conffiles_kept.contains(&side.to_string()) {
+            out.push(format!(
+                "{side}: exists and was not written by ferry; the bundle would put its version of {p} there (move it away first)"
+            ));
+        }
+    }
+    out
 }
 
 /// The conffile rule applies to a NEW regular file marked `config` whose `NAME.ferry-new` the
@@ -218,7 +305,6 @@ pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
 
 /// Drive a transaction from wherever its journal says it is to the end.
 fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) -> Result<Report> {
-    let root = t.root.as_fd();
     let mut rep = Report {
         result: "applied".into(),
         version: Some(txn.head.manifest.version),
@@ -230,96 +316,110 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
     };
     if txn.has_abort() {
         log(o, "an interrupted rollback of a failed commit is pending; finishing it");
-        rollback_txn(o, t, txn)?;
+        rollback_txn(o, t, txn, state::TXN)?;
         rep.result = "rolled-back".into();
         return Ok(rep);
     }
-    let mut fresh = false;
-    if !txn.has(&Record::Staged) {
-        txn.open_works(root, true)?;
-        let t0 = Instant::now();
-        let bundle_path = bundle.map(Path::to_path_buf).or_else(|| txn.bundle_path());
-        match stage::stage(root, &mut txn, bundle_path.as_deref(), &o.limits, t.owners, o.progress) {
-            Ok(s) => {
-                rep.staged_objects = s.objects;
-                rep.staged_reused = s.reused;
-                rep.staged_bytes = s.bytes;
-            }
-            Err(e @ Error::Pending(_)) => return Err(e),
-            Err(e) => {
-                // A failure that is not a crash: remove staging, leave the target as it was.
-                log(o, format!("staging failed, removing the staging area: {e}"));
-                txn.remove(root)?;
-                return Err(e);
-            }
-        }
-        let ids = commit::staged_ids(root, &mut txn)?;
-        txn.save_staged_ids(ids)?;
-        let old_meta = commit::capture_old_meta(root, &txn.head.manifest);
-        let mut b = Vec::new();
-        ciborium::into_writer(&old_meta, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
-        state::write_atomic(&txn.dir.join("oldmeta.cbor"), &b)?;
-        txn.append(Record::Staged)?;
+    let fresh = if !txn.has(&Record::Staged) {
+        stage_txn(o, t, &mut txn, bundle, &mut rep)?;
         // No step has run: this run skips the checks for an earlier run's work.
-        fresh = true;
-        rep.stage_ms = ms(t0);
-        log(
-            o,
-            format!(
-                "staged {} objects ({} bytes); the bundle is no longer needed",
-                rep.staged_objects + rep.staged_reused,
-                rep.staged_bytes
-            ),
-        );
+        true
     } else {
-        txn.open_works(root, false)?;
-    }
+        txn.open_works(t.root.as_fd(), false)?;
+        false
+    };
     if !txn.has(&Record::Committed) {
-        let t0 = Instant::now();
-        let mut first: Option<Instant> = None;
-        let n = txn.head.manifest.script.len();
-        let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
-        let mut c = commit::Commit::new(fresh);
-        // A failure here is handled as a failed step would be (Abort, then rollback).
-        let mut res = commit::prepare(root, &mut txn, &mut c);
-        for i in 0..if res.is_ok() { n } else { 0 } {
-            prog.tick(i as u64, 0);
-            if let Err(e) =
-                crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path)
-            {
-                res = Err(e);
-                break;
-            }
-            match commit::forward(root, &mut txn, i, t.owners, &mut c) {
-                Ok(true) if first.is_none() => first = Some(Instant::now()),
-                Ok(_) => {}
-                Err(e) => {
-                    res = Err(e);
-                    break;
-                }
-            }
-        }
-        prog.finish(n as u64, 0);
-        rep.commit_window_ms = first.map(ms).unwrap_or(0.0);
-        if let Err(e) = res {
-            log(o, format!("commit failed, rolling back to the previous version: {e}"));
-            txn.append(Record::Abort { reason: e.to_string() })?;
-            rollback_txn(o, t, txn)?;
-            return Err(e);
-        }
-        sync_all(root, &txn)?;
-        txn.append(Record::Committed)?;
-        rep.commit_ms = ms(t0);
-        log(
-            o,
-            format!(
-                "committed version {} ({} steps, window {:.1} ms)",
-                txn.head.manifest.version, n, rep.commit_window_ms
-            ),
-        );
+        txn = commit_txn(o, t, txn, fresh, &mut rep)?;
     }
     finish(o, t, txn, &mut rep)?;
     Ok(rep)
+}
+
+/// Stage every object, record the staged identities and the old metadata, journal `Staged`.
+fn stage_txn(o: &Options, t: &Target, txn: &mut Txn, bundle: Option<&Path>, rep: &mut Report) -> Result<()> {
+    let root = t.root.as_fd();
+    txn.open_works(root, true)?;
+    let t0 = Instant::now();
+    let bundle_path = bundle.map(Path::to_path_buf).or_else(|| txn.bundle_path());
+    match stage::stage(root, txn, bundle_path.as_deref(), &o.limits, t.owners, o.progress) {
+        Ok(s) => {
+            rep.staged_objects = s.objects;
+            rep.staged_reused = s.reused;
+            rep.staged_bytes = s.bytes;
+        }
+        Err(e @ Error::Pending(_)) => return Err(e),
+        Err(e) => {
+            // A failure that is not a crash: remove staging, leave the target as it was.
+            log(o, format!("staging failed, removing the staging area: {e}"));
+            Txn::retire(&t.state, state::TXN)?;
+            for w in crate::txn::sweep_trash(root, &t.state) {
+                log(o, w);
+            }
+            return Err(e);
+        }
+    }
+    let ids = commit::staged_ids(root, txn, t.owners)?;
+    txn.save_staged_ids(ids)?;
+    let old_meta = commit::capture_old_meta(root, &txn.head.manifest);
+    let mut b = Vec::new();
+    ciborium::into_writer(&old_meta, &mut b).map_err(|e| Error::Internal(e.to_string()))?;
+    txn.save_file(OLD_META, &b)?;
+    txn.append(Record::Staged)?;
+    rep.stage_ms = ms(t0);
+    log(
+        o,
+        format!(
+            "staged {} objects ({} bytes); the bundle is no longer needed",
+            rep.staged_objects + rep.staged_reused,
+            rep.staged_bytes
+        ),
+    );
+    Ok(())
+}
+
+/// Run the script (after re-checking, on resume, what an earlier run staged); on failure journal
+/// `Abort` and roll back.
+fn commit_txn(o: &Options, t: &Target, mut txn: Txn, fresh: bool, rep: &mut Report) -> Result<Txn> {
+    let root = t.root.as_fd();
+    let t0 = Instant::now();
+    let mut first: Option<Instant> = None;
+    let n = txn.head.manifest.script.len();
+    let mut prog = crate::progress::Progress::new("commit", "steps", n as u64, 0, o.progress);
+    let mut c = commit::Commit::new(fresh, t.owners);
+    // A failure here is handled as a failed step would be (Abort, then rollback).
+    let mut res = commit::prepare(root, &mut txn, &mut c);
+    if res.is_ok() && !fresh {
+        res = commit::verify_staged(root, &mut txn, &mut c);
+    }
+    for i in 0..if res.is_ok() { n } else { 0 } {
+        prog.tick(i as u64, 0);
+        if let Err(e) = crate::failpoint::may_fail("commit-step").ctx("commit step", &txn.head.manifest.script[i].path)
+        {
+            res = Err(e);
+            break;
+        }
+        match commit::forward(root, &mut txn, i, &mut c) {
+            Ok(true) if first.is_none() => first = Some(Instant::now()),
+            Ok(_) => {}
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    prog.finish(n as u64, 0);
+    rep.commit_window_ms = first.map(ms).unwrap_or(0.0);
+    if let Err(e) = res {
+        log(o, format!("commit failed, rolling back to the previous version: {e}"));
+        txn.append(Record::Abort { reason: e.to_string() })?;
+        rollback_txn(o, t, txn, state::TXN)?;
+        return Err(e);
+    }
+    sync_all(root, &txn)?;
+    txn.append(Record::Committed)?;
+    rep.commit_ms = ms(t0);
+    log(o, format!("committed version {} ({} steps, window {:.1} ms)", txn.head.manifest.version, n, rep.commit_window_ms));
+    Ok(txn)
 }
 
 fn sync_all(root: std::os::fd::BorrowedFd<'_>, txn: &Txn) -> Result<()> {
@@ -330,10 +430,11 @@ fn sync_all(root: std::os::fd::BorrowedFd<'_>, txn: &Txn) -> Result<()> {
     Ok(())
 }
 
-/// After `Committed`: state file, trust rotation, hooks, then keep the transaction as `prev`.
+/// After `Committed`: state file, trust rotation, hooks, then keep the transaction as `prev`
+/// (retiring the older one; a cleanup failure is reported and retried later, never fatal).
 fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()> {
     let m = txn.head.manifest.clone();
-    let mut st = state::load(&t.paths.state())?;
+    let mut st = state::load(&t.state, state::STATE_FILE)?;
     if st.bundle_id.as_deref() != Some(&txn.head.id.to_hex()) {
         st = State {
             state_version: state::STATE_VERSION,
@@ -347,34 +448,35 @@ fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()>
             owners_applied: t.owners,
         };
         if let Some(r) = &m.rotation {
-            crate::trust::record_rotation(&t.paths.trust(), r)?;
+            crate::trust::record_rotation(&t.state, r)?;
         }
-        state::save(&t.paths.state(), &st)?;
+        state::save(&t.state, state::STATE_FILE, &st)?;
         crate::failpoint::hit("state-saved");
     }
     let mut hook_err = None;
     if !txn.has(&Record::HooksDone) {
-        st.hooks = hooks::run(&m, &o.target, &t.paths.hooks_log(), o.no_hooks);
+        let log_file = t.state.open_append(state::HOOKS_LOG)?;
+        st.hooks = hooks::run(&m, &o.target, log_file, o.no_hooks);
         let failed: Vec<String> =
             st.hooks.iter().filter(|h| !h.ok).map(|h| format!("{} ({})", h.command, h.result)).collect();
         if !failed.is_empty() {
             st.last_error = Some(format!("hooks failed: {}", failed.join("; ")));
             hook_err = Some(Error::Hook(failed.join("; ")));
         }
-        state::save(&t.paths.state(), &st)?;
+        state::save(&t.state, state::STATE_FILE, &st)?;
         txn.append(Record::HooksDone)?;
     }
     rep.hooks = st.hooks.clone();
     rep.conffiles_kept = st.conffiles_kept.clone();
-    // Keep this transaction's backups for one-level rollback; drop the older ones.
-    if let Some(old) = Txn::load(&t.paths.prev(), &o.limits)? {
-        old.remove(t.root.as_fd())?;
-    } else if t.paths.prev().exists() {
-        std::fs::remove_dir_all(t.paths.prev()).ctx("remove", t.paths.prev().display())?;
-    }
-    std::fs::rename(&txn.dir, t.paths.prev()).ctx("rename", t.paths.prev().display())?;
-    state::fsync_dir(&t.paths.dir)?;
+    // Keep this transaction's backups for one-level rollback; retire the older one.
+    drop(txn);
+    Txn::retire(&t.state, state::PREV)?;
+    t.state.rename(state::TXN, &t.state, state::PREV)?;
+    t.state.sync()?;
     crate::failpoint::hit("finished");
+    for w in crate::txn::sweep_trash(t.root.as_fd(), &t.state) {
+        log(o, w);
+    }
     match hook_err {
         Some(e) => Err(e),
         None => Ok(()),
@@ -382,17 +484,16 @@ fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()>
 }
 
 fn load_old_meta(txn: &Txn) -> Result<OldMeta> {
-    let p = txn.dir.join("oldmeta.cbor");
-    match std::fs::read(&p) {
-        Ok(b) => ciborium::from_reader(&b[..]).map_err(|e| Error::Internal(format!("{}: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(OldMeta::new()),
-        Err(e) => Err(e).ctx("read", p.display()),
+    match txn.dir.read(OLD_META, state::MAX_SMALL_FILE)? {
+        Some(b) => ciborium::from_reader(&b[..])
+            .map_err(|e| Error::CorruptState { path: txn.dir.show(OLD_META), why: e.to_string() }),
+        None => Ok(OldMeta::new()),
     }
 }
 
-/// Undo every step of `txn` (a failed commit, or a completed apply), restore the state file
-/// from before it, and remove the transaction.
-fn rollback_txn(o: &Options, t: &Target, mut txn: Txn) -> Result<()> {
+/// Undo every step of `txn` (a failed commit, or a completed apply, in transaction directory
+/// `name`), restore the state file from before it, and retire the transaction.
+fn rollback_txn(o: &Options, t: &Target, mut txn: Txn, name: &str) -> Result<()> {
     let root = t.root.as_fd();
     txn.open_works(root, false)?;
     let old_meta = load_old_meta(&txn)?;
@@ -402,38 +503,44 @@ fn rollback_txn(o: &Options, t: &Target, mut txn: Txn) -> Result<()> {
     }
     commit::restore_dir_meta(root, &old_meta, t.owners)?;
     sync_all(root, &txn)?;
-    let before = txn.dir.join("state-before.json");
-    if before.exists() {
-        let st = state::load(&before)?;
-        state::save(&t.paths.state(), &st)?;
+    if txn.dir.exists(STATE_BEFORE)? {
+        let st = state::load(&txn.dir, STATE_BEFORE)?;
+        state::save(&t.state, state::STATE_FILE, &st)?;
     }
     txn.append(Record::RolledBack)?;
     log(o, format!("rolled back to the state before version {}", txn.head.manifest.version));
-    txn.remove(root)
+    discard(o, t, txn, name)
 }
 
-fn finish_interrupted_rollback(o: &Options, t: &Target) -> Result<bool> {
-    if let Some(prev) = Txn::load(&t.paths.prev(), &o.limits)? {
+fn finish_interrupted_rollback(o: &Options, t: &Target, trust: Option<&TrustPolicy>) -> Result<bool> {
+    if let Some(prev) = load_verified(o, t, state::PREV, trust)? {
         if prev.has(&Record::RollbackBegin) {
             log(o, "finishing an interrupted rollback");
-            rollback_txn(o, t, prev)?;
+            rollback_txn(o, t, prev, state::PREV)?;
             return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// `ferry-apply resume`: finish whatever an interrupted run left.
+/// `ferry-apply resume`: finish whatever an interrupted run left. The pending transaction is
+/// re-verified against `--trust`, or else the policy recorded when it was started.
 pub fn resume(o: &Options) -> Result<Report> {
     let t = open_target(o)?;
-    if finish_interrupted_rollback(o, &t)? {
+    let trust = resume_trust(o, &t)?;
+    if finish_interrupted_rollback(o, &t, trust.as_ref())? {
         return Ok(Report { result: "rolled-back".into(), ..Default::default() });
     }
-    match Txn::load(&t.paths.txn(), &o.limits)? {
+    if t.state.exists(state::TXN)? && trust.is_none() {
+        return Err(Error::Usage(
+            "this transaction was started by an older ferry-apply that recorded no trust policy: pass --trust".into(),
+        ));
+    }
+    match load_verified(o, &t, state::TXN, trust.as_ref())? {
         None => {
-            if t.paths.txn().exists() {
+            if t.state.exists(state::TXN)? {
                 // Crashed before Begin was durable: nothing was staged that matters.
-                std::fs::remove_dir_all(t.paths.txn()).ctx("remove", t.paths.txn().display())?;
+                Txn::retire(&t.state, state::TXN)?;
             }
             Ok(Report { result: "nothing-to-do".into(), ..Default::default() })
         }
@@ -451,18 +558,19 @@ pub fn resume(o: &Options) -> Result<Report> {
 /// `ferry-apply rollback`: restore the version before the last completed apply.
 pub fn rollback(o: &Options) -> Result<Report> {
     let t = open_target(o)?;
-    if finish_interrupted_rollback(o, &t)? {
+    let trust = resume_trust(o, &t)?;
+    if finish_interrupted_rollback(o, &t, trust.as_ref())? {
         return Ok(Report { result: "rolled-back".into(), ..Default::default() });
     }
-    if Txn::load(&t.paths.txn(), &o.limits)?.is_some() {
+    if t.state.exists(state::TXN)? {
         return Err(Error::Pending("an apply is in progress; run `ferry-apply resume` first".into()));
     }
-    let Some(mut prev) = Txn::load(&t.paths.prev(), &o.limits)? else {
+    let Some(mut prev) = load_verified(o, &t, state::PREV, trust.as_ref())? else {
         return Err(Error::Usage("nothing to roll back: no completed apply is kept".into()));
     };
     prev.append(Record::RollbackBegin)?;
-    rollback_txn(o, &t, prev)?;
-    let st = state::load(&t.paths.state())?;
+    rollback_txn(o, &t, prev, state::PREV)?;
+    let st = state::load(&t.state, state::STATE_FILE)?;
     Ok(Report {
         result: "rolled-back".into(),
         version: st.version,

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::fsx;
 use bundle::{BundlePath, Manifest, OldKind, Op};
 use rustix::fs::FileType;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::os::fd::BorrowedFd;
 
@@ -31,12 +31,14 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<(bundle::Hash, u64)> {
     Ok((h.finalize().into(), n))
 }
 
-/// What is at a path now, in the manifest's terms; `Err` text describes an unusable path.
+/// What is at a path now, in the manifest's terms; `Err` text describes an unusable path. A
+/// regular file is hashed only if `want_size` is its size (a file of another size differs
+/// anyway, and a local user could have put a huge sparse file there to stall the check).
 pub fn observe(
     root: BorrowedFd<'_>,
     dirs: &mut fsx::DirCache,
     p: &BundlePath,
-    want_hash: bool,
+    want_size: Option<u64>,
 ) -> Result<Option<(OldKind, rustix::fs::Stat)>, String> {
     let (dir, name) = match dirs.parent_of(root, p) {
         Ok(x) => x,
@@ -50,9 +52,10 @@ pub fn observe(
     };
     let kind = match fsx::file_type(&st) {
         FileType::RegularFile => {
-            let hash = if want_hash {
+            let hash = if want_size == Some(st.st_size as u64) {
                 let f = fsx::open_file_at(dir, name).map_err(|e| e.to_string())?;
-                hash_reader(f).map_err(|e| e.to_string())?.0
+                // Never past the size seen: a file growing meanwhile still gets a bounded read.
+                hash_reader(f.take(st.st_size as u64)).map_err(|e| e.to_string())?.0
             } else {
                 bundle::Hash::default()
             };
@@ -73,26 +76,55 @@ pub fn describe(p: &BundlePath, why: &str) -> String {
     format!("{p}: {why}")
 }
 
+/// What the base check found: the config files whose local edits are kept, and the identity
+/// `(st_dev, st_ino, st_nlink)` of every OLD object a metadata step changes in place (the steps
+/// act on those inodes only).
+#[derive(Debug, Default)]
+pub struct Base {
+    pub kept: Vec<BundlePath>,
+    pub ids: BTreeMap<BundlePath, (u64, u64, u64)>,
+}
+
 /// Check the target against the manifest. `conffile_ok` says whether a content difference at a
 /// path may be tolerated (a locally edited config file, kept under the conffile rule); those paths
-/// are returned instead of being reported as drift.
+/// are returned instead of being reported as drift. `owners`: the apply will set owners.
 pub fn check(
     root: BorrowedFd<'_>,
     m: &Manifest,
     conffile_ok: &dyn Fn(&BundlePath) -> bool,
-) -> Result<Vec<BundlePath>, Vec<String>> {
+    owners: bool,
+) -> Result<Base, Vec<String>> {
     let mut drift = Vec::new();
-    let mut kept = Vec::new();
+    let mut base = Base::default();
+    let in_place: HashSet<&BundlePath> =
+        m.script.iter().filter(|s| matches!(s.op, Op::SetMeta | Op::DirMeta)).map(|s| &s.path).collect();
     // Observing hashes every OLD file the bundle touches: the slow part, done in parallel.
     let seen = crate::par::map_with(&m.old, fsx::DirCache::default, |dirs, o| {
-        observe(root, dirs, &o.path, matches!(o.kind, OldKind::File { .. }))
+        let size = match o.kind {
+            OldKind::File { size, .. } => Some(size),
+            _ => None,
+        };
+        observe(root, dirs, &o.path, size)
     });
     let mut dirs = fsx::DirCache::default();
     for (o, seen) in m.old.iter().zip(seen) {
         match seen {
             Err(why) => drift.push(describe(&o.path, &why)),
             Ok(None) => drift.push(describe(&o.path, &format!("missing (expected {})", o.kind.name()))),
-            Ok(Some((k, _))) => {
+            Ok(Some((k, st))) => {
+                if in_place.contains(&o.path) {
+                    #[allow(clippy::unnecessary_cast)]
+                    let id = (st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64);
+                    if id.2 > 1 && crate::commit::setmeta_by_copy(m, &o.path, owners) {
+                        // A planted hard link to a file outside the target (or a link group the
+                        // bundle does not know of) would share the new permissions.
+                        drift.push(describe(
+                            &o.path,
+                            &format!("has {} hard links; a permission-raising change is never made to a shared inode", id.2),
+                        ));
+                    }
+                    base.ids.insert(o.path.clone(), id);
+                }
                 if k != o.kind {
                     let why = match (&k, &o.kind) {
                         (OldKind::File { .. }, OldKind::File { .. }) => {
@@ -103,7 +135,7 @@ pub fn check(
                         _ => format!("expected {}, found {}", o.kind.name(), k.name()),
                     };
                     if matches!((&k, &o.kind), (OldKind::File { .. }, OldKind::File { .. })) && conffile_ok(&o.path) {
-                        kept.push(o.path.clone());
+                        base.kept.push(o.path.clone());
                     } else {
                         drift.push(describe(&o.path, &why));
                     }
@@ -117,7 +149,7 @@ pub fn check(
         // A path whose parent the script creates cannot exist yet: the parent is checked itself.
         let parent_created = s.path.parent().is_some_and(|p| created.contains(&p));
         if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() && !parent_created {
-            match observe(root, &mut dirs, &s.path, false) {
+            match observe(root, &mut dirs, &s.path, None) {
                 Ok(None) => {}
                 Ok(Some((k, _))) => {
                     drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name())))
@@ -163,7 +195,7 @@ pub fn check(
     drift.sort();
     drift.dedup();
     if drift.is_empty() {
-        Ok(kept)
+        Ok(base)
     } else {
         Err(drift)
     }

@@ -19,7 +19,10 @@ Exit codes:
   9  another apply is pending (resume it first), or resume needs the bundle
  10  refused by policy: wrong channel, or expired
  11  not enough free space
- 12  inbox: at least one bundle failed";
+ 12  inbox: at least one bundle failed
+ 13  state or work directory not trustworthy (a symlink, not owned by the applier's user,
+     writable by others, or below a directory another user can write)
+ 14  state directory corrupt";
 
 /// Verify and apply ferry bundles to a live tree, crash-safely.
 #[derive(Parser)]
@@ -40,7 +43,9 @@ pub struct TargetArgs {
     /// The tree to update.
     #[arg(long)]
     pub target: PathBuf,
-    /// Where the applier keeps its state (default TARGET/.ferry).
+    /// Where the applier keeps its state (default TARGET/.ferry). It must be a directory only
+    /// the applier's user can write, below directories only root can write: use it outside the
+    /// target when a non-root account owns the target's root.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
 }
@@ -104,11 +109,16 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Finish an interrupted apply or rollback.
+    /// Finish an interrupted apply or rollback. The pending transaction is verified again against
+    /// --trust, or else against the trust policy recorded when it was started.
     #[command(after_help = EXIT_CODES)]
     Resume {
         #[command(flatten)]
         t: TargetArgs,
+        /// Trusted key(s) to verify the pending transaction against (default: those recorded by
+        /// the apply that started it).
+        #[arg(long)]
+        trust: Option<PathBuf>,
         /// The bundle, if staging was interrupted and it moved.
         #[arg(long)]
         bundle: Option<PathBuf>,
@@ -122,6 +132,9 @@ pub enum Cmd {
     Rollback {
         #[command(flatten)]
         t: TargetArgs,
+        /// Trusted key(s) to verify the kept transaction against (default: those recorded).
+        #[arg(long)]
+        trust: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -4,13 +4,31 @@
 //! "Commit steps and their crash analysis"). Steps are not journaled one by one: renames are
 //! atomic on their own, and one `syncfs` per filesystem after the last step makes all of them
 //! durable before `Committed` is journaled.
+//!
+//! Each step is planned as one [`Action`], a protocol chosen from the manifest and the
+//! transaction alone; each protocol is a type whose `forward` and `reverse` sit side by side:
+//!
+//! | step | protocol | forward | reverse |
+//! |---|---|---|---|
+//! | `Mkdir` | [`CreateDir`] | `mkdir` that fails on an existing name | `rmdir` if empty |
+//! | `Place`, no OLD entry | [`Create`] | rename staged → path, never replacing | rename path → slot |
+//! | `Place` over OLD non-directory | [`ExchangeFile`] | `RENAME_EXCHANGE`: OLD lands in the slot | exchange back |
+//! | ... from an older transaction | [`LinkAndRename`] | hard-link OLD to backup, rename over | rename backup back |
+//! | `Place` with a directory on either side | [`ExchangeDir`] | `RENAME_EXCHANGE` | exchange back |
+//! | `Place` of a kept config file | [`BesideConfig`] | staged → `NAME.ferry-new` | move it back |
+//! | `SetMeta` raising permissions | [`ExchangeFile`] of a staged copy | as above | as above |
+//! | `SetMeta` | [`SetMetaInPlace`] | owner, mode, mtime through a handle of the verified inode | the saved metadata |
+//! | `Delete` | [`Delete`] | rename path → backup | rename back |
+//! | `DirMeta` | [`DirMeta`] | metadata through a handle | (restored after all renames) |
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
 use crate::txn::{backup_name, staged_name, Txn};
-use bundle::{BundlePath, Kind, Manifest, Meta, Op};
-use rustix::fs::FileType;
-use std::collections::BTreeMap;
+use bundle::{BundlePath, Kind, Manifest, Meta, OldKind, Op};
+use rustix::fs::{FileType, Stat};
+use rustix::io::Errno;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 
 /// Actual metadata of touched paths before the commit, saved for rollback.
@@ -20,28 +38,81 @@ fn entry_index(m: &Manifest, p: &BundlePath) -> Result<usize> {
     m.entries.binary_search_by(|e| e.path.cmp(p)).map_err(|_| Error::Internal(format!("{p}: not in NEW")))
 }
 
-fn is_dir(s: &Option<rustix::fs::Stat>) -> bool {
-    s.as_ref().is_some_and(|s| fsx::file_type(s) == FileType::Directory)
+/// The type of a filesystem object, as the manifest's kinds and `stat` both name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    CharDev,
+    BlockDev,
+    Other,
 }
 
-/// Kind name of a stat, comparable with `Kind::name` / `OldKind::name`.
-fn type_name(s: &rustix::fs::Stat) -> &'static str {
-    match fsx::file_type(s) {
-        FileType::RegularFile => "file",
-        FileType::Directory => "dir",
-        FileType::Symlink => "symlink",
-        FileType::Fifo => "fifo",
-        FileType::CharacterDevice => "chardev",
-        FileType::BlockDevice => "blockdev",
-        _ => "other",
+impl Type {
+    pub fn of_stat(s: &Stat) -> Type {
+        match fsx::file_type(s) {
+            FileType::RegularFile => Type::File,
+            FileType::Directory => Type::Dir,
+            FileType::Symlink => Type::Symlink,
+            FileType::Fifo => Type::Fifo,
+            FileType::CharacterDevice => Type::CharDev,
+            FileType::BlockDevice => Type::BlockDev,
+            _ => Type::Other,
+        }
+    }
+
+    /// Of a NEW entry as it appears on disk (a hardlink is a file).
+    pub fn of_kind(k: &Kind) -> Type {
+        match k {
+            Kind::File { .. } | Kind::Hardlink { .. } => Type::File,
+            Kind::Dir => Type::Dir,
+            Kind::Symlink { .. } => Type::Symlink,
+            Kind::Fifo => Type::Fifo,
+            Kind::CharDev { .. } => Type::CharDev,
+            Kind::BlockDev { .. } => Type::BlockDev,
+        }
+    }
+
+    pub fn of_old(k: &OldKind) -> Type {
+        match k {
+            OldKind::File { .. } => Type::File,
+            OldKind::Dir => Type::Dir,
+            OldKind::Symlink { .. } => Type::Symlink,
+            OldKind::Fifo => Type::Fifo,
+            OldKind::CharDev { .. } => Type::CharDev,
+            OldKind::BlockDev { .. } => Type::BlockDev,
+        }
     }
 }
 
-fn new_type(k: &Kind) -> &'static str {
-    match k {
-        Kind::Hardlink { .. } => "file",
-        k => k.name(),
-    }
+fn type_of(s: &Option<Stat>) -> Option<Type> {
+    s.as_ref().map(Type::of_stat)
+}
+
+#[allow(clippy::unnecessary_cast)] // st_dev and st_ino are not u64 on every architecture
+fn id(s: &Stat) -> (u64, u64) {
+    (s.st_dev as u64, s.st_ino as u64)
+}
+
+fn is_id(s: &Option<Stat>, want: (u64, u64)) -> bool {
+    s.as_ref().is_some_and(|s| id(s) == want)
+}
+
+/// A `SetMeta` that must not be applied in place: it adds set-user-ID or set-group-ID bits, or
+/// (when owners are applied) changes the owner or group. Such a change on a live inode would
+/// hand the new permissions to whoever holds that inode: a hard link planted by a local user, or
+/// a handle opened for writing (bundle-format.md §15). It is staged as a copy and exchanged in.
+pub fn raises_permissions(old: &Meta, new: &Meta, owners: bool) -> bool {
+    (new.mode & 0o6000 & !old.mode) != 0 || (owners && (old.uid != new.uid || old.gid != new.gid))
+}
+
+/// Whether the `SetMeta` step at `p` is done by a staged copy (a regular file whose change
+/// raises permissions).
+pub fn setmeta_by_copy(m: &Manifest, p: &BundlePath, owners: bool) -> bool {
+    let (Some(e), Some(o)) = (m.entry(p), m.old_entry(p)) else { return false };
+    matches!(e.kind, Kind::File { .. }) && matches!(o.kind, OldKind::File { .. }) && raises_permissions(&o.meta, &e.meta, owners)
 }
 
 /// Directory handles the commit keeps open: half the process's soft `RLIMIT_NOFILE` (512 under
@@ -59,68 +130,522 @@ pub struct Commit {
     /// This run journaled `Staged` itself, so no step of the transaction has run yet: steps skip
     /// the checks that detect an earlier run's work (bundle-format.md §10.3). False on resume.
     pub fresh: bool,
-    /// Facts of each `Place` step worked out by [`prepare`], taken by the step.
-    pub facts: Vec<Option<Facts>>,
+    /// Apply owners (the applier runs as root).
+    pub owners: bool,
+    /// The action of each step, worked out by [`prepare`] before the first rename.
+    pub actions: Vec<Action>,
+    /// Directories this run created (`Mkdir`), by identity: `DirMeta` acts on them only.
+    created: HashMap<BundlePath, (u64, u64)>,
 }
 
 impl Commit {
-    pub fn new(fresh: bool) -> Commit {
-        Commit { dirs: fsx::DirCache::new(commit_dir_cache()), fresh, facts: Vec::new() }
+    pub fn new(fresh: bool, owners: bool) -> Commit {
+        Commit {
+            dirs: fsx::DirCache::new(commit_dir_cache()),
+            fresh,
+            owners,
+            actions: Vec::new(),
+            created: HashMap::new(),
+        }
     }
 }
 
-/// Everything a `Place` step (forward or reverse) needs to know about its path, from the
-/// manifest and the transaction (no filesystem access but the work directory lookup).
-pub struct Facts {
-    /// Kind name of the NEW entry as it appears on disk (a hardlink is a file).
-    new_type: &'static str,
-    /// Kind name of the OLD entry, if any.
-    old_type: Option<&'static str>,
-    /// A locally edited config file (the conffile rule).
-    kept: bool,
-    /// Name of the staged object in the staging directory.
-    sname: Vec<u8>,
-    /// A type change involving a directory: done with `RENAME_EXCHANGE`.
-    exchange: bool,
-    /// Identity of the staged object (exchange protocol), or `None` (older transactions).
-    id: Option<(u64, u64)>,
-    /// Index of the work directory in `txn.works`.
+/// A staged object: which work directory, and its name in `stage/`.
+#[derive(Clone, Debug)]
+pub struct Slot {
     work: usize,
+    name: Vec<u8>,
 }
 
-fn facts(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, p: &BundlePath) -> Result<Facts> {
-    let m = &txn.head.manifest;
-    let ei = entry_index(m, p)?;
-    let new_type = new_type(&m.entries[ei].kind);
-    let old_type = m.old_entry(p).map(|o| o.kind.name());
-    let kept = txn.kept.contains(p);
-    let exchange = old_type == Some("dir") || (old_type.is_some() && new_type == "dir");
-    let id = match &txn.staged_ids {
-        Some(ids) => Some(*ids.get(ei).ok_or_else(|| Error::Internal(format!("{p}: no staged identity")))?),
-        None => None,
-    };
-    let dev = txn.work_for(root, dirs, p, false)?.dev;
-    let work =
-        txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))?;
-    Ok(Facts { new_type, old_type, kept, sname: staged_name(ei), exchange, id, work })
+/// What one step of the script does; see the module's table.
+#[derive(Clone, Debug)]
+pub enum Action {
+    CreateDir(CreateDir),
+    Create(Create),
+    ExchangeFile(ExchangeFile),
+    LinkAndRename(LinkAndRename),
+    ExchangeDir(ExchangeDir),
+    BesideConfig(BesideConfig),
+    SetMetaInPlace(SetMetaInPlace),
+    Delete(Delete),
+    DirMeta(DirMeta),
+    /// A `SetMeta` of a kept config file: the local file keeps its metadata.
+    Nothing,
 }
 
-/// Before the first rename: work out every `Place` step's [`Facts`], so the commit window holds
-/// the renames and little else.
-pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()> {
-    let places: Vec<(usize, BundlePath)> = txn
-        .head
-        .manifest
-        .script
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.op == Op::Place)
-        .map(|(i, s)| (i, s.path.clone()))
-        .collect();
-    c.facts = (0..txn.head.manifest.script.len()).map(|_| None).collect();
-    for (i, p) in places {
-        c.facts[i] = Some(facts(root, txn, &mut c.dirs, &p)?);
+/// Everything a step runs against: the live parent directory and name, the step's work
+/// directory, and the commit's state.
+pub struct Cx<'a> {
+    pub i: usize,
+    pub path: &'a BundlePath,
+    pub dir: BorrowedFd<'a>,
+    pub name: &'a [u8],
+    pub stage: BorrowedFd<'a>,
+    pub backup: BorrowedFd<'a>,
+    pub fresh: bool,
+    pub owners: bool,
+}
+
+impl Cx<'_> {
+    fn cur(&self) -> Result<Option<Stat>> {
+        fsx::lstat_at(self.dir, self.name).ctx("stat", self.path)
     }
+    fn staged(&self, s: &Slot) -> Result<Option<Stat>> {
+        fsx::lstat_at(self.stage, &s.name).ctx("stat staged", self.path)
+    }
+}
+
+/// `Mkdir`: a directory created fresh. An existing directory at the path (made by someone else
+/// after the base check) is never adopted: it is drift. On resume, one left by the earlier run
+/// is recognised by its owner and by holding only what the bundle puts in it.
+#[derive(Clone, Debug)]
+pub struct CreateDir {
+    meta: Meta,
+    /// Names the script places directly in this directory.
+    children: Vec<Vec<u8>>,
+}
+
+impl CreateDir {
+    fn forward(&self, cx: &Cx<'_>, created: &mut HashMap<BundlePath, (u64, u64)>) -> Result<bool> {
+        let mut meta = self.meta;
+        meta.mtime_ns = 0; // set by the directory's DirMeta step after its children arrive
+        match fsx::mkdir_at(cx.dir, cx.name, 0o700) {
+            Ok(()) => {}
+            Err(e) if fsx::errno(&e) == Some(Errno::EXIST) && !cx.fresh => {
+                self.check_ours(cx)?;
+            }
+            Err(e) if fsx::errno(&e) == Some(Errno::EXIST) => {
+                return Err(Error::Drift(vec![format!(
+                    "{}: exists, but the bundle creates it (made after the base check?)",
+                    cx.path
+                )]))
+            }
+            Err(e) => return Err(e).ctx("mkdir", cx.path),
+        }
+        let fd = fsx::open_dir_at(cx.dir, cx.name).ctx("open", cx.path)?;
+        let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
+        created.insert(cx.path.clone(), id(&st));
+        fsx::set_meta_fd(fd.as_fd(), &meta, cx.owners).ctx("set metadata", cx.path)?;
+        Ok(false)
+    }
+
+    /// On resume: the directory at the path is the one the earlier run made.
+    fn check_ours(&self, cx: &Cx<'_>) -> Result<()> {
+        let st = cx.cur()?;
+        let drift = |why: &str| Error::Drift(vec![format!("{}: {why}, but the bundle creates it", cx.path)]);
+        let Some(st) = st.filter(|s| Type::of_stat(s) == Type::Dir) else { return Err(drift("not a directory")) };
+        let me = rustix::process::geteuid().as_raw();
+        if st.st_uid != me && !(cx.owners && st.st_uid == self.meta.uid) {
+            return Err(drift(&format!("exists, owned by uid {}", st.st_uid)));
+        }
+        let fd = fsx::open_dir_at(cx.dir, cx.name).ctx("open", cx.path)?;
+        for n in fsx::list_dir(fd.as_fd()).ctx("list", cx.path)? {
+            if !self.children.contains(&n) {
+                return Err(drift(&format!("holds {:?}, which the bundle does not put there", String::from_utf8_lossy(&n))));
+            }
+        }
+        Ok(())
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        if type_of(&cx.cur()?) == Some(Type::Dir) {
+            match fsx::unlink_at(cx.dir, cx.name, true) {
+                // Someone else's files in it: leave the directory (and them) where they are.
+                Err(e) if fsx::errno(&e) == Some(Errno::NOTEMPTY) => {}
+                r => r.ctx("remove directory", cx.path)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Place` of a path OLD does not have: the staged object is renamed in, never over anything.
+#[derive(Clone, Debug)]
+pub struct Create {
+    slot: Slot,
+}
+
+impl Create {
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        if !cx.fresh && cx.staged(&self.slot)?.is_none() {
+            return Ok(false); // renamed into place by an earlier run
+        }
+        fsx::rename_noreplace(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("rename into place", cx.path)?;
+        Ok(true)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        if cx.staged(&self.slot)?.is_none() && cx.cur()?.is_some() {
+            fsx::rename_noreplace(cx.dir, cx.name, cx.stage, &self.slot.name).ctx("move out of the tree", cx.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Place` of a non-directory over an OLD non-directory (and a `SetMeta` done by a staged copy):
+/// `RENAME_EXCHANGE` swaps the staged object with the live one in one syscall, and the OLD inode
+/// lands in the staging slot, which is its backup. The live path holds the staged inode `id`
+/// exactly when the step happened. On a filesystem without `RENAME_EXCHANGE`, the OLD inode is
+/// hard-linked into the backup area first and the staged object renamed over it.
+#[derive(Clone, Debug)]
+pub struct ExchangeFile {
+    slot: Slot,
+    id: (u64, u64),
+}
+
+impl ExchangeFile {
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        if !cx.fresh && is_id(&cx.cur()?, self.id) {
+            return Ok(false);
+        }
+        match exchange_file(cx.stage, &self.slot.name, cx.dir, cx.name) {
+            Ok(()) => {}
+            Err(e) if unsupported(&e) => {
+                // One link left by an interrupted run is fine.
+                match fsx::link_at(cx.dir, cx.name, cx.backup, &backup_name(cx.i)) {
+                    Err(e) if fsx::errno(&e) != Some(Errno::EXIST) => return Err(e).ctx("back up (link)", cx.path),
+                    _ => {}
+                }
+                fsx::rename_at(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("rename into place", cx.path)?;
+            }
+            Err(e) => return Err(e).ctx("exchange into place", cx.path),
+        }
+        Ok(true)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        let (cur, staged) = (cx.cur()?, cx.staged(&self.slot)?);
+        let bname = backup_name(cx.i);
+        if is_id(&cur, self.id) && staged.is_some() {
+            // The forward exchange happened: OLD is in the slot. Exchange back.
+            fsx::exchange(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("exchange back", cx.path)?;
+        } else if staged.is_some() && !is_id(&staged, self.id) {
+            // The slot holds OLD but the path was replaced after the apply: put OLD back over it.
+            // Afterwards the slot is empty, so a rerun does nothing.
+            fsx::rename_at(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("restore from the staging slot", cx.path)?;
+        } else if staged.is_none() && fsx::lstat_at(cx.backup, &bname).ctx("stat backup", cx.path)?.is_some() {
+            // Forward used the link-and-rename fallback.
+            fsx::rename_at(cx.backup, &bname, cx.dir, cx.name).ctx("restore from backup", cx.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Place` over an OLD entry in a transaction staged by an older ferry-apply (no staged
+/// identities): hard-link the OLD inode into the backup area, then rename over it.
+#[derive(Clone, Debug)]
+pub struct LinkAndRename {
+    slot: Slot,
+}
+
+impl LinkAndRename {
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        if cx.staged(&self.slot)?.is_none() {
+            return Ok(false);
+        }
+        let bname = backup_name(cx.i);
+        if fsx::lstat_at(cx.backup, &bname).ctx("stat backup", cx.path)?.is_none() {
+            fsx::link_at(cx.dir, cx.name, cx.backup, &bname).ctx("back up (link)", cx.path)?;
+        }
+        fsx::rename_at(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("rename into place", cx.path)?;
+        Ok(true)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        let bname = backup_name(cx.i);
+        if fsx::lstat_at(cx.backup, &bname).ctx("stat backup", cx.path)?.is_some() {
+            if cx.staged(&self.slot)?.is_none() {
+                fsx::rename_at(cx.backup, &bname, cx.dir, cx.name).ctx("restore from backup", cx.path)?;
+            } else {
+                fsx::unlink_at(cx.backup, &bname, false).ctx("remove unused backup", cx.path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Place` where OLD or NEW is a directory (a type change): `RENAME_EXCHANGE`; the OLD entry,
+/// with any subtree, ends up in the staging slot, which is its backup.
+#[derive(Clone, Debug)]
+pub struct ExchangeDir {
+    slot: Slot,
+    new_type: Type,
+    old_type: Type,
+}
+
+impl ExchangeDir {
+    fn done(&self, cx: &Cx<'_>) -> Result<bool> {
+        Ok(type_of(&cx.cur()?) == Some(self.new_type) && type_of(&cx.staged(&self.slot)?) == Some(self.old_type))
+    }
+
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        if self.done(cx)? {
+            return Ok(false);
+        }
+        fsx::exchange(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("exchange", cx.path)?;
+        Ok(true)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        if self.done(cx)? {
+            fsx::exchange(cx.stage, &self.slot.name, cx.dir, cx.name).ctx("exchange back", cx.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Place` of a locally edited config file (the conffile rule): the local file stays and the NEW
+/// version goes beside it as `NAME.ferry-new`. An earlier `NAME.ferry-new` that ferry wrote
+/// (the base check refuses one it did not) is exchanged into the slot, its backup.
+#[derive(Clone, Debug)]
+pub struct BesideConfig {
+    slot: Slot,
+    id: Option<(u64, u64)>,
+}
+
+impl BesideConfig {
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        let side = bundle::ferry_new_name(cx.path);
+        let cur = fsx::lstat_at(cx.dir, &side).ctx("stat", cx.path)?;
+        match self.id {
+            Some(id) if !cx.fresh && is_id(&cur, id) => return Ok(false),
+            None if !cx.fresh && cx.staged(&self.slot)?.is_none() => return Ok(false),
+            _ => {}
+        }
+        if cur.is_some() && self.id.is_some() {
+            fsx::exchange(cx.stage, &self.slot.name, cx.dir, &side).ctx("place beside the local config file", cx.path)?;
+        } else {
+            fsx::rename_noreplace(cx.stage, &self.slot.name, cx.dir, &side)
+                .ctx("place beside the local config file", cx.path)?;
+        }
+        Ok(true)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        let side = bundle::ferry_new_name(cx.path);
+        let cur = fsx::lstat_at(cx.dir, &side).ctx("stat", cx.path)?;
+        let staged = cx.staged(&self.slot)?;
+        let ours = match self.id {
+            Some(id) => is_id(&cur, id),
+            None => staged.is_none() && cur.is_some(),
+        };
+        if !ours {
+            return Ok(());
+        }
+        if staged.is_some() {
+            fsx::exchange(cx.stage, &self.slot.name, cx.dir, &side).ctx("exchange back", cx.path)?;
+        } else {
+            fsx::rename_noreplace(cx.dir, &side, cx.stage, &self.slot.name).ctx("move out of the tree", cx.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// `SetMeta` applied in place: owner, mode and mtime set through a handle of the inode the base
+/// check verified (same device, inode and type), never through a path a local user could swap.
+#[derive(Clone, Debug)]
+pub struct SetMetaInPlace {
+    meta: Meta,
+    /// `(st_dev, st_ino, st_nlink)` from the base check (absent in older transactions).
+    base: Option<(u64, u64, u64)>,
+}
+
+impl SetMetaInPlace {
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        set_meta_verified(cx, &self.meta, self.base.map(|(d, i, _)| (d, i)))?;
+        Ok(false)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>, old: &OldMeta) -> Result<()> {
+        if let Some(meta) = old.get(cx.path) {
+            set_meta_verified(cx, meta, self.base.map(|(d, i, _)| (d, i)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Set `meta` on the object at the step's path, through a handle, if it is the inode `want`.
+/// Regular files and directories are opened (`O_NOFOLLOW | O_NONBLOCK`) and changed with
+/// `fchown`/`fchmod`/`futimens`; symlinks, FIFOs and devices (which have nothing to gain from a
+/// swap and must not be opened) by path after the same check.
+fn set_meta_verified(cx: &Cx<'_>, meta: &Meta, want: Option<(u64, u64)>) -> Result<()> {
+    let drift = |why: String| Error::Drift(vec![format!("{}: {why}", cx.path)]);
+    match fsx::open_meta_at(cx.dir, cx.name).ctx("open", cx.path)? {
+        Some(fd) => {
+            let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
+            if want.is_some_and(|w| w != id(&st)) {
+                return Err(drift("replaced after the base check".into()));
+            }
+            fsx::set_meta_fd(fd.as_fd(), meta, cx.owners).ctx("set metadata", cx.path)
+        }
+        None => {
+            let st = cx.cur()?.ok_or_else(|| drift("missing".into()))?;
+            if want.is_some_and(|w| w != id(&st)) {
+                return Err(drift("replaced after the base check".into()));
+            }
+            fsx::set_meta_at(cx.dir, cx.name, meta, cx.owners).ctx("set metadata", cx.path)
+        }
+    }
+}
+
+/// `Delete`: the OLD entry (with any subtree) is moved into the backup area.
+#[derive(Clone, Debug)]
+pub struct Delete;
+
+impl Delete {
+    fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        if cx.cur()?.is_some() {
+            fsx::rename_noreplace(cx.dir, cx.name, cx.backup, &backup_name(cx.i)).ctx("move out of the tree", cx.path)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        let bname = backup_name(cx.i);
+        if cx.cur()?.is_none() && fsx::lstat_at(cx.backup, &bname).ctx("stat backup", cx.path)?.is_some() {
+            fsx::rename_noreplace(cx.backup, &bname, cx.dir, cx.name).ctx("restore", cx.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// `DirMeta`: a NEW directory's owner, mode and mtime, last, through a handle of the directory
+/// the base check saw (an OLD directory) or this run created (`Mkdir`).
+#[derive(Clone, Debug)]
+pub struct DirMeta {
+    meta: Meta,
+    base: Option<(u64, u64, u64)>,
+}
+
+impl DirMeta {
+    fn forward(&self, cx: &Cx<'_>, created: &HashMap<BundlePath, (u64, u64)>) -> Result<bool> {
+        let want = created.get(cx.path).copied().or(self.base.map(|(d, i, _)| (d, i)));
+        set_meta_verified(cx, &self.meta, want)?;
+        Ok(false)
+    }
+    // Reverse: directory metadata is restored after every rename of a rollback, deepest first,
+    // by `restore_dir_meta` (a rename changes its parent's mtime).
+}
+
+impl Action {
+    /// Run forward. Returns true if it renamed something into the live tree.
+    fn forward(&self, cx: &Cx<'_>, created: &mut HashMap<BundlePath, (u64, u64)>) -> Result<bool> {
+        match self {
+            Action::CreateDir(a) => a.forward(cx, created),
+            Action::Create(a) => a.forward(cx),
+            Action::ExchangeFile(a) => a.forward(cx),
+            Action::LinkAndRename(a) => a.forward(cx),
+            Action::ExchangeDir(a) => a.forward(cx),
+            Action::BesideConfig(a) => a.forward(cx),
+            Action::SetMetaInPlace(a) => a.forward(cx),
+            Action::Delete(a) => a.forward(cx),
+            Action::DirMeta(a) => a.forward(cx, created),
+            Action::Nothing => Ok(false),
+        }
+    }
+
+    /// Undo, if it happened (idempotent).
+    fn reverse(&self, cx: &Cx<'_>, old: &OldMeta) -> Result<()> {
+        match self {
+            Action::CreateDir(a) => a.reverse(cx),
+            Action::Create(a) => a.reverse(cx),
+            Action::ExchangeFile(a) => a.reverse(cx),
+            Action::LinkAndRename(a) => a.reverse(cx),
+            Action::ExchangeDir(a) => a.reverse(cx),
+            Action::BesideConfig(a) => a.reverse(cx),
+            Action::SetMetaInPlace(a) => a.reverse(cx, old),
+            Action::Delete(a) => a.reverse(cx),
+            Action::DirMeta(_) | Action::Nothing => Ok(()),
+        }
+    }
+
+    /// The staging slot the action uses, if any.
+    fn slot(&self) -> Option<&Slot> {
+        match self {
+            Action::Create(Create { slot })
+            | Action::ExchangeFile(ExchangeFile { slot, .. })
+            | Action::LinkAndRename(LinkAndRename { slot })
+            | Action::ExchangeDir(ExchangeDir { slot, .. })
+            | Action::BesideConfig(BesideConfig { slot, .. }) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+/// The index of the work directory for `p` in `txn.works`.
+fn work_index(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, p: &BundlePath) -> Result<usize> {
+    let dev = txn.work_for(root, dirs, p, false)?.dev;
+    txn.works.iter().position(|w| w.dev == dev).ok_or_else(|| Error::Internal("work directory vanished".into()))
+}
+
+/// Plan step `i`: its protocol, from the manifest and the transaction.
+pub fn plan_step(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, i: usize, owners: bool) -> Result<Action> {
+    let m = &txn.head.manifest;
+    let step = &m.script[i];
+    let p = step.path.clone();
+    let ei = entry_index(m, &p);
+    let staged_id = |txn: &Txn, ei: usize| -> Result<Option<(u64, u64)>> {
+        match &txn.staged_ids {
+            Some(ids) => Ok(Some(*ids.get(ei).ok_or_else(|| Error::Internal(format!("{p}: no staged identity")))?)),
+            None => Ok(None),
+        }
+    };
+    Ok(match step.op {
+        Op::Mkdir => {
+            let children = m
+                .script
+                .iter()
+                .filter(|s| matches!(s.op, Op::Place | Op::Mkdir) && s.path.parent().as_ref() == Some(&p))
+                .map(|s| s.path.file_name().to_vec())
+                .collect();
+            Action::CreateDir(CreateDir { meta: m.entries[ei?].meta, children })
+        }
+        Op::Place => {
+            let ei = ei?;
+            let new_type = Type::of_kind(&m.entries[ei].kind);
+            let old_type = m.old_entry(&p).map(|o| Type::of_old(&o.kind));
+            let kept = txn.kept.contains(&p);
+            let slot = Slot { work: work_index(root, txn, dirs, &p)?, name: staged_name(ei) };
+            let id = staged_id(txn, ei)?;
+            match (old_type, id) {
+                _ if kept => Action::BesideConfig(BesideConfig { slot, id }),
+                (Some(old_type), _) if old_type == Type::Dir || new_type == Type::Dir => {
+                    Action::ExchangeDir(ExchangeDir { slot, new_type, old_type })
+                }
+                (Some(_), Some(id)) => Action::ExchangeFile(ExchangeFile { slot, id }),
+                (Some(_), None) => Action::LinkAndRename(LinkAndRename { slot }),
+                (None, _) => Action::Create(Create { slot }),
+            }
+        }
+        Op::SetMeta if txn.kept.contains(&p) => Action::Nothing,
+        Op::SetMeta => {
+            let ei = ei?;
+            match staged_id(txn, ei)? {
+                Some(id) if setmeta_by_copy(m, &p, owners) => {
+                    if id == (0, 0) {
+                        return Err(Error::Internal(format!("{p}: the staged copy for a permission change is missing")));
+                    }
+                    let slot = Slot { work: work_index(root, txn, dirs, &p)?, name: staged_name(ei) };
+                    Action::ExchangeFile(ExchangeFile { slot, id })
+                }
+                _ => Action::SetMetaInPlace(SetMetaInPlace { meta: m.entries[ei].meta, base: txn.base_ids.get(&p).copied() }),
+            }
+        }
+        Op::Delete => Action::Delete(Delete),
+        Op::DirMeta => Action::DirMeta(DirMeta { meta: m.entries[ei?].meta, base: txn.base_ids.get(&p).copied() }),
+    })
+}
+
+/// Before the first rename: plan every step, so the commit window holds the renames and little
+/// else.
+pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()> {
+    let n = txn.head.manifest.script.len();
+    let mut actions = Vec::with_capacity(n);
+    for i in 0..n {
+        actions.push(plan_step(root, txn, &mut c.dirs, i, c.owners)?);
+    }
+    c.actions = actions;
     Ok(())
 }
 
@@ -128,246 +653,164 @@ pub fn prepare(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()
 /// fail as on a filesystem without it.
 fn exchange_file(sd: BorrowedFd<'_>, sname: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
     if crate::failpoint::no_exchange() {
-        return Err(rustix::io::Errno::INVAL.into());
+        return Err(Errno::INVAL.into());
     }
     fsx::exchange(sd, sname, dir, name)
 }
 
 /// The filesystem (or kernel) does not support `RENAME_EXCHANGE`.
 fn unsupported(e: &std::io::Error) -> bool {
-    matches!(fsx::errno(e), Some(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS))
+    matches!(fsx::errno(e), Some(Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS))
 }
 
-fn is_id(s: &Option<rustix::fs::Stat>, id: (u64, u64)) -> bool {
-    #[allow(clippy::unnecessary_cast)] // st_dev and st_ino are not u64 on every architecture
-    s.as_ref().is_some_and(|s| (s.st_dev as u64, s.st_ino as u64) == id)
+/// Entries with a staged object, by index: every `Place`d entry and every `SetMeta` done by a
+/// staged copy.
+pub fn staged_entries(m: &Manifest, owners: bool) -> Vec<usize> {
+    m.script
+        .iter()
+        .filter(|s| s.op == Op::Place || (s.op == Op::SetMeta && setmeta_by_copy(m, &s.path, owners)))
+        .filter_map(|s| m.entries.binary_search_by(|e| e.path.cmp(&s.path)).ok())
+        .collect()
 }
 
 /// `(st_dev, st_ino)` of every NEW entry's staged object, by entry index (`(0, 0)` for none):
-/// recorded after staging for the exchange protocol of `Place` steps.
-pub fn staged_ids(root: BorrowedFd<'_>, txn: &mut Txn) -> Result<Vec<(u64, u64)>> {
+/// recorded after staging for the exchange protocols.
+pub fn staged_ids(root: BorrowedFd<'_>, txn: &mut Txn, owners: bool) -> Result<Vec<(u64, u64)>> {
     let m = &txn.head.manifest;
     let mut ids = vec![(0u64, 0u64); m.entries.len()];
-    let places: Vec<BundlePath> = m.script.iter().filter(|s| s.op == Op::Place).map(|s| s.path.clone()).collect();
+    let staged = staged_entries(m, owners);
     let mut dirs = fsx::DirCache::default();
-    for p in &places {
-        let ei = entry_index(&txn.head.manifest, p)?;
-        let w = txn.work_for(root, &mut dirs, p, false)?;
-        if let Some(st) = fsx::lstat_at(w.stage.as_fd(), &staged_name(ei)).ctx("stat staged", p)? {
-            #[allow(clippy::unnecessary_cast)]
-            let id = (st.st_dev as u64, st.st_ino as u64);
-            ids[ei] = id;
+    for ei in staged {
+        let p = txn.head.manifest.entries[ei].path.clone();
+        let w = txn.work_for(root, &mut dirs, &p, false)?;
+        if let Some(st) = fsx::lstat_at(w.stage.as_fd(), &staged_name(ei)).ctx("stat staged", &p)? {
+            ids[ei] = id(&st);
         }
     }
     Ok(ids)
 }
 
-/// Run step `i` forward. Returns true if it renamed something into the live tree.
-pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, owners: bool, c: &mut Commit) -> Result<bool> {
-    let step = txn.head.manifest.script[i].clone();
-    let p = &step.path;
-    let fresh = c.fresh;
-    // A step that moves a directory (exchange, delete) invalidates handles under it.
-    if matches!(step.op, Op::Place | Op::Delete) {
-        c.dirs.forget(p);
+/// On resume after `Staged`: every staged object still waiting in its slot is the one recorded
+/// (same inode) and, for a file, still has the manifest's content. A transaction whose staged
+/// objects were swapped or forged is refused, never committed.
+pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()> {
+    let m = txn.head.manifest.clone();
+    let mut checks: Vec<(usize, usize, Option<(u64, u64)>)> = Vec::new();
+    for (i, a) in c.actions.iter().enumerate() {
+        let Some(slot) = a.slot() else { continue };
+        let step = &m.script[i];
+        let ei = entry_index(&m, &step.path)?;
+        let want = txn.staged_ids.as_ref().and_then(|ids| ids.get(ei).copied());
+        let st = fsx::lstat_at(txn.works[slot.work].stage.as_fd(), &slot.name).ctx("stat staged", &step.path)?;
+        let Some(st) = st else { continue };
+        // After an exchange the slot holds the OLD object: the live path has the staged one.
+        if let Some(w) = want {
+            if id(&st) != w {
+                let (d, n) = c.dirs.parent_of(root, &step.path).ctx("open parent of", &step.path)?;
+                let live = fsx::lstat_at(d, n).ctx("stat", &step.path)?;
+                let side = fsx::lstat_at(d, &bundle::ferry_new_name(&step.path)).ctx("stat", &step.path)?;
+                if is_id(&live, w) || is_id(&side, w) {
+                    continue;
+                }
+                return Err(Error::UnsafeState {
+                    path: step.path.to_string(),
+                    why: "its staged object was replaced after staging".into(),
+                });
+            }
+        }
+        checks.push((i, ei, want));
     }
-    let dir = match c.dirs.dir(root, p.parent().as_ref()) {
+    let works = &txn.works;
+    let res = crate::par::map(&checks, |&(i, ei, _)| -> Result<()> {
+        let e = &m.entries[ei];
+        let Kind::File { size, hash, .. } = &e.kind else { return Ok(()) };
+        let Some(slot) = c.actions[i].slot() else { return Ok(()) };
+        let f = fsx::open_file_at(works[slot.work].stage.as_fd(), &slot.name).ctx("open staged", &e.path)?;
+        let (h, n) = crate::base::hash_reader(f.take(size + 1)).ctx("read staged", &e.path)?;
+        if h != *hash || n != *size {
+            return Err(Error::UnsafeState { path: e.path.to_string(), why: "staged content does not match the manifest".into() });
+        }
+        Ok(())
+    });
+    res.into_iter().collect()
+}
+
+/// Where a step runs: its work directory (if it uses one), whether a missing parent means
+/// "nothing to do" (reverse steps, and `Delete` forward), and the commit's flags.
+struct Where {
+    work: Option<usize>,
+    tolerate_missing_parent: bool,
+    fresh: bool,
+    owners: bool,
+}
+
+/// Resolve step `i`'s parent directory and run `f` on its context (`None`: the parent is gone
+/// and the step has nothing to do).
+fn with_cx<T>(
+    root: BorrowedFd<'_>,
+    txn: &Txn,
+    dirs: &mut fsx::DirCache,
+    i: usize,
+    at: Where,
+    f: impl FnOnce(&Cx<'_>) -> Result<T>,
+) -> Result<Option<T>> {
+    let step = &txn.head.manifest.script[i];
+    let p = &step.path;
+    let dir = match dirs.dir(root, p.parent().as_ref()) {
         Ok(x) => x,
-        // A deleted path whose parent was already moved out by an earlier run: done.
-        Err(e)
-            if step.op == Op::Delete
-                && matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) =>
-        {
-            return Ok(false)
+        // Parent never created, already moved out by an earlier run, or swapped back to a
+        // non-directory: nothing to do here.
+        Err(e) if at.tolerate_missing_parent && matches!(fsx::errno(&e), Some(Errno::NOENT | Errno::NOTDIR)) => {
+            return Ok(None)
         }
         Err(e) => return Err(e).ctx("open parent of", p),
     };
-    let name = p.file_name();
-    let cur = || fsx::lstat_at(dir, name).ctx("stat", p);
-    match step.op {
-        Op::Mkdir => {
-            let m = &txn.head.manifest;
-            let e = &m.entries[entry_index(m, p)?];
-            if !is_dir(&cur()?) {
-                fsx::mkdir_at(dir, name, 0o700).ctx("mkdir", p)?;
-            }
-            let mut meta = e.meta;
-            meta.mtime_ns = 0;
-            fsx::set_meta_at(dir, name, &meta, owners).ctx("set metadata", p)?;
-            Ok(false)
+    let (stage, backup) = match at.work.and_then(|w| txn.works.get(w)) {
+        Some(w) => (w.stage.as_fd(), w.backup.as_fd()),
+        None => (dir, dir), // metadata steps use no work directory
+    };
+    let cx = Cx { i, path: p, dir, name: p.file_name(), stage, backup, fresh: at.fresh, owners: at.owners };
+    f(&cx).map(Some)
+}
+
+/// The work directory step `i` uses: its slot's, or (for `Delete`) its path's.
+fn work_of(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, i: usize, a: &Action) -> Result<Option<usize>> {
+    match (a.slot(), a) {
+        (Some(s), _) => Ok(Some(s.work)),
+        (None, Action::Delete(_)) => {
+            let p = txn.head.manifest.script[i].path.clone();
+            Ok(Some(work_index(root, txn, dirs, &p)?))
         }
-        Op::Place => {
-            let f = match c.facts.get_mut(i).and_then(Option::take) {
-                Some(f) => f,
-                None => facts(root, txn, &mut fsx::DirCache::default(), p)?,
-            };
-            let Facts { new_type, old_type, kept, sname, exchange, id, work } = f;
-            let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
-            let staged = || fsx::lstat_at(sd, &sname).ctx("stat staged", p);
-            if exchange {
-                // Type change involving a directory: swap atomically; the OLD entry (with any
-                // subtree) ends up in the staging slot, which is its backup.
-                let cur = cur()?;
-                let done = cur.as_ref().is_some_and(|c| type_name(c) == new_type)
-                    && staged()?.as_ref().is_some_and(|s| Some(type_name(s)) == old_type);
-                if done {
-                    return Ok(false);
-                }
-                fsx::exchange(sd, &sname, dir, name).ctx("exchange", p)?;
-                return Ok(true);
-            }
-            if kept {
-                // Conffile rule: the local edit stays; the NEW version goes beside it.
-                if !fresh && staged()?.is_none() {
-                    return Ok(false); // renamed beside it by an earlier run
-                }
-                fsx::rename_at(sd, &sname, dir, &bundle::ferry_new_name(p))
-                    .ctx("place beside the local config file", p)?;
-                return Ok(true);
-            }
-            match (old_type, id) {
-                (Some(_), Some(id)) => {
-                    // Exchange the staged NEW object with the live OLD one: one atomic syscall,
-                    // and the OLD inode lands in the staging slot, which is its backup. The live
-                    // path holds the staged inode exactly when this happened.
-                    if !fresh && is_id(&cur()?, id) {
-                        return Ok(false);
-                    }
-                    match exchange_file(sd, &sname, dir, name) {
-                        Ok(()) => {}
-                        Err(e) if unsupported(&e) => {
-                            // A filesystem without RENAME_EXCHANGE (NFS, older ZFS): keep the OLD
-                            // inode with a hard link (one left by an interrupted run is fine),
-                            // then rename over it. The live path then holds the staged inode too.
-                            match fsx::link_at(dir, name, bd, &backup_name(i)) {
-                                Err(e) if fsx::errno(&e) != Some(rustix::io::Errno::EXIST) => {
-                                    return Err(e).ctx("back up (link)", p)
-                                }
-                                _ => {}
-                            }
-                            fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
-                        }
-                        Err(e) => return Err(e).ctx("exchange into place", p),
-                    }
-                }
-                (Some(_), None) => {
-                    // A transaction staged by an older ferry-apply: keep the OLD inode for
-                    // rollback with a hard link, then rename over it.
-                    if staged()?.is_none() {
-                        return Ok(false);
-                    }
-                    let bname = backup_name(i);
-                    if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_none() {
-                        fsx::link_at(dir, name, bd, &bname).ctx("back up (link)", p)?;
-                    }
-                    fsx::rename_at(sd, &sname, dir, name).ctx("rename into place", p)?;
-                }
-                (None, _) => {
-                    if !fresh && staged()?.is_none() {
-                        return Ok(false); // renamed into place by an earlier run
-                    }
-                    fsx::rename_noreplace(sd, &sname, dir, name).ctx("rename into place", p)?;
-                }
-            }
-            Ok(true)
-        }
-        Op::SetMeta if txn.kept.contains(p) => Ok(false),
-        Op::SetMeta | Op::DirMeta => {
-            let m = &txn.head.manifest;
-            let e = &m.entries[entry_index(m, p)?];
-            fsx::set_meta_at(dir, name, &e.meta, owners).ctx("set metadata", p)?;
-            Ok(false)
-        }
-        Op::Delete => {
-            if cur()?.is_some() {
-                let w = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?;
-                fsx::rename_noreplace(dir, name, w.backup.as_fd(), &backup_name(i)).ctx("move out of the tree", p)?;
-                return Ok(true);
-            }
-            Ok(false)
-        }
+        _ => Ok(None),
     }
+}
+
+/// Run step `i` forward. Returns true if it renamed something into the live tree.
+pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, c: &mut Commit) -> Result<bool> {
+    let step = &txn.head.manifest.script[i];
+    let (p, op) = (step.path.clone(), step.op);
+    // A step that moves a directory (exchange, delete) invalidates handles under it.
+    if matches!(op, Op::Place | Op::Delete) {
+        c.dirs.forget(&p);
+    }
+    let action = match c.actions.get(i) {
+        Some(a) => a.clone(),
+        None => plan_step(root, txn, &mut c.dirs, i, c.owners)?,
+    };
+    let work = work_of(root, txn, &mut c.dirs, i, &action)?;
+    let at = Where { work, tolerate_missing_parent: op == Op::Delete, fresh: c.fresh, owners: c.owners };
+    let created = &mut c.created;
+    Ok(with_cx(root, txn, &mut c.dirs, i, at, |cx| action.forward(cx, created))?.unwrap_or(false))
 }
 
 /// Undo step `i` if it happened (idempotent). Directory metadata is restored separately, after
 /// every rename, by [`restore_dir_meta`].
 pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta, owners: bool) -> Result<()> {
-    let m = &txn.head.manifest;
-    let step = m.script[i].clone();
-    let p = &step.path;
-    let (dir, name) = match fsx::parent_of(root, p) {
-        Ok(x) => x,
-        // Parent never created, or already swapped back to a non-directory: nothing here.
-        Err(e) if matches!(fsx::errno(&e), Some(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)) => return Ok(()),
-        Err(e) => return Err(e).ctx("open parent of", p),
-    };
-    let dir = dir.as_fd();
-    let cur = fsx::lstat_at(dir, name).ctx("stat", p)?;
-    match step.op {
-        Op::Mkdir => {
-            if is_dir(&cur) {
-                fsx::unlink_at(dir, name, true).ctx("remove directory", p)?;
-            }
-        }
-        Op::Place => {
-            let Facts { new_type, old_type, kept, sname, exchange, id, work } =
-                facts(root, txn, &mut fsx::DirCache::default(), p)?;
-            let (sd, bd) = (txn.works[work].stage.as_fd(), txn.works[work].backup.as_fd());
-            let staged = fsx::lstat_at(sd, &sname).ctx("stat staged", p)?;
-            if kept {
-                let side = bundle::ferry_new_name(p);
-                if staged.is_none() && fsx::lstat_at(dir, &side).ctx("stat", p)?.is_some() {
-                    fsx::rename_noreplace(dir, &side, sd, &sname).ctx("move out of the tree", p)?;
-                }
-            } else if exchange {
-                let forward_done = cur.as_ref().is_some_and(|c| type_name(c) == new_type)
-                    && staged.as_ref().is_some_and(|s| Some(type_name(s)) == old_type);
-                if forward_done {
-                    fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
-                }
-            } else if let (Some(_), Some(id)) = (old_type, id) {
-                let bname = backup_name(i);
-                let backup = || fsx::lstat_at(bd, &bname).ctx("stat backup", p);
-                if is_id(&cur, id) && staged.is_some() {
-                    // The live path holds the staged inode: the forward exchange happened, and
-                    // the OLD inode is in the staging slot. Exchange back.
-                    fsx::exchange(sd, &sname, dir, name).ctx("exchange back", p)?;
-                } else if staged.is_some() && !is_id(&staged, id) {
-                    // The slot holds the OLD inode but the path was replaced after the apply:
-                    // put OLD back over it (as a backup rename would). Afterwards the slot is
-                    // empty, so a rerun does nothing.
-                    fsx::rename_at(sd, &sname, dir, name).ctx("restore from the staging slot", p)?;
-                } else if staged.is_none() && backup()?.is_some() {
-                    // Forward used the link-and-rename fallback (no RENAME_EXCHANGE).
-                    fsx::rename_at(bd, &bname, dir, name).ctx("restore from backup", p)?;
-                }
-            } else if old_type.is_some() {
-                let bname = backup_name(i);
-                if fsx::lstat_at(bd, &bname).ctx("stat backup", p)?.is_some() {
-                    if staged.is_none() {
-                        fsx::rename_at(bd, &bname, dir, name).ctx("restore from backup", p)?;
-                    } else {
-                        fsx::unlink_at(bd, &bname, false).ctx("remove unused backup", p)?;
-                    }
-                }
-            } else if staged.is_none() && cur.is_some() {
-                fsx::rename_noreplace(dir, name, sd, &sname).ctx("move out of the tree", p)?;
-            }
-        }
-        Op::SetMeta => {
-            if let Some(meta) = old_meta.get(p) {
-                fsx::set_meta_at(dir, name, meta, owners).ctx("restore metadata", p)?;
-            }
-        }
-        Op::Delete => {
-            let w = txn.work_for(root, &mut fsx::DirCache::default(), p, false)?;
-            let bname = backup_name(i);
-            if cur.is_none() && fsx::lstat_at(w.backup.as_fd(), &bname).ctx("stat backup", p)?.is_some() {
-                fsx::rename_noreplace(w.backup.as_fd(), &bname, dir, name).ctx("restore", p)?;
-            }
-        }
-        Op::DirMeta => {}
-    }
+    let mut dirs = fsx::DirCache::default();
+    let action = plan_step(root, txn, &mut dirs, i, owners)?;
+    let work = work_of(root, txn, &mut dirs, i, &action)?;
+    let at = Where { work, tolerate_missing_parent: true, fresh: false, owners };
+    with_cx(root, txn, &mut dirs, i, at, |cx| action.reverse(cx, old_meta))?;
     Ok(())
 }
 
@@ -376,8 +819,8 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
 pub fn restore_dir_meta(root: BorrowedFd<'_>, old_meta: &OldMeta, owners: bool) -> Result<()> {
     for (p, meta) in old_meta.iter().rev() {
         if let Ok((d, n)) = fsx::parent_of(root, p) {
-            if is_dir(&fsx::lstat_at(d.as_fd(), n).ctx("stat", p)?) {
-                fsx::set_meta_at(d.as_fd(), n, meta, owners).ctx("restore metadata", p)?;
+            if let Ok(fd) = fsx::open_dir_at(d.as_fd(), n) {
+                fsx::set_meta_fd(fd.as_fd(), meta, owners).ctx("restore metadata", p)?;
             }
         }
     }

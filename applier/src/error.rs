@@ -31,6 +31,11 @@ pub enum Exit {
     NoSpace = 11,
     /// inbox: at least one bundle failed.
     InboxFailed = 12,
+    /// The state directory (or a work directory) cannot be trusted: a symlink, not owned by the
+    /// applier's user, writable by group or others, or below a directory another user can write.
+    UnsafeState = 13,
+    /// A file in the state directory is corrupt (unreadable state, journal or transaction).
+    CorruptState = 14,
 }
 
 impl Exit {
@@ -49,6 +54,8 @@ impl Exit {
             Exit::Policy => "refused by trust policy",
             Exit::NoSpace => "not enough free space",
             Exit::InboxFailed => "inbox: some bundles failed",
+            Exit::UnsafeState => "state or work directory not trustworthy",
+            Exit::CorruptState => "state directory corrupt",
         }
     }
 }
@@ -80,6 +87,10 @@ pub enum Error {
     Hook(String),
     #[error("{0}")]
     Usage(String),
+    #[error("refusing to use {path}: {why} (bundle-format.md §15, local users)")]
+    UnsafeState { path: String, why: String },
+    #[error("{path}: corrupt: {why}")]
+    CorruptState { path: String, why: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -104,6 +115,8 @@ impl Error {
             Error::Pending(_) => Exit::Pending,
             Error::Hook(_) => Exit::HookFailed,
             Error::Usage(_) => Exit::Usage,
+            Error::UnsafeState { .. } => Exit::UnsafeState,
+            Error::CorruptState { .. } => Exit::CorruptState,
             Error::Internal(_) => Exit::Failure,
         }
     }

@@ -206,8 +206,18 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], ft: FileType, mode: u32, rdev:
     Ok(rfs::mknodat(dir, name, ft, Mode::from_raw_mode(mode), rdev)?)
 }
 
+/// Passes over a tree [`remove_tree_at`] makes before it gives up (someone keeps adding to it).
+const REMOVE_MAX_PASSES: usize = 100_000;
+
 /// Remove a directory tree beneath `dir` (our own staging and backup areas only). Never follows
 /// symlinks: entries are unlinked, directories opened with O_NOFOLLOW.
+///
+/// Iterative, with two directories open whatever the depth: every directory found below the
+/// top is first moved up into the top directory (a rename within the tree), then emptied and
+/// removed there. A local user who planted a chain thousands of directories deep in a tree the
+/// apply removes therefore cannot make the cleanup fail with EMFILE, overflow the stack or take
+/// quadratic time, and the walk never goes back up through `..` (which whoever can move a
+/// directory could redirect).
 pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     let st = match lstat_at(dir, name)? {
         None => return Ok(()),
@@ -216,11 +226,45 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     if file_type(&st) != FileType::Directory {
         return unlink_at(dir, name, false);
     }
-    let sub = open_dir_at(dir, name)?;
-    for n in list_dir(sub.as_fd())? {
-        remove_tree_at(sub.as_fd(), &n)?;
+    let top = open_dir_at(dir, name)?;
+    let mut flat = 0u64;
+    for _ in 0..REMOVE_MAX_PASSES {
+        let names = list_dir(top.as_fd())?;
+        if names.is_empty() {
+            drop(top);
+            return unlink_at(dir, name, true);
+        }
+        for n in names {
+            match lstat_at(top.as_fd(), &n)? {
+                Some(s) if file_type(&s) == FileType::Directory => {
+                    let sub = open_dir_at(top.as_fd(), &n)?;
+                    for m in list_dir(sub.as_fd())? {
+                        match lstat_at(sub.as_fd(), &m)? {
+                            Some(s) if file_type(&s) == FileType::Directory => loop {
+                                flat += 1;
+                                let to = format!(".ferry-flat-{flat}");
+                                match rename_noreplace(sub.as_fd(), &m, top.as_fd(), to.as_bytes()) {
+                                    Err(e) if errno(&e) == Some(Errno::EXIST) => continue,
+                                    r => break r?,
+                                }
+                            },
+                            Some(_) => unlink_at(sub.as_fd(), &m, false)?,
+                            None => {}
+                        }
+                    }
+                    drop(sub);
+                    match unlink_at(top.as_fd(), &n, true) {
+                        // Something was added meanwhile: the next pass sees it.
+                        Err(e) if errno(&e) == Some(Errno::NOTEMPTY) => {}
+                        r => r?,
+                    }
+                }
+                Some(_) => unlink_at(top.as_fd(), &n, false)?,
+                None => {}
+            }
+        }
     }
-    unlink_at(dir, name, true)
+    Err(io::Error::other("directory tree keeps changing while it is removed"))
 }
 
 /// Names in a directory, excluding `.` and `..`.
@@ -283,6 +327,42 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners
         return Ok(());
     }
     set_mtime_at(dir, name, meta.mtime_ns)
+}
+
+/// Open the object at `name` for a metadata change through its handle: a regular file or a
+/// directory, opened without following a symlink and without blocking; `None` for the other
+/// types (symlinks, FIFOs, devices are not opened).
+pub fn open_meta_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<OwnedFd>> {
+    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let ft = file_type(&st);
+    if !matches!(ft, FileType::RegularFile | FileType::Directory) {
+        return Ok(None);
+    }
+    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    if file_type(&rfs::fstat(&fd)?) != ft {
+        return Err(io::Error::other("replaced while being opened"));
+    }
+    Ok(Some(fd))
+}
+
+/// Set owner (if `owners`), permission bits and mtime of the open file or directory `fd`. Owner
+/// first: chown clears setuid/setgid bits, chmod then sets them.
+pub fn set_meta_fd(fd: BorrowedFd<'_>, meta: &bundle::Meta, owners: bool) -> io::Result<()> {
+    let cur = meta_of(&rfs::fstat(fd)?);
+    if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
+        rfs::fchown(fd, Some(rfs::Uid::from_raw(meta.uid)), Some(rfs::Gid::from_raw(meta.gid)))?;
+    }
+    if rfs::fstat(fd)?.st_mode & 0o7777 != meta.mode {
+        rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+    }
+    if cur.mtime_ns != meta.mtime_ns {
+        let t = Timespec {
+            tv_sec: meta.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: meta.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        rfs::futimens(fd, &Timestamps { last_access: t, last_modification: t })?;
+    }
+    Ok(())
 }
 
 pub fn set_mtime_at(dir: BorrowedFd<'_>, name: &[u8], mtime_ns: i64) -> io::Result<()> {

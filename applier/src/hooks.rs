@@ -22,7 +22,9 @@ pub fn matching(m: &Manifest) -> Vec<&bundle::Hook> {
         .collect()
 }
 
-pub fn run(m: &Manifest, target: &Path, log: &Path, skip: bool) -> Vec<HookResult> {
+/// Run the matching hooks, appending their output to `log` (`STATE/hooks.log`, opened by the
+/// caller through the checked state directory).
+pub fn run(m: &Manifest, target: &Path, log: std::fs::File, skip: bool) -> Vec<HookResult> {
     let mut out = Vec::new();
     for h in matching(m) {
         let mut r = HookResult { glob: h.glob.clone(), command: h.command.clone(), result: String::new(), ok: false };
@@ -32,7 +34,7 @@ pub fn run(m: &Manifest, target: &Path, log: &Path, skip: bool) -> Vec<HookResul
             out.push(r);
             continue;
         }
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(log);
+        let logf = log.try_clone();
         let (o, e) = match &logf {
             Ok(f) => match (f.try_clone(), f.try_clone()) {
                 (Ok(a), Ok(b)) => (Stdio::from(a), Stdio::from(b)),

@@ -24,28 +24,49 @@ pub struct InboxReport {
     pub failed: usize,
 }
 
-fn candidates(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Io { op: "read inbox", path: dir.display().to_string(), source: e })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            // Parts of a split bundle are read through their first part.
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            !(ext.len() == 3 && ext.bytes().all(|b| b.is_ascii_digit()) && ext != "000")
-        })
-        .collect();
+/// The inbox's bundles (first parts of split bundles stand for the set), and the entries skipped
+/// because they are not regular files (a FIFO would block a reader, a symlink could point
+/// anywhere; whoever can write the inbox may have put them there).
+fn candidates(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(PathBuf, &'static str)>)> {
+    let mut v = Vec::new();
+    let mut skipped = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::Io { op: "read inbox", path: dir.display().to_string(), source: e })? {
+        let Ok(e) = e else { continue };
+        let p = e.path();
+        // Parts of a split bundle are read through their first part.
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ext.len() == 3 && ext.bytes().all(|b| b.is_ascii_digit()) && ext != "000" {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_file() => v.push(p),
+            Ok(t) if t.is_dir() => {}
+            Ok(t) if t.is_symlink() => skipped.push((p, "a symlink, not a regular file")),
+            _ => skipped.push((p, "not a regular file (FIFO, socket or device)")),
+        }
+    }
     v.sort();
-    Ok(v)
+    skipped.sort();
+    Ok((v, skipped))
 }
 
 pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
     let resumed = apply::resume(o)?.result;
-    let paths = apply::state_paths(o);
-    let trust = apply::load_trust(o, &paths)?;
+    let sd = apply::open_state(o)?;
+    let trust = apply::load_trust(o, sd.as_ref())?;
     let mut items = Vec::new();
     let mut heads = Vec::new();
-    for p in candidates(dir)? {
+    let (paths, skipped) = candidates(dir)?;
+    for (p, why) in skipped {
+        items.push(Item {
+            bundle: p.display().to_string(),
+            version: None,
+            outcome: "skipped".into(),
+            reason: why.into(),
+            exit_code: 0,
+        });
+    }
+    for p in paths {
         let name = p.display().to_string();
         let res = crate::source::open(&p).and_then(|src| {
             let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
@@ -72,7 +93,10 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
     }
     heads.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     for (v, p, h) in heads {
-        let st = state::load(&paths.state())?;
+        let st = match &sd {
+            Some(d) => state::load(d, state::STATE_FILE)?,
+            None => state::State::default(),
+        };
         let name = p.display().to_string();
         let skip = |reason: String| Item {
             bundle: name.clone(),

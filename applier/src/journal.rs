@@ -7,10 +7,10 @@
 //! every earlier append was fsynced before anything that depends on it happened.
 
 use crate::error::{Ctx, Result};
+use crate::state::Dir;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::Write;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
@@ -21,9 +21,16 @@ pub enum Record {
         #[serde(with = "serde_bytes")]
         bundle_path: Vec<u8>,
     },
-    /// A work directory (staging and backups) is in use for device `dev`; `path` is relative to
-    /// the target root, or `None` for `TXN/work`.
-    WorkDir { dev: u64, path: Option<bundle::BundlePath> },
+    /// A work directory (staging and backups) is in use for mount `dev`; `path` is relative to
+    /// the target root, or `None` for `TXN/work`. `id` is the `(st_dev, st_ino)` of the directory
+    /// this applier created there (absent in journals of older versions): every later open
+    /// checks it, so a directory put in its place by someone else is never used.
+    WorkDir {
+        dev: u64,
+        path: Option<bundle::BundlePath>,
+        #[serde(default)]
+        id: Option<(u64, u64)>,
+    },
     /// Every staged object is complete, verified and durable; the bundle is no longer needed.
     Staged,
     /// Commit aborted by an error: roll back to OLD (resume continues the rollback).
@@ -38,16 +45,21 @@ pub enum Record {
     RolledBack,
 }
 
+/// Name of the journal in a transaction directory.
+pub const JOURNAL: &str = "journal";
+
+/// The largest journal read back (a few records per transaction and work directory).
+const MAX_JOURNAL: u64 = 16 << 20;
+
 pub struct Journal {
-    path: PathBuf,
+    path: String,
     file: File,
 }
 
 impl Journal {
     /// Open (creating if needed) for appending.
-    pub fn open(path: &Path) -> Result<Journal> {
-        let file = OpenOptions::new().create(true).append(true).open(path).ctx("open journal", path.display())?;
-        Ok(Journal { path: path.to_path_buf(), file })
+    pub fn open(dir: &Dir) -> Result<Journal> {
+        Ok(Journal { path: dir.show(JOURNAL), file: dir.open_append(JOURNAL)? })
     }
 
     /// Append a record and make it durable.
@@ -58,23 +70,16 @@ impl Journal {
         buf.extend_from_slice(&(cbor.len() as u32).to_le_bytes());
         buf.extend_from_slice(&cbor);
         buf.extend_from_slice(blake3::hash(&cbor).as_bytes());
-        self.file.write_all(&buf).ctx("write journal", self.path.display())?;
-        self.file.sync_all().ctx("fsync journal", self.path.display())?;
+        self.file.write_all(&buf).ctx("write journal", &self.path)?;
+        self.file.sync_all().ctx("fsync journal", &self.path)?;
         crate::failpoint::hit("journal");
         Ok(())
     }
 }
 
 /// Read every valid record; stops at the first torn or corrupt one.
-pub fn read(path: &Path) -> Result<Vec<Record>> {
-    let mut data = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut data).ctx("read journal", path.display())?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).ctx("open journal", path.display()),
-    }
+pub fn read(dir: &Dir) -> Result<Vec<Record>> {
+    let Some(data) = dir.read(JOURNAL, MAX_JOURNAL)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     let mut at = 0usize;
     while data.len() >= at + 4 {

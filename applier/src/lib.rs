@@ -14,6 +14,7 @@
 //! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 //! - [`par`]: parallel hashing of the base and of staged files.
+//! - [`text`]: escaping untrusted text before it reaches a terminal.
 
 pub mod apply;
 pub mod base;
@@ -33,6 +34,7 @@ pub mod source;
 pub mod stage;
 pub mod state;
 pub mod status;
+pub mod text;
 pub mod trust;
 pub mod txn;
 pub mod verify;

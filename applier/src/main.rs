@@ -33,14 +33,14 @@ fn report(command: &str, json: bool, body: serde_json::Value, human: impl FnOnce
     } else {
         let s = human();
         if !s.is_empty() {
-            println!("{s}");
+            println!("{}", applier::text::escape(&s));
         }
     }
 }
 
 fn fail(command: &str, json: bool, e: &Error) -> ExitCode {
     let code = e.exit();
-    eprintln!("ferry-apply {command}: error: {e}");
+    eprintln!("ferry-apply {command}: error: {}", applier::text::escape(&e.to_string()));
     if json {
         println!(
             "{}",
@@ -126,15 +126,16 @@ fn main() -> ExitCode {
                         }
                         println!("{v}");
                     } else {
-                        println!("{human}");
+                        println!("{}", applier::text::escape(&human));
                     }
                     ExitCode::from(code)
                 }
                 Err(e) => fail("plan", json, &e),
             }
         }
-        Cmd::Resume { t, bundle, no_hooks, json } => {
+        Cmd::Resume { t, trust, bundle, no_hooks, json } => {
             let mut o = opts(&t, None, q || json);
+            o.trust = trust;
             o.bundle = bundle;
             o.no_hooks = no_hooks;
             match apply::resume(&o) {
@@ -146,8 +147,9 @@ fn main() -> ExitCode {
                 Err(e) => fail("resume", json, &e),
             }
         }
-        Cmd::Rollback { t, json } => {
-            let o = opts(&t, None, q || json);
+        Cmd::Rollback { t, trust, json } => {
+            let mut o = opts(&t, None, q || json);
+            o.trust = trust;
             match apply::rollback(&o) {
                 Ok(r) => {
                     let v = serde_json::to_value(&r).unwrap_or_default();
@@ -191,7 +193,8 @@ fn main() -> ExitCode {
                         println!("{v}");
                     } else {
                         for i in &r.items {
-                            println!("{:8} {} {}", i.outcome, i.bundle, i.reason);
+                            let line = format!("{:8} {} {}", i.outcome, i.bundle, i.reason);
+                            println!("{}", applier::text::escape_line(&line));
                         }
                     }
                     if failed > 0 {
@@ -264,7 +267,7 @@ fn plan_human(p: &applier::plan::Plan) -> String {
     }
     s.push_str(&format!("{} steps:", p.steps.len()));
     for st in &p.steps {
-        s.push_str(&format!("\n  {:8} {}", st.op, st.path));
+        s.push_str(&format!("\n  {:8} {}", st.op, applier::text::escape_line(&st.path)));
     }
     s
 }
@@ -376,7 +379,11 @@ fn inspect_human(v: &serde_json::Value) -> String {
     );
     if let Some(steps) = v["script"].as_array() {
         for st in steps {
-            s.push_str(&format!("\n  {:8} {}", st["op"].as_str().unwrap_or(""), st["path"].as_str().unwrap_or("")));
+            s.push_str(&format!(
+                "\n  {:8} {}",
+                st["op"].as_str().unwrap_or(""),
+                applier::text::escape_line(st["path"].as_str().unwrap_or(""))
+            ));
         }
     }
     s

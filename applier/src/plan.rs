@@ -2,7 +2,7 @@
 //! free space per filesystem, drifted paths, config files that would be kept, hooks that would
 //! run, and whether (and why not) the bundle would apply. It takes no lock and writes nothing.
 
-use crate::apply::{check_policy, conffile, load_trust, state_paths, Options};
+use crate::apply::{check_policy, conffile, foreign_side_files, load_trust, open_state, Options};
 use crate::error::{Ctx, Error, Result};
 use crate::{fsx, hooks, stage, state, txn, verify};
 use serde::Serialize;
@@ -45,19 +45,23 @@ pub struct Plan {
 
 pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
-    let paths = state_paths(o);
-    let trust = load_trust(o, &paths)?;
+    let sd = open_state(o)?;
+    let trust = load_trust(o, sd.as_ref())?;
     let h = verify::bundle(bundle, Some(&trust), &o.limits, false)?;
     let m = &h.manifest;
-    let st = state::load(&paths.state())?;
+    let st = match &sd {
+        Some(d) => state::load(d, state::STATE_FILE)?,
+        None => state::State::default(),
+    };
+    let owners = fsx::is_root();
     let mut refusal: Option<Error> = None;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         refusal = Some(Error::Version("this bundle is already installed (apply would do nothing)".into()));
     } else if let Err(e) = check_policy(o, &st, &h) {
         refusal = Some(e);
     }
-    let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p)) {
-        Ok(k) => (Vec::new(), k),
+    let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p), owners) {
+        Ok(b) => (foreign_side_files(root.as_fd(), &b.kept, &st), b.kept),
         Err(d) => (d, Vec::new()),
     };
     if refusal.is_none() && !drifted.is_empty() {
@@ -65,7 +69,7 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     }
     let mut per: BTreeMap<u64, (String, u64)> = BTreeMap::new();
     let mut dirs = crate::fsx::DirCache::default();
-    for i in stage::placed_entries(m) {
+    for i in stage::placed_entries(m, owners) {
         let e = &m.entries[i];
         let key = txn::dev_of_parent(root.as_fd(), &mut dirs, &e.path)?;
         let size = match &e.kind {

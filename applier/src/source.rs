@@ -28,6 +28,24 @@ fn split_base(p: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(base))
 }
 
+/// Open an input file (a bundle or a part) for reading: the last component is not followed if it
+/// is a symlink, a FIFO or device is never opened in a blocking way, and anything but a regular
+/// file is refused before a byte is read (whoever can write an inbox or a download directory
+/// could put a FIFO there and stall a boot-time apply for ever).
+pub fn open_input(path: &Path) -> io::Result<File> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| match e {
+            rustix::io::Errno::LOOP => io::Error::other("a symlink, not a regular file"),
+            e => io::Error::from(e),
+        })?;
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(File::from(fd))
+}
+
 pub fn open(path: &Path) -> Result<Source> {
     let display = path.display().to_string();
     let base = match split_base(path) {
@@ -38,7 +56,7 @@ pub fn open(path: &Path) -> Result<Source> {
     if let Some(base) = base {
         return Ok(Source { reader: Box::new(Parts { base, next: 0, cur: None }), display });
     }
-    let f = File::open(path).ctx("open bundle", &display)?;
+    let f = open_input(path).ctx("open bundle", &display)?;
     Ok(Source { reader: Box::new(io::BufReader::with_capacity(1 << 20, f)), display })
 }
 
@@ -59,7 +77,7 @@ impl Read for Parts {
                 self.cur = None;
             }
             let p = part_name(&self.base, self.next);
-            match File::open(&p) {
+            match open_input(&p) {
                 Ok(f) => {
                     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                     PARTS.with(|ps| {

@@ -36,13 +36,11 @@ pub struct StageReport {
     pub needed: BTreeMap<u64, u64>,
 }
 
-/// Entries (by index) that the commit places, in script order.
-pub fn placed_entries(m: &bundle::Manifest) -> Vec<usize> {
-    m.script
-        .iter()
-        .filter(|s| s.op == Op::Place)
-        .filter_map(|s| m.entries.binary_search_by(|e| e.path.cmp(&s.path)).ok())
-        .collect()
+/// Entries (by index) with a staged object, in script order: every placed entry, and every file
+/// whose permission-raising metadata change is done by a staged copy
+/// ([`crate::commit::setmeta_by_copy`]).
+pub fn placed_entries(m: &bundle::Manifest, owners: bool) -> Vec<usize> {
+    crate::commit::staged_entries(m, owners)
 }
 
 fn file_size(e: &Entry) -> u64 {
@@ -62,7 +60,7 @@ pub fn stage(
     progress: bool,
 ) -> Result<StageReport> {
     let m = txn.head.manifest.clone();
-    let placed = placed_entries(&m);
+    let placed = placed_entries(&m, owners);
     let mut rep = StageReport::default();
     let mut work_of: HashMap<usize, usize> = HashMap::new();
     let mut dirs = fsx::DirCache::default();
@@ -272,11 +270,15 @@ pub fn stage(
                 fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
                 written.push(i);
             }
-            Kind::File { content: Content::Copy { from }, .. } => {
-                let (d, n) = dirs.parent_of(root, from).ctx("open copy source", from)?;
-                let mut src = fsx::open_file_at(d, n).ctx("open copy source", from)?;
-                let mut dst = fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
-                rep.bytes += std::io::copy(&mut src, &mut dst).ctx("copy", &e.path)?;
+            Kind::File { content: Content::Copy { from }, size, .. } => {
+                rep.bytes += copy_local(root, &mut dirs, from, None, *size, sd, &name, &e.path)?;
+                written.push(i);
+            }
+            Kind::File { content: Content::Unchanged, size, .. } => {
+                // A permission-raising metadata change: a copy of the live file (the inode the
+                // base check verified), given the new metadata and exchanged in by the commit.
+                let base = txn.base_ids.get(&e.path).map(|&(d, i, _)| (d, i));
+                rep.bytes += copy_local(root, &mut dirs, &e.path, base, *size, sd, &name, &e.path)?;
                 written.push(i);
             }
             Kind::File { .. } => return Err(Error::Internal(format!("{}: file content not staged", e.path))),
@@ -298,7 +300,9 @@ pub fn stage(
                     .ctx("stage hardlink", &e.path)?;
             }
         }
-        rep.objects += 1;
+        if !matches!(e.kind, Kind::File { .. }) {
+            rep.objects += 1; // files are counted once verified, below
+        }
         crate::failpoint::may_fail("stage-object").ctx("stage", &e.path)?;
     }
 
@@ -319,6 +323,7 @@ pub fn stage(
         Ok(())
     });
     checked.into_iter().collect::<Result<()>>()?;
+    // Files (from frames, empty, copied) are counted here; other objects as they were made.
     rep.objects += written.len();
     for &i in &placed {
         let e = &m.entries[i];
@@ -337,6 +342,33 @@ pub fn stage(
     }
     crate::failpoint::hit("stage-synced");
     Ok(rep)
+}
+
+/// Copy the live file `from` (if `want`, only the inode `(st_dev, st_ino)`) into a new staged
+/// file `name` in `sd`, reading at most `size` bytes: a source swapped for a larger (or huge
+/// sparse) file by a local user is refused before anything is copied, and one that grows while
+/// it is read is cut at `size` + 1 bytes and refused by the hash check. Returns bytes written.
+#[allow(clippy::too_many_arguments)]
+fn copy_local(
+    root: BorrowedFd<'_>,
+    dirs: &mut fsx::DirCache,
+    from: &bundle::BundlePath,
+    want: Option<(u64, u64)>,
+    size: u64,
+    sd: BorrowedFd<'_>,
+    name: &[u8],
+    path: &bundle::BundlePath,
+) -> Result<u64> {
+    let (d, n) = dirs.parent_of(root, from).ctx("open copy source", from)?;
+    let src = fsx::open_file_at(d, n).ctx("open copy source", from)?;
+    let st = rustix::fs::fstat(&src).ctx("stat copy source", from)?;
+    #[allow(clippy::unnecessary_cast)]
+    let id = (st.st_dev as u64, st.st_ino as u64);
+    if st.st_size as u64 != size || want.is_some_and(|w| w != id) {
+        return Err(Error::Drift(vec![format!("{from}: changed after the base check (copy source)")]));
+    }
+    let mut dst = fsx::create_file_at(sd, name).ctx("create staged", path)?;
+    std::io::copy(&mut src.take(size + 1), &mut dst).ctx("copy", path)
 }
 
 /// Frames read from the bundle and decoded by worker threads at most this big (compressed).

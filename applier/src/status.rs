@@ -1,7 +1,7 @@
 //! `ferry-apply status`: what is installed, what an interrupted run left and what resume will do,
 //! what rollback would restore, the last error and hook results. Read-only; takes no lock.
 
-use crate::apply::{state_paths, Options};
+use crate::apply::{open_state, Options};
 use crate::error::Result;
 use crate::journal::Record;
 use crate::state::{self, State};
@@ -32,9 +32,15 @@ pub struct Status {
 }
 
 pub fn status(o: &Options) -> Result<Status> {
-    let paths = state_paths(o);
-    let installed = state::load(&paths.state())?;
-    let pending = match Txn::load(&paths.txn(), &o.limits)? {
+    let Some(d) = open_state(o)? else {
+        return Ok(Status {
+            installed: State { state_version: state::STATE_VERSION, ..Default::default() },
+            pending: None,
+            rollback: None,
+        });
+    };
+    let installed = state::load(&d, state::STATE_FILE)?;
+    let pending = match Txn::load(&d, state::TXN, &o.limits, None)? {
         None => None,
         Some(t) => {
             let bp = t.bundle_path().map(|p| p.display().to_string());
@@ -62,9 +68,9 @@ pub fn status(o: &Options) -> Result<Status> {
             })
         }
     };
-    let rollback = match Txn::load(&paths.prev(), &o.limits)? {
+    let rollback = match Txn::load(&d, state::PREV, &o.limits, None)? {
         Some(t) if !t.has(&Record::RolledBack) => {
-            let before = state::load(&t.dir.join("state-before.json")).ok().and_then(|s| s.version);
+            let before = state::load(&t.dir, "state-before.json").ok().and_then(|s| s.version);
             Some(Kept {
                 version: t.head.manifest.version,
                 bundle_id: t.head.id.to_hex(),
