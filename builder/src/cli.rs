@@ -1,6 +1,7 @@
 //! The `ferry-build` command line (clap derive), in the library so that man pages and shell
 //! completions can be generated from it (`xtask`).
 
+use crate::{BuildOptions, Error};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -109,4 +110,131 @@ pub struct BuildArgs {
     /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
     pub split_size: Option<u64>,
+}
+
+/// The one place command-line arguments become [`BuildOptions`]: hooks are parsed with
+/// `--hook-timeout`, and the creation time comes from [`crate::created_from_env`] (the hooks are
+/// checked first). Output-only flags (`--json`, `--split-size`) are not build options.
+impl TryFrom<&BuildArgs> for BuildOptions {
+    type Error = Error;
+
+    fn try_from(a: &BuildArgs) -> Result<BuildOptions, Error> {
+        let hooks = a.hooks.iter().map(|h| crate::parse_hook(h, a.hook_timeout)).collect::<Result<Vec<_>, _>>()?;
+        Ok(BuildOptions {
+            new: a.new.clone(),
+            old: a.old.clone(),
+            keys: a.keys.clone(),
+            version: a.version,
+            base_version: a.base_version,
+            channel: a.channel.clone(),
+            out: a.out.clone(),
+            hooks,
+            expires: a.expires,
+            level: a.level,
+            chunk_size: a.chunk_size,
+            solid_size: a.solid_size,
+            config_files: a.config_files.clone(),
+            rotate_add: a.rotate_add.clone(),
+            rotate_retire: a.rotate_retire.clone(),
+            rotate_threshold: a.rotate_threshold,
+            dry_run: a.dry_run,
+            keep_unchanged_mtimes: a.keep_unchanged_mtimes,
+            created: crate::created_from_env()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_become_build_options() -> Result<(), Box<dyn std::error::Error>> {
+        let cli = Cli::try_parse_from([
+            "ferry-build",
+            "build",
+            "--new",
+            "n",
+            "--old",
+            "o",
+            "--key",
+            "k1",
+            "--key",
+            "k2",
+            "--version",
+            "3",
+            "--base-version",
+            "2",
+            "--channel",
+            "beta",
+            "--out",
+            "b.ferry",
+            "--hook",
+            "bin/*=true",
+            "--hook-timeout",
+            "9",
+            "--expires",
+            "4000000000",
+            "--level",
+            "fast",
+            "--chunk-size",
+            "1M",
+            "--solid-size",
+            "0",
+            "--config-files",
+            "etc/*",
+            "--rotate-add",
+            "r.pub",
+            "--rotate-retire",
+            "0123456789abcdef",
+            "--rotate-threshold",
+            "2",
+            "--dry-run",
+            "--keep-unchanged-mtimes",
+            "--json",
+            "--split-size",
+            "1M",
+        ])?;
+        let Cmd::Build(a) = cli.cmd else { return Err("not build".into()) };
+        let o = BuildOptions::try_from(&*a)?;
+        assert_eq!((o.new, o.old), (PathBuf::from("n"), Some(PathBuf::from("o"))));
+        assert_eq!(o.keys, [PathBuf::from("k1"), PathBuf::from("k2")]);
+        assert_eq!((o.version, o.base_version, o.channel.as_str()), (3, Some(2), "beta"));
+        assert_eq!(o.out, PathBuf::from("b.ferry"));
+        assert_eq!(o.hooks.len(), 1);
+        assert_eq!(
+            (o.hooks[0].glob.as_str(), o.hooks[0].command.as_str(), o.hooks[0].timeout_secs),
+            ("bin/*", "true", 9)
+        );
+        assert_eq!((o.expires, o.level, o.chunk_size, o.solid_size), (Some(4_000_000_000), 3, 1 << 20, 0));
+        assert_eq!(o.config_files, ["etc/*"]);
+        assert_eq!(
+            (o.rotate_add, o.rotate_retire),
+            (vec![PathBuf::from("r.pub")], vec!["0123456789abcdef".to_string()])
+        );
+        assert_eq!(o.rotate_threshold, Some(2));
+        assert!(o.dry_run && o.keep_unchanged_mtimes);
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_hook_is_a_usage_error() -> Result<(), Box<dyn std::error::Error>> {
+        let cli = Cli::try_parse_from([
+            "ferry-build",
+            "build",
+            "--new",
+            "n",
+            "--key",
+            "k",
+            "--version",
+            "1",
+            "--out",
+            "b",
+            "--hook",
+            "nocommand",
+        ])?;
+        let Cmd::Build(a) = cli.cmd else { return Err("not build".into()) };
+        assert!(BuildOptions::try_from(&*a).is_err_and(|e| e.is_usage()));
+        Ok(())
+    }
 }

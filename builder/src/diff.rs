@@ -156,170 +156,207 @@ impl<'a> OldIndex<'a> {
     }
 }
 
-/// Compare `old` and `new`. `config_globs` mark NEW files as configuration files.
-pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
-    let idx = OldIndex::new(old);
-    let mut phase0: BTreeMap<BundlePath, Op> = BTreeMap::new();
-    let mut touched: BTreeSet<BundlePath> = BTreeSet::new();
-    let mut dirmeta: BTreeSet<BundlePath> = BTreeSet::new();
-    let mut exchanged: BTreeSet<BundlePath> = BTreeSet::new();
-    let mut choices: BTreeMap<BundlePath, Choice> = BTreeMap::new();
+/// Steps and decisions collected while NEW is compared with OLD, path by path.
+#[derive(Default)]
+struct Changes {
+    /// The one creation-phase step (Mkdir, Place, SetMeta) of each path that has one.
+    phase0: BTreeMap<BundlePath, Op>,
+    touched: BTreeSet<BundlePath>,
+    dirmeta: BTreeSet<BundlePath>,
+    /// OLD directories that NEW replaces by something else (removed with all they hold).
+    exchanged: BTreeSet<BundlePath>,
+    choices: BTreeMap<BundlePath, Choice>,
+}
 
-    let is_config = |p: &BundlePath| config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()));
-    let payload_choice = |p: &BundlePath, n: &ScanEntry| -> Choice {
+/// What every comparison needs: both trees, the index of OLD's files, the config globs.
+struct Ctx<'a> {
+    old: &'a Tree,
+    new: &'a Tree,
+    idx: OldIndex<'a>,
+    config_globs: &'a [String],
+}
+
+impl Ctx<'_> {
+    fn is_config(&self, p: &BundlePath) -> bool {
+        self.config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()))
+    }
+
+    /// Where the content of a NEW file whose inode group changed comes from.
+    fn payload_choice(&self, p: &BundlePath, n: &ScanEntry) -> Choice {
         if n.size == 0 {
             Choice::Empty
-        } else if let Some(from) = idx.copy_source(p, &n.hash) {
+        } else if let Some(from) = self.idx.copy_source(p, &n.hash) {
             Choice::Copy(from)
-        } else if is_config(p) {
+        } else if self.is_config(p) {
             // A config file may be locally edited on the target (the conffile rule keeps the
             // edit): its NEW content must not be decoded from the OLD file.
             Choice::Payload { base: None }
         } else {
-            Choice::Payload { base: idx.delta_base(old, p, n.size) }
+            Choice::Payload { base: self.idx.delta_base(self.old, p, n.size) }
         }
-    };
+    }
+}
 
-    for n in &new.entries {
-        let p = &n.path;
-        let o = old.get(p);
+impl Changes {
+    /// Compare one NEW entry with OLD at the same path.
+    fn compare(&mut self, cx: &Ctx, n: &ScanEntry) {
+        let o = cx.old.get(&n.path);
         if let Some(o) = o {
             if o.ty == Type::Dir && n.ty != Type::Dir {
-                exchanged.insert(p.clone());
+                self.exchanged.insert(n.path.clone());
             }
         }
         match &n.ty {
-            Type::File => {
-                if n.is_secondary_link() {
-                    continue; // decided with its primary
-                }
-                let group = new.group_of(p);
-                let untouched = group.iter().all(|m| {
-                    let (Some(nm), Some(om)) = (new.get(m), old.get(m)) else {
-                        return false;
-                    };
-                    om.ty == Type::File && same_payload(nm, om) && old.group_of(m) == group
-                });
-                if untouched {
-                    let Some(o) = o else { continue };
-                    if o.meta != n.meta {
-                        phase0.insert(p.clone(), Op::SetMeta);
-                        touched.insert(p.clone());
-                    }
-                    choices.insert(p.clone(), Choice::Unchanged);
-                } else {
-                    for m in &group {
-                        phase0.insert(m.clone(), Op::Place);
-                        if old.get(m).is_some() {
-                            touched.insert(m.clone());
-                        }
-                    }
-                    choices.insert(p.clone(), payload_choice(p, n));
-                }
-            }
-            Type::Dir => match o {
-                None => {
-                    phase0.insert(p.clone(), Op::Mkdir);
-                    dirmeta.insert(p.clone());
-                }
-                Some(o) if o.ty == Type::Dir => {
-                    if o.meta != n.meta {
-                        dirmeta.insert(p.clone());
-                        touched.insert(p.clone());
-                    }
-                }
-                Some(_) => {
-                    phase0.insert(p.clone(), Op::Place);
-                    dirmeta.insert(p.clone());
-                    touched.insert(p.clone());
-                }
-            },
-            _ => match o {
-                None => {
-                    phase0.insert(p.clone(), Op::Place);
-                }
-                Some(o) if o.ty.name() == n.ty.name() => {
-                    if !same_payload(n, o) {
-                        phase0.insert(p.clone(), Op::Place);
-                        touched.insert(p.clone());
-                    } else if o.meta != n.meta {
-                        phase0.insert(p.clone(), Op::SetMeta);
-                        touched.insert(p.clone());
-                    }
-                }
-                Some(_) => {
-                    phase0.insert(p.clone(), Op::Place);
-                    touched.insert(p.clone());
-                }
-            },
+            Type::File => self.file(cx, n, o),
+            Type::Dir => self.dir(n, o),
+            _ => self.special(n, o),
         }
     }
 
-    let mut deletes: BTreeSet<BundlePath> = BTreeSet::new();
-    for o in &old.entries {
-        if new.get(&o.path).is_some() {
-            continue;
+    /// A file is decided with its whole NEW inode group: untouched if every member is the same
+    /// file in OLD with the same group, else every member is placed.
+    fn file(&mut self, cx: &Ctx, n: &ScanEntry, o: Option<&ScanEntry>) {
+        let p = &n.path;
+        if n.is_secondary_link() {
+            return; // decided with its primary
         }
-        touched.insert(o.path.clone());
-        if !o.path.ancestors().iter().any(|a| exchanged.contains(a)) {
-            deletes.insert(o.path.clone());
-        }
-    }
-
-    // Directories whose entries change get their mtime (and the rest of their meta) set last.
-    let is_new_dir = |p: &BundlePath| new.get(p).is_some_and(|e| e.ty == Type::Dir);
-    for (p, op) in &phase0 {
-        if *op == Op::SetMeta {
-            continue;
-        }
-        if let Some(parent) = p.parent() {
-            if is_new_dir(&parent) {
-                dirmeta.insert(parent);
-            }
-        }
-    }
-    for p in &deletes {
-        if let Some(parent) = p.parent() {
-            if is_new_dir(&parent) {
-                dirmeta.insert(parent);
-            }
-        }
-    }
-
-    let mut steps: Vec<Step> = phase0.into_iter().map(|(path, op)| Step { op, path }).collect();
-    steps.extend(deletes.into_iter().map(|path| Step { op: Op::Delete, path }));
-    steps.extend(dirmeta.into_iter().map(|path| Step { op: Op::DirMeta, path }));
-
-    let entries = new
-        .entries
-        .iter()
-        .map(|n| {
-            let kind = match &n.ty {
-                Type::File => match &n.primary {
-                    Some(pr) if pr != &n.path => Kind::Hardlink { primary: pr.clone() },
-                    _ => {
-                        let content = match choices.get(&n.path) {
-                            Some(Choice::Unchanged) | None => Content::Unchanged,
-                            Some(Choice::Empty) => Content::Empty,
-                            Some(Choice::Copy(from)) => Content::Copy { from: from.clone() },
-                            Some(Choice::Payload { .. }) => Content::Pieces(Vec::new()),
-                        };
-                        let config =
-                            config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), n.path.as_bytes()));
-                        Kind::File { size: n.size, hash: n.hash, content, config }
-                    }
-                },
-                Type::Dir => Kind::Dir,
-                Type::Symlink(t) => Kind::Symlink { target: t.clone() },
-                Type::Fifo => Kind::Fifo,
-                Type::CharDev(r) => Kind::CharDev { rdev: *r },
-                Type::BlockDev(r) => Kind::BlockDev { rdev: *r },
+        let group = cx.new.group_of(p);
+        let untouched = group.iter().all(|m| {
+            let (Some(nm), Some(om)) = (cx.new.get(m), cx.old.get(m)) else {
+                return false;
             };
-            Entry { path: n.path.clone(), meta: n.meta, kind }
-        })
-        .collect();
+            om.ty == Type::File && same_payload(nm, om) && cx.old.group_of(m) == group
+        });
+        if untouched {
+            let Some(o) = o else { return };
+            if o.meta != n.meta {
+                self.phase0.insert(p.clone(), Op::SetMeta);
+                self.touched.insert(p.clone());
+            }
+            self.choices.insert(p.clone(), Choice::Unchanged);
+        } else {
+            for m in &group {
+                self.phase0.insert(m.clone(), Op::Place);
+                if cx.old.get(m).is_some() {
+                    self.touched.insert(m.clone());
+                }
+            }
+            self.choices.insert(p.clone(), cx.payload_choice(p, n));
+        }
+    }
 
-    Diff { entries, steps, touched, choices }
+    fn dir(&mut self, n: &ScanEntry, o: Option<&ScanEntry>) {
+        let p = &n.path;
+        match o {
+            None => {
+                self.phase0.insert(p.clone(), Op::Mkdir);
+                self.dirmeta.insert(p.clone());
+            }
+            Some(o) if o.ty == Type::Dir => {
+                if o.meta != n.meta {
+                    self.dirmeta.insert(p.clone());
+                    self.touched.insert(p.clone());
+                }
+            }
+            Some(_) => {
+                self.phase0.insert(p.clone(), Op::Place);
+                self.dirmeta.insert(p.clone());
+                self.touched.insert(p.clone());
+            }
+        }
+    }
+
+    /// Symlinks, FIFOs and device nodes.
+    fn special(&mut self, n: &ScanEntry, o: Option<&ScanEntry>) {
+        let p = &n.path;
+        match o {
+            None => {
+                self.phase0.insert(p.clone(), Op::Place);
+            }
+            Some(o) if o.ty.name() == n.ty.name() => {
+                if !same_payload(n, o) {
+                    self.phase0.insert(p.clone(), Op::Place);
+                    self.touched.insert(p.clone());
+                } else if o.meta != n.meta {
+                    self.phase0.insert(p.clone(), Op::SetMeta);
+                    self.touched.insert(p.clone());
+                }
+            }
+            Some(_) => {
+                self.phase0.insert(p.clone(), Op::Place);
+                self.touched.insert(p.clone());
+            }
+        }
+    }
+
+    /// OLD paths missing from NEW are touched; they get a Delete unless an exchanged directory
+    /// above them takes them away.
+    fn deletes(&mut self, old: &Tree, new: &Tree) -> BTreeSet<BundlePath> {
+        let mut deletes: BTreeSet<BundlePath> = BTreeSet::new();
+        for o in &old.entries {
+            if new.get(&o.path).is_some() {
+                continue;
+            }
+            self.touched.insert(o.path.clone());
+            if !o.path.ancestors().iter().any(|a| self.exchanged.contains(a)) {
+                deletes.insert(o.path.clone());
+            }
+        }
+        deletes
+    }
+
+    /// Directories whose entries change get their mtime (and the rest of their meta) set last.
+    fn parents_get_dirmeta(&mut self, new: &Tree, deletes: &BTreeSet<BundlePath>) {
+        let is_new_dir = |p: &BundlePath| new.get(p).is_some_and(|e| e.ty == Type::Dir);
+        let changed = self.phase0.iter().filter(|(_, op)| **op != Op::SetMeta).map(|(p, _)| p);
+        for p in changed.chain(deletes) {
+            if let Some(parent) = p.parent() {
+                if is_new_dir(&parent) {
+                    self.dirmeta.insert(parent);
+                }
+            }
+        }
+    }
+}
+
+/// Compare `old` and `new`. `config_globs` mark NEW files as configuration files.
+pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
+    let cx = Ctx { old, new, idx: OldIndex::new(old), config_globs };
+    let mut c = Changes::default();
+    for n in &new.entries {
+        c.compare(&cx, n);
+    }
+    let deletes = c.deletes(old, new);
+    c.parents_get_dirmeta(new, &deletes);
+    let mut steps: Vec<Step> = std::mem::take(&mut c.phase0).into_iter().map(|(path, op)| Step { op, path }).collect();
+    steps.extend(deletes.into_iter().map(|path| Step { op: Op::Delete, path }));
+    steps.extend(std::mem::take(&mut c.dirmeta).into_iter().map(|path| Step { op: Op::DirMeta, path }));
+    let entries = new.entries.iter().map(|n| new_entry(&cx, n, &c.choices)).collect();
+    Diff { entries, steps, touched: c.touched, choices: c.choices }
+}
+
+/// The manifest entry of a NEW scan entry; a file's content as decided in `choices`.
+fn new_entry(cx: &Ctx, n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>) -> Entry {
+    let kind = match &n.ty {
+        Type::File => match &n.primary {
+            Some(pr) if pr != &n.path => Kind::Hardlink { primary: pr.clone() },
+            _ => {
+                let content = match choices.get(&n.path) {
+                    Some(Choice::Unchanged) | None => Content::Unchanged,
+                    Some(Choice::Empty) => Content::Empty,
+                    Some(Choice::Copy(from)) => Content::Copy { from: from.clone() },
+                    Some(Choice::Payload { .. }) => Content::Pieces(Vec::new()),
+                };
+                Kind::File { size: n.size, hash: n.hash, content, config: cx.is_config(&n.path) }
+            }
+        },
+        Type::Dir => Kind::Dir,
+        Type::Symlink(t) => Kind::Symlink { target: t.clone() },
+        Type::Fifo => Kind::Fifo,
+        Type::CharDev(r) => Kind::CharDev { rdev: *r },
+        Type::BlockDev(r) => Kind::BlockDev { rdev: *r },
+    };
+    Entry { path: n.path.clone(), meta: n.meta, kind }
 }
 
 #[cfg(test)]

@@ -194,6 +194,39 @@ fn bump(stats: &mut BTreeMap<&'static str, Stat>, k: &'static str, bytes_in: u64
 /// Build a bundle (or, with `dry_run`, only the script).
 pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<BuildReport> {
     let started = Instant::now();
+    check_options(opts)?;
+    let signing = load_keys(opts)?;
+    let out_dir = out_dir(&opts.out);
+    let inputs = scan_inputs(opts, &out_dir, progress)?;
+    let phase = Instant::now();
+    let mut d = diff::diff(&inputs.old, &inputs.new, &opts.config_files);
+    let (script, warnings) = plan_script(&inputs, &d, phase, progress)?;
+    let mut manifest = new_manifest(opts, signing.signers, signing.rotation, inputs.base.clone(), script);
+    let mut used = copy_sources(&d.choices);
+    let tree_entries = d.entries.len();
+    if opts.dry_run {
+        finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used);
+        bundle::script::validate(&manifest).map_err(Error::Invalid)?;
+        return Ok(report(opts, started, manifest, tree_entries, 0, BTreeMap::new(), warnings));
+    }
+    let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
+    let store = write::FrameStore::new_in(&out_dir)?;
+    let encode = write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size };
+    let encoded = write::encode_all(&jobs, encode, &store, progress)?;
+    let order = order_frames(&jobs, &encoded);
+    manifest.frames = order.frames;
+    used.extend(order.bases);
+    fill_pieces(&mut d.entries, &order.pieces_of)?;
+    let stats = count_stats(&d.entries, &jobs, &order.pieces_of, &manifest.frames, encoded.solid, inputs.kept_mtimes);
+    // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
+    // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
+    finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used);
+    let bytes = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress)?;
+    Ok(report(opts, started, manifest, tree_entries, bytes, stats, warnings))
+}
+
+/// Refuse option combinations and values the bundle could not carry, before any work.
+fn check_options(opts: &BuildOptions) -> Result<()> {
     if opts.base_version.is_some() && opts.old.is_none() {
         return Err(Error::Usage("--base-version needs --old".into()));
     }
@@ -214,6 +247,18 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     if opts.rotate_threshold == Some(0) {
         return Err(Error::Usage("--rotate-threshold must be at least 1".into()));
     }
+    Ok(())
+}
+
+/// The signing keys, the manifest keys they sign as, and the key rotation the bundle carries.
+struct Signing {
+    secrets: Vec<bundle::sig::SecretKey>,
+    signers: Vec<bundle::PublicKey>,
+    rotation: Option<Rotation>,
+}
+
+/// Load `--key` secrets (each once) and `--rotate-add` public keys.
+fn load_keys(opts: &BuildOptions) -> Result<Signing> {
     let secrets = opts.keys.iter().map(|k| keys::load_secret(k)).collect::<Result<Vec<_>>>()?;
     let signers: Vec<bundle::PublicKey> = secrets.iter().map(|k| bundle::sig::manifest_key(&k.public())).collect();
     if signers.iter().collect::<BTreeSet<_>>().len() != signers.len() {
@@ -229,16 +274,34 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
             .collect::<Result<Vec<_>>>()?;
         Some(Rotation { add, retire: opts.rotate_retire.clone(), threshold: opts.rotate_threshold })
     };
+    Ok(Signing { secrets, signers, rotation })
+}
 
-    // Scan and diff. Archive inputs are spooled into a content store next to the output.
-    let out_dir = match opts.out.parent() {
+/// The directory of the output file: temporary files (frame store, archive content store) go
+/// there, on the disk that will hold the bundle.
+fn out_dir(out: &Path) -> PathBuf {
+    match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+/// Both trees as scanned, and what the bundle says about OLD.
+struct Inputs {
+    old: scan::Tree,
+    new: scan::Tree,
+    /// (files, bytes) given OLD's mtime by `--keep-unchanged-mtimes`.
+    kept_mtimes: (u64, u64),
+    /// The tree a delta applies to (`None` for a full bundle).
+    base: Option<bundle::Base>,
+}
+
+/// Scan NEW and OLD. Archive inputs are spooled into a content store next to the output.
+fn scan_inputs(opts: &BuildOptions, out_dir: &Path, progress: &progress::Progress) -> Result<Inputs> {
     let mut content_store = None;
-    let mut new = image::scan_input(&opts.new, "new", &out_dir, &mut content_store, progress)?;
+    let mut new = image::scan_input(&opts.new, "new", out_dir, &mut content_store, progress)?;
     let old = match &opts.old {
-        Some(p) => image::scan_input(p, "old", &out_dir, &mut content_store, progress)?,
+        Some(p) => image::scan_input(p, "old", out_dir, &mut content_store, progress)?,
         None => scan::Tree::default(),
     };
     let kept_mtimes = if opts.keep_unchanged_mtimes { diff::keep_unchanged_mtimes(&old, &mut new) } else { (0, 0) };
@@ -246,12 +309,44 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         .old
         .as_ref()
         .map(|_| bundle::Base { version: opts.base_version, tree: bundle::tree_digest(&diff::old_entries(&old)) });
-    let phase = Instant::now();
-    let mut d = diff::diff(&old, &new, &opts.config_files);
+    Ok(Inputs { old, new, kept_mtimes, base })
+}
 
-    // ELF facts of every NEW file with a creation-phase step, then the script.
-    let stepped: Vec<&BundlePath> = d
-        .steps
+/// ELF facts of every NEW file with a creation-phase step, then the ordered script and its
+/// warnings. `diffed` is when the diff started (for the `-v` line).
+fn plan_script(
+    inputs: &Inputs,
+    d: &diff::Diff,
+    diffed: Instant,
+    progress: &progress::Progress,
+) -> Result<(Vec<Step>, Vec<String>)> {
+    let elf = inspect_elf(&inputs.new, &d.steps, progress);
+    let old_links: BTreeMap<BundlePath, Vec<u8>> = inputs
+        .old
+        .entries
+        .iter()
+        .filter_map(|e| match &e.ty {
+            scan::Type::Symlink(t) => Some((e.path.clone(), t.clone())),
+            _ => None,
+        })
+        .collect();
+    let (script, warnings) = plan::order(&d.steps, &d.entries, &old_links, &elf)?;
+    let payloads = d.choices.values().filter(|c| matches!(c, diff::Choice::Payload { .. })).count();
+    progress.note(&format!(
+        "diff and plan: {} old and {} new entries, {} steps, {} files need payload, in {:.2} s",
+        inputs.old.entries.len(),
+        inputs.new.entries.len(),
+        script.len(),
+        payloads,
+        diffed.elapsed().as_secs_f64()
+    ));
+    Ok((script, warnings))
+}
+
+/// [`elf::inspect`] every NEW regular file that a Place or SetMeta step creates or changes, in
+/// parallel.
+fn inspect_elf(new: &scan::Tree, steps: &[Step], progress: &progress::Progress) -> BTreeMap<BundlePath, plan::ElfInfo> {
+    let stepped: Vec<&BundlePath> = steps
         .iter()
         .filter(|s| matches!(s.op, Op::Place | Op::SetMeta))
         .filter(|s| new.get(&s.path).is_some_and(|e| e.ty == scan::Type::File && !e.is_secondary_link()))
@@ -270,26 +365,18 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         .flatten()
         .collect();
     progress.end_with(&format!("{} ELF", elf.len()));
-    let old_links: BTreeMap<BundlePath, Vec<u8>> = old
-        .entries
-        .iter()
-        .filter_map(|e| match &e.ty {
-            scan::Type::Symlink(t) => Some((e.path.clone(), t.clone())),
-            _ => None,
-        })
-        .collect();
-    let (script, warnings) = plan::order(&d.steps, &d.entries, &old_links, &elf)?;
-    let payloads = d.choices.values().filter(|c| matches!(c, diff::Choice::Payload { .. })).count();
-    progress.note(&format!(
-        "diff and plan: {} old and {} new entries, {} steps, {} files need payload, in {:.2} s",
-        old.entries.len(),
-        new.entries.len(),
-        script.len(),
-        payloads,
-        phase.elapsed().as_secs_f64()
-    ));
+    elf
+}
 
-    let mut manifest = Manifest {
+/// The manifest before its entries, OLD list and frames are known.
+fn new_manifest(
+    opts: &BuildOptions,
+    signers: Vec<bundle::PublicKey>,
+    rotation: Option<Rotation>,
+    base: Option<bundle::Base>,
+    script: Vec<Step>,
+) -> Manifest {
+    Manifest {
         format: bundle::FORMAT_VERSION,
         version: opts.version,
         base,
@@ -303,55 +390,30 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         script,
         hooks: opts.hooks.clone(),
         rotation,
-    };
-    let old_list = |extra: &BTreeSet<BundlePath>| -> Vec<bundle::OldEntry> {
-        d.touched
-            .iter()
-            .chain(extra)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter_map(|p| old.get(p))
-            .map(diff::old_entry)
-            .collect()
-    };
-    let mut used: BTreeSet<BundlePath> =
-        d.choices.values().filter_map(|c| if let diff::Choice::Copy(f) = c { Some(f.clone()) } else { None }).collect();
-
-    let tree_entries = d.entries.len();
-    if opts.dry_run {
-        manifest.entries = std::mem::take(&mut d.entries);
-        manifest.old = old_list(&used);
-        manifest.drop_unneeded_entries();
-        bundle::script::validate(&manifest).map_err(Error::Invalid)?;
-        return Ok(BuildReport {
-            ferry_report: 1,
-            command: "build",
-            bundle: opts.out.display().to_string(),
-            bytes: 0,
-            version: opts.version,
-            entries: manifest.entries.len(),
-            tree_entries,
-            steps: manifest.script.len(),
-            frames: 0,
-            stats: BTreeMap::new(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            dry_run: true,
-            script: manifest.script,
-            warnings,
-        });
     }
+}
 
-    // Payload jobs: one per distinct content, represented by its first Place in the script.
-    let mut job_of_hash: BTreeMap<bundle::Hash, usize> = BTreeMap::new();
+/// OLD files that NEW files are copied from (the manifest's OLD list must describe them).
+fn copy_sources(choices: &BTreeMap<BundlePath, diff::Choice>) -> BTreeSet<BundlePath> {
+    choices.values().filter_map(|c| if let diff::Choice::Copy(f) = c { Some(f.clone()) } else { None }).collect()
+}
+
+/// Payload jobs: one per distinct content, represented by its first Place in the script.
+fn collect_jobs(
+    script: &[Step],
+    inputs: &Inputs,
+    choices: &BTreeMap<BundlePath, diff::Choice>,
+) -> Vec<write::PayloadJob> {
+    let (old, new) = (&inputs.old, &inputs.new);
+    let mut seen: BTreeSet<bundle::Hash> = BTreeSet::new();
     let mut jobs: Vec<write::PayloadJob> = Vec::new();
-    for s in manifest.script.iter().filter(|s| s.op == Op::Place) {
-        let (Some(n), Some(diff::Choice::Payload { base })) = (new.get(&s.path), d.choices.get(&s.path)) else {
+    for s in script.iter().filter(|s| s.op == Op::Place) {
+        let (Some(n), Some(diff::Choice::Payload { base })) = (new.get(&s.path), choices.get(&s.path)) else {
             continue;
         };
-        if job_of_hash.contains_key(&n.hash) {
+        if !seen.insert(n.hash) {
             continue;
         }
-        job_of_hash.insert(n.hash, jobs.len());
         jobs.push(write::PayloadJob {
             path: s.path.clone(),
             fs_path: new.content_path(&s.path),
@@ -360,83 +422,114 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
             base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.content_path(b), o.size))),
         });
     }
-    let store = write::FrameStore::new_in(&out_dir)?;
-    let encoded = write::encode_all(
-        &jobs,
-        write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size },
-        &store,
-        progress,
-    )?;
+    jobs
+}
 
-    // Frames in order of first use (jobs are in order of their first Place); pieces per content.
+/// The encoded frames as the manifest lists them.
+struct FrameOrder {
+    /// Manifest frames, in order of first use.
+    frames: Vec<bundle::Frame>,
+    /// (offset, size) of each manifest frame in the frame store.
+    stored: Vec<(u64, u64)>,
+    /// Pieces and encoding of each content.
+    pieces_of: BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)>,
+    /// OLD files the frames are deltas against (the manifest's OLD list must describe them).
+    bases: BTreeSet<BundlePath>,
+}
+
+/// Frames in order of first use (jobs are in order of their first Place); pieces per content.
+fn order_frames(jobs: &[write::PayloadJob], encoded: &write::Encoded) -> FrameOrder {
+    let mut order =
+        FrameOrder { frames: Vec::new(), stored: Vec::new(), pieces_of: BTreeMap::new(), bases: BTreeSet::new() };
     let mut frame_index: Vec<Option<u32>> = vec![None; encoded.frames.len()];
-    let mut stored: Vec<(u64, u64)> = Vec::new();
-    let mut pieces_of: BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)> = BTreeMap::new();
     for (job, enc) in jobs.iter().zip(&encoded.files) {
         let mut pieces = Vec::new();
         for pr in &enc.pieces {
             let f = &encoded.frames[pr.frame];
             if let Some(base) = f.method.base() {
-                used.insert(base.clone());
+                order.bases.insert(base.clone());
             }
-            let index = match frame_index[pr.frame] {
-                Some(i) => i,
-                None => {
-                    let i = manifest.frames.len() as u32;
-                    frame_index[pr.frame] = Some(i);
-                    manifest.frames.push(f.frame.clone());
-                    stored.push((f.offset, f.frame.size));
-                    i
-                }
-            };
+            let index = *frame_index[pr.frame].get_or_insert_with(|| {
+                order.frames.push(f.frame.clone());
+                order.stored.push((f.offset, f.frame.size));
+                order.frames.len() as u32 - 1
+            });
             pieces.push(Piece { frame: index, offset: pr.offset, len: pr.len, method: f.method.clone() });
         }
-        pieces_of.insert(job.hash, (pieces, enc.encoding));
+        order.pieces_of.insert(job.hash, (pieces, enc.encoding));
     }
+    order
+}
 
-    // Fill in content and count.
-    let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
-    let mut first_user: BTreeMap<bundle::Hash, &BundlePath> = BTreeMap::new();
-    for j in &jobs {
-        first_user.insert(j.hash, &j.path);
-    }
-    for e in d.entries.iter_mut() {
-        let Kind::File { size, hash, content, .. } = &mut e.kind else {
+/// Give every entry that needs a payload the pieces of its content.
+fn fill_pieces(
+    entries: &mut [bundle::Entry],
+    pieces_of: &BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)>,
+) -> Result<()> {
+    for e in entries.iter_mut() {
+        let Kind::File { hash, content: Content::Pieces(ps), .. } = &mut e.kind else {
             continue;
         };
-        match content {
-            Content::Unchanged => bump(&mut stats, "unchanged", *size, 0),
-            Content::Empty => bump(&mut stats, "empty", 0, 0),
-            Content::Copy { .. } => bump(&mut stats, "copy", *size, 0),
-            Content::Pieces(ps) => {
-                let Some((pieces, encoding)) = pieces_of.get(hash) else {
-                    return Err(Error::Invalid(bundle::Error::Manifest(format!(
-                        "builder bug: no payload for {}",
-                        e.path
-                    ))));
-                };
-                *ps = pieces.clone();
-                if first_user.get(hash) != Some(&&e.path) {
-                    bump(&mut stats, "dedup", *size, 0);
-                    continue;
-                }
-                let out: u64 = pieces.iter().map(|p| manifest.frames[p.frame as usize].size).sum();
-                let k = match encoding {
-                    write::Encoding::Zstd => "zstd",
-                    write::Encoding::Patch => "patch",
-                    write::Encoding::Chunked => "chunked",
-                    write::Encoding::Bsdiff => "bsdiff",
-                    // Counted per frame below.
-                    write::Encoding::Solid => continue,
-                };
-                bump(&mut stats, k, *size, out);
-                if let Some(s) = stats.get_mut(k) {
-                    s.frames += pieces.len() as u64;
-                }
+        let Some((pieces, _)) = pieces_of.get(hash) else {
+            return Err(Error::Invalid(bundle::Error::Manifest(format!("builder bug: no payload for {}", e.path))));
+        };
+        *ps = pieces.clone();
+    }
+    Ok(())
+}
+
+/// Files and bytes of the whole NEW tree per content choice: each file in exactly one of
+/// `unchanged`, `empty`, `copy`, `dedup` (content another file already carries) or the encoding
+/// of its payload; plus `mtime_kept`, which overlaps `unchanged`.
+fn count_stats(
+    entries: &[bundle::Entry],
+    jobs: &[write::PayloadJob],
+    pieces_of: &BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)>,
+    frames: &[bundle::Frame],
+    solid: (u64, u64, u64, u64),
+    kept_mtimes: (u64, u64),
+) -> BTreeMap<&'static str, Stat> {
+    let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
+    let first_user: BTreeMap<bundle::Hash, &BundlePath> = jobs.iter().map(|j| (j.hash, &j.path)).collect();
+    for e in entries {
+        let Kind::File { size, hash, content, .. } = &e.kind else {
+            continue;
+        };
+        let pieces = match content {
+            Content::Unchanged => {
+                bump(&mut stats, "unchanged", *size, 0);
+                continue;
             }
+            Content::Empty => {
+                bump(&mut stats, "empty", 0, 0);
+                continue;
+            }
+            Content::Copy { .. } => {
+                bump(&mut stats, "copy", *size, 0);
+                continue;
+            }
+            Content::Pieces(ps) => ps,
+        };
+        if first_user.get(hash) != Some(&&e.path) {
+            bump(&mut stats, "dedup", *size, 0);
+            continue;
+        }
+        let Some((_, encoding)) = pieces_of.get(hash) else { continue };
+        let k = match encoding {
+            write::Encoding::Zstd => "zstd",
+            write::Encoding::Patch => "patch",
+            write::Encoding::Chunked => "chunked",
+            write::Encoding::Bsdiff => "bsdiff",
+            // Counted per frame below.
+            write::Encoding::Solid => continue,
+        };
+        let out: u64 = pieces.iter().map(|p| frames[p.frame as usize].size).sum();
+        bump(&mut stats, k, *size, out);
+        if let Some(s) = stats.get_mut(k) {
+            s.frames += pieces.len() as u64;
         }
     }
-    let (files, bytes_in, bytes_out, frames) = encoded.solid;
+    let (files, bytes_in, bytes_out, frames) = solid;
     if files > 0 {
         stats.insert("solid", Stat { files, bytes_in, bytes_out, frames });
     }
@@ -444,30 +537,68 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     if kept_mtimes.0 > 0 {
         stats.insert("mtime_kept", Stat { files: kept_mtimes.0, bytes_in: kept_mtimes.1, bytes_out: 0, frames: 0 });
     }
-    // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
-    // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
-    manifest.entries = std::mem::take(&mut d.entries);
-    manifest.old = old_list(&used);
-    manifest.drop_unneeded_entries();
+    stats
+}
 
+/// Put the entries and the OLD list into the manifest (OLD paths the script touches plus the
+/// files in `used`), then drop the entries it does not need (bundle-format.md §4.2).
+fn finish_manifest(
+    manifest: &mut Manifest,
+    entries: Vec<bundle::Entry>,
+    touched: &BTreeSet<BundlePath>,
+    old: &scan::Tree,
+    used: &BTreeSet<BundlePath>,
+) {
+    manifest.entries = entries;
+    manifest.old = touched
+        .iter()
+        .chain(used)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|p| old.get(p))
+        .map(diff::old_entry)
+        .collect();
+    manifest.drop_unneeded_entries();
+}
+
+/// Check the manifest as the applier will, sign it and write the bundle; returns its size.
+fn seal_and_write(
+    opts: &BuildOptions,
+    manifest: &Manifest,
+    secrets: &[bundle::sig::SecretKey],
+    stored: &[(u64, u64)],
+    store: write::FrameStore,
+    progress: &progress::Progress,
+) -> Result<u64> {
     // A bundle the applier would refuse is a builder bug (or an inexpressible tree): stop here.
     manifest.check(&Limits::default()).map_err(Error::Invalid)?;
-    bundle::script::validate(&manifest).map_err(Error::Invalid)?;
-
+    bundle::script::validate(manifest).map_err(Error::Invalid)?;
     let mbytes = manifest.encode();
-    if mbytes.len() as u64 > Limits::default().max_manifest_bytes {
+    let limit = Limits::default().max_manifest_bytes;
+    if mbytes.len() as u64 > limit {
         return Err(Error::Invalid(bundle::Error::TooLarge {
             what: "manifest".into(),
             size: mbytes.len() as u64,
-            limit: Limits::default().max_manifest_bytes,
+            limit,
         }));
     }
     let sigs: Vec<bundle::sig::SignatureEntry> =
         secrets.iter().map(|k| (k.public().bytes, k.sign_manifest(&mbytes))).collect();
     let sbytes = bundle::sig::encode_signatures(&sigs);
-    let bytes = write::write_bundle(&opts.out, &mbytes, &sbytes, &stored, store, progress)?;
+    write::write_bundle(&opts.out, &mbytes, &sbytes, stored, store, progress)
+}
 
-    Ok(BuildReport {
+/// The report of a build that wrote `bytes` (0 for a dry run).
+fn report(
+    opts: &BuildOptions,
+    started: Instant,
+    manifest: Manifest,
+    tree_entries: usize,
+    bytes: u64,
+    stats: BTreeMap<&'static str, Stat>,
+    warnings: Vec<String>,
+) -> BuildReport {
+    BuildReport {
         ferry_report: 1,
         command: "build",
         bundle: opts.out.display().to_string(),
@@ -479,10 +610,10 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         frames: manifest.frames.len(),
         stats,
         duration_ms: started.elapsed().as_millis() as u64,
-        dry_run: false,
+        dry_run: opts.dry_run,
         script: manifest.script,
         warnings,
-    })
+    }
 }
 
 /// Convenience for callers holding a path: `NAME.secret` / `NAME.pub` from [`keygen`].

@@ -1,7 +1,7 @@
 //! `ferry-build`: command-line shim over the `builder` library. Exit codes: 0 ok, 1 error,
 //! 2 usage.
 
-use builder::cli::{Cli, Cmd};
+use builder::cli::{BuildArgs, Cli, Cmd};
 use builder::progress::{Progress, Verbosity};
 use builder::{BuildOptions, BuildReport};
 use clap::Parser;
@@ -38,43 +38,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
             }
             Ok(())
         }
-        Cmd::Build(a) => {
-            let hooks =
-                a.hooks.iter().map(|h| builder::parse_hook(h, a.hook_timeout)).collect::<Result<Vec<_>, _>>()?;
-            let opts = BuildOptions {
-                new: a.new,
-                old: a.old,
-                keys: a.keys,
-                version: a.version,
-                base_version: a.base_version,
-                channel: a.channel,
-                out: a.out,
-                hooks,
-                expires: a.expires,
-                level: a.level,
-                chunk_size: a.chunk_size,
-                solid_size: a.solid_size,
-                config_files: a.config_files,
-                rotate_add: a.rotate_add,
-                rotate_retire: a.rotate_retire,
-                rotate_threshold: a.rotate_threshold,
-                dry_run: a.dry_run,
-                keep_unchanged_mtimes: a.keep_unchanged_mtimes,
-                created: builder::created_from_env()?,
-            };
-            let progress = Progress::new(verbosity);
-            let r = builder::build(&opts, &progress)?;
-            drop(progress);
-            for w in &r.warnings {
-                say(format!("ferry-build: warning: {w}"));
-            }
-            let parts = match (a.split_size, a.dry_run) {
-                (Some(size), false) => split(&opts.out, size)?,
-                _ => Vec::new(),
-            };
-            report(&r, a.json, verbosity, &parts);
-            Ok(())
-        }
+        Cmd::Build(a) => build(&a, verbosity),
         Cmd::Split { file, size, json } => {
             let parts = split(&file, size)?;
             if json {
@@ -92,6 +56,26 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
             Ok(())
         }
     }
+}
+
+/// `ferry-build build`: the library builds, the shim prints warnings and the report and cuts
+/// the parts.
+fn build(a: &BuildArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
+    let opts = BuildOptions::try_from(a)?;
+    let progress = Progress::new(verbosity);
+    let r = builder::build(&opts, &progress)?;
+    drop(progress);
+    if verbosity > Verbosity::Quiet {
+        for w in &r.warnings {
+            eprintln!("ferry-build: warning: {w}");
+        }
+    }
+    let parts = match (a.split_size, a.dry_run) {
+        (Some(size), false) => split(&opts.out, size)?,
+        _ => Vec::new(),
+    };
+    report(&r, a.json, verbosity, &parts);
+    Ok(())
 }
 
 fn split(file: &Path, size: u64) -> Result<Vec<PathBuf>, builder::Error> {

@@ -152,14 +152,43 @@ pub fn order(
     elf: &BTreeMap<BundlePath, ElfInfo>,
 ) -> Result<(Vec<Step>, Vec<String>)> {
     let mut warnings = Vec::new();
-    let new: BTreeMap<&BundlePath, &Entry> = entries.iter().map(|e| (&e.path, e)).collect();
 
     // Phase 0: Mkdir / Place / SetMeta.
-    let p0: Vec<&Step> = {
-        let mut v: Vec<&Step> = steps.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place | Op::SetMeta)).collect();
-        v.sort_by(|a, b| a.path.cmp(&b.path));
-        v
-    };
+    let mut p0: Vec<&Step> = steps.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place | Op::SetMeta)).collect();
+    p0.sort_by(|a, b| a.path.cmp(&b.path));
+    let e0 = creation_edges(&p0, entries, elf);
+    let o0 = toposort(p0.len(), &e0, &|i| p0[i].path.display(), &mut warnings)
+        .ok_or_else(|| internal("cycle among directory/hardlink ordering constraints"))?;
+
+    // Phase 1: deletes, children before parents, a symlink before its target.
+    let mut p1: Vec<&Step> = steps.iter().filter(|s| s.op == Op::Delete).collect();
+    p1.sort_by(|a, b| b.path.cmp(&a.path));
+    let e1 = deletion_edges(&p1, old_links);
+    let o1 = toposort(p1.len(), &e1, &|i| p1[i].path.display(), &mut warnings)
+        .ok_or_else(|| internal("cycle among deletions"))?;
+
+    // Phase 2: directory metadata, deepest first.
+    let mut p2: Vec<&Step> = steps.iter().filter(|s| s.op == Op::DirMeta).collect();
+    p2.sort_by(|a, b| b.path.depth().cmp(&a.path.depth()).then_with(|| a.path.cmp(&b.path)));
+
+    let script = o0
+        .into_iter()
+        .map(|i| p0[i].clone())
+        .chain(o1.into_iter().map(|i| p1[i].clone()))
+        .chain(p2.into_iter().cloned())
+        .collect();
+    Ok((script, warnings))
+}
+
+/// Edges (before, after) among the creation-phase steps `p0` (sorted by path): a directory
+/// before what is under it, a symlink's target (and its ancestors) before the symlink, a
+/// hardlink's primary before the link, and the libraries an ELF file needs before the file.
+fn creation_edges(
+    p0: &[&Step],
+    entries: &[Entry],
+    elf: &BTreeMap<BundlePath, ElfInfo>,
+) -> Vec<(usize, usize, EdgeKind)> {
+    let new: BTreeMap<&BundlePath, &Entry> = entries.iter().map(|e| (&e.path, e)).collect();
     let idx: BTreeMap<&BundlePath, usize> = p0.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
     let mut edges: BTreeSet<(usize, usize, EdgeKind)> = BTreeSet::new();
     let mut add = |a: usize, b: usize, k: EdgeKind| {
@@ -210,16 +239,12 @@ pub fn order(
             }
         }
     }
-    let edges: Vec<_> = edges.into_iter().collect();
-    let o0 = toposort(p0.len(), &edges, &|i| p0[i].path.display(), &mut warnings)
-        .ok_or_else(|| internal("cycle among directory/hardlink ordering constraints"))?;
+    edges.into_iter().collect()
+}
 
-    // Phase 1: deletes, children before parents, a symlink before its target.
-    let p1: Vec<&Step> = {
-        let mut v: Vec<&Step> = steps.iter().filter(|s| s.op == Op::Delete).collect();
-        v.sort_by(|a, b| b.path.cmp(&a.path));
-        v
-    };
+/// Edges (before, after) among the Delete steps `p1` (sorted by path, descending): what is under
+/// a directory before the directory, an OLD symlink before its target (and its ancestors).
+fn deletion_edges(p1: &[&Step], old_links: &BTreeMap<BundlePath, Vec<u8>>) -> Vec<(usize, usize, EdgeKind)> {
     let idx1: BTreeMap<&BundlePath, usize> = p1.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
     let mut e1: BTreeSet<(usize, usize, EdgeKind)> = BTreeSet::new();
     for (i, s) in p1.iter().enumerate() {
@@ -238,21 +263,7 @@ pub fn order(
             }
         }
     }
-    let e1: Vec<_> = e1.into_iter().collect();
-    let o1 = toposort(p1.len(), &e1, &|i| p1[i].path.display(), &mut warnings)
-        .ok_or_else(|| internal("cycle among deletions"))?;
-
-    // Phase 2: directory metadata, deepest first.
-    let mut p2: Vec<&Step> = steps.iter().filter(|s| s.op == Op::DirMeta).collect();
-    p2.sort_by(|a, b| b.path.depth().cmp(&a.path.depth()).then_with(|| a.path.cmp(&b.path)));
-
-    let script = o0
-        .into_iter()
-        .map(|i| p0[i].clone())
-        .chain(o1.into_iter().map(|i| p1[i].clone()))
-        .chain(p2.into_iter().cloned())
-        .collect();
-    Ok((script, warnings))
+    e1.into_iter().collect()
 }
 
 fn internal(what: &str) -> crate::Error {

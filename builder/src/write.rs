@@ -373,17 +373,9 @@ fn largest_first<T: Sync, R: Send>(items: &[T], cost: impl Fn(&T) -> u64, f: imp
     slots.into_iter().flatten().collect()
 }
 
-/// Encode every job: large and chunked files and files with a delta base one by one (in
-/// parallel across files and chunks), the small files without a base in solid frames of at most
-/// `opts.solid_size` decoded bytes, all in one queue, largest first; then the small files whose
-/// patch lost to plain zstd in solid frames of their own. Memory stays bounded by a few chunks
-/// or solid frames per thread.
-pub fn encode_all(
-    jobs: &[PayloadJob],
-    opts: EncodeOptions,
-    store: &FrameStore,
-    progress: &Progress,
-) -> Result<Encoded> {
+/// Cut the jobs into units (a whole file, or a chunk of a file larger than `opts.chunk`), except
+/// the small files without a delta base: those are returned as solid candidates (job indices).
+fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<Unit>, Vec<usize>) {
     let chunk = opts.chunk.max(1);
     let solid_limit = if opts.solid_size == 0 {
         0
@@ -418,6 +410,41 @@ pub fn encode_all(
             }
         }
     }
+    (units, cand)
+}
+
+impl Encoded {
+    /// Add solid frame `f` holding the contents of `group` (job indices) in group order.
+    fn push_solid(&mut self, group: &[usize], f: StoredFrame, jobs: &[PayloadJob]) {
+        let mut at = 0u64;
+        for &j in group {
+            let len = jobs[j].size;
+            self.files[j] = EncodedFile {
+                pieces: vec![PieceRef { frame: self.frames.len(), offset: at, len }],
+                encoding: Encoding::Solid,
+            };
+            at += len;
+        }
+        self.solid.0 += group.len() as u64;
+        self.solid.1 += f.frame.decoded;
+        self.solid.2 += f.frame.size;
+        self.solid.3 += 1;
+        self.frames.push(f);
+    }
+}
+
+/// Encode every job: large and chunked files and files with a delta base one by one (in
+/// parallel across files and chunks), the small files without a base in solid frames of at most
+/// `opts.solid_size` decoded bytes, all in one queue, largest first; then the small files whose
+/// patch lost to plain zstd in solid frames of their own. Memory stays bounded by a few chunks
+/// or solid frames per thread.
+pub fn encode_all(
+    jobs: &[PayloadJob],
+    opts: EncodeOptions,
+    store: &FrameStore,
+    progress: &Progress,
+) -> Result<Encoded> {
+    let (units, mut cand) = units_and_solid_candidates(jobs, opts);
     let total: u64 = units.iter().map(|u| u.len).sum::<u64>() + cand.iter().map(|&j| jobs[j].size).sum::<u64>();
     progress.begin("compress", "frames", None, Some(total));
     let group_size = |g: &[usize]| g.iter().map(|&j| jobs[j].size).sum::<u64>();
@@ -482,20 +509,7 @@ pub fn encode_all(
         solid_done.push((g, r?));
     }
     for (g, f) in solid_done {
-        let mut at = 0u64;
-        for &j in &g {
-            let len = jobs[j].size;
-            out.files[j] = EncodedFile {
-                pieces: vec![PieceRef { frame: out.frames.len(), offset: at, len }],
-                encoding: Encoding::Solid,
-            };
-            at += len;
-        }
-        out.solid.0 += g.len() as u64;
-        out.solid.1 += f.frame.decoded;
-        out.solid.2 += f.frame.size;
-        out.solid.3 += 1;
-        out.frames.push(f);
+        out.push_solid(&g, f, jobs);
     }
     let stored: u64 = out.frames.iter().map(|f| f.frame.size).sum();
     progress.end_with(&format!("{} compressed", crate::progress::human_bytes(stored)));
