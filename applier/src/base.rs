@@ -96,8 +96,16 @@ pub fn check(
 ) -> Result<Base, Vec<String>> {
     let mut drift = Vec::new();
     let mut base = Base::default();
-    let in_place: HashSet<&BundlePath> =
-        m.script.iter().filter(|s| matches!(s.op, Op::SetMeta | Op::DirMeta)).map(|s| &s.path).collect();
+    // Paths whose OLD object a metadata step changes in place (a directory that replaces
+    // something else is placed first: its `DirMeta` acts on the new directory).
+    let placed: HashSet<&BundlePath> =
+        m.script.iter().filter(|s| matches!(s.op, Op::Place | Op::Mkdir)).map(|s| &s.path).collect();
+    let in_place: HashSet<&BundlePath> = m
+        .script
+        .iter()
+        .filter(|s| matches!(s.op, Op::SetMeta | Op::DirMeta) && !placed.contains(&s.path))
+        .map(|s| &s.path)
+        .collect();
     // Observing hashes every OLD file the bundle touches: the slow part, done in parallel.
     let seen = crate::par::map_with(&m.old, fsx::DirCache::default, |dirs, o| {
         let size = match o.kind {

@@ -466,6 +466,33 @@ mod tests {
     }
 
     #[test]
+    fn remove_tree_handles_a_deep_chain_with_few_handles() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("victim"), b"keep").expect("write");
+        // 3,000 levels (deeper than PATH_MAX allows by path), files and a symlink out on the way.
+        let root = open_dir_path(t.path()).expect("root");
+        mkdir_at(root.as_fd(), b"tree", 0o700).expect("mkdir");
+        let mut cur = open_dir_at(root.as_fd(), b"tree").expect("open");
+        for i in 0..3000 {
+            if i % 500 == 0 {
+                create_file_at(cur.as_fd(), b"f").expect("file");
+                symlink_at(outside.path().as_os_str().as_encoded_bytes(), cur.as_fd(), b"out").expect("symlink");
+            }
+            mkdir_at(cur.as_fd(), b"d", 0o755).expect("mkdir");
+            cur = open_dir_at(cur.as_fd(), b"d").expect("open");
+        }
+        drop(cur);
+        // Far fewer handles than levels: the walk must not need one per level.
+        let before = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+        remove_tree_at(root.as_fd(), b"tree").expect("remove");
+        let after = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+        assert!(after <= before, "handles leaked: {before} -> {after}");
+        assert!(lstat_at(root.as_fd(), b"tree").expect("stat").is_none());
+        assert_eq!(std::fs::read(outside.path().join("victim")).expect("read"), b"keep");
+    }
+
+    #[test]
     fn dir_cache_never_follows_a_symlink() {
         let t = tempfile::tempdir().expect("tempdir");
         let outside = tempfile::tempdir().expect("tempdir");

@@ -356,3 +356,51 @@ pub fn fsync_dir(d: &Path) -> Result<()> {
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn refused(p: &Path) -> bool {
+        matches!(Dir::open_state(p, true), Err(Error::UnsafeState { .. }))
+    }
+
+    #[test]
+    fn state_directory_must_be_private_and_below_safe_directories() {
+        let t = tempfile::tempdir().expect("tempdir");
+        // Created 0700 where it is missing; written files are ours.
+        let ok = t.path().join("ok");
+        let d = Dir::open_state(&ok, true).expect("open").expect("created");
+        assert_eq!(std::fs::metadata(&ok).expect("stat").permissions().mode() & 0o777, 0o700);
+        d.write_atomic("f", b"x").expect("write");
+        assert_eq!(d.read("f", 10).expect("read").as_deref(), Some(&b"x"[..]));
+        // A symlink where the state directory should be.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, t.path().join("link")).expect("symlink");
+        assert!(refused(&t.path().join("link")));
+        // Writable by others.
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(refused(&open));
+        // Below a directory writable by others (not sticky): someone could swap it.
+        let parent = t.path().join("parent");
+        std::fs::create_dir_all(parent.join("state")).expect("mkdir");
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(refused(&parent.join("state")));
+        // ... but a sticky one (as /tmp) is fine when the next component is ours.
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        assert!(Dir::open_state(&parent.join("state"), true).is_ok());
+        // A planted symlink inside is never written through, nor read.
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"keep").expect("write");
+        std::os::unix::fs::symlink(&victim, ok.join("g.tmp")).expect("symlink");
+        d.write_atomic("g", b"new").expect("write");
+        std::os::unix::fs::symlink(&victim, ok.join("h")).expect("symlink");
+        assert!(matches!(d.read("h", 10), Err(Error::UnsafeState { .. })));
+        assert!(matches!(d.subdir("h", false), Err(Error::UnsafeState { .. })));
+        assert_eq!(std::fs::read(&victim).expect("read"), b"keep");
+    }
+}
