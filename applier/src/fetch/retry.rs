@@ -26,17 +26,16 @@ impl Fetcher<'_> {
             b.fails = 0;
         }
         b.fails += 1;
-        if let Some(f) = self.http.expired() {
-            return Err(match f {
-                Fail::Stop(_) => Fail::Stop(net_error(
-                    &self.o.url,
-                    format!(
-                        "{what}: {msg}; gave up: the deadline of the fetch (--deadline {}) passed",
-                        self.http.deadline_secs
-                    ),
-                )),
-                f => f,
-            });
+        if self.http.expired().is_some() {
+            let why = if msg.contains("deadline") {
+                format!("{what}: {msg}")
+            } else {
+                format!(
+                    "{what}: {msg}; gave up: the deadline of the fetch (--deadline {}) passed",
+                    self.http.deadline_secs
+                )
+            };
+            return Err(Fail::Stop(net_error(&self.o.url, why)));
         }
         if b.fails > self.o.retries {
             return Err(Fail::Stop(net_error(
