@@ -178,8 +178,12 @@ pub enum Cmd {
         /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
         #[arg(long, default_value_t = 500)]
         retry_wait_ms: u64,
-        /// Connect and read timeout of one request, in seconds.
+        /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// The whole fetch, retries and waits included, gives up after this many seconds (a
+        /// server dripping bytes never trips the idle timeout).
+        #[arg(long, default_value_t = 3600)]
+        deadline: u64,
     },
 }

@@ -206,7 +206,7 @@ fn main() -> ExitCode {
                 Err(e) => fail("inbox", json, &e),
             }
         }
-        Cmd::Fetch { url, into, trust, json, retries, retry_wait_ms, timeout } => {
+        Cmd::Fetch { url, into, trust, json, retries, retry_wait_ms, timeout, deadline } => {
             let o = applier::fetch::Options {
                 url,
                 into,
@@ -214,6 +214,7 @@ fn main() -> ExitCode {
                 retries,
                 retry_wait: std::time::Duration::from_millis(retry_wait_ms),
                 timeout: std::time::Duration::from_secs(timeout.max(1)),
+                deadline: std::time::Duration::from_secs(deadline.max(1)),
                 quiet: q,
             };
             match applier::fetch::fetch(&o) {

@@ -1,7 +1,8 @@
 //! `ferry-apply fetch` against a tiny HTTP/1.1 server run by the test (127.0.0.1 only), with
 //! fault injection: connections cut after N body bytes, a flipped byte in one response, a server
 //! that stops answering, one that ignores Range, one whose file is corrupt, one whose bundle
-//! changes between runs.
+//! changes between runs; and hostile servers (redirects to other schemes, dripping bytes,
+//! malformed answers) and a download directory with planted symlinks, hard links and FIFOs.
 
 use bundle::container::{layout, Reader, MAX_SIGNATURES_BYTES};
 use bundle::{Limits, Manifest};
@@ -31,6 +32,8 @@ struct Faults {
     budget: Option<u64>,
     /// Ignore Range: 200 with the whole file.
     no_ranges: bool,
+    /// Answer requests for `/r/...` with `302 Found` and this `Location`.
+    redirect: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +128,13 @@ fn handle(mut s: TcpStream, file: &[u8], f: &Faults, log: &Mutex<Log>) -> std::i
     }
     let text = String::from_utf8_lossy(&req).into_owned();
     let method = text.split_whitespace().next().unwrap_or("").to_string();
+    if let Some(loc) = &f.redirect {
+        if text.split_whitespace().nth(1).is_some_and(|p| p.starts_with("/r/")) {
+            log.lock().expect("log").requests.push((method, None));
+            let h = format!("HTTP/1.1 302 Found\r\nLocation: {loc}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            return s.write_all(h.as_bytes());
+        }
+    }
     let len = file.len() as u64;
     let range = text.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
@@ -441,4 +451,255 @@ fn unusable_urls_are_usage_errors() {
     let o = fetch("http://127.0.0.1:9/x.ferry", tmp.path(), None, &["--retries", "1"]);
     expect_code(&o, 6);
     assert!(String::from_utf8_lossy(&o.stderr).contains("network"));
+}
+
+/// A server that answers every request with what `respond` writes (each connection on its own
+/// thread, so a dripping answer does not hold up the next one).
+struct RawServer {
+    url_base: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl RawServer {
+    fn start(respond: impl Fn(&mut TcpStream) + Send + Sync + 'static) -> RawServer {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let respond = Arc::new(respond);
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                let Ok((mut s, _)) = l.accept() else { break };
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let r = respond.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 << 10 {
+                        match s.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    r(&mut s);
+                });
+            }
+        });
+        RawServer { url_base: format!("http://{addr}"), stop }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("{}/b/{name}", self.url_base)
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url_base.trim_start_matches("http://"));
+    }
+}
+
+fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed fetch: a documented exit code (never a panic's 101), a message, no bundle left.
+fn expect_refusal(o: &Output, codes: &[i32], into: &Path, what: &str) {
+    let err = stderr_of(o);
+    assert!(o.status.code().is_some_and(|c| codes.contains(&c)), "{what}: exit {:?}\n{err}", o.status.code());
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert!(err.contains("error"), "{what}: no error message: {err}");
+    assert!(!into.join("v.ferry").exists(), "{what}: a file claims to be the bundle");
+}
+
+#[test]
+fn redirects_go_to_http_only_and_relative_ones_are_resolved() {
+    let fx = fixture(14, 1);
+    for loc in ["file:///etc/passwd", "data:application/octet-stream;base64,AAAA", "ftp://127.0.0.1/v.ferry"] {
+        let srv = Server::start(fx.bundle.clone(), Faults { redirect: Some(loc.into()), ..Default::default() });
+        let into = fx.d.join("dl-refused");
+        let o = fetch(&srv.url("v.ferry").replace("/b/", "/r/"), &into, Some(&fx.public), &["--retries", "1"]);
+        expect_refusal(&o, &[6], &into, loc);
+        let err = stderr_of(&o);
+        assert!(err.contains("refusing to follow a redirect") && err.contains("only http"), "{loc}: {err}");
+        assert!(!into.join("v.ferry.part").exists(), "{loc}: an empty .part is left");
+    }
+    // A relative redirect is resolved against the URL that answered it.
+    let srv = Server::start(fx.bundle.clone(), Faults { redirect: Some("../b/v.ferry".into()), ..Default::default() });
+    let into = fx.d.join("dl");
+    let o = fetch(&srv.url("v.ferry").replace("/b/", "/r/"), &into, Some(&fx.public), &[]);
+    expect_code(&o, 0);
+    assert!(fs::read(into.join("v.ferry")).expect("fetched") == fx.bundle);
+}
+
+/// Run `fetch` but kill it if it takes longer than `limit` (a FIFO must not block it).
+fn fetch_within(url: &str, into: &Path, public: &Path, limit: Duration) -> (Option<i32>, String) {
+    let mut c = apply_cmd();
+    c.arg("fetch").arg(url).arg("--into").arg(into).arg("--trust").arg(public);
+    c.args(["--retry-wait-ms", "10", "--timeout", "10"]).stdout(std::process::Stdio::null());
+    let mut child = c.stderr(std::process::Stdio::piped()).spawn().expect("spawn");
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            return (st.code(), err);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fetch still running after {limit:?}: blocked");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn planted_symlinks_hard_links_and_fifos_in_the_download_directory_are_never_followed() {
+    let fx = fixture(15, 1);
+    let srv = Server::start(fx.bundle.clone(), Faults::default());
+    let victim = fx.d.join("victim");
+    let names = ["v.ferry.part", "v.ferry.fetch", "v.ferry.fetch.tmp", "v.ferry"];
+    for (k, plant) in ["symlink", "hardlink", "fifo"].into_iter().enumerate() {
+        fs::write(&victim, b"precious\n").expect("victim");
+        let into = fx.d.join(format!("dl{k}"));
+        fs::create_dir_all(&into).expect("mkdir");
+        for n in names {
+            let at = into.join(n);
+            match plant {
+                "symlink" => std::os::unix::fs::symlink(&victim, &at).expect("symlink"),
+                // A hard link only for the part file (one victim can carry one planted name
+                // that fetch would write); symlinks for the others.
+                "hardlink" if n == "v.ferry.part" => fs::hard_link(&victim, &at).expect("link"),
+                "hardlink" => std::os::unix::fs::symlink(&victim, &at).expect("symlink"),
+                _ => {
+                    let st = std::process::Command::new("mkfifo").arg(&at).status().expect("mkfifo");
+                    assert!(st.success());
+                }
+            }
+        }
+        let (code, err) = fetch_within(&srv.url("v.ferry"), &into, &fx.public, Duration::from_secs(120));
+        assert_eq!(code, Some(0), "{plant}: {err}");
+        assert_eq!(fs::read(&victim).expect("victim"), b"precious\n", "{plant}: the victim was written: {err}");
+        let md = fs::symlink_metadata(into.join("v.ferry")).expect("fetched");
+        assert!(md.file_type().is_file(), "{plant}: the bundle is not a regular file");
+        assert!(fs::read(into.join("v.ferry")).expect("fetched") == fx.bundle, "{plant}");
+        assert!(!into.join("v.ferry.fetch").exists() && !into.join("v.ferry.part").exists(), "{plant}");
+        if plant != "fifo" {
+            assert!(err.contains("not following it"), "{plant}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_dripping_server_is_abandoned_at_the_deadline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // One drips the body after a prompt answer, one drips the status line itself.
+    let cases: [(&str, &[u8]); 2] = [
+        ("body", b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-511/100000\r\nContent-Length: 512\r\n\r\n"),
+        ("status line", b""),
+    ];
+    for (what, head) in cases {
+        let head = head.to_vec();
+        let srv = RawServer::start(move |s| {
+            let _ = s.write_all(&head);
+            for _ in 0..60 {
+                if s.write_all(b"H").and_then(|()| s.flush()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        let into = tmp.path().join(what.replace(' ', "-"));
+        let mut c = apply_cmd(); // builds the binaries on first use: not part of the time
+        let t0 = std::time::Instant::now();
+        let o = c
+            .arg("fetch")
+            .arg(srv.url("v.ferry"))
+            .arg("--into")
+            .arg(&into)
+            .args(["--timeout", "2", "--deadline", "3", "--retries", "50", "--retry-wait-ms", "10"])
+            .output()
+            .expect("spawn");
+        let took = t0.elapsed();
+        assert!(took < Duration::from_secs(20), "{what}: fetch took {took:?}");
+        expect_refusal(&o, &[6], &into, what);
+        assert!(stderr_of(&o).contains("deadline"), "{what}: {}", stderr_of(&o));
+    }
+}
+
+#[test]
+fn hostile_answers_are_errors_not_panics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let r206 = |extra: &str, body: &[u8]| {
+        let mut v = format!("HTTP/1.1 206 Partial Content\r\n{extra}Connection: close\r\n\r\n").into_bytes();
+        v.extend_from_slice(body);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage status line", b"NOT HTTP AT ALL\r\n\r\n".to_vec()),
+        ("no answer", Vec::new()),
+        ("binary status line", b"HTTP/1.1 206 \xff\xfe\x00\r\n\r\n".to_vec()),
+        ("huge header", format!("HTTP/1.1 206 Partial Content\r\nX-Big: {}\r\n\r\n", "a".repeat(300_000)).into_bytes()),
+        ("many headers", format!("HTTP/1.1 206 Partial Content\r\n{}\r\n", "X-N: 1\r\n".repeat(500)).into_bytes()),
+        ("1xx status", b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+        ("status 999", b"HTTP/1.1 999 Whatever\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        ("status beyond u16", b"HTTP/1.1 99999999999999999999 X\r\n\r\n".to_vec()),
+        ("206 without Content-Range", r206("Content-Length: 4\r\n", b"abcd")),
+        (
+            "Content-Range beyond u64",
+            r206("Content-Range: bytes 0-99999999999999999999999/5\r\nContent-Length: 4\r\n", b"abcd"),
+        ),
+        ("Content-Range of other bytes", r206("Content-Range: bytes 7-9/10\r\nContent-Length: 3\r\n", b"abc")),
+        (
+            "Content-Range total u64::MAX",
+            r206("Content-Range: bytes 0-511/18446744073709551615\r\nContent-Length: 512\r\n", &[0; 512]),
+        ),
+        ("Content-Range end u64::MAX", r206("Content-Range: bytes 0-18446744073709551615/*\r\n", &[7; 4096])),
+        (
+            "Content-Length larger than the body",
+            r206("Content-Range: bytes 0-511/1000\r\nContent-Length: 512\r\n", b"0123456789"),
+        ),
+        (
+            "body longer than announced",
+            r206("Content-Range: bytes 0-511/1000\r\nContent-Length: 5000\r\n", &[b'x'; 5000]),
+        ),
+        ("negative Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello".to_vec()),
+        ("broken chunked body", r206("Content-Range: bytes 0-511/1000\r\nTransfer-Encoding: chunked\r\n", b"zzzz\r\n")),
+        ("200 with a junk body", [b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), &[0xAB; 1 << 20]].concat()),
+        (
+            "416 with a bad Content-Range",
+            b"HTTP/1.1 416 No\r\nContent-Range: bytes */abc\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        ("redirect without Location", b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        ("redirect loop", b"HTTP/1.1 302 Found\r\nLocation: /b/v.ferry\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        (
+            "redirect to a broken URL",
+            b"HTTP/1.1 301 Moved\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        ),
+        ("redirect to javascript:", b"HTTP/1.1 307 Moved\r\nLocation: javascript:alert(1)\r\n\r\n".to_vec()),
+    ];
+    for (k, (what, answer)) in cases.into_iter().enumerate() {
+        let srv = RawServer::start(move |s| {
+            let _ = s.write_all(&answer);
+            let _ = s.flush();
+        });
+        let into = tmp.path().join(format!("dl{k}"));
+        let mut c = apply_cmd(); // builds the binaries on first use: not part of the time
+        let t0 = std::time::Instant::now();
+        let o = c
+            .arg("fetch")
+            .arg(srv.url("v.ferry"))
+            .arg("--into")
+            .arg(&into)
+            .args(["--timeout", "5", "--deadline", "30", "--retries", "1", "--retry-wait-ms", "10"])
+            .output()
+            .expect("spawn");
+        expect_refusal(&o, &[3, 6], &into, what);
+        assert!(t0.elapsed() < Duration::from_secs(30), "{what}: took {:?}", t0.elapsed());
+    }
 }

@@ -1,0 +1,398 @@
+//! The HTTP client of `fetch`, hardened against a hostile server or network.
+//!
+//! It exists so that everything a server can say passes through one place that turns it into
+//! data or an error, never a panic or an unbounded wait:
+//!
+//! - **Redirects are followed here, not by ureq** (ureq panics on a redirect to a `data:` or
+//!   `file:` URL): `Location` is resolved against the current URL, only `http` and `https` are
+//!   followed, at most [`MAX_REDIRECTS`] hops; anything else is a refusal (exit 6).
+//! - **Two clocks**: `--timeout` is the idle timeout of every connect and read (ureq's socket
+//!   timeouts); `--deadline` bounds the whole fetch, retries included. A server that drips one
+//!   byte at a time never trips an idle timeout, so each request runs on its own thread that
+//!   hands the answer and the body over in bounded chunks, and the caller waits for each chunk
+//!   at most until the deadline. A thread left behind stops at its next chunk (nobody takes it)
+//!   or at its next idle timeout.
+//! - **Bounded answers**: headers are bounded by ureq (100 fields of 100 KiB); a body is read
+//!   only as far as the caller asked for; Content-Range and Content-Length are checked, never
+//!   trusted for an allocation.
+
+use super::Fail;
+use crate::error::Error;
+use std::io::{self, Read};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+/// Most redirects followed for one request.
+pub const MAX_REDIRECTS: usize = 5;
+/// Bytes handed over from a request's thread at a time.
+const CHUNK: usize = 64 << 10;
+/// Chunks buffered between a request's thread and the reader.
+const QUEUE: usize = 4;
+
+pub fn net_error(url: &str, why: String) -> Error {
+    Error::Io { op: "fetch (network error)", path: url.to_string(), source: io::Error::other(why) }
+}
+
+/// A server-supplied string fit for an error message: bounded, no control characters.
+pub fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect();
+    if s.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+/// Parse `bytes FIRST-LAST/TOTAL` (TOTAL may be `*`).
+pub fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    (a <= b).then_some((a, b, total))
+}
+
+/// Resolve a redirect's `Location` against the URL that answered it: only http(s) is followed.
+pub fn redirect_target(from: &str, location: &str) -> Result<String, String> {
+    let base = url::Url::parse(from).map_err(|e| format!("{}: {e}", shown(from)))?;
+    let to = base.join(location.trim()).map_err(|e| format!("a redirect to {:?}: {e}", shown(location)))?;
+    match to.scheme() {
+        "http" | "https" if to.host_str().is_some_and(|h| !h.is_empty()) => Ok(to.to_string()),
+        s => Err(format!(
+            "refusing to follow a redirect to {:?} ({s}:): only http:// and https:// URLs are followed",
+            shown(location)
+        )),
+    }
+}
+
+/// What the server answered, before the body.
+#[derive(Clone, Debug, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub text: String,
+    pub content_range: Option<String>,
+    pub content_length: Option<String>,
+    pub location: Option<String>,
+}
+
+impl Answer {
+    fn of(r: &ureq::Response) -> Answer {
+        let h = |n: &str| r.header(n).map(str::to_string);
+        Answer {
+            status: r.status(),
+            text: shown(r.status_text()),
+            content_range: h("Content-Range"),
+            content_length: h("Content-Length"),
+            location: h("Location"),
+        }
+    }
+}
+
+enum Msg {
+    Answer(Result<Answer, String>),
+    Data(io::Result<Vec<u8>>),
+}
+
+/// A response body arriving from its request's thread; every wait ends at the deadline.
+pub struct Body {
+    rx: Receiver<Msg>,
+    buf: Vec<u8>,
+    pos: usize,
+    deadline: Instant,
+    /// For the message when the deadline passes.
+    deadline_secs: u64,
+}
+
+fn past_deadline(secs: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("the deadline of the fetch (--deadline {secs}) passed"))
+}
+
+impl Body {
+    fn recv(&self) -> Result<Msg, io::Error> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(m) => Ok(m),
+            Err(RecvTimeoutError::Timeout) => Err(past_deadline(self.deadline_secs)),
+            Err(RecvTimeoutError::Disconnected) => Ok(Msg::Data(Ok(Vec::new()))),
+        }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.pos == self.buf.len() {
+            if Instant::now() >= self.deadline {
+                return Err(past_deadline(self.deadline_secs));
+            }
+            match self.recv()? {
+                Msg::Data(Ok(v)) if v.is_empty() => return Ok(0),
+                Msg::Data(Ok(v)) => (self.buf, self.pos) = (v, 0),
+                Msg::Data(Err(e)) => return Err(e),
+                Msg::Answer(_) => return Err(io::Error::other("a second answer in one response")),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The request's thread: make the request, hand over the answer, then the body of a 2xx answer.
+fn run(req: ureq::Request, tx: SyncSender<Msg>) {
+    let r = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => {
+            let _ = tx.send(Msg::Answer(Ok(Answer::of(&r))));
+            return;
+        }
+        Err(ureq::Error::Transport(t)) => {
+            let mut m = t.kind().to_string();
+            if let Some(x) = t.message() {
+                m = format!("{m}: {}", shown(x));
+            }
+            if let Some(x) = std::error::Error::source(&t) {
+                m = format!("{m}: {x}");
+            }
+            let _ = tx.send(Msg::Answer(Err(m)));
+            return;
+        }
+    };
+    let ok = (200..300).contains(&r.status());
+    if tx.send(Msg::Answer(Ok(Answer::of(&r)))).is_err() || !ok {
+        return;
+    }
+    let mut body = r.into_reader();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let m = match body.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => Ok(buf[..n].to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+        let stop = m.is_err();
+        if tx.send(Msg::Data(m)).is_err() || stop {
+            return;
+        }
+    }
+}
+
+pub struct Http {
+    agent: ureq::Agent,
+    pub url: String,
+    /// Body bytes received.
+    pub bytes: u64,
+    pub requests: u64,
+    /// The file's length, from the first Content-Range that gave one.
+    pub total: Option<u64>,
+    pub deadline: Instant,
+    pub deadline_secs: u64,
+}
+
+impl Http {
+    pub fn new(url: &str, idle: Duration, deadline: Duration) -> Http {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(idle)
+            .timeout_read(idle)
+            .timeout_write(idle)
+            .redirects(0)
+            .user_agent(concat!("ferry-apply/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Http {
+            agent,
+            url: url.to_string(),
+            bytes: 0,
+            requests: 0,
+            total: None,
+            deadline: Instant::now() + deadline,
+            deadline_secs: deadline.as_secs(),
+        }
+    }
+
+    /// The deadline has passed: the error to stop with.
+    pub fn expired(&self) -> Option<Fail> {
+        (Instant::now() >= self.deadline).then(|| {
+            Fail::Stop(net_error(
+                &self.url,
+                format!("gave up: the deadline of the fetch (--deadline {}) passed", self.deadline_secs),
+            ))
+        })
+    }
+
+    /// One request to `url` (no redirect followed): the answer and its body.
+    fn once(&mut self, method: &str, url: &str, range: Option<(u64, u64)>) -> Result<(Answer, Body), Fail> {
+        if let Some(f) = self.expired() {
+            return Err(f);
+        }
+        self.requests += 1;
+        let mut req = self.agent.request(method, url);
+        if let Some((a, b)) = range {
+            req = req.set("Range", &format!("bytes={a}-{}", b.saturating_sub(1)));
+        }
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("ferry-fetch-http".into())
+            .spawn(move || run(req, tx))
+            .map_err(|e| Fail::Stop(net_error(url, format!("cannot start the request's thread: {e}"))))?;
+        let body = Body { rx, buf: Vec::new(), pos: 0, deadline: self.deadline, deadline_secs: self.deadline_secs };
+        match body.recv() {
+            Ok(Msg::Answer(Ok(a))) => Ok((a, body)),
+            Ok(Msg::Answer(Err(m))) => Err(Fail::Net(m)),
+            Ok(Msg::Data(_)) => Err(Fail::Net("the connection closed without an answer".into())),
+            Err(e) => Err(Fail::Net(e.to_string())),
+        }
+    }
+
+    /// A request, following up to [`MAX_REDIRECTS`] http(s) redirects; a 2xx or 3xx-free answer.
+    pub fn call(&mut self, method: &str, range: Option<(u64, u64)>) -> Result<(Answer, Body), Fail> {
+        let mut url = self.url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let (a, body) = self.once(method, &url, range)?;
+            if !matches!(a.status, 301 | 302 | 303 | 307 | 308) {
+                return self.judge(a, body, range);
+            }
+            let Some(loc) = &a.location else {
+                return Err(Fail::Stop(net_error(&self.url, format!("HTTP {} without a Location", a.status))));
+            };
+            url = redirect_target(&url, loc).map_err(|m| Fail::Stop(net_error(&self.url, m)))?;
+        }
+        Err(Fail::Stop(net_error(&self.url, format!("more than {MAX_REDIRECTS} redirects"))))
+    }
+
+    /// Sort an answer: 2xx goes to the caller, the rest becomes the error it means.
+    fn judge(&mut self, a: Answer, body: Body, range: Option<(u64, u64)>) -> Result<(Answer, Body), Fail> {
+        match a.status {
+            200..=299 => Ok((a, body)),
+            416 => {
+                let at = range.map(|r| r.0).unwrap_or(0);
+                let cr = a.content_range.as_deref().unwrap_or("");
+                if let Some(t) = cr.strip_prefix("bytes */").and_then(|t| t.trim().parse::<u64>().ok()) {
+                    self.see_total(Some(t))?;
+                }
+                Err(Fail::Stop(Error::BadPart(format!(
+                    "{}: the server has no bytes from offset {at} on ({}): the file is shorter than the bundle it starts",
+                    self.url,
+                    shown(cr)
+                ))))
+            }
+            c if c >= 500 || c == 408 || c == 429 => Err(Fail::Net(format!("HTTP {c} {}", a.text))),
+            c if c >= 400 => Err(Fail::Stop(net_error(&self.url, format!("HTTP {c} {}", a.text)))),
+            c => Err(Fail::Net(format!("unexpected HTTP {c} {}", a.text))),
+        }
+    }
+
+    pub fn see_total(&mut self, t: Option<u64>) -> Result<(), Fail> {
+        match (self.total, t) {
+            (None, Some(t)) => self.total = Some(t),
+            (Some(a), Some(b)) if a != b => {
+                return Err(Fail::Changed(format!("its length went from {a} to {b} bytes")))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// GET bytes `a..b` (`a < b`): the body and the range it holds (a prefix of `a..b`, at least
+    /// one byte).
+    pub fn range(&mut self, a: u64, b: u64) -> Result<(Body, u64), Fail> {
+        let (r, body) = self.call("GET", Some((a, b)))?;
+        match r.status {
+            206 => {
+                let cr = r.content_range.as_deref().unwrap_or("");
+                let (s, e, total) = content_range(cr)
+                    .ok_or_else(|| Fail::Net(format!("206 with a bad Content-Range {:?}", shown(cr))))?;
+                self.see_total(total)?;
+                if s != a {
+                    return Err(Fail::Net(format!("asked for bytes {a}-{}, the server sent {}", b - 1, shown(cr))));
+                }
+                Ok((body, (e - s).saturating_add(1).min(b - a)))
+            }
+            200 => Err(Fail::NoRanges(body)),
+            c => Err(Fail::Net(format!("unexpected HTTP {c} {}", r.text))),
+        }
+    }
+
+    /// GET bytes `a..b` into memory (fewer if the file ends first). Callers bound `b - a`.
+    pub fn range_vec(&mut self, a: u64, b: u64) -> Result<Vec<u8>, Fail> {
+        let mut out = Vec::new();
+        let mut at = a;
+        while at < b && !matches!(self.total, Some(t) if at >= t) {
+            let (mut body, len) = self.range(at, b)?;
+            let start = out.len();
+            out.resize(start + len as usize, 0);
+            read_full(&mut body, &mut out[start..], &mut self.bytes)?;
+            at += len;
+            if self.total.is_none() {
+                break; // the server said how much it sent but not the length: take it
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file's length from a HEAD request.
+    pub fn head_len(&mut self) -> Result<u64, Fail> {
+        let (r, _) = self.call("HEAD", None)?;
+        r.content_length.and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+            Fail::Stop(net_error(
+                &self.url,
+                "the server gives no length for the file (no Content-Range total, no Content-Length)".into(),
+            ))
+        })
+    }
+}
+
+/// Fill `buf` from `body`; a short body or a read error is a network failure.
+pub fn read_full(body: &mut dyn Read, buf: &mut [u8], count: &mut u64) -> Result<(), Fail> {
+    let mut got = 0;
+    while got < buf.len() {
+        match body.read(&mut buf[got..]) {
+            Ok(0) => return Err(Fail::Net(format!("connection closed after {got} of {} bytes", buf.len()))),
+            Ok(n) => {
+                got += n;
+                *count += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Fail::Net(format!("{e} (after {got} of {} bytes)", buf.len()))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(content_range("bytes 0-511/9000"), Some((0, 511, Some(9000))));
+        assert_eq!(content_range("bytes 5-5/*"), Some((5, 5, None)));
+        assert_eq!(content_range("bytes 6-5/10"), None);
+        assert_eq!(content_range("items 0-1/2"), None);
+        assert_eq!(content_range("bytes 0-99999999999999999999/1"), None);
+    }
+
+    #[test]
+    fn redirects() {
+        let ok = |from: &str, loc: &str| redirect_target(from, loc).ok();
+        assert_eq!(ok("http://h/r/a.ferry", "../b/a.ferry").as_deref(), Some("http://h/b/a.ferry"));
+        assert_eq!(ok("http://h/r/a.ferry", "/x/a.ferry").as_deref(), Some("http://h/x/a.ferry"));
+        assert_eq!(ok("http://h/a", "https://m:8443/a?t=1").as_deref(), Some("https://m:8443/a?t=1"));
+        for bad in ["file:///etc/passwd", "data:text/plain,hello", "ftp://h/x", "javascript:x", "http://"] {
+            let e = redirect_target("http://h/a", bad);
+            assert!(e.is_err(), "{bad}: {e:?}");
+        }
+        assert!(redirect_target("http://h/a", "file:///etc/passwd").is_err_and(|m| m.contains("only http")));
+    }
+
+    #[test]
+    fn shown_is_bounded_and_printable() {
+        assert_eq!(shown("a\r\nb"), "a??b");
+        assert_eq!(shown(&"x".repeat(1000)).chars().count(), 201);
+    }
+}
