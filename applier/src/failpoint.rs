@@ -8,11 +8,27 @@
 //!   a crash), at points that can fail.
 //! - `FERRY_NO_EXCHANGE=1`: `Place` steps replacing a file take the fallback for filesystems
 //!   without `RENAME_EXCHANGE` (hard-link backup, then rename).
+//! - `FERRY_PAUSE_AT=NAME[:K]`: the K-th hit (1-based, default 1) of the failpoint named NAME
+//!   (e.g. `journal`, `stage-synced`, `commit-step`) stops the process with SIGSTOP, so a test can
+//!   wait until `/proc/PID/stat` shows state `T`, change the tree or the state directory as an
+//!   attacker racing the applier would, and continue it with SIGCONT. The process then carries on
+//!   exactly as if it had not been stopped. Hits of other names are not counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 static HITS: AtomicU64 = AtomicU64::new(0);
+/// Hits of the failpoint named in `FERRY_PAUSE_AT`.
+static PAUSE_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// `NAME` or `NAME:K` (K ≥ 1); anything else disables the pause.
+fn parse_pause(v: &str) -> Option<(String, u64)> {
+    let (name, k) = match v.rsplit_once(':') {
+        Some((name, k)) => (name, k.parse().ok().filter(|&k| k >= 1)?),
+        None => (v, 1),
+    };
+    (!name.is_empty()).then(|| (name.to_string(), k))
+}
 
 /// The variables, read once (a commit step must not scan the environment three times).
 struct Env {
@@ -20,6 +36,8 @@ struct Env {
     crash_at: Option<u64>,
     fail_at: Option<u64>,
     no_exchange: bool,
+    /// `FERRY_PAUSE_AT`: failpoint name and which of its hits (1-based).
+    pause_at: Option<(String, u64)>,
 }
 
 fn env() -> &'static Env {
@@ -31,6 +49,7 @@ fn env() -> &'static Env {
             crash_at: n("FERRY_CRASH_AT"),
             fail_at: n("FERRY_FAIL_AT"),
             no_exchange: std::env::var("FERRY_NO_EXCHANGE").is_ok_and(|v| v == "1"),
+            pause_at: std::env::var("FERRY_PAUSE_AT").ok().and_then(|v| parse_pause(&v)),
         }
     })
 }
@@ -54,6 +73,12 @@ pub fn hit(name: &str) {
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
+    if let Some((pause, k)) = &env().pause_at {
+        if pause == name && PAUSE_HITS.fetch_add(1, Ordering::SeqCst) + 1 == *k {
+            // Returns once a SIGCONT arrives.
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+        }
+    }
 }
 
 /// A point where a crash or an I/O error may be injected.
@@ -63,4 +88,18 @@ pub fn may_fail(name: &str) -> std::io::Result<()> {
         return Err(std::io::Error::other(format!("injected failure at {name}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pause;
+
+    #[test]
+    fn pause_spec() {
+        assert_eq!(parse_pause("stage-synced"), Some(("stage-synced".into(), 1)));
+        assert_eq!(parse_pause("journal:3"), Some(("journal".into(), 3)));
+        assert_eq!(parse_pause("journal:0"), None);
+        assert_eq!(parse_pause("journal:x"), None);
+        assert_eq!(parse_pause(""), None);
+    }
 }

@@ -45,7 +45,10 @@ pub fn build_cmd() -> Command {
 
 pub fn apply_cmd() -> Command {
     let mut c = Command::new(bin("ferry-apply"));
-    c.env_remove("FERRY_CRASH_AT").env_remove("FERRY_FAIL_AT").env_remove("FERRY_FAILPOINT_COUNT");
+    c.env_remove("FERRY_CRASH_AT")
+        .env_remove("FERRY_FAIL_AT")
+        .env_remove("FERRY_FAILPOINT_COUNT")
+        .env_remove("FERRY_PAUSE_AT");
     c
 }
 
@@ -546,4 +549,46 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Whether process `pid` is stopped (state `T` or `t` in `/proc/PID/stat`); `None` once it is
+/// gone or a zombie.
+pub fn is_stopped(pid: u32) -> Option<bool> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may contain anything.
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    match state {
+        "Z" | "X" => None,
+        s => Some(s == "T" || s == "t"),
+    }
+}
+
+/// Spawn `cmd` with `FERRY_PAUSE_AT=failpoint` (`NAME` or `NAME:K`) and wait (at most 30 s, else
+/// panic) until it has stopped itself there; returns early if it exited instead (check with
+/// `try_wait`). Continue it with [`resume_paused`].
+pub fn spawn_paused(cmd: &mut Command, failpoint: &str) -> std::process::Child {
+    let mut child = cmd.env("FERRY_PAUSE_AT", failpoint).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return child;
+        }
+        match is_stopped(child.id()) {
+            Some(true) => return child,
+            None => return child,
+            Some(false) => {}
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not stop at failpoint {failpoint} within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Send SIGCONT to a child stopped by [`spawn_paused`].
+pub fn resume_paused(child: &std::process::Child) {
+    let st = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status().expect("kill -CONT");
+    assert!(st.success(), "kill -CONT {}", child.id());
 }
