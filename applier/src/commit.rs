@@ -703,7 +703,13 @@ pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Res
         let want = txn.staged_ids.as_ref().and_then(|ids| ids.get(ei).copied());
         let st = fsx::lstat_at(txn.works[slot.work].stage.as_fd(), &slot.name).ctx("stat staged", &step.path)?;
         let Some(st) = st else { continue };
-        // After an exchange the slot holds the OLD object: the live path has the staged one.
+        // After an exchange the slot holds the OLD object: the live path has the staged one. A
+        // transaction without recorded identities tells a done type change by the slot's type.
+        if let (None, Action::ExchangeDir(x)) = (want, a) {
+            if Type::of_stat(&st) != x.new_type {
+                continue;
+            }
+        }
         if let Some(w) = want {
             if id(&st) != w {
                 let (d, n) = c.dirs.parent_of(root, &step.path).ctx("open parent of", &step.path)?;
