@@ -326,6 +326,19 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         true
     } else {
         txn.open_works(t.root.as_fd(), false)?;
+        if !txn.has(&Record::Committed) {
+            if let Some(missing) = txn.missing_work() {
+                // The staged objects (and the backups of any step done) are gone: the commit can
+                // be neither finished nor undone. Discard it rather than wedge the target.
+                let e = Error::CorruptState {
+                    path: missing,
+                    why: "a work directory of the pending commit is missing; the transaction was discarded (apply the bundle again)".into(),
+                };
+                log(o, e.to_string());
+                discard(o, t, txn, state::TXN)?;
+                return Err(e);
+            }
+        }
         false
     };
     if !txn.has(&Record::Committed) {
@@ -513,6 +526,15 @@ fn rollback_txn(o: &Options, t: &Target, mut txn: Txn, name: &str) -> Result<()>
 }
 
 fn finish_interrupted_rollback(o: &Options, t: &Target, trust: Option<&TrustPolicy>) -> Result<bool> {
+    // The kept transaction is verified only when it is acted on: one signed by keys the operator
+    // has since stopped trusting is no reason to refuse a new apply.
+    let interrupted = match Txn::load(&t.state, state::PREV, &o.limits, None) {
+        Ok(Some(prev)) => prev.has(&Record::RollbackBegin),
+        _ => false,
+    };
+    if !interrupted {
+        return Ok(false);
+    }
     if let Some(prev) = load_verified(o, t, state::PREV, trust)? {
         if prev.has(&Record::RollbackBegin) {
             log(o, "finishing an interrupted rollback");

@@ -280,6 +280,14 @@ impl Txn {
         Ok(())
     }
 
+    /// A recorded work directory that [`Txn::open_works`] did not find, if any.
+    pub fn missing_work(&self) -> Option<String> {
+        self.work_locs.iter().find(|l| !self.works.iter().any(|w| w.dev == l.dev)).map(|l| match &l.path {
+            Some(p) => p.to_string(),
+            None => self.dir.show("work"),
+        })
+    }
+
     /// Create a fresh work directory for mount `dev` in `top` (the target directory) or in the
     /// transaction directory (`top` = `None` and `dev` the state directory's mount), and journal
     /// it with its identity.

@@ -835,10 +835,15 @@ fn attack_06_txn_work_symlinked_outside() {
     );
     assert_eq!(r.code, EXIT_STATE_UNTRUSTED, "resume through a planted txn/work symlink: {}", r.text());
 
-    // The operator removes the planted symlink; resume or apply must then work.
+    // The operator removes the planted symlink. The real work directory is gone (moved away
+    // above), so the commit can neither finish nor be undone: resume discards the transaction
+    // and says so (exit 14); then a good apply must work.
     if fs::symlink_metadata(&work).is_ok_and(|m| m.file_type().is_symlink()) {
         fs::remove_file(&work).expect("remove the planted symlink");
     }
+    let r = run(apply_cmd().arg("resume").arg("--target").arg(&lab.target), LIMIT);
+    assert_eq!(r.code, 14, "resume without its work directory: {}", r.text());
+    assert!(r.text().contains("discarded"), "{}", r.text());
     lab.assert_updatable(&[], &[]);
     lab.assert_outside_unchanged();
 }
