@@ -100,19 +100,13 @@ fn is_id(s: &Option<Stat>, want: (u64, u64)) -> bool {
     s.as_ref().is_some_and(|s| id(s) == want)
 }
 
-/// A `SetMeta` that must not be applied in place: it adds set-user-ID or set-group-ID bits, or
-/// (when owners are applied) changes the owner or group. Such a change on a live inode would
-/// hand the new permissions to whoever holds that inode: a hard link planted by a local user, or
-/// a handle opened for writing (bundle-format.md §15). It is staged as a copy and exchanged in.
-pub fn raises_permissions(old: &Meta, new: &Meta, owners: bool) -> bool {
-    (new.mode & 0o6000 & !old.mode) != 0 || (owners && (old.uid != new.uid || old.gid != new.gid))
-}
-
 /// Whether the `SetMeta` step at `p` is done by a staged copy (a regular file whose change
 /// raises permissions).
 pub fn setmeta_by_copy(m: &Manifest, p: &BundlePath, owners: bool) -> bool {
     let (Some(e), Some(o)) = (m.entry(p), m.old_entry(p)) else { return false };
-    matches!(e.kind, Kind::File { .. }) && matches!(o.kind, OldKind::File { .. }) && raises_permissions(&o.meta, &e.meta, owners)
+    matches!(e.kind, Kind::File { .. })
+        && matches!(o.kind, OldKind::File { .. })
+        && o.meta.raises_permissions(&e.meta, owners)
 }
 
 /// Directory handles the commit keeps open: half the process's soft `RLIMIT_NOFILE` (512 under
@@ -241,7 +235,10 @@ impl CreateDir {
         let fd = fsx::open_dir_at(cx.dir, cx.name).ctx("open", cx.path)?;
         for n in fsx::list_dir(fd.as_fd()).ctx("list", cx.path)? {
             if !self.children.contains(&n) {
-                return Err(drift(&format!("holds {:?}, which the bundle does not put there", String::from_utf8_lossy(&n))));
+                return Err(drift(&format!(
+                    "holds {:?}, which the bundle does not put there",
+                    String::from_utf8_lossy(&n)
+                )));
             }
         }
         Ok(())
@@ -291,10 +288,29 @@ impl Create {
 pub struct ExchangeFile {
     slot: Slot,
     id: (u64, u64),
+    /// A metadata change done by a staged copy: the parent directory's entries do not change in
+    /// NEW, so its mtime is kept (no `DirMeta` step will set it).
+    keep_parent_mtime: bool,
 }
 
 impl ExchangeFile {
     fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        if self.keep_parent_mtime {
+            return fsx::keeping_mtime(cx.dir, || Ok(self.forward_inner(cx)))
+                .ctx("keep the mtime of the parent of", cx.path)?;
+        }
+        self.forward_inner(cx)
+    }
+
+    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+        if self.keep_parent_mtime {
+            return fsx::keeping_mtime(cx.dir, || Ok(self.reverse_inner(cx)))
+                .ctx("keep the mtime of the parent of", cx.path)?;
+        }
+        self.reverse_inner(cx)
+    }
+
+    fn forward_inner(&self, cx: &Cx<'_>) -> Result<bool> {
         if !cx.fresh && is_id(&cx.cur()?, self.id) {
             return Ok(false);
         }
@@ -313,7 +329,7 @@ impl ExchangeFile {
         Ok(true)
     }
 
-    fn reverse(&self, cx: &Cx<'_>) -> Result<()> {
+    fn reverse_inner(&self, cx: &Cx<'_>) -> Result<()> {
         let (cur, staged) = (cx.cur()?, cx.staged(&self.slot)?);
         let bname = backup_name(cx.i);
         if is_id(&cur, self.id) && staged.is_some() {
@@ -413,7 +429,8 @@ impl BesideConfig {
             _ => {}
         }
         if cur.is_some() && self.id.is_some() {
-            fsx::exchange(cx.stage, &self.slot.name, cx.dir, &side).ctx("place beside the local config file", cx.path)?;
+            fsx::exchange(cx.stage, &self.slot.name, cx.dir, &side)
+                .ctx("place beside the local config file", cx.path)?;
         } else {
             fsx::rename_noreplace(cx.stage, &self.slot.name, cx.dir, &side)
                 .ctx("place beside the local config file", cx.path)?;
@@ -495,7 +512,8 @@ pub struct Delete;
 impl Delete {
     fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
         if cx.cur()?.is_some() {
-            fsx::rename_noreplace(cx.dir, cx.name, cx.backup, &backup_name(cx.i)).ctx("move out of the tree", cx.path)?;
+            fsx::rename_noreplace(cx.dir, cx.name, cx.backup, &backup_name(cx.i))
+                .ctx("move out of the tree", cx.path)?;
             return Ok(true);
         }
         Ok(false)
@@ -580,7 +598,13 @@ fn work_index(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, p: 
 }
 
 /// Plan step `i`: its protocol, from the manifest and the transaction.
-pub fn plan_step(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, i: usize, owners: bool) -> Result<Action> {
+pub fn plan_step(
+    root: BorrowedFd<'_>,
+    txn: &mut Txn,
+    dirs: &mut fsx::DirCache,
+    i: usize,
+    owners: bool,
+) -> Result<Action> {
     let m = &txn.head.manifest;
     let step = &m.script[i];
     let p = step.path.clone();
@@ -613,7 +637,7 @@ pub fn plan_step(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, 
                 (Some(old_type), _) if old_type == Type::Dir || new_type == Type::Dir => {
                     Action::ExchangeDir(ExchangeDir { slot, new_type, old_type })
                 }
-                (Some(_), Some(id)) => Action::ExchangeFile(ExchangeFile { slot, id }),
+                (Some(_), Some(id)) => Action::ExchangeFile(ExchangeFile { slot, id, keep_parent_mtime: false }),
                 (Some(_), None) => Action::LinkAndRename(LinkAndRename { slot }),
                 (None, _) => Action::Create(Create { slot }),
             }
@@ -624,12 +648,17 @@ pub fn plan_step(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, 
             match staged_id(txn, ei)? {
                 Some(id) if setmeta_by_copy(m, &p, owners) => {
                     if id == (0, 0) {
-                        return Err(Error::Internal(format!("{p}: the staged copy for a permission change is missing")));
+                        return Err(Error::Internal(format!(
+                            "{p}: the staged copy for a permission change is missing"
+                        )));
                     }
                     let slot = Slot { work: work_index(root, txn, dirs, &p)?, name: staged_name(ei) };
-                    Action::ExchangeFile(ExchangeFile { slot, id })
+                    Action::ExchangeFile(ExchangeFile { slot, id, keep_parent_mtime: true })
                 }
-                _ => Action::SetMetaInPlace(SetMetaInPlace { meta: m.entries[ei].meta, base: txn.base_ids.get(&p).copied() }),
+                _ => Action::SetMetaInPlace(SetMetaInPlace {
+                    meta: m.entries[ei].meta,
+                    base: txn.base_ids.get(&p).copied(),
+                }),
             }
         }
         Op::Delete => Action::Delete(Delete),
@@ -695,7 +724,8 @@ pub fn staged_ids(root: BorrowedFd<'_>, txn: &mut Txn, owners: bool) -> Result<V
 /// objects were swapped or forged is refused, never committed.
 pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Result<()> {
     let m = txn.head.manifest.clone();
-    let mut checks: Vec<(usize, usize, Option<(u64, u64)>)> = Vec::new();
+    // (step, entry) of every slot still holding its staged object.
+    let mut checks: Vec<(usize, usize)> = Vec::new();
     for (i, a) in c.actions.iter().enumerate() {
         let Some(slot) = a.slot() else { continue };
         let step = &m.script[i];
@@ -718,23 +748,29 @@ pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Res
                 if is_id(&live, w) || is_id(&side, w) {
                     continue;
                 }
+                // Not ours: remove it, so the rollback that follows cannot mistake it for the
+                // OLD object an exchange left in the slot and put it in place.
+                fsx::remove_tree_at(txn.works[slot.work].stage.as_fd(), &slot.name).ctx("remove", &step.path)?;
                 return Err(Error::UnsafeState {
                     path: step.path.to_string(),
                     why: "its staged object was replaced after staging".into(),
                 });
             }
         }
-        checks.push((i, ei, want));
+        checks.push((i, ei));
     }
     let works = &txn.works;
-    let res = crate::par::map(&checks, |&(i, ei, _)| -> Result<()> {
+    let res = crate::par::map(&checks, |&(i, ei)| -> Result<()> {
         let e = &m.entries[ei];
         let Kind::File { size, hash, .. } = &e.kind else { return Ok(()) };
         let Some(slot) = c.actions[i].slot() else { return Ok(()) };
         let f = fsx::open_file_at(works[slot.work].stage.as_fd(), &slot.name).ctx("open staged", &e.path)?;
         let (h, n) = crate::base::hash_reader(f.take(size + 1)).ctx("read staged", &e.path)?;
         if h != *hash || n != *size {
-            return Err(Error::UnsafeState { path: e.path.to_string(), why: "staged content does not match the manifest".into() });
+            return Err(Error::UnsafeState {
+                path: e.path.to_string(),
+                why: "staged content does not match the manifest".into(),
+            });
         }
         Ok(())
     });
@@ -780,7 +816,13 @@ fn with_cx<T>(
 }
 
 /// The work directory step `i` uses: its slot's, or (for `Delete`) its path's.
-fn work_of(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, i: usize, a: &Action) -> Result<Option<usize>> {
+fn work_of(
+    root: BorrowedFd<'_>,
+    txn: &mut Txn,
+    dirs: &mut fsx::DirCache,
+    i: usize,
+    a: &Action,
+) -> Result<Option<usize>> {
     match (a.slot(), a) {
         (Some(s), _) => Ok(Some(s.work)),
         (None, Action::Delete(_)) => {

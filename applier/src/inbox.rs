@@ -27,10 +27,17 @@ pub struct InboxReport {
 /// The inbox's bundles (first parts of split bundles stand for the set), and the entries skipped
 /// because they are not regular files (a FIFO would block a reader, a symlink could point
 /// anywhere; whoever can write the inbox may have put them there).
-fn candidates(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(PathBuf, &'static str)>)> {
+/// An inbox entry skipped, and why.
+type Skipped = (PathBuf, &'static str);
+
+fn candidates(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Skipped>)> {
     let mut v = Vec::new();
     let mut skipped = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| Error::Io { op: "read inbox", path: dir.display().to_string(), source: e })? {
+    for e in std::fs::read_dir(dir).map_err(|e| Error::Io {
+        op: "read inbox",
+        path: dir.display().to_string(),
+        source: e,
+    })? {
         let Ok(e) = e else { continue };
         let p = e.path();
         // Parts of a split bundle are read through their first part.

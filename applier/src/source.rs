@@ -34,8 +34,9 @@ fn split_base(p: &Path) -> Option<PathBuf> {
 /// could put a FIFO there and stall a boot-time apply for ever).
 pub fn open_input(path: &Path) -> io::Result<File> {
     use rustix::fs::{FileType, Mode, OFlags};
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| match e {
+    let fd =
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| match e {
             rustix::io::Errno::LOOP => io::Error::other("a symlink, not a regular file"),
             e => io::Error::from(e),
         })?;

@@ -227,7 +227,11 @@ impl Changes {
             };
             om.ty == Type::File && same_payload(nm, om) && cx.old.group_of(m) == group
         });
-        if untouched {
+        // A shared inode never gets more permission in place (the applier refuses a file with
+        // extra links whose change raises permissions: a planted hard link would share it), so
+        // a group with such a change is placed anew, as a group.
+        let raises = group.len() > 1 && o.is_some_and(|o| o.meta.raises_permissions(&n.meta, true));
+        if untouched && !raises {
             let Some(o) = o else { return };
             if o.meta != n.meta {
                 self.phase0.insert(p.clone(), Op::SetMeta);

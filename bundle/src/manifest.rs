@@ -69,6 +69,17 @@ pub struct Meta {
     pub mtime_ns: i64,
 }
 
+impl Meta {
+    /// Whether changing an object's metadata from `self` to `new` raises its permissions: it
+    /// adds a set-user-ID or set-group-ID bit, or (with `owners`, when owners are applied) changes
+    /// the owner or group. The applier never makes such a change to a live inode, which a hard
+    /// link planted by a local user could share (bundle-format.md §10.3); the builder places a
+    /// hard-link group with such a change anew instead of changing it in place.
+    pub fn raises_permissions(&self, new: &Meta, owners: bool) -> bool {
+        (new.mode & 0o6000 & !self.mode) != 0 || (owners && (self.uid != new.uid || self.gid != new.gid))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {

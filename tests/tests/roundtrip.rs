@@ -100,7 +100,7 @@ fn generated_trees_roundtrip_delta_and_full() {
 /// Seeds that once found bugs (and edge cases worth keeping whatever the proptest seed is).
 #[test]
 fn fixed_seeds_roundtrip() {
-    for seed in [0, 1, 2, 3, 7, 42] {
+    for seed in [0, 1, 2, 3, 7, 42, 17100706798212434269] {
         roundtrip_seed(seed);
     }
 }
