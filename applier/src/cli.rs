@@ -1,32 +1,23 @@
 //! The `ferry-apply` command line (clap derive), in the library so that man pages and shell
 //! completions can be generated from it (`xtask`) and tests can parse it in-process.
 
+use crate::apply::Options;
+use crate::error::Exit;
 use bundle::Limits;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Duration;
 
-pub const EXIT_CODES: &str = "\
-Exit codes:
-  0  success (also: this bundle is already installed)
-  1  internal error
-  2  usage error
-  3  bad signature, untrusted or retired signer, corrupt, truncated or hostile bundle
-  4  target does not match the bundle's base (drifted, missing or planted paths)
-  5  version refused (not newer than installed, or built for another version)
-  6  I/O failure (permission denied, read-only filesystem, ...)
-  7  another ferry-apply holds the target's lock
-  8  committed, but a post-commit hook failed
-  9  another apply is pending (resume it first), or resume needs the bundle
- 10  refused by policy: wrong channel, or expired
- 11  not enough free space
- 12  inbox: at least one bundle failed
- 13  state or work directory not trustworthy (a symlink, not owned by the applier's user,
-     writable by others, or below a directory another user can write)
- 14  state directory corrupt";
+/// The "Exit codes:" section of every help text, generated once from [`Exit::ALL`].
+pub fn exit_codes() -> &'static str {
+    static TEXT: LazyLock<String> = LazyLock::new(Exit::help);
+    &TEXT
+}
 
 /// Verify and apply ferry bundles to a live tree, crash-safely.
 #[derive(Parser)]
-#[command(name = "ferry-apply", version, after_help = EXIT_CODES)]
+#[command(name = "ferry-apply", version, after_help = exit_codes())]
 pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
@@ -72,7 +63,7 @@ pub struct ApplyArgs {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Check the signature and every payload of a bundle; changes nothing.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Verify {
         file: PathBuf,
         #[arg(long)]
@@ -81,14 +72,14 @@ pub enum Cmd {
         json: bool,
     },
     /// Show what a bundle holds (works without a key; the bundle is then unverified).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Inspect {
         file: PathBuf,
         #[arg(long)]
         json: bool,
     },
     /// Update a target from a bundle (resumes if this bundle's apply was interrupted).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Apply {
         file: PathBuf,
         #[command(flatten)]
@@ -99,7 +90,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Dry run against the real target: steps, space, drift, hooks; changes nothing.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Plan {
         file: PathBuf,
         #[command(flatten)]
@@ -111,7 +102,7 @@ pub enum Cmd {
     },
     /// Finish an interrupted apply or rollback. The pending transaction is verified again against
     /// --trust, or else against the trust policy recorded when it was started.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Resume {
         #[command(flatten)]
         t: TargetArgs,
@@ -128,7 +119,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Restore the version before the last completed apply (one level).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Rollback {
         #[command(flatten)]
         t: TargetArgs,
@@ -139,7 +130,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Installed version, pending work, rollback availability, hooks.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Status {
         #[command(flatten)]
         t: TargetArgs,
@@ -147,7 +138,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Resume, then apply every applicable bundle in DIR in version order.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = exit_codes())]
     Inbox {
         dir: PathBuf,
         #[command(flatten)]
@@ -159,31 +150,106 @@ pub enum Cmd {
     },
     /// Download a bundle over HTTP(S) into DIR, resumably, checking the signatures first and every
     /// frame as it arrives (a corrupt frame is fetched again, not the whole file).
-    #[command(after_help = EXIT_CODES)]
-    Fetch {
-        url: String,
-        /// Directory to download into: DIR/NAME (NAME = the URL's last path segment), with
-        /// NAME.part and NAME.fetch while in progress.
-        #[arg(long)]
-        into: PathBuf,
-        /// A trusted key (NAME.pub) or a directory of keys; without it, signatures are only
-        /// checked for validity, not against a trusted key.
-        #[arg(long)]
-        trust: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
-        #[arg(long, default_value_t = 5)]
-        retries: u32,
-        /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
-        #[arg(long, default_value_t = 500)]
-        retry_wait_ms: u64,
-        /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// The whole fetch, retries and waits included, gives up after this many seconds (a
-        /// server dripping bytes never trips the idle timeout).
-        #[arg(long, default_value_t = 3600)]
-        deadline: u64,
-    },
+    #[command(after_help = exit_codes())]
+    Fetch(FetchArgs),
+}
+
+impl Cmd {
+    /// The subcommand's name, as `--json` reports and error messages give it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Verify { .. } => "verify",
+            Cmd::Inspect { .. } => "inspect",
+            Cmd::Apply { .. } => "apply",
+            Cmd::Plan { .. } => "plan",
+            Cmd::Resume { .. } => "resume",
+            Cmd::Rollback { .. } => "rollback",
+            Cmd::Status { .. } => "status",
+            Cmd::Inbox { .. } => "inbox",
+            Cmd::Fetch(_) => "fetch",
+        }
+    }
+
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            Cmd::Verify { json, .. }
+            | Cmd::Inspect { json, .. }
+            | Cmd::Apply { json, .. }
+            | Cmd::Plan { json, .. }
+            | Cmd::Resume { json, .. }
+            | Cmd::Rollback { json, .. }
+            | Cmd::Status { json, .. }
+            | Cmd::Inbox { json, .. } => *json,
+            Cmd::Fetch(f) => f.json,
+        }
+    }
+}
+
+impl TargetArgs {
+    /// Options for a command on this target; `a` for the commands that take a bundle. `quiet`
+    /// also silences the progress display, which `verbose` asks for.
+    pub fn options(&self, a: Option<&ApplyArgs>, quiet: bool, verbose: bool) -> Options {
+        let progress = crate::progress::wanted(quiet, verbose);
+        let mut o = Options {
+            target: self.target.clone(),
+            state_dir: self.state_dir.clone(),
+            quiet,
+            progress,
+            ..Default::default()
+        };
+        if let Some(a) = a {
+            o.trust = a.trust.clone();
+            o.channel = a.channel.clone();
+            o.no_hooks = a.no_hooks;
+            o.allow_expired = a.allow_expired;
+            o.limits.max_entries = a.max_entries;
+        }
+        o
+    }
+}
+
+impl FetchArgs {
+    /// The options of `fetch`.
+    pub fn options(&self, quiet: bool) -> crate::fetch::Options {
+        crate::fetch::Options {
+            url: self.url.clone(),
+            into: self.into.clone(),
+            trust: self.trust.clone(),
+            retries: self.retries,
+            retry_wait: Duration::from_millis(self.retry_wait_ms),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            deadline: Duration::from_secs(self.deadline.max(1)),
+            quiet,
+        }
+    }
+}
+
+/// The arguments of `fetch`.
+#[derive(Args, Clone)]
+pub struct FetchArgs {
+    pub url: String,
+    /// Directory to download into: DIR/NAME (NAME = the URL's last path segment), with
+    /// NAME.part and NAME.fetch while in progress.
+    #[arg(long)]
+    pub into: PathBuf,
+    /// A trusted key (NAME.pub) or a directory of keys; without it, signatures are only
+    /// checked for validity, not against a trusted key.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
+    #[arg(long, default_value_t = 500)]
+    pub retry_wait_ms: u64,
+    /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// The whole fetch, retries and waits included, gives up after this many seconds (a
+    /// server dripping bytes never trips the idle timeout).
+    #[arg(long, default_value_t = 3600)]
+    pub deadline: u64,
 }

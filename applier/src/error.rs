@@ -39,6 +39,32 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Every exit code, in numeric order: `--help` and the README table are generated from (or
+    /// checked against) this list.
+    pub const ALL: [Exit; 15] = [
+        Exit::Ok,
+        Exit::Failure,
+        Exit::Usage,
+        Exit::BadBundle,
+        Exit::BaseMismatch,
+        Exit::VersionRefused,
+        Exit::Io,
+        Exit::Locked,
+        Exit::HookFailed,
+        Exit::Pending,
+        Exit::Policy,
+        Exit::NoSpace,
+        Exit::InboxFailed,
+        Exit::UnsafeState,
+        Exit::CorruptState,
+    ];
+
+    /// The exit whose number is `code`, if it is one of ours.
+    pub fn from_code(code: u8) -> Option<Exit> {
+        Exit::ALL.into_iter().find(|e| *e as u8 == code)
+    }
+
+    /// The short meaning carried by `--json` reports as `exit_meaning`.
     pub fn meaning(self) -> &'static str {
         match self {
             Exit::Ok => "success",
@@ -57,6 +83,58 @@ impl Exit {
             Exit::UnsafeState => "state or work directory not trustworthy",
             Exit::CorruptState => "state directory corrupt",
         }
+    }
+
+    /// The long text of `--help` and of README.md's "Exit codes of ferry-apply" table (a test
+    /// keeps the table equal to this).
+    pub fn description(self) -> &'static str {
+        match self {
+            Exit::Ok => "success (also: this bundle is already installed)",
+            Exit::Failure => "internal error",
+            Exit::Usage => "usage error",
+            Exit::BadBundle => "bad signature, untrusted or retired signer, corrupt, truncated or hostile bundle",
+            Exit::BaseMismatch => {
+                "target does not match the bundle's base (drifted, missing or planted paths; each is listed)"
+            }
+            Exit::VersionRefused => "version refused (not newer than installed, or built for another version)",
+            Exit::Io => "I/O failure (permission denied, read-only filesystem, ...)",
+            Exit::Locked => "another ferry-apply holds the target's lock",
+            Exit::HookFailed => "committed, but a post-commit hook failed",
+            Exit::Pending => "another apply is pending (resume it first), or resume needs the bundle",
+            Exit::Policy => "refused by policy: wrong channel, or expired",
+            Exit::NoSpace => "not enough free space (or file size limit)",
+            Exit::InboxFailed => "inbox: at least one bundle failed",
+            Exit::UnsafeState => {
+                "state or work directory not trustworthy: a symlink, not owned by the applier's user, writable \
+                 by group or others, or below a directory another user can write (use `--state-dir` on a \
+                 root-only directory when a service account owns the target)"
+            }
+            Exit::CorruptState => "state directory corrupt (unreadable state file, journal or transaction)",
+        }
+    }
+
+    /// The "Exit codes:" section of every `--help`, built from [`Exit::ALL`] and wrapped to 100
+    /// columns.
+    pub fn help() -> String {
+        const WIDTH: usize = 100;
+        const INDENT: &str = "     ";
+        let mut s = String::from("Exit codes:");
+        for e in Exit::ALL {
+            let mut line = format!("{:>3}  ", e as u8);
+            for (i, word) in e.description().split(' ').enumerate() {
+                if i > 0 && line.len() + 1 + word.len() > WIDTH {
+                    s.push('\n');
+                    s.push_str(line.trim_end());
+                    line = INDENT.to_string();
+                } else if i > 0 {
+                    line.push(' ');
+                }
+                line.push_str(word);
+            }
+            s.push('\n');
+            s.push_str(&line);
+        }
+        s
     }
 }
 

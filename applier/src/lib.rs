@@ -11,6 +11,8 @@
 //! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
 //! - [`plan`]: a dry run against the real target.
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
+//! - [`inspect`]: what a bundle holds, read without a key (unverified).
+//! - [`cli`] and [`report`]: the command line, and what it prints (the `--json` contract).
 //! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 //! - [`par`]: parallel hashing of the base and of staged files.
@@ -26,10 +28,12 @@ pub mod fetch;
 pub mod fsx;
 pub mod hooks;
 pub mod inbox;
+pub mod inspect;
 pub mod journal;
 pub mod par;
 pub mod plan;
 pub mod progress;
+pub mod report;
 pub mod source;
 pub mod stage;
 pub mod state;

@@ -2,6 +2,7 @@
 //! texts, exit codes for bad usage, missing files and files that are not bundles. Scripts and
 //! systemd units depend on these.
 
+use applier::Exit;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -50,6 +51,8 @@ const CODES: &[(u8, &str)] = &[
     (10, "policy"),
     (11, "free space"),
     (12, "inbox"),
+    (13, "not trustworthy"),
+    (14, "state directory corrupt"),
 ];
 
 fn assert_lists_exit_codes(help: &str, what: &str) {
@@ -60,6 +63,12 @@ fn assert_lists_exit_codes(help: &str, what: &str) {
             section.lines().find(|l| l.trim_start().strip_prefix(&n.to_string()).is_some_and(|r| r.starts_with("  ")));
         let line = line.unwrap_or_else(|| panic!("{what}: exit code {n} is not listed:\n{section}"));
         assert!(line.contains(words), "{what}: exit code {n} line {line:?} does not mention {words:?}");
+    }
+    // And each code's whole description from the enum, however it is wrapped.
+    let flat = section.split_whitespace().collect::<Vec<_>>().join(" ");
+    for e in Exit::ALL {
+        let want = format!("{} {}", e as u8, e.description());
+        assert!(flat.contains(&want), "{what}: {want:?} is not in the help text:\n{section}");
     }
 }
 
@@ -218,4 +227,34 @@ fn inspect_of_a_non_bundle_exits_3_not_a_ferry_bundle() {
     let o = run_path(&["inspect"], &[&f]);
     assert_eq!(code(&o), 3, "{}", err(&o));
     assert!(err(&o).contains("unsupported bundle format version 2"), "{}", err(&o));
+}
+
+/// README.md's table of exit codes says what the `Exit` enum (and so `--help`) says.
+#[test]
+fn readme_exit_code_table_matches_the_enum() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("### Exit codes of ferry-apply").expect("README section 'Exit codes of ferry-apply'");
+    let rows: Vec<(String, String)> = readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("|---"))
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 2, "README row {l:?} should have two cells");
+            (cells[0].to_string(), cells[1].to_string())
+        })
+        .collect();
+    let want: Vec<(String, String)> =
+        Exit::ALL.iter().map(|e| ((*e as u8).to_string(), e.description().to_string())).collect();
+    assert_eq!(rows, want, "README.md's exit-code table and applier::Exit disagree");
+}
+
+#[test]
+fn exit_all_lists_every_code_once_in_order() {
+    for (i, e) in Exit::ALL.into_iter().enumerate() {
+        assert_eq!(e as usize, i, "{e:?} out of place in Exit::ALL");
+        assert_eq!(Exit::from_code(e as u8), Some(e));
+    }
+    assert_eq!(Exit::from_code(Exit::ALL.len() as u8), None);
 }

@@ -1,0 +1,225 @@
+//! What `ferry-apply` prints: one versioned JSON contract for `--json`, and the text for humans.
+//!
+//! Every `--json` report of every subcommand, errors included, is a [`Report`]: one JSON object
+//! on stdout holding `"ferry_report": 1` (the contract's version), `"command"`, `"exit_code"`
+//! and `"exit_meaning"`, then the command's own fields (its body). Scripts depend on these
+//! names; add fields freely, rename none without bumping [`REPORT_VERSION`].
+//!
+//! Human text holds untrusted strings (paths and channels from bundles, names planted in the
+//! target), so [`print`] passes it through [`text::escape`], and the renderers escape each path
+//! with [`text::escape_line`] where a newline in it could fake a line of output (§15).
+
+use crate::error::{Error, Exit};
+use crate::text;
+use serde::Serialize;
+
+/// Version of the JSON report contract (`"ferry_report"`).
+pub const REPORT_VERSION: u8 = 1;
+
+/// The envelope of every `--json` report.
+#[derive(Debug, Serialize)]
+pub struct Report<'a, T: Serialize> {
+    pub ferry_report: u8,
+    pub command: &'a str,
+    pub exit_code: u8,
+    pub exit_meaning: &'static str,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+impl<'a, T: Serialize> Report<'a, T> {
+    pub fn new(command: &'a str, exit: Exit, body: T) -> Self {
+        Report { ferry_report: REPORT_VERSION, command, exit_code: exit as u8, exit_meaning: exit.meaning(), body }
+    }
+}
+
+/// The body of a failed command's report.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub error: String,
+}
+
+/// The body of `verify`'s report; `file` and `frames` are for the human text only.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub verified: bool,
+    pub version: u64,
+    pub bundle_id: String,
+    pub signers: Vec<String>,
+    #[serde(skip)]
+    pub file: String,
+    #[serde(skip)]
+    pub frames: usize,
+}
+
+/// Print a command's outcome on stdout: with `json`, its [`Report`]; otherwise `human(&body)`,
+/// escaped (nothing when it is empty). Returns `exit` for the caller to exit with.
+pub fn print<T: Serialize>(command: &str, json: bool, exit: Exit, body: &T, human: impl FnOnce(&T) -> String) -> Exit {
+    if json {
+        print_json(&Report::new(command, exit, body));
+    } else {
+        let s = human(body);
+        if !s.is_empty() {
+            println!("{}", text::escape(&s));
+        }
+    }
+    exit
+}
+
+/// Report a failed command: the message on stderr (escaped), and with `json` its [`Report`] on
+/// stdout too. Returns the error's exit code.
+pub fn print_error(command: &str, json: bool, e: &Error) -> Exit {
+    let exit = e.exit();
+    eprintln!("ferry-apply {command}: error: {}", text::escape(&e.to_string()));
+    if json {
+        print_json(&Report::new(command, exit, Failure { error: e.to_string() }));
+    }
+    exit
+}
+
+fn print_json<T: Serialize>(r: &Report<'_, T>) {
+    match serde_json::to_string(r) {
+        Ok(s) => println!("{s}"),
+        // Unreachable for our bodies (string keys only); say so rather than print nothing.
+        Err(e) => eprintln!("ferry-apply {}: error: cannot encode the JSON report: {e}", r.command),
+    }
+}
+
+/// `verify`'s human text.
+pub fn verify_text(v: &Verified) -> String {
+    format!("OK: {} version {} signed by {} ({} frames verified)", v.file, v.version, v.signers.join(","), v.frames)
+}
+
+/// `apply`'s human text.
+pub fn apply_text(r: &crate::apply::Report) -> String {
+    format!("{}: version {}", r.result, r.version.map(|v| v.to_string()).unwrap_or_default())
+}
+
+/// `resume`'s human text.
+pub fn resume_text(r: &crate::apply::Report) -> String {
+    r.result.clone()
+}
+
+/// `rollback`'s human text.
+pub fn rollback_text(r: &crate::apply::Report) -> String {
+    format!("rolled back; installed version now {}", r.version.map(|v| v.to_string()).unwrap_or_else(|| "none".into()))
+}
+
+/// `fetch`'s human text.
+pub fn fetch_text(r: &crate::fetch::Report) -> String {
+    format!(
+        "OK: {} version {} ({} bytes, {} frames; {} bytes received, {} resumed{})",
+        r.file,
+        r.version,
+        r.size,
+        r.frames,
+        r.bytes,
+        r.resumed_from_bytes,
+        if r.trusted { "" } else { "; signer not checked: no --trust" }
+    )
+}
+
+/// `inbox`'s human text: one line per bundle, each escaped as a single line (a bundle's name
+/// or a reason holding a newline cannot fake another bundle's line).
+pub fn inbox_text(r: &crate::inbox::InboxReport) -> String {
+    let lines: Vec<String> =
+        r.items.iter().map(|i| text::escape_line(&format!("{:8} {} {}", i.outcome, i.bundle, i.reason))).collect();
+    lines.join("\n")
+}
+
+/// `plan`'s human text.
+pub fn plan_text(p: &crate::plan::Plan) -> String {
+    let mut s = format!(
+        "plan: version {} (channel {}) onto a target at version {}\n",
+        p.version,
+        p.channel,
+        p.installed_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+    );
+    match &p.refusal {
+        None => s.push_str("would apply: yes\n"),
+        Some(r) => s.push_str(&format!("would apply: NO (exit {}): {r}\n", p.refusal_exit_code.unwrap_or(1))),
+    }
+    for f in &p.filesystems {
+        s.push_str(&format!(
+            "stage {} bytes on the filesystem of {}: {} available{}\n",
+            f.stage_bytes,
+            f.example_dir,
+            f.available_bytes,
+            if f.fits { "" } else { " — DOES NOT FIT" }
+        ));
+    }
+    for c in &p.conffiles_kept {
+        s.push_str(&format!("config file {c} has local edits: kept, new version to {c}.ferry-new\n"));
+    }
+    for h in &p.hooks {
+        s.push_str(&format!("hook: {h}\n"));
+    }
+    s.push_str(&format!("{} steps:", p.steps.len()));
+    for st in &p.steps {
+        s.push_str(&format!("\n  {:8} {}", st.op, text::escape_line(&st.path)));
+    }
+    s
+}
+
+/// `status`'s human text.
+pub fn status_text(s: &crate::status::Status) -> String {
+    let i = &s.installed;
+    let mut out = match i.version {
+        Some(v) => format!(
+            "installed: version {v} channel {} bundle {} at {} (owners {})",
+            i.channel.clone().unwrap_or_default(),
+            i.bundle_id.clone().unwrap_or_default().get(..16).unwrap_or(""),
+            i.applied_at.unwrap_or(0),
+            if i.owners_applied { "applied" } else { "left as they were: not root" }
+        ),
+        None => "installed: nothing applied by ferry yet".into(),
+    };
+    if let Some(p) = &s.pending {
+        out.push_str(&format!(
+            "\npending: version {} interrupted while {}; resume will {}",
+            p.version, p.phase, p.resume_will
+        ));
+    }
+    if let Some(k) = &s.rollback {
+        out.push_str(&format!(
+            "\nrollback: backups of version {} kept; rollback restores {}",
+            k.version, k.rollback_restores
+        ));
+    }
+    for c in &i.conffiles_kept {
+        out.push_str(&format!("\nconfig file kept with local edits; new version at {c}"));
+    }
+    for h in &i.hooks {
+        out.push_str(&format!("\nhook {} ({}): {}", h.command, h.glob, h.result));
+    }
+    if let Some(e) = &i.last_error {
+        out.push_str(&format!("\nlast error: {e}"));
+    }
+    out
+}
+
+/// `inspect`'s human text. The composite fields are shown as the JSON values they are in the
+/// report (keys sorted, strings quoted and JSON-escaped).
+pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
+    let mut s = format!(
+        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
+        if v.signatures_valid { "well-formed and matching" } else { "INVALID" },
+        v.version,
+        as_json(&v.channel),
+        as_json(&v.base),
+        as_json(&v.signers),
+        as_json(&v.counts),
+        v.entries_note,
+        as_json(&v.sizes),
+    );
+    for st in &v.script {
+        s.push_str(&format!("\n  {:8} {}", st.op, text::escape_line(&st.path)));
+    }
+    s
+}
+
+/// `v` as compact JSON with the keys of its objects sorted (through `serde_json::Value`, whose
+/// maps are ordered), as `inspect` has always shown them.
+fn as_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).map(|v| v.to_string()).unwrap_or_default()
+}
