@@ -456,3 +456,43 @@ fn json_reports_parse_and_carry_the_report_version() {
     );
     assert_eq!(json(&o)["exit_code"], 6);
 }
+
+/// `staged_objects` counts every staged object exactly once, whatever made it: files from frames,
+/// an empty file, a local copy, a symlink, a hardlink and a directory replacing a file — one per
+/// `Place` step. A new directory is a `Mkdir`, made by the commit, not staged.
+#[test]
+fn staged_objects_counts_each_place_step_once() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (sk, pk) = keygen(d.path(), "k");
+    let old = mkdir(&d.path().join("old"));
+    fs::write(old.join("keep.txt"), b"unchanged\n").expect("write");
+    fs::write(old.join("old-name.bin"), noise(5000, 7)).expect("write");
+    fs::write(old.join("became-dir"), b"a file in OLD\n").expect("write");
+    let new = d.path().join("new");
+    copy_tree(&old, &new);
+    fs::rename(new.join("old-name.bin"), new.join("new-name.bin")).expect("rename"); // shipped as a Copy
+    fs::remove_file(new.join("became-dir")).expect("rm");
+    mkdir(&new.join("became-dir")); // a type change: a staged directory
+    fs::write(new.join("a.txt"), b"from a frame\n").expect("write");
+    fs::write(new.join("b.txt"), b"from a frame too\n").expect("write");
+    fs::hard_link(new.join("b.txt"), new.join("b-link")).expect("link");
+    fs::write(new.join("empty"), b"").expect("write");
+    std::os::unix::fs::symlink("a.txt", new.join("link")).expect("symlink");
+    mkdir(&new.join("newdir"));
+
+    let b = d.path().join("b.ferry");
+    build(Some(&old), &new, &sk, 2, &b, &[]);
+    let ins = json(&run_expect(apply_cmd().arg("inspect").arg(&b).arg("--json"), 0));
+    let script = ins["script"].as_array().expect("script");
+    let placed: Vec<&str> = script.iter().filter(|s| s["op"] == "Place").filter_map(|s| s["path"].as_str()).collect();
+    assert_eq!(placed, ["a.txt", "b-link", "b.txt", "became-dir", "empty", "link", "new-name.bin"], "{ins}");
+    assert!(script.iter().any(|s| s["op"] == "Mkdir" && s["path"] == "newdir"), "{ins}");
+    assert_eq!(ins["counts"]["copies"], 1, "the renamed file should be a local copy: {ins}");
+
+    let t = d.path().join("target");
+    copy_tree(&old, &t);
+    let r = json(&apply(&b, &t, &pk, 0, &["--json"]));
+    assert_eq!(r["staged_objects"], placed.len(), "{r}");
+    assert_eq!(r["staged_reused"], 0, "{r}");
+    assert_same(&snapshot(&t, false), &snapshot(&new, false), "tree after the apply");
+}

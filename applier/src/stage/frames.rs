@@ -1,0 +1,382 @@
+//! Staging frame content: the bundle is read once, in order, on the calling thread, every frame's
+//! hash checked as it is read; small frames are decoded by worker threads, large ones as they
+//! stream in, each piece written at its offset in its staged file (created beforehand).
+
+use super::{Stager, DECODE_THREADS, PAR_DECODE_MAX, PAR_FRAME_MAX};
+use crate::error::{Ctx, Error, Result};
+use crate::fsx;
+use crate::txn::staged_name;
+use bundle::container::Reader;
+use bundle::{Content, Kind, Limits, Method};
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Mutex;
+
+type BundleReader = Reader<Box<dyn Read + Send>>;
+
+/// Where a piece of a frame's decoded content goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PieceTarget {
+    /// Offset of the piece in the frame's decoded content.
+    pub frame_offset: u64,
+    /// Length of the piece.
+    pub len: u64,
+    /// Offset of the piece in its staged file.
+    pub file_offset: u64,
+    /// Index of the entry whose staged file the piece fills.
+    pub entry: usize,
+}
+
+/// A verified frame handed to a decoding thread: its index, bytes and pieces.
+struct FrameJob {
+    fi: usize,
+    bytes: Vec<u8>,
+    targets: Vec<PieceTarget>,
+}
+
+/// What the reading thread and the decoding threads report: failures (with their frame) and
+/// bytes written.
+#[derive(Default)]
+struct Decoded {
+    failed: Mutex<Vec<(usize, Error)>>,
+    bytes: AtomicU64,
+}
+
+impl Decoded {
+    fn record(&self, fi: usize, r: Result<u64>) {
+        match r {
+            Ok(n) => {
+                self.bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if let Ok(mut f) = self.failed.lock() {
+                    f.push((fi, e));
+                }
+            }
+        }
+    }
+
+    fn any_failed(&self) -> bool {
+        self.failed.lock().map_or(true, |v| !v.is_empty())
+    }
+
+    /// The first failure in frame order, as a sequential run would have reported it; else the
+    /// bytes written.
+    fn finish(self, reader_err: Option<(usize, Error)>) -> Result<u64> {
+        let mut errs = self.failed.into_inner().unwrap_or_default();
+        errs.extend(reader_err);
+        match errs.into_iter().min_by_key(|(fi, _)| *fi) {
+            Some((_, e)) => Err(e),
+            None => Ok(self.bytes.into_inner()),
+        }
+    }
+}
+
+impl Stager<'_> {
+    /// Stage the files of `todo` that frames fill, reading the bundle if there are any.
+    /// Returns those files and the bytes written.
+    pub(super) fn stage_frames(
+        &self,
+        dirs: &mut fsx::DirCache,
+        todo: &[usize],
+        bundle: Option<&Path>,
+        progress: bool,
+    ) -> Result<(Vec<usize>, u64)> {
+        let (targets, fill) = self.frame_targets(todo);
+        if fill.is_empty() {
+            return Ok((fill, 0));
+        }
+        let mut r = self.open_bundle(bundle)?;
+        // Every staged file that frames fill exists before any frame is decoded: decoding runs
+        // on several threads, and one file's pieces may come from several frames.
+        for &ei in &fill {
+            let path = &self.m.entries[ei].path;
+            fsx::create_file_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("create staged", path)?;
+            crate::failpoint::may_fail("stage-create").ctx("create staged", path)?;
+        }
+        let bytes = self.read_frames(&mut r, dirs, targets, progress)?;
+        r.end().map_err(|e| crate::source::explain(e.into()))?;
+        // Every frame was decoded: every file they fill is complete.
+        Ok((fill, bytes))
+    }
+
+    /// The pieces each frame holds for the files of `todo`, and those files (in script order).
+    fn frame_targets(&self, todo: &[usize]) -> (Vec<Vec<PieceTarget>>, Vec<usize>) {
+        let mut targets: Vec<Vec<PieceTarget>> = vec![Vec::new(); self.m.frames.len()];
+        let mut fill = Vec::new();
+        for &i in todo {
+            if let Kind::File { content: Content::Pieces(ps), .. } = &self.m.entries[i].kind {
+                let mut at = 0u64;
+                for p in ps {
+                    targets[p.frame as usize].push(PieceTarget {
+                        frame_offset: p.offset,
+                        len: p.len,
+                        file_offset: at,
+                        entry: i,
+                    });
+                    at += p.len;
+                }
+                fill.push(i);
+            }
+        }
+        (targets, fill)
+    }
+
+    /// Open the bundle and check that it is the one this transaction applies.
+    fn open_bundle(&self, bundle: Option<&Path>) -> Result<BundleReader> {
+        let path = bundle.ok_or_else(|| {
+            Error::Pending("staging was interrupted and the bundle is needed to finish it; pass it with --bundle or put it back where it was".into())
+        })?;
+        let src = crate::source::open(path)?;
+        let mut r = Reader::new(src.reader, self.limits.clone());
+        let h = crate::verify::head(&mut r, None, self.limits).map_err(crate::source::explain)?;
+        if h.id != self.txn.head.id {
+            return Err(Error::Pending(format!("{} is not the bundle of the interrupted apply", path.display())));
+        }
+        Ok(r)
+    }
+
+    /// Read every frame in order on this thread, handing small ones to up to
+    /// [`DECODE_THREADS`] decoding threads and decoding large ones here. Returns the bytes
+    /// written.
+    fn read_frames(
+        &self,
+        r: &mut BundleReader,
+        dirs: &mut fsx::DirCache,
+        mut targets: Vec<Vec<PieceTarget>>,
+        progress: bool,
+    ) -> Result<u64> {
+        let frames = &self.m.frames;
+        let total: u64 = frames.iter().map(|f| f.size).sum();
+        let mut prog = crate::progress::Progress::new("stage", "frames", frames.len() as u64, total, progress);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(DECODE_THREADS);
+        let decoded = Decoded::default();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<FrameJob>(threads);
+        let rx = Mutex::new(rx);
+        let reader_err: Option<(usize, Error)> = std::thread::scope(|sc| {
+            // Dropped when this closure returns, which lets the decoding threads finish.
+            let tx = tx;
+            if threads > 1 {
+                for _ in 0..threads {
+                    sc.spawn(|| self.decode_worker(&rx, &decoded));
+                }
+            }
+            let workers = (threads > 1).then_some(&tx);
+            let mut read = 0u64;
+            for (fi, f) in frames.iter().enumerate() {
+                prog.tick(fi as u64, read);
+                read += f.size;
+                if decoded.any_failed() {
+                    break; // a decoder failed: stop reading; its error is reported below
+                }
+                let t = std::mem::take(&mut targets[fi]);
+                if let Err(e) = self.read_frame(r, dirs, fi, t, workers, &decoded) {
+                    return Some((fi, e));
+                }
+            }
+            prog.finish(frames.len() as u64, read);
+            None
+        });
+        decoded.finish(reader_err)
+    }
+
+    /// A decoding thread: decode the frames the reading thread hands over until it stops.
+    fn decode_worker(&self, jobs: &Mutex<Receiver<FrameJob>>, decoded: &Decoded) {
+        let mut dirs = fsx::DirCache::default();
+        loop {
+            let job = match jobs.lock() {
+                Ok(q) => q.recv(),
+                Err(_) => return,
+            };
+            let Ok(job) = job else { return };
+            decoded.record(job.fi, self.decode(&mut dirs, &job.bytes[..], job.fi, &job.targets));
+        }
+    }
+
+    /// Read (and hash-check) frame `fi`. A frame no staged file needs is only checked; a small
+    /// one goes to a decoding thread (if `workers`); any other is decoded here as it streams in.
+    fn read_frame(
+        &self,
+        r: &mut BundleReader,
+        dirs: &mut fsx::DirCache,
+        fi: usize,
+        t: Vec<PieceTarget>,
+        workers: Option<&SyncSender<FrameJob>>,
+        decoded: &Decoded,
+    ) -> Result<()> {
+        let f = &self.m.frames[fi];
+        if t.is_empty() {
+            return r.check_frame(&self.m.frames, fi).map_err(|e| crate::source::explain(e.into()));
+        }
+        let base_len = self.method(fi, &t).as_ref().and_then(base_window).map_or(0, |(_, _, len)| len);
+        let small = f.size <= PAR_FRAME_MAX && f.decoded.saturating_add(base_len) <= PAR_DECODE_MAX;
+        let mut fr = r.frame(&self.m.frames, fi)?;
+        match workers {
+            Some(tx) if small => {
+                // Read (and hash-check) the whole frame here; a worker decodes it.
+                let mut bytes = Vec::with_capacity(f.size as usize);
+                fr.read_to_end(&mut bytes)
+                    .map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() })?;
+                fr.finish().map_err(|e| crate::source::explain(e.into()))?;
+                tx.send(FrameJob { fi, bytes, targets: t })
+                    .map_err(|_| Error::Internal("frame decoders stopped".into()))?;
+            }
+            _ => {
+                let n = self.decode(dirs, &mut fr, fi, &t)?;
+                decoded.bytes.fetch_add(n, Ordering::Relaxed);
+                fr.finish().map_err(|e| crate::source::explain(e.into()))?;
+            }
+        }
+        crate::failpoint::hit("stage-frame");
+        Ok(())
+    }
+
+    /// The frame's method (from its first piece).
+    fn method(&self, fi: usize, t: &[PieceTarget]) -> Option<Method> {
+        match &self.m.entries[t.first()?.entry].kind {
+            Kind::File { content: Content::Pieces(ps), .. } => {
+                ps.iter().find(|p| p.frame as usize == fi).map(|p| p.method.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Open the (already created) staged file of entry `ei` for writing.
+    fn open_staged(&self, ei: usize) -> Result<std::fs::File> {
+        let path = &self.m.entries[ei].path;
+        fsx::open_write_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("open staged", path)
+    }
+
+    /// Decode frame `fi` from `src` into its pieces' staged files. Patch and bsdiff frames hold
+    /// one piece; the base is read from the live OLD file. A bsdiff frame decodes (plain zstd,
+    /// bounded) to a patch applied afterwards. Returns the bytes written.
+    fn decode<R: Read>(&self, dirs: &mut fsx::DirCache, src: R, fi: usize, t: &[PieceTarget]) -> Result<u64> {
+        let f = &self.m.frames[fi];
+        let method = self.method(fi, t);
+        let base = match method.as_ref().and_then(base_window) {
+            Some((b, off, len)) => Some(read_base(self.root, dirs, b, off, len, self.limits)?),
+            None => None,
+        };
+        let is_bsdiff = matches!(method, Some(Method::Bsdiff { .. }));
+        let fe =
+            |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
+        let prefix = if is_bsdiff { None } else { base.as_deref() };
+        let mut dec = crate::verify::decoder(src, prefix, self.limits, fi)?.take(f.decoded + 1);
+        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        let mut patch = Vec::new();
+        // Sized to the frame (one more byte detects a frame longer than declared): most frames
+        // are small, and zeroing a large buffer per frame cost more than decoding them.
+        let mut buf = vec![0u8; (f.decoded + 1).min(1 << 18) as usize];
+        let (mut pos, mut written) = (0u64, 0u64);
+        loop {
+            let n = dec.read(&mut buf).map_err(fe)?;
+            if n == 0 {
+                break;
+            }
+            let end = pos + n as u64;
+            if end > f.decoded {
+                return Err(bundle::Error::FrameDecode {
+                    index: fi as u32,
+                    what: format!("decodes to more than the declared {} bytes", f.decoded),
+                }
+                .into());
+            }
+            if is_bsdiff {
+                patch.extend_from_slice(&buf[..n]);
+            } else {
+                written += self.write_pieces(&mut open, &buf[..n], pos, t)?;
+            }
+            pos = end;
+        }
+        if pos != f.decoded {
+            return Err(bundle::Error::FrameDecode {
+                index: fi as u32,
+                what: format!("decodes to {pos} bytes, declared {}", f.decoded),
+            }
+            .into());
+        }
+        if is_bsdiff {
+            written += self.apply_bsdiff(fi, base.as_deref().unwrap_or_default(), &patch, t)?;
+        }
+        Ok(written)
+    }
+
+    /// Write the parts of the pieces `t` that fall in `chunk`, the frame's decoded bytes from
+    /// offset `pos`, into their staged files (opened once each, kept in `open`). Returns the
+    /// bytes written.
+    fn write_pieces(
+        &self,
+        open: &mut HashMap<usize, std::fs::File>,
+        chunk: &[u8],
+        pos: u64,
+        t: &[PieceTarget],
+    ) -> Result<u64> {
+        let end = pos + chunk.len() as u64;
+        let mut written = 0;
+        for p in t {
+            let (s, e) = (p.frame_offset.max(pos), (p.frame_offset + p.len).min(end));
+            if s >= e {
+                continue;
+            }
+            let file = match open.entry(p.entry) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.open_staged(p.entry)?),
+            };
+            file.write_all_at(&chunk[(s - pos) as usize..(e - pos) as usize], p.file_offset + (s - p.frame_offset))
+                .ctx("write staged", &self.m.entries[p.entry].path)?;
+            written += e - s;
+        }
+        Ok(written)
+    }
+
+    /// Apply a bsdiff frame's decoded `patch` to the base window `old` and write the result to
+    /// its piece. Returns the bytes written.
+    fn apply_bsdiff(&self, fi: usize, old: &[u8], patch: &[u8], t: &[PieceTarget]) -> Result<u64> {
+        let want = t.first().map_or(0, |p| p.len);
+        let out = bundle::bspatch::apply(old, patch, want)
+            .map_err(|what| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {what}") })?;
+        let mut written = 0;
+        for p in t {
+            self.open_staged(p.entry)?
+                .write_all_at(&out, p.file_offset)
+                .ctx("write staged", &self.m.entries[p.entry].path)?;
+            written += out.len() as u64;
+        }
+        Ok(written)
+    }
+}
+
+/// The delta base window a patch or bsdiff frame reads: (path, offset, len).
+fn base_window(m: &Method) -> Option<(&bundle::BundlePath, u64, u64)> {
+    match m {
+        Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } => Some((base, *offset, *len)),
+        Method::Zstd => None,
+    }
+}
+
+fn read_base(
+    root: std::os::fd::BorrowedFd<'_>,
+    dirs: &mut fsx::DirCache,
+    base: &bundle::BundlePath,
+    offset: u64,
+    len: u64,
+    limits: &Limits,
+) -> Result<Vec<u8>> {
+    if len > limits.max_frame_decoded {
+        return Err(bundle::Error::TooLarge {
+            what: format!("delta base window of {base}"),
+            size: len,
+            limit: limits.max_frame_decoded,
+        }
+        .into());
+    }
+    let (d, n) = dirs.parent_of(root, base).ctx("open delta base", base)?;
+    let f = fsx::open_file_at(d, n).ctx("open delta base", base)?;
+    let mut v = vec![0u8; len as usize];
+    f.read_exact_at(&mut v, offset).ctx("read delta base", base)?;
+    Ok(v)
+}
