@@ -615,17 +615,8 @@ fn a_dripping_server_is_abandoned_at_the_deadline() {
             }
         });
         let into = tmp.path().join(what.replace(' ', "-"));
-        let mut c = apply_cmd(); // builds the binaries on first use: not part of the time
-        let t0 = std::time::Instant::now();
-        let o = c
-            .arg("fetch")
-            .arg(srv.url("v.ferry"))
-            .arg("--into")
-            .arg(&into)
-            .args(["--timeout", "2", "--deadline", "3", "--retries", "50", "--retry-wait-ms", "10"])
-            .output()
-            .expect("spawn");
-        let took = t0.elapsed();
+        let (o, took) =
+            timed_fetch(&srv.url("v.ferry"), &into, &["--timeout", "2", "--deadline", "3", "--retries", "50"]);
         assert!(took < Duration::from_secs(20), "{what}: fetch took {took:?}");
         expect_refusal(&o, &[6], &into, what);
         assert!(stderr_of(&o).contains("deadline"), "{what}: {}", stderr_of(&o));
@@ -689,17 +680,26 @@ fn hostile_answers_are_errors_not_panics() {
             let _ = s.flush();
         });
         let into = tmp.path().join(format!("dl{k}"));
-        let mut c = apply_cmd(); // builds the binaries on first use: not part of the time
-        let t0 = std::time::Instant::now();
-        let o = c
-            .arg("fetch")
-            .arg(srv.url("v.ferry"))
-            .arg("--into")
-            .arg(&into)
-            .args(["--timeout", "5", "--deadline", "30", "--retries", "1", "--retry-wait-ms", "10"])
-            .output()
-            .expect("spawn");
+        let (o, took) =
+            timed_fetch(&srv.url("v.ferry"), &into, &["--timeout", "5", "--deadline", "30", "--retries", "1"]);
         expect_refusal(&o, &[3, 6], &into, what);
-        assert!(t0.elapsed() < Duration::from_secs(30), "{what}: took {:?}", t0.elapsed());
+        assert!(took < Duration::from_secs(30), "{what}: took {took:?}");
     }
+}
+
+/// `ferry-apply fetch URL --into DIR ARGS --retry-wait-ms 10`, and how long it took (the binaries
+/// are built before the clock starts).
+fn timed_fetch(url: &str, into: &std::path::Path, args: &[&str]) -> (std::process::Output, Duration) {
+    let mut c = apply_cmd();
+    let t0 = std::time::Instant::now();
+    let o = c
+        .arg("fetch")
+        .arg(url)
+        .arg("--into")
+        .arg(into)
+        .args(args)
+        .args(["--retry-wait-ms", "10"])
+        .output()
+        .expect("spawn");
+    (o, t0.elapsed())
 }
