@@ -67,6 +67,11 @@ pub struct ApplyArgs {
     /// Most entries a manifest may have.
     #[arg(long, default_value_t = Limits::default().max_entries)]
     pub max_entries: usize,
+    /// Apply even where the target is on a network or FUSE filesystem (NFS, SMB/CIFS, FUSE,
+    /// Ceph, AFS, 9p, ...), where open files are not kept alive by rename-over and durability is
+    /// the server's (bundle-format.md §12); otherwise refused with exit 10.
+    #[arg(long)]
+    pub allow_network_fs: bool,
 }
 
 #[derive(Subcommand)]

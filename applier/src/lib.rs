@@ -10,6 +10,7 @@
 //! - [`commit`]: the apply script's steps forward, and their inverses for rollback.
 //! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
 //! - [`plan`]: a dry run against the real target.
+//! - [`netfs`]: refusing network and FUSE filesystems (bundle-format.md §12).
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
 //! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
@@ -27,6 +28,7 @@ pub mod fsx;
 pub mod hooks;
 pub mod inbox;
 pub mod journal;
+pub mod netfs;
 pub mod par;
 pub mod plan;
 pub mod progress;

@@ -18,6 +18,7 @@ fn opts(t: &TargetArgs, a: Option<&ApplyArgs>, quiet: bool) -> Options {
         o.channel = a.channel.clone();
         o.no_hooks = a.no_hooks;
         o.allow_expired = a.allow_expired;
+        o.allow_network_fs = a.allow_network_fs;
         o.limits.max_entries = a.max_entries;
     }
     o
