@@ -27,6 +27,8 @@ pub struct Options {
     pub channel: Option<String>,
     pub no_hooks: bool,
     pub allow_expired: bool,
+    /// Apply on a network or FUSE filesystem ([`crate::netfs`]).
+    pub allow_network_fs: bool,
     /// Bundle to re-read if staging was interrupted (resume).
     pub bundle: Option<PathBuf>,
     pub limits: Limits,
@@ -226,6 +228,8 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
         });
     }
     check_policy(o, &st, &h)?;
+    // Network and FUSE filesystems are refused before anything is written (bundle-format.md §12).
+    crate::netfs::check(std::os::fd::AsFd::as_fd(&t.root), &h.manifest, o.allow_network_fs)?;
     let base = check_base(&t, &h.manifest, &st)?;
     for p in &base.kept {
         log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));

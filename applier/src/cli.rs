@@ -58,6 +58,11 @@ pub struct ApplyArgs {
     /// Most entries a manifest may have.
     #[arg(long, default_value_t = Limits::default().max_entries)]
     pub max_entries: usize,
+    /// Apply even where the target is on a network or FUSE filesystem (NFS, SMB/CIFS, FUSE,
+    /// Ceph, AFS, 9p, ...), where open files are not kept alive by rename-over and durability is
+    /// the server's (bundle-format.md §12); otherwise refused with exit 10.
+    #[arg(long)]
+    pub allow_network_fs: bool,
 }
 
 #[derive(Subcommand)]
@@ -203,6 +208,7 @@ impl TargetArgs {
             o.channel = a.channel.clone();
             o.no_hooks = a.no_hooks;
             o.allow_expired = a.allow_expired;
+            o.allow_network_fs = a.allow_network_fs;
             o.limits.max_entries = a.max_entries;
         }
         o

@@ -77,7 +77,7 @@ impl Exit {
             Exit::Locked => "target locked by another ferry-apply",
             Exit::HookFailed => "committed, but a hook failed",
             Exit::Pending => "another apply is pending",
-            Exit::Policy => "refused by trust policy",
+            Exit::Policy => "refused by policy",
             Exit::NoSpace => "not enough free space",
             Exit::InboxFailed => "inbox: some bundles failed",
             Exit::UnsafeState => "state or work directory not trustworthy",
@@ -101,7 +101,9 @@ impl Exit {
             Exit::Locked => "another ferry-apply holds the target's lock",
             Exit::HookFailed => "committed, but a post-commit hook failed",
             Exit::Pending => "another apply is pending (resume it first), or resume needs the bundle",
-            Exit::Policy => "refused by policy: wrong channel, or expired",
+            Exit::Policy => {
+                "refused by policy: wrong channel, expired, or a network or FUSE filesystem without `--allow-network-fs`"
+            }
             Exit::NoSpace => "not enough free space (or file size limit)",
             Exit::InboxFailed => "inbox: at least one bundle failed",
             Exit::UnsafeState => {
@@ -151,7 +153,7 @@ pub enum Error {
     Drift(Vec<String>),
     #[error("version refused: {0}")]
     Version(String),
-    #[error("refused by trust policy: {0}")]
+    #[error("refused by policy: {0}")]
     Policy(String),
     #[error("{op} {path}: {source}")]
     Io { op: &'static str, path: String, source: io::Error },

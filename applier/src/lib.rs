@@ -10,6 +10,7 @@
 //! - [`commit`]: the apply script's steps forward, and their inverses for rollback.
 //! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
 //! - [`plan`]: a dry run against the real target.
+//! - [`netfs`]: refusing network and FUSE filesystems (bundle-format.md §12).
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
 //! - [`inspect`]: what a bundle holds, read without a key (unverified).
 //! - [`cli`] and [`report`]: the command line, and what it prints (the `--json` contract).
@@ -30,6 +31,7 @@ pub mod hooks;
 pub mod inbox;
 pub mod inspect;
 pub mod journal;
+pub mod netfs;
 pub mod par;
 pub mod plan;
 pub mod progress;

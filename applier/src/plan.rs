@@ -17,6 +17,10 @@ pub struct Filesystem {
     pub stage_bytes: u64,
     pub available_bytes: u64,
     pub fits: bool,
+    /// Its type (`fstatfs` `f_type`), e.g. `ext2/ext3/ext4 (0xef53)`, `nfs (0x6969)`.
+    pub fs_type: String,
+    /// A network or FUSE filesystem (refused without `--allow-network-fs`).
+    pub network: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +64,10 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     } else if let Err(e) = check_policy(o, &st, &h) {
         refusal = Some(e);
     }
+    let mounts = crate::netfs::touched(root.as_fd(), m)?;
+    if refusal.is_none() {
+        refusal = crate::netfs::refusal(&mounts, o.allow_network_fs);
+    }
     let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p), owners) {
         Ok(b) => (foreign_side_files(root.as_fd(), &b.kept, &st), b.kept),
         Err(d) => (d, Vec::new()),
@@ -79,8 +87,12 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         let slot = per.entry(key).or_insert_with(|| (nearest_dir(root.as_fd(), &e.path), 0));
         slot.1 += size;
     }
+    // Filesystems touched only by deletions or metadata changes stage nothing.
+    for mt in &mounts {
+        per.entry(mt.key).or_insert_with(|| (if mt.dir == "." { String::new() } else { mt.dir.clone() }, 0));
+    }
     let mut filesystems = Vec::new();
-    for (_, (dir, need)) in per {
+    for (key, (dir, need)) in per {
         let d = fsx::open_dir_beneath(root.as_fd(), bundle::BundlePath::new(dir.clone()).ok().as_ref())
             .ctx("open", &dir)?;
         let avail = fsx::free_bytes(d.as_fd()).ctx("statvfs", &dir)?;
@@ -88,11 +100,17 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         if !fits && refusal.is_none() {
             refusal = Some(Error::NoSpace { need, avail, path: dir.clone() });
         }
+        let ty = match mounts.iter().find(|mt| mt.key == key) {
+            Some(mt) => (mt.fs_type.clone(), mt.network),
+            None => crate::netfs::fs_type(d.as_fd()).map(|t| (t.describe(), t.network)).ctx("statfs", &dir)?,
+        };
         filesystems.push(Filesystem {
             example_dir: if dir.is_empty() { ".".into() } else { dir },
             stage_bytes: need,
             available_bytes: avail,
             fits,
+            fs_type: ty.0,
+            network: ty.1,
         });
     }
     Ok(Plan {

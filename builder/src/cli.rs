@@ -107,6 +107,10 @@ pub struct BuildArgs {
     /// reinstall touched every mtime. The target then differs from NEW in those mtimes.
     #[arg(long)]
     pub keep_unchanged_mtimes: bool,
+    /// Refuse an input holding a Unix socket instead of skipping it with a warning (a bundle
+    /// cannot carry sockets; tar and rsync skip them too).
+    #[arg(long)]
+    pub fail_on_sockets: bool,
     /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
     pub split_size: Option<u64>,
@@ -139,6 +143,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             rotate_threshold: a.rotate_threshold,
             dry_run: a.dry_run,
             keep_unchanged_mtimes: a.keep_unchanged_mtimes,
+            fail_on_sockets: a.fail_on_sockets,
             created: crate::created_from_env()?,
         })
     }
@@ -191,6 +196,7 @@ mod tests {
             "2",
             "--dry-run",
             "--keep-unchanged-mtimes",
+            "--fail-on-sockets",
             "--json",
             "--split-size",
             "1M",
@@ -213,7 +219,7 @@ mod tests {
             (vec![PathBuf::from("r.pub")], vec!["0123456789abcdef".to_string()])
         );
         assert_eq!(o.rotate_threshold, Some(2));
-        assert!(o.dry_run && o.keep_unchanged_mtimes);
+        assert!(o.dry_run && o.keep_unchanged_mtimes && o.fail_on_sockets);
         Ok(())
     }
 

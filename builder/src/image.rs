@@ -61,17 +61,19 @@ pub fn input_kind(path: &Path) -> Result<InputKind> {
 
 /// Scan an input of any kind. Archives are spooled into a content store created in
 /// `store_parent` (shared by both inputs if `store` already holds one).
-/// `label` names the input in progress reports.
+/// `label` names the input in progress reports. Sockets are skipped and listed in
+/// [`Tree::sockets`], or with `fail_on_sockets` refused.
 pub fn scan_input(
     path: &Path,
     label: &str,
+    fail_on_sockets: bool,
     store_parent: &Path,
     store: &mut Option<Arc<ContentStore>>,
     progress: &Progress,
 ) -> Result<Tree> {
     let kind = input_kind(path)?;
     if kind == InputKind::Dir {
-        return crate::scan::scan(path, label, progress);
+        return crate::scan::scan(path, label, fail_on_sockets, progress);
     }
     let st = match store {
         Some(s) => s.clone(),
@@ -90,9 +92,9 @@ pub fn scan_input(
             let mut dec = zstd::stream::read::Decoder::new(f).map_err(Error::io(path))?;
             // Archives made with `zstd --long` use windows over the default limit.
             dec.window_log_max(31).map_err(Error::io(path))?;
-            scan_tar(dec, path, st, progress)
+            scan_tar(dec, path, st, fail_on_sockets, progress)
         }
-        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st, progress),
+        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st, fail_on_sockets, progress),
     };
     progress.end();
     t
@@ -165,12 +167,23 @@ fn pax_time_ns(v: &[u8]) -> Option<i64> {
 }
 
 /// Read a tar stream into a tree whose file contents live in `store`.
-pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>, progress: &Progress) -> Result<Tree> {
+///
+/// Tar has no member type for a Unix socket (GNU tar and bsdtar leave sockets out with a
+/// notice), but star's pax archives describe one as `SCHILY.filetype=socket`: such a member is
+/// skipped and listed in [`Tree::sockets`], or with `fail_on_sockets` refused.
+pub fn scan_tar<R: Read>(
+    reader: R,
+    archive: &Path,
+    store: Arc<ContentStore>,
+    fail_on_sockets: bool,
+    progress: &Progress,
+) -> Result<Tree> {
     let io_err = |e: io::Error| Error::Io { path: archive.to_path_buf(), source: e };
     let mut ar = tar::Archive::new(reader);
     let mut map: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
     // Hardlink members: (name, normalised target name), in archive order.
     let mut links: Vec<(BundlePath, BundlePath, Vec<u8>)> = Vec::new();
+    let mut sockets: Vec<BundlePath> = Vec::new();
     for member in ar.entries().map_err(io_err)? {
         let mut m = member.map_err(io_err)?;
         progress.advance(1, 0);
@@ -190,6 +203,13 @@ pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>, pr
             path: PathBuf::from(format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw))),
             source,
         })?;
+        if is_socket_member(&mut m).map_err(io_err)? {
+            if fail_on_sockets {
+                return Err(bad(&crate::scan::socket_refused().to_string()));
+            }
+            sockets.push(path);
+            continue;
+        }
         let h = m.header();
         let num = |r: io::Result<u64>, what: &str| -> Result<u32> {
             r.ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad(&format!("invalid {what}")))
@@ -317,7 +337,18 @@ pub fn scan_tar<R: Read>(reader: R, archive: &Path, store: Arc<ContentStore>, pr
             }
         }
     }
-    Ok(Tree::from_entries(Source::Store(store), map.into_values().collect()))
+    let mut tree = Tree::from_entries(Source::Store(store), map.into_values().collect());
+    sockets.sort();
+    tree.sockets = sockets;
+    Ok(tree)
+}
+
+/// True for a member that star's pax header `SCHILY.filetype` says is a socket.
+fn is_socket_member<R: Read>(m: &mut tar::Entry<'_, R>) -> io::Result<bool> {
+    let Some(ext) = m.pax_extensions()? else {
+        return Ok(false);
+    };
+    Ok(ext.flatten().any(|x| x.key_bytes() == b"SCHILY.filetype" && x.value_bytes() == b"socket"))
 }
 
 #[cfg(test)]
@@ -370,7 +401,7 @@ mod tests {
 
     fn scan_bytes(bytes: &[u8]) -> Result<Tree> {
         let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
-        scan_tar(bytes, Path::new("test.tar"), store, &Progress::silent())
+        scan_tar(bytes, Path::new("test.tar"), store, false, &Progress::silent())
     }
 
     #[test]
@@ -404,6 +435,28 @@ mod tests {
         assert_eq!(get("usr").ok_or("usr")?.meta, Meta { mode: 0o755, uid: 0, gid: 0, mtime_ns: 0 });
         assert_eq!(get("etc").ok_or("etc")?.meta.uid, 1000);
         assert_eq!(get("usr/bin/sh").ok_or("sh")?.ty, Type::Symlink(b"/bin/dash".to_vec()));
+        Ok(())
+    }
+
+    #[test]
+    fn star_socket_members_are_skipped_or_refused() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use tar::EntryType as T;
+        let pax: &[u8] = b"26 SCHILY.filetype=socket\n";
+        let bytes = tar_of(&[
+            (T::Regular, "./run/file", b"x", ""),
+            (T::XHeader, "./run/PaxHeaders/s", pax, ""),
+            (T::Regular, "./run/s", b"", ""),
+        ]);
+        let t = scan_bytes(&bytes)?;
+        let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
+        assert_eq!(names, ["run", "run/file"]);
+        assert_eq!(t.sockets.iter().map(|p| p.display()).collect::<Vec<_>>(), ["run/s"]);
+        let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
+        let e = scan_tar(&bytes[..], Path::new("test.tar"), store, true, &Progress::silent())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("run/s") && e.contains("--fail-on-sockets"), "{e}");
         Ok(())
     }
 

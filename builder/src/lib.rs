@@ -59,6 +59,8 @@ pub struct BuildOptions {
     pub dry_run: bool,
     /// Files whose only change is their mtime keep the target's mtime ([`diff::keep_unchanged_mtimes`]).
     pub keep_unchanged_mtimes: bool,
+    /// Refuse an input holding a Unix socket instead of skipping it with a warning.
+    pub fail_on_sockets: bool,
     /// Manifest creation time (seconds since the epoch); see [`created_from_env`].
     pub created: u64,
 }
@@ -93,6 +95,10 @@ pub struct BuildReport {
     pub steps: usize,
     pub frames: usize,
     pub stats: BTreeMap<&'static str, Stat>,
+    /// Unix sockets left out of OLD and NEW (a bundle cannot carry them; `--fail-on-sockets`
+    /// refuses them instead).
+    pub sockets_skipped: usize,
+    pub skipped_sockets: Vec<SkippedSocket>,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -100,6 +106,15 @@ pub struct BuildReport {
     pub script: Vec<Step>,
     #[serde(skip)]
     pub warnings: Vec<String>,
+}
+
+/// A Unix socket left out of an input tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkippedSocket {
+    /// `old` or `new`.
+    pub input: &'static str,
+    /// Its path in the tree.
+    pub path: String,
 }
 
 /// Lower-case name of a step's operation, as printed by `--dry-run`.
@@ -200,14 +215,16 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let inputs = scan_inputs(opts, &out_dir, progress)?;
     let phase = Instant::now();
     let mut d = diff::diff(&inputs.old, &inputs.new, &opts.config_files);
-    let (script, warnings) = plan_script(&inputs, &d, phase, progress)?;
+    let (script, plan_warnings) = plan_script(&inputs, &d, phase, progress)?;
+    let mut warnings = socket_warnings(opts, &inputs);
+    warnings.extend(plan_warnings);
     let mut manifest = new_manifest(opts, signing.signers, signing.rotation, inputs.base.clone(), script);
     let mut used = copy_sources(&d.choices);
     let tree_entries = d.entries.len();
     if opts.dry_run {
         finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used);
         bundle::script::validate(&manifest).map_err(Error::Invalid)?;
-        return Ok(report(opts, started, manifest, tree_entries, 0, BTreeMap::new(), warnings));
+        return Ok(report(opts, started, manifest, tree_entries, 0, BTreeMap::new(), warnings, &inputs));
     }
     let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
     let store = write::FrameStore::new_in(&out_dir)?;
@@ -222,7 +239,33 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
     finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used);
     let bytes = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress)?;
-    Ok(report(opts, started, manifest, tree_entries, bytes, stats, warnings))
+    Ok(report(opts, started, manifest, tree_entries, bytes, stats, warnings, &inputs))
+}
+
+/// The sockets left out of both inputs: (`old`/`new`, path), OLD first.
+fn skipped_sockets(inputs: &Inputs) -> Vec<SkippedSocket> {
+    let of = |input: &'static str, t: &scan::Tree| {
+        t.sockets.iter().map(move |p| SkippedSocket { input, path: p.display() }).collect::<Vec<_>>()
+    };
+    let mut v = of("old", &inputs.old);
+    v.extend(of("new", &inputs.new));
+    v
+}
+
+/// One warning per socket left out, naming it in its input.
+fn socket_warnings(opts: &BuildOptions, inputs: &Inputs) -> Vec<String> {
+    skipped_sockets(inputs)
+        .into_iter()
+        .map(|s| {
+            let input = if s.input == "old" { opts.old.as_deref().unwrap_or(Path::new("")) } else { &opts.new };
+            format!(
+                "skipped socket {} in {} ({}): a bundle cannot carry sockets (--fail-on-sockets refuses them)",
+                s.path,
+                s.input.to_uppercase(),
+                input.display()
+            )
+        })
+        .collect()
 }
 
 /// Refuse option combinations and values the bundle could not carry, before any work.
@@ -299,9 +342,10 @@ struct Inputs {
 /// Scan NEW and OLD. Archive inputs are spooled into a content store next to the output.
 fn scan_inputs(opts: &BuildOptions, out_dir: &Path, progress: &progress::Progress) -> Result<Inputs> {
     let mut content_store = None;
-    let mut new = image::scan_input(&opts.new, "new", out_dir, &mut content_store, progress)?;
+    let fail = opts.fail_on_sockets;
+    let mut new = image::scan_input(&opts.new, "new", fail, out_dir, &mut content_store, progress)?;
     let old = match &opts.old {
-        Some(p) => image::scan_input(p, "old", out_dir, &mut content_store, progress)?,
+        Some(p) => image::scan_input(p, "old", fail, out_dir, &mut content_store, progress)?,
         None => scan::Tree::default(),
     };
     let kept_mtimes = if opts.keep_unchanged_mtimes { diff::keep_unchanged_mtimes(&old, &mut new) } else { (0, 0) };
@@ -589,6 +633,7 @@ fn seal_and_write(
 }
 
 /// The report of a build that wrote `bytes` (0 for a dry run).
+#[allow(clippy::too_many_arguments)]
 fn report(
     opts: &BuildOptions,
     started: Instant,
@@ -597,8 +642,12 @@ fn report(
     bytes: u64,
     stats: BTreeMap<&'static str, Stat>,
     warnings: Vec<String>,
+    inputs: &Inputs,
 ) -> BuildReport {
+    let skipped_sockets = skipped_sockets(inputs);
     BuildReport {
+        sockets_skipped: skipped_sockets.len(),
+        skipped_sockets,
         ferry_report: 1,
         command: "build",
         bundle: opts.out.display().to_string(),

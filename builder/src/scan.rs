@@ -135,6 +135,9 @@ impl ContentStore {
 pub struct Tree {
     pub source: Source,
     pub entries: Vec<ScanEntry>,
+    /// Unix sockets found and left out (sockets cannot be carried in a bundle: like tar and
+    /// rsync, the builder skips them unless told to refuse them), by path.
+    pub sockets: Vec<BundlePath>,
     index: BTreeMap<BundlePath, usize>,
     groups: BTreeMap<BundlePath, Vec<BundlePath>>,
 }
@@ -150,7 +153,7 @@ impl Tree {
                 groups.entry(p.clone()).or_default().push(e.path.clone());
             }
         }
-        Tree { source, entries, index, groups }
+        Tree { source, entries, sockets: Vec::new(), index, groups }
     }
 
     pub fn get(&self, p: &BundlePath) -> Option<&ScanEntry> {
@@ -178,8 +181,9 @@ impl Tree {
 }
 
 /// Walk `root` (which must be a directory) without following symlinks. `label` names the tree
-/// in progress reports.
-pub fn scan(root: &Path, label: &str, progress: &Progress) -> Result<Tree> {
+/// in progress reports. Unix sockets are left out and listed in [`Tree::sockets`], or with
+/// `fail_on_sockets` refused naming the first one.
+pub fn scan(root: &Path, label: &str, fail_on_sockets: bool, progress: &Progress) -> Result<Tree> {
     let md = fs::symlink_metadata(root).map_err(Error::io(root))?;
     if !md.is_dir() {
         return Err(Error::Io {
@@ -193,6 +197,7 @@ pub fn scan(root: &Path, label: &str, progress: &Progress) -> Result<Tree> {
     let mut stack: Vec<(PathBuf, Option<BundlePath>)> = vec![(root.to_path_buf(), None)];
     // (dev, ino) -> paths, for files with nlink > 1
     let mut inodes: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    let mut sockets: Vec<BundlePath> = Vec::new();
     while let Some((dir, rel)) = stack.pop() {
         let mut names: Vec<std::ffi::OsString> = Vec::new();
         for d in fs::read_dir(&dir).map_err(Error::io(&dir))? {
@@ -225,7 +230,11 @@ pub fn scan(root: &Path, label: &str, progress: &Progress) -> Result<Tree> {
             } else if ft.is_block_device() {
                 Type::BlockDev(md.rdev())
             } else if ft.is_socket() {
-                return Err(Error::Unsupported { path: fsp, what: "a socket" });
+                if fail_on_sockets {
+                    return Err(Error::Io { path: fsp, source: socket_refused() });
+                }
+                sockets.push(path);
+                continue;
             } else {
                 return Err(Error::Unsupported { path: fsp, what: "this file type" });
             };
@@ -280,7 +289,18 @@ pub fn scan(root: &Path, label: &str, progress: &Progress) -> Result<Tree> {
             }
         }
     }
-    Ok(Tree::from_entries(Source::Dir(root.to_path_buf()), entries))
+    let mut tree = Tree::from_entries(Source::Dir(root.to_path_buf()), entries);
+    sockets.sort();
+    tree.sockets = sockets;
+    Ok(tree)
+}
+
+/// The error for a socket under `--fail-on-sockets`.
+pub fn socket_refused() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "a Unix socket, which a bundle cannot carry: refused by --fail-on-sockets (without it, sockets are skipped with a warning)",
+    )
 }
 
 /// BLAKE3 of a file.
@@ -309,7 +329,7 @@ mod tests {
         symlink("a/x", r.join("l"))?;
         fs::create_dir(r.join(".ferry"))?;
         fs::write(r.join(".ferry/state"), b"s")?;
-        let t = scan(r, "test", &Progress::silent())?;
+        let t = scan(r, "test", false, &Progress::silent())?;
         let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
         assert_eq!(names, ["a", "a-c", "a/x", "b", "l"]);
         let b = t.get(&BundlePath::new("b")?).ok_or("no b")?;
@@ -319,6 +339,25 @@ mod tests {
         assert_eq!(b.size, 5);
         assert_eq!(t.group_of(&BundlePath::new("a/x")?).len(), 2);
         assert_eq!(t.get(&BundlePath::new("l")?).ok_or("no l")?.ty, Type::Symlink(b"a/x".to_vec()));
+        assert!(t.sockets.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn sockets_are_skipped_and_listed_or_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let r = d.path();
+        fs::create_dir(r.join("run"))?;
+        fs::write(r.join("run/file"), b"x")?;
+        let _s1 = std::os::unix::net::UnixListener::bind(r.join("run/b.sock"))?;
+        let _s2 = std::os::unix::net::UnixListener::bind(r.join("a.sock"))?;
+        let t = scan(r, "test", false, &Progress::silent())?;
+        let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
+        assert_eq!(names, ["run", "run/file"]);
+        let socks: Vec<String> = t.sockets.iter().map(|p| p.display()).collect();
+        assert_eq!(socks, ["a.sock", "run/b.sock"]);
+        let e = scan(r, "test", true, &Progress::silent()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains(".sock") && e.contains("socket") && e.contains("--fail-on-sockets"), "{e}");
         Ok(())
     }
 }
