@@ -79,8 +79,8 @@ pub fn open_state(o: &Options) -> Result<Option<Dir>> {
 /// reported, never fatal).
 pub fn open_target(o: &Options) -> Result<Target> {
     let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
-    let state = Dir::open_state(&state_path(o), true)?
-        .ok_or_else(|| Error::Internal("state directory not created".into()))?;
+    let state =
+        Dir::open_state(&state_path(o), true)?.ok_or_else(|| Error::Internal("state directory not created".into()))?;
     let lock = state::lock(&state, root.as_fd())?;
     for w in crate::txn::sweep_trash(root.as_fd(), &state) {
         log(o, w);
@@ -431,7 +431,10 @@ fn commit_txn(o: &Options, t: &Target, mut txn: Txn, fresh: bool, rep: &mut Repo
     sync_all(root, &txn)?;
     txn.append(Record::Committed)?;
     rep.commit_ms = ms(t0);
-    log(o, format!("committed version {} ({} steps, window {:.1} ms)", txn.head.manifest.version, n, rep.commit_window_ms));
+    log(
+        o,
+        format!("committed version {} ({} steps, window {:.1} ms)", txn.head.manifest.version, n, rep.commit_window_ms),
+    );
     Ok(txn)
 }
 

@@ -128,7 +128,10 @@ pub fn check(
                         // bundle does not know of) would share the new permissions.
                         drift.push(describe(
                             &o.path,
-                            &format!("has {} hard links; a permission-raising change is never made to a shared inode", id.2),
+                            &format!(
+                                "has {} hard links; a permission-raising change is never made to a shared inode",
+                                id.2
+                            ),
                         ));
                     }
                     base.ids.insert(o.path.clone(), id);

@@ -112,7 +112,9 @@ pub fn raises_permissions(old: &Meta, new: &Meta, owners: bool) -> bool {
 /// raises permissions).
 pub fn setmeta_by_copy(m: &Manifest, p: &BundlePath, owners: bool) -> bool {
     let (Some(e), Some(o)) = (m.entry(p), m.old_entry(p)) else { return false };
-    matches!(e.kind, Kind::File { .. }) && matches!(o.kind, OldKind::File { .. }) && raises_permissions(&o.meta, &e.meta, owners)
+    matches!(e.kind, Kind::File { .. })
+        && matches!(o.kind, OldKind::File { .. })
+        && raises_permissions(&o.meta, &e.meta, owners)
 }
 
 /// Directory handles the commit keeps open: half the process's soft `RLIMIT_NOFILE` (512 under
@@ -241,7 +243,10 @@ impl CreateDir {
         let fd = fsx::open_dir_at(cx.dir, cx.name).ctx("open", cx.path)?;
         for n in fsx::list_dir(fd.as_fd()).ctx("list", cx.path)? {
             if !self.children.contains(&n) {
-                return Err(drift(&format!("holds {:?}, which the bundle does not put there", String::from_utf8_lossy(&n))));
+                return Err(drift(&format!(
+                    "holds {:?}, which the bundle does not put there",
+                    String::from_utf8_lossy(&n)
+                )));
             }
         }
         Ok(())
@@ -413,7 +418,8 @@ impl BesideConfig {
             _ => {}
         }
         if cur.is_some() && self.id.is_some() {
-            fsx::exchange(cx.stage, &self.slot.name, cx.dir, &side).ctx("place beside the local config file", cx.path)?;
+            fsx::exchange(cx.stage, &self.slot.name, cx.dir, &side)
+                .ctx("place beside the local config file", cx.path)?;
         } else {
             fsx::rename_noreplace(cx.stage, &self.slot.name, cx.dir, &side)
                 .ctx("place beside the local config file", cx.path)?;
@@ -495,7 +501,8 @@ pub struct Delete;
 impl Delete {
     fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
         if cx.cur()?.is_some() {
-            fsx::rename_noreplace(cx.dir, cx.name, cx.backup, &backup_name(cx.i)).ctx("move out of the tree", cx.path)?;
+            fsx::rename_noreplace(cx.dir, cx.name, cx.backup, &backup_name(cx.i))
+                .ctx("move out of the tree", cx.path)?;
             return Ok(true);
         }
         Ok(false)
@@ -580,7 +587,13 @@ fn work_index(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, p: 
 }
 
 /// Plan step `i`: its protocol, from the manifest and the transaction.
-pub fn plan_step(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, i: usize, owners: bool) -> Result<Action> {
+pub fn plan_step(
+    root: BorrowedFd<'_>,
+    txn: &mut Txn,
+    dirs: &mut fsx::DirCache,
+    i: usize,
+    owners: bool,
+) -> Result<Action> {
     let m = &txn.head.manifest;
     let step = &m.script[i];
     let p = step.path.clone();
@@ -624,12 +637,17 @@ pub fn plan_step(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, 
             match staged_id(txn, ei)? {
                 Some(id) if setmeta_by_copy(m, &p, owners) => {
                     if id == (0, 0) {
-                        return Err(Error::Internal(format!("{p}: the staged copy for a permission change is missing")));
+                        return Err(Error::Internal(format!(
+                            "{p}: the staged copy for a permission change is missing"
+                        )));
                     }
                     let slot = Slot { work: work_index(root, txn, dirs, &p)?, name: staged_name(ei) };
                     Action::ExchangeFile(ExchangeFile { slot, id })
                 }
-                _ => Action::SetMetaInPlace(SetMetaInPlace { meta: m.entries[ei].meta, base: txn.base_ids.get(&p).copied() }),
+                _ => Action::SetMetaInPlace(SetMetaInPlace {
+                    meta: m.entries[ei].meta,
+                    base: txn.base_ids.get(&p).copied(),
+                }),
             }
         }
         Op::Delete => Action::Delete(Delete),
@@ -734,7 +752,10 @@ pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Res
         let f = fsx::open_file_at(works[slot.work].stage.as_fd(), &slot.name).ctx("open staged", &e.path)?;
         let (h, n) = crate::base::hash_reader(f.take(size + 1)).ctx("read staged", &e.path)?;
         if h != *hash || n != *size {
-            return Err(Error::UnsafeState { path: e.path.to_string(), why: "staged content does not match the manifest".into() });
+            return Err(Error::UnsafeState {
+                path: e.path.to_string(),
+                why: "staged content does not match the manifest".into(),
+            });
         }
         Ok(())
     });
@@ -780,7 +801,13 @@ fn with_cx<T>(
 }
 
 /// The work directory step `i` uses: its slot's, or (for `Delete`) its path's.
-fn work_of(root: BorrowedFd<'_>, txn: &mut Txn, dirs: &mut fsx::DirCache, i: usize, a: &Action) -> Result<Option<usize>> {
+fn work_of(
+    root: BorrowedFd<'_>,
+    txn: &mut Txn,
+    dirs: &mut fsx::DirCache,
+    i: usize,
+    a: &Action,
+) -> Result<Option<usize>> {
     match (a.slot(), a) {
         (Some(s), _) => Ok(Some(s.work)),
         (None, Action::Delete(_)) => {

@@ -338,7 +338,8 @@ pub fn open_meta_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Owned
     if !matches!(ft, FileType::RegularFile | FileType::Directory) {
         return Ok(None);
     }
-    let fd = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let fd =
+        rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
     if file_type(&rfs::fstat(&fd)?) != ft {
         return Err(io::Error::other("replaced while being opened"));
     }

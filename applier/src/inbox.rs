@@ -30,7 +30,11 @@ pub struct InboxReport {
 fn candidates(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(PathBuf, &'static str)>)> {
     let mut v = Vec::new();
     let mut skipped = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| Error::Io { op: "read inbox", path: dir.display().to_string(), source: e })? {
+    for e in std::fs::read_dir(dir).map_err(|e| Error::Io {
+        op: "read inbox",
+        path: dir.display().to_string(),
+        source: e,
+    })? {
         let Ok(e) = e else { continue };
         let p = e.path();
         // Parts of a split bundle are read through their first part.

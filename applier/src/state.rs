@@ -100,7 +100,10 @@ fn check_private(st: &rfs::Stat, path: &Path) -> Result<()> {
         return Err(unsafe_state(path.display(), format!("owned by uid {}, not by uid {}", st.st_uid, euid())));
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(unsafe_state(path.display(), format!("writable by group or others (mode {:o})", st.st_mode & 0o7777)));
+        return Err(unsafe_state(
+            path.display(),
+            format!("writable by group or others (mode {:o})", st.st_mode & 0o7777),
+        ));
     }
     Ok(())
 }
@@ -320,7 +323,9 @@ pub const MAX_SMALL_FILE: u64 = 64 << 20;
 
 pub fn load(d: &Dir, name: &str) -> Result<State> {
     match d.read(name, MAX_SMALL_FILE)? {
-        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::CorruptState { path: d.show(name), why: e.to_string() }),
+        Some(b) => {
+            serde_json::from_slice(&b).map_err(|e| Error::CorruptState { path: d.show(name), why: e.to_string() })
+        }
         None => Ok(State { state_version: STATE_VERSION, ..Default::default() }),
     }
 }
@@ -336,11 +341,12 @@ pub fn save(d: &Dir, name: &str, s: &State) -> Result<()> {
 /// serialises appliers of one target with different `--state-dir`s.
 pub fn lock(d: &Dir, target_root: BorrowedFd<'_>) -> Result<(File, OwnedFd)> {
     let f = d.open_append(LOCK)?;
-    let try_lock = |fd: BorrowedFd<'_>, what: String| match rfs::flock(fd, rfs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(what)),
-        Err(e) => Err(std::io::Error::from(e)).ctx("lock", what),
-    };
+    let try_lock =
+        |fd: BorrowedFd<'_>, what: String| match rfs::flock(fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(what)),
+            Err(e) => Err(std::io::Error::from(e)).ctx("lock", what),
+        };
     try_lock(f.as_fd(), d.show(LOCK))?;
     // A second handle of the root: flock belongs to the open file description.
     let root = rfs::openat(target_root, c".", fsx::DIR_FLAGS, Mode::empty()).ctx("open", "target root")?;

@@ -124,7 +124,8 @@ pub fn record_rotation(state: &Dir, r: &bundle::Rotation) -> Result<()> {
         let pk = PublicKey::from_bytes(k.0)?;
         d.write_atomic(&format!("{}.pub", pk.id), pk.to_text().as_bytes())?;
     }
-    let mut text = d.read("policy", MAX_TRUST_FILE)?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let mut text =
+        d.read("policy", MAX_TRUST_FILE)?.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     for id in &r.retire {
         text.push_str(&format!("retire {id}\n"));
     }

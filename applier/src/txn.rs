@@ -165,7 +165,10 @@ impl Txn {
         let mut r = bundle::container::Reader::new(&framed[..], limits.clone());
         let head = crate::verify::head(&mut r, trust, limits)?;
         if records.first() != Some(&Record::Begin { bundle_id: head.id, bundle_path: begin_path(&records) }) {
-            return Err(Error::CorruptState { path: dir.show(journal::JOURNAL), why: "journal of another bundle".into() });
+            return Err(Error::CorruptState {
+                path: dir.show(journal::JOURNAL),
+                why: "journal of another bundle".into(),
+            });
         }
         let work_locs = records
             .iter()
@@ -399,7 +402,10 @@ fn check_work(fd: BorrowedFd<'_>, loc: &WorkLoc) -> Result<()> {
     #[allow(clippy::unnecessary_cast)]
     let id = (st.st_dev as u64, st.st_ino as u64);
     if loc.id.is_some_and(|want| want != id) {
-        return Err(Error::UnsafeState { path: show(), why: "work directory was replaced after it was created".into() });
+        return Err(Error::UnsafeState {
+            path: show(),
+            why: "work directory was replaced after it was created".into(),
+        });
     }
     if st.st_uid != rustix::process::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
         return Err(Error::UnsafeState { path: show(), why: "work directory is not private to the applier".into() });
