@@ -49,6 +49,10 @@ pub fn open_input(path: &Path) -> io::Result<File> {
 
 pub fn open(path: &Path) -> Result<Source> {
     let display = path.display().to_string();
+    // What [`explain`] knows describes the bundle opened last on this thread, not an earlier one
+    // (an inbox opens many).
+    MISSING.with(|m| *m.borrow_mut() = None);
+    PARTS.with(|ps| ps.borrow_mut().clear());
     let base = match split_base(path) {
         Some(b) => Some(b),
         None if !path.exists() && part_name(path, 0).exists() => Some(path.to_path_buf()),
@@ -90,9 +94,17 @@ impl Read for Parts {
                     self.cur = Some(io::BufReader::with_capacity(1 << 20, f));
                 }
                 // The end of the last part reads as end of file; if the bundle needed more, the
-                // framing reports truncation and names the part that is missing.
+                // reader reports truncation and [`explain`] names the part that is missing. A gap
+                // (a later part exists) is certainly a missing part: say so at once.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     MISSING.with(|m| *m.borrow_mut() = Some(p.display().to_string()));
+                    let later = part_name(&self.base, self.next + 1);
+                    if std::fs::symlink_metadata(&later).is_ok() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("split bundle part {} is missing ({} exists)", p.display(), later.display()),
+                        ));
+                    }
                     return Ok(0);
                 }
                 Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", p.display()))),
@@ -124,11 +136,15 @@ pub fn missing_part() -> Option<String> {
 }
 
 /// Name the split-bundle part a truncation (the missing part) or a corrupt byte is in.
+///
+/// A missing part ends the stream early, and the error that surfaces depends on who was reading:
+/// the framing (`Truncated`), a zstd decoder (`FrameDecode` wrapping the truncation), or the
+/// reader itself (`Io`, when a later part shows the gap). Each is reported as the missing part.
 pub fn explain(e: Error) -> Error {
     let range = match &e {
-        Error::Bundle(bundle::Error::Truncated { .. }) => {
+        Error::Bundle(bundle::Error::Truncated { .. } | bundle::Error::FrameDecode { .. } | bundle::Error::Io(_)) => {
             if let Some(p) = missing_part() {
-                return Error::BadPart(format!("{e}; split bundle part {p} is missing"));
+                return Error::BadPart(format!("split bundle part {p} is missing ({e})"));
             }
             None
         }

@@ -48,6 +48,8 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                     "bundle": file.display().to_string(),
                     "part_size": size,
                     "parts": parts.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                    // The parts replace the bundle: `split` deletes it.
+                    "removed": file.display().to_string(),
                 });
                 println!("{v}");
             } else {
@@ -84,7 +86,14 @@ fn split(file: &Path, size: u64) -> Result<Vec<PathBuf>, builder::Error> {
 
 fn split_line(file: &Path, parts: &[PathBuf]) -> String {
     match (parts.first(), parts.last()) {
-        (Some(a), Some(b)) => format!("{}: {} parts ({} .. {})", file.display(), parts.len(), a.display(), b.display()),
+        (Some(a), Some(b)) => format!(
+            "{}: {} parts ({} .. {}); {} removed",
+            file.display(),
+            parts.len(),
+            a.display(),
+            b.display(),
+            file.display()
+        ),
         _ => format!("{}: no parts", file.display()),
     }
 }
@@ -107,6 +116,7 @@ fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) 
             if !parts.is_empty() {
                 let names: Vec<String> = parts.iter().map(|p| p.display().to_string()).collect();
                 o.insert("parts".into(), names.into());
+                o.insert("removed".into(), r.bundle.clone().into());
             }
         }
         println!("{v}");

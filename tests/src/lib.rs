@@ -39,6 +39,14 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Panic (never skip) unless running as root: a test that needs root must fail visibly when it
+/// cannot run, not pass having checked nothing. CI runs as root.
+pub fn require_root(why: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).expect("stat /proc/self");
+    assert_eq!(uid, 0, "this test needs root ({why}); run it as root, as CI does");
+}
+
 pub fn build_cmd() -> Command {
     Command::new(bin("ferry-build"))
 }
