@@ -61,8 +61,9 @@ pub fn bundle_with_progress(
         prog.tick(i as u64, read);
         read += f.size;
         let res = if decode && !patch[i] {
-            let mut fr = r.frame(&h.manifest.frames, i)?;
-            let n = decode_count(&mut fr, limits, f.decoded, i)?;
+            let mut fr = r.frame(&h.manifest.frames, i).map_err(|e| source::explain(e.into()))?;
+            // A read error inside a frame (a missing last part) names the part too.
+            let n = decode_count(&mut fr, limits, f.decoded, i).map_err(source::explain)?;
             if n != f.decoded {
                 return Err(bundle::Error::FrameDecode {
                     index: i as u32,
