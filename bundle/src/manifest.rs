@@ -253,21 +253,41 @@ impl Manifest {
         out
     }
 
-    /// Decode the manifest member (call only after its signatures verified): decompress it,
-    /// bounded by [`Limits::max_manifest_bytes`], then [`Manifest::from_cbor`].
+    /// Decode the manifest member (call only after its signatures verified), bounded before
+    /// anything is allocated (bundle-format.md §4.6): a first pass decompresses the member
+    /// through the CBOR pre-pass ([`crate::scan`]), which refuses it as soon as a count or size is
+    /// over `limits`, keeping nothing but a digest of the CBOR; a second pass decompresses it
+    /// again straight into `ciborium`. So the CBOR is never held in memory beside the decoded
+    /// manifest, and a document that declares too many items is refused at their array's header.
+    /// Then the canonical encoding and [`Manifest::check`].
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
-        let cbor = unpack(bytes, limits.max_manifest_bytes)?;
-        Manifest::from_cbor(&cbor, limits)
+        let digest = crate::scan::scan_digest(member_decoder(bytes, limits)?, declared_size(bytes), limits)?;
+        let m: Manifest =
+            ciborium::from_reader(member_decoder(bytes, limits)?).map_err(|e| Error::Manifest(e.to_string()))?;
+        m.finish_decode(digest, limits)
     }
 
-    /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5).
+    /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5), after the
+    /// CBOR pre-pass ([`crate::scan::scan`]) has checked every count and size against `limits`.
     pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
+        crate::scan::scan(bytes, limits)?;
         let m: Manifest = ciborium::from_reader(bytes).map_err(|e| Error::Manifest(e.to_string()))?;
-        if m.to_cbor() != bytes {
+        m.finish_decode(Hash::of(bytes), limits)
+    }
+
+    /// The checks after deserialising: the canonical encoding (re-encoding gives the bytes whose
+    /// BLAKE3 is `digest`; hashed, not written out, so no second copy of the CBOR is made), then
+    /// the structural rules.
+    fn finish_decode(self, digest: Hash, limits: &Limits) -> Result<Manifest, Error> {
+        let mut h = blake3::Hasher::new();
+        // Serialising plain data into a hasher cannot fail.
+        #[allow(clippy::unwrap_used)]
+        ciborium::into_writer(&self, &mut h).unwrap();
+        if Hash::from(h.finalize()) != digest {
             return Err(Error::Manifest("not in canonical encoding".into()));
         }
-        m.check(limits)?;
-        Ok(m)
+        self.check(limits)?;
+        Ok(self)
     }
 
     /// Structural checks that need no filesystem; the apply script is checked by
@@ -294,17 +314,50 @@ impl Manifest {
                 limit: limits.max_frames as u64,
             });
         }
+        let pieces: usize = self
+            .entries
+            .iter()
+            .map(|e| match &e.kind {
+                Kind::File { content: Content::Pieces(ps), .. } => ps.len(),
+                _ => 0,
+            })
+            .sum();
+        if pieces > limits.max_pieces {
+            return Err(Error::TooMany {
+                what: "pieces".into(),
+                count: pieces as u64,
+                limit: limits.max_pieces as u64,
+            });
+        }
+        if let Some(r) = &self.rotation {
+            for (what, n) in
+                [("keys added by the rotation", r.add.len()), ("keys retired by the rotation", r.retire.len())]
+            {
+                if n > limits.max_rotation_keys {
+                    return Err(Error::TooMany {
+                        what: what.into(),
+                        count: n as u64,
+                        limit: limits.max_rotation_keys as u64,
+                    });
+                }
+            }
+        }
         if self.hooks.len() > limits.max_hooks {
             return err(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks));
         }
         for h in &self.hooks {
-            if h.glob.len() > 256 || h.command.len() > 4096 || h.timeout_secs == 0 {
-                return err(format!("hook {:?}: glob over 256 bytes, command over 4096 bytes or zero timeout", h.glob));
+            if h.glob.len() > limits.max_hook_glob || h.command.len() > limits.max_hook_command || h.timeout_secs == 0 {
+                return err(format!(
+                    "hook {:?}: glob over {} bytes, command over {} bytes or zero timeout",
+                    h.glob, limits.max_hook_glob, limits.max_hook_command
+                ));
             }
         }
-        if self.channel.is_empty() || self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic()))
+        if self.channel.is_empty()
+            || self.channel.len() > limits.max_channel_len
+            || self.channel.bytes().any(|b| !(b.is_ascii_graphic()))
         {
-            return err("channel must be 1..128 printable ASCII characters".into());
+            return err(format!("channel must be 1..{} printable ASCII characters", limits.max_channel_len));
         }
         if let Some(r) = &self.rotation {
             // Recorded in the target's trust policy after the commit: anything the policy could
@@ -314,7 +367,7 @@ impl Manifest {
                     .map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
             }
             for id in &r.retire {
-                if id.len() != 16 || crate::hash::unhex(id).is_none() {
+                if !crate::sig::is_key_id(id) {
                     return err(format!("rotation: retired key id {id:?} is not 16 hex digits"));
                 }
             }
@@ -594,10 +647,9 @@ pub fn pack(cbor: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(cbor, MANIFEST_LEVEL).unwrap()
 }
 
-/// Decompress the manifest member: exactly one zstd frame, nothing after it, at most `max`
-/// decoded bytes (a frame that would decode to more is cut off there and refused), window ≤ 2^27.
-pub fn unpack(bytes: &[u8], max: u64) -> Result<Vec<u8>, Error> {
-    use std::io::Read;
+/// The decoder of the manifest member: exactly one zstd frame, nothing after it, window at most
+/// 2^[`Limits::max_window_log`]. Bound what it yields with [`crate::scan`].
+fn member_decoder<'a>(bytes: &'a [u8], limits: &Limits) -> Result<impl std::io::Read + 'a, Error> {
     let bad = |what: String| Error::Manifest(format!("manifest member: {what}"));
     match zstd::zstd_safe::find_frame_compressed_size(bytes) {
         Ok(n) if n == bytes.len() => {}
@@ -605,13 +657,21 @@ pub fn unpack(bytes: &[u8], max: u64) -> Result<Vec<u8>, Error> {
         Err(_) => return Err(bad("not a zstd frame".into())),
     }
     let mut d = zstd::stream::read::Decoder::with_buffer(bytes).map_err(|e| bad(e.to_string()))?.single_frame();
-    d.window_log_max(27).map_err(|e| bad(e.to_string()))?;
-    let mut out = Vec::new();
-    d.take(max.saturating_add(1)).read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
-    if out.len() as u64 > max {
-        return Err(Error::TooLarge { what: "decoded manifest".into(), size: out.len() as u64, limit: max });
-    }
-    Ok(out)
+    d.window_log_max(limits.max_window_log).map_err(|e| bad(e.to_string()))?;
+    Ok(d)
+}
+
+/// Decompress the manifest member into its CBOR, checked by the pre-pass ([`crate::scan`]) as
+/// it is decompressed: at most [`Limits::max_manifest_decoded`] bytes are ever decoded, and a
+/// count over its limit stops decompression where its array starts.
+pub fn unpack(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, Error> {
+    crate::scan::read_scanned(member_decoder(bytes, limits)?, declared_size(bytes), limits)
+}
+
+/// The decoded size the member's zstd frame header declares, if it does (the builder's does;
+/// the decoder refuses a frame whose content differs from it).
+fn declared_size(bytes: &[u8]) -> Option<u64> {
+    zstd::zstd_safe::get_frame_content_size(bytes).ok().flatten()
 }
 
 /// Digest of a whole tree: BLAKE3 (derive-key mode, context `ferry tree v1`) over the CBOR
