@@ -290,29 +290,34 @@ impl Manifest {
         Ok(self)
     }
 
-    /// Structural checks that need no filesystem; the apply script is checked by
-    /// [`crate::script::validate`].
+    /// Structural checks that need no filesystem (bundle-format.md §4.5); the apply script is
+    /// checked by [`crate::script::validate`]. In order: counts, hooks, channel and rotation,
+    /// sorted entries and frame sizes, each entry, the tiling of every frame, OLD paths.
     pub fn check(&self, limits: &Limits) -> Result<(), Error> {
-        let err = |s: String| Err(Error::Manifest(s));
+        self.check_counts(limits)?;
+        self.check_hooks_channel_rotation(limits)?;
+        let mut per_frame = self.check_entries(limits)?;
+        self.check_frame_tiling(&mut per_frame)?;
+        for o in &self.old {
+            if !path_within(&o.path, limits) {
+                return Err(Error::Manifest(format!("path {} exceeds length or depth limit", o.path)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The format version, and every count against its limit (the CBOR pre-pass checked them
+    /// before decoding, [`crate::scan`]; the builder, which does not decode, relies on this).
+    fn check_counts(&self, limits: &Limits) -> Result<(), Error> {
         if self.format != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion(self.format.to_string()));
         }
         if self.signers.is_empty() || self.signers.len() > limits.max_signatures {
-            return err(format!("{} signers (1 to {} allowed)", self.signers.len(), limits.max_signatures));
-        }
-        for (what, n) in
-            [("entries", self.entries.len()), ("old entries", self.old.len()), ("script steps", self.script.len())]
-        {
-            if n > limits.max_entries {
-                return Err(Error::TooMany { what: what.into(), count: n as u64, limit: limits.max_entries as u64 });
-            }
-        }
-        if self.frames.len() > limits.max_frames {
-            return Err(Error::TooMany {
-                what: "frames".into(),
-                count: self.frames.len() as u64,
-                limit: limits.max_frames as u64,
-            });
+            return Err(Error::Manifest(format!(
+                "{} signers (1 to {} allowed)",
+                self.signers.len(),
+                limits.max_signatures
+            )));
         }
         let pieces: usize = self
             .entries
@@ -322,29 +327,30 @@ impl Manifest {
                 _ => 0,
             })
             .sum();
-        if pieces > limits.max_pieces {
-            return Err(Error::TooMany {
-                what: "pieces".into(),
-                count: pieces as u64,
-                limit: limits.max_pieces as u64,
-            });
-        }
-        if let Some(r) = &self.rotation {
-            for (what, n) in
-                [("keys added by the rotation", r.add.len()), ("keys retired by the rotation", r.retire.len())]
-            {
-                if n > limits.max_rotation_keys {
-                    return Err(Error::TooMany {
-                        what: what.into(),
-                        count: n as u64,
-                        limit: limits.max_rotation_keys as u64,
-                    });
-                }
+        let rotation = self.rotation.as_ref().map_or((0, 0), |r| (r.add.len(), r.retire.len()));
+        let counts = [
+            ("entries", self.entries.len(), limits.max_entries),
+            ("old entries", self.old.len(), limits.max_entries),
+            ("script steps", self.script.len(), limits.max_entries),
+            ("frames", self.frames.len(), limits.max_frames),
+            ("pieces", pieces, limits.max_pieces),
+            ("keys added by the rotation", rotation.0, limits.max_rotation_keys),
+            ("keys retired by the rotation", rotation.1, limits.max_rotation_keys),
+        ];
+        for (what, count, limit) in counts {
+            if count > limit {
+                return Err(Error::TooMany { what: what.into(), count: count as u64, limit: limit as u64 });
             }
         }
         if self.hooks.len() > limits.max_hooks {
-            return err(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks));
+            return Err(Error::Manifest(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks)));
         }
+        Ok(())
+    }
+
+    /// Hooks, the channel name, and a rotation's keys, ids and threshold.
+    fn check_hooks_channel_rotation(&self, limits: &Limits) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
         for h in &self.hooks {
             if h.glob.len() > limits.max_hook_glob || h.command.len() > limits.max_hook_command || h.timeout_secs == 0 {
                 return err(format!(
@@ -375,14 +381,21 @@ impl Manifest {
                 return err("rotation: threshold must be at least 1".into());
             }
         }
+        Ok(())
+    }
+
+    /// Sorted, unique entries and old entries; frame sizes; then each entry
+    /// ([`Manifest::check_entry`]). Returns the pieces of each frame, for
+    /// [`Manifest::check_frame_tiling`].
+    fn check_entries(&self, limits: &Limits) -> Result<Vec<Vec<FramePiece<'_>>>, Error> {
         for w in self.entries.windows(2) {
             if w[0].path >= w[1].path {
-                return err(format!("entries not sorted or duplicate path {}", w[1].path));
+                return Err(Error::Manifest(format!("entries not sorted or duplicate path {}", w[1].path)));
             }
         }
         for w in self.old.windows(2) {
             if w[0].path >= w[1].path {
-                return err(format!("old entries not sorted or duplicate path {}", w[1].path));
+                return Err(Error::Manifest(format!("old entries not sorted or duplicate path {}", w[1].path)));
             }
         }
         for f in &self.frames {
@@ -397,106 +410,113 @@ impl Manifest {
                 });
             }
         }
-        let depth_ok = |p: &BundlePath| p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth;
-        // Per-frame coverage: pieces of each frame, to check they tile it exactly.
-        // (offset, length, method: 0 zstd, 1 patch, 2 bsdiff, and the delta base window: two
-        // references to one patch frame are one piece only if they name the same base bytes)
-        type Base<'a> = Option<(&'a BundlePath, u64, u64)>;
-        let mut per_frame: Vec<Vec<(u64, u64, u8, Base)>> = vec![Vec::new(); self.frames.len()];
+        let mut per_frame: Vec<Vec<FramePiece>> = vec![Vec::new(); self.frames.len()];
         for e in &self.entries {
-            if !depth_ok(&e.path) {
-                return err(format!("path {} exceeds length or depth limit", e.path));
-            }
-            if e.meta.mode > 0o7777 {
-                return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
-            }
-            match &e.kind {
-                Kind::Symlink { target }
-                    if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) =>
-                {
-                    return err(format!("{}: symlink target empty, too long or with NUL", e.path));
-                }
-                Kind::Hardlink { primary } => match self.entry(primary) {
-                    Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => {}
-                    _ => return err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
-                },
-                Kind::File { size, content, .. } => match content {
-                    Content::Empty if *size != 0 => return err(format!("{}: empty content with size {size}", e.path)),
-                    Content::Pieces(ps) => {
-                        let mut total: u64 = 0;
-                        for p in ps {
-                            let Some(fr) = self.frames.get(p.frame as usize) else {
-                                return err(format!("{}: piece refers to missing frame {}", e.path, p.frame));
-                            };
-                            // A bsdiff piece is the whole output of patching with its frame: offset 0,
-                            // any length up to the decoded-size limit; it tiles its frame alone.
-                            let bsdiff = matches!(p.method, Method::Bsdiff { .. });
-                            let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
-                            let inside =
-                                if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
-                            if !inside || p.len == 0 {
-                                return err(format!("{}: piece outside frame {}", e.path, p.frame));
-                            }
-                            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } =
-                                &p.method
-                            {
-                                match self.old_entry(base) {
-                                    Some(OldEntry { kind: OldKind::File { size, .. }, .. })
-                                        if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
-                                    _ => {
-                                        return err(format!(
-                                            "{}: delta base {} is not an OLD file of that size",
-                                            e.path, base
-                                        ))
-                                    }
-                                }
-                            }
-                            let span = if bsdiff { fr.decoded } else { p.len };
-                            let (kind, base) = match &p.method {
-                                Method::Zstd => (0, None),
-                                Method::Patch { base, offset, len } => (1, Some((base, *offset, *len))),
-                                Method::Bsdiff { base, offset, len } => (2, Some((base, *offset, *len))),
-                            };
-                            per_frame[p.frame as usize].push((p.offset, span, kind, base));
-                            total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
-                        }
-                        if total != *size {
-                            return err(format!("{}: pieces sum to {total}, size is {size}", e.path));
-                        }
-                    }
-                    Content::Copy { from } => match self.old_entry(from) {
-                        Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => {}
-                        _ => return err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
-                    },
-                    Content::Unchanged => match self.old_entry(&e.path) {
-                        None => {}
-                        Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => {}
-                        _ => return err(format!("{}: unchanged content but OLD differs", e.path)),
-                    },
-                    Content::Empty => {}
-                },
-                _ => {}
-            }
+            self.check_entry(e, limits, &mut per_frame)?;
         }
+        Ok(per_frame)
+    }
+
+    /// One entry: path limits, mode, symlink target, hardlink primary, and a file's content
+    /// (pieces are collected into `per_frame`).
+    fn check_entry<'a>(
+        &'a self,
+        e: &'a Entry,
+        limits: &Limits,
+        per_frame: &mut [Vec<FramePiece<'a>>],
+    ) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
+        if !path_within(&e.path, limits) {
+            return err(format!("path {} exceeds length or depth limit", e.path));
+        }
+        if e.meta.mode > 0o7777 {
+            return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
+        }
+        match &e.kind {
+            Kind::Symlink { target }
+                if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) =>
+            {
+                err(format!("{}: symlink target empty, too long or with NUL", e.path))
+            }
+            Kind::Hardlink { primary } => match self.entry(primary) {
+                Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => Ok(()),
+                _ => err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
+            },
+            Kind::File { size, content, .. } => match content {
+                Content::Empty if *size != 0 => err(format!("{}: empty content with size {size}", e.path)),
+                Content::Pieces(ps) => self.check_pieces(e, *size, ps, limits, per_frame),
+                Content::Copy { from } => match self.old_entry(from) {
+                    Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
+                    _ => err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
+                },
+                Content::Unchanged => match self.old_entry(&e.path) {
+                    None => Ok(()),
+                    Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
+                    _ => err(format!("{}: unchanged content but OLD differs", e.path)),
+                },
+                Content::Empty => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The pieces of file `e` of `size` bytes: each inside its frame, its delta base an OLD file
+    /// holding the base window, and their lengths summing to `size`.
+    fn check_pieces<'a>(
+        &'a self,
+        e: &'a Entry,
+        size: u64,
+        ps: &'a [Piece],
+        limits: &Limits,
+        per_frame: &mut [Vec<FramePiece<'a>>],
+    ) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
+        let mut total: u64 = 0;
+        for p in ps {
+            let Some(fr) = self.frames.get(p.frame as usize) else {
+                return err(format!("{}: piece refers to missing frame {}", e.path, p.frame));
+            };
+            // A bsdiff piece is the whole output of patching with its frame: offset 0, any
+            // length up to the decoded-size limit; it tiles its frame alone.
+            let bsdiff = matches!(p.method, Method::Bsdiff { .. });
+            let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
+            let inside = if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
+            if !inside || p.len == 0 {
+                return err(format!("{}: piece outside frame {}", e.path, p.frame));
+            }
+            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
+                match self.old_entry(base) {
+                    Some(OldEntry { kind: OldKind::File { size, .. }, .. })
+                        if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
+                    _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
+                }
+            }
+            let span = if bsdiff { fr.decoded } else { p.len };
+            per_frame[p.frame as usize].push(FramePiece::new(p, span));
+            total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
+        }
+        if total != size {
+            return err(format!("{}: pieces sum to {total}, size is {size}", e.path));
+        }
+        Ok(())
+    }
+
+    /// Per frame, the distinct pieces that use it tile it exactly from 0 to `decoded` (identical
+    /// pieces may be shared: deduplicated content), and a patch or bsdiff frame holds one.
+    fn check_frame_tiling(&self, per_frame: &mut [Vec<FramePiece>]) -> Result<(), Error> {
         for (i, ps) in per_frame.iter_mut().enumerate() {
-            // Identical pieces may be shared (deduplicated content); otherwise pieces tile the
-            // frame exactly, and a patch or bsdiff frame holds one piece.
+            let bad = || Err(Error::Manifest(format!("frame {i}: pieces do not tile the frame")));
             ps.sort_unstable();
             ps.dedup();
             let mut at = 0u64;
-            for &(off, len, kind, _) in ps.iter() {
-                if off != at || (kind != 0 && ps.len() != 1) {
-                    return err(format!("frame {i}: pieces do not tile the frame"));
+            for fp in ps.iter() {
+                if fp.offset != at || (fp.method != MethodKind::Zstd && ps.len() != 1) {
+                    return bad();
                 }
-                at = off + len;
+                at = fp.offset + fp.span;
             }
             if at != self.frames[i].decoded {
-                return err(format!("frame {i}: pieces do not tile the frame"));
-            }
-        }
-        for o in &self.old {
-            if !depth_ok(&o.path) {
-                return err(format!("path {} exceeds length or depth limit", o.path));
+                return bad();
             }
         }
         Ok(())
@@ -587,6 +607,43 @@ impl Manifest {
     /// Bundle id: BLAKE3 of the encoded manifest.
     pub fn id(bytes: &[u8]) -> Hash {
         Hash::of(bytes)
+    }
+}
+
+/// Whether a path is within the configured length and depth (a [`BundlePath`] is always within
+/// the format's own bounds; [`Limits`] may set tighter ones).
+fn path_within(p: &BundlePath, limits: &Limits) -> bool {
+    p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth
+}
+
+/// How a frame is decoded, as far as tiling cares (ordered as the [`Method`] variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum MethodKind {
+    Zstd,
+    Patch,
+    Bsdiff,
+}
+
+/// One piece's claim on its frame, for [`Manifest::check_frame_tiling`]: where it starts, how
+/// much of the frame it spans, the method, and the delta base window (two references to one
+/// patch frame are one piece only if they name the same base bytes). Ordered by these fields in
+/// turn, so sorting puts the pieces in frame order and identical ones side by side.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct FramePiece<'a> {
+    offset: u64,
+    span: u64,
+    method: MethodKind,
+    base: Option<(&'a BundlePath, u64, u64)>,
+}
+
+impl<'a> FramePiece<'a> {
+    fn new(p: &'a Piece, span: u64) -> Self {
+        let (method, base) = match &p.method {
+            Method::Zstd => (MethodKind::Zstd, None),
+            Method::Patch { base, offset, len } => (MethodKind::Patch, Some((base, *offset, *len))),
+            Method::Bsdiff { base, offset, len } => (MethodKind::Bsdiff, Some((base, *offset, *len))),
+        };
+        FramePiece { offset: p.offset, span, method, base }
     }
 }
 
