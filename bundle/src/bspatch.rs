@@ -10,11 +10,14 @@
 //! Everything is bounded: the output never exceeds the declared length, every base range is
 //! checked, and the patch must produce exactly the declared length and end with its last record.
 
-/// Apply `patch` to `base`; the result must be exactly `out_len` bytes (at most `out_len` are
-/// ever allocated). Errors say what is wrong with the patch.
+/// Apply `patch` to `base`; the result must be exactly `out_len` bytes (at most `out_len`, and
+/// at most the patch's length, are ever allocated). Errors say what is wrong with the patch.
 pub fn apply(base: &[u8], patch: &[u8], out_len: u64) -> Result<Vec<u8>, String> {
     let out_len = usize::try_from(out_len).map_err(|_| "declared length too large".to_string())?;
-    let mut out: Vec<u8> = Vec::with_capacity(out_len);
+    // Every output byte comes from a patch byte (an added difference or a copied literal), so
+    // the output never outgrows the patch: a declared length beyond it is not reserved up front
+    // (a 12-byte patch declaring 4 GiB would otherwise allocate 4 GiB before failing).
+    let mut out: Vec<u8> = Vec::with_capacity(out_len.min(patch.len()));
     let mut pos: u64 = 0; // position in the base
     let mut rest = patch;
     while !rest.is_empty() {
@@ -84,5 +87,7 @@ mod tests {
         assert!(apply(base, &record(0, 0, -1, &[]), 0).is_err(), "seek before the start");
         assert!(apply(base, &record(u64::MAX, u64::MAX, 0, &[]), 10).is_err());
         assert_eq!(apply(base, &[], 0), Ok(vec![]));
+        // A huge declared length is refused without reserving it.
+        assert!(apply(base, &record(0, 0, 0, &[]), u64::from(u32::MAX) << 16).is_err());
     }
 }

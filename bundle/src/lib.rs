@@ -9,6 +9,7 @@
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
 //! - [`limits`]: bounds on every untrusted size and count.
+//! - [`scan`]: the bounded pre-pass over the manifest's CBOR, before anything is deserialised.
 //! - [`glob`]: the path-glob language of hooks and config-file marks.
 
 pub mod bspatch;
@@ -19,6 +20,7 @@ pub mod hash;
 pub mod limits;
 pub mod manifest;
 pub mod path;
+pub mod scan;
 pub mod script;
 pub mod sig;
 

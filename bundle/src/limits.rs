@@ -1,11 +1,25 @@
 //! Bounds on every size and count the applier reads from untrusted input, checked before it
-//! allocates. Defaults are documented in bundle-format.md ("Limits").
+//! allocates. Defaults are documented in bundle-format.md §8 ("Limits"); this struct is the one
+//! home of every such bound: the decoders, [`crate::Manifest::check`] and the builder read them
+//! from here.
 
 /// Upper bounds enforced while reading a bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Size of the CBOR manifest member.
+    /// Size of the manifest member as received (the compressed bytes that are signed).
     pub max_manifest_bytes: u64,
+    /// Size of the decoded manifest (the CBOR inside the member's zstd frame), refused while
+    /// decompressing.
+    pub max_manifest_decoded: u64,
+    /// CBOR data items in the decoded manifest (every integer, string, array and map counts one).
+    pub max_manifest_items: u64,
+    /// Nesting levels of the manifest's CBOR (the document itself is level 1).
+    pub max_manifest_depth: usize,
+    /// Bytes of any one text or byte string in the manifest's CBOR: the CBOR pre-pass's memory
+    /// bound ([`crate::scan`]), above every string field's own bound (`max_path_len`,
+    /// `max_symlink_len`, `max_hook_command`, ...), which [`crate::Manifest::check`] and
+    /// [`crate::BundlePath`] check after decoding with messages naming the field.
+    pub max_manifest_string: usize,
     /// Number of signatures (and signers).
     pub max_signatures: usize,
     /// Entries of NEW, expected OLD entries, and apply-script steps, each.
@@ -16,32 +30,52 @@ pub struct Limits {
     pub max_path_depth: usize,
     /// Number of payload frames.
     pub max_frames: usize,
+    /// Pieces of all files together (so also of one file).
+    pub max_pieces: usize,
     /// Compressed size of one frame.
     pub max_frame_bytes: u64,
     /// Decoded size of one frame.
     pub max_frame_decoded: u64,
-    /// zstd window log the decoder accepts (memory per frame is about 2^window_log).
+    /// zstd window log the decoder accepts, for the manifest member and every frame (memory per
+    /// frame is about 2^window_log).
     pub max_window_log: u32,
     /// Bytes in one symlink target.
     pub max_symlink_len: usize,
     /// Number of hooks.
     pub max_hooks: usize,
+    /// Bytes in a hook's glob.
+    pub max_hook_glob: usize,
+    /// Bytes in a hook's command.
+    pub max_hook_command: usize,
+    /// Bytes in the channel name.
+    pub max_channel_len: usize,
+    /// Keys a rotation adds, and key ids it retires, each.
+    pub max_rotation_keys: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_manifest_bytes: 256 << 20,
+            max_manifest_decoded: 256 << 20,
+            max_manifest_items: 64 << 20,
+            max_manifest_depth: 16,
+            max_manifest_string: 64 << 10,
             max_signatures: 16,
             max_entries: 500_000,
-            max_path_len: 4096,
-            max_path_depth: 256,
+            max_path_len: crate::path::MAX_PATH_LEN,
+            max_path_depth: crate::path::MAX_PATH_DEPTH,
             max_frames: 1 << 20,
+            max_pieces: 1 << 21,
             max_frame_bytes: 1 << 30,
             max_frame_decoded: 1 << 30,
             max_window_log: 28,
             max_symlink_len: 4096,
             max_hooks: 64,
+            max_hook_glob: 256,
+            max_hook_command: 4096,
+            max_channel_len: 128,
+            max_rotation_keys: 64,
         }
     }
 }

@@ -264,58 +264,117 @@ impl Manifest {
         out
     }
 
-    /// Decode the manifest member (call only after its signatures verified): decompress it,
-    /// bounded by [`Limits::max_manifest_bytes`], then [`Manifest::from_cbor`].
+    /// Decode the manifest member (call only after its signatures verified), bounded before
+    /// anything is allocated (bundle-format.md §4.6): a first pass decompresses the member
+    /// through the CBOR pre-pass ([`crate::scan`]), which refuses it as soon as a count or size is
+    /// over `limits`, keeping nothing but a digest of the CBOR; a second pass decompresses it
+    /// again straight into `ciborium`. So the CBOR is never held in memory beside the decoded
+    /// manifest, and a document that declares too many items is refused at their array's header.
+    /// Then the canonical encoding and [`Manifest::check`].
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
-        let cbor = unpack(bytes, limits.max_manifest_bytes)?;
-        Manifest::from_cbor(&cbor, limits)
+        let digest = crate::scan::scan_digest(member_decoder(bytes, limits)?, declared_size(bytes), limits)?;
+        let m: Manifest =
+            ciborium::from_reader(member_decoder(bytes, limits)?).map_err(|e| Error::Manifest(e.to_string()))?;
+        m.finish_decode(digest, limits)
     }
 
-    /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5).
+    /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5), after the
+    /// CBOR pre-pass ([`crate::scan::scan`]) has checked every count and size against `limits`.
     pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
+        crate::scan::scan(bytes, limits)?;
         let m: Manifest = ciborium::from_reader(bytes).map_err(|e| Error::Manifest(e.to_string()))?;
-        if m.to_cbor() != bytes {
+        m.finish_decode(Hash::of(bytes), limits)
+    }
+
+    /// The checks after deserialising: the canonical encoding (re-encoding gives the bytes whose
+    /// BLAKE3 is `digest`; hashed, not written out, so no second copy of the CBOR is made), then
+    /// the structural rules.
+    fn finish_decode(self, digest: Hash, limits: &Limits) -> Result<Manifest, Error> {
+        let mut h = blake3::Hasher::new();
+        // Serialising plain data into a hasher cannot fail.
+        #[allow(clippy::unwrap_used)]
+        ciborium::into_writer(&self, &mut h).unwrap();
+        if Hash::from(h.finalize()) != digest {
             return Err(Error::Manifest("not in canonical encoding".into()));
         }
-        m.check(limits)?;
-        Ok(m)
+        self.check(limits)?;
+        Ok(self)
     }
 
-    /// Structural checks that need no filesystem; the apply script is checked by
-    /// [`crate::script::validate`].
+    /// Structural checks that need no filesystem (bundle-format.md §4.5); the apply script is
+    /// checked by [`crate::script::validate`]. In order: counts, hooks, channel and rotation,
+    /// sorted entries and frame sizes, each entry, the tiling of every frame, OLD paths.
     pub fn check(&self, limits: &Limits) -> Result<(), Error> {
-        let err = |s: String| Err(Error::Manifest(s));
+        self.check_counts(limits)?;
+        self.check_hooks_channel_rotation(limits)?;
+        let mut per_frame = self.check_entries(limits)?;
+        self.check_frame_tiling(&mut per_frame)?;
+        for o in &self.old {
+            if !path_within(&o.path, limits) {
+                return Err(Error::Manifest(format!("path {} exceeds length or depth limit", o.path)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The format version, and every count against its limit (the CBOR pre-pass checked them
+    /// before decoding, [`crate::scan`]; the builder, which does not decode, relies on this).
+    fn check_counts(&self, limits: &Limits) -> Result<(), Error> {
         if self.format != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion(self.format.to_string()));
         }
         if self.signers.is_empty() || self.signers.len() > limits.max_signatures {
-            return err(format!("{} signers (1 to {} allowed)", self.signers.len(), limits.max_signatures));
+            return Err(Error::Manifest(format!(
+                "{} signers (1 to {} allowed)",
+                self.signers.len(),
+                limits.max_signatures
+            )));
         }
-        for (what, n) in
-            [("entries", self.entries.len()), ("old entries", self.old.len()), ("script steps", self.script.len())]
-        {
-            if n > limits.max_entries {
-                return Err(Error::TooMany { what: what.into(), count: n as u64, limit: limits.max_entries as u64 });
+        let pieces: usize = self
+            .entries
+            .iter()
+            .map(|e| match &e.kind {
+                Kind::File { content: Content::Pieces(ps), .. } => ps.len(),
+                _ => 0,
+            })
+            .sum();
+        let rotation = self.rotation.as_ref().map_or((0, 0), |r| (r.add.len(), r.retire.len()));
+        let counts = [
+            ("entries", self.entries.len(), limits.max_entries),
+            ("old entries", self.old.len(), limits.max_entries),
+            ("script steps", self.script.len(), limits.max_entries),
+            ("frames", self.frames.len(), limits.max_frames),
+            ("pieces", pieces, limits.max_pieces),
+            ("keys added by the rotation", rotation.0, limits.max_rotation_keys),
+            ("keys retired by the rotation", rotation.1, limits.max_rotation_keys),
+        ];
+        for (what, count, limit) in counts {
+            if count > limit {
+                return Err(Error::TooMany { what: what.into(), count: count as u64, limit: limit as u64 });
             }
-        }
-        if self.frames.len() > limits.max_frames {
-            return Err(Error::TooMany {
-                what: "frames".into(),
-                count: self.frames.len() as u64,
-                limit: limits.max_frames as u64,
-            });
         }
         if self.hooks.len() > limits.max_hooks {
-            return err(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks));
+            return Err(Error::Manifest(format!("{} hooks, limit {}", self.hooks.len(), limits.max_hooks)));
         }
+        Ok(())
+    }
+
+    /// Hooks, the channel name, and a rotation's keys, ids and threshold.
+    fn check_hooks_channel_rotation(&self, limits: &Limits) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
         for h in &self.hooks {
-            if h.glob.len() > 256 || h.command.len() > 4096 || h.timeout_secs == 0 {
-                return err(format!("hook {:?}: glob over 256 bytes, command over 4096 bytes or zero timeout", h.glob));
+            if h.glob.len() > limits.max_hook_glob || h.command.len() > limits.max_hook_command || h.timeout_secs == 0 {
+                return err(format!(
+                    "hook {:?}: glob over {} bytes, command over {} bytes or zero timeout",
+                    h.glob, limits.max_hook_glob, limits.max_hook_command
+                ));
             }
         }
-        if self.channel.is_empty() || self.channel.len() > 128 || self.channel.bytes().any(|b| !(b.is_ascii_graphic()))
+        if self.channel.is_empty()
+            || self.channel.len() > limits.max_channel_len
+            || self.channel.bytes().any(|b| !(b.is_ascii_graphic()))
         {
-            return err("channel must be 1..128 printable ASCII characters".into());
+            return err(format!("channel must be 1..{} printable ASCII characters", limits.max_channel_len));
         }
         if let Some(r) = &self.rotation {
             // Recorded in the target's trust policy after the commit: anything the policy could
@@ -325,7 +384,7 @@ impl Manifest {
                     .map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
             }
             for id in &r.retire {
-                if id.len() != 16 || crate::hash::unhex(id).is_none() {
+                if !crate::sig::is_key_id(id) {
                     return err(format!("rotation: retired key id {id:?} is not 16 hex digits"));
                 }
             }
@@ -333,14 +392,21 @@ impl Manifest {
                 return err("rotation: threshold must be at least 1".into());
             }
         }
+        Ok(())
+    }
+
+    /// Sorted, unique entries and old entries; frame sizes; then each entry
+    /// ([`Manifest::check_entry`]). Returns the pieces of each frame, for
+    /// [`Manifest::check_frame_tiling`].
+    fn check_entries(&self, limits: &Limits) -> Result<Vec<Vec<FramePiece<'_>>>, Error> {
         for w in self.entries.windows(2) {
             if w[0].path >= w[1].path {
-                return err(format!("entries not sorted or duplicate path {}", w[1].path));
+                return Err(Error::Manifest(format!("entries not sorted or duplicate path {}", w[1].path)));
             }
         }
         for w in self.old.windows(2) {
             if w[0].path >= w[1].path {
-                return err(format!("old entries not sorted or duplicate path {}", w[1].path));
+                return Err(Error::Manifest(format!("old entries not sorted or duplicate path {}", w[1].path)));
             }
         }
         for f in &self.frames {
@@ -355,106 +421,113 @@ impl Manifest {
                 });
             }
         }
-        let depth_ok = |p: &BundlePath| p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth;
-        // Per-frame coverage: pieces of each frame, to check they tile it exactly.
-        // (offset, length, method: 0 zstd, 1 patch, 2 bsdiff, and the delta base window: two
-        // references to one patch frame are one piece only if they name the same base bytes)
-        type Base<'a> = Option<(&'a BundlePath, u64, u64)>;
-        let mut per_frame: Vec<Vec<(u64, u64, u8, Base)>> = vec![Vec::new(); self.frames.len()];
+        let mut per_frame: Vec<Vec<FramePiece>> = vec![Vec::new(); self.frames.len()];
         for e in &self.entries {
-            if !depth_ok(&e.path) {
-                return err(format!("path {} exceeds length or depth limit", e.path));
-            }
-            if e.meta.mode > 0o7777 {
-                return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
-            }
-            match &e.kind {
-                Kind::Symlink { target }
-                    if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) =>
-                {
-                    return err(format!("{}: symlink target empty, too long or with NUL", e.path));
-                }
-                Kind::Hardlink { primary } => match self.entry(primary) {
-                    Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => {}
-                    _ => return err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
-                },
-                Kind::File { size, content, .. } => match content {
-                    Content::Empty if *size != 0 => return err(format!("{}: empty content with size {size}", e.path)),
-                    Content::Pieces(ps) => {
-                        let mut total: u64 = 0;
-                        for p in ps {
-                            let Some(fr) = self.frames.get(p.frame as usize) else {
-                                return err(format!("{}: piece refers to missing frame {}", e.path, p.frame));
-                            };
-                            // A bsdiff piece is the whole output of patching with its frame: offset 0,
-                            // any length up to the decoded-size limit; it tiles its frame alone.
-                            let bsdiff = matches!(p.method, Method::Bsdiff { .. });
-                            let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
-                            let inside =
-                                if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
-                            if !inside || p.len == 0 {
-                                return err(format!("{}: piece outside frame {}", e.path, p.frame));
-                            }
-                            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } =
-                                &p.method
-                            {
-                                match self.old_entry(base) {
-                                    Some(OldEntry { kind: OldKind::File { size, .. }, .. })
-                                        if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
-                                    _ => {
-                                        return err(format!(
-                                            "{}: delta base {} is not an OLD file of that size",
-                                            e.path, base
-                                        ))
-                                    }
-                                }
-                            }
-                            let span = if bsdiff { fr.decoded } else { p.len };
-                            let (kind, base) = match &p.method {
-                                Method::Zstd => (0, None),
-                                Method::Patch { base, offset, len } => (1, Some((base, *offset, *len))),
-                                Method::Bsdiff { base, offset, len } => (2, Some((base, *offset, *len))),
-                            };
-                            per_frame[p.frame as usize].push((p.offset, span, kind, base));
-                            total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
-                        }
-                        if total != *size {
-                            return err(format!("{}: pieces sum to {total}, size is {size}", e.path));
-                        }
-                    }
-                    Content::Copy { from } => match self.old_entry(from) {
-                        Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => {}
-                        _ => return err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
-                    },
-                    Content::Unchanged => match self.old_entry(&e.path) {
-                        None => {}
-                        Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => {}
-                        _ => return err(format!("{}: unchanged content but OLD differs", e.path)),
-                    },
-                    Content::Empty => {}
-                },
-                _ => {}
-            }
+            self.check_entry(e, limits, &mut per_frame)?;
         }
+        Ok(per_frame)
+    }
+
+    /// One entry: path limits, mode, symlink target, hardlink primary, and a file's content
+    /// (pieces are collected into `per_frame`).
+    fn check_entry<'a>(
+        &'a self,
+        e: &'a Entry,
+        limits: &Limits,
+        per_frame: &mut [Vec<FramePiece<'a>>],
+    ) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
+        if !path_within(&e.path, limits) {
+            return err(format!("path {} exceeds length or depth limit", e.path));
+        }
+        if e.meta.mode > 0o7777 {
+            return err(format!("{}: mode {:o} has bits outside 07777", e.path, e.meta.mode));
+        }
+        match &e.kind {
+            Kind::Symlink { target }
+                if target.is_empty() || target.len() > limits.max_symlink_len || target.contains(&0) =>
+            {
+                err(format!("{}: symlink target empty, too long or with NUL", e.path))
+            }
+            Kind::Hardlink { primary } => match self.entry(primary) {
+                Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => Ok(()),
+                _ => err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
+            },
+            Kind::File { size, content, .. } => match content {
+                Content::Empty if *size != 0 => err(format!("{}: empty content with size {size}", e.path)),
+                Content::Pieces(ps) => self.check_pieces(e, *size, ps, limits, per_frame),
+                Content::Copy { from } => match self.old_entry(from) {
+                    Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
+                    _ => err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
+                },
+                Content::Unchanged => match self.old_entry(&e.path) {
+                    None => Ok(()),
+                    Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
+                    _ => err(format!("{}: unchanged content but OLD differs", e.path)),
+                },
+                Content::Empty => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The pieces of file `e` of `size` bytes: each inside its frame, its delta base an OLD file
+    /// holding the base window, and their lengths summing to `size`.
+    fn check_pieces<'a>(
+        &'a self,
+        e: &'a Entry,
+        size: u64,
+        ps: &'a [Piece],
+        limits: &Limits,
+        per_frame: &mut [Vec<FramePiece<'a>>],
+    ) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
+        let mut total: u64 = 0;
+        for p in ps {
+            let Some(fr) = self.frames.get(p.frame as usize) else {
+                return err(format!("{}: piece refers to missing frame {}", e.path, p.frame));
+            };
+            // A bsdiff piece is the whole output of patching with its frame: offset 0, any
+            // length up to the decoded-size limit; it tiles its frame alone.
+            let bsdiff = matches!(p.method, Method::Bsdiff { .. });
+            let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
+            let inside = if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
+            if !inside || p.len == 0 {
+                return err(format!("{}: piece outside frame {}", e.path, p.frame));
+            }
+            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
+                match self.old_entry(base) {
+                    Some(OldEntry { kind: OldKind::File { size, .. }, .. })
+                        if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
+                    _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
+                }
+            }
+            let span = if bsdiff { fr.decoded } else { p.len };
+            per_frame[p.frame as usize].push(FramePiece::new(p, span));
+            total = total.checked_add(p.len).ok_or_else(|| Error::Manifest("size overflow".into()))?;
+        }
+        if total != size {
+            return err(format!("{}: pieces sum to {total}, size is {size}", e.path));
+        }
+        Ok(())
+    }
+
+    /// Per frame, the distinct pieces that use it tile it exactly from 0 to `decoded` (identical
+    /// pieces may be shared: deduplicated content), and a patch or bsdiff frame holds one.
+    fn check_frame_tiling(&self, per_frame: &mut [Vec<FramePiece>]) -> Result<(), Error> {
         for (i, ps) in per_frame.iter_mut().enumerate() {
-            // Identical pieces may be shared (deduplicated content); otherwise pieces tile the
-            // frame exactly, and a patch or bsdiff frame holds one piece.
+            let bad = || Err(Error::Manifest(format!("frame {i}: pieces do not tile the frame")));
             ps.sort_unstable();
             ps.dedup();
             let mut at = 0u64;
-            for &(off, len, kind, _) in ps.iter() {
-                if off != at || (kind != 0 && ps.len() != 1) {
-                    return err(format!("frame {i}: pieces do not tile the frame"));
+            for fp in ps.iter() {
+                if fp.offset != at || (fp.method != MethodKind::Zstd && ps.len() != 1) {
+                    return bad();
                 }
-                at = off + len;
+                at = fp.offset + fp.span;
             }
             if at != self.frames[i].decoded {
-                return err(format!("frame {i}: pieces do not tile the frame"));
-            }
-        }
-        for o in &self.old {
-            if !depth_ok(&o.path) {
-                return err(format!("path {} exceeds length or depth limit", o.path));
+                return bad();
             }
         }
         Ok(())
@@ -548,6 +621,43 @@ impl Manifest {
     }
 }
 
+/// Whether a path is within the configured length and depth (a [`BundlePath`] is always within
+/// the format's own bounds; [`Limits`] may set tighter ones).
+fn path_within(p: &BundlePath, limits: &Limits) -> bool {
+    p.as_bytes().len() <= limits.max_path_len && p.depth() <= limits.max_path_depth
+}
+
+/// How a frame is decoded, as far as tiling cares (ordered as the [`Method`] variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum MethodKind {
+    Zstd,
+    Patch,
+    Bsdiff,
+}
+
+/// One piece's claim on its frame, for [`Manifest::check_frame_tiling`]: where it starts, how
+/// much of the frame it spans, the method, and the delta base window (two references to one
+/// patch frame are one piece only if they name the same base bytes). Ordered by these fields in
+/// turn, so sorting puts the pieces in frame order and identical ones side by side.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct FramePiece<'a> {
+    offset: u64,
+    span: u64,
+    method: MethodKind,
+    base: Option<(&'a BundlePath, u64, u64)>,
+}
+
+impl<'a> FramePiece<'a> {
+    fn new(p: &'a Piece, span: u64) -> Self {
+        let (method, base) = match &p.method {
+            Method::Zstd => (MethodKind::Zstd, None),
+            Method::Patch { base, offset, len } => (MethodKind::Patch, Some((base, *offset, *len))),
+            Method::Bsdiff { base, offset, len } => (MethodKind::Bsdiff, Some((base, *offset, *len))),
+        };
+        FramePiece { offset: p.offset, span, method, base }
+    }
+}
+
 impl Kind {
     /// Short type name used in messages and reports.
     pub fn name(&self) -> &'static str {
@@ -605,10 +715,9 @@ pub fn pack(cbor: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(cbor, MANIFEST_LEVEL).unwrap()
 }
 
-/// Decompress the manifest member: exactly one zstd frame, nothing after it, at most `max`
-/// decoded bytes (a frame that would decode to more is cut off there and refused), window ≤ 2^27.
-pub fn unpack(bytes: &[u8], max: u64) -> Result<Vec<u8>, Error> {
-    use std::io::Read;
+/// The decoder of the manifest member: exactly one zstd frame, nothing after it, window at most
+/// 2^[`Limits::max_window_log`]. Bound what it yields with [`crate::scan`].
+fn member_decoder<'a>(bytes: &'a [u8], limits: &Limits) -> Result<impl std::io::Read + 'a, Error> {
     let bad = |what: String| Error::Manifest(format!("manifest member: {what}"));
     match zstd::zstd_safe::find_frame_compressed_size(bytes) {
         Ok(n) if n == bytes.len() => {}
@@ -616,13 +725,21 @@ pub fn unpack(bytes: &[u8], max: u64) -> Result<Vec<u8>, Error> {
         Err(_) => return Err(bad("not a zstd frame".into())),
     }
     let mut d = zstd::stream::read::Decoder::with_buffer(bytes).map_err(|e| bad(e.to_string()))?.single_frame();
-    d.window_log_max(27).map_err(|e| bad(e.to_string()))?;
-    let mut out = Vec::new();
-    d.take(max.saturating_add(1)).read_to_end(&mut out).map_err(|e| bad(e.to_string()))?;
-    if out.len() as u64 > max {
-        return Err(Error::TooLarge { what: "decoded manifest".into(), size: out.len() as u64, limit: max });
-    }
-    Ok(out)
+    d.window_log_max(limits.max_window_log).map_err(|e| bad(e.to_string()))?;
+    Ok(d)
+}
+
+/// Decompress the manifest member into its CBOR, checked by the pre-pass ([`crate::scan`]) as
+/// it is decompressed: at most [`Limits::max_manifest_decoded`] bytes are ever decoded, and a
+/// count over its limit stops decompression where its array starts.
+pub fn unpack(bytes: &[u8], limits: &Limits) -> Result<Vec<u8>, Error> {
+    crate::scan::read_scanned(member_decoder(bytes, limits)?, declared_size(bytes), limits)
+}
+
+/// The decoded size the member's zstd frame header declares, if it does (the builder's does;
+/// the decoder refuses a frame whose content differs from it).
+fn declared_size(bytes: &[u8]) -> Option<u64> {
+    zstd::zstd_safe::get_frame_content_size(bytes).ok().flatten()
 }
 
 /// Digest of a whole tree: BLAKE3 (derive-key mode, context `ferry tree v1`) over the CBOR

@@ -17,6 +17,9 @@ pub const STATE_DIR: &[u8] = b".ferry";
 pub const MAX_PATH_LEN: usize = 4096;
 /// Default bound on path components.
 pub const MAX_PATH_DEPTH: usize = 256;
+/// Bound on one component: Linux's `NAME_MAX`, a format rule rather than a limit (a longer name
+/// cannot exist on the target).
+pub const MAX_NAME_LEN: usize = 255;
 
 /// A validated relative path. Ordering is bytewise, which sorts a parent before its children.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,7 +50,7 @@ impl BundlePath {
                 b"." => return bad("'.' component"),
                 b".." => return bad("'..' component"),
                 _ if i == 0 && c == STATE_DIR => return bad("path under the state directory .ferry"),
-                _ if c.len() > 255 => return bad("path component longer than 255 bytes"),
+                _ if c.len() > MAX_NAME_LEN => return bad("path component longer than 255 bytes"),
                 _ => {}
             }
         }

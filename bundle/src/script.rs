@@ -4,7 +4,7 @@
 //! written, that every step's preconditions are met by the steps before it. Each rule cites what
 //! it prevents at commit time.
 
-use crate::{BundlePath, Content, Entry, Error, Kind, Manifest, OldEntry, OldKind, Op};
+use crate::{BundlePath, Content, Entry, Error, Kind, Manifest, OldEntry, OldKind, Op, Step};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 fn phase(op: Op) -> u8 {
@@ -23,224 +23,297 @@ fn descendants<'a>(old: &'a [OldEntry], p: &BundlePath) -> impl Iterator<Item = 
     old[start..].iter().take_while(move |e| e.path.as_bytes().starts_with(&prefix))
 }
 
-/// Check the script of a structurally valid manifest ([`Manifest::check`] passed).
+/// Check the script of a structurally valid manifest ([`Manifest::check`] passed): the rules of
+/// bundle-format.md §6, in an order that reports, for each step, the earliest rule it breaks.
+/// Every error names the rule (`[§6 rule N]`).
 pub fn validate(m: &Manifest) -> Result<(), Error> {
     let new: BTreeMap<&BundlePath, &Entry> = m.entries.iter().map(|e| (&e.path, e)).collect();
     let old: BTreeMap<&BundlePath, &OldEntry> = m.old.iter().map(|e| (&e.path, e)).collect();
+    rule8_entries_under_directories(m, &new)?;
+    let plan = Plan::new(m, new, old)?;
+    let mut last_phase = 0u8;
+    for (i, s) in m.script.iter().enumerate() {
+        rule1_phases(i, s, &mut last_phase)?;
+        plan.preconditions(i, s)?;
+        plan.rule3_parents_first(i, s)?;
+        plan.rule4_symlinks_after_targets(i, s)?;
+        plan.rule5_hardlinks_after_primary(i, s)?;
+        plan.rule6_children_deleted_first(i, s)?;
+    }
+    plan.rule6_symlinks_deleted_before_targets()?;
+    plan.rule9_complete()?;
+    rule10_sparse_entries(m)
+}
 
-    // Structural: every NEW entry's parent is a NEW directory (a path can't live under a file or
-    // a symlink, so no step can ever write through a symlink the bundle creates).
+/// A step error naming its rule.
+fn script_error(i: usize, s: &Step, rule: u8, why: String) -> Error {
+    Error::Script { step: i, path: s.path.clone(), why: format!("{why} [§6 rule {rule}]") }
+}
+
+/// A manifest error naming its rule.
+fn manifest_error(rule: u8, why: String) -> Error {
+    Error::Manifest(format!("{why} [§6 rule {rule}]"))
+}
+
+/// Rule 8: every NEW entry's parent is a NEW directory (a path can't live under a file or a
+/// symlink, so no step can ever write through a symlink the bundle creates).
+fn rule8_entries_under_directories(m: &Manifest, new: &BTreeMap<&BundlePath, &Entry>) -> Result<(), Error> {
     for e in &m.entries {
         if let Some(p) = e.path.parent() {
             if !matches!(new.get(&p).map(|x| &x.kind), Some(Kind::Dir)) {
-                return Err(Error::Manifest(format!("{}: parent {} is not a directory of NEW", e.path, p)));
+                return Err(manifest_error(8, format!("{}: parent {} is not a directory of NEW", e.path, p)));
             }
         }
     }
+    Ok(())
+}
 
-    // Where each path is created (Mkdir/Place) and deleted.
-    let mut created: HashMap<&BundlePath, usize> = HashMap::new();
-    let mut deleted: HashMap<&BundlePath, usize> = HashMap::new();
-    let mut seen: BTreeSet<(&BundlePath, u8)> = BTreeSet::new();
-    for (i, s) in m.script.iter().enumerate() {
-        let ph = phase(s.op);
-        if !seen.insert((&s.path, if ph == 2 { 2 } else { 0 })) {
-            return Err(Error::Script { step: i, path: s.path.clone(), why: "path has more than one step".into() });
-        }
-        match s.op {
-            Op::Mkdir | Op::Place => {
-                created.insert(&s.path, i);
-            }
-            Op::Delete => {
-                deleted.insert(&s.path, i);
-            }
-            _ => {}
+/// Rule 1: creations, then deletions, then directory metadata.
+fn rule1_phases(i: usize, s: &Step, last_phase: &mut u8) -> Result<(), Error> {
+    let ph = phase(s.op);
+    if ph < *last_phase {
+        let why = "steps out of phase order (creations, then deletions, then directory metadata)";
+        return Err(script_error(i, s, 1, why.into()));
+    }
+    *last_phase = ph;
+    Ok(())
+}
+
+/// Rule 10: every listed entry is one §4.2 requires; unchanged entries are not listed.
+fn rule10_sparse_entries(m: &Manifest) -> Result<(), Error> {
+    for (e, need) in m.entries.iter().zip(m.required_entries()) {
+        if !need {
+            return Err(manifest_error(
+                10,
+                format!(
+                    "{}: listed in entries, but it has no step, no OLD entry and is not needed by a listed \
+                     entry (unchanged entries are not listed)",
+                    e.path
+                ),
+            ));
         }
     }
-    // Paths removed implicitly: OLD descendants of an OLD directory that a Place exchanges away.
-    let exchanged: Vec<&BundlePath> = m
-        .script
-        .iter()
-        .filter(|s| s.op == Op::Place && matches!(old.get(&s.path).map(|o| &o.kind), Some(OldKind::Dir)))
-        .map(|s| &s.path)
-        .collect();
-    let under_exchanged = |p: &BundlePath| exchanged.iter().any(|x| p.is_under(x));
+    Ok(())
+}
 
-    let mut last_phase = 0u8;
-    for (i, s) in m.script.iter().enumerate() {
-        let bad = |why: String| Err(Error::Script { step: i, path: s.path.clone(), why });
-        let ph = phase(s.op);
-        if ph < last_phase {
-            return bad("steps out of phase order (creations, then deletions, then directory metadata)".into());
+/// The script indexed: where each path is created (`Mkdir`/`Place`) and deleted, and the OLD
+/// directories a `Place` exchanges away.
+struct Plan<'a> {
+    m: &'a Manifest,
+    new: BTreeMap<&'a BundlePath, &'a Entry>,
+    old: BTreeMap<&'a BundlePath, &'a OldEntry>,
+    created: HashMap<&'a BundlePath, usize>,
+    deleted: HashMap<&'a BundlePath, usize>,
+    /// OLD directories replaced by a non-directory: their OLD descendants leave with them.
+    exchanged: Vec<&'a BundlePath>,
+}
+
+impl<'a> Plan<'a> {
+    /// Index the script, checking rule 2: a path has at most one step of the first two phases
+    /// and at most one `DirMeta`.
+    fn new(
+        m: &'a Manifest,
+        new: BTreeMap<&'a BundlePath, &'a Entry>,
+        old: BTreeMap<&'a BundlePath, &'a OldEntry>,
+    ) -> Result<Self, Error> {
+        let mut created = HashMap::new();
+        let mut deleted = HashMap::new();
+        let mut seen: BTreeSet<(&BundlePath, u8)> = BTreeSet::new();
+        for (i, s) in m.script.iter().enumerate() {
+            let ph = phase(s.op);
+            if !seen.insert((&s.path, if ph == 2 { 2 } else { 0 })) {
+                return Err(script_error(i, s, 2, "path has more than one step".into()));
+            }
+            match s.op {
+                Op::Mkdir | Op::Place => {
+                    created.insert(&s.path, i);
+                }
+                Op::Delete => {
+                    deleted.insert(&s.path, i);
+                }
+                _ => {}
+            }
         }
-        last_phase = ph;
-        let n = new.get(&s.path).copied();
-        let o = old.get(&s.path).copied();
-        // Entries are sparse, but every path a step creates or changes is listed: an unlisted
-        // path is by definition identical in OLD and NEW.
+        let exchanged = m
+            .script
+            .iter()
+            .filter(|s| s.op == Op::Place && matches!(old.get(&s.path).map(|o| &o.kind), Some(OldKind::Dir)))
+            .map(|s| &s.path)
+            .collect();
+        Ok(Plan { m, new, old, created, deleted, exchanged })
+    }
+
+    fn under_exchanged(&self, p: &BundlePath) -> bool {
+        self.exchanged.iter().any(|x| p.is_under(x))
+    }
+
+    /// The precondition of each op (the table of §6), with the parts of rules 7 and 9 that are
+    /// about one step: a step other than `Delete` is on a listed path (rule 9: an unlisted path
+    /// is identical in OLD and NEW); a `Place` of a directory is a type change, and nothing
+    /// inside a replaced directory is deleted on its own (rule 7).
+    fn preconditions(&self, i: usize, s: &Step) -> Result<(), Error> {
+        let bad = |rule: u8, why: &str| Err(script_error(i, s, rule, why.into()));
+        let n = self.new.get(&s.path).map(|e| &e.kind);
+        let o = self.old.get(&s.path).map(|o| &o.kind);
         if s.op != Op::Delete && n.is_none() {
-            return bad(format!("{:?} of a path that is not in NEW (not listed in entries)", s.op));
+            let why = format!("{:?} of a path that is not in NEW (not listed in entries)", s.op);
+            return Err(script_error(i, s, 9, why));
         }
-        // A path created by this step needs its parent to exist as a directory already: either
-        // untouched (the applier checks it is a real directory) or created by an earlier step.
-        let parent_ready = |i: usize| -> Result<(), Error> {
-            if let Some(p) = s.path.parent() {
-                if let Some(&j) = created.get(&p) {
-                    if j > i {
-                        return Err(Error::Script {
-                            step: i,
-                            path: s.path.clone(),
-                            why: format!("parent {p} is created later, at step {j}"),
-                        });
-                    }
-                }
-            }
-            Ok(())
-        };
         match s.op {
-            Op::Mkdir => {
-                if !matches!(n.map(|e| &e.kind), Some(Kind::Dir)) || o.is_some() {
-                    return bad("mkdir of a path that is not a new directory".into());
-                }
-                parent_ready(i)?;
+            Op::Mkdir if !matches!(n, Some(Kind::Dir)) || o.is_some() => {
+                bad(3, "mkdir of a path that is not a new directory")
             }
-            Op::Place => {
-                let Some(n) = n else { return bad("place of a path that is not in NEW".into()) };
-                match (&n.kind, o.map(|o| &o.kind)) {
-                    (Kind::Dir, None | Some(OldKind::Dir)) => {
-                        return bad("place of a directory that is not a type change (use mkdir)".into())
-                    }
-                    (Kind::File { content: Content::Unchanged, .. }, _) => {
-                        return bad("place of a file with unchanged content".into())
-                    }
-                    _ => {}
+            Op::Place => match (n, o) {
+                (Some(Kind::Dir), None | Some(OldKind::Dir)) => {
+                    bad(7, "place of a directory that is not a type change (use mkdir)")
                 }
-                parent_ready(i)?;
-                if let Kind::Symlink { target } = &n.kind {
-                    // A symlink is placed only after its target (and the target's directories)
-                    // exist in their new form: no symlink dangles mid-commit unless in OLD or NEW.
-                    if let Some(t) = s.path.resolve_link(target) {
-                        for a in t.ancestors().iter().chain(std::iter::once(&t)) {
-                            if let Some(&j) = created.get(a) {
-                                if j > i {
-                                    return bad(format!("symlink placed before its target {a} (step {j})"));
-                                }
-                            }
-                        }
-                    }
+                (Some(Kind::File { content: Content::Unchanged, .. }), _) => {
+                    bad(9, "place of a file with unchanged content")
                 }
-                if let Kind::Hardlink { primary } = &n.kind {
-                    match created.get(primary) {
-                        Some(&j) if j < i => {}
-                        _ => return bad(format!("hardlink placed before its source {primary}")),
-                    }
-                }
-            }
-            Op::SetMeta => match (n.map(|e| &e.kind), o.map(|o| &o.kind)) {
+                _ => Ok(()),
+            },
+            Op::SetMeta => match (n, o) {
                 (Some(Kind::File { content: Content::Unchanged, .. }), Some(OldKind::File { .. }))
                 | (Some(Kind::Symlink { .. }), Some(OldKind::Symlink { .. }))
                 | (Some(Kind::Fifo), Some(OldKind::Fifo))
                 | (Some(Kind::CharDev { .. }), Some(OldKind::CharDev { .. }))
-                | (Some(Kind::BlockDev { .. }), Some(OldKind::BlockDev { .. })) => {}
-                _ => {
-                    return bad("setmeta needs the same non-directory type in OLD and NEW with unchanged content".into())
-                }
+                | (Some(Kind::BlockDev { .. }), Some(OldKind::BlockDev { .. })) => Ok(()),
+                _ => bad(9, "setmeta needs the same non-directory type in OLD and NEW with unchanged content"),
             },
-            Op::Delete => {
-                if n.is_some() || o.is_none() {
-                    return bad("delete of a path that is in NEW or not in OLD".into());
-                }
-                if under_exchanged(&s.path) {
-                    return bad("delete of a path inside a directory that is replaced".into());
-                }
-                // Children before parents: an OLD descendant still present would be lost.
-                for c in descendants(&m.old, &s.path) {
-                    match deleted.get(&c.path) {
-                        Some(&j) if j < i => {}
-                        _ => return bad(format!("directory deleted before its child {}", c.path)),
-                    }
-                }
+            Op::Delete if n.is_some() || o.is_none() => bad(9, "delete of a path that is in NEW or not in OLD"),
+            Op::Delete if self.under_exchanged(&s.path) => {
+                bad(7, "delete of a path inside a directory that is replaced")
             }
-            Op::DirMeta => {
-                if !matches!(n.map(|e| &e.kind), Some(Kind::Dir)) {
-                    return bad("dirmeta of a path that is not a NEW directory".into());
-                }
-            }
+            Op::DirMeta if !matches!(n, Some(Kind::Dir)) => bad(1, "dirmeta of a path that is not a NEW directory"),
+            _ => Ok(()),
         }
     }
 
-    // Symlinks before the files they point to: a deleted OLD symlink goes before its deleted target.
-    for (p, &i) in &deleted {
-        if let Some(OldEntry { kind: OldKind::Symlink { target }, .. }) = old.get(p) {
-            if let Some(t) = p.resolve_link(target) {
-                for a in t.ancestors().iter().chain(std::iter::once(&t)) {
-                    if let Some(&j) = deleted.get(a) {
-                        if j < i {
-                            return Err(Error::Script {
-                                step: i,
-                                path: (*p).clone(),
-                                why: format!("symlink deleted after its target {a}"),
-                            });
-                        }
+    /// Rule 3: a path created by this step needs its parent to exist as a directory already:
+    /// untouched (the applier checks it is a real directory) or created by an earlier step.
+    fn rule3_parents_first(&self, i: usize, s: &Step) -> Result<(), Error> {
+        if !matches!(s.op, Op::Mkdir | Op::Place) {
+            return Ok(());
+        }
+        if let Some(p) = s.path.parent() {
+            if let Some(&j) = self.created.get(&p) {
+                if j > i {
+                    return Err(script_error(i, s, 3, format!("parent {p} is created later, at step {j}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rule 4: a symlink is placed only after its target (and the target's directories) exist in
+    /// their new form: no symlink dangles mid-commit unless in OLD or NEW.
+    fn rule4_symlinks_after_targets(&self, i: usize, s: &Step) -> Result<(), Error> {
+        let Some(Kind::Symlink { target }) = self.new.get(&s.path).map(|e| &e.kind) else { return Ok(()) };
+        if s.op != Op::Place {
+            return Ok(());
+        }
+        if let Some(t) = s.path.resolve_link(target) {
+            for a in t.ancestors().iter().chain(std::iter::once(&t)) {
+                if let Some(&j) = self.created.get(a) {
+                    if j > i {
+                        return Err(script_error(i, s, 4, format!("symlink placed before its target {a} (step {j})")));
                     }
                 }
             }
         }
+        Ok(())
     }
 
-    // Completeness: everything NEW needs is created, every OLD path not in NEW is removed.
-    // Only listed entries can be checked; an unlisted NEW path is identical in OLD (§4.2).
-    for e in &m.entries {
-        // Unchanged entries are not listed in OLD, so only file content tells what must be staged.
-        let needs = matches!(&e.kind, Kind::File { content, .. } if !matches!(content, Content::Unchanged));
-        let o = old.get(&e.path);
-        let type_change = o.is_some_and(|o| matches!((&e.kind, &o.kind), (Kind::Dir, k) if !matches!(k, OldKind::Dir)));
-        if (needs || type_change) && !created.contains_key(&e.path) {
-            return Err(Error::Manifest(format!("{}: NEW entry is never placed", e.path)));
+    /// Rule 5 (order): the `Place` of a hardlink comes after its primary's.
+    fn rule5_hardlinks_after_primary(&self, i: usize, s: &Step) -> Result<(), Error> {
+        let Some(Kind::Hardlink { primary }) = self.new.get(&s.path).map(|e| &e.kind) else { return Ok(()) };
+        if s.op != Op::Place {
+            return Ok(());
         }
-        if let Kind::Hardlink { primary } = &e.kind {
-            if created.contains_key(primary) != created.contains_key(&e.path) {
-                return Err(Error::Manifest(format!("{}: hardlink group placed only in part", e.path)));
-            }
-        }
-        // A directory the script creates is new (or replaces a non-directory): nothing under it
-        // exists in OLD, so every NEW entry under it is created too.
-        if let Some(p) = e.path.parent() {
-            if created.contains_key(&p) && !created.contains_key(&e.path) {
-                return Err(Error::Manifest(format!(
-                    "{}: NEW entry under the created directory {p} is never created",
-                    e.path
-                )));
-            }
+        match self.created.get(primary) {
+            Some(&j) if j < i => Ok(()),
+            _ => Err(script_error(i, s, 5, format!("hardlink placed before its source {primary}"))),
         }
     }
-    for o in &m.old {
-        if !new.contains_key(&o.path) && !deleted.contains_key(&o.path) && !under_exchanged(&o.path) {
-            return Err(Error::Manifest(format!(
-                "{}: OLD entry not in NEW (not listed in entries) is never deleted",
-                o.path
-            )));
+
+    /// Rule 6 (directories): a deleted directory's OLD descendants are deleted earlier; one still
+    /// present would be lost.
+    fn rule6_children_deleted_first(&self, i: usize, s: &Step) -> Result<(), Error> {
+        if s.op != Op::Delete {
+            return Ok(());
         }
-        if let Some(n) = new.get(&o.path) {
-            if n.kind.name() != o.kind.name()
-                && !(matches!(n.kind, Kind::Hardlink { .. }) && o.kind.name() == "file")
-                && !created.contains_key(&o.path)
+        for c in descendants(&self.m.old, &s.path) {
+            match self.deleted.get(&c.path) {
+                Some(&j) if j < i => {}
+                _ => return Err(script_error(i, s, 6, format!("directory deleted before its child {}", c.path))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rule 6 (symlinks): a deleted OLD symlink goes before its deleted target.
+    fn rule6_symlinks_deleted_before_targets(&self) -> Result<(), Error> {
+        for (p, &i) in &self.deleted {
+            let Some(OldEntry { kind: OldKind::Symlink { target }, .. }) = self.old.get(p) else { continue };
+            let Some(t) = p.resolve_link(target) else { continue };
+            for a in t.ancestors().iter().chain(std::iter::once(&t)) {
+                if let Some(&j) = self.deleted.get(a) {
+                    if j < i {
+                        let why = format!("symlink deleted after its target {a} [§6 rule 6]");
+                        return Err(Error::Script { step: i, path: (*p).clone(), why });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rule 9, completeness over what is listed (an unlisted NEW path is identical in OLD, §4.2),
+    /// with rule 5's "a hardlink group is placed whole" and rule 7's "a type change is placed":
+    /// everything NEW needs is created, every OLD path not in NEW is removed.
+    fn rule9_complete(&self) -> Result<(), Error> {
+        let created = |p: &BundlePath| self.created.contains_key(p);
+        for e in &self.m.entries {
+            // Unchanged entries are not listed in OLD, so only file content tells what must be staged.
+            let needs = matches!(&e.kind, Kind::File { content, .. } if !matches!(content, Content::Unchanged));
+            let type_change = self
+                .old
+                .get(&e.path)
+                .is_some_and(|o| matches!((&e.kind, &o.kind), (Kind::Dir, k) if !matches!(k, OldKind::Dir)));
+            if (needs || type_change) && !created(&e.path) {
+                return Err(manifest_error(9, format!("{}: NEW entry is never placed", e.path)));
+            }
+            if let Kind::Hardlink { primary } = &e.kind {
+                if created(primary) != created(&e.path) {
+                    return Err(manifest_error(5, format!("{}: hardlink group placed only in part", e.path)));
+                }
+            }
+            // A directory the script creates is new (or replaces a non-directory): nothing under
+            // it exists in OLD, so every NEW entry under it is created too.
+            if let Some(p) = e.path.parent() {
+                if created(&p) && !created(&e.path) {
+                    let why = format!("{}: NEW entry under the created directory {p} is never created", e.path);
+                    return Err(manifest_error(9, why));
+                }
+            }
+        }
+        for o in &self.m.old {
+            if !self.new.contains_key(&o.path) && !self.deleted.contains_key(&o.path) && !self.under_exchanged(&o.path)
             {
-                return Err(Error::Manifest(format!("{}: type changes but the path is never placed", o.path)));
+                let why = format!("{}: OLD entry not in NEW (not listed in entries) is never deleted", o.path);
+                return Err(manifest_error(9, why));
+            }
+            if let Some(n) = self.new.get(&o.path) {
+                if n.kind.name() != o.kind.name()
+                    && !(matches!(n.kind, Kind::Hardlink { .. }) && o.kind.name() == "file")
+                    && !created(&o.path)
+                {
+                    return Err(manifest_error(7, format!("{}: type changes but the path is never placed", o.path)));
+                }
             }
         }
+        Ok(())
     }
-    // Sparse entries (§4.2): the manifest lists exactly the entries the bundle needs.
-    for (e, need) in m.entries.iter().zip(m.required_entries()) {
-        if !need {
-            return Err(Error::Manifest(format!(
-                "{}: listed in entries, but it has no step, no OLD entry and is not needed by a listed \
-                 entry (unchanged entries are not listed)",
-                e.path
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -412,5 +485,46 @@ mod tests {
             vec![step(Op::Mkdir, "n"), step(Op::DirMeta, "n")],
         );
         refused(&m, "n/x: NEW entry under the created directory n is never created");
+    }
+
+    /// One script per rule of bundle-format.md §6 that breaks that rule alone; each is refused
+    /// with an error naming it.
+    #[test]
+    fn each_rule_is_refused_by_name() {
+        let empty = |s: &str| file(s, Content::Empty, false);
+        let symlink =
+            |s: &str, t: &str| Entry { path: p(s), meta: meta(0o777), kind: Kind::Symlink { target: t.into() } };
+        let cases: Vec<(u8, Manifest)> = vec![
+            (1, manifest(vec![empty("a")], vec![old_file("b")], vec![step(Op::Delete, "b"), step(Op::Place, "a")])),
+            (2, manifest(vec![empty("a")], vec![], vec![step(Op::Place, "a"), step(Op::Place, "a")])),
+            (
+                3,
+                manifest(
+                    vec![dir("d"), empty("d/f")],
+                    vec![],
+                    vec![step(Op::Place, "d/f"), step(Op::Mkdir, "d"), step(Op::DirMeta, "d")],
+                ),
+            ),
+            (
+                4,
+                manifest(vec![symlink("s", "t"), empty("t")], vec![], vec![step(Op::Place, "s"), step(Op::Place, "t")]),
+            ),
+            (5, manifest(vec![empty("a"), link("b", "a")], vec![], vec![step(Op::Place, "b"), step(Op::Place, "a")])),
+            (
+                6,
+                manifest(
+                    vec![],
+                    vec![old_dir("d"), old_file("d/f")],
+                    vec![step(Op::Delete, "d"), step(Op::Delete, "d/f")],
+                ),
+            ),
+            (7, manifest(vec![dir("d")], vec![old_dir("d")], vec![step(Op::Place, "d")])),
+            (8, manifest(vec![empty("a"), empty("a/b")], vec![], vec![step(Op::Place, "a"), step(Op::Place, "a/b")])),
+            (9, manifest(vec![empty("a")], vec![], vec![])),
+            (10, manifest(vec![file("a", Content::Unchanged, false)], vec![], vec![])),
+        ];
+        for (rule, m) in cases {
+            refused(&m, &format!("[§6 rule {rule}]"));
+        }
     }
 }

@@ -20,6 +20,12 @@ pub fn key_id(public: &[u8; 32]) -> String {
     hex(&h[..8])
 }
 
+/// Whether `s` has the form of a key id: 16 hex digits (8 bytes; either case, a trust policy
+/// compares them in lower case).
+pub fn is_key_id(s: &str) -> bool {
+    s.len() == 16 && unhex(s).is_some()
+}
+
 /// A public key with its id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublicKey {
@@ -183,9 +189,7 @@ impl TrustPolicy {
                         k.parse().ok().filter(|&k| k >= 1).ok_or_else(|| bad("threshold must be a number >= 1"))?
                 }
                 // Key ids are compared in lower case: `retire 0123ABCD...` must not be silently ineffective.
-                (Some("retire"), Some(id), None) if id.len() == 16 && unhex(id).is_some() => {
-                    self.retired.push(id.to_ascii_lowercase())
-                }
+                (Some("retire"), Some(id), None) if is_key_id(id) => self.retired.push(id.to_ascii_lowercase()),
                 _ => return Err(bad("expected 'threshold N' or 'retire <16 hex digit key id>'")),
             }
         }

@@ -1283,3 +1283,75 @@ fn sparse_entries_must_be_consistent() {
     assert_eq!(fs::read(env.target.join("file")).expect("source"), FILE);
     assert_eq!(fs::read(env.target.join("dir/file")).expect("untouched"), DIR_FILE);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Manifest memory bombs (bundle-format.md §4.6, §8): counts are bounded while decoding.
+
+/// A manifest member of a few KB whose CBOR declares `n` `Place` steps of the one-byte path `a`
+/// (17 bytes each): the CBOR is compressed as it is generated, so the test never holds it.
+fn steps_bomb(key: &SecretKey, n: u32) -> Vec<u8> {
+    use std::io::Write;
+    let mut m = forge::empty(1);
+    m.script = vec![forge::step(Op::Place, "a")];
+    let enc = forge::with_signers(&m, &[key]).to_cbor();
+    let mut one = Vec::new();
+    ciborium::into_writer(&m.script[0], &mut one).expect("encode step");
+    let mut key_and_one = b"\x66script\x81".to_vec();
+    key_and_one.extend_from_slice(&one);
+    let at = enc.windows(key_and_one.len()).position(|w| w == key_and_one).expect("script in the encoding");
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd");
+    z.write_all(&enc[..at]).expect("zstd");
+    z.write_all(b"\x66script\x9a").expect("zstd");
+    z.write_all(&n.to_be_bytes()).expect("zstd");
+    let chunk = one.repeat(4096);
+    for _ in 0..n / 4096 {
+        z.write_all(&chunk).expect("zstd");
+    }
+    for _ in 0..n % 4096 {
+        z.write_all(&one).expect("zstd");
+    }
+    z.write_all(&enc[at + key_and_one.len()..]).expect("zstd");
+    z.finish().expect("zstd")
+}
+
+/// `ferry-apply ARGS` under an address-space limit of `mib` MiB (`ulimit -v`): an allocation
+/// beyond it aborts the process instead of succeeding.
+fn run_limited(mib: u64, args: &[&std::ffi::OsStr]) -> Run {
+    let bin = apply_cmd();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", mib * 1024)).arg(bin.get_program()).args(args);
+    for (k, v) in bin.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let t = Instant::now();
+    let o = cmd.output().expect("spawn sh");
+    Run { code: o.status.code(), stderr: String::from_utf8_lossy(&o.stderr).into_owned(), took: t.elapsed() }
+}
+
+/// 15.7 million steps, 267 MB of CBOR in a member of about 27 KB, signed by a key nobody trusts:
+/// `inspect` decodes such a manifest (it checks no trust), and used to peak at 1.5 GB doing it.
+/// The array header of the steps is refused before they are decompressed.
+#[test]
+fn manifest_with_millions_of_steps_is_refused_while_decoding() {
+    let env = Env::new();
+    let stranger = forge::secret(9);
+    let n = 15_700_000;
+    let mb = steps_bomb(&stranger, n);
+    eprintln!("manifest member: {} bytes for {} steps", mb.len(), n);
+    assert!(mb.len() < 64 * 1024, "bomb is {} bytes", mb.len());
+    let needle = format!("manifest has {n} script steps, over the limit of 500000");
+
+    forge::write_raw(&env.bundle, &mb, &[&stranger], &[]);
+    let r = run_limited(256, &["inspect".as_ref(), env.bundle.as_os_str()]);
+    eprintln!("inspect refused in {:?}: {}", r.took, r.stderr.trim());
+    check_refusal(&r, 3, &[&needle]);
+    assert!(r.took < Duration::from_secs(10), "inspect took {:?}", r.took);
+
+    // Signed by the trusted key, `apply` gets as far as decoding and refuses it the same way.
+    forge::write_raw(&env.bundle, &steps_bomb(&env.key, n), &[&env.key], &[]);
+    let r = env.refused(3, &[&needle]);
+    assert!(r.took < Duration::from_secs(10), "apply took {:?}", r.took);
+}
