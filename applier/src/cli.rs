@@ -55,7 +55,8 @@ pub struct ApplyArgs {
     /// Apply a bundle even if it has expired.
     #[arg(long)]
     pub allow_expired: bool,
-    /// Most entries a manifest may have.
+    /// Most entries a manifest may have (above the default, the bounds on the manifest's bytes
+    /// and CBOR items are raised in proportion).
     #[arg(long, default_value_t = Limits::default().max_entries)]
     pub max_entries: usize,
     /// Apply even where the target is on a network or FUSE filesystem (NFS, SMB/CIFS, FUSE,
@@ -209,7 +210,7 @@ impl TargetArgs {
             o.no_hooks = a.no_hooks;
             o.allow_expired = a.allow_expired;
             o.allow_network_fs = a.allow_network_fs;
-            o.limits.max_entries = a.max_entries;
+            o.limits = bundle::Limits::with_max_entries(a.max_entries);
         }
         o
     }

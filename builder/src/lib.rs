@@ -618,13 +618,16 @@ fn seal_and_write(
     manifest.check(&Limits::default()).map_err(Error::Invalid)?;
     bundle::script::validate(manifest).map_err(Error::Invalid)?;
     let mbytes = manifest.encode();
-    let limit = Limits::default().max_manifest_bytes;
-    if mbytes.len() as u64 > limit {
-        return Err(Error::Invalid(bundle::Error::TooLarge {
-            what: "manifest".into(),
-            size: mbytes.len() as u64,
-            limit,
-        }));
+    let limits = Limits::default();
+    // The applier bounds both the member and the CBOR inside it (bundle-format.md §8).
+    let cbor_len = manifest.to_cbor().len() as u64;
+    for (what, size, limit) in [
+        ("manifest", mbytes.len() as u64, limits.max_manifest_bytes),
+        ("decoded manifest", cbor_len, limits.max_manifest_decoded),
+    ] {
+        if size > limit {
+            return Err(Error::Invalid(bundle::Error::TooLarge { what: what.into(), size, limit }));
+        }
     }
     let sigs: Vec<bundle::sig::SignatureEntry> =
         secrets.iter().map(|k| (k.public().bytes, k.sign_manifest(&mbytes))).collect();

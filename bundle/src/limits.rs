@@ -79,3 +79,36 @@ impl Default for Limits {
         }
     }
 }
+
+impl Limits {
+    /// The default limits, with `max_entries` set to `n` and the bounds on the manifest's size
+    /// that go with a count (its member, decoded bytes and CBOR items) raised in proportion when
+    /// `n` is above the default, so that a larger legal manifest is not refused by its bytes.
+    pub fn with_max_entries(n: usize) -> Limits {
+        let d = Limits::default();
+        let scale = (n as u64).div_ceil(d.max_entries as u64).max(1);
+        Limits {
+            max_entries: n,
+            max_manifest_bytes: d.max_manifest_bytes.saturating_mul(scale),
+            max_manifest_decoded: d.max_manifest_decoded.saturating_mul(scale),
+            max_manifest_items: d.max_manifest_items.saturating_mul(scale),
+            max_pieces: d.max_pieces.saturating_mul(scale as usize),
+            ..d
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_entries_scales_the_manifest_bounds() {
+        assert_eq!(Limits::with_max_entries(500_000), Limits::default());
+        let small = Limits::with_max_entries(1000);
+        assert_eq!((small.max_entries, small.max_manifest_decoded), (1000, Limits::default().max_manifest_decoded));
+        let big = Limits::with_max_entries(1_200_000);
+        assert_eq!(big.max_manifest_decoded, 3 * Limits::default().max_manifest_decoded);
+        assert_eq!(big.max_manifest_items, 3 * Limits::default().max_manifest_items);
+    }
+}
