@@ -151,7 +151,24 @@ impl Dir {
         };
         // The operator's path may go through symlinks (`/var/run -> /run`); what is checked is
         // the real directory chain, opened component by component without following any.
-        let real = std::fs::canonicalize(parent).ctx("resolve", parent.display())?;
+        // Missing parents (`/var/lib/ferry` of `/var/lib/ferry/app`) are created, 0755, once the
+        // existing ones passed (only with `create`).
+        let mut existing = parent.to_path_buf();
+        let mut missing = Vec::new();
+        while !existing.exists() && create {
+            match (existing.parent(), existing.file_name()) {
+                (Some(p), Some(n)) => {
+                    missing.push(n.to_os_string());
+                    existing = p.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let real = match std::fs::canonicalize(&existing) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) => return Err(e).ctx("resolve", existing.display()),
+        };
         let mut cur = rfs::open("/", fsx::DIR_FLAGS, Mode::empty()).ctx("open", "/")?;
         let mut cur_st = stat_fd(cur.as_fd(), Path::new("/"))?;
         let mut at = PathBuf::from("/");
@@ -161,6 +178,20 @@ impl Dir {
             let st = stat_fd(next.as_fd(), &at)?;
             check_ancestor(&cur_st, &st, &at)?;
             at.push(c);
+            (cur, cur_st) = (next, st);
+        }
+        for name in missing.iter().rev() {
+            let c = name.as_encoded_bytes();
+            match fsx::mkdir_at(cur.as_fd(), c, 0o755) {
+                Err(e) if fsx::errno(&e) != Some(rustix::io::Errno::EXIST) => {
+                    return Err(e).ctx("create", at.display());
+                }
+                _ => {}
+            }
+            let next = fsx::open_dir_at(cur.as_fd(), c).ctx("open", at.display())?;
+            let st = stat_fd(next.as_fd(), &at)?;
+            check_ancestor(&cur_st, &st, &at)?;
+            at.push(name);
             (cur, cur_st) = (next, st);
         }
         let name = name.as_encoded_bytes();
@@ -375,6 +406,11 @@ mod tests {
     #[test]
     fn state_directory_must_be_private_and_below_safe_directories() {
         let t = tempfile::tempdir().expect("tempdir");
+        // Missing parents are created (checked like the rest); the state directory 0700.
+        let nested = t.path().join("var/lib/ferry/app");
+        assert!(Dir::open_state(&nested, false).expect("open").is_none());
+        assert!(Dir::open_state(&nested, true).expect("open").is_some());
+        assert_eq!(std::fs::metadata(&nested).expect("stat").permissions().mode() & 0o777, 0o700);
         // Created 0700 where it is missing; written files are ours.
         let ok = t.path().join("ok");
         let d = Dir::open_state(&ok, true).expect("open").expect("created");
