@@ -3,7 +3,7 @@
 //! phase resumable. See bundle-format.md, "Journal and resume", for the crash analysis.
 
 use crate::commit::{self, OldMeta};
-use crate::error::{Ctx, Error, Result};
+use crate::error::{Ctx, Error, Result, VersionRefusal};
 use crate::journal::Record;
 use crate::state::{self, Dir, State};
 use crate::txn::Txn;
@@ -149,14 +149,11 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
     let m = &h.manifest;
     if let Some(v) = st.version {
         if m.version <= v {
-            return Err(Error::Version(format!(
-                "bundle version {} is not newer than the installed version {v}",
-                m.version
-            )));
+            return Err(Error::Version(VersionRefusal::NotNewer { bundle: m.version, installed: v }));
         }
         if let Some(bv) = m.base.as_ref().and_then(|b| b.version) {
             if bv != v {
-                return Err(Error::Version(format!("bundle is built for version {bv}, the target is at version {v}")));
+                return Err(Error::Version(VersionRefusal::OtherBase { built_for: bv, installed: v }));
             }
         }
     }

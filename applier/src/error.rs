@@ -152,7 +152,7 @@ pub enum Error {
     #[error("target does not match the bundle's base; drifted paths:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
     Drift(Vec<String>),
     #[error("version refused: {0}")]
-    Version(String),
+    Version(VersionRefusal),
     #[error("refused by policy: {0}")]
     Policy(String),
     #[error("{op} {path}: {source}")]
@@ -200,6 +200,18 @@ impl Error {
             Error::Internal(_) => Exit::Failure,
         }
     }
+}
+
+/// Why a bundle's version was refused (exit 5): rollback protection and the base version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VersionRefusal {
+    #[error("bundle version {bundle} is not newer than the installed version {installed}")]
+    NotNewer { bundle: u64, installed: u64 },
+    #[error("bundle is built for version {built_for}, the target is at version {installed}")]
+    OtherBase { built_for: u64, installed: u64 },
+    #[error("this bundle is already installed (apply would do nothing)")]
+    AlreadyInstalled,
 }
 
 /// Attach an operation and a path to an I/O error.

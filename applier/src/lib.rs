@@ -45,4 +45,4 @@ pub mod trust;
 pub mod txn;
 pub mod verify;
 
-pub use error::{Error, Exit};
+pub use error::{Error, Exit, VersionRefusal};

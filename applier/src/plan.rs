@@ -60,7 +60,7 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let owners = fsx::is_root();
     let mut refusal: Option<Error> = None;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
-        refusal = Some(Error::Version("this bundle is already installed (apply would do nothing)".into()));
+        refusal = Some(Error::Version(crate::error::VersionRefusal::AlreadyInstalled));
     } else if let Err(e) = check_policy(o, &st, &h) {
         refusal = Some(e);
     }

@@ -352,7 +352,10 @@ impl Txn {
             return Ok(&self.works[i]);
         }
         if !create {
-            return Err(Error::Internal(format!("{path}: no work directory for device {dev}")));
+            return Err(Error::CorruptState {
+                path: path.to_string(),
+                why: format!("the transaction has no work directory for its filesystem (mount {dev})"),
+            });
         }
         let state_dev = fsx::mount_key(self.dir.fd()).ctx("stat", self.dir.path().display())?;
         let top = if state_dev == dev { None } else { Some(topmost_on(root, path, dev)?) };
