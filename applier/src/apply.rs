@@ -124,24 +124,32 @@ fn load_verified(o: &Options, t: &Target, name: &str, trust: Option<&TrustPolicy
     match Txn::load(&t.state, name, &o.limits, trust) {
         Err(e @ (Error::Bundle(_) | Error::CorruptState { .. })) => {
             log(o, format!("refusing the transaction in {}: {e}; removing it", t.state.show(name)));
-            Txn::retire(&t.state, name)?;
-            for w in crate::txn::sweep_trash(t.root.as_fd(), &t.state) {
-                log(o, w);
-            }
+            retire(o, t, name)?;
             Err(e)
         }
         r => r,
     }
 }
 
-/// Retire transaction `name` and clean up after it (see [`Txn::retire`]).
-fn discard(o: &Options, t: &Target, txn: Txn, name: &str) -> Result<()> {
-    drop(txn);
+/// Retire transaction `name` and clean up after it (see [`Txn::retire`]); cleanup failures are
+/// reported, never fatal.
+fn retire(o: &Options, t: &Target, name: &str) -> Result<()> {
     Txn::retire(&t.state, name)?;
+    sweep(o, t);
+    Ok(())
+}
+
+/// Clean up `STATE/trash/`, logging what is left for a later run.
+fn sweep(o: &Options, t: &Target) {
     for w in crate::txn::sweep_trash(t.root.as_fd(), &t.state) {
         log(o, w);
     }
-    Ok(())
+}
+
+/// [`retire`] a loaded transaction (its handles are closed first).
+fn discard(o: &Options, t: &Target, txn: Txn, name: &str) -> Result<()> {
+    drop(txn);
+    retire(o, t, name)
 }
 
 /// The policy checks that need the target's state: version rule, base version, channel, expiry.
@@ -365,10 +373,7 @@ fn stage_txn(o: &Options, t: &Target, txn: &mut Txn, bundle: Option<&Path>, rep:
         Err(e) => {
             // A failure that is not a crash: remove staging, leave the target as it was.
             log(o, format!("staging failed, removing the staging area: {e}"));
-            Txn::retire(&t.state, state::TXN)?;
-            for w in crate::txn::sweep_trash(root, &t.state) {
-                log(o, w);
-            }
+            retire(o, t, state::TXN)?;
             return Err(e);
         }
     }
@@ -491,9 +496,7 @@ fn finish(o: &Options, t: &Target, mut txn: Txn, rep: &mut Report) -> Result<()>
     t.state.rename(state::TXN, &t.state, state::PREV)?;
     t.state.sync()?;
     crate::failpoint::hit("finished");
-    for w in crate::txn::sweep_trash(t.root.as_fd(), &t.state) {
-        log(o, w);
-    }
+    sweep(o, t);
     match hook_err {
         Some(e) => Err(e),
         None => Ok(()),

@@ -130,6 +130,27 @@ pub struct Commit {
     pub actions: Vec<Action>,
     /// Directories this run created (`Mkdir`), by identity: `DirMeta` acts on them only.
     created: HashMap<BundlePath, (u64, u64)>,
+    /// Names the script places in each directory, built on first need (a resumed `Mkdir`).
+    placed: Placed,
+}
+
+/// The names the script creates directly in each directory, indexed once when first asked.
+#[derive(Default)]
+pub struct Placed(Option<HashMap<BundlePath, std::collections::HashSet<Vec<u8>>>>);
+
+impl Placed {
+    fn contains(&mut self, m: &Manifest, dir: &BundlePath, name: &[u8]) -> bool {
+        let map = self.0.get_or_insert_with(|| {
+            let mut map: HashMap<BundlePath, std::collections::HashSet<Vec<u8>>> = HashMap::new();
+            for s in m.script.iter().filter(|s| matches!(s.op, Op::Place | Op::Mkdir)) {
+                if let Some(parent) = s.path.parent() {
+                    map.entry(parent).or_default().insert(s.path.file_name().to_vec());
+                }
+            }
+            map
+        });
+        map.get(dir).is_some_and(|names| names.contains(name))
+    }
 }
 
 impl Commit {
@@ -140,6 +161,7 @@ impl Commit {
             owners,
             actions: Vec::new(),
             created: HashMap::new(),
+            placed: Placed::default(),
         }
     }
 }
@@ -195,18 +217,22 @@ impl Cx<'_> {
 #[derive(Clone, Debug)]
 pub struct CreateDir {
     meta: Meta,
-    /// Names the script places directly in this directory.
-    children: Vec<Vec<u8>>,
 }
 
 impl CreateDir {
-    fn forward(&self, cx: &Cx<'_>, created: &mut HashMap<BundlePath, (u64, u64)>) -> Result<bool> {
+    fn forward(
+        &self,
+        cx: &Cx<'_>,
+        created: &mut HashMap<BundlePath, (u64, u64)>,
+        m: &Manifest,
+        placed: &mut Placed,
+    ) -> Result<bool> {
         let mut meta = self.meta;
         meta.mtime_ns = 0; // set by the directory's DirMeta step after its children arrive
         match fsx::mkdir_at(cx.dir, cx.name, 0o700) {
             Ok(()) => {}
             Err(e) if fsx::errno(&e) == Some(Errno::EXIST) && !cx.fresh => {
-                self.check_ours(cx)?;
+                self.check_ours(cx, m, placed)?;
             }
             Err(e) if fsx::errno(&e) == Some(Errno::EXIST) => {
                 return Err(Error::Drift(vec![format!(
@@ -224,7 +250,7 @@ impl CreateDir {
     }
 
     /// On resume: the directory at the path is the one the earlier run made.
-    fn check_ours(&self, cx: &Cx<'_>) -> Result<()> {
+    fn check_ours(&self, cx: &Cx<'_>, m: &Manifest, placed: &mut Placed) -> Result<()> {
         let st = cx.cur()?;
         let drift = |why: &str| Error::Drift(vec![format!("{}: {why}, but the bundle creates it", cx.path)]);
         let Some(st) = st.filter(|s| Type::of_stat(s) == Type::Dir) else { return Err(drift("not a directory")) };
@@ -234,7 +260,7 @@ impl CreateDir {
         }
         let fd = fsx::open_dir_at(cx.dir, cx.name).ctx("open", cx.path)?;
         for n in fsx::list_dir(fd.as_fd()).ctx("list", cx.path)? {
-            if !self.children.contains(&n) {
+            if !placed.contains(m, cx.path, &n) {
                 return Err(drift(&format!(
                     "holds {:?}, which the bundle does not put there",
                     String::from_utf8_lossy(&n)
@@ -548,9 +574,15 @@ impl DirMeta {
 
 impl Action {
     /// Run forward. Returns true if it renamed something into the live tree.
-    fn forward(&self, cx: &Cx<'_>, created: &mut HashMap<BundlePath, (u64, u64)>) -> Result<bool> {
+    fn forward(
+        &self,
+        cx: &Cx<'_>,
+        created: &mut HashMap<BundlePath, (u64, u64)>,
+        m: &Manifest,
+        placed: &mut Placed,
+    ) -> Result<bool> {
         match self {
-            Action::CreateDir(a) => a.forward(cx, created),
+            Action::CreateDir(a) => a.forward(cx, created, m, placed),
             Action::Create(a) => a.forward(cx),
             Action::ExchangeFile(a) => a.forward(cx),
             Action::LinkAndRename(a) => a.forward(cx),
@@ -616,15 +648,7 @@ pub fn plan_step(
         }
     };
     Ok(match step.op {
-        Op::Mkdir => {
-            let children = m
-                .script
-                .iter()
-                .filter(|s| matches!(s.op, Op::Place | Op::Mkdir) && s.path.parent().as_ref() == Some(&p))
-                .map(|s| s.path.file_name().to_vec())
-                .collect();
-            Action::CreateDir(CreateDir { meta: m.entries[ei?].meta, children })
-        }
+        Op::Mkdir => Action::CreateDir(CreateDir { meta: m.entries[ei?].meta }),
         Op::Place => {
             let ei = ei?;
             let new_type = Type::of_kind(&m.entries[ei].kind);
@@ -847,8 +871,9 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, c: &mut Commit) ->
     };
     let work = work_of(root, txn, &mut c.dirs, i, &action)?;
     let at = Where { work, tolerate_missing_parent: op == Op::Delete, fresh: c.fresh, owners: c.owners };
-    let created = &mut c.created;
-    Ok(with_cx(root, txn, &mut c.dirs, i, at, |cx| action.forward(cx, created))?.unwrap_or(false))
+    let (created, placed) = (&mut c.created, &mut c.placed);
+    let m = &txn.head.manifest;
+    Ok(with_cx(root, txn, &mut c.dirs, i, at, |cx| action.forward(cx, created, m, placed))?.unwrap_or(false))
 }
 
 /// Undo step `i` if it happened (idempotent). Directory metadata is restored separately, after

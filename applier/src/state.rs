@@ -385,11 +385,6 @@ pub fn lock(d: &Dir, target_root: BorrowedFd<'_>) -> Result<(File, OwnedFd)> {
     Ok((f, root))
 }
 
-/// fsync a directory given by an operator's path (the download directory of `fetch`).
-pub fn fsync_dir(d: &Path) -> Result<()> {
-    File::open(d).and_then(|f| f.sync_all()).ctx("fsync directory", d.display())
-}
-
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

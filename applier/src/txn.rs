@@ -365,15 +365,6 @@ impl Txn {
         Ok(&self.works[n])
     }
 
-    /// Remove every work directory and the transaction directory `name` of `state`. A work
-    /// directory is removed only if it is the one this transaction created.
-    pub fn remove(self, root: BorrowedFd<'_>, state: &Dir, name: &str) -> Result<()> {
-        remove_works(root, &self.work_locs)?;
-        drop(self.journal);
-        state.remove_tree(name)?;
-        state.sync()
-    }
-
     /// Retire transaction directory `name` (a completed `prev`, a rolled-back or refused one):
     /// move it to `STATE/trash/` in one rename, so it is no longer pending or kept, then clean
     /// it up. A cleanup failure is reported and retried by later runs ([`sweep_trash`]); it
@@ -419,7 +410,8 @@ fn check_work(fd: BorrowedFd<'_>, loc: &WorkLoc) -> Result<()> {
 /// Remove the work directories in the target that are the ones journaled.
 fn remove_works(root: BorrowedFd<'_>, locs: &[WorkLoc]) -> Result<()> {
     for loc in locs {
-        let Some(p) = &loc.path else { continue };
+        // Only a work directory by ferry's naming, whatever a (possibly forged) journal says.
+        let Some(p) = loc.path.as_ref().filter(|p| p.file_name().starts_with(b".ferry-work-")) else { continue };
         let Ok((d, n)) = fsx::parent_of(root, p) else { continue };
         let Ok(fd) = fsx::open_dir_at(d.as_fd(), n) else { continue };
         if check_work(fd.as_fd(), loc).is_err() || loc.id.is_none() {
