@@ -29,6 +29,9 @@ pub struct Options {
     pub allow_expired: bool,
     /// Apply on a network or FUSE filesystem ([`crate::netfs`]).
     pub allow_network_fs: bool,
+    /// Extended-attribute namespaces (or names) the operator drops explicitly: not set, not
+    /// removed, not checked (`--skip-xattrs`; [`crate::xattrs`]).
+    pub skip_xattrs: Vec<String>,
     /// Bundle to re-read if staging was interrupted (resume).
     pub bundle: Option<PathBuf>,
     pub limits: Limits,
@@ -57,6 +60,10 @@ pub struct Report {
     pub hooks: Vec<state::HookResult>,
     pub owners_applied: bool,
     pub conffiles_kept: Vec<String>,
+    /// Extended-attribute namespaces the bundle carries.
+    pub xattr_namespaces: Vec<String>,
+    /// Of those, the ones dropped with `--skip-xattrs`.
+    pub xattrs_skipped: Vec<String>,
 }
 
 /// An open, locked target with its checked state directory.
@@ -235,7 +242,13 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     check_policy(o, &st, &h)?;
     // Network and FUSE filesystems are refused before anything is written (bundle-format.md §12).
     crate::netfs::check(std::os::fd::AsFd::as_fd(&t.root), &h.manifest, o.allow_network_fs)?;
-    let base = check_base(&t, &h.manifest, &st)?;
+    // So are filesystems that cannot hold the attributes the bundle sets (§4.9).
+    let attrs = crate::xattrs::Attrs::new(&h.manifest, &o.skip_xattrs);
+    let unsupported = crate::xattrs::check_support(t.root.as_fd(), &h.manifest, &attrs);
+    if !unsupported.is_empty() {
+        return Err(Error::Unsupported(unsupported));
+    }
+    let base = check_base(&t, &h.manifest, &st, &attrs)?;
     for p in &base.kept {
         log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));
     }
@@ -256,6 +269,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     let mut txn = Txn::create(&t.state, h, bundle)?;
     state::save(&txn.dir, STATE_BEFORE, &st)?;
     txn.save_kept(&base.kept)?;
+    txn.save_xattr_skip(&o.skip_xattrs)?;
     txn.save_base_ids(base.ids)?;
     let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
     rep.verify_ms = verify_ms;
@@ -269,8 +283,13 @@ const OLD_META: &str = "oldmeta.cbor";
 /// The base check, plus the rule for `NAME.ferry-new` beside a kept config file: one that ferry
 /// did not write (not in the state's kept list) belongs to the administrator and is never
 /// replaced, so the bundle is refused with it listed.
-pub fn check_base(t: &Target, m: &bundle::Manifest, st: &State) -> Result<crate::base::Base> {
-    let base = crate::base::check(t.root.as_fd(), m, &|p| conffile(m, p), t.owners).map_err(Error::Drift)?;
+pub fn check_base(
+    t: &Target,
+    m: &bundle::Manifest,
+    st: &State,
+    attrs: &crate::xattrs::Attrs,
+) -> Result<crate::base::Base> {
+    let base = crate::base::check(t.root.as_fd(), m, &|p| conffile(m, p), t.owners, attrs).map_err(Error::Drift)?;
     let foreign = foreign_side_files(t.root.as_fd(), &base.kept, st);
     if !foreign.is_empty() {
         return Err(Error::Drift(foreign));
@@ -321,6 +340,8 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         channel: Some(txn.head.manifest.channel.clone()),
         steps: txn.head.manifest.script.len(),
         owners_applied: t.owners,
+        xattr_namespaces: txn.head.manifest.xattr_namespaces.clone(),
+        xattrs_skipped: txn.attrs.skipped().to_vec(),
         ..Default::default()
     };
     if txn.has_abort() {
@@ -521,7 +542,7 @@ fn rollback_txn(o: &Options, t: &Target, mut txn: Txn, name: &str) -> Result<()>
         crate::failpoint::hit("rollback-step");
         commit::reverse(root, &mut txn, i, &old_meta, t.owners)?;
     }
-    commit::restore_dir_meta(root, &old_meta, t.owners)?;
+    commit::restore_dir_meta(root, &old_meta, t.owners, &txn.attrs)?;
     sync_all(root, &txn)?;
     if txn.dir.exists(STATE_BEFORE)? {
         let st = state::load(&txn.dir, STATE_BEFORE)?;

@@ -87,12 +87,14 @@ pub struct Base {
 
 /// Check the target against the manifest. `conffile_ok` says whether a content difference at a
 /// path may be tolerated (a locally edited config file, kept under the conffile rule); those paths
-/// are returned instead of being reported as drift. `owners`: the apply will set owners.
+/// are returned instead of being reported as drift. `owners`: the apply will set owners. The
+/// extended attributes in scope of `attrs` are compared too (bundle-format.md §10.1).
 pub fn check(
     root: BorrowedFd<'_>,
     m: &Manifest,
     conffile_ok: &dyn Fn(&BundlePath) -> bool,
     owners: bool,
+    attrs: &crate::xattrs::Attrs,
 ) -> Result<Base, Vec<String>> {
     let mut drift = Vec::new();
     let mut base = Base::default();
@@ -112,14 +114,25 @@ pub fn check(
             OldKind::File { size, .. } => Some(size),
             _ => None,
         };
-        observe(root, dirs, &o.path, size)
+        let seen = observe(root, dirs, &o.path, size)?;
+        let xattrs = match (&seen, attrs.active()) {
+            (Some(_), true) => match dirs.parent_of(root, &o.path) {
+                Ok((dir, name)) => crate::xattrs::base_difference(dir, name, &o.meta, attrs),
+                Err(e) => Some(e.to_string()),
+            },
+            _ => None,
+        };
+        Ok::<_, String>(seen.map(|(k, st)| (k, st, xattrs)))
     });
     let mut dirs = fsx::DirCache::default();
     for (o, seen) in m.old.iter().zip(seen) {
         match seen {
             Err(why) => drift.push(describe(&o.path, &why)),
             Ok(None) => drift.push(describe(&o.path, &format!("missing (expected {})", o.kind.name()))),
-            Ok(Some((k, st))) => {
+            Ok(Some((k, st, xattrs))) => {
+                if let Some(why) = xattrs {
+                    drift.push(describe(&o.path, &why));
+                }
                 if in_place.contains(&o.path) {
                     #[allow(clippy::unnecessary_cast)]
                     let id = (st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64);

@@ -64,6 +64,21 @@ pub struct ApplyArgs {
     /// the server's (bundle-format.md §12); otherwise refused with exit 10.
     #[arg(long)]
     pub allow_network_fs: bool,
+    /// Drop an extended-attribute namespace (`security`, `system`, `trusted`, `user`) or one
+    /// attribute name (`security.selinux`) the bundle carries: it is neither set, removed nor
+    /// checked. Repeatable, or comma-separated. Without it a target that cannot hold an attribute
+    /// the bundle sets is refused with exit 15 before anything is written.
+    #[arg(long = "skip-xattrs", value_name = "NAMESPACE", value_delimiter = ',', value_parser = parse_xattr_prefix)]
+    pub skip_xattrs: Vec<String>,
+}
+
+/// A namespace or attribute name for `--skip-xattrs`.
+fn parse_xattr_prefix(s: &str) -> Result<String, String> {
+    if bundle::xattr::valid_prefix(s, 255) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a namespace ({}) or an attribute name in one", bundle::xattr::NAMESPACES.join(", ")))
+    }
 }
 
 #[derive(Subcommand)]
@@ -210,6 +225,7 @@ impl TargetArgs {
             o.no_hooks = a.no_hooks;
             o.allow_expired = a.allow_expired;
             o.allow_network_fs = a.allow_network_fs;
+            o.skip_xattrs = a.skip_xattrs.clone();
             o.limits = bundle::Limits::with_max_entries(a.max_entries);
         }
         o

@@ -106,7 +106,7 @@ pub fn setmeta_by_copy(m: &Manifest, p: &BundlePath, owners: bool) -> bool {
     let (Some(e), Some(o)) = (m.entry(p), m.old_entry(p)) else { return false };
     matches!(e.kind, Kind::File { .. })
         && matches!(o.kind, OldKind::File { .. })
-        && o.meta.raises_permissions(&e.meta, owners)
+        && o.meta.raises_permissions(&e.meta, owners, &m.xattr_sets)
 }
 
 /// Directory handles the commit keeps open: half the process's soft `RLIMIT_NOFILE` (512 under
@@ -200,6 +200,8 @@ pub struct Cx<'a> {
     pub backup: BorrowedFd<'a>,
     pub fresh: bool,
     pub owners: bool,
+    /// The extended attributes in scope ([`crate::xattrs`]).
+    pub attrs: &'a crate::xattrs::Attrs,
 }
 
 impl Cx<'_> {
@@ -245,7 +247,7 @@ impl CreateDir {
         let fd = fsx::open_dir_at(cx.dir, cx.name).ctx("open", cx.path)?;
         let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
         created.insert(cx.path.clone(), id(&st));
-        fsx::set_meta_fd(fd.as_fd(), &meta, cx.owners).ctx("set metadata", cx.path)?;
+        fsx::set_meta_fd(fd.as_fd(), &meta, cx.owners, cx.attrs).ctx("set metadata", cx.path)?;
         Ok(false)
     }
 
@@ -519,14 +521,14 @@ fn set_meta_verified(cx: &Cx<'_>, meta: &Meta, want: Option<(u64, u64)>) -> Resu
             if want.is_some_and(|w| w != id(&st)) {
                 return Err(drift("replaced after the base check".into()));
             }
-            fsx::set_meta_fd(fd.as_fd(), meta, cx.owners).ctx("set metadata", cx.path)
+            fsx::set_meta_fd(fd.as_fd(), meta, cx.owners, cx.attrs).ctx("set metadata", cx.path)
         }
         None => {
             let st = cx.cur()?.ok_or_else(|| drift("missing".into()))?;
             if want.is_some_and(|w| w != id(&st)) {
                 return Err(drift("replaced after the base check".into()));
             }
-            fsx::set_meta_at(cx.dir, cx.name, meta, cx.owners).ctx("set metadata", cx.path)
+            fsx::set_meta_at(cx.dir, cx.name, meta, cx.owners, cx.attrs).ctx("set metadata", cx.path)
         }
     }
 }
@@ -835,7 +837,17 @@ fn with_cx<T>(
         Some(w) => (w.stage.as_fd(), w.backup.as_fd()),
         None => (dir, dir), // metadata steps use no work directory
     };
-    let cx = Cx { i, path: p, dir, name: p.file_name(), stage, backup, fresh: at.fresh, owners: at.owners };
+    let cx = Cx {
+        i,
+        path: p,
+        dir,
+        name: p.file_name(),
+        stage,
+        backup,
+        fresh: at.fresh,
+        owners: at.owners,
+        attrs: &txn.attrs,
+    };
     f(&cx).map(Some)
 }
 
@@ -889,24 +901,32 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
 
 /// Restore the saved metadata of every directory a step touched (after all renames of a
 /// rollback, which change directory mtimes), deepest first.
-pub fn restore_dir_meta(root: BorrowedFd<'_>, old_meta: &OldMeta, owners: bool) -> Result<()> {
+pub fn restore_dir_meta(
+    root: BorrowedFd<'_>,
+    old_meta: &OldMeta,
+    owners: bool,
+    attrs: &crate::xattrs::Attrs,
+) -> Result<()> {
     for (p, meta) in old_meta.iter().rev() {
         if let Ok((d, n)) = fsx::parent_of(root, p) {
             if let Ok(fd) = fsx::open_dir_at(d.as_fd(), n) {
-                fsx::set_meta_fd(fd.as_fd(), meta, owners).ctx("restore metadata", p)?;
+                fsx::set_meta_fd(fd.as_fd(), meta, owners, attrs).ctx("restore metadata", p)?;
             }
         }
     }
     Ok(())
 }
 
-/// Record the current metadata of every existing path a step touches.
+/// Record the current metadata of every existing path a step touches. Extended attributes are
+/// the OLD entry's (the base check found the target's equal to them, in scope).
 pub fn capture_old_meta(root: BorrowedFd<'_>, m: &Manifest) -> OldMeta {
     let mut out = OldMeta::new();
     let mut dirs = fsx::DirCache::default();
     for s in &m.script {
         if let Ok(Some(st)) = dirs.lstat(root, &s.path) {
-            out.insert(s.path.clone(), fsx::meta_of(&st));
+            let mut meta = fsx::meta_of(&st);
+            meta.xattrs = m.old_entry(&s.path).and_then(|o| o.meta.xattrs);
+            out.insert(s.path.clone(), meta);
         }
     }
     out

@@ -36,12 +36,14 @@ pub enum Exit {
     UnsafeState = 13,
     /// A file in the state directory is corrupt (unreadable state, journal or transaction).
     CorruptState = 14,
+    /// The target's filesystem cannot hold an extended attribute the bundle sets.
+    Unsupported = 15,
 }
 
 impl Exit {
     /// Every exit code, in numeric order: `--help` and the README table are generated from (or
     /// checked against) this list.
-    pub const ALL: [Exit; 15] = [
+    pub const ALL: [Exit; 16] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
@@ -57,6 +59,7 @@ impl Exit {
         Exit::InboxFailed,
         Exit::UnsafeState,
         Exit::CorruptState,
+        Exit::Unsupported,
     ];
 
     /// The exit whose number is `code`, if it is one of ours.
@@ -82,6 +85,7 @@ impl Exit {
             Exit::InboxFailed => "inbox: some bundles failed",
             Exit::UnsafeState => "state or work directory not trustworthy",
             Exit::CorruptState => "state directory corrupt",
+            Exit::Unsupported => "target cannot hold the bundle's extended attributes",
         }
     }
 
@@ -112,6 +116,10 @@ impl Exit {
                  root-only directory when a service account owns the target)"
             }
             Exit::CorruptState => "state directory corrupt (unreadable state file, journal or transaction)",
+            Exit::Unsupported => {
+                "the target's filesystem cannot hold an extended attribute the bundle sets (found before anything \
+                 is written; `--skip-xattrs NAMESPACE` drops one explicitly)"
+            }
         }
     }
 
@@ -171,6 +179,8 @@ pub enum Error {
     UnsafeState { path: String, why: String },
     #[error("{path}: corrupt: {why}")]
     CorruptState { path: String, why: String },
+    #[error("the target cannot hold the bundle's extended attributes:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
+    Unsupported(Vec<String>),
     #[error("{0}")]
     Internal(String),
 }
@@ -189,6 +199,7 @@ impl Error {
             Error::Io { source, .. } if source.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error()) => {
                 Exit::NoSpace
             }
+            Error::Io { source, .. } if crate::xattrs::is_unsupported(source) => Exit::Unsupported,
             Error::Io { .. } => Exit::Io,
             Error::NoSpace { .. } => Exit::NoSpace,
             Error::Locked(_) => Exit::Locked,
@@ -197,6 +208,7 @@ impl Error {
             Error::Usage(_) => Exit::Usage,
             Error::UnsafeState { .. } => Exit::UnsafeState,
             Error::CorruptState { .. } => Exit::CorruptState,
+            Error::Unsupported(_) => Exit::Unsupported,
             Error::Internal(_) => Exit::Failure,
         }
     }

@@ -283,17 +283,21 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// Set owner (if `owners`), permission bits and mtime of `name` in `dir` without following a
-/// symlink. Owner first: chown clears setuid/setgid bits, chmod then restores them.
-pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners: bool) -> io::Result<()> {
+/// Set owner (if `owners`), permission bits, extended attributes in scope of `attrs`, and mtime
+/// of `name` in `dir` without following a symlink, in that order: chown clears setuid/setgid bits
+/// and file capabilities, chmod then restores the bits, the attributes come after both, and the
+/// mtime last. Only what differs is changed (no needless writes, and a read-only directory that
+/// already has the right metadata is no error).
+pub fn set_meta_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    meta: &bundle::Meta,
+    owners: bool,
+    attrs: &crate::xattrs::Attrs,
+) -> io::Result<()> {
     let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let ft = file_type(&st);
-    // Only change what differs: no needless writes (and a read-only directory that already has
-    // the right metadata is no error).
     let cur = meta_of(&st);
-    if cur == *meta || (!owners && cur.mode == meta.mode && cur.mtime_ns == meta.mtime_ns) {
-        return Ok(());
-    }
     if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
         rfs::chownat(
             dir,
@@ -320,10 +324,8 @@ pub fn set_meta_at(dir: BorrowedFd<'_>, name: &[u8], meta: &bundle::Meta, owners
         // symlink at `name`, but we just saw it is not one and the directory is resolved safely.
         _ => rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?,
     }
-    if cur.mtime_ns == meta.mtime_ns
-        && cur.mode == meta.mode
-        && (!owners || (cur.uid == meta.uid && cur.gid == meta.gid))
-    {
+    attrs.apply_at(dir, name, meta)?;
+    if cur.mtime_ns == meta.mtime_ns {
         return Ok(());
     }
     set_mtime_at(dir, name, meta.mtime_ns)
@@ -346,9 +348,14 @@ pub fn open_meta_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Owned
     Ok(Some(fd))
 }
 
-/// Set owner (if `owners`), permission bits and mtime of the open file or directory `fd`. Owner
-/// first: chown clears setuid/setgid bits, chmod then sets them.
-pub fn set_meta_fd(fd: BorrowedFd<'_>, meta: &bundle::Meta, owners: bool) -> io::Result<()> {
+/// Set owner (if `owners`), permission bits, extended attributes in scope of `attrs`, and mtime
+/// of the open file or directory `fd`, in that order (see [`set_meta_at`]).
+pub fn set_meta_fd(
+    fd: BorrowedFd<'_>,
+    meta: &bundle::Meta,
+    owners: bool,
+    attrs: &crate::xattrs::Attrs,
+) -> io::Result<()> {
     let cur = meta_of(&rfs::fstat(fd)?);
     if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
         rfs::fchown(fd, Some(rfs::Uid::from_raw(meta.uid)), Some(rfs::Gid::from_raw(meta.gid)))?;
@@ -356,6 +363,7 @@ pub fn set_meta_fd(fd: BorrowedFd<'_>, meta: &bundle::Meta, owners: bool) -> io:
     if rfs::fstat(fd)?.st_mode & 0o7777 != meta.mode {
         rfs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
     }
+    attrs.apply_fd(fd, meta)?;
     if cur.mtime_ns != meta.mtime_ns {
         let t = Timespec {
             tv_sec: meta.mtime_ns.div_euclid(1_000_000_000),
@@ -380,6 +388,7 @@ pub fn meta_of(s: &Stat) -> bundle::Meta {
         uid: s.st_uid,
         gid: s.st_gid,
         mtime_ns: (s.st_mtime as i64).saturating_mul(1_000_000_000).saturating_add(s.st_mtime_nsec as i64),
+        xattrs: None,
     }
 }
 

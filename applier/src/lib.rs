@@ -11,6 +11,7 @@
 //! - [`apply`]: the commands that drive a transaction (apply, resume, rollback).
 //! - [`plan`]: a dry run against the real target.
 //! - [`netfs`]: refusing network and FUSE filesystems (bundle-format.md §12).
+//! - [`xattrs`]: extended attributes: scope, base check, setting them, support probe (§4.9).
 //! - [`hooks`], [`inbox`], [`status`], [`trust`], [`state`], [`source`] (split bundles).
 //! - [`inspect`]: what a bundle holds, read without a key (unverified).
 //! - [`cli`] and [`report`]: the command line, and what it prints (the `--json` contract).
@@ -44,5 +45,6 @@ pub mod text;
 pub mod trust;
 pub mod txn;
 pub mod verify;
+pub mod xattrs;
 
 pub use error::{Error, Exit, VersionRefusal};

@@ -45,6 +45,9 @@ pub struct Plan {
     pub filesystems: Vec<Filesystem>,
     pub hooks: Vec<String>,
     pub steps: Vec<Step>,
+    /// Extended-attribute namespaces the bundle carries, and those dropped with `--skip-xattrs`.
+    pub xattr_namespaces: Vec<String>,
+    pub xattrs_skipped: Vec<String>,
 }
 
 pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
@@ -68,7 +71,12 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     if refusal.is_none() {
         refusal = crate::netfs::refusal(&mounts, o.allow_network_fs);
     }
-    let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p), owners) {
+    let attrs = crate::xattrs::Attrs::new(m, &o.skip_xattrs);
+    let unsupported = crate::xattrs::check_support(root.as_fd(), m, &attrs);
+    if refusal.is_none() && !unsupported.is_empty() {
+        refusal = Some(Error::Unsupported(unsupported));
+    }
+    let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p), owners, &attrs) {
         Ok(b) => (foreign_side_files(root.as_fd(), &b.kept, &st), b.kept),
         Err(d) => (d, Vec::new()),
     };
@@ -127,6 +135,8 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         filesystems,
         hooks: hooks::matching(m).iter().map(|h| format!("{} (when {} changes)", h.command, h.glob)).collect(),
         steps: m.script.iter().map(|s| Step { op: format!("{:?}", s.op), path: s.path.display() }).collect(),
+        xattr_namespaces: m.xattr_namespaces.clone(),
+        xattrs_skipped: attrs.skipped().to_vec(),
     })
 }
 

@@ -294,7 +294,7 @@ impl<'a> Stager<'a> {
             if matches!(e.kind, Kind::Dir) {
                 meta.mtime_ns = 0; // set by the directory's DirMeta step after its children arrive
             }
-            fsx::set_meta_at(self.stage_fd(i)?, &staged_name(i), &meta, owners)
+            fsx::set_meta_at(self.stage_fd(i)?, &staged_name(i), &meta, owners, &self.txn.attrs)
                 .ctx("set metadata of staged", &e.path)?;
         }
         Ok(())

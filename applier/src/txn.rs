@@ -54,6 +54,10 @@ pub struct Txn {
     /// `(st_dev, st_ino, st_nlink)` the base check saw at each OLD path a metadata step changes
     /// in place (`base-ids.cbor`): the step acts on that inode only.
     pub base_ids: std::collections::BTreeMap<BundlePath, (u64, u64, u64)>,
+    /// The extended attributes this transaction sets and checks: the manifest's, minus the
+    /// `--skip-xattrs` prefixes of the apply that started it (`xattr-skip.cbor`, so a resume
+    /// drops exactly what the apply dropped).
+    pub attrs: crate::xattrs::Attrs,
     /// Mount of each parent directory already looked up (a directory's mount does not change
     /// during an apply: type changes swap within one work directory).
     mounts: std::collections::HashMap<Option<BundlePath>, u64>,
@@ -66,6 +70,7 @@ pub const BASE_IDS: &str = "base-ids.cbor";
 const MANIFEST: &str = "manifest.cbor";
 const SIGNATURES: &str = "signatures.cbor";
 const KEPT: &str = "kept.cbor";
+const XATTR_SKIP: &str = "xattr-skip.cbor";
 
 /// Prefix of the name of a work directory on a filesystem other than the state directory's, at
 /// the topmost directory of the target on that filesystem.
@@ -130,6 +135,7 @@ impl Txn {
         let abs = std::fs::canonicalize(bundle_path).unwrap_or_else(|_| bundle_path.to_path_buf());
         let rec = Record::Begin { bundle_id: head.id, bundle_path: abs.as_os_str().as_bytes().to_vec() };
         journal.append(&rec)?;
+        let attrs = crate::xattrs::Attrs::new(&head.manifest, &[]);
         Ok(Txn {
             dir,
             head,
@@ -140,6 +146,7 @@ impl Txn {
             kept: Default::default(),
             staged_ids: None,
             base_ids: Default::default(),
+            attrs,
             mounts: Default::default(),
         })
     }
@@ -181,6 +188,8 @@ impl Txn {
         let kept = read_cbor(&dir, KEPT)?.unwrap_or_default();
         let staged_ids = read_cbor(&dir, STAGED_IDS)?;
         let base_ids = read_cbor(&dir, BASE_IDS)?.unwrap_or_default();
+        let skip: Vec<String> = read_cbor(&dir, XATTR_SKIP)?.unwrap_or_default();
+        let attrs = crate::xattrs::Attrs::new(&head.manifest, &skip);
         Ok(Some(Txn {
             dir,
             head,
@@ -191,6 +200,7 @@ impl Txn {
             kept,
             staged_ids,
             base_ids,
+            attrs,
             mounts: Default::default(),
         }))
     }
@@ -199,6 +209,16 @@ impl Txn {
     pub fn save_kept(&mut self, kept: &[BundlePath]) -> Result<()> {
         self.kept = kept.iter().cloned().collect();
         self.dir.write_atomic(KEPT, &cbor(&self.kept)?)
+    }
+
+    /// Record the operator's `--skip-xattrs` prefixes (before staging: a resume must drop exactly
+    /// what this apply drops).
+    pub fn save_xattr_skip(&mut self, skip: &[String]) -> Result<()> {
+        if !skip.is_empty() {
+            self.dir.write_atomic(XATTR_SKIP, &cbor(&skip)?)?;
+        }
+        self.attrs = crate::xattrs::Attrs::new(&self.head.manifest, skip);
+        Ok(())
     }
 
     /// Record the inodes the base check verified at paths changed in place (before staging).

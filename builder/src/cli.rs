@@ -111,6 +111,13 @@ pub struct BuildArgs {
     /// cannot carry sockets; tar and rsync skip them too).
     #[arg(long)]
     pub fail_on_sockets: bool,
+    /// Extended attributes to carry: `auto` (default: every namespace in which the bundle's
+    /// entries hold an attribute), `all` (security, system, trusted and user, even where nothing
+    /// holds one: the target's attributes there are then removed), `none`, or a comma-separated
+    /// list of namespaces and attribute names (`security.capability,user`). In a carried
+    /// namespace an entry's attributes are exactly NEW's on the target; others are left alone.
+    #[arg(long, value_name = "WHICH", default_value = "auto", value_parser = crate::xattr::Carry::parse)]
+    pub xattrs: crate::xattr::Carry,
     /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
     pub split_size: Option<u64>,
@@ -144,6 +151,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             dry_run: a.dry_run,
             keep_unchanged_mtimes: a.keep_unchanged_mtimes,
             fail_on_sockets: a.fail_on_sockets,
+            xattrs: a.xattrs.clone(),
             created: crate::created_from_env()?,
         })
     }

@@ -230,7 +230,8 @@ impl Changes {
         // A shared inode never gets more permission in place (the applier refuses a file with
         // extra links whose change raises permissions: a planted hard link would share it), so
         // a group with such a change is placed anew, as a group.
-        let raises = group.len() > 1 && o.is_some_and(|o| o.meta.raises_permissions(&n.meta, true));
+        let raises = group.len() > 1
+            && o.is_some_and(|o| crate::xattr::with_sets(|sets| o.meta.raises_permissions(&n.meta, true, sets)));
         if untouched && !raises {
             let Some(o) = o else { return };
             if o.meta != n.meta {

@@ -67,13 +67,14 @@ pub fn scan_input(
     path: &Path,
     label: &str,
     fail_on_sockets: bool,
+    xattrs: &crate::xattr::Carry,
     store_parent: &Path,
     store: &mut Option<Arc<ContentStore>>,
     progress: &Progress,
 ) -> Result<Tree> {
     let kind = input_kind(path)?;
     if kind == InputKind::Dir {
-        return crate::scan::scan(path, label, fail_on_sockets, progress);
+        return crate::scan::scan(path, label, fail_on_sockets, xattrs, progress);
     }
     let st = match store {
         Some(s) => s.clone(),
@@ -92,9 +93,9 @@ pub fn scan_input(
             let mut dec = zstd::stream::read::Decoder::new(f).map_err(Error::io(path))?;
             // Archives made with `zstd --long` use windows over the default limit.
             dec.window_log_max(31).map_err(Error::io(path))?;
-            scan_tar(dec, path, st, fail_on_sockets, progress)
+            scan_tar(dec, path, st, fail_on_sockets, xattrs, progress)
         }
-        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st, fail_on_sockets, progress),
+        _ => scan_tar(BufReader::with_capacity(1 << 20, f), path, st, fail_on_sockets, xattrs, progress),
     };
     progress.end();
     t
@@ -176,6 +177,7 @@ pub fn scan_tar<R: Read>(
     archive: &Path,
     store: Arc<ContentStore>,
     fail_on_sockets: bool,
+    carry: &crate::xattr::Carry,
     progress: &Progress,
 ) -> Result<Tree> {
     let io_err = |e: io::Error| Error::Io { path: archive.to_path_buf(), source: e };
@@ -246,19 +248,21 @@ pub fn scan_tar<R: Read>(
             tar::EntryType::Fifo => Type::Fifo,
             other => return Err(bad(&format!("unsupported member type {:?}", other.as_byte() as char))),
         };
-        if let Some(ext) = m.pax_extensions().map_err(io_err)? {
-            for x in ext.flatten() {
-                if x.key_bytes() == b"mtime" {
-                    mtime_ns = pax_time_ns(x.value_bytes()).ok_or_else(|| bad("invalid pax mtime"))?;
-                }
-            }
+        let pax: Vec<(Vec<u8>, Vec<u8>)> = match m.pax_extensions().map_err(io_err)? {
+            Some(ext) => ext.flatten().map(|x| (x.key_bytes().to_vec(), x.value_bytes().to_vec())).collect(),
+            None => Vec::new(),
+        };
+        if let Some((_, v)) = pax.iter().rev().find(|(k, _)| k == b"mtime") {
+            mtime_ns = pax_time_ns(v).ok_or_else(|| bad("invalid pax mtime"))?;
         }
+        let attrs = crate::paxattr::xattrs(&pax).map_err(|w| bad(&w))?;
         let meta = Meta {
             // Symlink permissions are meaningless on Linux and always 0777 on disk.
             mode: if matches!(ty, Type::Symlink(_)) { 0o777 } else { mode },
             uid,
             gid,
             mtime_ns,
+            xattrs: crate::xattr::intern_pairs(attrs, &path.to_string(), carry),
         };
         let (hash, size) = if ty == Type::File {
             store.add(&mut m, &format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw)))?
@@ -308,7 +312,7 @@ pub fn scan_tar<R: Read>(
     }
 
     // Directories implied by a member's path but not in the archive.
-    let implied = Meta { mode: 0o755, uid: 0, gid: 0, mtime_ns: 0 };
+    let implied = Meta { mode: 0o755, ..Meta::default() };
     let paths: Vec<BundlePath> = map.keys().cloned().collect();
     for p in &paths {
         for a in p.ancestors() {
@@ -401,7 +405,7 @@ mod tests {
 
     fn scan_bytes(bytes: &[u8]) -> Result<Tree> {
         let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
-        scan_tar(bytes, Path::new("test.tar"), store, false, &Progress::silent())
+        scan_tar(bytes, Path::new("test.tar"), store, false, &crate::xattr::Carry::Auto, &Progress::silent())
     }
 
     #[test]
@@ -426,13 +430,16 @@ mod tests {
         let get = |p: &str| t.get(&BundlePath::new(p).unwrap_or_else(|e| panic!("{e}"))).cloned();
         let tool = get("usr/bin/tool").ok_or("tool")?;
         assert_eq!(tool.hash, Hash::of(b"#!/bin/sh\n"));
-        assert_eq!(tool.meta, Meta { mode: 0o640, uid: 1000, gid: 100, mtime_ns: 1_700_000_000_000_000_000 });
+        assert_eq!(
+            tool.meta,
+            Meta { mode: 0o640, uid: 1000, gid: 100, mtime_ns: 1_700_000_000_000_000_000, xattrs: None }
+        );
         assert_eq!(tool.primary.as_ref().map(|p| p.display()), Some("a-first".into()));
         assert_eq!(get("a-first").ok_or("a")?.hash, tool.hash);
         assert!(get("usr/bin/alias").ok_or("alias")?.is_secondary_link());
         assert_eq!(std::fs::read(t.content_path(&tool.path))?, b"#!/bin/sh\n");
         // Implied directories: 0755 root:root, mtime 0; listed ones keep their metadata.
-        assert_eq!(get("usr").ok_or("usr")?.meta, Meta { mode: 0o755, uid: 0, gid: 0, mtime_ns: 0 });
+        assert_eq!(get("usr").ok_or("usr")?.meta, Meta { mode: 0o755, ..Meta::default() });
         assert_eq!(get("etc").ok_or("etc")?.meta.uid, 1000);
         assert_eq!(get("usr/bin/sh").ok_or("sh")?.ty, Type::Symlink(b"/bin/dash".to_vec()));
         Ok(())
@@ -452,10 +459,11 @@ mod tests {
         assert_eq!(names, ["run", "run/file"]);
         assert_eq!(t.sockets.iter().map(|p| p.display()).collect::<Vec<_>>(), ["run/s"]);
         let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
-        let e = scan_tar(&bytes[..], Path::new("test.tar"), store, true, &Progress::silent())
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e =
+            scan_tar(&bytes[..], Path::new("test.tar"), store, true, &crate::xattr::Carry::Auto, &Progress::silent())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
         assert!(e.contains("run/s") && e.contains("--fail-on-sockets"), "{e}");
         Ok(())
     }

@@ -12,11 +12,13 @@ pub mod elf;
 pub mod error;
 pub mod image;
 pub mod keys;
+pub mod paxattr;
 pub mod plan;
 pub mod progress;
 pub mod scan;
 pub mod split;
 pub mod write;
+pub mod xattr;
 
 pub use error::{Error, Result};
 
@@ -61,6 +63,8 @@ pub struct BuildOptions {
     pub keep_unchanged_mtimes: bool,
     /// Refuse an input holding a Unix socket instead of skipping it with a warning.
     pub fail_on_sockets: bool,
+    /// Which extended attributes the bundle carries (`--xattrs`).
+    pub xattrs: xattr::Carry,
     /// Manifest creation time (seconds since the epoch); see [`created_from_env`].
     pub created: u64,
 }
@@ -99,6 +103,10 @@ pub struct BuildReport {
     /// refuses them instead).
     pub sockets_skipped: usize,
     pub skipped_sockets: Vec<SkippedSocket>,
+    /// Extended-attribute namespaces the bundle carries (bundle-format.md §4.9).
+    pub xattr_namespaces: Vec<String>,
+    /// Distinct attribute sets in the manifest.
+    pub xattr_sets: usize,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -217,12 +225,13 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let mut d = diff::diff(&inputs.old, &inputs.new, &opts.config_files);
     let (script, plan_warnings) = plan_script(&inputs, &d, phase, progress)?;
     let mut warnings = socket_warnings(opts, &inputs);
+    warnings.extend(xattr::skipped_warnings());
     warnings.extend(plan_warnings);
     let mut manifest = new_manifest(opts, signing.signers, signing.rotation, inputs.base.clone(), script);
     let mut used = copy_sources(&d.choices);
     let tree_entries = d.entries.len();
     if opts.dry_run {
-        finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used);
+        finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
         bundle::script::validate(&manifest).map_err(Error::Invalid)?;
         return Ok(report(opts, started, manifest, tree_entries, 0, BTreeMap::new(), warnings, &inputs));
     }
@@ -237,7 +246,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let stats = count_stats(&d.entries, &jobs, &order.pieces_of, &manifest.frames, encoded.solid, inputs.kept_mtimes);
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
-    finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used);
+    finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
     let bytes = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress)?;
     Ok(report(opts, started, manifest, tree_entries, bytes, stats, warnings, &inputs))
 }
@@ -343,16 +352,17 @@ struct Inputs {
 fn scan_inputs(opts: &BuildOptions, out_dir: &Path, progress: &progress::Progress) -> Result<Inputs> {
     let mut content_store = None;
     let fail = opts.fail_on_sockets;
-    let mut new = image::scan_input(&opts.new, "new", fail, out_dir, &mut content_store, progress)?;
+    let xa = &opts.xattrs;
+    let mut new = image::scan_input(&opts.new, "new", fail, xa, out_dir, &mut content_store, progress)?;
     let old = match &opts.old {
-        Some(p) => image::scan_input(p, "old", fail, out_dir, &mut content_store, progress)?,
+        Some(p) => image::scan_input(p, "old", fail, xa, out_dir, &mut content_store, progress)?,
         None => scan::Tree::default(),
     };
     let kept_mtimes = if opts.keep_unchanged_mtimes { diff::keep_unchanged_mtimes(&old, &mut new) } else { (0, 0) };
-    let base = opts
-        .old
-        .as_ref()
-        .map(|_| bundle::Base { version: opts.base_version, tree: bundle::tree_digest(&diff::old_entries(&old)) });
+    let base = opts.old.as_ref().map(|_| bundle::Base {
+        version: opts.base_version,
+        tree: xattr::with_sets(|sets| bundle::tree_digest(&diff::old_entries(&old), sets)),
+    });
     Ok(Inputs { old, new, kept_mtimes, base })
 }
 
@@ -434,6 +444,8 @@ fn new_manifest(
         script,
         hooks: opts.hooks.clone(),
         rotation,
+        xattr_namespaces: Vec::new(),
+        xattr_sets: Vec::new(),
     }
 }
 
@@ -592,6 +604,7 @@ fn finish_manifest(
     touched: &BTreeSet<BundlePath>,
     old: &scan::Tree,
     used: &BTreeSet<BundlePath>,
+    xattrs: &xattr::Carry,
 ) {
     manifest.entries = entries;
     manifest.old = touched
@@ -603,6 +616,7 @@ fn finish_manifest(
         .map(diff::old_entry)
         .collect();
     manifest.drop_unneeded_entries();
+    xattr::finish(manifest, xattrs);
 }
 
 /// Check the manifest as the applier will, sign it and write the bundle; returns its size.
@@ -651,6 +665,8 @@ fn report(
     BuildReport {
         sockets_skipped: skipped_sockets.len(),
         skipped_sockets,
+        xattr_namespaces: manifest.xattr_namespaces.clone(),
+        xattr_sets: manifest.xattr_sets.len(),
         ferry_report: 1,
         command: "build",
         bundle: opts.out.display().to_string(),

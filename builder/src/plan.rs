@@ -304,6 +304,8 @@ mod tests {
             script: script.clone(),
             hooks: vec![],
             rotation: None,
+            xattr_namespaces: vec![],
+            xattr_sets: vec![],
         };
         m.drop_unneeded_entries();
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));

@@ -182,8 +182,14 @@ impl Tree {
 
 /// Walk `root` (which must be a directory) without following symlinks. `label` names the tree
 /// in progress reports. Unix sockets are left out and listed in [`Tree::sockets`], or with
-/// `fail_on_sockets` refused naming the first one.
-pub fn scan(root: &Path, label: &str, fail_on_sockets: bool, progress: &Progress) -> Result<Tree> {
+/// `fail_on_sockets` refused naming the first one. Extended attributes are read as `xattrs` says.
+pub fn scan(
+    root: &Path,
+    label: &str,
+    fail_on_sockets: bool,
+    xattrs: &crate::xattr::Carry,
+    progress: &Progress,
+) -> Result<Tree> {
     let md = fs::symlink_metadata(root).map_err(Error::io(root))?;
     if !md.is_dir() {
         return Err(Error::Io {
@@ -239,7 +245,8 @@ pub fn scan(root: &Path, label: &str, fail_on_sockets: bool, progress: &Progress
                 return Err(Error::Unsupported { path: fsp, what: "this file type" });
             };
             let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
-            let meta = Meta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), mtime_ns };
+            let xattrs = crate::xattr::read(&fsp, &path.to_string(), xattrs).map_err(Error::io(&fsp))?;
+            let meta = Meta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), mtime_ns, xattrs };
             let size = if ty == Type::File { md.len() } else { 0 };
             if ty == Type::File && md.nlink() > 1 {
                 inodes.entry((md.dev(), md.ino())).or_default().push(entries.len());
@@ -329,7 +336,7 @@ mod tests {
         symlink("a/x", r.join("l"))?;
         fs::create_dir(r.join(".ferry"))?;
         fs::write(r.join(".ferry/state"), b"s")?;
-        let t = scan(r, "test", false, &Progress::silent())?;
+        let t = scan(r, "test", false, &crate::xattr::Carry::Auto, &Progress::silent())?;
         let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
         assert_eq!(names, ["a", "a-c", "a/x", "b", "l"]);
         let b = t.get(&BundlePath::new("b")?).ok_or("no b")?;
@@ -351,12 +358,15 @@ mod tests {
         fs::write(r.join("run/file"), b"x")?;
         let _s1 = std::os::unix::net::UnixListener::bind(r.join("run/b.sock"))?;
         let _s2 = std::os::unix::net::UnixListener::bind(r.join("a.sock"))?;
-        let t = scan(r, "test", false, &Progress::silent())?;
+        let t = scan(r, "test", false, &crate::xattr::Carry::Auto, &Progress::silent())?;
         let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
         assert_eq!(names, ["run", "run/file"]);
         let socks: Vec<String> = t.sockets.iter().map(|p| p.display()).collect();
         assert_eq!(socks, ["a.sock", "run/b.sock"]);
-        let e = scan(r, "test", true, &Progress::silent()).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = scan(r, "test", true, &crate::xattr::Carry::Auto, &Progress::silent())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains(".sock") && e.contains("socket") && e.contains("--fail-on-sockets"), "{e}");
         Ok(())
     }

@@ -11,6 +11,7 @@
 //! - [`limits`]: bounds on every untrusted size and count.
 //! - [`scan`]: the bounded pre-pass over the manifest's CBOR, before anything is deserialised.
 //! - [`glob`]: the path-glob language of hooks and config-file marks.
+//! - [`xattr`]: extended-attribute sets, carried namespaces and their rules.
 
 pub mod bspatch;
 pub mod container;
@@ -23,12 +24,14 @@ pub mod path;
 pub mod scan;
 pub mod script;
 pub mod sig;
+pub mod xattr;
 
 pub use error::Error;
 pub use hash::Hash;
 pub use limits::Limits;
 pub use manifest::*;
 pub use path::BundlePath;
+pub use xattr::{Xattr, XattrSet};
 
 /// Version of the bundle format this crate reads and writes. Appears in the first tar member's
 /// name (`ferry-v1/manifest.cbor`) and in [`Manifest::format`].

@@ -51,6 +51,16 @@ pub struct Limits {
     pub max_channel_len: usize,
     /// Keys a rotation adds, and key ids it retires, each.
     pub max_rotation_keys: usize,
+    /// Distinct extended-attribute sets ([`crate::Manifest::xattr_sets`]).
+    pub max_xattr_sets: usize,
+    /// Attributes in one set (so on one entry).
+    pub max_xattrs_per_set: usize,
+    /// Bytes in one attribute name, namespace included (Linux: 255).
+    pub max_xattr_name: usize,
+    /// Bytes in one attribute value (Linux: 65536).
+    pub max_xattr_value: usize,
+    /// Bytes of all names and values of all sets together.
+    pub max_xattr_bytes: u64,
 }
 
 impl Default for Limits {
@@ -76,6 +86,11 @@ impl Default for Limits {
             max_hook_command: 4096,
             max_channel_len: 128,
             max_rotation_keys: 64,
+            max_xattr_sets: 500_000,
+            max_xattrs_per_set: 128,
+            max_xattr_name: 255,
+            max_xattr_value: 65536,
+            max_xattr_bytes: 64 << 20,
         }
     }
 }
@@ -93,6 +108,8 @@ impl Limits {
             max_manifest_decoded: d.max_manifest_decoded.saturating_mul(scale),
             max_manifest_items: d.max_manifest_items.saturating_mul(scale),
             max_pieces: d.max_pieces.saturating_mul(scale as usize),
+            max_xattr_sets: d.max_xattr_sets.saturating_mul(scale as usize),
+            max_xattr_bytes: d.max_xattr_bytes.saturating_mul(scale),
             ..d
         }
     }

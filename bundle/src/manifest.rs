@@ -43,6 +43,14 @@ pub struct Manifest {
     pub hooks: Vec<Hook>,
     /// Optional change of the target's trust: keys to add and to retire.
     pub rotation: Option<Rotation>,
+    /// Extended-attribute name prefixes the bundle carries (bundle-format.md §4.9): a namespace
+    /// (`security`, `system`, `trusted`, `user`) or an attribute name (`security.selinux`);
+    /// sorted, unique, none covering another. An attribute a prefix covers is part of every
+    /// entry's metadata: set from the entry's set, removed when the set lacks it.
+    pub xattr_namespaces: Vec<String>,
+    /// Distinct attribute sets, referenced by [`Meta::xattrs`] of entries and old entries; each
+    /// referenced at least once, in order of first reference (entries, then old entries).
+    pub xattr_sets: Vec<crate::XattrSet>,
 }
 
 /// A 32-byte ed25519 public key.
@@ -67,6 +75,9 @@ pub struct Meta {
     pub gid: u32,
     /// Modification time in nanoseconds since the epoch.
     pub mtime_ns: i64,
+    /// The inode's extended attributes in the carried namespaces: an index into
+    /// [`Manifest::xattr_sets`], or `None` for none.
+    pub xattrs: Option<u32>,
 }
 
 impl Meta {
@@ -75,8 +86,21 @@ impl Meta {
     /// the owner or group. The applier never makes such a change to a live inode, which a hard
     /// link planted by a local user could share (bundle-format.md §10.3); the builder places a
     /// hard-link group with such a change anew instead of changing it in place.
-    pub fn raises_permissions(&self, new: &Meta, owners: bool) -> bool {
-        (new.mode & 0o6000 & !self.mode) != 0 || (owners && (self.uid != new.uid || self.gid != new.gid))
+    /// A new or changed file capability (`security.capability`, looked up in `sets`) raises
+    /// permissions too.
+    pub fn raises_permissions(&self, new: &Meta, owners: bool, sets: &[crate::XattrSet]) -> bool {
+        let cap = |m: &Meta| {
+            m.xattrs.and_then(|i| sets.get(i as usize)).and_then(|s| crate::xattr::get(s, crate::xattr::CAPABILITY))
+        };
+        (new.mode & 0o6000 & !self.mode) != 0
+            || (owners && (self.uid != new.uid || self.gid != new.gid))
+            || (cap(new).is_some() && cap(new) != cap(self))
+    }
+
+    /// The attribute set of this metadata in `m`'s table (empty for none or an index out of range,
+    /// which [`Manifest::check`] refuses).
+    pub fn xattr_set<'a>(&self, m: &'a Manifest) -> &'a [crate::Xattr] {
+        self.xattrs.and_then(|i| m.xattr_sets.get(i as usize)).map_or(&[], |s| s.as_slice())
     }
 }
 
@@ -309,10 +333,36 @@ impl Manifest {
         self.check_hooks_channel_rotation(limits)?;
         let mut per_frame = self.check_entries(limits)?;
         self.check_frame_tiling(&mut per_frame)?;
+        self.check_xattrs(limits)?;
         for o in &self.old {
             if !path_within(&o.path, limits) {
                 return Err(Error::Manifest(format!("path {} exceeds length or depth limit", o.path)));
             }
+        }
+        Ok(())
+    }
+
+    /// The carried namespaces and the attribute sets (bundle-format.md §4.9): see
+    /// [`crate::xattr::check`]; then every reference in range, and the sets in order of first
+    /// reference (entries, then old entries), each referenced.
+    fn check_xattrs(&self, limits: &Limits) -> Result<(), Error> {
+        crate::xattr::check(&self.xattr_namespaces, &self.xattr_sets, limits)?;
+        let mut next = 0u32;
+        let metas = self.entries.iter().map(|e| (&e.path, &e.meta)).chain(self.old.iter().map(|o| (&o.path, &o.meta)));
+        for (path, meta) in metas {
+            match meta.xattrs {
+                Some(i) if i as usize >= self.xattr_sets.len() => {
+                    return Err(Error::Manifest(format!("{path}: xattr set {i} does not exist")));
+                }
+                Some(i) if i > next => {
+                    return Err(Error::Manifest(format!("{path}: xattr set {i} referenced before set {next}")));
+                }
+                Some(i) if i == next => next += 1,
+                _ => {}
+            }
+        }
+        if (next as usize) < self.xattr_sets.len() {
+            return Err(Error::Manifest(format!("xattr set {next} is not referenced")));
         }
         Ok(())
     }
@@ -743,14 +793,22 @@ fn declared_size(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Digest of a whole tree: BLAKE3 (derive-key mode, context `ferry tree v1`) over the CBOR
-/// encoding of its entries in sorted order, as [`OldEntry`] values.
-pub fn tree_digest(entries: &[OldEntry]) -> Hash {
+/// encoding of its entries in sorted order, as [`OldEntry`] values with `xattrs` null, each one
+/// with attributes followed by the CBOR encoding of its set (`sets[xattrs]`), so the digest
+/// depends on the attributes and not on how sets are numbered.
+pub fn tree_digest(entries: &[OldEntry], sets: &[crate::XattrSet]) -> Hash {
     let mut h = blake3::Hasher::new_derive_key("ferry tree v1");
     for e in entries {
-        let mut b = Vec::new();
-        #[allow(clippy::unwrap_used)] // serialising into a Vec cannot fail
-        ciborium::into_writer(e, &mut b).unwrap();
-        h.update(&b);
+        let set = e.meta.xattrs.and_then(|i| sets.get(i as usize));
+        let mut e = e.clone();
+        e.meta.xattrs = None;
+        // Serialising plain data into a hasher cannot fail.
+        #[allow(clippy::unwrap_used)]
+        ciborium::into_writer(&e, &mut h).unwrap();
+        if let Some(set) = set {
+            #[allow(clippy::unwrap_used)]
+            ciborium::into_writer(set, &mut h).unwrap();
+        }
     }
     h.finalize().into()
 }

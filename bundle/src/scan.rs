@@ -14,7 +14,8 @@
 //! data items (`max_manifest_items`), nesting (`max_manifest_depth`), the length of every text or
 //! byte string (`max_manifest_string`), and the length of each
 //! counted array, named by its map key: `signers`, `entries`, `old`, `frames`, `script`, `hooks`,
-//! `Pieces` (all pieces of all files together), a rotation's `add` and `retire`. Tags and
+//! `Pieces` (all pieces of all files together), a rotation's `add` and `retire`, `xattr_namespaces`
+//! (bounded like the attributes of one set) and `xattr_sets`. Tags and
 //! indefinite-length items are refused: the canonical encoding (§4) never has them.
 
 use crate::{Error, Hash, Limits};
@@ -32,12 +33,14 @@ enum Field {
     Pieces,
     Add,
     Retire,
+    XattrNamespaces,
+    XattrSets,
     Other,
 }
 
 impl Field {
-    /// The longest key name of a counted field (`signers`, `entries`).
-    const LONGEST: usize = 7;
+    /// The longest key name of a counted field (`xattr_namespaces`).
+    const LONGEST: usize = 16;
 
     fn from_key(key: &[u8]) -> Field {
         match key {
@@ -50,6 +53,8 @@ impl Field {
             b"Pieces" => Field::Pieces,
             b"add" => Field::Add,
             b"retire" => Field::Retire,
+            b"xattr_namespaces" => Field::XattrNamespaces,
+            b"xattr_sets" => Field::XattrSets,
             _ => Field::Other,
         }
     }
@@ -68,6 +73,8 @@ impl Field {
             Field::Pieces => None,
             Field::Add => Some((l.max_rotation_keys, "keys added by the rotation")),
             Field::Retire => Some((l.max_rotation_keys, "keys retired by the rotation")),
+            Field::XattrNamespaces => Some((l.max_xattrs_per_set, "xattr namespaces")),
+            Field::XattrSets => Some((l.max_xattr_sets, "xattr sets")),
             Field::Other => None,
         }
     }
@@ -358,6 +365,8 @@ mod tests {
                 retire: vec!["0123456789abcdef".into()],
                 threshold: None,
             }),
+            xattr_namespaces: vec!["user".into()],
+            xattr_sets: vec![vec![crate::Xattr { name: b"user.a".to_vec(), value: Vec::new() }]],
         }
     }
 
@@ -386,10 +395,14 @@ mod tests {
             max_pieces: 1,
             max_hooks: 1,
             max_rotation_keys: 1,
+            max_xattr_sets: 1,
+            max_xattrs_per_set: 1,
             ..Limits::default()
         };
         type Edit = fn(&mut Manifest);
-        let cases: [(Edit, &str); 9] = [
+        let cases: [(Edit, &str); 11] = [
+            (|m| m.xattr_namespaces.push("security".into()), "manifest has 2 xattr namespaces, over the limit of 1"),
+            (|m| m.xattr_sets.push(vec![]), "manifest has 2 xattr sets, over the limit of 1"),
             (|m| m.signers.push(Hash([9; 32])), "manifest has 2 signers, over the limit of 1"),
             (|m| m.entries.push(m.entries[0].clone()), "manifest has 2 entries, over the limit of 1"),
             (|m| m.old.push(m.old[0].clone()), "manifest has 2 old entries, over the limit of 1"),

@@ -325,7 +325,7 @@ mod tests {
         BundlePath::new(s.as_bytes().to_vec()).unwrap_or_else(|e| panic!("{e}"))
     }
     fn meta(mode: u32) -> Meta {
-        Meta { mode, uid: 0, gid: 0, mtime_ns: 0 }
+        Meta { mode, ..Meta::default() }
     }
     fn dir(s: &str) -> Entry {
         Entry { path: p(s), meta: meta(0o755), kind: Kind::Dir }
@@ -361,6 +361,8 @@ mod tests {
             script,
             hooks: vec![],
             rotation: None,
+            xattr_namespaces: vec![],
+            xattr_sets: vec![],
         }
     }
     fn run(m: &Manifest) -> Result<(), String> {

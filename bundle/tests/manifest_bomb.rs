@@ -34,6 +34,8 @@ fn steps_bomb(n: u32) -> Vec<u8> {
         script: vec![Step { op: Op::Place, path }],
         hooks: vec![],
         rotation: None,
+        xattr_namespaces: vec![],
+        xattr_sets: vec![],
     };
     let enc = m.to_cbor();
     let step = m.script.pop().map(|s| {

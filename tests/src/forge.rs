@@ -38,7 +38,7 @@ pub fn path(p: impl AsRef<[u8]>) -> BundlePath {
 
 /// Metadata with `mode`, owner root, a fixed mtime.
 pub fn meta(mode: u32) -> Meta {
-    Meta { mode, uid: 0, gid: 0, mtime_ns: 1_700_000_000_000_000_000 }
+    Meta { mode, mtime_ns: 1_700_000_000_000_000_000, ..Meta::default() }
 }
 
 /// zstd-compress `data` as one frame.
@@ -99,6 +99,8 @@ pub fn empty(version: u64) -> Manifest {
         script: Vec::new(),
         hooks: Vec::new(),
         rotation: None,
+        xattr_namespaces: vec![],
+        xattr_sets: vec![],
     }
 }
 

@@ -128,6 +128,23 @@ pub struct Node {
     pub rdev: u64,
     /// Smallest path of the hardlink group, if the file has other names in the tree.
     pub group: Option<Vec<u8>>,
+    /// Extended attributes (every namespace readable), sorted by name.
+    pub xattrs: Vec<bundle::Xattr>,
+}
+
+/// Every extended attribute of `p` (not following a symlink), sorted; empty where the filesystem
+/// has none.
+pub fn xattrs_of(p: &Path) -> Vec<bundle::Xattr> {
+    let r = bundle::xattr::read_set(
+        |buf| rustix::fs::llistxattr(p, buf).map_err(std::io::Error::from),
+        |n, buf| rustix::fs::lgetxattr(p, n, buf).map_err(std::io::Error::from),
+        |_| true,
+    );
+    match r {
+        Ok((set, _)) => set,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+        Err(e) => panic!("{}: reading extended attributes: {e}", p.display()),
+    }
 }
 
 pub type Snapshot = BTreeMap<Vec<u8>, Node>;
@@ -199,6 +216,7 @@ fn walk(
             },
             rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
             group: None,
+            xattrs: xattrs_of(&p),
         };
         if ft.is_file() && md.nlink() > 1 {
             inodes.entry((md.dev(), md.ino())).or_default().push(rel.clone());

@@ -156,6 +156,7 @@ impl World {
                     link: None,
                     rdev: 0,
                     group: None,
+                    xattrs: Vec::new(),
                 };
             }
             n
