@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_frames: usize,
     /// Pieces of all files together (so also of one file).
     pub max_pieces: usize,
+    /// Data extents of one sparse file (bundle-format.md §4.2).
+    pub max_extents_per_file: usize,
+    /// Data extents of all sparse files together.
+    pub max_extents: usize,
     /// Compressed size of one frame.
     pub max_frame_bytes: u64,
     /// Decoded size of one frame.
@@ -67,6 +71,8 @@ impl Default for Limits {
             max_path_depth: crate::path::MAX_PATH_DEPTH,
             max_frames: 1 << 20,
             max_pieces: 1 << 21,
+            max_extents_per_file: 1 << 16,
+            max_extents: 1 << 21,
             max_frame_bytes: 1 << 30,
             max_frame_decoded: 1 << 30,
             max_window_log: 28,
@@ -93,6 +99,7 @@ impl Limits {
             max_manifest_decoded: d.max_manifest_decoded.saturating_mul(scale),
             max_manifest_items: d.max_manifest_items.saturating_mul(scale),
             max_pieces: d.max_pieces.saturating_mul(scale as usize),
+            max_extents: d.max_extents.saturating_mul(scale as usize),
             ..d
         }
     }
