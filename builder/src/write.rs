@@ -9,7 +9,7 @@ use crate::delta;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use bundle::container;
-use bundle::{BundlePath, Frame, Hash, Method};
+use bundle::{BundlePath, Extent, Frame, Hash, Method};
 use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,10 +22,27 @@ use std::sync::Mutex;
 pub struct PayloadJob {
     pub path: BundlePath,
     pub fs_path: PathBuf,
+    /// Bytes to encode: the file's size, or a sparse file's data length.
     pub size: u64,
     pub hash: Hash,
     /// OLD file to try as delta base: bundle path, filesystem path, size.
     pub base: Option<(BundlePath, PathBuf, u64)>,
+    /// A sparse file's logical size and data extents: what is encoded is its data stream (the
+    /// extents' bytes, concatenated); the holes are never read.
+    pub sparse: Option<(u64, Vec<Extent>)>,
+}
+
+impl PayloadJob {
+    /// Where byte `data_offset` of what is encoded sits in the file.
+    fn file_offset(&self, data_offset: u64) -> u64 {
+        match &self.sparse {
+            None => data_offset,
+            Some((_, x)) => {
+                let starts = bundle::sparse::data_starts(x);
+                bundle::sparse::place(x, &starts, data_offset, 1).first().map_or(data_offset, |r| r.0)
+            }
+        }
+    }
 }
 
 /// A compressed frame stored in the temporary file.
@@ -162,10 +179,35 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Read a whole (unchunked) job's content and check it still has the scanned hash.
+/// Read bytes `[offset, offset + len)` of what job encodes: of the file, or of a sparse file's
+/// data stream (only its data extents are read).
+fn read_data(job: &PayloadJob, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let Some((_, x)) = &job.sparse else {
+        return read_range(&job.fs_path, offset, len);
+    };
+    let mut out = Vec::with_capacity(len as usize);
+    for (at, _, n) in bundle::sparse::place(x, &bundle::sparse::data_starts(x), offset, len) {
+        out.extend_from_slice(&read_range(&job.fs_path, at, n)?);
+    }
+    Ok(out)
+}
+
+/// Read a whole (unchunked) job's content and check it still has the scanned hash (a sparse
+/// file's data stream, hashed with its holes as zeros).
 fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
-    let data = read_range(&job.fs_path, 0, job.size)?;
-    if Hash::of(&data) != job.hash {
+    let data = read_data(job, 0, job.size)?;
+    let hash = match &job.sparse {
+        None => Hash::of(&data),
+        Some((size, x)) => {
+            let mut h = bundle::sparse::ZeroFillHasher::new();
+            for (at, from, n) in bundle::sparse::place(x, &bundle::sparse::data_starts(x), 0, job.size) {
+                h.update_at(at, &data[from as usize..(from + n) as usize])
+                    .map_err(|e| Error::Io { path: job.fs_path.clone(), source: io::Error::other(e) })?;
+            }
+            h.finish(*size)
+        }
+    };
+    if hash != job.hash {
         return Err(Error::Io { path: job.fs_path.clone(), source: io::Error::other("file changed during the build") });
     }
     Ok(data)
@@ -174,7 +216,7 @@ fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
 /// Encode one unit; `None` if plain zstd won and the unit may go into a solid frame.
 fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<Option<StoredFrame>> {
     let job = &jobs[u.job];
-    let data = if u.chunked { read_range(&job.fs_path, u.offset, u.len)? } else { read_job(job)? };
+    let data = if u.chunked { read_data(job, u.offset, u.len)? } else { read_job(job)? };
     let cerr = |source| Error::Compress { path: job.path.display(), source };
     let base = match &u.base {
         Some((_, bfs, off, len)) => Some(read_range(bfs, *off, *len)?),
@@ -387,10 +429,14 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
     let mut cand: Vec<usize> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         if job.size <= chunk {
-            let base = job
-                .base
-                .as_ref()
-                .map(|(bp, bfs, blen)| (bp.clone(), bfs.clone(), 0, (*blen).min(chunk.saturating_mul(2))));
+            // A sparse file's base window is around where its data starts.
+            let base = job.base.as_ref().map(|(bp, bfs, blen)| match &job.sparse {
+                None => (bp.clone(), bfs.clone(), 0, (*blen).min(chunk.saturating_mul(2))),
+                Some(_) => {
+                    let (o, l) = base_window_at(job.file_offset(0), chunk, *blen);
+                    (bp.clone(), bfs.clone(), o, l)
+                }
+            });
             let base = base.filter(|b| b.3 > 0);
             if base.is_none() && solid_ok(job.size) {
                 cand.push(j);
@@ -403,7 +449,11 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
                 let offset = i * chunk;
                 let len = chunk.min(job.size - offset);
                 let base = job.base.as_ref().filter(|(bp, _, _)| bp == &job.path).and_then(|(bp, bfs, blen)| {
-                    let (o, l) = delta::chunk_base_window(i, chunk, *blen);
+                    let (o, l) = match &job.sparse {
+                        None => delta::chunk_base_window(i, chunk, *blen),
+                        // Around the chunk's place in the file, not in the data stream.
+                        Some(_) => base_window_at(job.file_offset(offset), chunk, *blen),
+                    };
                     (l > 0).then(|| (bp.clone(), bfs.clone(), o, l))
                 });
                 units.push(Unit { job: j, offset, len, base, chunked: true, solid_ok: false });
@@ -411,6 +461,14 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
         }
     }
     (units, cand)
+}
+
+/// The delta base window for a chunk that starts at file offset `at`:
+/// `[at - c/2, at + c + c/2)` within the OLD file (`delta::chunk_base_window` at any offset).
+fn base_window_at(at: u64, c: u64, old_len: u64) -> (u64, u64) {
+    let start = at.saturating_sub(c / 2).min(old_len);
+    let end = at.saturating_add(c).saturating_add(c / 2).min(old_len);
+    (start, end - start)
 }
 
 impl Encoded {
@@ -598,6 +656,7 @@ mod tests {
             size: 5 * chunk + 123,
             hash: crate::scan::hash_file(&new)?,
             base: Some((BundlePath::new("f")?, old.clone(), 5 * chunk)),
+            sparse: None,
         };
         let store = FrameStore::new_in(d.path())?;
         let opts = EncodeOptions { level: 3, chunk, solid_size: 8 << 20 };
@@ -635,6 +694,7 @@ mod tests {
             size: content.len() as u64,
             hash: Hash::of(content),
             base: None,
+            sparse: None,
         })
     }
 
