@@ -229,8 +229,12 @@ impl<'a> Stager<'a> {
         let sd = self.stage_fd(i)?;
         let name = staged_name(i);
         match &e.kind {
-            Kind::File { content: Content::Empty, .. } => {
-                fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
+            Kind::File { content: Content::Empty, size, .. } => {
+                let f = fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
+                // A sparse file without data (all hole) has a size all the same.
+                if *size > 0 {
+                    f.set_len(*size).ctx("size staged", &e.path)?;
+                }
                 return Ok(Some(0));
             }
             Kind::File { content: Content::Copy { from }, size, extents, .. } => {

@@ -32,19 +32,6 @@ pub struct PayloadJob {
     pub sparse: Option<(u64, Vec<Extent>)>,
 }
 
-impl PayloadJob {
-    /// Where byte `data_offset` of what is encoded sits in the file.
-    fn file_offset(&self, data_offset: u64) -> u64 {
-        match &self.sparse {
-            None => data_offset,
-            Some((_, x)) => {
-                let starts = bundle::sparse::data_starts(x);
-                bundle::sparse::place(x, &starts, data_offset, 1).first().map_or(data_offset, |r| r.0)
-            }
-        }
-    }
-}
-
 /// A compressed frame stored in the temporary file.
 #[derive(Clone, Debug)]
 pub struct StoredFrame {
@@ -428,15 +415,15 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
     let mut units = Vec::new();
     let mut cand: Vec<usize> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
+        if let Some((_, x)) = &job.sparse {
+            units.extend(sparse_units(j, job, x, chunk));
+            continue;
+        }
         if job.size <= chunk {
-            // A sparse file's base window is around where its data starts.
-            let base = job.base.as_ref().map(|(bp, bfs, blen)| match &job.sparse {
-                None => (bp.clone(), bfs.clone(), 0, (*blen).min(chunk.saturating_mul(2))),
-                Some(_) => {
-                    let (o, l) = base_window_at(job.file_offset(0), chunk, *blen);
-                    (bp.clone(), bfs.clone(), o, l)
-                }
-            });
+            let base = job
+                .base
+                .as_ref()
+                .map(|(bp, bfs, blen)| (bp.clone(), bfs.clone(), 0, (*blen).min(chunk.saturating_mul(2))));
             let base = base.filter(|b| b.3 > 0);
             if base.is_none() && solid_ok(job.size) {
                 cand.push(j);
@@ -449,11 +436,7 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
                 let offset = i * chunk;
                 let len = chunk.min(job.size - offset);
                 let base = job.base.as_ref().filter(|(bp, _, _)| bp == &job.path).and_then(|(bp, bfs, blen)| {
-                    let (o, l) = match &job.sparse {
-                        None => delta::chunk_base_window(i, chunk, *blen),
-                        // Around the chunk's place in the file, not in the data stream.
-                        Some(_) => base_window_at(job.file_offset(offset), chunk, *blen),
-                    };
+                    let (o, l) = delta::chunk_base_window(i, chunk, *blen);
                     (l > 0).then(|| (bp.clone(), bfs.clone(), o, l))
                 });
                 units.push(Unit { job: j, offset, len, base, chunked: true, solid_ok: false });
@@ -463,12 +446,40 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
     (units, cand)
 }
 
-/// The delta base window for a chunk that starts at file offset `at`:
-/// `[at - c/2, at + c + c/2)` within the OLD file (`delta::chunk_base_window` at any offset).
-fn base_window_at(at: u64, c: u64, old_len: u64) -> (u64, u64) {
-    let start = at.saturating_sub(c / 2).min(old_len);
-    let end = at.saturating_add(c).saturating_add(c / 2).min(old_len);
-    (start, end - start)
+/// The units of a sparse file (job `j`, data extents `x`): runs of its data stream of at most
+/// `chunk` bytes whose place in the file spans at most `chunk` bytes (consecutive extents close
+/// together share a unit; a long extent is cut). Each unit's delta base is the window of the OLD
+/// file around the same place, `[start - chunk/2, end + chunk/2)`, so a sparse OLD file is never
+/// read beyond two chunks per unit and its data lines up with NEW's.
+fn sparse_units(j: usize, job: &PayloadJob, x: &[Extent], chunk: u64) -> Vec<Unit> {
+    // (data offset, data length, file start, file end)
+    let mut runs: Vec<(u64, u64, u64, u64)> = Vec::new();
+    let starts = bundle::sparse::data_starts(x);
+    for (e, start) in x.iter().zip(starts) {
+        let mut off = 0;
+        while off < e.len {
+            let n = (e.len - off).min(chunk);
+            let (d0, l0, l1) = (start + off, e.offset + off, e.offset + off + n);
+            match runs.last_mut() {
+                Some(r) if l1 - r.2 <= chunk && r.1 + n <= chunk => {
+                    r.1 += n;
+                    r.3 = l1;
+                }
+                _ => runs.push((d0, n, l0, l1)),
+            }
+            off += n;
+        }
+    }
+    runs.into_iter()
+        .map(|(offset, len, l0, l1)| {
+            let base = job.base.as_ref().and_then(|(bp, bfs, blen)| {
+                let start = l0.saturating_sub(chunk / 2).min(*blen);
+                let end = l1.saturating_add(chunk / 2).min(*blen);
+                (end > start).then(|| (bp.clone(), bfs.clone(), start, end - start))
+            });
+            Unit { job: j, offset, len, base, chunked: true, solid_ok: false }
+        })
+        .collect()
 }
 
 impl Encoded {
