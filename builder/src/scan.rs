@@ -348,7 +348,7 @@ pub fn scan(root: &Path, label: &str, fail_on_sockets: bool, progress: &Progress
     let total: u64 = to_hash.iter().map(|&i| entries[i].size).sum();
     progress.begin(&format!("hash {label}"), "files", Some(to_hash.len() as u64), Some(total));
     // Holes are found and skipped here: a sparse file costs its data, not its size.
-    let hashes: Vec<Result<(Hash, u64, Option<Vec<Extent>>)>> = to_hash
+    let hashes: Vec<Result<Hashed>> = to_hash
         .par_iter()
         .map(|&i| {
             let h = crate::sparse::hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes())));
@@ -357,7 +357,7 @@ pub fn scan(root: &Path, label: &str, fail_on_sockets: bool, progress: &Progress
         })
         .collect();
     progress.end();
-    let mut by_primary: BTreeMap<BundlePath, (Hash, u64, Option<Vec<Extent>>)> = BTreeMap::new();
+    let mut by_primary: BTreeMap<BundlePath, Hashed> = BTreeMap::new();
     for (&i, h) in to_hash.iter().zip(hashes) {
         let (hash, size, extents) = h?;
         // The size as of the read (a file that grew since the walk is hashed as it is now).
@@ -376,6 +376,9 @@ pub fn scan(root: &Path, label: &str, fail_on_sockets: bool, progress: &Progress
     tree.sockets = sockets;
     Ok(tree)
 }
+
+/// A file's digest, size and (if sparse) data extents, as [`crate::sparse::hash_file`] finds them.
+type Hashed = (Hash, u64, Option<Vec<Extent>>);
 
 /// The error for a socket under `--fail-on-sockets`.
 pub fn socket_refused() -> std::io::Error {

@@ -179,21 +179,11 @@ fn read_data(job: &PayloadJob, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Read a whole (unchunked) job's content and check it still has the scanned hash (a sparse
-/// file's data stream, hashed with its holes as zeros).
+/// Read a whole (unchunked, so dense: a sparse file is always cut into units by
+/// [`sparse_units`]) job's content and check it still has the scanned hash.
 fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
-    let data = read_data(job, 0, job.size)?;
-    let hash = match &job.sparse {
-        None => Hash::of(&data),
-        Some((size, x)) => {
-            let mut h = bundle::sparse::ZeroFillHasher::new();
-            for (at, from, n) in bundle::sparse::place(x, &bundle::sparse::data_starts(x), 0, job.size) {
-                h.update_at(at, &data[from as usize..(from + n) as usize])
-                    .map_err(|e| Error::Io { path: job.fs_path.clone(), source: io::Error::other(e) })?;
-            }
-            h.finish(*size)
-        }
-    };
+    let data = read_range(&job.fs_path, 0, job.size)?;
+    let hash = Hash::of(&data);
     if hash != job.hash {
         return Err(Error::Io { path: job.fs_path.clone(), source: io::Error::other("file changed during the build") });
     }
