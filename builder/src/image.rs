@@ -183,7 +183,7 @@ struct PaxSparse {
 /// At most this many map numbers (two per extent) in a PAX sparse map, so that a hostile archive
 /// cannot make the builder allocate without bound; the policy keeps at most
 /// [`crate::sparse::MAX_EXTENTS`] anyway.
-const MAX_MAP_NUMBERS: usize = 1 << 24;
+const MAX_MAP_NUMBERS: usize = 1 << 22;
 
 impl PaxSparse {
     fn of<R: Read>(m: &mut tar::Entry<'_, R>) -> io::Result<PaxSparse> {

@@ -495,20 +495,19 @@ impl Manifest {
         per_frame: &mut [Vec<FramePiece<'a>>],
     ) -> Result<(), Error> {
         let err = |s: String| Err(Error::Manifest(s));
-        let size = &size;
         match content {
             Content::Empty if data != 0 => err(format!("{}: empty content with {data} bytes of data", e.path)),
-            Content::Pieces(_) if data == 0 && *size != 0 => {
+            Content::Pieces(_) if data == 0 && size != 0 => {
                 err(format!("{}: pieces for a file without data (a hole only: Empty)", e.path))
             }
             Content::Pieces(ps) => self.check_pieces(e, data, ps, limits, per_frame),
             Content::Copy { from } => match self.old_entry(from) {
-                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
+                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if *s == size => Ok(()),
                 _ => err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
             },
             Content::Unchanged => match self.old_entry(&e.path) {
                 None => Ok(()),
-                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
+                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if *s == size => Ok(()),
                 _ => err(format!("{}: unchanged content but OLD differs", e.path)),
             },
             Content::Empty => Ok(()),
