@@ -542,6 +542,74 @@ mod tests {
         scan_tar(bytes, Path::new("test.tar"), store, false, &Progress::silent())
     }
 
+    /// One PAX record: its length (counting itself), the key and the value.
+    fn pax_record(k: &str, v: &str) -> String {
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while format!("{n}{body}").len() != n {
+            n += 1;
+        }
+        format!("{n}{body}")
+    }
+
+    #[test]
+    fn pax_sparse_members_become_sparse_entries() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use tar::EntryType as T;
+        const K: u64 = 1 << 10;
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut dense = vec![0u8; 1 << 20];
+        dense[..4096].copy_from_slice(&data[..4096]);
+        dense[512 << 10..(512 << 10) + 4096].copy_from_slice(&data[4096..]);
+        let want = Some(vec![Extent { offset: 0, len: 4 * K }, Extent { offset: 512 * K, len: 4 * K }]);
+        // Format 0.1: the map is a record.
+        let v01: String = [
+            pax_record("GNU.sparse.size", "1048576"),
+            pax_record("GNU.sparse.numblocks", "2"),
+            pax_record("GNU.sparse.name", "f"),
+            pax_record("GNU.sparse.map", "0,4096,524288,4096"),
+        ]
+        .concat();
+        // Format 1.0: the map opens the member's data, padded to a block.
+        let v10: String = [
+            pax_record("GNU.sparse.major", "1"),
+            pax_record("GNU.sparse.minor", "0"),
+            pax_record("GNU.sparse.name", "g"),
+            pax_record("GNU.sparse.realsize", "1048576"),
+        ]
+        .concat();
+        let mut data10 = b"2\n0\n4096\n524288\n4096\n".to_vec();
+        data10.resize(512, 0);
+        data10.extend_from_slice(&data);
+        let bytes = tar_of(&[
+            (T::XHeader, "./PaxHeaders/f", v01.as_bytes(), ""),
+            (T::Regular, "./GNUSparseFile.1/f", &data, ""),
+            (T::XHeader, "./PaxHeaders/g", v10.as_bytes(), ""),
+            (T::Regular, "./GNUSparseFile.1/g", &data10, ""),
+        ]);
+        let t = scan_bytes(&bytes)?;
+        for name in ["f", "g"] {
+            let e = t.get(&BundlePath::new(name)?).ok_or(name)?;
+            assert_eq!((e.size, e.hash, &e.extents), (1 << 20, Hash::of(&dense), &want), "{name}");
+            assert_eq!(std::fs::read(t.content_path(&e.path))?, dense, "{name}: stored content");
+        }
+        // Maps that lie are refused, naming the member.
+        for (map, why) in [("524288,4096,0,4096", "unsorted"), ("0,4096,2048,4096", "overlap"), ("0,4096", "short")] {
+            let v: String = [
+                pax_record("GNU.sparse.size", "1048576"),
+                pax_record("GNU.sparse.name", "f"),
+                pax_record("GNU.sparse.map", map),
+            ]
+            .concat();
+            let bytes = tar_of(&[
+                (T::XHeader, "./PaxHeaders/f", v.as_bytes(), ""),
+                (T::Regular, "./GNUSparseFile.1/f", &data, ""),
+            ]);
+            let e = scan_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("sparse map") && e.contains("f"), "{why}: {e}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn archive_members_become_entries() -> std::result::Result<(), Box<dyn std::error::Error>> {
         use tar::EntryType as T;
