@@ -55,7 +55,8 @@ pub fn observe(
             let hash = if want_size == Some(st.st_size as u64) {
                 let f = fsx::open_file_at(dir, name).map_err(|e| e.to_string())?;
                 // Never past the size seen: a file growing meanwhile still gets a bounded read.
-                hash_reader(f.take(st.st_size as u64)).map_err(|e| e.to_string())?.0
+                // Holes are not read (a sparse file's digest is over its holes as zeros).
+                crate::sparse::hash_file(&f, st.st_size as u64).map_err(|e| e.to_string())?.0
             } else {
                 bundle::Hash::default()
             };

@@ -28,7 +28,6 @@ use bundle::{BundlePath, Kind, Manifest, Meta, OldKind, Op};
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 
 /// Actual metadata of touched paths before the commit, saved for rollback.
@@ -791,7 +790,7 @@ pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Res
         let Kind::File { size, hash, .. } = &e.kind else { return Ok(()) };
         let Some(slot) = c.actions[i].slot() else { return Ok(()) };
         let f = fsx::open_file_at(works[slot.work].stage.as_fd(), &slot.name).ctx("open staged", &e.path)?;
-        let (h, n) = crate::base::hash_reader(f.take(size + 1)).ctx("read staged", &e.path)?;
+        let (h, n) = crate::sparse::hash_file(&f, size + 1).ctx("read staged", &e.path)?;
         if h != *hash || n != *size {
             return Err(Error::UnsafeState {
                 path: e.path.to_string(),

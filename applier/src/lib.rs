@@ -17,6 +17,7 @@
 //! - [`cli`] and [`report`]: the command line, and what it prints (the `--json` contract).
 //! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
+//! - [`sparse`]: hashing files without reading their holes, copying data extents only.
 //! - [`par`]: parallel hashing of the base and of staged files.
 //! - [`text`]: escaping untrusted text before it reaches a terminal.
 
@@ -38,6 +39,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod source;
+pub mod sparse;
 pub mod stage;
 pub mod state;
 pub mod status;

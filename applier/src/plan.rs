@@ -89,7 +89,8 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         let e = &m.entries[i];
         let key = txn::dev_of_parent(root.as_fd(), &mut dirs, &e.path)?;
         let size = match &e.kind {
-            bundle::Kind::File { size, .. } => *size,
+            // As staging counts it: a sparse file takes its data only.
+            bundle::Kind::File { size, extents, .. } => bundle::sparse::data_len(*size, extents.as_deref()),
             _ => 0,
         };
         let slot = per.entry(key).or_insert_with(|| (nearest_dir(root.as_fd(), &e.path), 0));

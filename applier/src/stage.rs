@@ -20,7 +20,6 @@ use crate::txn::{staged_name, Txn};
 use bundle::{Content, Entry, Kind, Limits, Op};
 use rustix::fs::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
@@ -45,7 +44,8 @@ pub fn placed_entries(m: &bundle::Manifest, owners: bool) -> Vec<usize> {
 
 fn file_size(e: &Entry) -> u64 {
     match &e.kind {
-        Kind::File { size, .. } => *size,
+        // The space a staged file takes: a sparse file's data only.
+        Kind::File { size, extents, .. } => bundle::sparse::data_len(*size, extents.as_deref()),
         _ => 0,
     }
 }
@@ -157,7 +157,7 @@ impl<'a> Stager<'a> {
             if let Kind::File { size, hash, .. } = &e.kind {
                 if fsx::file_type(&st) == FileType::RegularFile && st.st_size as u64 == *size {
                     let f = fsx::open_file_at(sd, &name).ctx("open staged", &e.path)?;
-                    return Ok(Some(crate::base::hash_reader(f).ctx("read staged", &e.path)?.0 == *hash));
+                    return Ok(Some(crate::sparse::hash_file(&f, *size).ctx("read staged", &e.path)?.0 == *hash));
                 }
             }
             Ok(Some(false))
@@ -229,18 +229,24 @@ impl<'a> Stager<'a> {
         let sd = self.stage_fd(i)?;
         let name = staged_name(i);
         match &e.kind {
-            Kind::File { content: Content::Empty, .. } => {
-                fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
+            Kind::File { content: Content::Empty, size, .. } => {
+                let f = fsx::create_file_at(sd, &name).ctx("create staged", &e.path)?;
+                // A sparse file without data (all hole) has a size all the same.
+                if *size > 0 {
+                    f.set_len(*size).ctx("size staged", &e.path)?;
+                }
                 return Ok(Some(0));
             }
-            Kind::File { content: Content::Copy { from }, size, .. } => {
-                return copy_local(self.root, dirs, from, None, *size, sd, &name, &e.path).map(Some);
+            Kind::File { content: Content::Copy { from }, size, extents, .. } => {
+                let to = (sd, &name[..], &e.path);
+                return copy_local(self.root, dirs, from, None, *size, extents.as_deref(), to).map(Some);
             }
-            Kind::File { content: Content::Unchanged, size, .. } => {
+            Kind::File { content: Content::Unchanged, size, extents, .. } => {
                 // A permission-raising metadata change: a copy of the live file (the inode the
                 // base check verified), given the new metadata and exchanged in by the commit.
                 let base = self.txn.base_ids.get(&e.path).map(|&(d, i, _)| (d, i));
-                return copy_local(self.root, dirs, &e.path, base, *size, sd, &name, &e.path).map(Some);
+                let to = (sd, &name[..], &e.path);
+                return copy_local(self.root, dirs, &e.path, base, *size, extents.as_deref(), to).map(Some);
             }
             Kind::File { .. } => return Err(Error::Internal(format!("{}: file content not staged", e.path))),
             Kind::Dir => fsx::mkdir_at(sd, &name, 0o700).ctx("stage directory", &e.path)?,
@@ -270,7 +276,7 @@ impl<'a> Stager<'a> {
             let e = &self.m.entries[i];
             if let Kind::File { size, hash, .. } = &e.kind {
                 let f = fsx::open_file_at(self.stage_fd(i)?, &staged_name(i)).ctx("open staged", &e.path)?;
-                let (h, n) = crate::base::hash_reader(f).ctx("read staged", &e.path)?;
+                let (h, n) = crate::sparse::hash_file(&f, size + 1).ctx("read staged", &e.path)?;
                 if h != *hash || n != *size {
                     return Err(Error::Bundle(bundle::Error::Manifest(format!(
                         "{}: staged content does not match the manifest's hash (corrupt payload or changed delta base)",
@@ -310,20 +316,22 @@ impl<'a> Stager<'a> {
 }
 
 /// Copy the live file `from` (if `want`, only the inode `(st_dev, st_ino)`) into a new staged
-/// file `name` in `sd`, reading at most `size` bytes: a source swapped for a larger (or huge
-/// sparse) file by a local user is refused before anything is copied, and one that grows while
-/// it is read is cut at `size` + 1 bytes and refused by the hash check. Returns bytes written.
-#[allow(clippy::too_many_arguments)]
+/// file `name` in `sd` (`to`: directory, name, and the entry's path for messages), reading at
+/// most `size` bytes: a source swapped for a larger (or huge sparse) file by a local user is
+/// refused before anything is copied, and one that grows while it is read is cut at `size` + 1
+/// bytes and refused by the hash check. A sparse NEW file (`extents`) gets only its data extents
+/// copied, its holes left holes (the hash check then proves the source had zeros there).
+/// Returns bytes written.
 fn copy_local(
     root: BorrowedFd<'_>,
     dirs: &mut fsx::DirCache,
     from: &bundle::BundlePath,
     want: Option<(u64, u64)>,
     size: u64,
-    sd: BorrowedFd<'_>,
-    name: &[u8],
-    path: &bundle::BundlePath,
+    extents: Option<&[bundle::Extent]>,
+    to: (BorrowedFd<'_>, &[u8], &bundle::BundlePath),
 ) -> Result<u64> {
+    let (sd, name, path) = to;
     let (d, n) = dirs.parent_of(root, from).ctx("open copy source", from)?;
     let src = fsx::open_file_at(d, n).ctx("open copy source", from)?;
     let st = rustix::fs::fstat(&src).ctx("stat copy source", from)?;
@@ -333,7 +341,7 @@ fn copy_local(
         return Err(Error::Drift(vec![format!("{from}: changed after the base check (copy source)")]));
     }
     let mut dst = fsx::create_file_at(sd, name).ctx("create staged", path)?;
-    std::io::copy(&mut src.take(size + 1), &mut dst).ctx("copy", path)
+    crate::sparse::copy(&src, &mut dst, size, extents).ctx("copy", path)
 }
 
 /// Frames read from the bundle and decoded by worker threads at most this big (compressed).

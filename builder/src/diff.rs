@@ -82,7 +82,8 @@ pub fn old_entries(t: &Tree) -> Vec<OldEntry> {
     t.entries.iter().map(old_entry).collect()
 }
 
-/// Same type, same content/target/rdev (metadata not compared).
+/// Same type, same content/target/rdev (metadata not compared). A file's layout (which parts
+/// are holes) is not content: a file that only became sparse, or dense, is unchanged.
 fn same_payload(n: &ScanEntry, o: &ScanEntry) -> bool {
     match (&n.ty, &o.ty) {
         (Type::File, Type::File) => n.size == o.size && n.hash == o.hash,
@@ -183,7 +184,8 @@ impl Ctx<'_> {
 
     /// Where the content of a NEW file whose inode group changed comes from.
     fn payload_choice(&self, p: &BundlePath, n: &ScanEntry) -> Choice {
-        if n.size == 0 {
+        // A file that is all hole has no data either.
+        if n.size == 0 || n.extents.as_ref().is_some_and(|x| x.is_empty()) {
             Choice::Empty
         } else if let Some(from) = self.idx.copy_source(p, &n.hash) {
             Choice::Copy(from)
@@ -352,7 +354,15 @@ fn new_entry(cx: &Ctx, n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>) ->
                     Some(Choice::Copy(from)) => Content::Copy { from: from.clone() },
                     Some(Choice::Payload { .. }) => Content::Pieces(Vec::new()),
                 };
-                Kind::File { size: n.size, hash: n.hash, content, config: cx.is_config(&n.path) }
+                // The layout is NEW's whatever the content choice: the applier writes a staged
+                // file (payload or copy) with these extents; unchanged content keeps its layout.
+                Kind::File {
+                    size: n.size,
+                    hash: n.hash,
+                    content,
+                    config: cx.is_config(&n.path),
+                    extents: n.extents.clone(),
+                }
             }
         },
         Type::Dir => Kind::Dir,
@@ -379,6 +389,7 @@ pub(crate) mod tests {
             meta: Meta { mode: 0o644, ..Meta::default() },
             size: content.len() as u64,
             hash: Hash::of(content),
+            extents: None,
             primary: None,
         }
     }
@@ -389,6 +400,7 @@ pub(crate) mod tests {
             meta: Meta { mode: 0o755, ..Meta::default() },
             size: 0,
             hash: Hash::default(),
+            extents: None,
             primary: None,
         }
     }

@@ -14,7 +14,7 @@
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::scan::{ContentStore, ScanEntry, Source, Tree, Type};
-use bundle::{BundlePath, Hash, Meta};
+use bundle::{BundlePath, Extent, Hash, Meta};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -167,6 +167,123 @@ fn pax_time_ns(v: &[u8]) -> Option<i64> {
     Some(if neg { -ns } else { ns })
 }
 
+/// The `GNU.sparse.*` records of a member's PAX header (GNU tar's sparse formats 0.0, 0.1 and
+/// 1.0 with `--format=posix`, and bsdtar's default): the member's data is then the file's data
+/// stream (1.0: after a map in its first blocks), its real name and size are records.
+#[derive(Default, Debug)]
+struct PaxSparse {
+    /// `GNU.sparse.major` (1 for format 1.0).
+    major: Option<u64>,
+    name: Option<Vec<u8>>,
+    /// `GNU.sparse.size` (0.x) or `GNU.sparse.realsize` (1.0).
+    size: Option<u64>,
+    /// 0.1: `GNU.sparse.map`; 0.0: the `GNU.sparse.offset`/`numbytes` records in order.
+    map: Vec<u64>,
+}
+
+/// At most this many map numbers (two per extent) in a PAX sparse map, so that a hostile archive
+/// cannot make the builder allocate without bound; the policy keeps at most
+/// [`crate::sparse::MAX_EXTENTS`] anyway.
+const MAX_MAP_NUMBERS: usize = 1 << 22;
+
+impl PaxSparse {
+    fn of<R: Read>(m: &mut tar::Entry<'_, R>) -> io::Result<PaxSparse> {
+        let mut p = PaxSparse::default();
+        let Some(ext) = m.pax_extensions()? else { return Ok(p) };
+        let num = |v: &[u8]| -> io::Result<u64> {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io::Error::other("invalid number in a GNU.sparse record"))
+        };
+        for x in ext {
+            let x = x?;
+            match x.key_bytes() {
+                b"GNU.sparse.major" => p.major = Some(num(x.value_bytes())?),
+                b"GNU.sparse.name" => p.name = Some(x.value_bytes().to_vec()),
+                b"GNU.sparse.size" | b"GNU.sparse.realsize" => p.size = Some(num(x.value_bytes())?),
+                b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => p.map.push(num(x.value_bytes())?),
+                b"GNU.sparse.map" => {
+                    for v in x.value_bytes().split(|&b| b == b',') {
+                        p.map.push(num(v)?);
+                    }
+                }
+                _ => {}
+            }
+            if p.map.len() > MAX_MAP_NUMBERS {
+                return Err(io::Error::other("sparse map too long"));
+            }
+        }
+        Ok(p)
+    }
+
+    fn is_sparse(&self) -> bool {
+        self.size.is_some() && (self.major.is_some() || !self.map.is_empty())
+    }
+
+    /// The real size and the raw data extents (format 1.0: read from the start of the member's
+    /// data, which is left at the data stream). Refuses a map that is unsorted, overlapping,
+    /// beyond the size, or that does not account for exactly the member's data bytes.
+    fn map<R: Read>(&self, m: &mut tar::Entry<'_, R>) -> io::Result<(u64, Vec<Extent>)> {
+        let size = self.size.ok_or_else(|| io::Error::other("no real size"))?;
+        let stored = m.size();
+        let (numbers, consumed) = if self.major == Some(1) {
+            // "N\n" then N pairs "OFFSET\nLEN\n", padded with zeros to a 512-byte block.
+            let mut consumed = 0u64;
+            let mut line = || -> io::Result<u64> {
+                let mut v = Vec::new();
+                loop {
+                    let mut b = [0u8; 1];
+                    m.read_exact(&mut b)?;
+                    consumed += 1;
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                    if v.len() > 20 {
+                        return Err(io::Error::other("map number too long"));
+                    }
+                    v.push(b[0]);
+                }
+                std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| io::Error::other("bad map"))
+            };
+            let n = line()?;
+            if n > (MAX_MAP_NUMBERS / 2) as u64 {
+                return Err(io::Error::other("sparse map too long"));
+            }
+            let mut v = Vec::new();
+            for _ in 0..2 * n {
+                v.push(line()?);
+            }
+            let pad = (512 - consumed % 512) % 512;
+            io::copy(&mut m.by_ref().take(pad), &mut io::sink())?;
+            (v, consumed + pad)
+        } else {
+            (self.map.clone(), 0)
+        };
+        if numbers.len() % 2 != 0 {
+            return Err(io::Error::other("odd number of map entries"));
+        }
+        let mut extents = Vec::new();
+        let (mut end, mut data) = (0u64, 0u64);
+        for pair in numbers.chunks_exact(2) {
+            let e = Extent { offset: pair[0], len: pair[1] };
+            let e_end = e.offset.checked_add(e.len).filter(|&x| x <= size);
+            match e_end {
+                Some(x) if e.offset >= end => end = x,
+                _ => return Err(io::Error::other("map unsorted, overlapping or beyond the size")),
+            }
+            data += e.len;
+            if e.len > 0 {
+                extents.push(e);
+            }
+        }
+        if consumed.checked_add(data) != Some(stored) {
+            return Err(io::Error::other("map does not match the member's data"));
+        }
+        Ok((size, extents))
+    }
+}
+
 /// Read a tar stream into a tree whose file contents live in `store`.
 ///
 /// Tar has no member type for a Unix socket (GNU tar and bsdtar leave sockets out with a
@@ -193,7 +310,13 @@ pub fn scan_tar<R: Read>(
         if et.is_pax_global_extensions() {
             continue;
         }
-        let raw = m.path_bytes().into_owned();
+        let pax_sparse = PaxSparse::of(&mut m).map_err(io_err)?;
+        // A PAX sparse member (GNU format 0.1 or 1.0) is stored as `GNUSparseFile.N/NAME`; its
+        // real name is a record of its own.
+        let raw = match &pax_sparse.name {
+            Some(n) => n.clone(),
+            None => m.path_bytes().into_owned(),
+        };
         let bad = |what: &str| archive_err(archive, &raw, what);
         let Some(name) = normalize(&raw).map_err(bad)? else {
             continue; // the root itself
@@ -264,12 +387,26 @@ pub fn scan_tar<R: Read>(
             mtime_ns,
             xattrs: crate::xattr::intern_pairs(attrs, &path.to_string(), carry),
         };
-        let (hash, size) = if ty == Type::File {
-            store.add(&mut m, &format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw)))?
-        } else {
-            (Hash::default(), 0)
+        let what = format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw));
+        let (hash, size, extents) = match ty {
+            Type::File if pax_sparse.is_sparse() => {
+                let (size, raw_extents) = pax_sparse.map(&mut m).map_err(|e| bad(&format!("sparse map: {e}")))?;
+                let hash = store.add_sparse(&mut m, size, &raw_extents, &what)?;
+                (hash, size, crate::sparse::normalize(size, &raw_extents))
+            }
+            // An old GNU sparse member ('S'): the tar crate expands its holes into zeros and
+            // keeps the map to itself, so the holes are found again as zero blocks.
+            Type::File if et == tar::EntryType::GNUSparse => {
+                let (hash, size, raw_extents) = store.add_finding_zeros(&mut m, &what)?;
+                (hash, size, crate::sparse::normalize(size, &raw_extents))
+            }
+            Type::File => {
+                let (hash, size) = store.add(&mut m, &what)?;
+                (hash, size, None)
+            }
+            _ => (Hash::default(), 0, None),
         };
-        let e = ScanEntry { path: path.clone(), ty, meta, size, hash, primary: None };
+        let e = ScanEntry { path: path.clone(), ty, meta, size, hash, extents, primary: None };
         match map.get_mut(&path) {
             // A directory listed twice (e.g. appended archives): the last metadata wins.
             Some(prev) if prev.ty == Type::Dir && e.ty == Type::Dir => *prev = e,
@@ -334,6 +471,7 @@ pub fn scan_tar<R: Read>(
                             meta: implied,
                             size: 0,
                             hash: Hash::default(),
+                            extents: None,
                             primary: None,
                         },
                     );
@@ -406,6 +544,74 @@ mod tests {
     fn scan_bytes(bytes: &[u8]) -> Result<Tree> {
         let store = Arc::new(ContentStore::new_in(&std::env::temp_dir())?);
         scan_tar(bytes, Path::new("test.tar"), store, false, &crate::xattr::Carry::Auto, &Progress::silent())
+    }
+
+    /// One PAX record: its length (counting itself), the key and the value.
+    fn pax_record(k: &str, v: &str) -> String {
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while format!("{n}{body}").len() != n {
+            n += 1;
+        }
+        format!("{n}{body}")
+    }
+
+    #[test]
+    fn pax_sparse_members_become_sparse_entries() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use tar::EntryType as T;
+        const K: u64 = 1 << 10;
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8 + 1).collect();
+        let mut dense = vec![0u8; 1 << 20];
+        dense[..4096].copy_from_slice(&data[..4096]);
+        dense[512 << 10..(512 << 10) + 4096].copy_from_slice(&data[4096..]);
+        let want = Some(vec![Extent { offset: 0, len: 4 * K }, Extent { offset: 512 * K, len: 4 * K }]);
+        // Format 0.1: the map is a record.
+        let v01: String = [
+            pax_record("GNU.sparse.size", "1048576"),
+            pax_record("GNU.sparse.numblocks", "2"),
+            pax_record("GNU.sparse.name", "f"),
+            pax_record("GNU.sparse.map", "0,4096,524288,4096"),
+        ]
+        .concat();
+        // Format 1.0: the map opens the member's data, padded to a block.
+        let v10: String = [
+            pax_record("GNU.sparse.major", "1"),
+            pax_record("GNU.sparse.minor", "0"),
+            pax_record("GNU.sparse.name", "g"),
+            pax_record("GNU.sparse.realsize", "1048576"),
+        ]
+        .concat();
+        let mut data10 = b"2\n0\n4096\n524288\n4096\n".to_vec();
+        data10.resize(512, 0);
+        data10.extend_from_slice(&data);
+        let bytes = tar_of(&[
+            (T::XHeader, "./PaxHeaders/f", v01.as_bytes(), ""),
+            (T::Regular, "./GNUSparseFile.1/f", &data, ""),
+            (T::XHeader, "./PaxHeaders/g", v10.as_bytes(), ""),
+            (T::Regular, "./GNUSparseFile.1/g", &data10, ""),
+        ]);
+        let t = scan_bytes(&bytes)?;
+        for name in ["f", "g"] {
+            let e = t.get(&BundlePath::new(name)?).ok_or(name)?;
+            assert_eq!((e.size, e.hash, &e.extents), (1 << 20, Hash::of(&dense), &want), "{name}");
+            assert_eq!(std::fs::read(t.content_path(&e.path))?, dense, "{name}: stored content");
+        }
+        // Maps that lie are refused, naming the member.
+        for (map, why) in [("524288,4096,0,4096", "unsorted"), ("0,4096,2048,4096", "overlap"), ("0,4096", "short")] {
+            let v: String = [
+                pax_record("GNU.sparse.size", "1048576"),
+                pax_record("GNU.sparse.name", "f"),
+                pax_record("GNU.sparse.map", map),
+            ]
+            .concat();
+            let bytes = tar_of(&[
+                (T::XHeader, "./PaxHeaders/f", v.as_bytes(), ""),
+                (T::Regular, "./GNUSparseFile.1/f", &data, ""),
+            ]);
+            let e = scan_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("sparse map") && e.contains("f"), "{why}: {e}");
+        }
+        Ok(())
     }
 
     #[test]

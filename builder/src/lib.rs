@@ -16,6 +16,7 @@ pub mod paxattr;
 pub mod plan;
 pub mod progress;
 pub mod scan;
+pub mod sparse;
 pub mod split;
 pub mod write;
 pub mod xattr;
@@ -454,28 +455,34 @@ fn copy_sources(choices: &BTreeMap<BundlePath, diff::Choice>) -> BTreeSet<Bundle
     choices.values().filter_map(|c| if let diff::Choice::Copy(f) = c { Some(f.clone()) } else { None }).collect()
 }
 
-/// Payload jobs: one per distinct content, represented by its first Place in the script.
+/// What one payload carries: a content and its layout (a sparse file's payload is its data
+/// extents only, so the same content with other holes is another payload).
+type ContentKey = (bundle::Hash, Option<Vec<bundle::Extent>>);
+
+/// Payload jobs: one per distinct content and layout, represented by its first Place in the
+/// script.
 fn collect_jobs(
     script: &[Step],
     inputs: &Inputs,
     choices: &BTreeMap<BundlePath, diff::Choice>,
 ) -> Vec<write::PayloadJob> {
     let (old, new) = (&inputs.old, &inputs.new);
-    let mut seen: BTreeSet<bundle::Hash> = BTreeSet::new();
+    let mut seen: BTreeSet<ContentKey> = BTreeSet::new();
     let mut jobs: Vec<write::PayloadJob> = Vec::new();
     for s in script.iter().filter(|s| s.op == Op::Place) {
         let (Some(n), Some(diff::Choice::Payload { base })) = (new.get(&s.path), choices.get(&s.path)) else {
             continue;
         };
-        if !seen.insert(n.hash) {
+        if !seen.insert((n.hash, n.extents.clone())) {
             continue;
         }
         jobs.push(write::PayloadJob {
             path: s.path.clone(),
             fs_path: new.content_path(&s.path),
-            size: n.size,
+            size: bundle::sparse::data_len(n.size, n.extents.as_deref()),
             hash: n.hash,
             base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.content_path(b), o.size))),
+            sparse: n.extents.clone().map(|x| (n.size, x)),
         });
     }
     jobs
@@ -488,7 +495,7 @@ struct FrameOrder {
     /// (offset, size) of each manifest frame in the frame store.
     stored: Vec<(u64, u64)>,
     /// Pieces and encoding of each content.
-    pieces_of: BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)>,
+    pieces_of: BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
     /// OLD files the frames are deltas against (the manifest's OLD list must describe them).
     bases: BTreeSet<BundlePath>,
 }
@@ -512,7 +519,7 @@ fn order_frames(jobs: &[write::PayloadJob], encoded: &write::Encoded) -> FrameOr
             });
             pieces.push(Piece { frame: index, offset: pr.offset, len: pr.len, method: f.method.clone() });
         }
-        order.pieces_of.insert(job.hash, (pieces, enc.encoding));
+        order.pieces_of.insert((job.hash, job.sparse.as_ref().map(|s| s.1.clone())), (pieces, enc.encoding));
     }
     order
 }
@@ -520,13 +527,13 @@ fn order_frames(jobs: &[write::PayloadJob], encoded: &write::Encoded) -> FrameOr
 /// Give every entry that needs a payload the pieces of its content.
 fn fill_pieces(
     entries: &mut [bundle::Entry],
-    pieces_of: &BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)>,
+    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
 ) -> Result<()> {
     for e in entries.iter_mut() {
-        let Kind::File { hash, content: Content::Pieces(ps), .. } = &mut e.kind else {
+        let Kind::File { hash, content: Content::Pieces(ps), extents, .. } = &mut e.kind else {
             continue;
         };
-        let Some((pieces, _)) = pieces_of.get(hash) else {
+        let Some((pieces, _)) = pieces_of.get(&(*hash, extents.clone())) else {
             return Err(Error::Invalid(bundle::Error::Manifest(format!("builder bug: no payload for {}", e.path))));
         };
         *ps = pieces.clone();
@@ -540,17 +547,19 @@ fn fill_pieces(
 fn count_stats(
     entries: &[bundle::Entry],
     jobs: &[write::PayloadJob],
-    pieces_of: &BTreeMap<bundle::Hash, (Vec<Piece>, write::Encoding)>,
+    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
     frames: &[bundle::Frame],
     solid: (u64, u64, u64, u64),
     kept_mtimes: (u64, u64),
 ) -> BTreeMap<&'static str, Stat> {
     let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
-    let first_user: BTreeMap<bundle::Hash, &BundlePath> = jobs.iter().map(|j| (j.hash, &j.path)).collect();
+    let first_user: BTreeMap<ContentKey, &BundlePath> =
+        jobs.iter().map(|j| ((j.hash, j.sparse.as_ref().map(|s| s.1.clone())), &j.path)).collect();
     for e in entries {
-        let Kind::File { size, hash, content, .. } = &e.kind else {
+        let Kind::File { size, hash, content, extents, .. } = &e.kind else {
             continue;
         };
+        let key = (*hash, extents.clone());
         let pieces = match content {
             Content::Unchanged => {
                 bump(&mut stats, "unchanged", *size, 0);
@@ -566,11 +575,11 @@ fn count_stats(
             }
             Content::Pieces(ps) => ps,
         };
-        if first_user.get(hash) != Some(&&e.path) {
+        if first_user.get(&key) != Some(&&e.path) {
             bump(&mut stats, "dedup", *size, 0);
             continue;
         }
-        let Some((_, encoding)) = pieces_of.get(hash) else { continue };
+        let Some((_, encoding)) = pieces_of.get(&key) else { continue };
         let k = match encoding {
             write::Encoding::Zstd => "zstd",
             write::Encoding::Patch => "patch",

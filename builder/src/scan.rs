@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use bundle::{BundlePath, Hash, Meta};
+use bundle::{BundlePath, Extent, Hash, Meta};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fs;
@@ -49,8 +49,11 @@ pub struct ScanEntry {
     pub meta: Meta,
     /// Size in bytes (files only; 0 otherwise).
     pub size: u64,
-    /// BLAKE3 of the content (files only; zero otherwise).
+    /// BLAKE3 of the content, holes read as zeros (files only; zero otherwise).
     pub hash: Hash,
+    /// The data extents of a file the sparse policy makes sparse ([`crate::sparse`]); `None`
+    /// for a dense file (and for non-files).
+    pub extents: Option<Vec<Extent>>,
     /// For a file with other names in the tree: the smallest path of its inode group.
     /// `None` for a file with one name (and for non-files).
     pub primary: Option<BundlePath>,
@@ -99,6 +102,83 @@ impl ContentStore {
     /// The file holding content `hash`.
     pub fn path(&self, hash: &Hash) -> PathBuf {
         self.dir.path().join(hash.to_hex())
+    }
+
+    /// Copy a sparse member into the store: `r` yields its data stream (the bytes of `extents`,
+    /// concatenated), written at the extents' offsets of a file of `size` bytes whose holes stay
+    /// holes. Returns the hash of its logical content. `what` names the source in errors.
+    pub fn add_sparse(&self, r: &mut dyn Read, size: u64, extents: &[Extent], what: &str) -> Result<Hash> {
+        use std::os::unix::fs::FileExt;
+        let dir = self.dir.path();
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+        let io = |e| Error::Io { path: PathBuf::from(what), source: e };
+        tmp.as_file().set_len(size).map_err(Error::io(tmp.path()))?;
+        let mut h = bundle::sparse::ZeroFillHasher::new();
+        let mut buf = vec![0u8; 64 << 10];
+        for e in extents {
+            let mut at = e.offset;
+            while at < e.end() {
+                let n = (e.end() - at).min(buf.len() as u64) as usize;
+                r.read_exact(&mut buf[..n]).map_err(io)?;
+                tmp.as_file().write_all_at(&buf[..n], at).map_err(Error::io(tmp.path()))?;
+                h.update_at(at, &buf[..n]).map_err(|e| io(std::io::Error::other(e)))?;
+                at += n as u64;
+            }
+        }
+        let hash = h.finish(size);
+        let dst = self.path(&hash);
+        if !dst.exists() {
+            tmp.persist(&dst).map_err(|e| Error::Io { path: dst, source: e.error })?;
+        }
+        Ok(hash)
+    }
+
+    /// Copy everything `r` yields into the store, leaving every all-zero block of
+    /// [`crate::sparse::BLOCK`] bytes a hole; returns its hash, size and the blocks written as
+    /// raw data extents (for old GNU sparse members, whose map the tar crate does not expose).
+    pub fn add_finding_zeros(&self, r: &mut dyn Read, what: &str) -> Result<(Hash, u64, Vec<Extent>)> {
+        use std::os::unix::fs::FileExt;
+        const B: usize = crate::sparse::BLOCK as usize;
+        let dir = self.dir.path();
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let (mut size, mut extents) = (0u64, Vec::<Extent>::new());
+        loop {
+            // Fill the buffer (or reach the end), so blocks stay aligned to the file's offsets.
+            let mut n = 0;
+            while n < buf.len() {
+                match r.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::Io { path: PathBuf::from(what), source: e }),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            for (i, block) in buf[..n].chunks(B).enumerate() {
+                if block.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let at = size + (i * B) as u64;
+                tmp.as_file().write_all_at(block, at).map_err(Error::io(tmp.path()))?;
+                match extents.last_mut() {
+                    Some(l) if l.end() == at => l.len += block.len() as u64,
+                    _ => extents.push(Extent { offset: at, len: block.len() as u64 }),
+                }
+            }
+            size += n as u64;
+        }
+        tmp.as_file().set_len(size).map_err(Error::io(tmp.path()))?;
+        let hash: Hash = h.finalize().into();
+        let dst = self.path(&hash);
+        if !dst.exists() {
+            tmp.persist(&dst).map_err(|e| Error::Io { path: dst, source: e.error })?;
+        }
+        Ok((hash, size, extents))
     }
 
     /// Copy everything `r` yields into the store; returns its hash and size. `what` names the
@@ -254,7 +334,7 @@ pub fn scan(
             if ty == Type::Dir {
                 stack.push((fsp, Some(path.clone())));
             }
-            entries.push(ScanEntry { path, ty, meta, size, hash: Hash::default(), primary: None });
+            entries.push(ScanEntry { path, ty, meta, size, hash: Hash::default(), extents: None, primary: None });
             progress.advance(1, 0);
         }
     }
@@ -274,25 +354,27 @@ pub fn scan(
         (0..entries.len()).filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link()).collect();
     let total: u64 = to_hash.iter().map(|&i| entries[i].size).sum();
     progress.begin(&format!("hash {label}"), "files", Some(to_hash.len() as u64), Some(total));
-    let hashes: Vec<Result<Hash>> = to_hash
+    // Holes are found and skipped here: a sparse file costs its data, not its size.
+    let hashes: Vec<Result<Hashed>> = to_hash
         .par_iter()
         .map(|&i| {
-            let h = hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes())));
+            let h = crate::sparse::hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes())));
             progress.advance(1, entries[i].size);
             h
         })
         .collect();
     progress.end();
-    let mut by_primary: BTreeMap<BundlePath, (Hash, u64)> = BTreeMap::new();
+    let mut by_primary: BTreeMap<BundlePath, Hashed> = BTreeMap::new();
     for (&i, h) in to_hash.iter().zip(hashes) {
-        entries[i].hash = h?;
-        by_primary.insert(entries[i].path.clone(), (entries[i].hash, entries[i].size));
+        let (hash, size, extents) = h?;
+        // The size as of the read (a file that grew since the walk is hashed as it is now).
+        (entries[i].hash, entries[i].size, entries[i].extents) = (hash, size, extents);
+        by_primary.insert(entries[i].path.clone(), (hash, size, entries[i].extents.clone()));
     }
     for e in entries.iter_mut() {
         if e.is_secondary_link() {
-            if let Some(&(h, s)) = e.primary.as_ref().and_then(|p| by_primary.get(p)) {
-                e.hash = h;
-                e.size = s;
+            if let Some((h, s, x)) = e.primary.as_ref().and_then(|p| by_primary.get(p)) {
+                (e.hash, e.size, e.extents) = (*h, *s, x.clone());
             }
         }
     }
@@ -301,6 +383,9 @@ pub fn scan(
     tree.sockets = sockets;
     Ok(tree)
 }
+
+/// A file's digest, size and (if sparse) data extents, as [`crate::sparse::hash_file`] finds them.
+type Hashed = (Hash, u64, Option<Vec<Extent>>);
 
 /// The error for a socket under `--fail-on-sockets`.
 pub fn socket_refused() -> std::io::Error {

@@ -9,7 +9,7 @@ use crate::delta;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use bundle::container;
-use bundle::{BundlePath, Frame, Hash, Method};
+use bundle::{BundlePath, Extent, Frame, Hash, Method};
 use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -22,10 +22,14 @@ use std::sync::Mutex;
 pub struct PayloadJob {
     pub path: BundlePath,
     pub fs_path: PathBuf,
+    /// Bytes to encode: the file's size, or a sparse file's data length.
     pub size: u64,
     pub hash: Hash,
     /// OLD file to try as delta base: bundle path, filesystem path, size.
     pub base: Option<(BundlePath, PathBuf, u64)>,
+    /// A sparse file's logical size and data extents: what is encoded is its data stream (the
+    /// extents' bytes, concatenated); the holes are never read.
+    pub sparse: Option<(u64, Vec<Extent>)>,
 }
 
 /// A compressed frame stored in the temporary file.
@@ -162,10 +166,25 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Read a whole (unchunked) job's content and check it still has the scanned hash.
+/// Read bytes `[offset, offset + len)` of what job encodes: of the file, or of a sparse file's
+/// data stream (only its data extents are read).
+fn read_data(job: &PayloadJob, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let Some((_, x)) = &job.sparse else {
+        return read_range(&job.fs_path, offset, len);
+    };
+    let mut out = Vec::with_capacity(len as usize);
+    for (at, _, n) in bundle::sparse::place(x, &bundle::sparse::data_starts(x), offset, len) {
+        out.extend_from_slice(&read_range(&job.fs_path, at, n)?);
+    }
+    Ok(out)
+}
+
+/// Read a whole (unchunked, so dense: a sparse file is always cut into units by
+/// [`sparse_units`]) job's content and check it still has the scanned hash.
 fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
     let data = read_range(&job.fs_path, 0, job.size)?;
-    if Hash::of(&data) != job.hash {
+    let hash = Hash::of(&data);
+    if hash != job.hash {
         return Err(Error::Io { path: job.fs_path.clone(), source: io::Error::other("file changed during the build") });
     }
     Ok(data)
@@ -174,7 +193,7 @@ fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
 /// Encode one unit; `None` if plain zstd won and the unit may go into a solid frame.
 fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<Option<StoredFrame>> {
     let job = &jobs[u.job];
-    let data = if u.chunked { read_range(&job.fs_path, u.offset, u.len)? } else { read_job(job)? };
+    let data = if u.chunked { read_data(job, u.offset, u.len)? } else { read_job(job)? };
     let cerr = |source| Error::Compress { path: job.path.display(), source };
     let base = match &u.base {
         Some((_, bfs, off, len)) => Some(read_range(bfs, *off, *len)?),
@@ -386,6 +405,10 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
     let mut units = Vec::new();
     let mut cand: Vec<usize> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
+        if let Some((_, x)) = &job.sparse {
+            units.extend(sparse_units(j, job, x, chunk));
+            continue;
+        }
         if job.size <= chunk {
             let base = job
                 .base
@@ -411,6 +434,42 @@ fn units_and_solid_candidates(jobs: &[PayloadJob], opts: EncodeOptions) -> (Vec<
         }
     }
     (units, cand)
+}
+
+/// The units of a sparse file (job `j`, data extents `x`): runs of its data stream of at most
+/// `chunk` bytes whose place in the file spans at most `chunk` bytes (consecutive extents close
+/// together share a unit; a long extent is cut). Each unit's delta base is the window of the OLD
+/// file around the same place, `[start - chunk/2, end + chunk/2)`, so a sparse OLD file is never
+/// read beyond two chunks per unit and its data lines up with NEW's.
+fn sparse_units(j: usize, job: &PayloadJob, x: &[Extent], chunk: u64) -> Vec<Unit> {
+    // (data offset, data length, file start, file end)
+    let mut runs: Vec<(u64, u64, u64, u64)> = Vec::new();
+    let starts = bundle::sparse::data_starts(x);
+    for (e, start) in x.iter().zip(starts) {
+        let mut off = 0;
+        while off < e.len {
+            let n = (e.len - off).min(chunk);
+            let (d0, l0, l1) = (start + off, e.offset + off, e.offset + off + n);
+            match runs.last_mut() {
+                Some(r) if l1 - r.2 <= chunk && r.1 + n <= chunk => {
+                    r.1 += n;
+                    r.3 = l1;
+                }
+                _ => runs.push((d0, n, l0, l1)),
+            }
+            off += n;
+        }
+    }
+    runs.into_iter()
+        .map(|(offset, len, l0, l1)| {
+            let base = job.base.as_ref().and_then(|(bp, bfs, blen)| {
+                let start = l0.saturating_sub(chunk / 2).min(*blen);
+                let end = l1.saturating_add(chunk / 2).min(*blen);
+                (end > start).then(|| (bp.clone(), bfs.clone(), start, end - start))
+            });
+            Unit { job: j, offset, len, base, chunked: true, solid_ok: false }
+        })
+        .collect()
 }
 
 impl Encoded {
@@ -598,6 +657,7 @@ mod tests {
             size: 5 * chunk + 123,
             hash: crate::scan::hash_file(&new)?,
             base: Some((BundlePath::new("f")?, old.clone(), 5 * chunk)),
+            sparse: None,
         };
         let store = FrameStore::new_in(d.path())?;
         let opts = EncodeOptions { level: 3, chunk, solid_size: 8 << 20 };
@@ -635,6 +695,7 @@ mod tests {
             size: content.len() as u64,
             hash: Hash::of(content),
             base: None,
+            sparse: None,
         })
     }
 

@@ -8,6 +8,7 @@
 //! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
+//! - [`sparse`]: data extents of sparse files, where the payload lands, the zero-filled digest.
 //! - [`limits`]: bounds on every untrusted size and count.
 //! - [`scan`]: the bounded pre-pass over the manifest's CBOR, before anything is deserialised.
 //! - [`glob`]: the path-glob language of hooks and config-file marks.
@@ -24,6 +25,7 @@ pub mod path;
 pub mod scan;
 pub mod script;
 pub mod sig;
+pub mod sparse;
 pub mod xattr;
 
 pub use error::Error;
@@ -31,6 +33,7 @@ pub use hash::Hash;
 pub use limits::Limits;
 pub use manifest::*;
 pub use path::BundlePath;
+pub use sparse::Extent;
 pub use xattr::{Xattr, XattrSet};
 
 /// Version of the bundle format this crate reads and writes. Appears in the first tar member's

@@ -32,6 +32,10 @@ pub struct Limits {
     pub max_frames: usize,
     /// Pieces of all files together (so also of one file).
     pub max_pieces: usize,
+    /// Data extents of one sparse file (bundle-format.md §4.2).
+    pub max_extents_per_file: usize,
+    /// Data extents of all sparse files together.
+    pub max_extents: usize,
     /// Compressed size of one frame.
     pub max_frame_bytes: u64,
     /// Decoded size of one frame.
@@ -77,6 +81,8 @@ impl Default for Limits {
             max_path_depth: crate::path::MAX_PATH_DEPTH,
             max_frames: 1 << 20,
             max_pieces: 1 << 21,
+            max_extents_per_file: 1 << 16,
+            max_extents: 1 << 21,
             max_frame_bytes: 1 << 30,
             max_frame_decoded: 1 << 30,
             max_window_log: 28,
@@ -110,6 +116,7 @@ impl Limits {
             max_pieces: d.max_pieces.saturating_mul(scale as usize),
             max_xattr_sets: d.max_xattr_sets.saturating_mul(scale as usize),
             max_xattr_bytes: d.max_xattr_bytes.saturating_mul(scale),
+            max_extents: d.max_extents.saturating_mul(scale as usize),
             ..d
         }
     }

@@ -4,7 +4,7 @@
 //! with text keys in declaration order, enums are externally tagged, byte strings for paths,
 //! digests and keys. Unknown fields are refused. See bundle-format.md, "The manifest".
 
-use crate::{BundlePath, Error, Hash, Limits, FORMAT_VERSION};
+use crate::{BundlePath, Error, Extent, Hash, Limits, FORMAT_VERSION};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -116,11 +116,19 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     File {
+        /// Logical size in bytes (holes included).
         size: u64,
+        /// BLAKE3 of the logical content, holes read as zeros ([`crate::sparse::ZeroFillHasher`]).
         hash: Hash,
         content: Content,
         /// Marked as a configuration file: local edits are kept (bundle-format.md, "Config files").
         config: bool,
+        /// A sparse file's data extents (bundle-format.md §4.2, "Sparse files"): sorted, neither
+        /// overlapping nor adjacent, inside `size`, leaving a hole. The pieces carry only these
+        /// bytes, concatenated; the rest of the file is holes. Absent (not encoded at all) for a
+        /// dense file, so a dense entry encodes as it did before sparse files existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extents: Option<Vec<Extent>>,
     },
     Dir,
     Symlink {
@@ -388,6 +396,14 @@ impl Manifest {
                 _ => 0,
             })
             .sum();
+        let extents: usize = self
+            .entries
+            .iter()
+            .map(|e| match &e.kind {
+                Kind::File { extents: Some(x), .. } => x.len(),
+                _ => 0,
+            })
+            .sum();
         let rotation = self.rotation.as_ref().map_or((0, 0), |r| (r.add.len(), r.retire.len()));
         let counts = [
             ("entries", self.entries.len(), limits.max_entries),
@@ -395,6 +411,7 @@ impl Manifest {
             ("script steps", self.script.len(), limits.max_entries),
             ("frames", self.frames.len(), limits.max_frames),
             ("pieces", pieces, limits.max_pieces),
+            ("extents", extents, limits.max_extents),
             ("keys added by the rotation", rotation.0, limits.max_rotation_keys),
             ("keys retired by the rotation", rotation.1, limits.max_rotation_keys),
         ];
@@ -503,26 +520,52 @@ impl Manifest {
                 Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => Ok(()),
                 _ => err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
             },
-            Kind::File { size, content, .. } => match content {
-                Content::Empty if *size != 0 => err(format!("{}: empty content with size {size}", e.path)),
-                Content::Pieces(ps) => self.check_pieces(e, *size, ps, limits, per_frame),
-                Content::Copy { from } => match self.old_entry(from) {
-                    Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
-                    _ => err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
-                },
-                Content::Unchanged => match self.old_entry(&e.path) {
-                    None => Ok(()),
-                    Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if s == size => Ok(()),
-                    _ => err(format!("{}: unchanged content but OLD differs", e.path)),
-                },
-                Content::Empty => Ok(()),
-            },
+            Kind::File { size, content, extents, .. } => {
+                // What the pieces carry: the whole file, or a sparse file's data extents.
+                let data = match extents {
+                    None => *size,
+                    Some(x) => crate::sparse::check_extents(*size, x, limits.max_extents_per_file)
+                        .map_err(|why| Error::Manifest(format!("{}: {why}", e.path)))?,
+                };
+                self.check_content(e, *size, data, content, limits, per_frame)
+            }
             _ => Ok(()),
         }
     }
 
-    /// The pieces of file `e` of `size` bytes: each inside its frame, its delta base an OLD file
-    /// holding the base window, and their lengths summing to `size`.
+    /// A file's content: `Empty` has no data, `Pieces` carry exactly `data` bytes (a sparse file
+    /// without data is `Empty`), a copy source or unchanged OLD file has the same logical size.
+    fn check_content<'a>(
+        &'a self,
+        e: &'a Entry,
+        size: u64,
+        data: u64,
+        content: &'a Content,
+        limits: &Limits,
+        per_frame: &mut [Vec<FramePiece<'a>>],
+    ) -> Result<(), Error> {
+        let err = |s: String| Err(Error::Manifest(s));
+        match content {
+            Content::Empty if data != 0 => err(format!("{}: empty content with {data} bytes of data", e.path)),
+            Content::Pieces(_) if data == 0 && size != 0 => {
+                err(format!("{}: pieces for a file without data (a hole only: Empty)", e.path))
+            }
+            Content::Pieces(ps) => self.check_pieces(e, data, ps, limits, per_frame),
+            Content::Copy { from } => match self.old_entry(from) {
+                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if *s == size => Ok(()),
+                _ => err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
+            },
+            Content::Unchanged => match self.old_entry(&e.path) {
+                None => Ok(()),
+                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if *s == size => Ok(()),
+                _ => err(format!("{}: unchanged content but OLD differs", e.path)),
+            },
+            Content::Empty => Ok(()),
+        }
+    }
+
+    /// The pieces of file `e` carrying `size` bytes of data: each inside its frame, its delta base
+    /// an OLD file holding the base window, and their lengths summing to `size`.
     fn check_pieces<'a>(
         &'a self,
         e: &'a Entry,

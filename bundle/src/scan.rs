@@ -14,8 +14,9 @@
 //! data items (`max_manifest_items`), nesting (`max_manifest_depth`), the length of every text or
 //! byte string (`max_manifest_string`), and the length of each
 //! counted array, named by its map key: `signers`, `entries`, `old`, `frames`, `script`, `hooks`,
-//! `Pieces` (all pieces of all files together), a rotation's `add` and `retire`, `xattr_namespaces`
-//! (bounded like the attributes of one set) and `xattr_sets`. Tags and
+//! `Pieces` (all pieces of all files together), `extents` (per sparse file and all together), a
+//! rotation's `add` and `retire`, `xattr_namespaces` (bounded like the attributes of one set) and
+//! `xattr_sets`. Tags and
 //! indefinite-length items are refused: the canonical encoding (§4) never has them.
 
 use crate::{Error, Hash, Limits};
@@ -31,6 +32,7 @@ enum Field {
     Script,
     Hooks,
     Pieces,
+    Extents,
     Add,
     Retire,
     XattrNamespaces,
@@ -51,6 +53,7 @@ impl Field {
             b"script" => Field::Script,
             b"hooks" => Field::Hooks,
             b"Pieces" => Field::Pieces,
+            b"extents" => Field::Extents,
             b"add" => Field::Add,
             b"retire" => Field::Retire,
             b"xattr_namespaces" => Field::XattrNamespaces,
@@ -71,6 +74,8 @@ impl Field {
             Field::Hooks => Some((l.max_hooks, "hooks")),
             // Counted over the whole manifest ([`Scan::array_len`]).
             Field::Pieces => None,
+            // Per file here, and over the whole manifest in [`Scan::array_len`].
+            Field::Extents => Some((l.max_extents_per_file, "extents in one file")),
             Field::Add => Some((l.max_rotation_keys, "keys added by the rotation")),
             Field::Retire => Some((l.max_rotation_keys, "keys retired by the rotation")),
             Field::XattrNamespaces => Some((l.max_xattrs_per_set, "xattr namespaces")),
@@ -120,6 +125,7 @@ struct Scan<'l, R> {
     read: u64,
     items: u64,
     pieces: u64,
+    extents: u64,
 }
 
 impl<'l, R: Read> Scan<'l, R> {
@@ -128,7 +134,7 @@ impl<'l, R: Read> Scan<'l, R> {
         if let Some(size) = size.filter(|&s| s > max) {
             return Err(Error::TooLarge { what: "decoded manifest".into(), size, limit: max });
         }
-        Ok(Scan { src, size: size.unwrap_or(max), limits, sink, read: 0, items: 0, pieces: 0 })
+        Ok(Scan { src, size: size.unwrap_or(max), limits, sink, read: 0, items: 0, pieces: 0, extents: 0 })
     }
 
     /// Refuse a length that the rest of the document cannot hold (every element and every
@@ -289,6 +295,16 @@ impl<'l, R: Read> Scan<'l, R> {
                 });
             }
         }
+        if field == Field::Extents {
+            self.extents += len;
+            if self.extents > self.limits.max_extents as u64 {
+                return Err(Error::TooMany {
+                    what: "extents".into(),
+                    count: self.extents,
+                    limit: self.limits.max_extents as u64,
+                });
+            }
+        }
         self.fits(len)
     }
 
@@ -346,10 +362,11 @@ mod tests {
                 path: p("a"),
                 meta: Meta::default(),
                 kind: Kind::File {
-                    size: 1,
+                    size: 10,
                     hash: Hash([2; 32]),
                     content: Content::Pieces(vec![Piece { frame: 0, offset: 0, len: 1, method: patch }]),
                     config: false,
+                    extents: Some(vec![crate::Extent { offset: 4, len: 1 }]),
                 },
             }],
             old: vec![OldEntry {
@@ -393,6 +410,8 @@ mod tests {
             max_entries: 1,
             max_frames: 1,
             max_pieces: 1,
+            max_extents_per_file: 1,
+            max_extents: 1,
             max_hooks: 1,
             max_rotation_keys: 1,
             max_xattr_sets: 1,
@@ -400,7 +419,7 @@ mod tests {
             ..Limits::default()
         };
         type Edit = fn(&mut Manifest);
-        let cases: [(Edit, &str); 11] = [
+        let cases: [(Edit, &str); 12] = [
             (|m| m.xattr_namespaces.push("security".into()), "manifest has 2 xattr namespaces, over the limit of 1"),
             (|m| m.xattr_sets.push(vec![]), "manifest has 2 xattr sets, over the limit of 1"),
             (|m| m.signers.push(Hash([9; 32])), "manifest has 2 signers, over the limit of 1"),
@@ -416,6 +435,14 @@ mod tests {
                     }
                 },
                 "manifest has 2 pieces, over the limit of 1",
+            ),
+            (
+                |m| {
+                    if let Kind::File { extents: Some(x), .. } = &mut m.entries[0].kind {
+                        x.push(crate::Extent { offset: 8, len: 1 });
+                    }
+                },
+                "manifest has 2 extents in one file, over the limit of 1",
             ),
             (
                 |m| m.rotation.iter_mut().for_each(|r| r.add.push(Hash([8; 32]))),
@@ -438,6 +465,8 @@ mod tests {
         e.path = p("b");
         m.entries.push(e);
         refused(&m.to_cbor(), &Limits { max_pieces: 1, ..Limits::default() }, "manifest has 2 pieces");
+        // So are extents.
+        refused(&m.to_cbor(), &Limits { max_extents: 1, ..Limits::default() }, "manifest has 2 extents, over");
     }
 
     #[test]

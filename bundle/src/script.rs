@@ -332,7 +332,11 @@ mod tests {
     }
     fn file(s: &str, content: Content, config: bool) -> Entry {
         let size = if content == Content::Empty { 0 } else { 3 };
-        Entry { path: p(s), meta: meta(0o644), kind: Kind::File { size, hash: Hash([1; 32]), content, config } }
+        Entry {
+            path: p(s),
+            meta: meta(0o644),
+            kind: Kind::File { size, hash: Hash([1; 32]), content, config, extents: None },
+        }
     }
     fn link(s: &str, primary: &str) -> Entry {
         Entry { path: p(s), meta: meta(0o644), kind: Kind::Hardlink { primary: p(primary) } }

@@ -630,7 +630,7 @@ fn many_type_changes_validate_quickly() {
         m.entries.push(Entry {
             path: path.clone(),
             meta: forge::meta(0o644),
-            kind: Kind::File { size: 0, hash: Hash::of(b""), content: Content::Empty, config: false },
+            kind: Kind::File { size: 0, hash: Hash::of(b""), content: Content::Empty, config: false, extents: None },
         });
         m.script.push(bundle::Step { op: Op::Place, path });
     }
@@ -1160,7 +1160,13 @@ fn rich() -> forge::Forged {
     let file = |path: &str, data: &[u8], content: Content| Entry {
         path: p(path),
         meta: forge::meta(0o644),
-        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content, config: path.ends_with(".conf") },
+        kind: Kind::File {
+            size: data.len() as u64,
+            hash: Hash::of(data),
+            content,
+            config: path.ends_with(".conf"),
+            extents: None,
+        },
     };
     let piece = |frame, offset, len, method| Piece { frame, offset, len, method };
     m.entries = vec![
@@ -1240,7 +1246,13 @@ fn sparse_entries_must_be_consistent() {
     let unchanged = |path: &str, meta: u32, data: &[u8]| Entry {
         path: p(path),
         meta: forge::meta(meta),
-        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content: Content::Unchanged, config: false },
+        kind: Kind::File {
+            size: data.len() as u64,
+            hash: Hash::of(data),
+            content: Content::Unchanged,
+            config: false,
+            extents: None,
+        },
     };
     let copy = forge::copy("new/copy", "file", FILE);
     // `new/copy` is a copy of OLD `file`, which stays: `file` is in `old` (copy source), so it

@@ -56,6 +56,7 @@ fn roundtrip_seed(seed: u64) {
     gen_tree(&old, seed);
     mutate(&old, &new, seed);
     mutate_more(&new, seed);
+    sparsify(&old, &new, seed);
     let want = snapshot(&new, true);
 
     let delta = d.path().join("delta.ferry");
@@ -77,6 +78,48 @@ fn roundtrip_seed(seed: u64) {
         &format!("seed {seed}: full bundle applied to an empty directory vs NEW"),
     );
     no_txn(&empty);
+}
+
+/// Sparse files in a generated tree (bundle-format.md §4.2): from `seed`, up to three files of up
+/// to 8 MiB with random holes and data runs, each new in NEW, sparse in OLD too with other data
+/// (a delta against a sparse OLD), or dense in OLD with the same content (a layout-only change).
+fn sparsify(old: &Path, new: &Path, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5ba5e);
+    let write = |p: &Path, size: u64, runs: &[(u64, Vec<u8>)]| {
+        let f = File::create(p).expect("create");
+        f.set_len(size).expect("set_len");
+        for (at, d) in runs {
+            std::os::unix::fs::FileExt::write_all_at(&f, d, *at).expect("write");
+        }
+    };
+    for i in 0..rng.gen_range(0..=3) {
+        let name = format!("sparse-{i}.img");
+        let size = rng.gen_range(1..=8u64 << 20);
+        let runs: Vec<(u64, Vec<u8>)> = (0..rng.gen_range(0..6))
+            .map(|_| {
+                let len = rng.gen_range(1..200_000usize);
+                let at = rng.gen_range(0..size);
+                (at, noise(len.min((size - at) as usize), rng.gen()))
+            })
+            .collect();
+        write(&new.join(&name), size, &runs);
+        match rng.gen_range(0..3) {
+            0 => {}
+            1 => {
+                let mut other = runs.clone();
+                if let Some(r) = other.first_mut() {
+                    r.1.iter_mut().take(100).for_each(|b| *b = b.wrapping_add(1));
+                }
+                write(&old.join(&name), size, &other);
+            }
+            _ => {
+                fs::write(old.join(&name), fs::read(new.join(&name)).expect("read")).expect("write");
+                let st = Command::new("touch").arg("-r").arg(new.join(&name)).arg(old.join(&name)).status();
+                assert!(st.is_ok_and(|s| s.success()), "touch");
+            }
+        }
+    }
 }
 
 #[test]
@@ -163,15 +206,18 @@ fn write_at(p: &Path, offset: u64, data: &[u8]) {
     f.write_all(data).expect("write");
 }
 
-/// Pieces of the file `name` in a bundle's manifest (read with the format crate).
-fn pieces_of(bundle_file: &Path, name: &[u8]) -> (u64, usize) {
+/// Pieces of the file `name` in a bundle's manifest (read with the format crate), and whether
+/// it is described as sparse.
+fn pieces_of(bundle_file: &Path, name: &[u8]) -> (u64, usize, bool) {
     let f = File::open(bundle_file).expect("open bundle");
     let mut r = bundle::container::Reader::new(std::io::BufReader::new(f), bundle::Limits::default());
     let (mb, _) = r.head().expect("head");
     let m = bundle::Manifest::decode(&mb, &bundle::Limits::default()).expect("manifest");
     let e = m.entries.iter().find(|e| e.path.as_bytes() == name).expect("entry in manifest");
     match &e.kind {
-        bundle::Kind::File { size, content: bundle::Content::Pieces(ps), .. } => (*size, ps.len()),
+        bundle::Kind::File { size, content: bundle::Content::Pieces(ps), extents, .. } => {
+            (*size, ps.len(), extents.is_some())
+        }
         k => panic!("{}: expected a file with pieces, got {k:?}", String::from_utf8_lossy(name)),
     }
 }
@@ -208,9 +254,13 @@ fn large_file_roundtrip(len: u64, extra: &[&str], max_bundle: u64) {
         size < max_bundle,
         "bundle for a {len}-byte file with a few changed bytes is {size} bytes (limit {max_bundle})"
     );
-    let (msize, npieces) = pieces_of(&b, b"big.img");
+    let (msize, npieces, sparse) = pieces_of(&b, b"big.img");
     assert_eq!(msize, len, "manifest size of big.img");
-    assert!(npieces > 1, "big.img should be carried in several pieces (chunked mode), got {npieces}");
+    // A sparse file's pieces carry only its data (bundle-format.md §4.2), here less than a chunk.
+    assert!(
+        sparse || npieces > 1,
+        "big.img should be sparse or carried in several pieces (chunked mode), got {npieces}"
+    );
 
     let target = d.path().join("target");
     copy_tree(&old, &target);

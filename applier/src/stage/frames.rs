@@ -95,7 +95,12 @@ impl Stager<'_> {
         // on several threads, and one file's pieces may come from several frames.
         for &ei in &fill {
             let path = &self.m.entries[ei].path;
-            fsx::create_file_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("create staged", path)?;
+            let f = fsx::create_file_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("create staged", path)?;
+            // A sparse file gets its size first: the extents are written into it, the rest
+            // stays holes.
+            if let Kind::File { size, extents: Some(_), .. } = &self.m.entries[ei].kind {
+                f.set_len(*size).ctx("size staged", path)?;
+            }
             crate::failpoint::may_fail("stage-create").ctx("create staged", path)?;
         }
         let bytes = self.read_frames(&mut r, dirs, targets, progress)?;
@@ -109,15 +114,25 @@ impl Stager<'_> {
         let mut targets: Vec<Vec<PieceTarget>> = vec![Vec::new(); self.m.frames.len()];
         let mut fill = Vec::new();
         for &i in todo {
-            if let Kind::File { content: Content::Pieces(ps), .. } = &self.m.entries[i].kind {
+            if let Kind::File { content: Content::Pieces(ps), extents, .. } = &self.m.entries[i].kind {
+                // A sparse file's pieces carry its data stream: each piece is split where the
+                // stream crosses from one data extent to the next, and lands at the extents'
+                // offsets in the file.
+                let starts = extents.as_deref().map(bundle::sparse::data_starts);
                 let mut at = 0u64;
                 for p in ps {
-                    targets[p.frame as usize].push(PieceTarget {
-                        frame_offset: p.offset,
-                        len: p.len,
-                        file_offset: at,
-                        entry: i,
-                    });
+                    let runs = match (extents, &starts) {
+                        (Some(x), Some(s)) => bundle::sparse::place(x, s, at, p.len),
+                        _ => vec![(at, at, p.len)],
+                    };
+                    for (file_offset, data_offset, len) in runs {
+                        targets[p.frame as usize].push(PieceTarget {
+                            frame_offset: p.offset + (data_offset - at),
+                            len,
+                            file_offset,
+                            entry: i,
+                        });
+                    }
                     at += p.len;
                 }
                 fill.push(i);
@@ -336,15 +351,20 @@ impl Stager<'_> {
     /// Apply a bsdiff frame's decoded `patch` to the base window `old` and write the result to
     /// its piece. Returns the bytes written.
     fn apply_bsdiff(&self, fi: usize, old: &[u8], patch: &[u8], t: &[PieceTarget]) -> Result<u64> {
-        let want = t.first().map_or(0, |p| p.len);
+        // The piece's length: a sparse file's piece is split into several targets, each a part
+        // of the patch's output (frame_offset is the offset in it).
+        let want = t.iter().map(|p| p.frame_offset + p.len).max().unwrap_or(0);
         let out = bundle::bspatch::apply(old, patch, want)
             .map_err(|what| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {what}") })?;
         let mut written = 0;
         for p in t {
+            let part = out.get(p.frame_offset as usize..(p.frame_offset + p.len) as usize).ok_or_else(|| {
+                bundle::Error::FrameDecode { index: fi as u32, what: "bsdiff output shorter than its piece".into() }
+            })?;
             self.open_staged(p.entry)?
-                .write_all_at(&out, p.file_offset)
+                .write_all_at(part, p.file_offset)
                 .ctx("write staged", &self.m.entries[p.entry].path)?;
-            written += out.len() as u64;
+            written += part.len() as u64;
         }
         Ok(written)
     }
