@@ -403,8 +403,13 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Bytes available to unprivileged users... and to root, on the filesystem of `fd`.
+/// A filesystem that reports no size at all (`f_blocks` 0: ramfs, some pseudo filesystems) has
+/// no limit to check, so it counts as unbounded.
 pub fn free_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let s = rfs::fstatvfs(fd)?;
+    if s.f_blocks == 0 {
+        return Ok(u64::MAX);
+    }
     Ok(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
