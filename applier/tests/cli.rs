@@ -220,13 +220,17 @@ fn inspect_of_a_non_bundle_exits_3_not_a_ferry_bundle() {
         assert!(err(&o).contains("not a ferry bundle"), "verify {}: {}", f.display(), err(&o));
     }
     // A future format version is named as such.
-    let mut v2 = vec![0u8; 2048];
-    v2[..22].copy_from_slice(b"ferry-v2/manifest.cbor");
-    let f = d.path().join("future.ferry");
-    fs::write(&f, &v2).expect("write");
-    let o = run_path(&["inspect"], &[&f]);
-    assert_eq!(code(&o), 3, "{}", err(&o));
-    assert!(err(&o).contains("unsupported bundle format version 2"), "{}", err(&o));
+    // A future format version, and a past one (format 1, before extended attributes), are
+    // named as such.
+    for v in ["3", "1"] {
+        let mut b = vec![0u8; 2048];
+        b[..22].copy_from_slice(format!("ferry-v{v}/manifest.cbor").as_bytes());
+        let f = d.path().join(format!("v{v}.ferry"));
+        fs::write(&f, &b).expect("write");
+        let o = run_path(&["inspect"], &[&f]);
+        assert_eq!(code(&o), 3, "{}", err(&o));
+        assert!(err(&o).contains(&format!("unsupported bundle format version {v}")), "{}", err(&o));
+    }
 }
 
 /// README.md's table of exit codes says what the `Exit` enum (and so `--help`) says.
