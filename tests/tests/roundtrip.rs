@@ -57,6 +57,7 @@ fn roundtrip_seed(seed: u64) {
     mutate(&old, &new, seed);
     mutate_more(&new, seed);
     sparsify(&old, &new, seed);
+    attributize(&old, &new, seed);
     let want = snapshot(&new, true);
 
     let delta = d.path().join("delta.ferry");
@@ -118,6 +119,82 @@ fn sparsify(old: &Path, new: &Path, seed: u64) {
                 let st = Command::new("touch").arg("-r").arg(new.join(&name)).arg(old.join(&name)).status();
                 assert!(st.is_ok_and(|s| s.success()), "touch");
             }
+        }
+    }
+}
+
+/// Extended attributes in a generated tree (bundle-format.md §4.9): SELinux labels (with their
+/// trailing NUL) on most paths, file capabilities as `setcap` writes them, POSIX ACLs (access on
+/// files and directories, default on directories), `trusted.*`, and `user.*` with binary values
+/// (NUL, newline) on files and directories. NEW starts as OLD's and changes some: a relabel, a
+/// capability added or dropped, an attribute added or removed, an ACL changed.
+fn attributize(old: &Path, new: &Path, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    const LABELS: [&[u8]; 3] =
+        [b"system_u:object_r:bin_t:s0\0", b"system_u:object_r:etc_t:s0\0", b"system_u:object_r:lib_t:s0\0"];
+    const CAPS: [&[u8]; 2] = [
+        &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // cap_net_raw+ep
+        &[0, 0, 0, 2, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // cap_setuid,cap_setgid+p
+    ];
+    // user::rw-, user:1000:rw-, group::r--, group:50:r--, mask::rw-, other::r--
+    const ACL: &[u8] = &[
+        2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 2, 0, 6, 0, 0xe8, 3, 0, 0, 4, 0, 4, 0, 255, 255, 255, 255, 8, 0, 4,
+        0, 50, 0, 0, 0, 0x10, 0, 6, 0, 255, 255, 255, 255, 0x20, 0, 4, 0, 255, 255, 255, 255,
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xa77e);
+    let set = |p: &Path, n: &str, v: &[u8]| {
+        rustix::fs::lsetxattr(p, n, v, rustix::fs::XattrFlags::empty())
+            .unwrap_or_else(|e| panic!("setxattr {n} on {}: {e}", p.display()))
+    };
+    let mut paths = Vec::new();
+    collect_all(old, &mut paths);
+    paths.sort();
+    for p in paths {
+        let rel = p.strip_prefix(old).expect("prefix");
+        let Ok(md) = fs::symlink_metadata(&p) else { continue };
+        let (file, dir) = (md.file_type().is_file(), md.file_type().is_dir());
+        let mut attrs: Vec<(String, Vec<u8>)> = Vec::new();
+        if rng.gen_bool(0.8) {
+            attrs.push(("security.selinux".into(), LABELS[rng.gen_range(0..LABELS.len())].to_vec()));
+        }
+        if file && rng.gen_bool(0.1) {
+            attrs.push(("security.capability".into(), CAPS[rng.gen_range(0..CAPS.len())].to_vec()));
+        }
+        if (file || dir) && rng.gen_bool(0.15) {
+            attrs.push(("system.posix_acl_access".into(), ACL.to_vec()));
+        }
+        if dir && rng.gen_bool(0.15) {
+            attrs.push(("system.posix_acl_default".into(), ACL.to_vec()));
+        }
+        if (file || dir) && rng.gen_bool(0.2) {
+            attrs.push((format!("user.k{}", rng.gen_range(0..3)), vec![0, b'\n', rng.gen(), b'x']));
+        }
+        if rng.gen_bool(0.05) {
+            attrs.push(("trusted.t".into(), b"1".to_vec()));
+        }
+        for (n, v) in &attrs {
+            set(&p, n, v);
+        }
+        let q = new.join(rel);
+        if fs::symlink_metadata(&q).is_err() {
+            continue;
+        }
+        // NEW keeps OLD's attributes where the path is the same inode kind, changing some.
+        let same_kind = fs::symlink_metadata(&q).is_ok_and(|m| m.file_type() == md.file_type());
+        if !same_kind {
+            continue;
+        }
+        for (n, v) in &attrs {
+            match rng.gen_range(0..10) {
+                0 => {
+                    let _ = rustix::fs::lremovexattr(&q, n.as_str());
+                }
+                1 if n == "security.selinux" => set(&q, n, LABELS[(rng.gen_range(0..LABELS.len()))]),
+                _ => set(&q, n, v),
+            }
+        }
+        if file && rng.gen_bool(0.05) {
+            set(&q, "security.capability", CAPS[0]);
         }
     }
 }
