@@ -14,10 +14,13 @@
 
 use base64::Engine;
 
+/// A (key, value) pair: a pax record, or an attribute's (name, value).
+pub type Pair = (Vec<u8>, Vec<u8>);
+
 /// The attributes of one member from its pax records, or what is wrong with them.
-pub fn xattrs(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
-    let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut derived: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+pub fn xattrs(records: &[Pair]) -> Result<Vec<Pair>, String> {
+    let mut raw: Vec<Pair> = Vec::new();
+    let mut derived: Vec<Pair> = Vec::new();
     for (k, v) in records {
         if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
             raw.push((name.to_vec(), v.clone()));

@@ -189,7 +189,7 @@ fn attributize(old: &Path, new: &Path, seed: u64) {
                 0 => {
                     let _ = rustix::fs::lremovexattr(&q, n.as_str());
                 }
-                1 if n == "security.selinux" => set(&q, n, LABELS[(rng.gen_range(0..LABELS.len()))]),
+                1 if n == "security.selinux" => set(&q, n, LABELS[rng.gen_range(0..LABELS.len())]),
                 _ => set(&q, n, v),
             }
         }
