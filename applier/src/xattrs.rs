@@ -161,9 +161,25 @@ fn shown(name: &[u8]) -> String {
     crate::text::escape(&String::from_utf8_lossy(name)).into_owned()
 }
 
-/// An error naming the attribute it is about, keeping its kind and errno.
-fn named(e: io::Error, what: &str, name: &[u8]) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} extended attribute {}: {e}", shown(name)))
+/// A failure to set or remove one attribute: which, and the kernel's error.
+#[derive(Debug)]
+struct AttrError {
+    what: &'static str,
+    name: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for AttrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} extended attribute {}: {}", self.what, self.name, self.source)
+    }
+}
+
+impl std::error::Error for AttrError {}
+
+/// An error naming the attribute it is about, keeping its kind (and, inside, its errno).
+fn named(e: io::Error, what: &'static str, name: &[u8]) -> io::Error {
+    io::Error::new(e.kind(), AttrError { what, name: shown(name), source: e })
 }
 
 /// Reading attributes where the filesystem has none at all gives an empty set.
@@ -280,10 +296,12 @@ pub fn base_difference(dir: BorrowedFd<'_>, name: &[u8], meta: &Meta, attrs: &At
 /// Whether `e` is a refusal by the filesystem or the kernel to hold an attribute (exit code
 /// [`crate::error::Exit::Unsupported`]).
 pub fn is_unsupported(e: &io::Error) -> bool {
-    matches!(
-        fsx::errno(e),
-        Some(Errno::NOTSUP | Errno::PERM | Errno::ACCESS | Errno::NOSPC | Errno::TOOBIG | Errno::RANGE)
-    ) && e.to_string().contains("extended attribute")
+    e.get_ref().and_then(|inner| inner.downcast_ref::<AttrError>()).is_some_and(|a| {
+        matches!(
+            fsx::errno(&a.source),
+            Some(Errno::NOTSUP | Errno::PERM | Errno::ACCESS | Errno::NOSPC | Errno::TOOBIG | Errno::RANGE)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -340,6 +358,16 @@ mod tests {
         assert!(
             d.contains("security.capability missing") && d.contains("user.a differs") && d.contains("user.b present")
         );
+    }
+
+    #[test]
+    fn refusals_to_hold_an_attribute_are_recognised() {
+        let e = named(io::Error::from_raw_os_error(Errno::NOTSUP.raw_os_error()), "set", b"user.a");
+        assert!(e.to_string().contains("set extended attribute user.a"), "{e}");
+        assert!(e.get_ref().is_some_and(|i| i.downcast_ref::<AttrError>().is_some()), "{e:?}");
+        assert!(is_unsupported(&e), "{e:?}");
+        assert!(!is_unsupported(&named(io::Error::from_raw_os_error(Errno::IO.raw_os_error()), "set", b"user.a")));
+        assert!(!is_unsupported(&io::Error::from_raw_os_error(Errno::NOTSUP.raw_os_error())));
     }
 
     #[test]

@@ -378,3 +378,47 @@ fn tar_inputs_carry_the_same_attributes() {
         assert_same(&snapshot(&t, false), &want, &format!("{name} tar input vs directory input"));
     }
 }
+
+/// An unprivileged applier may not set `trusted.*` attributes: the staging fails before any
+/// rename with exit 15 and the target is left as it was; `--skip-xattrs trusted` applies.
+#[test]
+fn an_attribute_the_applier_may_not_set_is_refused_with_exit_15() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root("drops to uid 65534 with setpriv");
+    const NOBODY: u32 = 65534;
+    let d = tempfile::tempdir().expect("tmp");
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let k = keys(d.path());
+    fs::set_permissions(&k.public, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    for t in [&old, &new] {
+        fs::create_dir_all(t.join("app")).expect("mkdir");
+        fs::write(t.join("app/a"), "1\n").expect("w");
+    }
+    fs::write(new.join("app/a"), "2\n").expect("w");
+    setx(&new.join("app/a"), "trusted.origin", b"build-7");
+    for t in [&old, &new] {
+        let st = Command::new("chown").args(["-hR", &format!("{NOBODY}:{NOBODY}")]).arg(t).status().expect("chown");
+        assert!(st.success());
+    }
+    let b = d.path().join("b.ferry");
+    build(Some(&old), &new, &k.secret, 2, &b, &[]);
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let t = d.path().join("t");
+    copy_tree(&old, &t);
+    assert_eq!(fs::metadata(&t).expect("stat").uid(), NOBODY);
+    let as_nobody = |extra: &[&str], code: i32| {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={NOBODY}")).arg(format!("--regid={NOBODY}")).arg("--clear-groups");
+        c.arg(bin("ferry-apply")).arg("apply").arg(&b).arg("--target").arg(&t).arg("--trust").arg(&k.public);
+        c.args(extra);
+        run_expect(&mut c, code)
+    };
+    let before = snapshot(&t, false);
+    let out = as_nobody(&[], 15);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("trusted.origin"), "{err}");
+    assert_same(&snapshot(&t, false), &before, "refused apply changed nothing");
+    as_nobody(&["--skip-xattrs", "trusted"], 0);
+    assert_eq!(fs::read(t.join("app/a")).expect("r"), b"2\n");
+}
