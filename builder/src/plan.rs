@@ -716,8 +716,6 @@ mod tests {
     }
 
     use crate::scan::ScanEntry;
-    const UNPLACED: bool = true;
-
     /// One random entry: a path of up to three names of a small alphabet and what it is.
     fn arb_entry() -> impl proptest::strategy::Strategy<Value = ScanEntry> {
         use proptest::prelude::*;
@@ -763,7 +761,7 @@ mod tests {
         ) {
             let (old, new) = (valid_tree(old), valid_tree(new));
             let (script, _warnings) = plan(&old, &new, &BTreeMap::new());
-            let done = simulate(&sim(&old), &sim(&new), &script, UNPLACED);
+            let done = simulate(&sim(&old), &sim(&new), &script, false);
             proptest::prop_assert_eq!(done, sim(&new));
         }
     }
