@@ -198,8 +198,10 @@ fn symlink_edges(p0: &[&Step], entries: &[Entry]) -> Vec<(usize, usize, EdgeKind
             }
         }
     }
-    let is_placed_link = |m: u32| p0.get(m as usize).is_some_and(|s| s.op == Op::Place)
-        && tree.get(&p0[m as usize].path).is_some_and(|n| matches!(tree.object(n), Object::Symlink(_)));
+    let is_placed_link = |m: u32| {
+        p0.get(m as usize).is_some_and(|s| s.op == Op::Place)
+            && tree.get(&p0[m as usize].path).is_some_and(|n| matches!(tree.object(n), Object::Symlink(_)))
+    };
     let mut resolver: Resolver<Seq> = Resolver::new(&tree);
     let mut edges = Vec::new();
     for l in links {
@@ -518,13 +520,10 @@ mod tests {
                 }
                 name => {
                     cur.push(name.to_vec());
-                    match t.get(&cur.join(&b'/'))? {
-                        Obj::Link(to) => {
-                            *budget = budget.checked_sub(1)?;
-                            cur.pop();
-                            cur = walk(t, cur, to, budget)?;
-                        }
-                        _ => {}
+                    if let Obj::Link(to) = t.get(&cur.join(&b'/'))? {
+                        *budget = budget.checked_sub(1)?;
+                        cur.pop();
+                        cur = walk(t, cur, to, budget)?;
                     }
                 }
             }
@@ -571,7 +570,8 @@ mod tests {
                 if new.get(q) != Some(o) || !resolves(new, q) {
                     continue;
                 }
-                if !placed.contains(q.as_slice()) && !(unplaced && resolves(old, q)) {
+                let must = placed.contains(q.as_slice()) || (unplaced && resolves(old, q));
+                if !must {
                     continue;
                 }
                 assert!(
@@ -606,8 +606,16 @@ mod tests {
     /// reading ordered both links first (their targets "lib/..." are not created).
     #[test]
     fn merged_usr_links_after_what_they_reach() {
-        let base =
-            || vec![link("lib", "usr/lib"), dir("usr"), dir("usr/lib"), dir("etc"), dir("etc/systemd"), dir("etc/systemd/system")];
+        let base = || {
+            vec![
+                link("lib", "usr/lib"),
+                dir("usr"),
+                dir("usr/lib"),
+                dir("etc"),
+                dir("etc/systemd"),
+                dir("etc/systemd/system"),
+            ]
+        };
         let old = tree(base());
         let mut n = base();
         n.extend([
@@ -740,7 +748,8 @@ mod tests {
         es.sort_by_key(|e| e.path.depth());
         let mut kept: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
         for e in es {
-            let parent_ok = e.path.parent().is_none_or(|p| kept.get(&p).is_some_and(|d| d.ty == crate::scan::Type::Dir));
+            let parent_ok =
+                e.path.parent().is_none_or(|p| kept.get(&p).is_some_and(|d| d.ty == crate::scan::Type::Dir));
             if parent_ok && !kept.contains_key(&e.path) {
                 kept.insert(e.path.clone(), e);
             }

@@ -117,7 +117,13 @@ impl<'a> Tree<'a> {
     /// every child will be inserted too; a name missing under an incomplete directory resolves
     /// to [`Outcome::Unknown`]. Returns `None` (and adds nothing) if the parent is not a
     /// directory of the tree or the path is already in it.
-    pub fn insert(&mut self, path: &'a BundlePath, object: Object<'a>, complete: bool, mark: Option<u32>) -> Option<NodeId> {
+    pub fn insert(
+        &mut self,
+        path: &'a BundlePath,
+        object: Object<'a>,
+        complete: bool,
+        mark: Option<u32>,
+    ) -> Option<NodeId> {
         let parent = match path.parent() {
             None => ROOT,
             Some(p) => *self.by_path.get(p.as_bytes())?,
@@ -208,8 +214,7 @@ impl<'t, 'a, V: Visits> Resolver<'t, 'a, V> {
 
     fn frame(&self, link: NodeId) -> Option<Frame<'a, V>> {
         let Object::Symlink(target) = self.tree.object(link) else { return None };
-        let (cur, pos) =
-            if target.first() == Some(&b'/') { (ROOT, 1) } else { (self.tree.parent[link as usize], 0) };
+        let (cur, pos) = if target.first() == Some(&b'/') { (ROOT, 1) } else { (self.tree.parent[link as usize], 0) };
         Some(Frame { link, target, pos, cur, links: 0, seen: V::default() })
     }
 
@@ -322,7 +327,7 @@ pub struct Latest(pub Option<(u32, NodeId)>);
 
 impl Visits for Latest {
     fn visit(&mut self, node: NodeId, mark: u32) {
-        if !self.0.is_some_and(|(m, _)| mark <= m) {
+        if self.0.is_none_or(|(m, _)| mark > m) {
             self.0 = Some((mark, node));
         }
     }
@@ -340,7 +345,7 @@ pub struct Earliest(pub Option<(u32, NodeId)>);
 
 impl Visits for Earliest {
     fn visit(&mut self, node: NodeId, mark: u32) {
-        if !self.0.is_some_and(|(m, _)| mark >= m) {
+        if self.0.is_none_or(|(m, _)| mark < m) {
             self.0 = Some((mark, node));
         }
     }

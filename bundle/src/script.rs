@@ -104,7 +104,10 @@ fn rule10_sparse_entries(m: &Manifest) -> Result<(), Error> {
 /// checked and is not. Links that dangle or loop in NEW have no constraint. Each link is resolved
 /// once ([`crate::resolve`]: at most 40 links per resolution, memoized), so a manifest of a
 /// million entries is checked in linear time.
-fn link_needs<'a>(m: &'a Manifest, created: &HashMap<&'a BundlePath, usize>) -> HashMap<&'a BundlePath, (usize, &'a BundlePath)> {
+fn link_needs<'a>(
+    m: &'a Manifest,
+    created: &HashMap<&'a BundlePath, usize>,
+) -> HashMap<&'a BundlePath, (usize, &'a BundlePath)> {
     let mark = |p: &BundlePath| created.get(p).and_then(|&j| u32::try_from(j).ok());
     let mut tree = Tree::new(false);
     for e in &m.entries {
@@ -245,9 +248,12 @@ impl<'a> Plan<'a> {
             return Ok(());
         }
         match self.link_needs.get(&s.path) {
-            Some(&(j, a)) if j > i => {
-                Err(script_error(i, s, 4, format!("symlink placed before {a} (step {j}), which its target resolves through")))
-            }
+            Some(&(j, a)) if j > i => Err(script_error(
+                i,
+                s,
+                4,
+                format!("symlink placed before {a} (step {j}), which its target resolves through"),
+            )),
             _ => Ok(()),
         }
     }
@@ -621,7 +627,10 @@ mod tests {
         run(&m(&good)).unwrap_or_else(|e| panic!("{e}"));
         let mut early = good;
         early.swap(3, 5); // etc/abs before usr/lib/d/f
-        refused(&m(&early), "symlink placed before usr/lib/d/f (step 5), which its target resolves through [§6 rule 4]");
+        refused(
+            &m(&early),
+            "symlink placed before usr/lib/d/f (step 5), which its target resolves through [§6 rule 4]",
+        );
         let mut early = good;
         early[4..7].rotate_left(1); // etc/abs before lib
         refused(&m(&early), "symlink placed before lib (step 6)");
@@ -657,13 +666,23 @@ mod tests {
         let m = |order: &[&str]| {
             manifest(
                 vec![],
-                vec![old_link("a", "b"), old_link("b", "a"), old_link("l", "s/f"), old_link("s", "t"), old_dir("t"), old_file("t/f")],
+                vec![
+                    old_link("a", "b"),
+                    old_link("b", "a"),
+                    old_link("l", "s/f"),
+                    old_link("s", "t"),
+                    old_dir("t"),
+                    old_file("t/f"),
+                ],
                 order.iter().map(|s| step(Op::Delete, s)).collect(),
             )
         };
         run(&m(&["a", "b", "l", "s", "t/f", "t"])).unwrap_or_else(|e| panic!("{e}"));
         run(&m(&["b", "a", "l", "s", "t/f", "t"])).unwrap_or_else(|e| panic!("{e}"));
-        refused(&m(&["a", "b", "t/f", "l", "s", "t"]), "symlink deleted after t/f (step 2), which it resolves through [§6 rule 6]");
+        refused(
+            &m(&["a", "b", "t/f", "l", "s", "t"]),
+            "symlink deleted after t/f (step 2), which it resolves through [§6 rule 6]",
+        );
     }
 
     /// A million-entry-sized manifest of symlinks, each through a chain of links and deep

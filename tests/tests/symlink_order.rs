@@ -218,7 +218,12 @@ impl World {
     fn check(&self, target: &Path, what: &str) {
         for (p, t) in links(target) {
             if self.must.get(&p) == Some(&t) {
-                assert!(resolves(target, &p), "{what}: {} -> {} dangles", String::from_utf8_lossy(&p), String::from_utf8_lossy(&t));
+                assert!(
+                    resolves(target, &p),
+                    "{what}: {} -> {} dangles",
+                    String::from_utf8_lossy(&p),
+                    String::from_utf8_lossy(&t)
+                );
             }
         }
     }
