@@ -774,4 +774,44 @@ mod tests {
             proptest::prop_assert_eq!(done, sim(&new));
         }
     }
+
+    /// A rootfs-sized merged-/usr conversion: 100k entries, 10k unchanged symlinks through
+    /// `/lib`, directory `lib` becoming `lib -> usr/lib`. Ordering and validating is near-linear.
+    #[test]
+    fn rootfs_sized_tree_plans_quickly() {
+        let (dirs, files, links) = (1000, 90, 10_000);
+        let mut old = vec![dir("etc"), dir("lib"), dir("usr")];
+        let mut new = vec![dir("etc"), link("lib", "usr/lib"), dir("usr"), dir("usr/lib")];
+        for d in 0..dirs {
+            old.push(dir(&format!("lib/d{d:04}")));
+            new.push(dir(&format!("usr/lib/d{d:04}")));
+            for f in 0..files {
+                // Distinct contents (the diff looks copy sources up by content).
+                let content = format!("{d} {f}");
+                old.push(file(&format!("lib/d{d:04}/f{f:02}"), content.as_bytes()));
+                new.push(file(&format!("usr/lib/d{d:04}/f{f:02}"), content.as_bytes()));
+            }
+        }
+        for l in 0..links {
+            let e = link(&format!("etc/l{l:05}"), &format!("/lib/d{:04}/f{:02}", l % dirs, l % files));
+            old.push(e.clone());
+            new.push(e);
+        }
+        let (old, new) = (tree(old), tree(new));
+        let d = diff(&old, &new, &[]);
+        let t = std::time::Instant::now();
+        let (script, _) =
+            order(&d.steps, &d.entries, &old_entries(&old), &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let ordered = t.elapsed();
+        let lib = script.iter().position(|s| s.path == bp("lib")).unwrap_or_else(|| panic!("lib"));
+        assert_eq!(lib, dirs * (files + 1) + 1, "lib is exchanged after everything under usr/lib");
+        let t = std::time::Instant::now();
+        let (_, _) = plan(&old, &new, &BTreeMap::new());
+        eprintln!(
+            "{} entries: ordered in {ordered:?}; diff, order and validate in {:?}",
+            new.entries.len(),
+            t.elapsed()
+        );
+        assert!(ordered < std::time::Duration::from_secs(60), "{ordered:?}");
+    }
 }
