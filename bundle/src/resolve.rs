@@ -69,7 +69,9 @@ pub enum Outcome {
     Resolved { node: NodeId, links: u32 },
     /// A component does not exist, or is not a directory where one is needed (ENOENT, ENOTDIR).
     Dangles,
-    /// More than [`MAX_LINKS`] symlinks, or a cycle (ELOOP).
+    /// More than [`MAX_LINKS`] symlinks, or a cycle (ELOOP). (A chain of more than 40 links
+    /// that ends at a missing name reads as [`Outcome::Dangles`]: the outcome of the innermost
+    /// link is passed out unchanged. Either way the link does not resolve.)
     Loop,
     /// A path the tree does not know whether it holds (it only knows part of the tree: see
     /// [`Tree::insert`]); the walk cannot tell where the link goes from there.
