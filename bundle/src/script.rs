@@ -703,6 +703,7 @@ mod tests {
         let m = manifest(entries, vec![], script);
         let t = std::time::Instant::now();
         run(&m).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{n} links checked and validated in {:?}", t.elapsed());
         assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }
