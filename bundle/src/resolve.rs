@@ -477,8 +477,10 @@ mod tests {
 
     #[test]
     fn long_chain_is_linear() {
-        // 200k links each to the next: every one is resolved once (memoized), not 40 times.
-        let n = 200_000;
+        // 100k links each to the next: every one is resolved once (memoized), not 40 times and
+        // not once per link before it. (A generous bound: a shared CI machine is slow, and a
+        // quadratic walk would take hours.)
+        let n = 100_000;
         let paths: Vec<BundlePath> = (0..n).map(|i| p(&format!("l{i:06}"))).collect();
         let targets: Vec<Vec<u8>> = (0..n).map(|i| format!("l{:06}", i + 1).into_bytes()).collect();
         let mut t = Tree::new(true);
@@ -493,6 +495,6 @@ mod tests {
             // The chain ends at a missing name; either way no link of it resolves.
             assert!(matches!(o, Outcome::Loop | Outcome::Dangles), "{o:?}");
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{:?}", start.elapsed());
     }
 }
