@@ -376,16 +376,7 @@ fn plan_script(
     progress: &progress::Progress,
 ) -> Result<(Vec<Step>, Vec<String>)> {
     let elf = inspect_elf(&inputs.new, &d.steps, progress);
-    let old_links: BTreeMap<BundlePath, Vec<u8>> = inputs
-        .old
-        .entries
-        .iter()
-        .filter_map(|e| match &e.ty {
-            scan::Type::Symlink(t) => Some((e.path.clone(), t.clone())),
-            _ => None,
-        })
-        .collect();
-    let (script, warnings) = plan::order(&d.steps, &d.entries, &old_links, &elf)?;
+    let (script, warnings) = plan::order(&d.steps, &d.entries, &diff::old_entries(&inputs.old), &elf)?;
     let payloads = d.choices.values().filter(|c| matches!(c, diff::Choice::Payload { .. })).count();
     progress.note(&format!(
         "diff and plan: {} old and {} new entries, {} steps, {} files need payload, in {:.2} s",

@@ -3,12 +3,15 @@
 //! The applier executes steps in order and validates, before touching anything, that each step's
 //! preconditions hold ([`bundle::script::validate`]). The order also decides what a process on
 //! the target can observe mid-commit: parents exist before children, a symlink appears only
-//! after its target, a hardlink after its source, and shared libraries (and their SONAME
-//! symlinks) before the programs that load them. Ties are broken by path order so the script is
-//! deterministic.
+//! after everything its target resolves through (resolved as the kernel will, through symlinked
+//! directories: [`bundle::resolve`]), a symlink the bundle places that other links resolve
+//! through only after what they reach beyond it, a hardlink after its source, and shared
+//! libraries (and their SONAME symlinks) before the programs that load them. Ties are broken by
+//! path order so the script is deterministic.
 
 use crate::error::Result;
-use bundle::{BundlePath, Entry, Kind, Op, Step};
+use bundle::resolve::{NodeId, Object, Outcome, Resolver, Tree, Visits};
+use bundle::{BundlePath, Entry, Kind, OldEntry, Op, Step};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -23,6 +26,11 @@ pub struct ElfInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum EdgeKind {
     Elf,
+    /// A placed symlink after what a NEW symlink it does not place reaches beyond it (builder
+    /// only: keeps links that exist throughout resolving when a directory becomes a symlink).
+    Through,
+    /// §6 rule 4: a placed symlink after what its target resolves through. With the structural
+    /// edges these never form a cycle (a link that resolves does not resolve through itself).
     Symlink,
     Structural,
 }
@@ -135,20 +143,90 @@ fn scc(n: usize, edges: &[(usize, usize, EdgeKind)], alive: &[bool], done: &[boo
     comp
 }
 
-/// `t` and its ancestors.
-fn with_ancestors(t: &BundlePath) -> Vec<BundlePath> {
-    let mut v = t.ancestors();
-    v.push(t.clone());
-    v
+/// What a resolution visited that the creation phase creates, as indices into it, in the order
+/// first visited. A followed link that is itself placed stands for its whole resolution: its own
+/// rule-4 edges put everything it resolves through before it.
+#[derive(Clone, Debug, Default)]
+struct Seq(Vec<u32>);
+
+impl Seq {
+    fn push(&mut self, m: u32) {
+        if !self.0.contains(&m) {
+            self.0.push(m);
+        }
+    }
+}
+
+impl Visits for Seq {
+    fn visit(&mut self, _node: NodeId, mark: u32) {
+        self.push(mark);
+    }
+    fn follow(&mut self, _link: NodeId, marked: bool, inner: &Self) {
+        if !marked {
+            for &m in &inner.0 {
+                self.push(m);
+            }
+        }
+    }
+}
+
+/// The symlink edges among the creation-phase steps `p0` (sorted by path), from the whole NEW
+/// tree `entries`, every symlink resolved kernel-style ([`bundle::resolve`]; absolute targets
+/// from the target root):
+/// - rule 4 ([`EdgeKind::Symlink`]): a placed symlink that resolves in NEW comes after every
+///   path its resolution visits that `p0` creates, so it resolves from the instant it appears;
+/// - [`EdgeKind::Through`]: for a NEW symlink that is *not* placed (it exists throughout) and
+///   resolves, every placed symlink on its way comes after the created paths visited beyond it
+///   (directory `lib` becoming `lib -> usr/lib` waits for `usr/lib/x` that `etc/l -> /lib/x`
+///   needs).
+///
+/// A link that dangles or loops in NEW (a cycle `a -> b`, `b -> a`) gets no edge.
+fn symlink_edges(p0: &[&Step], entries: &[Entry]) -> Vec<(usize, usize, EdgeKind)> {
+    let placed: BTreeMap<&BundlePath, u32> = p0
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.op, Op::Mkdir | Op::Place))
+        .filter_map(|(i, s)| Some((&s.path, u32::try_from(i).ok()?)))
+        .collect();
+    let mut tree = Tree::new(true);
+    let mut links = Vec::new();
+    for e in entries {
+        let object = Object::of(&e.kind);
+        if let Some(n) = tree.insert(&e.path, object, true, placed.get(&e.path).copied()) {
+            if matches!(object, Object::Symlink(_)) {
+                links.push(n);
+            }
+        }
+    }
+    let is_placed_link = |m: u32| {
+        p0.get(m as usize).is_some_and(|s| s.op == Op::Place)
+            && tree.get(&p0[m as usize].path).is_some_and(|n| matches!(tree.object(n), Object::Symlink(_)))
+    };
+    let mut resolver: Resolver<Seq> = Resolver::new(&tree);
+    let mut edges = Vec::new();
+    for l in links {
+        let (Outcome::Resolved { .. }, Seq(seen)) = resolver.resolve(l) else { continue };
+        match tree.mark(l) {
+            Some(me) => edges.extend(seen.iter().map(|&m| (m as usize, me as usize, EdgeKind::Symlink))),
+            None => {
+                for (k, &s) in seen.iter().enumerate() {
+                    if is_placed_link(s) {
+                        edges.extend(seen[k + 1..].iter().map(|&m| (m as usize, s as usize, EdgeKind::Through)));
+                    }
+                }
+            }
+        }
+    }
+    edges
 }
 
 /// Order `steps` (as produced by [`crate::diff::diff`], any order) into the apply script.
-/// `entries` are the NEW entries, `old_links` the OLD symlinks (path → target), `elf` the ELF
-/// facts of NEW files with a step. Returns the script and warnings about broken cycles.
+/// `entries` are the NEW entries, `old` the whole OLD tree (sorted), `elf` the ELF facts of NEW
+/// files with a step. Returns the script and warnings about broken cycles.
 pub fn order(
     steps: &[Step],
     entries: &[Entry],
-    old_links: &BTreeMap<BundlePath, Vec<u8>>,
+    old: &[OldEntry],
     elf: &BTreeMap<BundlePath, ElfInfo>,
 ) -> Result<(Vec<Step>, Vec<String>)> {
     let mut warnings = Vec::new();
@@ -163,7 +241,7 @@ pub fn order(
     // Phase 1: deletes, children before parents, a symlink before its target.
     let mut p1: Vec<&Step> = steps.iter().filter(|s| s.op == Op::Delete).collect();
     p1.sort_by(|a, b| b.path.cmp(&a.path));
-    let e1 = deletion_edges(&p1, old_links);
+    let e1 = deletion_edges(&p1, old);
     let o1 = toposort(p1.len(), &e1, &|i| p1[i].path.display(), &mut warnings)
         .ok_or_else(|| internal("cycle among deletions"))?;
 
@@ -181,8 +259,9 @@ pub fn order(
 }
 
 /// Edges (before, after) among the creation-phase steps `p0` (sorted by path): a directory
-/// before what is under it, a symlink's target (and its ancestors) before the symlink, a
-/// hardlink's primary before the link, and the libraries an ELF file needs before the file.
+/// before what is under it, what a symlink resolves through before the symlink
+/// ([`symlink_edges`]), a hardlink's primary before the link, and the libraries an ELF file
+/// needs before the file.
 fn creation_edges(
     p0: &[&Step],
     entries: &[Entry],
@@ -213,22 +292,10 @@ fn creation_edges(
         if s.op != Op::Place {
             continue;
         }
-        match new.get(&s.path).map(|e| &e.kind) {
-            Some(Kind::Symlink { target }) => {
-                if let Some(t) = s.path.resolve_link(target) {
-                    for a in with_ancestors(&t) {
-                        if let Some(&j) = idx.get(&a) {
-                            add(j, i, EdgeKind::Symlink);
-                        }
-                    }
-                }
+        if let Some(Kind::Hardlink { primary }) = new.get(&s.path).map(|e| &e.kind) {
+            if let Some(&j) = idx.get(primary) {
+                add(j, i, EdgeKind::Structural);
             }
-            Some(Kind::Hardlink { primary }) => {
-                if let Some(&j) = idx.get(primary) {
-                    add(j, i, EdgeKind::Structural);
-                }
-            }
-            _ => {}
         }
         if let Some(info) = elf.get(&s.path) {
             for need in &info.needed {
@@ -239,12 +306,16 @@ fn creation_edges(
             }
         }
     }
+    for (a, b, k) in symlink_edges(p0, entries) {
+        add(a, b, k);
+    }
     edges.into_iter().collect()
 }
 
 /// Edges (before, after) among the Delete steps `p1` (sorted by path, descending): what is under
-/// a directory before the directory, an OLD symlink before its target (and its ancestors).
-fn deletion_edges(p1: &[&Step], old_links: &BTreeMap<BundlePath, Vec<u8>>) -> Vec<(usize, usize, EdgeKind)> {
+/// a directory before the directory, a deleted OLD symlink before the deleted paths it resolves
+/// through in `old` (kernel-style, as for rule 4; one that dangles or loops in OLD has none).
+fn deletion_edges(p1: &[&Step], old: &[OldEntry]) -> Vec<(usize, usize, EdgeKind)> {
     let idx1: BTreeMap<&BundlePath, usize> = p1.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
     let mut e1: BTreeSet<(usize, usize, EdgeKind)> = BTreeSet::new();
     for (i, s) in p1.iter().enumerate() {
@@ -253,14 +324,17 @@ fn deletion_edges(p1: &[&Step], old_links: &BTreeMap<BundlePath, Vec<u8>>) -> Ve
                 e1.insert((i, j, EdgeKind::Structural));
             }
         }
-        if let Some(t) = old_links.get(&s.path).and_then(|t| s.path.resolve_link(t)) {
-            for a in with_ancestors(&t) {
-                if let Some(&j) = idx1.get(&a) {
-                    if j != i {
-                        e1.insert((i, j, EdgeKind::Symlink));
-                    }
-                }
-            }
+    }
+    let mut tree = Tree::new(true);
+    for o in old {
+        let mark = idx1.get(&o.path).and_then(|&j| u32::try_from(j).ok());
+        tree.insert(&o.path, Object::of_old(&o.kind), true, mark);
+    }
+    let mut resolver: Resolver<Seq> = Resolver::new(&tree);
+    for (i, s) in p1.iter().enumerate() {
+        let Some(node) = tree.get(&s.path).filter(|&n| matches!(tree.object(n), Object::Symlink(_))) else { continue };
+        if let (Outcome::Resolved { .. }, Seq(seen)) = resolver.resolve(node) {
+            e1.extend(seen.iter().map(|&j| (i, j as usize, EdgeKind::Symlink)).filter(|&(a, b, _)| a != b));
         }
     }
     e1.into_iter().collect()
@@ -279,17 +353,20 @@ mod tests {
     use bundle::Manifest;
 
     fn run(old: &crate::scan::Tree, new: &crate::scan::Tree, elf: &BTreeMap<BundlePath, ElfInfo>) -> Vec<String> {
-        let d = diff(old, new, &[]);
-        let old_links = old
-            .entries
-            .iter()
-            .filter_map(|e| match &e.ty {
-                crate::scan::Type::Symlink(t) => Some((e.path.clone(), t.clone())),
-                _ => None,
-            })
-            .collect();
-        let (script, warnings) = order(&d.steps, &d.entries, &old_links, elf).unwrap_or_else(|e| panic!("{e}"));
+        let (script, warnings) = plan(old, new, elf);
         assert!(warnings.is_empty(), "{warnings:?}");
+        script.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
+    }
+
+    /// Diff and order `old` → `new`, check the script as the applier will; the script and the
+    /// warnings.
+    fn plan(
+        old: &crate::scan::Tree,
+        new: &crate::scan::Tree,
+        elf: &BTreeMap<BundlePath, ElfInfo>,
+    ) -> (Vec<Step>, Vec<String>) {
+        let d = diff(old, new, &[]);
+        let (script, warnings) = order(&d.steps, &d.entries, &old_entries(old), elf).unwrap_or_else(|e| panic!("{e}"));
         let mut m = Manifest {
             format: bundle::FORMAT_VERSION,
             version: 1,
@@ -309,7 +386,7 @@ mod tests {
         };
         m.drop_unneeded_entries();
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));
-        script.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
+        (script, warnings)
     }
 
     #[test]
@@ -355,7 +432,7 @@ mod tests {
         elf.insert(bp("a"), ElfInfo { soname: Some(b"a".to_vec()), needed: vec![b"b".to_vec()] });
         elf.insert(bp("b"), ElfInfo { soname: Some(b"b".to_vec()), needed: vec![b"a".to_vec()] });
         let d = diff(&tree(vec![]), &new, &[]);
-        let (script, warnings) = order(&d.steps, &d.entries, &BTreeMap::new(), &elf).unwrap_or_else(|e| panic!("{e}"));
+        let (script, warnings) = order(&d.steps, &d.entries, &[], &elf).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(script.len(), 2);
         assert_eq!(warnings.len(), 2);
     }
@@ -388,5 +465,355 @@ mod tests {
                 "DirMeta f"
             ]
         );
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Symlinks resolved as the kernel resolves them, checked by simulating the script.
+
+    /// An object of the simulated target.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Obj {
+        Dir,
+        File(crate::scan::Type),
+        Link(Vec<u8>),
+    }
+
+    /// A tree as path → object (the root, `""`, is implicit and a directory).
+    type Sim = BTreeMap<Vec<u8>, Obj>;
+
+    fn sim(t: &crate::scan::Tree) -> Sim {
+        t.entries
+            .iter()
+            .map(|e| {
+                let o = match &e.ty {
+                    crate::scan::Type::Dir => Obj::Dir,
+                    crate::scan::Type::Symlink(t) => Obj::Link(t.clone()),
+                    other => Obj::File(other.clone()),
+                };
+                (e.path.as_bytes().to_vec(), o)
+            })
+            .collect()
+    }
+
+    fn is_dir(t: &Sim, p: &[Vec<u8>]) -> bool {
+        p.is_empty() || t.get(&p.join(&b'/')) == Some(&Obj::Dir)
+    }
+
+    /// An independent, recursive kernel-style walk of `target` from directory `cur` (components):
+    /// where it ends, or `None` (ENOENT, ENOTDIR, ELOOP). `budget` counts links left to follow.
+    fn walk(t: &Sim, mut cur: Vec<Vec<u8>>, target: &[u8], budget: &mut u32) -> Option<Vec<Vec<u8>>> {
+        if target.is_empty() {
+            return None;
+        }
+        let rel = if target[0] == b'/' {
+            cur.clear();
+            &target[1..]
+        } else {
+            target
+        };
+        for c in rel.split(|&b| b == b'/') {
+            if !is_dir(t, &cur) {
+                return None;
+            }
+            match c {
+                b"" | b"." => {}
+                b".." => {
+                    cur.pop();
+                }
+                name => {
+                    cur.push(name.to_vec());
+                    if let Obj::Link(to) = t.get(&cur.join(&b'/'))? {
+                        *budget = budget.checked_sub(1)?;
+                        cur.pop();
+                        cur = walk(t, cur, to, budget)?;
+                    }
+                }
+            }
+        }
+        Some(cur)
+    }
+
+    /// Whether the symlink at `p` in `t` resolves (following `p` itself counts against the 40).
+    fn resolves(t: &Sim, p: &[u8]) -> bool {
+        let Some(Obj::Link(to)) = t.get(p) else { return false };
+        let mut dir: Vec<Vec<u8>> = p.split(|&b| b == b'/').map(|c| c.to_vec()).collect();
+        dir.pop();
+        let mut budget = bundle::resolve::MAX_LINKS - 1;
+        walk(t, dir, to, &mut budget).is_some()
+    }
+
+    /// Run `script` on `old` step by step; after every step, every symlink present with its NEW
+    /// target that resolves in NEW must resolve — if the script does not place it, only when it
+    /// also resolves in OLD and `unplaced` is set. Returns the final tree.
+    fn simulate(old: &Sim, new: &Sim, script: &[Step], unplaced: bool) -> Sim {
+        let placed: BTreeSet<&[u8]> = script.iter().filter(|s| s.op == Op::Place).map(|s| s.path.as_bytes()).collect();
+        let mut t = old.clone();
+        for (k, s) in script.iter().enumerate() {
+            let p = s.path.as_bytes().to_vec();
+            let mut under = p.clone();
+            under.push(b'/');
+            match s.op {
+                Op::Mkdir => {
+                    t.insert(p, Obj::Dir);
+                }
+                Op::Place => {
+                    t.retain(|q, _| !q.starts_with(&under));
+                    let o = new.get(&p).cloned().unwrap_or_else(|| panic!("place of {} not in NEW", s.path));
+                    t.insert(p, o);
+                }
+                Op::Delete => {
+                    assert!(!t.keys().any(|q| q.starts_with(&under)), "{} deleted before its children", s.path);
+                    t.remove(&p);
+                }
+                Op::SetMeta | Op::DirMeta => {}
+            }
+            for (q, o) in &t {
+                let Obj::Link(_) = o else { continue };
+                if new.get(q) != Some(o) || !resolves(new, q) {
+                    continue;
+                }
+                let must = placed.contains(q.as_slice()) || (unplaced && resolves(old, q));
+                if !must {
+                    continue;
+                }
+                assert!(
+                    resolves(&t, q),
+                    "after step {k} ({:?} {}), {} dangles: {script:?}",
+                    s.op,
+                    s.path,
+                    String::from_utf8_lossy(q)
+                );
+            }
+        }
+        t
+    }
+
+    /// Plan `old` → `new` and check the script step by step (the final tree is NEW); the script
+    /// as text.
+    fn plan_and_simulate(old: &crate::scan::Tree, new: &crate::scan::Tree, unplaced: bool) -> Vec<String> {
+        let (script, warnings) = plan(old, new, &BTreeMap::new());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let done = simulate(&sim(old), &sim(new), &script, unplaced);
+        assert_eq!(done, sim(new));
+        script.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
+    }
+
+    fn before(s: &[String], a: &str, b: &str) -> bool {
+        let at = |x: &str| s.iter().position(|y| y == x).unwrap_or_else(|| panic!("{x} not in {s:?}"));
+        at(a) < at(b)
+    }
+
+    /// The merged-/usr reproduction of issue 13: `lib -> usr/lib` exists; NEW adds a unit in
+    /// `usr/lib/systemd/system` and links to it through `/lib` and `../../../lib`. A lexical
+    /// reading ordered both links first (their targets "lib/..." are not created).
+    #[test]
+    fn merged_usr_links_after_what_they_reach() {
+        let base = || {
+            vec![
+                link("lib", "usr/lib"),
+                dir("usr"),
+                dir("usr/lib"),
+                dir("etc"),
+                dir("etc/systemd"),
+                dir("etc/systemd/system"),
+            ]
+        };
+        let old = tree(base());
+        let mut n = base();
+        n.extend([
+            dir("usr/lib/systemd"),
+            dir("usr/lib/systemd/system"),
+            file("usr/lib/systemd/system/ssh.service", b"[Unit]"),
+            link("etc/systemd/system/sshd.service", "/lib/systemd/system/ssh.service"),
+            link("etc/systemd/system/rel.service", "../../../lib/systemd/system/ssh.service"),
+        ]);
+        let s = plan_and_simulate(&old, &tree(n), true);
+        for l in ["Place etc/systemd/system/sshd.service", "Place etc/systemd/system/rel.service"] {
+            assert!(before(&s, "Place usr/lib/systemd/system/ssh.service", l), "{s:?}");
+        }
+    }
+
+    /// Directory `lib` becomes `lib -> usr/lib` (and `bin` likewise): links that already point
+    /// through `/lib` and are not placed keep resolving, so the swap waits for what they reach;
+    /// new links through it come after it.
+    #[test]
+    fn directory_replaced_by_symlink() {
+        let old = tree(vec![
+            dir("bin"),
+            file("bin/sh", b"sh"),
+            dir("etc"),
+            link("etc/kept", "/lib/x/f"),
+            link("etc/shell", "../bin/sh"),
+            dir("lib"),
+            dir("lib/x"),
+            file("lib/x/f", b"f"),
+            dir("usr"),
+        ]);
+        let new = tree(vec![
+            link("bin", "usr/bin"),
+            dir("etc"),
+            link("etc/kept", "/lib/x/f"),
+            link("etc/new", "../lib/x/f"),
+            link("etc/shell", "../bin/sh"),
+            link("lib", "usr/lib"),
+            dir("usr"),
+            dir("usr/bin"),
+            file("usr/bin/sh", b"sh"),
+            dir("usr/lib"),
+            dir("usr/lib/x"),
+            file("usr/lib/x/f", b"f"),
+        ]);
+        let s = plan_and_simulate(&old, &new, true);
+        assert!(before(&s, "Place usr/lib/x/f", "Place lib"), "{s:?}");
+        assert!(before(&s, "Place usr/bin/sh", "Place bin"), "{s:?}");
+        assert!(before(&s, "Place lib", "Place etc/new"), "{s:?}");
+    }
+
+    /// Links into directories the bundle creates or replaces (a file, and a symlink, turned
+    /// into a directory).
+    #[test]
+    fn links_into_created_and_replaced_directories() {
+        let old = tree(vec![file("d", b"file"), link("e", "d"), dir("x")]);
+        let new = tree(vec![
+            dir("d"),
+            file("d/f", b"f"),
+            dir("e"),
+            dir("e/g"),
+            file("e/g/h", b"h"),
+            dir("n"),
+            file("n/f", b"n"),
+            dir("x"),
+            link("x/1", "../d/f"),
+            link("x/2", "/e/g/h"),
+            link("x/3", "../n/f"),
+            link("x/4", "/e/g"),
+        ]);
+        let s = plan_and_simulate(&old, &new, true);
+        assert!(before(&s, "Place d/f", "Place x/1"), "{s:?}");
+        assert!(before(&s, "Place e/g/h", "Place x/2"), "{s:?}");
+        assert!(before(&s, "Mkdir e/g", "Place x/4"), "{s:?}");
+    }
+
+    /// `a/..` with `a -> x/y` is `x`, not the root: `l -> a/../f` needs `x/f`.
+    #[test]
+    fn dotdot_after_a_symlink() {
+        let old = tree(vec![link("a", "x/y"), dir("x"), dir("x/y")]);
+        let new = tree(vec![link("a", "x/y"), link("l", "a/../f"), dir("x"), file("x/f", b"f"), dir("x/y")]);
+        let s = plan_and_simulate(&old, &new, true);
+        assert!(before(&s, "Place x/f", "Place l"), "{s:?}");
+        // A link chain through placed links: each after the next.
+        let new = tree(vec![link("a", "b/c"), link("b", "x"), dir("x"), file("x/c", b"c")]);
+        let s = plan_and_simulate(&tree(vec![]), &new, true);
+        assert_eq!(s, ["Mkdir x", "Place b", "Place x/c", "Place a", "DirMeta x"]);
+    }
+
+    /// Links that do not resolve in NEW build without warnings and without constraints: a
+    /// cycle, a self-loop, a chain of 41 links (ELOOP), a dangling link.
+    #[test]
+    fn cycles_loops_and_dangling_links_build() {
+        let s = plan_and_simulate(&tree(vec![]), &tree(vec![link("a", "b"), link("b", "a")]), true);
+        assert_eq!(s, ["Place a", "Place b"]);
+        let s = plan_and_simulate(&tree(vec![link("a", "x")]), &tree(vec![link("a", "b"), link("b", "a")]), true);
+        assert_eq!(s, ["Place a", "Place b"]);
+        let mut chain: Vec<ScanEntry> = (0..41).map(|i| link(&format!("l{i:02}"), &format!("l{:02}", i + 1))).collect();
+        chain.push(file("l41", b"end"));
+        let s = plan_and_simulate(&tree(vec![]), &tree(chain), true);
+        // l01..l40 resolve (40 links from l01) and are placed after what they reach; l00 loops.
+        assert_eq!(s.first().map(String::as_str), Some("Place l00"), "{s:?}");
+        assert!(before(&s, "Place l41", "Place l40") && before(&s, "Place l02", "Place l01"), "{s:?}");
+        let s = plan_and_simulate(&tree(vec![]), &tree(vec![link("d", "nowhere/x"), link("s", "s")]), true);
+        assert_eq!(s, ["Place d", "Place s"]);
+    }
+
+    use crate::scan::ScanEntry;
+    /// One random entry: a path of up to three names of a small alphabet and what it is.
+    fn arb_entry() -> impl proptest::strategy::Strategy<Value = ScanEntry> {
+        use proptest::prelude::*;
+        let name = prop::sample::select(vec!["a", "b", "lib", "usr"]);
+        let comp = prop::sample::select(vec!["a", "b", "lib", "usr", "..", "."]);
+        let target = (any::<bool>(), prop::collection::vec(comp, 1..5))
+            .prop_map(|(abs, c)| format!("{}{}", if abs { "/" } else { "" }, c.join("/")));
+        let what = prop_oneof![Just(None), Just(Some(String::new())), target.prop_map(Some)];
+        (prop::collection::vec(name, 1..4), what, any::<bool>()).prop_map(|(names, what, v)| {
+            let p = names.join("/");
+            match what {
+                None => dir(&p),
+                Some(t) if t.is_empty() => file(&p, if v { b"1" } else { b"2" }),
+                Some(t) => link(&p, &t),
+            }
+        })
+    }
+
+    /// A valid tree from random entries: the first entry for a path wins, and an entry whose
+    /// parent is not a directory is dropped.
+    fn valid_tree(mut es: Vec<ScanEntry>) -> crate::scan::Tree {
+        es.sort_by_key(|e| e.path.depth());
+        let mut kept: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
+        for e in es {
+            let parent_ok =
+                e.path.parent().is_none_or(|p| kept.get(&p).is_some_and(|d| d.ty == crate::scan::Type::Dir));
+            if parent_ok && !kept.contains_key(&e.path) {
+                kept.insert(e.path.clone(), e);
+            }
+        }
+        tree(kept.into_values().collect())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(1000))]
+        /// Random OLD and NEW trees of directories, files and symlinks through symlinked
+        /// directories (absolute and relative, with `..`): the script is valid, and simulated
+        /// step by step, every symlink the script places that resolves in NEW resolves from
+        /// the moment it appears; the result is NEW.
+        #[test]
+        fn placed_links_never_dangle(
+            old in proptest::collection::vec(arb_entry(), 0..14),
+            new in proptest::collection::vec(arb_entry(), 0..14),
+        ) {
+            let (old, new) = (valid_tree(old), valid_tree(new));
+            let (script, _warnings) = plan(&old, &new, &BTreeMap::new());
+            let done = simulate(&sim(&old), &sim(&new), &script, false);
+            proptest::prop_assert_eq!(done, sim(&new));
+        }
+    }
+
+    /// A rootfs-sized merged-/usr conversion: 100k entries, 10k unchanged symlinks through
+    /// `/lib`, directory `lib` becoming `lib -> usr/lib`. Ordering and validating is near-linear.
+    #[test]
+    fn rootfs_sized_tree_plans_quickly() {
+        let (dirs, files, links) = (1000, 90, 10_000);
+        let mut old = vec![dir("etc"), dir("lib"), dir("usr")];
+        let mut new = vec![dir("etc"), link("lib", "usr/lib"), dir("usr"), dir("usr/lib")];
+        for d in 0..dirs {
+            old.push(dir(&format!("lib/d{d:04}")));
+            new.push(dir(&format!("usr/lib/d{d:04}")));
+            for f in 0..files {
+                // Distinct contents (the diff looks copy sources up by content).
+                let content = format!("{d} {f}");
+                old.push(file(&format!("lib/d{d:04}/f{f:02}"), content.as_bytes()));
+                new.push(file(&format!("usr/lib/d{d:04}/f{f:02}"), content.as_bytes()));
+            }
+        }
+        for l in 0..links {
+            let e = link(&format!("etc/l{l:05}"), &format!("/lib/d{:04}/f{:02}", l % dirs, l % files));
+            old.push(e.clone());
+            new.push(e);
+        }
+        let (old, new) = (tree(old), tree(new));
+        let d = diff(&old, &new, &[]);
+        let t = std::time::Instant::now();
+        let (script, _) =
+            order(&d.steps, &d.entries, &old_entries(&old), &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let ordered = t.elapsed();
+        let lib = script.iter().position(|s| s.path == bp("lib")).unwrap_or_else(|| panic!("lib"));
+        assert_eq!(lib, dirs * (files + 1) + 1, "lib is exchanged after everything under usr/lib");
+        let t = std::time::Instant::now();
+        let (_, _) = plan(&old, &new, &BTreeMap::new());
+        eprintln!(
+            "{} entries: ordered in {ordered:?}; diff, order and validate in {:?}",
+            new.entries.len(),
+            t.elapsed()
+        );
+        assert!(ordered < std::time::Duration::from_secs(60), "{ordered:?}");
     }
 }

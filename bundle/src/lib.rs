@@ -7,6 +7,7 @@
 //! - [`bspatch`]: applying the bsdiff patches of `Method::Bsdiff` pieces, bounded.
 //! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
+//! - [`resolve`]: kernel-style symlink resolution over an index of a tree (ordering, rule 4).
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
 //! - [`sparse`]: data extents of sparse files, where the payload lands, the zero-filled digest.
 //! - [`limits`]: bounds on every untrusted size and count.
@@ -22,6 +23,7 @@ pub mod hash;
 pub mod limits;
 pub mod manifest;
 pub mod path;
+pub mod resolve;
 pub mod scan;
 pub mod script;
 pub mod sig;

@@ -113,43 +113,10 @@ impl BundlePath {
         BundlePath::new(v)
     }
 
-    /// Resolve a symlink target found at `self` lexically: `None` if it is absolute or climbs
-    /// above the root. Used only for ordering, never to open anything.
-    pub fn resolve_link(&self, target: &[u8]) -> Option<BundlePath> {
-        if target.first() == Some(&b'/') {
-            return resolve_components(Vec::new(), target);
-        }
-        let base: Vec<&[u8]> = match self.parent() {
-            Some(_) => {
-                let mut c: Vec<&[u8]> = self.components().collect();
-                c.pop();
-                c
-            }
-            None => Vec::new(),
-        };
-        resolve_components(base.iter().map(|c| c.to_vec()).collect(), target)
-    }
-
     /// A lossy, printable form for messages.
     pub fn display(&self) -> String {
         String::from_utf8_lossy(&self.0).into_owned()
     }
-}
-
-fn resolve_components(mut stack: Vec<Vec<u8>>, target: &[u8]) -> Option<BundlePath> {
-    for c in target.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                stack.pop()?;
-            }
-            c => stack.push(c.to_vec()),
-        }
-    }
-    if stack.is_empty() {
-        return None;
-    }
-    BundlePath::new(stack.join(&b'/')).ok()
 }
 
 impl fmt::Debug for BundlePath {
@@ -221,9 +188,5 @@ mod tests {
         assert!(p("a/b").is_under(&p("a")));
         assert!(!p("ab").is_under(&p("a")));
         assert_eq!(p("a/b/c").ancestors(), vec![p("a"), p("a/b")]);
-        assert_eq!(p("a/b/l").resolve_link(b"../c/d"), Some(p("a/c/d")));
-        assert_eq!(p("l").resolve_link(b"/usr/lib"), Some(p("usr/lib")));
-        assert_eq!(p("l").resolve_link(b"../x"), None);
-        assert_eq!(p("a/l").resolve_link(b"./x"), Some(p("a/x")));
     }
 }

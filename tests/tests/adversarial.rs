@@ -515,7 +515,7 @@ fn symlink_placed_before_its_target() {
     m.script = vec![forge::step(Op::Place, "l"), forge::step(Op::Place, "a")];
     let env = Env::new();
     env.write(&m, std::slice::from_ref(&z));
-    env.refused(3, &["step 0", "symlink placed before its target a"]);
+    env.refused(3, &["step 0", "symlink placed before a (step 1), which its target resolves through"]);
 
     m.script.reverse();
     let env = Env::new();
