@@ -9,7 +9,7 @@ use crate::BundlePath;
 pub enum Error {
     #[error("not a ferry bundle (first tar member is not ferry-v*/manifest.cbor)")]
     NotABundle,
-    #[error("unsupported bundle format version {0} (this ferry reads version 1)")]
+    #[error("unsupported bundle format version {0} (this ferry reads version {v})", v = crate::FORMAT_VERSION)]
     UnsupportedVersion(String),
     #[error("non-canonical tar framing at byte {offset}: {what}")]
     Framing { offset: u64, what: String },

@@ -618,3 +618,52 @@ pub fn resume_paused(child: &std::process::Child) {
     let st = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status().expect("kill -CONT");
     assert!(st.success(), "kill -CONT {}", child.id());
 }
+
+/// A signing key pair made by `ferry-build keygen`.
+pub struct Keys {
+    pub secret: PathBuf,
+    pub public: PathBuf,
+}
+
+/// A key pair in `dir`.
+pub fn keys(dir: &Path) -> Keys {
+    let (secret, public) = keygen(dir, "k");
+    Keys { secret, public }
+}
+
+/// The crash-safety loop: count the failpoints of one uninterrupted run of `cmd` on a fresh copy
+/// of `old` (which `cmd` must apply, exit 0), then for every failpoint K: a fresh copy in
+/// `scratch/t`, `cmd` killed at K (`FERRY_CRASH_AT`, SIGKILL), `after_crash(target, K)`,
+/// `ferry-apply resume`, `after_resume(target, K)`. Returns the number of failpoints (at least 10:
+/// fewer means the loop is not reaching the commit).
+pub fn crash_at_every_failpoint(
+    old: &Path,
+    scratch: &Path,
+    cmd: impl Fn(&Path) -> Command,
+    after_crash: impl Fn(&Path, usize),
+    after_resume: impl Fn(&Path, usize),
+) -> usize {
+    use std::os::unix::process::ExitStatusExt;
+    let fresh = |name: &str| {
+        let t = scratch.join(name);
+        if t.exists() {
+            fs::remove_dir_all(&t).expect("rm");
+        }
+        copy_tree(old, &t);
+        t
+    };
+    let log = scratch.join("failpoints.log");
+    let _ = fs::remove_file(&log);
+    run_expect(cmd(&fresh("count")).env("FERRY_FAILPOINT_COUNT", &log), 0);
+    let points = fs::read_to_string(&log).expect("failpoint log").lines().count();
+    assert!(points > 10, "{points} failpoints");
+    for k in 1..=points {
+        let t = fresh("t");
+        let o = cmd(&t).env("FERRY_CRASH_AT", k.to_string()).output().expect("spawn");
+        assert_eq!(o.status.signal(), Some(9), "crash point {k} did not kill: {o:?}");
+        after_crash(&t, k);
+        run_expect(apply_cmd().arg("-q").arg("resume").arg("--target").arg(&t), 0);
+        after_resume(&t, k);
+    }
+    points
+}

@@ -33,16 +33,6 @@ fn config() -> Config {
     c
 }
 
-struct Keys {
-    secret: PathBuf,
-    public: PathBuf,
-}
-
-fn keys(dir: &Path) -> Keys {
-    let (secret, public) = keygen(dir, "key");
-    Keys { secret, public }
-}
-
 fn no_txn(target: &Path) {
     assert!(!target.join(".ferry/txn").exists(), "{}: a transaction was left behind", target.display());
 }

@@ -77,16 +77,6 @@ fn assert_same_layout(got: &Path, want: &Path, extents: usize) {
     assert!(g <= w + slack && w <= g + slack, "{}: {g} bytes allocated, NEW has {w} (slack {slack})", got.display());
 }
 
-struct Keys {
-    secret: PathBuf,
-    public: PathBuf,
-}
-
-fn keys(d: &Path) -> Keys {
-    let (secret, public) = keygen(d, "k");
-    Keys { secret, public }
-}
-
 /// The shapes of sparse file the tests use, in `dir`.
 fn shapes(dir: &Path) {
     fs::create_dir_all(dir).expect("mkdir");
@@ -342,34 +332,20 @@ fn crash_at_every_failpoint_with_sparse_files_then_resume() {
         c.arg("-q").arg("apply").arg(&bundle).arg("--target").arg(t).arg("--trust").arg(&k.public);
         c
     };
-    let fresh = |name: &str| {
-        let t = d.path().join(name);
-        if t.exists() {
-            fs::remove_dir_all(&t).expect("rm");
-        }
-        copy_tree(&old, &t);
-        t
-    };
-    let log = d.path().join("failpoints.log");
-    let t = fresh("count");
-    run_expect(apply_cmd_for(&t).env("FERRY_FAILPOINT_COUNT", &log), 0);
-    let points = fs::read_to_string(&log).expect("log").lines().count();
-    assert!(points > 10, "{points} failpoints");
     let check = |t: &Path, what: &str| {
         assert_same(&snapshot(t, false), &want, what);
         for (n, x) in [("img/a", 2), ("img/b", 1), ("img/c", 1), ("img/b2", 1)] {
             assert_same_layout(&t.join(n), &new.join(n), x);
         }
     };
-    check(&t, "uninterrupted");
-    for kpt in 1..=points {
-        let t = fresh("t");
-        let o = apply_cmd_for(&t).env("FERRY_CRASH_AT", kpt.to_string()).output().expect("spawn");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(o.status.signal(), Some(9), "crash point {kpt} did not kill: {o:?}");
-        run_expect(apply_cmd().arg("-q").arg("resume").arg("--target").arg(&t), 0);
-        check(&t, &format!("after a crash at point {kpt} and resume"));
-    }
+    crash_at_every_failpoint(
+        &old,
+        d.path(),
+        apply_cmd_for,
+        |_, _| {},
+        |t, k| check(t, &format!("after a crash at point {k} and resume")),
+    );
+    check(&d.path().join("count"), "uninterrupted");
 }
 
 fn tool(name: &str) -> Command {

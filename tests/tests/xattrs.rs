@@ -34,16 +34,6 @@ fn getx(p: &Path, name: &str) -> Option<Vec<u8>> {
     xattrs_of(p).into_iter().find(|x| x.name == name.as_bytes()).map(|x| x.value)
 }
 
-struct Keys {
-    secret: PathBuf,
-    public: PathBuf,
-}
-
-fn keys(d: &Path) -> Keys {
-    let (secret, public) = keygen(d, "k");
-    Keys { secret, public }
-}
-
 /// OLD: a labelled little system. NEW: `bin/ping` replaced and given a capability, `bin/tool`
 /// unchanged in content but given a capability (a permission-raising metadata change), `etc/conf`
 /// relabelled only, an ACL on `srv/data`, a default ACL on `srv/`, a user attribute on `srv/`, a
@@ -167,38 +157,20 @@ fn crash_at_every_failpoint_never_shows_a_binary_without_its_capability() {
         c.arg("-q").arg("apply").arg(&b).arg("--target").arg(t).arg("--trust").arg(&k.public);
         c
     };
-    let fresh = |name: &str| {
-        let t = d.path().join(name);
-        if t.exists() {
-            fs::remove_dir_all(&t).expect("rm");
-        }
-        copy_tree(&old, &t);
-        t
-    };
-    let log = d.path().join("failpoints.log");
-    run_expect(cmd(&fresh("count")).env("FERRY_FAILPOINT_COUNT", &log), 0);
-    let points = fs::read_to_string(&log).expect("log").lines().count();
-    assert!(points > 10, "{points} failpoints");
     let new_ping = fs::read(new.join("bin/ping")).expect("r");
-    let check_caps = |t: &Path, what: &str| {
+    let check_caps = |t: &Path, k: usize| {
         let ping = t.join("bin/ping");
         if fs::read(&ping).ok().as_ref() == Some(&new_ping) {
-            assert_eq!(getx(&ping, "security.capability").as_deref(), Some(CAP_NET_RAW), "{what}: ping");
+            assert_eq!(getx(&ping, "security.capability").as_deref(), Some(CAP_NET_RAW), "crash at {k}: ping");
         }
         // bin/tool's content never changes: its inode either is OLD's (no capability) or NEW's
         // staged copy with the capability; it is never a bare NEW inode.
         let tool = getx(&t.join("bin/tool"), "security.capability");
-        assert!(tool.is_none() || tool.as_deref() == Some(CAP_NET_RAW), "{what}: tool");
+        assert!(tool.is_none() || tool.as_deref() == Some(CAP_NET_RAW), "crash at {k}: tool");
     };
-    for kpt in 1..=points {
-        let t = fresh("t");
-        let o = cmd(&t).env("FERRY_CRASH_AT", kpt.to_string()).output().expect("spawn");
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(o.status.signal(), Some(9), "crash point {kpt} did not kill: {o:?}");
-        check_caps(&t, &format!("after a crash at point {kpt}"));
-        run_expect(apply_cmd().arg("-q").arg("resume").arg("--target").arg(&t), 0);
-        assert_same(&snapshot(&t, false), &want, &format!("after a crash at point {kpt} and resume"));
-    }
+    crash_at_every_failpoint(&old, d.path(), cmd, check_caps, |t, k| {
+        assert_same(&snapshot(t, false), &want, &format!("after a crash at point {k} and resume"))
+    });
 }
 
 /// A `ramfs` holds no extended attributes: refused with exit 15 before anything is written,
@@ -310,16 +282,31 @@ fn identical_labels_cost_little() {
     // The signed manifest's size (the bundle file itself is padded to tar blocks).
     let size = |tree: &Path, name: &str| {
         let b = d.path().join(name);
-        build(None, tree, &k.secret, 1, &b, &[]);
+        let out = run_expect(
+            build_cmd()
+                .args(["build", "--version", "1", "--json", "--key"])
+                .arg(&k.secret)
+                .arg("--new")
+                .arg(tree)
+                .arg("--out")
+                .arg(&b)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+            0,
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let out = run_expect(apply_cmd().arg("inspect").arg(&b).arg("--json"), 0);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        v["sizes"]["manifest_bytes"].as_u64().unwrap_or_else(|| panic!("no manifest_bytes: {v}"))
+        (v["sizes"]["manifest_bytes"].as_u64().unwrap_or_else(|| panic!("no manifest_bytes: {v}")), report)
     };
-    let (a, b) = (size(&plain, "plain.ferry"), size(&labelled, "labelled.ferry"));
+    let ((a, _), (b, report)) = (size(&plain, "plain.ferry"), size(&labelled, "labelled.ferry"));
+    // Carried: two distinct sets (two labels), one namespace.
+    assert_eq!(report["xattr_sets"], 2, "{report}");
+    assert_eq!(report["xattr_namespaces"], serde_json::json!(["security"]), "{report}");
     let per_entry = (b as f64 - a as f64) / files.len() as f64;
     eprintln!("{} entries: {a} bytes without labels, {b} with ({per_entry:.2} bytes per entry)", files.len());
-    assert!(b > a, "labels cost nothing?");
-    assert!(per_entry < 1.0, "{per_entry} bytes per labelled entry");
+    // An interned label is a one-byte index per entry before compression; after zstd the
+    // difference is within the noise of the compressor (measured: -0.2 to +0.3 bytes).
+    assert!(per_entry.abs() < 1.0, "{per_entry} bytes per labelled entry");
 }
 
 fn walk_all(root: &Path) -> Vec<PathBuf> {
