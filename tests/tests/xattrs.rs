@@ -135,7 +135,10 @@ fn changed_attributes_on_the_target_are_drift() {
     let before = snapshot(&t, false);
     let out = apply(&b, &t, &k.public, 4, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("etc/conf: extended attributes differ from the bundle's base: security.selinux differs"), "{err}");
+    assert!(
+        err.contains("etc/conf: extended attributes differ from the bundle's base: security.selinux differs"),
+        "{err}"
+    );
     assert!(err.contains("srv/data: extended attributes differ from the bundle's base: user.planted present"), "{err}");
     assert_same(&snapshot(&t, false), &before, "refused apply changed nothing");
     // Dropping the namespaces that drifted: the rest applies, and the dropped ones are untouched.
@@ -255,7 +258,9 @@ fn build_option_narrows_what_is_carried() {
     let d = tempfile::tempdir().expect("tmp");
     let k = keys(d.path());
     let (old, new) = trees(d.path());
-    for (opt, ns) in [("none", serde_json::json!([])), ("security.capability", serde_json::json!(["security.capability"]))] {
+    for (opt, ns) in
+        [("none", serde_json::json!([])), ("security.capability", serde_json::json!(["security.capability"]))]
+    {
         let b = d.path().join(format!("{opt}.ferry"));
         let out = run_expect(
             build_cmd()
@@ -348,7 +353,14 @@ fn tar_inputs_carry_the_same_attributes() {
         .expect("tar");
     assert!(st.success(), "GNU tar failed");
     let bsd = d.path().join("new-bsd.tar");
-    let st = Command::new("bsdtar").arg("-cf").arg(&bsd).arg("-C").arg(&new).arg(".").status().expect("bsdtar (libarchive-tools)");
+    let st = Command::new("bsdtar")
+        .arg("-cf")
+        .arg(&bsd)
+        .arg("-C")
+        .arg(&new)
+        .arg(".")
+        .status()
+        .expect("bsdtar (libarchive-tools)");
     assert!(st.success(), "bsdtar failed");
     let dir_bundle = d.path().join("dir.ferry");
     build(Some(&old), &new, &k.secret, 2, &dir_bundle, &[]);
