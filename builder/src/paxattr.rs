@@ -12,10 +12,11 @@
 //! - `RHT.security.selinux`: GNU tar `--selinux`; the context, stored with the trailing NUL the
 //!   kernel keeps in `security.selinux`.
 
+use crate::pax::Record;
 use base64::Engine;
 
 /// The attributes of one member from its pax records, or what is wrong with them.
-pub fn xattrs(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn xattrs(records: &[Record]) -> Result<Vec<Record>, String> {
     let mut raw: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut derived: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (k, v) in records {
