@@ -187,31 +187,29 @@ struct PaxSparse {
 const MAX_MAP_NUMBERS: usize = 1 << 22;
 
 impl PaxSparse {
-    fn of<R: Read>(m: &mut tar::Entry<'_, R>) -> io::Result<PaxSparse> {
+    fn of(records: &[crate::pax::Record]) -> std::result::Result<PaxSparse, String> {
         let mut p = PaxSparse::default();
-        let Some(ext) = m.pax_extensions()? else { return Ok(p) };
-        let num = |v: &[u8]| -> io::Result<u64> {
+        let num = |v: &[u8]| -> std::result::Result<u64, String> {
             std::str::from_utf8(v)
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| io::Error::other("invalid number in a GNU.sparse record"))
+                .ok_or_else(|| "invalid number in a GNU.sparse record".to_string())
         };
-        for x in ext {
-            let x = x?;
-            match x.key_bytes() {
-                b"GNU.sparse.major" => p.major = Some(num(x.value_bytes())?),
-                b"GNU.sparse.name" => p.name = Some(x.value_bytes().to_vec()),
-                b"GNU.sparse.size" | b"GNU.sparse.realsize" => p.size = Some(num(x.value_bytes())?),
-                b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => p.map.push(num(x.value_bytes())?),
+        for (k, v) in records {
+            match &k[..] {
+                b"GNU.sparse.major" => p.major = Some(num(v)?),
+                b"GNU.sparse.name" => p.name = Some(v.clone()),
+                b"GNU.sparse.size" | b"GNU.sparse.realsize" => p.size = Some(num(v)?),
+                b"GNU.sparse.offset" | b"GNU.sparse.numbytes" => p.map.push(num(v)?),
                 b"GNU.sparse.map" => {
-                    for v in x.value_bytes().split(|&b| b == b',') {
+                    for v in v.split(|&b| b == b',') {
                         p.map.push(num(v)?);
                     }
                 }
                 _ => {}
             }
             if p.map.len() > MAX_MAP_NUMBERS {
-                return Err(io::Error::other("sparse map too long"));
+                return Err("sparse map too long".into());
             }
         }
         Ok(p)
@@ -224,9 +222,8 @@ impl PaxSparse {
     /// The real size and the raw data extents (format 1.0: read from the start of the member's
     /// data, which is left at the data stream). Refuses a map that is unsorted, overlapping,
     /// beyond the size, or that does not account for exactly the member's data bytes.
-    fn map<R: Read>(&self, m: &mut tar::Entry<'_, R>) -> io::Result<(u64, Vec<Extent>)> {
+    fn map(&self, m: &mut dyn Read, stored: u64) -> io::Result<(u64, Vec<Extent>)> {
         let size = self.size.ok_or_else(|| io::Error::other("no real size"))?;
-        let stored = m.size();
         let (numbers, consumed) = if self.major == Some(1) {
             // "N\n" then N pairs "OFFSET\nLEN\n", padded with zeros to a 512-byte block.
             let mut consumed = 0u64;
@@ -255,7 +252,7 @@ impl PaxSparse {
                 v.push(line()?);
             }
             let pad = (512 - consumed % 512) % 512;
-            io::copy(&mut m.by_ref().take(pad), &mut io::sink())?;
+            io::copy(&mut (&mut *m).take(pad), &mut io::sink())?;
             (v, consumed + pad)
         } else {
             (self.map.clone(), 0)
@@ -263,25 +260,38 @@ impl PaxSparse {
         if numbers.len() % 2 != 0 {
             return Err(io::Error::other("odd number of map entries"));
         }
-        let mut extents = Vec::new();
-        let (mut end, mut data) = (0u64, 0u64);
-        for pair in numbers.chunks_exact(2) {
-            let e = Extent { offset: pair[0], len: pair[1] };
-            let e_end = e.offset.checked_add(e.len).filter(|&x| x <= size);
-            match e_end {
-                Some(x) if e.offset >= end => end = x,
-                _ => return Err(io::Error::other("map unsorted, overlapping or beyond the size")),
-            }
-            data += e.len;
-            if e.len > 0 {
-                extents.push(e);
-            }
-        }
-        if consumed.checked_add(data) != Some(stored) {
-            return Err(io::Error::other("map does not match the member's data"));
-        }
+        let raw = numbers.chunks_exact(2).map(|p| Extent { offset: p[0], len: p[1] });
+        let data =
+            stored.checked_sub(consumed).ok_or_else(|| io::Error::other("map does not match the member's data"))?;
+        let extents = check_map(size, raw, data).map_err(io::Error::other)?;
         Ok((size, extents))
     }
+}
+
+/// The data extents of a sparse map (zero-length ones dropped) of a file of `size` bytes whose
+/// member stores `data` bytes. Refuses a map that is unsorted, overlapping, beyond the size, or
+/// that does not account for exactly the member's data bytes.
+fn check_map(
+    size: u64,
+    map: impl IntoIterator<Item = Extent>,
+    data: u64,
+) -> std::result::Result<Vec<Extent>, &'static str> {
+    let mut extents = Vec::new();
+    let (mut end, mut sum) = (0u64, 0u64);
+    for e in map {
+        match e.offset.checked_add(e.len).filter(|&x| x <= size) {
+            Some(x) if e.offset >= end => end = x,
+            _ => return Err("map unsorted, overlapping or beyond the size"),
+        }
+        sum += e.len;
+        if e.len > 0 {
+            extents.push(e);
+        }
+    }
+    if sum != data {
+        return Err("map does not match the member's data");
+    }
+    Ok(extents)
 }
 
 /// Read a tar stream into a tree whose file contents live in `store`.
@@ -298,25 +308,23 @@ pub fn scan_tar<R: Read>(
     progress: &Progress,
 ) -> Result<Tree> {
     let io_err = |e: io::Error| Error::Io { path: archive.to_path_buf(), source: e };
-    let mut ar = tar::Archive::new(reader);
+    let read_err = |e: crate::tarstream::ReadError| match e {
+        crate::tarstream::ReadError::Io(e) => io_err(e),
+        crate::tarstream::ReadError::Bad { name, what } => archive_err(archive, &name, what),
+    };
+    let mut ar = crate::tarstream::Members::new(reader);
     let mut map: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
     // Hardlink members: (name, normalised target name), in archive order.
     let mut links: Vec<(BundlePath, BundlePath, Vec<u8>)> = Vec::new();
     let mut sockets: Vec<BundlePath> = Vec::new();
-    for member in ar.entries().map_err(io_err)? {
-        let mut m = member.map_err(io_err)?;
+    while let Some(m) = ar.next_member().map_err(read_err)? {
         progress.advance(1, 0);
-        let et = m.header().entry_type();
-        if et.is_pax_global_extensions() {
-            continue;
-        }
-        let pax_sparse = PaxSparse::of(&mut m).map_err(io_err)?;
+        let et = m.header.entry_type();
+        let pax = &m.records;
+        let pax_sparse = PaxSparse::of(pax).map_err(|w| archive_err(archive, &m.name, w))?;
         // A PAX sparse member (GNU format 0.1 or 1.0) is stored as `GNUSparseFile.N/NAME`; its
         // real name is a record of its own.
-        let raw = match &pax_sparse.name {
-            Some(n) => n.clone(),
-            None => m.path_bytes().into_owned(),
-        };
+        let raw = pax_sparse.name.clone().unwrap_or_else(|| m.name.clone());
         let bad = |what: &str| archive_err(archive, &raw, what);
         let Some(name) = normalize(&raw).map_err(bad)? else {
             continue; // the root itself
@@ -328,20 +336,31 @@ pub fn scan_tar<R: Read>(
             path: PathBuf::from(format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw))),
             source,
         })?;
-        if is_socket_member(&mut m).map_err(io_err)? {
+        if crate::pax::last(pax, b"SCHILY.filetype") == Some(b"socket") {
             if fail_on_sockets {
                 return Err(bad(&crate::scan::socket_refused().to_string()));
             }
             sockets.push(path);
             continue;
         }
-        let h = m.header();
+        let h = &m.header;
         let num = |r: io::Result<u64>, what: &str| -> Result<u32> {
             r.ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad(&format!("invalid {what}")))
         };
         let mode = h.mode().map_err(|_| bad("invalid mode"))? & 0o7777;
-        let uid = num(h.uid(), "uid")?;
-        let gid = num(h.gid(), "gid")?;
+        // pax `uid`, `gid` and `mtime` override the header's; an empty value means the header's.
+        let record = |k: &[u8]| crate::pax::last(pax, k).filter(|v| !v.is_empty());
+        let pax_num = |k: &str| record(k.as_bytes()).map(|v| std::str::from_utf8(v).map(str::parse::<u64>));
+        let uid = match pax_num("uid") {
+            Some(Ok(Ok(v))) => num(Ok(v), "pax uid")?,
+            Some(_) => return Err(bad("invalid pax uid")),
+            None => num(h.uid(), "uid")?,
+        };
+        let gid = match pax_num("gid") {
+            Some(Ok(Ok(v))) => num(Ok(v), "pax gid")?,
+            Some(_) => return Err(bad("invalid pax gid")),
+            None => num(h.gid(), "gid")?,
+        };
         let secs = h.mtime().map_err(|_| bad("invalid mtime"))?;
         let mut mtime_ns =
             i64::try_from(secs).ok().and_then(|s| s.checked_mul(1_000_000_000)).ok_or_else(|| bad("invalid mtime"))?;
@@ -353,12 +372,12 @@ pub fn scan_tar<R: Read>(
         let ty = match et {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Type::File,
             tar::EntryType::Directory => Type::Dir,
-            tar::EntryType::Symlink => match m.link_name_bytes() {
-                Some(t) if !t.is_empty() => Type::Symlink(t.into_owned()),
+            tar::EntryType::Symlink => match &m.link {
+                Some(t) if !t.is_empty() => Type::Symlink(t.clone()),
                 _ => return Err(bad("symlink without a target")),
             },
             tar::EntryType::Link => {
-                let target = m.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let target = m.link.clone().unwrap_or_default();
                 let norm = normalize(&target)
                     .map_err(|w| bad(&format!("hardlink target: {w}")))?
                     .ok_or_else(|| bad("hardlink to the root"))?;
@@ -371,14 +390,10 @@ pub fn scan_tar<R: Read>(
             tar::EntryType::Fifo => Type::Fifo,
             other => return Err(bad(&format!("unsupported member type {:?}", other.as_byte() as char))),
         };
-        let pax: Vec<(Vec<u8>, Vec<u8>)> = match m.pax_extensions().map_err(io_err)? {
-            Some(ext) => ext.flatten().map(|x| (x.key_bytes().to_vec(), x.value_bytes().to_vec())).collect(),
-            None => Vec::new(),
-        };
-        if let Some((_, v)) = pax.iter().rev().find(|(k, _)| k == b"mtime") {
+        if let Some(v) = record(b"mtime") {
             mtime_ns = pax_time_ns(v).ok_or_else(|| bad("invalid pax mtime"))?;
         }
-        let attrs = crate::paxattr::xattrs(&pax).map_err(|w| bad(&w))?;
+        let attrs = crate::paxattr::xattrs(pax).map_err(|w| bad(&w))?;
         let meta = Meta {
             // Symlink permissions are meaningless on Linux and always 0777 on disk.
             mode: if matches!(ty, Type::Symlink(_)) { 0o777 } else { mode },
@@ -388,20 +403,27 @@ pub fn scan_tar<R: Read>(
             xattrs: crate::xattr::intern_pairs(attrs, &path.to_string(), carry),
         };
         let what = format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw));
-        let (hash, size, extents) = match ty {
-            Type::File if pax_sparse.is_sparse() => {
-                let (size, raw_extents) = pax_sparse.map(&mut m).map_err(|e| bad(&format!("sparse map: {e}")))?;
-                let hash = store.add_sparse(&mut m, size, &raw_extents, &what)?;
+        let stored = m.size;
+        let mut data = ar.data();
+        let (hash, size, extents) = match (&ty, &m.gnu_sparse) {
+            (Type::File, Some(_)) if pax_sparse.is_sparse() => {
+                return Err(bad("sparse map both in the GNU header and in pax records"));
+            }
+            // An old GNU sparse member ('S'): the map is in its header and extension blocks.
+            (Type::File, Some((size, map))) => {
+                let raw_extents =
+                    check_map(*size, map.iter().copied(), stored).map_err(|e| bad(&format!("sparse map: {e}")))?;
+                let hash = store.add_sparse(&mut data, *size, &raw_extents, &what)?;
+                (hash, *size, crate::sparse::normalize(*size, &raw_extents))
+            }
+            (Type::File, None) if pax_sparse.is_sparse() => {
+                let (size, raw_extents) =
+                    pax_sparse.map(&mut data, stored).map_err(|e| bad(&format!("sparse map: {e}")))?;
+                let hash = store.add_sparse(&mut data, size, &raw_extents, &what)?;
                 (hash, size, crate::sparse::normalize(size, &raw_extents))
             }
-            // An old GNU sparse member ('S'): the tar crate expands its holes into zeros and
-            // keeps the map to itself, so the holes are found again as zero blocks.
-            Type::File if et == tar::EntryType::GNUSparse => {
-                let (hash, size, raw_extents) = store.add_finding_zeros(&mut m, &what)?;
-                (hash, size, crate::sparse::normalize(size, &raw_extents))
-            }
-            Type::File => {
-                let (hash, size) = store.add(&mut m, &what)?;
+            (Type::File, None) => {
+                let (hash, size) = store.add(&mut data, &what)?;
                 (hash, size, None)
             }
             _ => (Hash::default(), 0, None),
@@ -483,14 +505,6 @@ pub fn scan_tar<R: Read>(
     sockets.sort();
     tree.sockets = sockets;
     Ok(tree)
-}
-
-/// True for a member that star's pax header `SCHILY.filetype` says is a socket.
-fn is_socket_member<R: Read>(m: &mut tar::Entry<'_, R>) -> io::Result<bool> {
-    let Some(ext) = m.pax_extensions()? else {
-        return Ok(false);
-    };
-    Ok(ext.flatten().any(|x| x.key_bytes() == b"SCHILY.filetype" && x.value_bytes() == b"socket"))
 }
 
 #[cfg(test)]
@@ -611,6 +625,168 @@ mod tests {
             let e = scan_bytes(&bytes).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains("sparse map") && e.contains("f"), "{why}: {e}");
         }
+        Ok(())
+    }
+
+    /// A member as a raw header block, its data and the padding to a block (no checks, so a test
+    /// can write what the `tar` crate's builder would not).
+    fn raw_member(h: &tar::Header, data: &[u8]) -> Vec<u8> {
+        let mut v = h.as_bytes().to_vec();
+        v.extend_from_slice(data);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    fn pax_header(name: &str, records: &[u8]) -> Vec<u8> {
+        let mut h = header(tar::EntryType::XHeader, name, records.len() as u64);
+        h.set_cksum();
+        raw_member(&h, records)
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        scan_bytes(bytes).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn pax_values_with_newlines_and_nuls_are_kept_whole() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use crate::pax::encode;
+        use tar::EntryType as T;
+        // As GNU tar --acls writes it: one entry per line.
+        let acl = "user::rw-\nuser:1000:rw-\ngroup::r--\nmask::rw-\nother::r--\n";
+        let bin: &[u8] = b"\0\n1 k=v\n\x00\xff\n";
+        let records = [
+            encode(b"SCHILY.acl.access", acl.as_bytes()),
+            encode(b"SCHILY.xattr.user.bin", bin),
+            encode(b"mtime", b"1700000000.25"),
+            encode(b"uid", b"4242"),
+        ]
+        .concat();
+        let bytes = tar_of(&[(T::XHeader, "./PaxHeaders/f", &records, ""), (T::Regular, "./f", b"data", "")]);
+        let t = scan_bytes(&bytes)?;
+        let e = t.get(&BundlePath::new("f")?).ok_or("f")?;
+        assert_eq!((e.meta.uid, e.meta.mtime_ns, e.hash), (4242, 1_700_000_000_250_000_000, Hash::of(b"data")));
+        let id = e.meta.xattrs.ok_or("no attributes")?;
+        let got = crate::xattr::with_sets(|sets| sets.get(id as usize).cloned()).ok_or("no such set")?;
+        let acl_value = crate::paxattr::acl_from_text(acl, false)?.ok_or("minimal ACL")?;
+        let got: Vec<(&[u8], &[u8])> = got.iter().map(|x| (&x.name[..], &x.value[..])).collect();
+        assert_eq!(got, [(&b"system.posix_acl_access"[..], &acl_value[..]), (b"user.bin", bin)]);
+
+        // A broken record is refused, naming the member it describes... or the header itself.
+        let mut bytes = pax_header("./PaxHeaders/g", b"30 SCHILY.xattr.user.a=x\n");
+        bytes.extend(tar_of(&[(T::Regular, "./g", b"", "")]));
+        let e = error_of(&bytes);
+        assert!(e.contains("PaxHeaders/g") && e.contains("past the end"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn extension_headers_describe_the_next_member() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        use crate::pax::encode;
+        use tar::EntryType as T;
+        let long = format!("{}/file", "d".repeat(150));
+        let target = format!("{}/target", "t".repeat(150));
+        let mut bytes = Vec::new();
+        // A global header (git archive writes a comment) applies to every member that follows.
+        let g = [encode(b"comment", b"abc\n"), encode(b"gid", b"77")].concat();
+        let mut h = header(T::XGlobalHeader, "pax_global_header", g.len() as u64);
+        h.set_cksum();
+        bytes.extend(raw_member(&h, &g));
+        for (ty, data) in [(T::GNULongName, &long), (T::GNULongLink, &target)] {
+            let data = format!("{data}\0");
+            let mut h = header(ty, "././@LongLink", data.len() as u64);
+            h.set_cksum();
+            bytes.extend(raw_member(&h, data.as_bytes()));
+        }
+        let mut h = header(T::Symlink, "short", 0);
+        h.set_cksum();
+        bytes.extend(raw_member(&h, b""));
+        // pax `path` wins over the header's name; pax `size` is the data's length when the
+        // header's field holds 0.
+        bytes.extend(pax_header("./PaxHeaders/p", &[encode(b"path", b"real"), encode(b"size", b"3")].concat()));
+        let mut h = header(T::Regular, "placeholder", 0);
+        h.set_cksum();
+        bytes.extend(raw_member(&h, b"abc"));
+        bytes.extend(tar_of(&[(T::Regular, "last", b"z", "")]));
+        let t = scan_bytes(&bytes)?;
+        let get = |p: &str| t.get(&BundlePath::new(p).unwrap_or_else(|e| panic!("{e}"))).cloned();
+        let link = get(&long).ok_or("long name")?;
+        assert_eq!((link.ty, link.meta.gid), (Type::Symlink(target.into_bytes()), 77));
+        let real = get("real").ok_or("pax path")?;
+        assert_eq!((real.hash, real.size, real.meta.gid), (Hash::of(b"abc"), 3, 77));
+        assert_eq!(get("last").ok_or("last")?.hash, Hash::of(b"z"));
+        assert!(get("placeholder").is_none());
+
+        // Sizes that disagree, a pax header with no member after it, a global header naming a
+        // member, data cut short: refused.
+        let mut bytes = pax_header("./PaxHeaders/s", &encode(b"size", b"0"));
+        bytes.extend(tar_of(&[(T::Regular, "smuggler", b"hidden", "")]));
+        let e = error_of(&bytes);
+        assert!(e.contains("smuggler") && e.contains("disagrees"), "{e}");
+        let e = error_of(&pax_header("./PaxHeaders/x", &encode(b"mtime", b"1")));
+        assert!(e.contains("not followed by a member"), "{e}");
+        let mut h = header(T::XGlobalHeader, "g", 0);
+        let p = encode(b"path", b"everything");
+        h.set_size(p.len() as u64);
+        h.set_cksum();
+        let e = error_of(&raw_member(&h, &p));
+        assert!(e.contains("global") && e.contains("path"), "{e}");
+        let bytes = tar_of(&[(T::Regular, "cut", &[7u8; 2000], "")]);
+        let e = error_of(&bytes[..1024]);
+        assert!(e.contains("cut") && e.contains("ends inside"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn old_gnu_sparse_members_use_their_map() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        // Six extents: four in the header, two in an extension block.
+        const K: u64 = 1 << 10;
+        let map: Vec<Extent> = (0..6).map(|i| Extent { offset: i * 128 * K, len: 4 * K }).collect();
+        let size = 1 << 20;
+        let chunks: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i + 1; 4096]).collect();
+        let mut dense = vec![0u8; size as usize];
+        for (e, c) in map.iter().zip(&chunks) {
+            dense[e.offset as usize..e.end() as usize].copy_from_slice(c);
+        }
+        let sparse_member = |map: &[Extent], ext_blocks: usize| -> Vec<u8> {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::GNUSparse);
+            h.set_path("s").unwrap_or_else(|e| panic!("{e}"));
+            h.set_size(chunks.len() as u64 * 4096);
+            h.set_mode(0o600);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1);
+            let mut ext = tar::GnuExtSparseHeader::new();
+            if let Some(gnu) = h.as_gnu_mut() {
+                gnu.set_real_size(size);
+                gnu.set_is_extended(ext_blocks > 0);
+                for (s, e) in gnu.sparse.iter_mut().zip(map) {
+                    s.set_offset(e.offset);
+                    s.set_length(e.len);
+                }
+            }
+            for (s, e) in ext.sparse_mut().iter_mut().zip(map.iter().skip(4)) {
+                s.set_offset(e.offset);
+                s.set_length(e.len);
+            }
+            h.set_cksum();
+            let mut v = h.as_bytes().to_vec();
+            for _ in 0..ext_blocks {
+                v.extend_from_slice(ext.as_bytes());
+            }
+            v.extend(chunks.concat());
+            v.extend(tar_of(&[(tar::EntryType::Regular, "after", b"a", "")]));
+            v
+        };
+        let t = scan_bytes(&sparse_member(&map, 1))?;
+        let e = t.get(&BundlePath::new("s")?).ok_or("s")?;
+        assert_eq!((e.size, e.hash, &e.extents), (size, Hash::of(&dense), &crate::sparse::normalize(size, &map)));
+        assert!(e.extents.is_some());
+        assert_eq!(std::fs::read(t.content_path(&e.path))?, dense);
+        assert_eq!(t.get(&BundlePath::new("after")?).ok_or("after")?.hash, Hash::of(b"a"));
+        // A map that does not account for the data is refused.
+        let e = error_of(&sparse_member(&map[..4], 0));
+        assert!(e.contains("\"s\"") && e.contains("sparse map"), "{e}");
         Ok(())
     }
 

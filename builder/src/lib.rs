@@ -12,12 +12,14 @@ pub mod elf;
 pub mod error;
 pub mod image;
 pub mod keys;
+pub mod pax;
 pub mod paxattr;
 pub mod plan;
 pub mod progress;
 pub mod scan;
 pub mod sparse;
 pub mod split;
+pub mod tarstream;
 pub mod write;
 pub mod xattr;
 

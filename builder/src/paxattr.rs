@@ -12,13 +12,14 @@
 //! - `RHT.security.selinux`: GNU tar `--selinux`; the context, stored with the trailing NUL the
 //!   kernel keeps in `security.selinux`.
 
+use crate::pax::Record;
 use base64::Engine;
 
 /// A (key, value) pair: a pax record, or an attribute's (name, value).
 pub type Pair = (Vec<u8>, Vec<u8>);
 
 /// The attributes of one member from its pax records, or what is wrong with them.
-pub fn xattrs(records: &[Pair]) -> Result<Vec<Pair>, String> {
+pub fn xattrs(records: &[Record]) -> Result<Vec<Pair>, String> {
     let mut raw: Vec<Pair> = Vec::new();
     let mut derived: Vec<Pair> = Vec::new();
     for (k, v) in records {
@@ -36,6 +37,12 @@ pub fn xattrs(records: &[Pair]) -> Result<Vec<Pair>, String> {
                 b"default" => b"system.posix_acl_default",
                 _ => continue,
             };
+            // GNU tar `--acls --xattrs-include='*'` writes both the text (with user and group
+            // names) and the raw value; the raw one wins, so the text need not be resolvable.
+            let raw_name = [&b"SCHILY.xattr."[..], name].concat();
+            if records.iter().any(|(k, _)| *k == raw_name) {
+                continue;
+            }
             let text = std::str::from_utf8(v).map_err(|_| "ACL text is not UTF-8".to_string())?;
             if let Some(value) = acl_from_text(text, which == b"default")? {
                 derived.push((name.to_vec(), value));
@@ -177,5 +184,13 @@ mod tests {
                 rec("security.selinux", b"system_u:object_r:bin_t:s0\0"),
             ])
         );
+        // GNU tar --acls with --xattrs-include='*': ACL text with names, and the raw value.
+        let named = "user::rw-\nuser:alice:rw-\ngroup::r--\nmask::rw-\nother::r--\n";
+        let got = xattrs(&[
+            rec("SCHILY.acl.access", named.as_bytes()),
+            rec("SCHILY.xattr.system.posix_acl_access", b"\x02\0\0\0\n\0"),
+        ]);
+        assert_eq!(got, Ok(vec![rec("system.posix_acl_access", b"\x02\0\0\0\n\0")]));
+        assert!(xattrs(&[rec("SCHILY.acl.access", named.as_bytes())]).is_err());
     }
 }

@@ -133,54 +133,6 @@ impl ContentStore {
         Ok(hash)
     }
 
-    /// Copy everything `r` yields into the store, leaving every all-zero block of
-    /// [`crate::sparse::BLOCK`] bytes a hole; returns its hash, size and the blocks written as
-    /// raw data extents (for old GNU sparse members, whose map the tar crate does not expose).
-    pub fn add_finding_zeros(&self, r: &mut dyn Read, what: &str) -> Result<(Hash, u64, Vec<Extent>)> {
-        use std::os::unix::fs::FileExt;
-        const B: usize = crate::sparse::BLOCK as usize;
-        let dir = self.dir.path();
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(Error::io(dir))?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 64 << 10];
-        let (mut size, mut extents) = (0u64, Vec::<Extent>::new());
-        loop {
-            // Fill the buffer (or reach the end), so blocks stay aligned to the file's offsets.
-            let mut n = 0;
-            while n < buf.len() {
-                match r.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Error::Io { path: PathBuf::from(what), source: e }),
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            for (i, block) in buf[..n].chunks(B).enumerate() {
-                if block.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                let at = size + (i * B) as u64;
-                tmp.as_file().write_all_at(block, at).map_err(Error::io(tmp.path()))?;
-                match extents.last_mut() {
-                    Some(l) if l.end() == at => l.len += block.len() as u64,
-                    _ => extents.push(Extent { offset: at, len: block.len() as u64 }),
-                }
-            }
-            size += n as u64;
-        }
-        tmp.as_file().set_len(size).map_err(Error::io(tmp.path()))?;
-        let hash: Hash = h.finalize().into();
-        let dst = self.path(&hash);
-        if !dst.exists() {
-            tmp.persist(&dst).map_err(|e| Error::Io { path: dst, source: e.error })?;
-        }
-        Ok((hash, size, extents))
-    }
-
     /// Copy everything `r` yields into the store; returns its hash and size. `what` names the
     /// source in errors.
     pub fn add(&self, r: &mut dyn Read, what: &str) -> Result<(Hash, u64)> {
