@@ -82,11 +82,12 @@ pub fn old_entries(t: &Tree) -> Vec<OldEntry> {
     t.entries.iter().map(old_entry).collect()
 }
 
-/// Same type, same content/target/rdev (metadata not compared). A file's layout (which parts
-/// are holes) is not content: a file that only became sparse, or dense, is unchanged.
+/// Same type, same content/target/rdev and, for a file, the same layout (which parts are holes;
+/// metadata not compared). A file whose content is unchanged but whose holes differ is placed
+/// anew as a local copy of itself (no payload), so the target's allocation ends as NEW's.
 fn same_payload(n: &ScanEntry, o: &ScanEntry) -> bool {
     match (&n.ty, &o.ty) {
-        (Type::File, Type::File) => n.size == o.size && n.hash == o.hash,
+        (Type::File, Type::File) => n.size == o.size && n.hash == o.hash && n.extents == o.extents,
         (a, b) => a == b,
     }
 }

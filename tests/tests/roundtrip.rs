@@ -56,6 +56,7 @@ fn roundtrip_seed(seed: u64) {
     copy_tree(&old, &target);
     apply(&delta, &target, &k.public, 0, &[]);
     assert_same(&snapshot(&target, true), &want, &format!("seed {seed}: delta bundle applied to a copy of OLD vs NEW"));
+    same_allocation(&target, &new, seed);
     no_txn(&target);
 
     let full = d.path().join("full.ferry");
@@ -68,7 +69,31 @@ fn roundtrip_seed(seed: u64) {
         &want,
         &format!("seed {seed}: full bundle applied to an empty directory vs NEW"),
     );
+    same_allocation(&empty, &new, seed);
     no_txn(&empty);
+}
+
+/// The sparse files of a generated tree are sparse on the target too: allocated blocks within
+/// NEW's plus, per data run, what the builder's policy may ship as zeros (holes under 64 KiB, at
+/// 4 KiB granularity) and one block.
+fn same_allocation(target: &Path, new: &Path, seed: u64) {
+    use std::os::unix::fs::MetadataExt;
+    for e in fs::read_dir(new).expect("read_dir").flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with("sparse-") {
+            continue;
+        }
+        let (w, g) = (e.metadata().expect("stat"), fs::metadata(target.join(&name)).expect("stat target"));
+        let slack = 8 * (64 << 10) + 4096;
+        assert!(
+            g.blocks() * 512 <= w.blocks() * 512 + slack,
+            "seed {seed}: {}: {} bytes allocated on the target, NEW has {} (size {})",
+            name.to_string_lossy(),
+            g.blocks() * 512,
+            w.blocks() * 512,
+            w.len()
+        );
+    }
 }
 
 /// Sparse files in a generated tree (bundle-format.md §4.2): from `seed`, up to three files of up
