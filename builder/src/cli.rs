@@ -111,8 +111,9 @@ pub struct BuildArgs {
     /// cannot carry sockets; tar and rsync skip them too).
     #[arg(long)]
     pub fail_on_sockets: bool,
-    /// Extended attributes to carry: `auto` (default: every namespace in which the bundle's
-    /// entries hold an attribute), `all` (security, system, trusted and user, even where nothing
+    /// Extended attributes to carry: `auto` (default: each `security.*` attribute name, e.g.
+    /// `security.capability`, and each other namespace in which the bundle's entries hold an
+    /// attribute), `all` (security, system, trusted and user, even where nothing
     /// holds one: the target's attributes there are then removed), `none`, or a comma-separated
     /// list of namespaces and attribute names (`security.capability,user`). In a carried
     /// namespace an entry's attributes are exactly NEW's on the target; others are left alone.

@@ -16,7 +16,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 /// What `--xattrs` asked for.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Carry {
-    /// Read every namespace; carry each one in which the bundle's entries hold an attribute.
+    /// Read every namespace; carry each `security.*` attribute name, and each other namespace,
+    /// in which the bundle's entries hold an attribute.
     #[default]
     Auto,
     /// Carry all four namespaces, whether or not anything holds an attribute in them.
@@ -163,8 +164,8 @@ pub fn intern_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>, shown: &str, carry: &Carry) 
 }
 
 /// Number the sets `m`'s entries and old entries refer to in order of first reference, store
-/// them in `m.xattr_sets`, and set `m.xattr_namespaces` from `carry` (for `auto`: the namespaces
-/// of the attributes the sets hold).
+/// them in `m.xattr_sets`, and set `m.xattr_namespaces` from `carry` (for `auto`: the `security`
+/// attribute names and the other namespaces the sets hold).
 pub fn finish(m: &mut Manifest, carry: &Carry) {
     let t = table();
     let mut renumber: HashMap<u32, u32> = HashMap::new();
@@ -185,11 +186,19 @@ pub fn finish(m: &mut Manifest, carry: &Carry) {
         Carry::All => NAMESPACES.iter().map(|s| s.to_string()).collect(),
         Carry::Only(v) => v.clone(),
         Carry::Auto => {
+            // `security.*` by name (a tree with capabilities but no labels says nothing about the
+            // target's SELinux labels), the other namespaces whole.
             let used: BTreeSet<String> = sets
                 .iter()
                 .flatten()
-                .filter_map(|x| NAMESPACES.iter().find(|ns| bx::covers(ns.as_bytes(), &x.name)))
-                .map(|ns| ns.to_string())
+                .filter_map(|x| {
+                    let ns = NAMESPACES.iter().find(|ns| bx::covers(ns.as_bytes(), &x.name))?;
+                    if *ns == "security" {
+                        String::from_utf8(x.name.clone()).ok()
+                    } else {
+                        Some(ns.to_string())
+                    }
+                })
                 .collect();
             used.into_iter().collect()
         }

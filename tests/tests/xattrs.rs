@@ -90,12 +90,20 @@ fn capabilities_labels_acls_and_user_attributes_arrive() {
         0,
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v["xattr_namespaces"], serde_json::json!(["security", "system", "user"]), "{v}");
+    assert_eq!(
+        v["xattr_namespaces"],
+        serde_json::json!(["security.capability", "security.selinux", "system", "user"]),
+        "{v}"
+    );
     let t = d.path().join("t");
     copy_tree(&old, &t);
     let out = apply(&b, &t, &k.public, 0, &["--json"]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(r["xattr_namespaces"], serde_json::json!(["security", "system", "user"]), "{r}");
+    assert_eq!(
+        r["xattr_namespaces"],
+        serde_json::json!(["security.capability", "security.selinux", "system", "user"]),
+        "{r}"
+    );
     assert_same(&snapshot(&t, false), &snapshot(&new, false), "target vs NEW, attributes included");
     assert_eq!(getx(&t.join("bin/ping"), "security.capability").as_deref(), Some(CAP_NET_RAW));
     assert_eq!(getx(&t.join("bin/tool"), "security.capability").as_deref(), Some(CAP_NET_RAW));
@@ -301,7 +309,7 @@ fn identical_labels_cost_little() {
     let ((a, _), (b, report)) = (size(&plain, "plain.ferry"), size(&labelled, "labelled.ferry"));
     // Carried: two distinct sets (two labels), one namespace.
     assert_eq!(report["xattr_sets"], 2, "{report}");
-    assert_eq!(report["xattr_namespaces"], serde_json::json!(["security"]), "{report}");
+    assert_eq!(report["xattr_namespaces"], serde_json::json!(["security.selinux"]), "{report}");
     let per_entry = (b as f64 - a as f64) / files.len() as f64;
     eprintln!("{} entries: {a} bytes without labels, {b} with ({per_entry:.2} bytes per entry)", files.len());
     // An interned label is a one-byte index per entry before compression; after zstd the
@@ -408,4 +416,47 @@ fn an_attribute_the_applier_may_not_set_is_refused_with_exit_15() {
     assert_same(&snapshot(&t, false), &before, "refused apply changed nothing");
     as_nobody(&["--skip-xattrs", "trusted"], 0);
     assert_eq!(fs::read(t.join("app/a")).expect("r"), b"2\n");
+}
+
+/// A tree with file capabilities but no SELinux labels (a Debian build host) carries
+/// `security.capability` only (`--xattrs auto`): applied to a labelled target, the labels are the
+/// target's business, neither drift nor removed.
+#[test]
+fn a_capability_only_bundle_leaves_a_labelled_targets_labels_alone() {
+    require_root("security.* attributes");
+    let d = tempfile::tempdir().expect("tmp");
+    let k = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    for t in [&old, &new] {
+        fs::create_dir_all(t.join("bin")).expect("mkdir");
+        fs::write(t.join("bin/sh"), "shell\n").expect("w");
+    }
+    fs::write(old.join("bin/ping"), "ping 1\n").expect("w");
+    fs::write(new.join("bin/ping"), "ping 2\n").expect("w");
+    setx(&new.join("bin/ping"), "security.capability", CAP_NET_RAW);
+    let b = d.path().join("b.ferry");
+    let out = run_expect(
+        build_cmd()
+            .args(["build", "--version", "2", "--json", "--key"])
+            .arg(&k.secret)
+            .arg("--old")
+            .arg(&old)
+            .arg("--new")
+            .arg(&new)
+            .arg("--out")
+            .arg(&b)
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["xattr_namespaces"], serde_json::json!(["security.capability"]), "{v}");
+    let t = d.path().join("t");
+    copy_tree(&old, &t);
+    for p in ["bin", "bin/sh", "bin/ping"] {
+        setx(&t.join(p), "security.selinux", BIN_T);
+    }
+    apply(&b, &t, &k.public, 0, &[]);
+    assert_eq!(getx(&t.join("bin/ping"), "security.capability").as_deref(), Some(CAP_NET_RAW));
+    assert_eq!(getx(&t.join("bin/sh"), "security.selinux").as_deref(), Some(BIN_T));
+    assert_eq!(getx(&t.join("bin"), "security.selinux").as_deref(), Some(BIN_T));
 }
