@@ -89,7 +89,10 @@ pub struct Base {
 /// Check the target against the manifest. `conffile_ok` says whether a content difference at a
 /// path may be tolerated (a locally edited config file, kept under the conffile rule); those paths
 /// are returned instead of being reported as drift. `owners`: the apply will set owners. The
-/// extended attributes in scope of `attrs` are compared too (bundle-format.md §10.1).
+/// extended attributes in scope of `attrs` are compared too (bundle-format.md §10.1). Three
+/// phases: every `old` path as expected ([`check_old`]), every path the script creates absent and
+/// every untouched parent a real directory ([`check_created`]), and every directory the bundle
+/// removes holding only what OLD held ([`check_removed_dirs`]).
 pub fn check(
     root: BorrowedFd<'_>,
     m: &Manifest,
@@ -98,6 +101,30 @@ pub fn check(
     attrs: &crate::xattrs::Attrs,
 ) -> Result<Base, Vec<String>> {
     let mut drift = Vec::new();
+    let base = check_old(root, m, conffile_ok, owners, attrs, &mut drift);
+    let mut dirs = fsx::DirCache::default();
+    check_created(root, m, &mut dirs, &mut drift);
+    check_removed_dirs(root, m, &mut dirs, &mut drift);
+    drift.sort();
+    drift.dedup();
+    if drift.is_empty() {
+        Ok(base)
+    } else {
+        Err(drift)
+    }
+}
+
+/// Every `old` path exists with the expected type, content and attributes in scope (hashed in
+/// parallel: the slow part); records the identity of each object a metadata step changes in
+/// place, and the config files whose local edits are kept.
+fn check_old(
+    root: BorrowedFd<'_>,
+    m: &Manifest,
+    conffile_ok: &dyn Fn(&BundlePath) -> bool,
+    owners: bool,
+    attrs: &crate::xattrs::Attrs,
+    drift: &mut Vec<String>,
+) -> Base {
     let mut base = Base::default();
     // Paths whose OLD object a metadata step changes in place (a directory that replaces
     // something else is placed first: its `DirMeta` acts on the new directory).
@@ -125,7 +152,6 @@ pub fn check(
         };
         Ok::<_, String>(seen.map(|(k, st)| (k, st, xattrs)))
     });
-    let mut dirs = fsx::DirCache::default();
     for (o, seen) in m.old.iter().zip(seen) {
         match seen {
             Err(why) => drift.push(describe(&o.path, &why)),
@@ -168,13 +194,19 @@ pub fn check(
             }
         }
     }
+    base
+}
+
+/// Every path the script creates and OLD lacks is absent (unless its parent is created too), and
+/// every parent the script does not create is a real directory.
+fn check_created(root: BorrowedFd<'_>, m: &Manifest, dirs: &mut fsx::DirCache, drift: &mut Vec<String>) {
     let created: HashSet<&BundlePath> =
         m.script.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place)).map(|s| &s.path).collect();
     for s in &m.script {
         // A path whose parent the script creates cannot exist yet: the parent is checked itself.
         let parent_created = s.path.parent().is_some_and(|p| created.contains(&p));
         if matches!(s.op, Op::Mkdir | Op::Place) && m.old_entry(&s.path).is_none() && !parent_created {
-            match observe(root, &mut dirs, &s.path, None) {
+            match observe(root, dirs, &s.path, None) {
                 Ok(None) => {}
                 Ok(Some((k, _))) => {
                     drift.push(describe(&s.path, &format!("exists as {}, but the bundle creates it", k.name())))
@@ -195,6 +227,10 @@ pub fn check(
             drift.push(describe(&s.path, "expected a directory"));
         }
     }
+}
+
+/// A directory the bundle removes may hold only what OLD held.
+fn check_removed_dirs(root: BorrowedFd<'_>, m: &Manifest, dirs: &mut fsx::DirCache, drift: &mut Vec<String>) {
     // A directory the bundle removes (deleted, or replaced by a non-directory) may hold only what
     // OLD held: a local addition would otherwise be removed with it.
     for o in m.old.iter().filter(|o| {
@@ -216,12 +252,5 @@ pub fn check(
                 }
             }
         }
-    }
-    drift.sort();
-    drift.dedup();
-    if drift.is_empty() {
-        Ok(base)
-    } else {
-        Err(drift)
     }
 }
