@@ -139,22 +139,25 @@ make_corpus() {
 # stdout/stderr go to $LOGF (if set), the others to /dev/null.
 tm() {
     local name=$1 setup=$2; shift 2
-    local all=() kib=0 i tf line
+    local all=() cpu=() kib=0 i tf w u sy k
     for ((i = 0; i < RUNS; i++)); do
         eval "$setup"
         tf=$(mktemp)
         if ((i == 0)); then
-            /usr/bin/time -f '%e %M' -o "$tf" -- "$@" > "${LOGF:-/dev/null}" 2> "${LOGF:-/dev/null}.err" || { rm -f "$tf"; return 1; }
+            /usr/bin/time -f '%e %U %S %M' -o "$tf" -- "$@" > "${LOGF:-/dev/null}" 2> "${LOGF:-/dev/null}.err" || { rm -f "$tf"; return 1; }
         else
-            /usr/bin/time -f '%e %M' -o "$tf" -- "$@" > /dev/null 2>&1 || { rm -f "$tf"; return 1; }
+            /usr/bin/time -f '%e %U %S %M' -o "$tf" -- "$@" > /dev/null 2>&1 || { rm -f "$tf"; return 1; }
         fi
-        line=$(tail -n1 "$tf"); rm -f "$tf"
-        all+=("${line% *}")
-        if (( ${line#* } > kib )); then kib=${line#* }; fi
+        read -r w u sy k < <(tail -n1 "$tf"); rm -f "$tf"
+        all+=("$w")
+        cpu+=("$(python3 -c "print(f'{$u + $sy:.2f}')")")
+        if (( k > kib )); then kib=$k; fi
     done
     printf -v "A_$name" '%s' "${all[*]}"
+    printf -v "AC_$name" '%s' "${cpu[*]}"
     printf -v "K_$name" '%s' "$kib"
     printf -v "T_$name" '%s' "$(printf '%s\n' "${all[@]}" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')"
+    printf -v "C_$name" '%s' "$(printf '%s\n' "${cpu[@]}" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')"
 }
 
 fresh() { # fresh SRC DST: cp -a (keeps attributes and holes), flushed before anything is timed
@@ -191,12 +194,12 @@ measure_ferry() { # measure_ferry TREE(main|noimg) XATTRS
     LOGF="$d/build.json" tm fb : "$FB" build --old "$o" --new "$n" --key "$S/keys/bench.secret" --version 2 \
         --out "$d/bundle.ferry" --xattrs "$xa" --json || { put "$m" note "build failed: $(tail -n1 "$d/build.json.err")"; return 0; }
     put "$m" size "$(stat -c %s "$d/bundle.ferry")"
-    put "$m" build_s "$T_fb"; put "$m" build_kib "$K_fb"
+    put "$m" build_s "$T_fb"; put "$m" build_kib "$K_fb"; put "$m" build_cpu "$C_fb"
     log "$tree: ferry apply ($xa)"
     LOGF="$d/apply.json" tm fa 'fresh "$o" "$S/target"' "$FA" apply "$d/bundle.ferry" --target "$S/target" \
         --trust "$S/keys/bench.pub" --json || { put "$m" note "apply failed: $(tail -n2 "$d/apply.json.err" | tr '\n' ' ')"; return 0; }
-    put "$m" apply_s "$T_fa"; put "$m" apply_kib "$K_fa"
-    put "$m" runs "build ${A_fb} s; apply ${A_fa} s"
+    put "$m" apply_s "$T_fa"; put "$m" apply_kib "$K_fa"; put "$m" apply_cpu "$C_fa"
+    put "$m" runs "wall: build ${A_fb} s, apply ${A_fa} s; CPU: build ${AC_fb} s, apply ${AC_fa} s"
     put "$m" check "$(check "$n" "$S/target" "$d")"
     python3 - "$m" "$d/build.json" "$d/apply.json" <<'EOF' >> "$R/results.tsv" || true
 import json, sys
@@ -234,13 +237,16 @@ measure_rsync() { # measure_rsync TREE OPTS-LABEL OPTS...
     local ck; ck=$(check "$n" "$S/target" "$d")
     put "$m" size "$(stat -c %s "$d/batch")"; put "$m" build_s "$T_rw"; put "$m" apply_s "$T_rr"
     put "$m" build_kib "$K_rw"; put "$m" apply_kib "$K_rr"; put "$m" check "$ck"
-    put "$m" runs "write-batch ${A_rw} s; read-batch ${A_rr} s"
+    put "$m" build_cpu "$C_rw"; put "$m" apply_cpu "$C_rr"
+    put "$m" runs "wall: write-batch ${A_rw} s, read-batch ${A_rr} s; CPU: ${AC_rw} s, ${AC_rr} s"
     put "$mz" size "$(stat -c %s "$d/batch.zst")"
     put "$mz" build_s "$(python3 -c "print(f'{$T_rw + $T_rz:.2f}')")"
     put "$mz" apply_s "$(python3 -c "print(f'{$T_rd + $T_rr:.2f}')")"
     put "$mz" build_kib "$(( K_rw > K_rz ? K_rw : K_rz ))"; put "$mz" apply_kib "$(( K_rd > K_rr ? K_rd : K_rr ))"
     put "$mz" check "$ck"
-    put "$mz" runs "zstd ${A_rz} s; zstd -d ${A_rd} s (+ write-/read-batch as above)"
+    put "$mz" build_cpu "$(python3 -c "print(f'{$C_rw + $C_rz:.2f}')")"
+    put "$mz" apply_cpu "$(python3 -c "print(f'{$C_rd + $C_rr:.2f}')")"
+    put "$mz" runs "wall: zstd ${A_rz} s, zstd -d ${A_rd} s; CPU: ${AC_rz} s, ${AC_rd} s (+ write-/read-batch as above)"
     rm -f "$d/batch" "$d/batch.zst"
 }
 
@@ -259,6 +265,7 @@ measure() {
         echo "zstd	$(zstd --version)"
         echo "machine	$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(df -T "$WORK" | awk 'NR==2 {print $2}')"
         echo "runs	$RUNS"
+        echo "load	$(cut -d' ' -f1-3 /proc/loadavg)"
         local side
         for side in old new; do
             python3 "$PY" count "$C/$side" | sed "s/^/count.$side./"

@@ -56,7 +56,9 @@ def render(corpus, rows, order):
         f"Produced by `bash bench/xattrs.sh` (after `bash bench/corpora.sh rootfs`); measured {corpus.get('measured', '?')}, "
         f"corpus {corpus.get('created', '?')}. Machine: {corpus.get('machine', '?')}. ferry {corpus.get('ferry', '?')}; "
         f"{corpus.get('rsync', '?')}; zstd {corpus.get('zstd', '?').replace('*** ', '').replace(' ***', '')}. "
-        f"Times: median of {corpus.get('runs', '?')} runs, wall seconds (`/usr/bin/time`); every apply runs on a fresh, "
+        f"Times: median of {corpus.get('runs', '?')} runs, wall seconds and CPU seconds (user + sys) from `/usr/bin/time` "
+        f"(load average when the measurement started: {corpus.get('load', '?')}; the machine is shared, so wall times are noisy "
+        "and CPU times are the steadier measure); every apply runs on a fresh, "
         "synced `cp -a` of old. This section is written by `bench/xattrs_report.py`, not by report.py (which keeps it).\n")
 
     def counts(side):
@@ -85,8 +87,8 @@ def render(corpus, rows, order):
         "256 KiB extent; half seeded random, half text-like blocks). `noimg` is the same pair without `var/lib/images`.  \n"
         f"old: {int(eo):,} entries, attributes: {co}; new: {int(en):,} entries, attributes: {cn}.\n")
 
-    out.append("| tree | method | size | build s | build peak RSS | apply s | apply peak RSS | content = new | xattrs = new | image allocated after apply | runs |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---|---|---:|---|")
+    out.append("| tree | method | size | build s | build CPU s | build peak RSS | apply s | apply CPU s | apply peak RSS | content = new | xattrs = new | image allocated after apply | runs |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---|")
     for m in order:
         r = rows[m]
         meth, _, tree = m.partition("|")
@@ -101,8 +103,8 @@ def render(corpus, rows, order):
             content = xat = im = "n/a"
         kib = lambda f: f"{int(r[f]) / 1024:.0f} MiB" if r.get(f) else "n/a"
         note = r.get("runs", "") + ("; " + r["note"] if r.get("note") else "")
-        out.append(f"| {tree} | {meth} | {mib(r['size']) if r.get('size') else 'n/a'} | {r.get('build_s', 'n/a')} | {kib('build_kib')} "
-                   f"| {r.get('apply_s', 'n/a')} | {kib('apply_kib')} | {content} | {xat} | {im} | {note} |")
+        out.append(f"| {tree} | {meth} | {mib(r['size']) if r.get('size') else 'n/a'} | {r.get('build_s', 'n/a')} | {r.get('build_cpu', 'n/a')} | {kib('build_kib')} "
+                   f"| {r.get('apply_s', 'n/a')} | {r.get('apply_cpu', 'n/a')} | {kib('apply_kib')} | {content} | {xat} | {im} | {note} |")
     out.append("")
     out.append("'xattrs = new': every extended attribute (incl. ACLs and capabilities) of every entry compared with new "
                "(`xattrs_tree.py dump`, a sorted path/name/value list, diffed; ferry's `.ferry` left out); the count is of "
@@ -138,7 +140,8 @@ def render(corpus, rows, order):
         sa, sn = num(a, "size"), num(n, "size")
         if sa is not None and sn is not None:
             d.append(f"| ferry attribute overhead, {lab}: size `--xattrs auto` − `none` | {int(sa - sn):,} B = {pct(sa, sn)} of the `none` bundle |")
-            d.append(f"| ferry attribute overhead, {lab}: build / apply time | {delta(num(a, 'build_s'), num(n, 'build_s'), ' s')} / {delta(num(a, 'apply_s'), num(n, 'apply_s'), ' s')} |")
+            d.append(f"| ferry attribute overhead, {lab}: build / apply wall time | {delta(num(a, 'build_s'), num(n, 'build_s'), ' s')} / {delta(num(a, 'apply_s'), num(n, 'apply_s'), ' s')} |")
+            d.append(f"| ferry attribute overhead, {lab}: build / apply CPU time | {delta(num(a, 'build_cpu'), num(n, 'build_cpu'), ' s')} / {delta(num(a, 'apply_cpu'), num(n, 'apply_cpu'), ' s')} |")
     for raw, z in ((RX, RS), (RXz, RSz)):
         a, b = num(raw, "size"), num(z, "size")
         if a is not None and b is not None:
@@ -146,12 +149,14 @@ def render(corpus, rows, order):
     for lab, w, wo in (("ferry `--xattrs auto`", A, Ai), ("rsync -aHAXS batch", RX, RXi), ("rsync -aHAXS batch + zstd -19", RXz, RXzi)):
         a, b = num(w, "size"), num(wo, "size")
         if a is not None and b is not None:
-            d.append(f"| sparse image's cost, {lab}: size / build / apply (with − without image) | {int(a - b):,} B ({mib(a - b)}) / "
-                     f"{delta(num(w, 'build_s'), num(wo, 'build_s'), ' s')} / {delta(num(w, 'apply_s'), num(wo, 'apply_s'), ' s')} |")
+            d.append(f"| sparse image's cost, {lab}: size / build wall / apply wall / build CPU / apply CPU (with − without image) | {int(a - b):,} B ({mib(a - b)}) / "
+                     f"{delta(num(w, 'build_s'), num(wo, 'build_s'), ' s')} / {delta(num(w, 'apply_s'), num(wo, 'apply_s'), ' s')} / "
+                     f"{delta(num(w, 'build_cpu'), num(wo, 'build_cpu'), ' s')} / {delta(num(w, 'apply_cpu'), num(wo, 'apply_cpu'), ' s')} |")
     for lab, f, rz in (("with image", A, RXz), ("without image", Ai, RXzi)):
         if num(f, "size") is not None and num(rz, "size") is not None:
-            d.append(f"| ferry `auto` ÷ rsync -aHAXS batch + zstd -19, {lab}: size / build / apply | "
-                     f"{ratio(num(f, 'size'), num(rz, 'size'))} / {ratio(num(f, 'build_s'), num(rz, 'build_s'))} / {ratio(num(f, 'apply_s'), num(rz, 'apply_s'))} |")
+            d.append(f"| ferry `auto` ÷ rsync -aHAXS batch + zstd -19, {lab}: size / build wall / apply wall / build CPU / apply CPU | "
+                     f"{ratio(num(f, 'size'), num(rz, 'size'))} / {ratio(num(f, 'build_s'), num(rz, 'build_s'))} / {ratio(num(f, 'apply_s'), num(rz, 'apply_s'))} / "
+                     f"{ratio(num(f, 'build_cpu'), num(rz, 'build_cpu'))} / {ratio(num(f, 'apply_cpu'), num(rz, 'apply_cpu'))} |")
     out += d
     out.append("")
     for m in (A, N, Ai):
