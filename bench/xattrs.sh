@@ -194,6 +194,8 @@ measure_ferry() { # measure_ferry TREE(main|noimg) XATTRS
     LOGF="$d/build.json" tm fb : "$FB" build --old "$o" --new "$n" --key "$S/keys/bench.secret" --version 2 \
         --out "$d/bundle.ferry" --xattrs "$xa" --json || { put "$m" note "build failed: $(tail -n1 "$d/build.json.err")"; return 0; }
     put "$m" size "$(stat -c %s "$d/bundle.ferry")"
+    # the bundle is a tar: its members' exact sizes (the size above is in 512-byte blocks)
+    put "$m" members "$(tar -tvf "$d/bundle.ferry" | awk '{sub(".*/", "", $6); printf "%s=%s ", $6, $3}')"
     put "$m" build_s "$T_fb"; put "$m" build_kib "$K_fb"; put "$m" build_cpu "$C_fb"
     log "$tree: ferry apply ($xa)"
     LOGF="$d/apply.json" tm fa 'fresh "$o" "$S/target"' "$FA" apply "$d/bundle.ferry" --target "$S/target" \

@@ -142,6 +142,18 @@ def render(corpus, rows, order):
             d.append(f"| ferry attribute overhead, {lab}: size `--xattrs auto` − `none` | {int(sa - sn):,} B = {pct(sa, sn)} of the `none` bundle |")
             d.append(f"| ferry attribute overhead, {lab}: build / apply wall time | {delta(num(a, 'build_s'), num(n, 'build_s'), ' s')} / {delta(num(a, 'apply_s'), num(n, 'apply_s'), ' s')} |")
             d.append(f"| ferry attribute overhead, {lab}: build / apply CPU time | {delta(num(a, 'build_cpu'), num(n, 'build_cpu'), ' s')} / {delta(num(a, 'apply_cpu'), num(n, 'apply_cpu'), ' s')} |")
+    def member(m, name):
+        for kv in (g(m, "members") or "").split():
+            k, _, v = kv.partition("=")
+            if k == name:
+                return float(v)
+        return None
+
+    for lab, a, n in (("with image", A, N), ("without image", Ai, Ni)):
+        ma, mn, sa = member(a, "manifest.cbor"), member(n, "manifest.cbor"), num(a, "size")
+        if ma is not None and mn is not None:
+            d.append(f"| ferry attribute overhead, {lab}: manifest (`ferry-v1/manifest.cbor`, exact bytes) `auto` − `none` | "
+                     f"{int(mn):,} → {int(ma):,} B: {int(ma - mn):+,} B = {(ma - mn) / sa * 100:.3f} % of the `auto` bundle |")
     for raw, z in ((RX, RS), (RXz, RSz)):
         a, b = num(raw, "size"), num(z, "size")
         if a is not None and b is not None:
