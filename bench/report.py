@@ -144,6 +144,28 @@ def corpus_section(resdir, corpus):
     return "\n".join(out)
 
 
+# Sections of OUT.md that this script does not produce: carried over verbatim (in this order)
+# when it rewrites the file. The first is written by xattrs_report.py (bash bench/xattrs.sh), the
+# second by hand.
+KEEP = ["Extended attributes and sparse files (rootfs-attrs)", "Run notes from the README"]
+
+
+def kept_sections(outmd):
+    try:
+        lines = open(outmd).read().split("\n")
+    except OSError:
+        return []
+    out = []
+    for title in KEEP:
+        head = f"## {title}"
+        if head not in lines:
+            continue
+        i = lines.index(head)
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+        out.append("\n".join(lines[i:j]).rstrip("\n") + "\n")
+    return out
+
+
 def main():
     resdir, outmd = sys.argv[1], sys.argv[2]
     wanted = sys.argv[3:]
@@ -161,6 +183,7 @@ def main():
            "(content, types, symlinks, modes, owners; not mtimes).\n",
            "## Machine\n", machine(), "## Tool versions\n", versions]
     doc += [sections[c] for c in have]
+    doc += kept_sections(outmd)
     with open(outmd, "w") as f:
         f.write("\n".join(doc))
     for c in (wanted or have):
