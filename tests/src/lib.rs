@@ -100,6 +100,19 @@ pub fn build(old: Option<&Path>, new: &Path, key: &Path, version: u64, out: &Pat
     run_expect(&mut c, 0);
 }
 
+/// [`build`] with `--json`; returns the report. Version 2, like most tests' NEW.
+pub fn build_json(old: Option<&Path>, new: &Path, key: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut c = build_cmd();
+    c.arg("build").arg("--new").arg(new).arg("--key").arg(key).arg("--version").arg("2").arg("--out").arg(out);
+    c.arg("--json");
+    if let Some(o) = old {
+        c.arg("--old").arg(o);
+    }
+    c.args(extra).env("SOURCE_DATE_EPOCH", "1700000000");
+    let o = run_expect(&mut c, 0);
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
 /// `ferry-apply apply` with the given exit code expected.
 pub fn apply(bundle: &Path, target: &Path, trust: &Path, code: i32, extra: &[&str]) -> Output {
     run_expect(

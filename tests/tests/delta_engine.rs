@@ -15,27 +15,6 @@ fn keys(dir: &Path) -> (PathBuf, PathBuf) {
     keygen(dir, "key")
 }
 
-/// `ferry-build build --json` with extra arguments; returns the report.
-fn build_json(old: Option<&Path>, new: &Path, key: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut c = build_cmd();
-    c.arg("build")
-        .arg("--new")
-        .arg(new)
-        .arg("--key")
-        .arg(key)
-        .arg("--version")
-        .arg("2")
-        .arg("--out")
-        .arg(out)
-        .arg("--json");
-    if let Some(o) = old {
-        c.arg("--old").arg(o);
-    }
-    c.args(extra).env("SOURCE_DATE_EPOCH", "1700000000");
-    let o = run_expect(&mut c, 0);
-    serde_json::from_slice(&o.stdout).expect("JSON report")
-}
-
 /// The manifest of a bundle (signatures not checked: the applier does that in these tests).
 fn manifest(bundle: &Path) -> Manifest {
     let f = fs::File::open(bundle).expect("open bundle");

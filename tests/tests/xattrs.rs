@@ -76,20 +76,7 @@ fn capabilities_labels_acls_and_user_attributes_arrive() {
     let k = keys(d.path());
     let (old, new) = trees(d.path());
     let b = d.path().join("b.ferry");
-    let out = run_expect(
-        build_cmd()
-            .args(["build", "--version", "2", "--json", "--key"])
-            .arg(&k.secret)
-            .arg("--old")
-            .arg(&old)
-            .arg("--new")
-            .arg(&new)
-            .arg("--out")
-            .arg(&b)
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-        0,
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = build_json(Some(&old), &new, &k.secret, &b, &[]);
     assert_eq!(
         v["xattr_namespaces"],
         serde_json::json!(["security.capability", "security.selinux", "system", "user"]),
@@ -242,20 +229,7 @@ fn build_option_narrows_what_is_carried() {
         [("none", serde_json::json!([])), ("security.capability", serde_json::json!(["security.capability"]))]
     {
         let b = d.path().join(format!("{opt}.ferry"));
-        let out = run_expect(
-            build_cmd()
-                .args(["build", "--version", "2", "--json", "--xattrs", opt, "--key"])
-                .arg(&k.secret)
-                .arg("--old")
-                .arg(&old)
-                .arg("--new")
-                .arg(&new)
-                .arg("--out")
-                .arg(&b)
-                .env("SOURCE_DATE_EPOCH", "1700000000"),
-            0,
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let v = build_json(Some(&old), &new, &k.secret, &b, &["--xattrs", opt]);
         assert_eq!(v["xattr_namespaces"], ns, "{v}");
         let t = d.path().join(format!("t-{opt}"));
         copy_tree(&old, &t);
@@ -290,18 +264,7 @@ fn identical_labels_cost_little() {
     // The signed manifest's size (the bundle file itself is padded to tar blocks).
     let size = |tree: &Path, name: &str| {
         let b = d.path().join(name);
-        let out = run_expect(
-            build_cmd()
-                .args(["build", "--version", "1", "--json", "--key"])
-                .arg(&k.secret)
-                .arg("--new")
-                .arg(tree)
-                .arg("--out")
-                .arg(&b)
-                .env("SOURCE_DATE_EPOCH", "1700000000"),
-            0,
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let report = build_json(None, tree, &k.secret, &b, &[]);
         let out = run_expect(apply_cmd().arg("inspect").arg(&b).arg("--json"), 0);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         (v["sizes"]["manifest_bytes"].as_u64().unwrap_or_else(|| panic!("no manifest_bytes: {v}")), report)
@@ -435,20 +398,7 @@ fn a_capability_only_bundle_leaves_a_labelled_targets_labels_alone() {
     fs::write(new.join("bin/ping"), "ping 2\n").expect("w");
     setx(&new.join("bin/ping"), "security.capability", CAP_NET_RAW);
     let b = d.path().join("b.ferry");
-    let out = run_expect(
-        build_cmd()
-            .args(["build", "--version", "2", "--json", "--key"])
-            .arg(&k.secret)
-            .arg("--old")
-            .arg(&old)
-            .arg("--new")
-            .arg(&new)
-            .arg("--out")
-            .arg(&b)
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-        0,
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = build_json(Some(&old), &new, &k.secret, &b, &[]);
     assert_eq!(v["xattr_namespaces"], serde_json::json!(["security.capability"]), "{v}");
     let t = d.path().join("t");
     copy_tree(&old, &t);
