@@ -287,7 +287,9 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
 /// of `name` in `dir` without following a symlink, in that order: chown clears setuid/setgid bits
 /// and file capabilities, chmod then restores the bits, the attributes come after both, and the
 /// mtime last. Only what differs is changed (no needless writes, and a read-only directory that
-/// already has the right metadata is no error).
+/// already has the right metadata is no error). A regular file or directory is opened and changed
+/// through its handle ([`set_meta_fd`]); symlinks, FIFOs and devices, which are never opened, by
+/// path.
 pub fn set_meta_at(
     dir: BorrowedFd<'_>,
     name: &[u8],
@@ -295,8 +297,10 @@ pub fn set_meta_at(
     owners: bool,
     attrs: &crate::xattrs::Attrs,
 ) -> io::Result<()> {
+    if let Some(fd) = open_meta_at(dir, name)? {
+        return set_meta_fd(fd.as_fd(), meta, owners, attrs);
+    }
     let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    let ft = file_type(&st);
     let cur = meta_of(&st);
     if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
         rfs::chownat(
@@ -307,24 +311,15 @@ pub fn set_meta_at(
             AtFlags::SYMLINK_NOFOLLOW,
         )?;
     }
-    match ft {
-        FileType::Symlink => {} // Linux has no symlink permissions.
-        // chown clears setuid/setgid, so compare with the mode as it is now.
-        _ if rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & 0o7777 == meta.mode => {}
-        FileType::RegularFile | FileType::Directory => {
-            let fd = rfs::openat(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            rfs::fchmod(&fd, Mode::from_raw_mode(meta.mode))?;
-        }
-        // FIFOs and devices: opening them can block or have side effects; chmodat follows a
-        // symlink at `name`, but we just saw it is not one and the directory is resolved safely.
-        _ => rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?,
+    // Linux has no symlink permissions. FIFOs and devices: chmodat follows a symlink at `name`,
+    // but we just saw it is not one and the directory is resolved safely; chown clears
+    // setuid/setgid, so compare with the mode as it is now.
+    if file_type(&st) != FileType::Symlink
+        && rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & 0o7777 != meta.mode
+    {
+        rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
     }
-    attrs.apply_at(dir, name, meta)?;
+    attrs.apply_unopened(dir, name, meta)?;
     if cur.mtime_ns == meta.mtime_ns {
         return Ok(());
     }

@@ -69,17 +69,19 @@ impl Attrs {
     pub fn read_at(&self, dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<XattrSet> {
         match fsx::open_meta_at(dir, name)? {
             Some(fd) => self.read_fd(fd.as_fd()),
-            None => {
-                let p = proc_path(dir, name);
-                let (set, _) = bundle::xattr::read_set(
-                    |buf| rustix::fs::llistxattr(&p, buf).map_err(io::Error::from),
-                    |n, buf| rustix::fs::lgetxattr(&p, n, buf).map_err(io::Error::from),
-                    |n| self.in_scope(n),
-                )
-                .or_else(none_if_unsupported)?;
-                Ok(set)
-            }
+            None => self.read_unopened(&proc_path(dir, name)),
         }
+    }
+
+    /// The attributes in scope of an object that is not opened, named by its `/proc` path.
+    fn read_unopened(&self, p: &OsString) -> io::Result<XattrSet> {
+        let (set, _) = bundle::xattr::read_set(
+            |buf| rustix::fs::llistxattr(p, buf).map_err(io::Error::from),
+            |n, buf| rustix::fs::lgetxattr(p, n, buf).map_err(io::Error::from),
+            |n| self.in_scope(n),
+        )
+        .or_else(none_if_unsupported)?;
+        Ok(set)
     }
 
     /// Make the attributes in scope of the object open as `fd` exactly `meta`'s: set what is
@@ -93,16 +95,13 @@ impl Attrs {
         self.reconcile(&have, meta, |x| set_fd(fd, x), |n| remove_fd(fd, n))
     }
 
-    /// [`Attrs::apply_fd`] for `name` in `dir`, of any type, without following it.
-    pub fn apply_at(&self, dir: BorrowedFd<'_>, name: &[u8], meta: &Meta) -> io::Result<()> {
+    /// [`Attrs::apply_fd`] for a symlink, FIFO or device `name` in `dir`, which is never opened.
+    pub fn apply_unopened(&self, dir: BorrowedFd<'_>, name: &[u8], meta: &Meta) -> io::Result<()> {
         if !self.active() {
             return Ok(());
         }
-        if let Some(fd) = fsx::open_meta_at(dir, name)? {
-            return self.apply_fd(fd.as_fd(), meta);
-        }
         let p = proc_path(dir, name);
-        let have = self.read_at(dir, name)?;
+        let have = self.read_unopened(&p)?;
         self.reconcile(
             &have,
             meta,

@@ -120,6 +120,11 @@ pub fn skipped_warnings() -> Vec<String> {
         .collect()
 }
 
+/// Whether a bundle can carry attribute `name` (one of the four namespaces, UTF-8).
+fn carriable(name: &[u8]) -> bool {
+    bx::valid_name(name, 255) && std::str::from_utf8(name).is_ok()
+}
+
 /// Read the attributes of the object at `path` (not following a symlink) that `carry` reads,
 /// intern them, and return the id. Attributes that no bundle can carry are noted for a warning.
 pub fn read(path: &Path, shown: &str, carry: &Carry) -> std::io::Result<Option<u32>> {
@@ -129,12 +134,11 @@ pub fn read(path: &Path, shown: &str, carry: &Carry) -> std::io::Result<Option<u
     let (set, refused) = bx::read_set(
         |buf| rustix::fs::llistxattr(path, buf).map_err(std::io::Error::from),
         |name, buf| rustix::fs::lgetxattr(path, name, buf).map_err(std::io::Error::from),
-        |name| !carry.reads(name) || (bx::valid_name(name, 255) && std::str::from_utf8(name).is_ok()),
+        |name| carry.reads(name) && carriable(name),
     )
     .or_else(|e| if unsupported(&e) { Ok((Vec::new(), Vec::new())) } else { Err(e) })?;
-    let set: XattrSet = set.into_iter().filter(|x| carry.reads(&x.name)).collect();
-    for name in refused {
-        note_skipped(&name, shown);
+    for name in refused.iter().filter(|n| carry.reads(n)) {
+        note_skipped(name, shown);
     }
     Ok(intern(set))
 }
@@ -152,7 +156,7 @@ pub fn intern_pairs(pairs: Vec<(Vec<u8>, Vec<u8>)>, shown: &str, carry: &Carry) 
         if !carry.reads(&name) {
             continue;
         }
-        if bx::valid_name(&name, 255) && std::str::from_utf8(&name).is_ok() {
+        if carriable(&name) {
             set.push(Xattr { name, value });
         } else {
             note_skipped(&name, shown);
