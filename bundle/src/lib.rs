@@ -39,5 +39,5 @@ pub use sparse::Extent;
 pub use xattr::{Xattr, XattrSet};
 
 /// Version of the bundle format this crate reads and writes. Appears in the first tar member's
-/// name (`ferry-v2/manifest.cbor`) and in [`Manifest::format`].
-pub const FORMAT_VERSION: u32 = 2;
+/// name (`ferry-v3/manifest.cbor`) and in [`Manifest::format`].
+pub const FORMAT_VERSION: u32 = 3;

@@ -832,18 +832,18 @@ fn unknown_format_version() {
     let f = minimal();
     let env = Env::new();
     let mut m = f.manifest.clone();
-    m.format = 3;
+    m.format = 4;
     env.write(&m, &f.frames);
-    env.refused(3, &["unsupported bundle format version 3"]);
+    env.refused(3, &["unsupported bundle format version 4"]);
 
-    // The container's version: `ferry-v3/manifest.cbor`.
+    // The container's version: `ferry-v4/manifest.cbor`.
     let env = Env::new();
     let mb = forge::with_signers(&f.manifest, &[&env.key]).encode();
     let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);
-    let hdr = bundle::container::header("ferry-v3/manifest.cbor", mb.len() as u64);
+    let hdr = bundle::container::header("ferry-v4/manifest.cbor", mb.len() as u64);
     b[..512].copy_from_slice(&hdr);
     fs::write(&env.bundle, &b).expect("write");
-    env.refused(3, &["unsupported bundle format version 3"]);
+    env.refused(3, &["unsupported bundle format version 4"]);
 
     // Not a bundle at all: another tar, random bytes, an empty file.
     for (what, bytes) in [
