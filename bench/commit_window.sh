@@ -23,7 +23,7 @@ for i in range(n):
     with open(f"{w}/new/d/f{i:05d}", "wb") as f: f.write(b)
 PY
   find "$W/old" "$W/new" -exec touch -h -d @1700000000 {} +
-  $B/ferry-build keygen --out "$W/key" >/dev/null
+  $B/ferry-build keygen --unencrypted --out "$W/key" >/dev/null
   $B/ferry-build build -q --old "$W/old" --new "$W/new" --key "$W/key.secret" --version 2 --out "$W/n$N.ferry"
 fi
 for r in $(seq "$RUNS"); do

@@ -176,7 +176,7 @@ if want ferry; then
             warn "using the existing ferry binaries ($(date -u -r "$FB" '+%F %H:%M UTC'))"
         fi
         KEYS="$SCR/keys"; mkdir -p "$KEYS"
-        if [[ ! -f "$KEYS/bench.secret" ]] && ! "$FB" keygen --out "$KEYS/bench" > "$KEYS/keygen.log" 2>&1; then
+        if [[ ! -f "$KEYS/bench.secret" ]] && ! "$FB" keygen --unencrypted --out "$KEYS/bench" > "$KEYS/keygen.log" 2>&1; then
             warn "ferry-build keygen failed: $(tail -n3 "$KEYS/keygen.log")"
             FERRY_STATUS="$FERRY_STATUS; keygen failed"
         fi

@@ -256,7 +256,7 @@ measure() {
     [[ -f "$C/.done" ]] || die "no rootfs-attrs corpus: bash bench/xattrs.sh corpus"
     [[ -x "$FB" && -x "$FA" ]] || die "ferry binaries missing ($FB, $FA): cargo build --release -p ferry-builder -p ferry-applier"
     rm -rf "$S" "$R"; mkdir -p "$S/keys" "$R"
-    "$FB" keygen --out "$S/keys/bench" > "$S/keys/keygen.log" 2>&1 || die "keygen failed"
+    "$FB" keygen --unencrypted --out "$S/keys/bench" > "$S/keys/keygen.log" 2>&1 || die "keygen failed"
     log "warming the page cache"
     tar -C "$C" --sparse -cf - old new noimg-old noimg-new > /dev/null 2>&1 || true
     {

@@ -19,9 +19,11 @@ done
 chmod 600 "$D/v2/etc/app/app.conf"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-step "ferry-build keygen"
+step "ferry-build keygen (the secret key encrypted with a passphrase; a demo passes it in the environment)"
+export FERRY_PASSPHRASE="demo passphrase, use a real one"
 $B/ferry-build keygen --out "$D/demo-key"
 cat "$D/demo-key.pub"
+cut -d' ' -f1-3 "$D/demo-key.secret"
 
 step "ferry-build build: full bundle of v1, delta bundle v1 -> v2 (with a restart hook)"
 $B/ferry-build build --new "$D/v1" --key "$D/demo-key.secret" --version 1 --out "$D/v1.ferry"

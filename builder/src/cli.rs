@@ -20,13 +20,27 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Generate a signing key pair: NAME.secret (mode 0600) and NAME.pub.
+    /// Generate a signing key pair: NAME.secret (mode 0600, encrypted with a passphrase unless
+    /// --unencrypted) and NAME.pub. The passphrase comes from FERRY_PASSPHRASE_FD (a file
+    /// descriptor), FERRY_PASSPHRASE_FILE or FERRY_PASSPHRASE, else it is asked for twice on the
+    /// terminal.
     Keygen {
         #[arg(long, value_name = "NAME")]
         out: PathBuf,
+        /// Write the secret key without a passphrase (for automation; keep it on a protected
+        /// machine).
+        #[arg(long)]
+        unencrypted: bool,
         /// Print a JSON report on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Encrypt a secret key file with a passphrase, or change its passphrase, in place.
+    /// The current passphrase (if any) as for keygen; the new one from FERRY_NEW_PASSPHRASE or
+    /// asked twice on the terminal.
+    ProtectKey {
+        #[arg(value_name = "KEY.secret")]
+        key: PathBuf,
     },
     /// Diff OLD and NEW into a signed bundle.
     Build(Box<BuildArgs>),

@@ -21,6 +21,9 @@ pub enum Error {
     BadPath { path: PathBuf, source: bundle::Error },
     #[error("{path}: {source}")]
     Key { path: PathBuf, source: bundle::Error },
+    /// A passphrase-protected secret key that could not be opened or written (§3.1).
+    #[error("{path}: {why}")]
+    Passphrase { path: PathBuf, why: String },
     #[error("{path}: already exists, refusing to overwrite")]
     Exists { path: PathBuf },
     /// The builder produced something the format rejects: a builder bug or an input tree the

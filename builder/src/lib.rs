@@ -16,6 +16,7 @@ pub mod pax;
 pub mod paxattr;
 pub mod plan;
 pub mod progress;
+pub mod protect;
 pub mod scan;
 pub mod sparse;
 pub mod split;

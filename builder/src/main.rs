@@ -22,8 +22,13 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
         }
     };
     match cli.cmd {
-        Cmd::Keygen { out, json } => {
-            let (s, p, id) = builder::keygen(&out)?;
+        Cmd::Keygen { out, unencrypted, json } => {
+            let protection = if unencrypted {
+                builder::keys::Protection::Unencrypted
+            } else {
+                builder::keys::Protection::Passphrase
+            };
+            let (s, p, id) = builder::keygen(&out, protection)?;
             if json {
                 let v = serde_json::json!({
                     "ferry_report": 1,
@@ -31,11 +36,17 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                     "key_id": id,
                     "secret": s.display().to_string(),
                     "public": p.display().to_string(),
+                    "encrypted": !unencrypted,
                 });
                 println!("{v}");
             } else {
                 say(format!("key {id}: secret {}, public {}", s.display(), p.display()));
             }
+            Ok(())
+        }
+        Cmd::ProtectKey { key } => {
+            let id = builder::keys::protect_key(&key)?;
+            say(format!("key {id}: {} is now protected by the new passphrase", key.display()));
             Ok(())
         }
         Cmd::Build(a) => build(&a, verbosity),

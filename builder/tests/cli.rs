@@ -21,7 +21,7 @@ fn ferry() -> Command {
 
 fn keygen(dir: &Path, name: &str) -> R<PathBuf> {
     let base = dir.join(name);
-    ferry().arg("keygen").arg("--out").arg(&base).assert().success();
+    ferry().arg("keygen").arg("--unencrypted").arg("--out").arg(&base).assert().success();
     Ok(dir.join(format!("{name}.secret")))
 }
 
@@ -304,7 +304,7 @@ fn dry_run_writes_nothing_and_usage_errors_exit_2() -> R {
         .assert()
         .code(1);
     // keygen refuses to overwrite.
-    ferry().arg("keygen").arg("--out").arg(d.path().join("k")).assert().code(1);
+    ferry().arg("keygen").arg("--unencrypted").arg("--out").arg(d.path().join("k")).assert().code(1);
     assert!(!out.exists());
     Ok(())
 }
@@ -313,7 +313,7 @@ fn dry_run_writes_nothing_and_usage_errors_exit_2() -> R {
 fn quiet_verbose_and_json_reports_of_every_command() -> R {
     let d = tempfile::tempdir()?;
     // keygen --json: one object on stdout, nothing on stderr.
-    let o = ferry().arg("keygen").arg("--out").arg(d.path().join("k")).arg("--json").output()?;
+    let o = ferry().arg("keygen").arg("--unencrypted").arg("--out").arg(d.path().join("k")).arg("--json").output()?;
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
     assert_eq!(v["ferry_report"], 1);

@@ -194,7 +194,13 @@ fn copy_with_path_mtimes(src: &Path, dst: &Path) -> R {
 }
 
 fn keygen(dir: &Path) -> R<PathBuf> {
-    Command::new(env!("CARGO_BIN_EXE_ferry-build")).arg("keygen").arg("--out").arg(dir.join("k")).assert().success();
+    Command::new(env!("CARGO_BIN_EXE_ferry-build"))
+        .arg("keygen")
+        .arg("--unencrypted")
+        .arg("--out")
+        .arg(dir.join("k"))
+        .assert()
+        .success();
     Ok(dir.join("k.secret"))
 }
 

@@ -76,6 +76,11 @@ impl SecretKey {
         format!("{SECRET_TAG} {} {}\n", self.public().id, hex(self.key.as_bytes()))
     }
 
+    /// The 32-byte seed, e.g. to store it encrypted (`ferry-build keygen`).
+    pub fn seed(&self) -> [u8; 32] {
+        *self.key.as_bytes()
+    }
+
     pub fn public(&self) -> PublicKey {
         let bytes = self.key.verifying_key().to_bytes();
         PublicKey { id: key_id(&bytes), bytes }

@@ -77,7 +77,7 @@ pub fn run_expect(c: &mut Command, code: i32) -> Output {
 /// Keys in `dir`: returns (secret, public).
 pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let base = dir.join(name);
-    run_expect(build_cmd().arg("keygen").arg("--out").arg(&base), 0);
+    run_expect(build_cmd().arg("keygen").arg("--unencrypted").arg("--out").arg(&base), 0);
     (base.with_extension("secret"), base.with_extension("pub"))
 }
 
