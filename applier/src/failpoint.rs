@@ -1,6 +1,11 @@
 //! Test-only crash and failure injection, driven by environment variables (documented in
 //! bundle-format.md, "Testing crash safety"). Unset, they cost one atomic increment per point.
 //!
+//! Only a build with the cargo feature `failpoints` reads these variables (the end-to-end tests
+//! in `tests/` enable it; `cargo test --workspace` therefore builds `ferry-apply` with it). A
+//! release build (`cargo build --release -p ferry-applier`, the Debian package) ignores them, so
+//! nothing in a target's environment can steer the applier into a crash or a fallback path.
+//!
 //! - `FERRY_CRASH_AT=N`: the N-th failpoint hit (1-based) kills the process with SIGKILL, as a
 //!   power cut would stop it (no destructors, no buffered writes).
 //! - `FERRY_FAILPOINT_COUNT=FILE`: append one line per hit to FILE, so a test can count them.
@@ -22,6 +27,7 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 static PAUSE_HITS: AtomicU64 = AtomicU64::new(0);
 
 /// `NAME` or `NAME:K` (K ≥ 1); anything else disables the pause.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
 fn parse_pause(v: &str) -> Option<(String, u64)> {
     let (name, k) = match v.rsplit_once(':') {
         Some((name, k)) => (name, k.parse().ok().filter(|&k| k >= 1)?),
@@ -31,6 +37,7 @@ fn parse_pause(v: &str) -> Option<(String, u64)> {
 }
 
 /// The variables, read once (a commit step must not scan the environment three times).
+#[derive(Default)]
 struct Env {
     count: Option<String>,
     crash_at: Option<u64>,
@@ -42,17 +49,29 @@ struct Env {
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let n = |name: &str| std::env::var(name).ok()?.parse().ok();
-        Env {
-            count: std::env::var("FERRY_FAILPOINT_COUNT").ok(),
-            crash_at: n("FERRY_CRASH_AT"),
-            fail_at: n("FERRY_FAIL_AT"),
-            no_exchange: std::env::var("FERRY_NO_EXCHANGE").is_ok_and(|v| v == "1"),
-            pause_at: std::env::var("FERRY_PAUSE_AT").ok().and_then(|v| parse_pause(&v)),
-        }
-    })
+    ENV.get_or_init(read_env)
 }
+
+#[cfg(feature = "failpoints")]
+fn read_env() -> Env {
+    let n = |name: &str| std::env::var(name).ok()?.parse().ok();
+    Env {
+        count: std::env::var("FERRY_FAILPOINT_COUNT").ok(),
+        crash_at: n("FERRY_CRASH_AT"),
+        fail_at: n("FERRY_FAIL_AT"),
+        no_exchange: std::env::var("FERRY_NO_EXCHANGE").is_ok_and(|v| v == "1"),
+        pause_at: std::env::var("FERRY_PAUSE_AT").ok().and_then(|v| parse_pause(&v)),
+    }
+}
+
+/// Without the `failpoints` feature the variables are not read at all.
+#[cfg(not(feature = "failpoints"))]
+fn read_env() -> Env {
+    Env::default()
+}
+
+/// Whether this build reads the failpoint variables (the cargo feature `failpoints`).
+pub const ENABLED: bool = cfg!(feature = "failpoints");
 
 /// `FERRY_NO_EXCHANGE=1`: replacing a file behaves as on a filesystem without
 /// `RENAME_EXCHANGE` (the link-and-rename fallback).

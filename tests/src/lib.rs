@@ -2,8 +2,9 @@
 //! binaries, generating trees with known edits, and snapshotting a tree to compare it exactly.
 //!
 //! The binaries are found through `FERRY_BIN_DIR`, else `target/debug` beside this package
-//! (`cargo build` first; `cargo test --workspace` builds them as dependencies of this package's
-//! dev tree only if asked, so CI runs `cargo build` before the tests).
+//! (built once per test process with `cargo build -p ferry-builder -p ferry-applier --features
+//! ferry-applier/failpoints`, a no-op after `cargo test --workspace`, which builds them with the
+//! same features).
 
 pub mod forge;
 
@@ -31,7 +32,17 @@ pub fn bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let st = Command::new(cargo)
-            .args(["build", "-q", "-p", "ferry-builder", "-p", "ferry-applier"])
+            // `failpoints`: the test-only crash and failure injection (applier/src/failpoint.rs).
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "ferry-builder",
+                "-p",
+                "ferry-applier",
+                "--features",
+                "ferry-applier/failpoints",
+            ])
             .current_dir(&root)
             .status();
         assert!(st.map(|s| s.success()).unwrap_or(false), "building the ferry binaries failed");
@@ -668,7 +679,16 @@ pub fn crash_at_every_failpoint(
     let log = scratch.join("failpoints.log");
     let _ = fs::remove_file(&log);
     run_expect(cmd(&fresh("count")).env("FERRY_FAILPOINT_COUNT", &log), 0);
-    let points = fs::read_to_string(&log).expect("failpoint log").lines().count();
+    let points = fs::read_to_string(&log)
+        .unwrap_or_else(|_| {
+            panic!(
+                "no failpoint log: is {} built with the cargo feature `failpoints`? \
+                 (`cargo test --workspace` enables it; a release build does not)",
+                bin("ferry-apply").display()
+            )
+        })
+        .lines()
+        .count();
     assert!(points > 10, "{points} failpoints");
     for k in 1..=points {
         let t = fresh("t");
