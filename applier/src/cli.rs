@@ -48,7 +48,7 @@ pub struct ApplyArgs {
     pub trust: Option<PathBuf>,
     /// Expected channel for a target that has not recorded one yet.
     #[arg(long)]
-    pub channel: Option<String>,
+    pub channel: Option<bundle::Channel>,
     /// Do not run the bundle's post-commit hooks.
     #[arg(long)]
     pub no_hooks: bool,
@@ -221,7 +221,7 @@ impl TargetArgs {
         };
         if let Some(a) = a {
             o.trust = a.trust.clone();
-            o.channel = a.channel.clone();
+            o.channel = a.channel.clone().map(bundle::Channel::into_string);
             o.no_hooks = a.no_hooks;
             o.allow_expired = a.allow_expired;
             o.allow_network_fs = a.allow_network_fs;

@@ -74,8 +74,9 @@ pub struct BuildArgs {
     /// Version the target must be at (needs --old).
     #[arg(long, value_name = "N")]
     pub base_version: Option<u64>,
+    /// Release channel (1 to 128 printable ASCII characters).
     #[arg(long, default_value = "stable")]
-    pub channel: String,
+    pub channel: bundle::Channel,
     /// Output bundle file.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -106,7 +107,7 @@ pub struct BuildArgs {
     pub rotate_add: Vec<PathBuf>,
     /// Key id the target refuses from now on.
     #[arg(long = "rotate-retire", value_name = "KEYID", num_args = 1..)]
-    pub rotate_retire: Vec<String>,
+    pub rotate_retire: Vec<bundle::KeyId>,
     /// New signature threshold of the target.
     #[arg(long = "rotate-threshold", value_name = "N")]
     pub rotate_threshold: Option<u32>,
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(o.config_files, ["etc/*"]);
         assert_eq!(
             (o.rotate_add, o.rotate_retire),
-            (vec![PathBuf::from("r.pub")], vec!["0123456789abcdef".to_string()])
+            (vec![PathBuf::from("r.pub")], vec!["0123456789abcdef".parse::<bundle::KeyId>()?])
         );
         assert_eq!(o.rotate_threshold, Some(2));
         assert!(o.dry_run && o.keep_unchanged_mtimes && o.fail_on_sockets);

@@ -50,7 +50,7 @@ pub struct BuildOptions {
     pub keys: Vec<PathBuf>,
     pub version: u64,
     pub base_version: Option<u64>,
-    pub channel: String,
+    pub channel: bundle::Channel,
     pub out: PathBuf,
     pub hooks: Vec<Hook>,
     pub expires: Option<u64>,
@@ -60,7 +60,7 @@ pub struct BuildOptions {
     pub solid_size: u64,
     pub config_files: Vec<String>,
     pub rotate_add: Vec<PathBuf>,
-    pub rotate_retire: Vec<String>,
+    pub rotate_retire: Vec<bundle::KeyId>,
     pub rotate_threshold: Option<u32>,
     pub dry_run: bool,
     /// Files whose only change is their mtime keep the target's mtime ([`diff::keep_unchanged_mtimes`]).
@@ -183,20 +183,9 @@ pub fn parse_solid_size(s: &str) -> std::result::Result<u64, String> {
     parse_size(s)
 }
 
-/// Parse `--hook 'GLOB=COMMAND'`.
+/// Parse `--hook 'GLOB=COMMAND'` (the rule is [`Hook::check`], shared with the decoder).
 pub fn parse_hook(s: &str, timeout_secs: u32) -> Result<Hook> {
-    let (glob, command) =
-        s.split_once('=').ok_or_else(|| Error::Usage(format!("--hook {s:?}: expected GLOB=COMMAND")))?;
-    if glob.is_empty() || command.trim().is_empty() {
-        return Err(Error::Usage(format!("--hook {s:?}: empty glob or command")));
-    }
-    if glob.len() > 256 || command.len() > 4096 {
-        return Err(Error::Usage(format!("--hook {s:?}: glob over 256 or command over 4096 bytes")));
-    }
-    if timeout_secs == 0 {
-        return Err(Error::Usage("--hook-timeout must be at least 1 second".into()));
-    }
-    Ok(Hook { glob: glob.to_string(), command: command.to_string(), timeout_secs })
+    Hook::parse(s, timeout_secs, &Limits::default()).map_err(|e| Error::Usage(format!("--hook: {e}")))
 }
 
 /// `SOURCE_DATE_EPOCH` if set (for reproducible builds), else the current time.
@@ -292,14 +281,6 @@ fn check_options(opts: &BuildOptions) -> Result<()> {
     if opts.expires.is_some_and(|e| e <= opts.created) {
         return Err(Error::Usage("--expires is not after the creation time".into()));
     }
-    if opts.channel.is_empty() || opts.channel.len() > 128 || !opts.channel.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::Usage(format!("--channel {:?}: 1 to 128 printable ASCII characters", opts.channel)));
-    }
-    for id in &opts.rotate_retire {
-        if id.len() != 16 || bundle::hash::unhex(id).is_none() {
-            return Err(Error::Usage(format!("--rotate-retire {id:?}: expected a 16 hex digit key id")));
-        }
-    }
     if opts.rotate_threshold == Some(0) {
         return Err(Error::Usage("--rotate-threshold must be at least 1".into()));
     }
@@ -328,7 +309,11 @@ fn load_keys(opts: &BuildOptions) -> Result<Signing> {
             .iter()
             .map(|p| keys::load_public(p).map(|k| bundle::sig::manifest_key(&k)))
             .collect::<Result<Vec<_>>>()?;
-        Some(Rotation { add, retire: opts.rotate_retire.clone(), threshold: opts.rotate_threshold })
+        Some(Rotation {
+            add,
+            retire: opts.rotate_retire.iter().map(|k| k.as_str().to_string()).collect(),
+            threshold: opts.rotate_threshold,
+        })
     };
     Ok(Signing { secrets, signers, rotation })
 }
@@ -429,7 +414,7 @@ fn new_manifest(
         format: bundle::FORMAT_VERSION,
         version: opts.version,
         base,
-        channel: opts.channel.clone(),
+        channel: opts.channel.to_string(),
         created: opts.created,
         expires: opts.expires,
         signers,

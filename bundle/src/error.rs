@@ -39,6 +39,9 @@ pub enum Error {
     Script { step: usize, path: BundlePath, why: String },
     #[error("invalid key: {0}")]
     Key(String),
+    /// A channel, key id or hook that breaks its rule ([`crate::names`]).
+    #[error("{0}")]
+    Value(String),
     #[error("invalid trust policy {file}: {why}")]
     Policy { file: String, why: String },
     #[error("I/O error reading bundle: {0}")]

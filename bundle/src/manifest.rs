@@ -429,20 +429,11 @@ impl Manifest {
     /// Hooks, the channel name, and a rotation's keys, ids and threshold.
     fn check_hooks_channel_rotation(&self, limits: &Limits) -> Result<(), Error> {
         let err = |s: String| Err(Error::Manifest(s));
+        let rule = |e: Error| Error::Manifest(e.to_string());
         for h in &self.hooks {
-            if h.glob.len() > limits.max_hook_glob || h.command.len() > limits.max_hook_command || h.timeout_secs == 0 {
-                return err(format!(
-                    "hook {:?}: glob over {} bytes, command over {} bytes or zero timeout",
-                    h.glob, limits.max_hook_glob, limits.max_hook_command
-                ));
-            }
+            h.check(limits).map_err(rule)?;
         }
-        if self.channel.is_empty()
-            || self.channel.len() > limits.max_channel_len
-            || self.channel.bytes().any(|b| !(b.is_ascii_graphic()))
-        {
-            return err(format!("channel must be 1..{} printable ASCII characters", limits.max_channel_len));
-        }
+        crate::names::Channel::check(&self.channel, limits).map_err(rule)?;
         if let Some(r) = &self.rotation {
             // Recorded in the target's trust policy after the commit: anything the policy could
             // not load back (or a key that is not a key) would fail only then, or lock the target.
@@ -451,8 +442,10 @@ impl Manifest {
                     .map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
             }
             for id in &r.retire {
-                if !crate::sig::is_key_id(id) {
-                    return err(format!("rotation: retired key id {id:?} is not 16 hex digits"));
+                // Lower case too: the policy compares ids in lower case.
+                match id.parse::<crate::KeyId>() {
+                    Ok(k) if k.as_str() == id => {}
+                    _ => return err(format!("rotation: retired key id {id:?} is not 16 lower-case hex digits")),
                 }
             }
             if r.threshold == Some(0) {
