@@ -3,7 +3,9 @@
 
 use crate::apply::{self, Options};
 use crate::error::{Error, Result};
-use crate::state;
+use crate::state::{self, Dir};
+use crate::verify::Head;
+use bundle::sig::TrustPolicy;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -24,12 +26,12 @@ pub struct InboxReport {
     pub failed: usize,
 }
 
-/// The inbox's bundles (first parts of split bundles stand for the set), and the entries skipped
-/// because they are not regular files (a FIFO would block a reader, a symlink could point
-/// anywhere; whoever can write the inbox may have put them there).
 /// An inbox entry skipped, and why.
 type Skipped = (PathBuf, &'static str);
 
+/// The inbox's bundles (first parts of split bundles stand for the set), and the entries skipped
+/// because they are not regular files (a FIFO would block a reader, a symlink could point
+/// anywhere; whoever can write the inbox may have put them there).
 fn candidates(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Skipped>)> {
     let mut v = Vec::new();
     let mut skipped = Vec::new();
@@ -57,98 +59,96 @@ fn candidates(dir: &Path) -> Result<(Vec<PathBuf>, Vec<Skipped>)> {
     Ok((v, skipped))
 }
 
+impl Item {
+    fn skipped(bundle: String, version: Option<u64>, reason: String) -> Item {
+        Item { bundle, version, outcome: "skipped".into(), reason, exit_code: 0 }
+    }
+
+    fn failed(bundle: String, version: Option<u64>, e: &Error) -> Item {
+        Item { bundle, version, outcome: "failed".into(), reason: e.to_string(), exit_code: e.exit() as u8 }
+    }
+}
+
+/// A bundle of the inbox whose head verified: (version, path, head).
+type Verified = (u64, PathBuf, Head);
+
+/// Resume, then: skip the entries that are not regular files, verify the head of every
+/// candidate ([`verify_heads`]), and apply those that verified in version order, each checked
+/// against the state the previous one left ([`apply_one`]).
 pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
     let resumed = apply::resume(o)?.result;
     let sd = apply::open_state(o)?;
     let trust = apply::load_trust(o, sd.as_ref())?;
-    let mut items = Vec::new();
-    let mut heads = Vec::new();
     let (paths, skipped) = candidates(dir)?;
-    for (p, why) in skipped {
-        items.push(Item {
-            bundle: p.display().to_string(),
-            version: None,
-            outcome: "skipped".into(),
-            reason: why.into(),
-            exit_code: 0,
-        });
+    let mut items: Vec<Item> =
+        skipped.into_iter().map(|(p, why)| Item::skipped(p.display().to_string(), None, why.into())).collect();
+    let mut heads = verify_heads(o, &trust, paths, &mut items);
+    heads.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    for (v, p, h) in heads {
+        items.push(apply_one(o, sd.as_ref(), v, &p, &h)?);
     }
+    let failed = items.iter().filter(|i| i.outcome == "failed").count();
+    Ok(InboxReport { resumed, items, failed })
+}
+
+/// The bundles among `paths` whose head verifies against `trust`. Foreign bundles are listed in
+/// `items` as skipped and broken ones as failed; files that are not bundles at all are left out.
+fn verify_heads(o: &Options, trust: &TrustPolicy, paths: Vec<PathBuf>, items: &mut Vec<Item>) -> Vec<Verified> {
+    let mut heads = Vec::new();
     for p in paths {
         let name = p.display().to_string();
         let res = crate::source::open(&p).and_then(|src| {
             let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
-            crate::verify::head(&mut r, Some(&trust), &o.limits).map_err(crate::source::explain)
+            crate::verify::head(&mut r, Some(trust), &o.limits).map_err(crate::source::explain)
         });
         match res {
             Ok(h) => heads.push((h.manifest.version, p, h)),
-            Err(Error::Bundle(bundle::Error::Untrusted { .. })) => items.push(Item {
-                bundle: name,
-                version: None,
-                outcome: "skipped".into(),
-                reason: "not signed by the keys this target trusts (foreign bundle)".into(),
-                exit_code: 0,
-            }),
+            Err(Error::Bundle(bundle::Error::Untrusted { .. })) => items.push(Item::skipped(
+                name,
+                None,
+                "not signed by the keys this target trusts (foreign bundle)".into(),
+            )),
             Err(Error::Bundle(bundle::Error::NotABundle)) => {}
-            Err(e) => items.push(Item {
-                bundle: name,
-                version: None,
-                outcome: "failed".into(),
-                reason: e.to_string(),
-                exit_code: e.exit() as u8,
-            }),
+            Err(e) => items.push(Item::failed(name, None, &e)),
         }
     }
-    heads.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    for (v, p, h) in heads {
-        let st = match &sd {
-            Some(d) => state::load(d, state::STATE_FILE)?,
-            None => state::State::default(),
-        };
-        let name = p.display().to_string();
-        let skip = |reason: String| Item {
-            bundle: name.clone(),
-            version: Some(v),
-            outcome: "skipped".into(),
-            reason,
-            exit_code: 0,
-        };
-        if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
-            items.push(skip("already installed".into()));
-            continue;
+    heads
+}
+
+/// Apply bundle `p` (version `v`, head `h`) unless the target's state as it is now makes it
+/// already installed, stale, built for another version or refused by policy.
+fn apply_one(o: &Options, sd: Option<&Dir>, v: u64, p: &Path, h: &Head) -> Result<Item> {
+    let st = match sd {
+        Some(d) => state::load(d, state::STATE_FILE)?,
+        None => state::State::default(),
+    };
+    let name = p.display().to_string();
+    if let Some(reason) = skip_reason(o, &st, v, h) {
+        return Ok(Item::skipped(name, Some(v), reason));
+    }
+    Ok(match apply::apply(o, p) {
+        Ok(r) => Item { bundle: name, version: Some(v), outcome: "applied".into(), reason: r.result, exit_code: 0 },
+        Err(e) => Item::failed(name, Some(v), &e),
+    })
+}
+
+/// Why the target in state `st` skips bundle version `v` with head `h`, if it does.
+fn skip_reason(o: &Options, st: &state::State, v: u64, h: &Head) -> Option<String> {
+    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
+        return Some("already installed".into());
+    }
+    if let Some(iv) = st.version {
+        if v <= iv {
+            return Some(format!("stale: version {v} is not newer than the installed {iv}"));
         }
-        if let Some(iv) = st.version {
-            if v <= iv {
-                items.push(skip(format!("stale: version {v} is not newer than the installed {iv}")));
-                continue;
+        if let Some(bv) = h.manifest.base.as_ref().and_then(|b| b.version) {
+            if bv != iv {
+                return Some(format!("not applicable: built for version {bv}, the target is at {iv}"));
             }
-            if let Some(bv) = h.manifest.base.as_ref().and_then(|b| b.version) {
-                if bv != iv {
-                    items.push(skip(format!("not applicable: built for version {bv}, the target is at {iv}")));
-                    continue;
-                }
-            }
-        }
-        if let Err(e @ Error::Policy(_)) = apply::check_policy(o, &st, &h) {
-            items.push(skip(e.to_string()));
-            continue;
-        }
-        match apply::apply(o, &p) {
-            Ok(r) => items.push(Item {
-                bundle: name,
-                version: Some(v),
-                outcome: "applied".into(),
-                reason: r.result,
-                exit_code: 0,
-            }),
-            Err(e) => items.push(Item {
-                bundle: name,
-                version: Some(v),
-                outcome: "failed".into(),
-                reason: e.to_string(),
-                exit_code: e.exit() as u8,
-            }),
         }
     }
-    let failed = items.iter().filter(|i| i.outcome == "failed").count();
-    Ok(InboxReport { resumed, items, failed })
+    if let Err(e @ Error::Policy(_)) = apply::check_policy(o, st, h) {
+        return Some(e.to_string());
+    }
+    None
 }

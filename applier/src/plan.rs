@@ -7,7 +7,7 @@ use crate::error::{Ctx, Error, Result};
 use crate::{fsx, hooks, stage, state, txn, verify};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 #[derive(Debug, Serialize)]
@@ -50,6 +50,9 @@ pub struct Plan {
     pub xattrs_skipped: Vec<String>,
 }
 
+/// Open the target and its state, verify the bundle, then: what apply would check first
+/// ([`checks`]), how many bytes it would stage on each filesystem
+/// ([`stage_bytes_per_filesystem`]) and whether they fit ([`filesystems`]).
 pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
     let sd = open_state(o)?;
@@ -61,67 +64,9 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         None => state::State::default(),
     };
     let owners = fsx::is_root();
-    let mut refusal: Option<Error> = None;
-    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
-        refusal = Some(Error::Version(crate::error::VersionRefusal::AlreadyInstalled));
-    } else if let Err(e) = check_policy(o, &st, &h) {
-        refusal = Some(e);
-    }
-    let mounts = crate::netfs::touched(root.as_fd(), m)?;
-    if refusal.is_none() {
-        refusal = crate::netfs::refusal(&mounts, o.allow_network_fs);
-    }
-    let attrs = crate::xattrs::Attrs::new(m, &o.skip_xattrs);
-    let unsupported = crate::xattrs::check_support(root.as_fd(), m, &attrs);
-    if refusal.is_none() && !unsupported.is_empty() {
-        refusal = Some(Error::Unsupported(unsupported));
-    }
-    let (drifted, kept) = match crate::base::check(root.as_fd(), m, &|p| conffile(m, p), owners, &attrs) {
-        Ok(b) => (foreign_side_files(root.as_fd(), &b.kept, &st), b.kept),
-        Err(d) => (d, Vec::new()),
-    };
-    if refusal.is_none() && !drifted.is_empty() {
-        refusal = Some(Error::Drift(drifted.clone()));
-    }
-    let mut per: BTreeMap<u64, (String, u64)> = BTreeMap::new();
-    let mut dirs = crate::fsx::DirCache::default();
-    for i in stage::placed_entries(m, owners) {
-        let e = &m.entries[i];
-        let key = txn::dev_of_parent(root.as_fd(), &mut dirs, &e.path)?;
-        let size = match &e.kind {
-            // As staging counts it: a sparse file takes its data only.
-            bundle::Kind::File { size, extents, .. } => bundle::sparse::data_len(*size, extents.as_deref()),
-            _ => 0,
-        };
-        let slot = per.entry(key).or_insert_with(|| (nearest_dir(root.as_fd(), &e.path), 0));
-        slot.1 += size;
-    }
-    // Filesystems touched only by deletions or metadata changes stage nothing.
-    for mt in &mounts {
-        per.entry(mt.key).or_insert_with(|| (if mt.dir == "." { String::new() } else { mt.dir.clone() }, 0));
-    }
-    let mut filesystems = Vec::new();
-    for (key, (dir, need)) in per {
-        let d = fsx::open_dir_beneath(root.as_fd(), bundle::BundlePath::new(dir.clone()).ok().as_ref())
-            .ctx("open", &dir)?;
-        let avail = fsx::free_bytes(d.as_fd()).ctx("statvfs", &dir)?;
-        let fits = need + need / 100 + (1 << 20) <= avail;
-        if !fits && refusal.is_none() {
-            refusal = Some(Error::NoSpace { need, avail, path: dir.clone() });
-        }
-        let ty = match mounts.iter().find(|mt| mt.key == key) {
-            Some(mt) => (mt.fs_type.clone(), mt.network),
-            None => crate::netfs::fs_type(d.as_fd()).map(|t| (t.describe(), t.network)).ctx("statfs", &dir)?,
-        };
-        filesystems.push(Filesystem {
-            example_dir: if dir.is_empty() { ".".into() } else { dir },
-            stage_bytes: need,
-            available_bytes: avail,
-            fits,
-            fs_type: ty.0,
-            network: ty.1,
-        });
-    }
+    let Checks { mut refusal, mounts, attrs, drifted, kept } = checks(o, root.as_fd(), &h, &st, owners)?;
+    let per = stage_bytes_per_filesystem(root.as_fd(), m, owners, &mounts)?;
+    let filesystems = filesystems(root.as_fd(), per, &mounts, &mut refusal)?;
     Ok(Plan {
         version: m.version,
         bundle_id: h.id.to_hex(),
@@ -141,8 +86,108 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     })
 }
 
+/// What apply checks before staging, and the first reason it would refuse.
+struct Checks {
+    /// The first refusal, in the order apply checks: installed version and policy, network
+    /// filesystems, extended-attribute support, drift.
+    refusal: Option<Error>,
+    /// The filesystems the bundle touches.
+    mounts: Vec<crate::netfs::Mount>,
+    attrs: crate::xattrs::Attrs,
+    drifted: Vec<String>,
+    /// Config files that would be kept.
+    kept: Vec<bundle::BundlePath>,
+}
+
+/// Check the target (state `st`, files under `root`) against bundle `h` as apply would.
+fn checks(o: &Options, root: BorrowedFd<'_>, h: &verify::Head, st: &state::State, owners: bool) -> Result<Checks> {
+    let m = &h.manifest;
+    let mut refusal: Option<Error> = None;
+    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
+        refusal = Some(Error::Version(crate::error::VersionRefusal::AlreadyInstalled));
+    } else if let Err(e) = check_policy(o, st, h) {
+        refusal = Some(e);
+    }
+    let mounts = crate::netfs::touched(root, m)?;
+    if refusal.is_none() {
+        refusal = crate::netfs::refusal(&mounts, o.allow_network_fs);
+    }
+    let attrs = crate::xattrs::Attrs::new(m, &o.skip_xattrs);
+    let unsupported = crate::xattrs::check_support(root, m, &attrs);
+    if refusal.is_none() && !unsupported.is_empty() {
+        refusal = Some(Error::Unsupported(unsupported));
+    }
+    let (drifted, kept) = match crate::base::check(root, m, &|p| conffile(m, p), owners, &attrs) {
+        Ok(b) => (foreign_side_files(root, &b.kept, st), b.kept),
+        Err(d) => (d, Vec::new()),
+    };
+    if refusal.is_none() && !drifted.is_empty() {
+        refusal = Some(Error::Drift(drifted.clone()));
+    }
+    Ok(Checks { refusal, mounts, attrs, drifted, kept })
+}
+
+/// Bytes apply would stage per filesystem (by device), with a directory of the target on each.
+fn stage_bytes_per_filesystem(
+    root: BorrowedFd<'_>,
+    m: &bundle::Manifest,
+    owners: bool,
+    mounts: &[crate::netfs::Mount],
+) -> Result<BTreeMap<u64, (String, u64)>> {
+    let mut per: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+    let mut dirs = crate::fsx::DirCache::default();
+    for i in stage::placed_entries(m, owners) {
+        let e = &m.entries[i];
+        let key = txn::dev_of_parent(root, &mut dirs, &e.path)?;
+        let size = match &e.kind {
+            // As staging counts it: a sparse file takes its data only.
+            bundle::Kind::File { size, extents, .. } => bundle::sparse::data_len(*size, extents.as_deref()),
+            _ => 0,
+        };
+        let slot = per.entry(key).or_insert_with(|| (nearest_dir(root, &e.path), 0));
+        slot.1 += size;
+    }
+    // Filesystems touched only by deletions or metadata changes stage nothing.
+    for mt in mounts {
+        per.entry(mt.key).or_insert_with(|| (if mt.dir == "." { String::new() } else { mt.dir.clone() }, 0));
+    }
+    Ok(per)
+}
+
+/// Each filesystem's bytes to stage (`per`, from [`stage_bytes_per_filesystem`]), free space and
+/// type; a filesystem without room is the refusal if there is none yet.
+fn filesystems(
+    root: BorrowedFd<'_>,
+    per: BTreeMap<u64, (String, u64)>,
+    mounts: &[crate::netfs::Mount],
+    refusal: &mut Option<Error>,
+) -> Result<Vec<Filesystem>> {
+    let mut filesystems = Vec::new();
+    for (key, (dir, need)) in per {
+        let d = fsx::open_dir_beneath(root, bundle::BundlePath::new(dir.clone()).ok().as_ref()).ctx("open", &dir)?;
+        let avail = fsx::free_bytes(d.as_fd()).ctx("statvfs", &dir)?;
+        let fits = need + need / 100 + (1 << 20) <= avail;
+        if !fits && refusal.is_none() {
+            *refusal = Some(Error::NoSpace { need, avail, path: dir.clone() });
+        }
+        let ty = match mounts.iter().find(|mt| mt.key == key) {
+            Some(mt) => (mt.fs_type.clone(), mt.network),
+            None => crate::netfs::fs_type(d.as_fd()).map(|t| (t.describe(), t.network)).ctx("statfs", &dir)?,
+        };
+        filesystems.push(Filesystem {
+            example_dir: if dir.is_empty() { ".".into() } else { dir },
+            stage_bytes: need,
+            available_bytes: avail,
+            fits,
+            fs_type: ty.0,
+            network: ty.1,
+        });
+    }
+    Ok(filesystems)
+}
+
 /// The nearest existing ancestor directory of `p`'s parent, as a path ("" for the root).
-fn nearest_dir(root: std::os::fd::BorrowedFd<'_>, p: &bundle::BundlePath) -> String {
+fn nearest_dir(root: BorrowedFd<'_>, p: &bundle::BundlePath) -> String {
     let mut anc = p.ancestors();
     while let Some(a) = anc.pop() {
         if fsx::open_dir_beneath(root, Some(&a)).is_ok() {

@@ -14,6 +14,7 @@
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::scan::{ContentStore, ScanEntry, Source, Tree, Type};
+use crate::tarstream::Member;
 use bundle::{BundlePath, Extent, Hash, Meta};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -299,6 +300,11 @@ fn check_map(
 /// Tar has no member type for a Unix socket (GNU tar and bsdtar leave sockets out with a
 /// notice), but star's pax archives describe one as `SCHILY.filetype=socket`: such a member is
 /// skipped and listed in [`Tree::sockets`], or with `fail_on_sockets` refused.
+///
+/// Three phases: each member in archive order becomes an entry ([`TarScan::add`]; hardlink
+/// members are only noted), then the hardlinks are resolved into groups
+/// ([`add_hardlink_groups`]), then the directories implied by the entries' paths are added
+/// ([`add_implied_dirs`]).
 pub fn scan_tar<R: Read>(
     reader: R,
     archive: &Path,
@@ -307,105 +313,174 @@ pub fn scan_tar<R: Read>(
     carry: &crate::xattr::Carry,
     progress: &Progress,
 ) -> Result<Tree> {
-    let io_err = |e: io::Error| Error::Io { path: archive.to_path_buf(), source: e };
-    let read_err = |e: crate::tarstream::ReadError| match e {
-        crate::tarstream::ReadError::Io(e) => io_err(e),
-        crate::tarstream::ReadError::Bad { name, what } => archive_err(archive, &name, what),
-    };
     let mut ar = crate::tarstream::Members::new(reader);
-    let mut map: BTreeMap<BundlePath, ScanEntry> = BTreeMap::new();
-    // Hardlink members: (name, normalised target name), in archive order.
-    let mut links: Vec<(BundlePath, BundlePath, Vec<u8>)> = Vec::new();
-    let mut sockets: Vec<BundlePath> = Vec::new();
-    while let Some(m) = ar.next_member().map_err(read_err)? {
+    let mut scan = TarScan {
+        archive,
+        store: &store,
+        fail_on_sockets,
+        carry,
+        entries: BTreeMap::new(),
+        links: Vec::new(),
+        sockets: Vec::new(),
+    };
+    while let Some(m) = ar.next_member().map_err(|e| read_error(archive, e))? {
         progress.advance(1, 0);
-        let et = m.header.entry_type();
-        let pax = &m.records;
-        let pax_sparse = PaxSparse::of(pax).map_err(|w| archive_err(archive, &m.name, w))?;
+        scan.add(&m, &mut ar.data())?;
+    }
+    let TarScan { mut entries, links, mut sockets, .. } = scan;
+    add_hardlink_groups(archive, &mut entries, links)?;
+    add_implied_dirs(archive, &mut entries)?;
+    let mut tree = Tree::from_entries(Source::Store(store), entries.into_values().collect());
+    sockets.sort();
+    tree.sockets = sockets;
+    Ok(tree)
+}
+
+fn read_error(archive: &Path, e: crate::tarstream::ReadError) -> Error {
+    match e {
+        crate::tarstream::ReadError::Io(e) => Error::Io { path: archive.to_path_buf(), source: e },
+        crate::tarstream::ReadError::Bad { name, what } => archive_err(archive, &name, what),
+    }
+}
+
+/// The members of an archive read so far, as [`scan_tar`] collects them.
+struct TarScan<'a> {
+    archive: &'a Path,
+    store: &'a ContentStore,
+    fail_on_sockets: bool,
+    carry: &'a crate::xattr::Carry,
+    entries: BTreeMap<BundlePath, ScanEntry>,
+    /// Hardlink members, in archive order.
+    links: Vec<Hardlink>,
+    sockets: Vec<BundlePath>,
+}
+
+/// A hardlink member: resolved once the whole archive is read.
+struct Hardlink {
+    path: BundlePath,
+    /// The normalised target name.
+    target: BundlePath,
+    /// The member's name as the archive has it, for errors.
+    raw: Vec<u8>,
+}
+
+/// What a member's header type makes it.
+enum MemberKind {
+    Entry(Type),
+    /// A hardlink, to this (normalised) name.
+    Link(BundlePath),
+}
+
+/// A member's mode, owner and mtime before the pax `mtime` record is applied.
+struct HeaderMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+}
+
+/// A pax record of the member; an empty value counts as absent (it means the header's value).
+fn nonempty_record<'a>(pax: &'a [crate::pax::Record], key: &[u8]) -> Option<&'a [u8]> {
+    crate::pax::last(pax, key).filter(|v| !v.is_empty())
+}
+
+impl TarScan<'_> {
+    /// Add member `m`, whose data `data` reads: as an entry, as a hardlink to resolve later, as
+    /// a skipped socket, or not at all (the root, the state directory).
+    fn add(&mut self, m: &Member, data: &mut dyn Read) -> Result<()> {
+        let archive = self.archive;
+        let pax_sparse = PaxSparse::of(&m.records).map_err(|w| archive_err(archive, &m.name, w))?;
         // A PAX sparse member (GNU format 0.1 or 1.0) is stored as `GNUSparseFile.N/NAME`; its
         // real name is a record of its own.
         let raw = pax_sparse.name.clone().unwrap_or_else(|| m.name.clone());
         let bad = |what: &str| archive_err(archive, &raw, what);
-        let Some(name) = normalize(&raw).map_err(bad)? else {
-            continue; // the root itself
+        let Some(path) = self.entry_path(&raw)? else {
+            return Ok(());
         };
-        if name == bundle::path::STATE_DIR || name.starts_with(&[bundle::path::STATE_DIR, b"/"].concat()) {
-            continue;
-        }
-        let path = BundlePath::new(&name[..]).map_err(|source| Error::BadPath {
-            path: PathBuf::from(format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw))),
-            source,
-        })?;
-        if crate::pax::last(pax, b"SCHILY.filetype") == Some(b"socket") {
-            if fail_on_sockets {
+        if crate::pax::last(&m.records, b"SCHILY.filetype") == Some(b"socket") {
+            if self.fail_on_sockets {
                 return Err(bad(&crate::scan::socket_refused().to_string()));
             }
-            sockets.push(path);
-            continue;
+            self.sockets.push(path);
+            return Ok(());
         }
-        let h = &m.header;
-        let num = |r: io::Result<u64>, what: &str| -> Result<u32> {
-            r.ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad(&format!("invalid {what}")))
-        };
-        let mode = h.mode().map_err(|_| bad("invalid mode"))? & 0o7777;
-        // pax `uid`, `gid` and `mtime` override the header's; an empty value means the header's.
-        let record = |k: &[u8]| crate::pax::last(pax, k).filter(|v| !v.is_empty());
-        let pax_num = |k: &str| record(k.as_bytes()).map(|v| std::str::from_utf8(v).map(str::parse::<u64>));
-        let uid = match pax_num("uid") {
-            Some(Ok(Ok(v))) => num(Ok(v), "pax uid")?,
-            Some(_) => return Err(bad("invalid pax uid")),
-            None => num(h.uid(), "uid")?,
-        };
-        let gid = match pax_num("gid") {
-            Some(Ok(Ok(v))) => num(Ok(v), "pax gid")?,
-            Some(_) => return Err(bad("invalid pax gid")),
-            None => num(h.gid(), "gid")?,
-        };
-        let secs = h.mtime().map_err(|_| bad("invalid mtime"))?;
-        let mut mtime_ns =
-            i64::try_from(secs).ok().and_then(|s| s.checked_mul(1_000_000_000)).ok_or_else(|| bad("invalid mtime"))?;
-        let dev = || -> Result<u64> {
-            let major = h.device_major().ok().flatten().unwrap_or(0);
-            let minor = h.device_minor().ok().flatten().unwrap_or(0);
-            Ok(libc::makedev(major, minor))
-        };
-        let ty = match et {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Type::File,
-            tar::EntryType::Directory => Type::Dir,
-            tar::EntryType::Symlink => match &m.link {
-                Some(t) if !t.is_empty() => Type::Symlink(t.clone()),
-                _ => return Err(bad("symlink without a target")),
-            },
-            tar::EntryType::Link => {
-                let target = m.link.clone().unwrap_or_default();
-                let norm = normalize(&target)
-                    .map_err(|w| bad(&format!("hardlink target: {w}")))?
-                    .ok_or_else(|| bad("hardlink to the root"))?;
-                let t = BundlePath::new(&norm[..]).map_err(|e| bad(&format!("hardlink target: {e}")))?;
-                links.push((path, t, raw));
-                continue;
+        let head = header_meta(m, &bad)?;
+        let ty = match member_kind(m, &bad)? {
+            MemberKind::Entry(ty) => ty,
+            MemberKind::Link(target) => {
+                self.links.push(Hardlink { path, target, raw });
+                return Ok(());
             }
-            tar::EntryType::Char => Type::CharDev(dev()?),
-            tar::EntryType::Block => Type::BlockDev(dev()?),
-            tar::EntryType::Fifo => Type::Fifo,
-            other => return Err(bad(&format!("unsupported member type {:?}", other.as_byte() as char))),
         };
-        if let Some(v) = record(b"mtime") {
+        let meta = self.meta(head, &ty, &path, &m.records, &bad)?;
+        let (hash, size, extents) = self.content(&ty, m, &pax_sparse, &raw, data, &bad)?;
+        let e = ScanEntry { path: path.clone(), ty, meta, size, hash, extents, primary: None };
+        match self.entries.get_mut(&path) {
+            // A directory listed twice (e.g. appended archives): the last metadata wins.
+            Some(prev) if prev.ty == Type::Dir && e.ty == Type::Dir => *prev = e,
+            Some(_) => return Err(bad("appears twice in the archive")),
+            None => {
+                self.entries.insert(path, e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The bundle path of the member named `raw`; `None` for the root itself and for anything
+    /// under a top-level `.ferry` (the applier's state directory).
+    fn entry_path(&self, raw: &[u8]) -> Result<Option<BundlePath>> {
+        let Some(name) = normalize(raw).map_err(|w| archive_err(self.archive, raw, w))? else {
+            return Ok(None);
+        };
+        if name == bundle::path::STATE_DIR || name.starts_with(&[bundle::path::STATE_DIR, b"/"].concat()) {
+            return Ok(None);
+        }
+        let path = BundlePath::new(&name[..]).map_err(|source| Error::BadPath {
+            path: PathBuf::from(format!("{}: entry {}", self.archive.display(), String::from_utf8_lossy(raw))),
+            source,
+        })?;
+        Ok(Some(path))
+    }
+
+    /// An entry's metadata: the header's, with the pax `mtime` (nanoseconds) over the header's
+    /// and the extended attributes of the pax records that `carry` keeps.
+    fn meta(
+        &self,
+        head: HeaderMeta,
+        ty: &Type,
+        path: &BundlePath,
+        pax: &[crate::pax::Record],
+        bad: &dyn Fn(&str) -> Error,
+    ) -> Result<Meta> {
+        let mut mtime_ns = head.mtime_ns;
+        if let Some(v) = nonempty_record(pax, b"mtime") {
             mtime_ns = pax_time_ns(v).ok_or_else(|| bad("invalid pax mtime"))?;
         }
         let attrs = crate::paxattr::xattrs(pax).map_err(|w| bad(&w))?;
-        let meta = Meta {
+        Ok(Meta {
             // Symlink permissions are meaningless on Linux and always 0777 on disk.
-            mode: if matches!(ty, Type::Symlink(_)) { 0o777 } else { mode },
-            uid,
-            gid,
+            mode: if matches!(ty, Type::Symlink(_)) { 0o777 } else { head.mode },
+            uid: head.uid,
+            gid: head.gid,
             mtime_ns,
-            xattrs: crate::xattr::intern_pairs(attrs, &path.to_string(), carry),
-        };
-        let what = format!("{}: entry {}", archive.display(), String::from_utf8_lossy(&raw));
+            xattrs: crate::xattr::intern_pairs(attrs, &path.to_string(), self.carry),
+        })
+    }
+
+    /// Spool a regular file's data into the store: its hash, size and (sparse) extents. Other
+    /// types have no content.
+    fn content(
+        &self,
+        ty: &Type,
+        m: &Member,
+        pax_sparse: &PaxSparse,
+        raw: &[u8],
+        data: &mut dyn Read,
+        bad: &dyn Fn(&str) -> Error,
+    ) -> Result<(Hash, u64, Option<Vec<Extent>>)> {
+        let what = format!("{}: entry {}", self.archive.display(), String::from_utf8_lossy(raw));
         let stored = m.size;
-        let mut data = ar.data();
-        let (hash, size, extents) = match (&ty, &m.gnu_sparse) {
+        Ok(match (ty, &m.gnu_sparse) {
             (Type::File, Some(_)) if pax_sparse.is_sparse() => {
                 return Err(bad("sparse map both in the GNU header and in pax records"));
             }
@@ -413,44 +488,98 @@ pub fn scan_tar<R: Read>(
             (Type::File, Some((size, map))) => {
                 let raw_extents =
                     check_map(*size, map.iter().copied(), stored).map_err(|e| bad(&format!("sparse map: {e}")))?;
-                let hash = store.add_sparse(&mut data, *size, &raw_extents, &what)?;
+                let hash = self.store.add_sparse(data, *size, &raw_extents, &what)?;
                 (hash, *size, crate::sparse::normalize(*size, &raw_extents))
             }
             (Type::File, None) if pax_sparse.is_sparse() => {
-                let (size, raw_extents) =
-                    pax_sparse.map(&mut data, stored).map_err(|e| bad(&format!("sparse map: {e}")))?;
-                let hash = store.add_sparse(&mut data, size, &raw_extents, &what)?;
+                let (size, raw_extents) = pax_sparse.map(data, stored).map_err(|e| bad(&format!("sparse map: {e}")))?;
+                let hash = self.store.add_sparse(data, size, &raw_extents, &what)?;
                 (hash, size, crate::sparse::normalize(size, &raw_extents))
             }
             (Type::File, None) => {
-                let (hash, size) = store.add(&mut data, &what)?;
+                let (hash, size) = self.store.add(data, &what)?;
                 (hash, size, None)
             }
             _ => (Hash::default(), 0, None),
-        };
-        let e = ScanEntry { path: path.clone(), ty, meta, size, hash, extents, primary: None };
-        match map.get_mut(&path) {
-            // A directory listed twice (e.g. appended archives): the last metadata wins.
-            Some(prev) if prev.ty == Type::Dir && e.ty == Type::Dir => *prev = e,
-            Some(_) => return Err(bad("appears twice in the archive")),
-            None => {
-                map.insert(path, e);
-            }
-        }
+        })
     }
+}
 
-    // Hardlink groups: every link resolves (through earlier links) to a regular file member.
+/// A member's mode and owner (pax `uid` and `gid` over the header's) and its header mtime.
+fn header_meta(m: &Member, bad: &dyn Fn(&str) -> Error) -> Result<HeaderMeta> {
+    let h = &m.header;
+    let pax = &m.records[..];
+    let num = |r: io::Result<u64>, what: &str| -> Result<u32> {
+        r.ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| bad(&format!("invalid {what}")))
+    };
+    let mode = h.mode().map_err(|_| bad("invalid mode"))? & 0o7777;
+    let pax_num = |k: &str| nonempty_record(pax, k.as_bytes()).map(|v| std::str::from_utf8(v).map(str::parse::<u64>));
+    let uid = match pax_num("uid") {
+        Some(Ok(Ok(v))) => num(Ok(v), "pax uid")?,
+        Some(_) => return Err(bad("invalid pax uid")),
+        None => num(h.uid(), "uid")?,
+    };
+    let gid = match pax_num("gid") {
+        Some(Ok(Ok(v))) => num(Ok(v), "pax gid")?,
+        Some(_) => return Err(bad("invalid pax gid")),
+        None => num(h.gid(), "gid")?,
+    };
+    let secs = h.mtime().map_err(|_| bad("invalid mtime"))?;
+    let mtime_ns =
+        i64::try_from(secs).ok().and_then(|s| s.checked_mul(1_000_000_000)).ok_or_else(|| bad("invalid mtime"))?;
+    Ok(HeaderMeta { mode, uid, gid, mtime_ns })
+}
+
+/// What member `m` is, by its header type (and link name).
+fn member_kind(m: &Member, bad: &dyn Fn(&str) -> Error) -> Result<MemberKind> {
+    let h = &m.header;
+    let dev = || -> Result<u64> {
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        Ok(libc::makedev(major, minor))
+    };
+    let ty = match h.entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Type::File,
+        tar::EntryType::Directory => Type::Dir,
+        tar::EntryType::Symlink => match &m.link {
+            Some(t) if !t.is_empty() => Type::Symlink(t.clone()),
+            _ => return Err(bad("symlink without a target")),
+        },
+        tar::EntryType::Link => {
+            let target = m.link.clone().unwrap_or_default();
+            let norm = normalize(&target)
+                .map_err(|w| bad(&format!("hardlink target: {w}")))?
+                .ok_or_else(|| bad("hardlink to the root"))?;
+            let t = BundlePath::new(&norm[..]).map_err(|e| bad(&format!("hardlink target: {e}")))?;
+            return Ok(MemberKind::Link(t));
+        }
+        tar::EntryType::Char => Type::CharDev(dev()?),
+        tar::EntryType::Block => Type::BlockDev(dev()?),
+        tar::EntryType::Fifo => Type::Fifo,
+        other => return Err(bad(&format!("unsupported member type {:?}", other.as_byte() as char))),
+    };
+    Ok(MemberKind::Entry(ty))
+}
+
+/// Hardlink groups: every link resolves (through earlier links) to a regular file member, and
+/// each name of a group becomes an entry with the file's content and the group's smallest name
+/// as its primary.
+fn add_hardlink_groups(
+    archive: &Path,
+    entries: &mut BTreeMap<BundlePath, ScanEntry>,
+    links: Vec<Hardlink>,
+) -> Result<()> {
     let mut link_of: BTreeMap<BundlePath, BundlePath> = BTreeMap::new();
     let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
-    for (name, target, raw) in links {
+    for Hardlink { path: name, target, raw } in links {
         let bad = |what: &str| archive_err(archive, &raw, what);
         let real = link_of.get(&target).cloned().unwrap_or(target);
-        match map.get(&real) {
+        match entries.get(&real) {
             Some(e) if e.ty == Type::File => {}
             Some(_) => return Err(bad("hardlink to something that is not a regular file")),
             None => return Err(bad(&format!("hardlink to {real}, which is not an earlier member"))),
         }
-        if map.contains_key(&name) || link_of.contains_key(&name) || name == real {
+        if entries.contains_key(&name) || link_of.contains_key(&name) || name == real {
             return Err(bad("appears twice in the archive"));
         }
         link_of.insert(name.clone(), real.clone());
@@ -461,21 +590,25 @@ pub fn scan_tar<R: Read>(
         members.dedup();
     }
     for (real, members) in groups {
-        let Some(src) = map.get(&real).cloned() else {
+        let Some(src) = entries.get(&real).cloned() else {
             continue;
         };
         let primary = members.first().cloned().unwrap_or_else(|| real.clone());
         for p in members {
-            map.insert(p.clone(), ScanEntry { path: p, primary: Some(primary.clone()), ..src.clone() });
+            entries.insert(p.clone(), ScanEntry { path: p, primary: Some(primary.clone()), ..src.clone() });
         }
     }
+    Ok(())
+}
 
-    // Directories implied by a member's path but not in the archive.
+/// Directories implied by a member's path but not in the archive: mode 0755, owner 0:0, mtime 0.
+/// A path under a member that is not a directory is refused.
+fn add_implied_dirs(archive: &Path, entries: &mut BTreeMap<BundlePath, ScanEntry>) -> Result<()> {
     let implied = Meta { mode: 0o755, ..Meta::default() };
-    let paths: Vec<BundlePath> = map.keys().cloned().collect();
+    let paths: Vec<BundlePath> = entries.keys().cloned().collect();
     for p in &paths {
         for a in p.ancestors() {
-            match map.get(&a) {
+            match entries.get(&a) {
                 Some(e) if e.ty == Type::Dir => {}
                 Some(e) => {
                     return Err(archive_err(
@@ -485,7 +618,7 @@ pub fn scan_tar<R: Read>(
                     ))
                 }
                 None => {
-                    map.insert(
+                    entries.insert(
                         a.clone(),
                         ScanEntry {
                             path: a,
@@ -501,10 +634,7 @@ pub fn scan_tar<R: Read>(
             }
         }
     }
-    let mut tree = Tree::from_entries(Source::Store(store), map.into_values().collect());
-    sockets.sort();
-    tree.sockets = sockets;
-    Ok(tree)
+    Ok(())
 }
 
 #[cfg(test)]

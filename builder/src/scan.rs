@@ -215,6 +215,10 @@ impl Tree {
 /// Walk `root` (which must be a directory) without following symlinks. `label` names the tree
 /// in progress reports. Unix sockets are left out and listed in [`Tree::sockets`], or with
 /// `fail_on_sockets` refused naming the first one. Extended attributes are read as `xattrs` says.
+///
+/// Three phases: the walk lists every entry with its metadata ([`Walk`]), files with several
+/// names are grouped by inode ([`group_hardlinks`]), and file contents are hashed
+/// ([`hash_files`]).
 pub fn scan(
     root: &Path,
     label: &str,
@@ -230,66 +234,111 @@ pub fn scan(
         });
     }
     progress.begin(&format!("scan {label}"), "entries", None, None);
-    let mut entries = Vec::new();
-    // (filesystem path, bundle path or None for the root)
-    let mut stack: Vec<(PathBuf, Option<BundlePath>)> = vec![(root.to_path_buf(), None)];
-    // (dev, ino) -> paths, for files with nlink > 1
-    let mut inodes: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
-    let mut sockets: Vec<BundlePath> = Vec::new();
-    while let Some((dir, rel)) = stack.pop() {
-        let mut names: Vec<std::ffi::OsString> = Vec::new();
-        for d in fs::read_dir(&dir).map_err(Error::io(&dir))? {
-            names.push(d.map_err(Error::io(&dir))?.file_name());
-        }
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            if rel.is_none() && name.as_bytes() == bundle::path::STATE_DIR {
-                continue;
+    let mut walk =
+        Walk { fail_on_sockets, xattrs, progress, entries: Vec::new(), inodes: BTreeMap::new(), sockets: Vec::new() };
+    walk.run(root)?;
+    let Walk { mut entries, inodes, mut sockets, .. } = walk;
+    group_hardlinks(&mut entries, &inodes);
+    hash_files(root, label, &mut entries, progress)?;
+    let mut tree = Tree::from_entries(Source::Dir(root.to_path_buf()), entries);
+    sockets.sort();
+    tree.sockets = sockets;
+    Ok(tree)
+}
+
+/// A walk of a directory tree, and what it found so far.
+struct Walk<'a> {
+    fail_on_sockets: bool,
+    xattrs: &'a crate::xattr::Carry,
+    progress: &'a Progress,
+    /// Entries in walk order, not yet hashed.
+    entries: Vec<ScanEntry>,
+    /// (dev, ino) -> indexes into `entries`, for files with nlink > 1
+    inodes: BTreeMap<(u64, u64), Vec<usize>>,
+    sockets: Vec<BundlePath>,
+}
+
+impl Walk<'_> {
+    /// Walk the tree under `root`, each directory's names in byte order (the top-level state
+    /// directory left out).
+    fn run(&mut self, root: &Path) -> Result<()> {
+        // (filesystem path, bundle path or None for the root)
+        let mut stack: Vec<(PathBuf, Option<BundlePath>)> = vec![(root.to_path_buf(), None)];
+        while let Some((dir, rel)) = stack.pop() {
+            let mut names: Vec<std::ffi::OsString> = Vec::new();
+            for d in fs::read_dir(&dir).map_err(Error::io(&dir))? {
+                names.push(d.map_err(Error::io(&dir))?.file_name());
             }
-            let fsp = dir.join(&name);
-            let path = match &rel {
-                None => BundlePath::new(name.as_bytes()),
-                Some(r) => r.join(name.as_bytes()),
-            }
-            .map_err(|source| Error::BadPath { path: fsp.clone(), source })?;
-            let md = fs::symlink_metadata(&fsp).map_err(Error::io(&fsp))?;
-            let ft = md.file_type();
-            let ty = if ft.is_file() {
-                Type::File
-            } else if ft.is_dir() {
-                Type::Dir
-            } else if ft.is_symlink() {
-                let t = fs::read_link(&fsp).map_err(Error::io(&fsp))?;
-                Type::Symlink(t.as_os_str().as_bytes().to_vec())
-            } else if ft.is_fifo() {
-                Type::Fifo
-            } else if ft.is_char_device() {
-                Type::CharDev(md.rdev())
-            } else if ft.is_block_device() {
-                Type::BlockDev(md.rdev())
-            } else if ft.is_socket() {
-                if fail_on_sockets {
-                    return Err(Error::Io { path: fsp, source: socket_refused() });
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            for name in names {
+                if rel.is_none() && name.as_bytes() == bundle::path::STATE_DIR {
+                    continue;
                 }
-                sockets.push(path);
-                continue;
-            } else {
-                return Err(Error::Unsupported { path: fsp, what: "this file type" });
-            };
-            let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
-            let xattrs = crate::xattr::read(&fsp, &path.to_string(), xattrs).map_err(Error::io(&fsp))?;
-            let meta = Meta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), mtime_ns, xattrs };
-            let size = if ty == Type::File { md.len() } else { 0 };
-            if ty == Type::File && md.nlink() > 1 {
-                inodes.entry((md.dev(), md.ino())).or_default().push(entries.len());
+                let fsp = dir.join(&name);
+                let path = match &rel {
+                    None => BundlePath::new(name.as_bytes()),
+                    Some(r) => r.join(name.as_bytes()),
+                }
+                .map_err(|source| Error::BadPath { path: fsp.clone(), source })?;
+                if let Some(sub) = self.visit(fsp, path)? {
+                    stack.push(sub);
+                }
             }
-            if ty == Type::Dir {
-                stack.push((fsp, Some(path.clone())));
-            }
-            entries.push(ScanEntry { path, ty, meta, size, hash: Hash::default(), extents: None, primary: None });
-            progress.advance(1, 0);
         }
+        Ok(())
     }
+
+    /// Add the entry at `fsp` (bundle path `path`), or skip it if it is a socket; a directory is
+    /// returned, to be walked.
+    fn visit(&mut self, fsp: PathBuf, path: BundlePath) -> Result<Option<(PathBuf, Option<BundlePath>)>> {
+        let md = fs::symlink_metadata(&fsp).map_err(Error::io(&fsp))?;
+        let Some(ty) = entry_type(&fsp, &md)? else {
+            if self.fail_on_sockets {
+                return Err(Error::Io { path: fsp, source: socket_refused() });
+            }
+            self.sockets.push(path);
+            return Ok(None);
+        };
+        let mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
+        let xattrs = crate::xattr::read(&fsp, &path.to_string(), self.xattrs).map_err(Error::io(&fsp))?;
+        let meta = Meta { mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), mtime_ns, xattrs };
+        let size = if ty == Type::File { md.len() } else { 0 };
+        if ty == Type::File && md.nlink() > 1 {
+            self.inodes.entry((md.dev(), md.ino())).or_default().push(self.entries.len());
+        }
+        let sub = (ty == Type::Dir).then(|| (fsp, Some(path.clone())));
+        self.entries.push(ScanEntry { path, ty, meta, size, hash: Hash::default(), extents: None, primary: None });
+        self.progress.advance(1, 0);
+        Ok(sub)
+    }
+}
+
+/// The type of the entry at `fsp` whose metadata is `md`; `None` for a Unix socket.
+fn entry_type(fsp: &Path, md: &fs::Metadata) -> Result<Option<Type>> {
+    let ft = md.file_type();
+    let ty = if ft.is_file() {
+        Type::File
+    } else if ft.is_dir() {
+        Type::Dir
+    } else if ft.is_symlink() {
+        let t = fs::read_link(fsp).map_err(Error::io(fsp))?;
+        Type::Symlink(t.as_os_str().as_bytes().to_vec())
+    } else if ft.is_fifo() {
+        Type::Fifo
+    } else if ft.is_char_device() {
+        Type::CharDev(md.rdev())
+    } else if ft.is_block_device() {
+        Type::BlockDev(md.rdev())
+    } else if ft.is_socket() {
+        return Ok(None);
+    } else {
+        return Err(Error::Unsupported { path: fsp.to_path_buf(), what: "this file type" });
+    };
+    Ok(Some(ty))
+}
+
+/// Mark every name of an inode with several names in the tree with its smallest path.
+fn group_hardlinks(entries: &mut [ScanEntry], inodes: &BTreeMap<(u64, u64), Vec<usize>>) {
     for idxs in inodes.values() {
         if idxs.len() < 2 {
             continue;
@@ -301,12 +350,16 @@ pub fn scan(
             entries[i].primary = Some(primary.clone());
         }
     }
-    // Hash every file once per inode, in parallel; results come back in order.
+}
+
+/// Hash every file once per inode, in parallel, and give each name of an inode the result.
+fn hash_files(root: &Path, label: &str, entries: &mut [ScanEntry], progress: &Progress) -> Result<()> {
     let to_hash: Vec<usize> =
         (0..entries.len()).filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link()).collect();
     let total: u64 = to_hash.iter().map(|&i| entries[i].size).sum();
     progress.begin(&format!("hash {label}"), "files", Some(to_hash.len() as u64), Some(total));
-    // Holes are found and skipped here: a sparse file costs its data, not its size.
+    // Holes are found and skipped here: a sparse file costs its data, not its size. Results come
+    // back in order.
     let hashes: Vec<Result<Hashed>> = to_hash
         .par_iter()
         .map(|&i| {
@@ -330,10 +383,7 @@ pub fn scan(
             }
         }
     }
-    let mut tree = Tree::from_entries(Source::Dir(root.to_path_buf()), entries);
-    sockets.sort();
-    tree.sockets = sockets;
-    Ok(tree)
+    Ok(())
 }
 
 /// A file's digest, size and (if sparse) data extents, as [`crate::sparse::hash_file`] finds them.

@@ -72,6 +72,17 @@ pub struct Members<R> {
     ended: bool,
 }
 
+/// Extension headers read for the member that follows them.
+#[derive(Default)]
+struct Pending {
+    /// pax `x` records.
+    local: Option<Vec<Record>>,
+    /// GNU `L` long name.
+    long_name: Option<Vec<u8>>,
+    /// GNU `K` long link name.
+    long_link: Option<Vec<u8>>,
+}
+
 fn pad_of(size: u64) -> u64 {
     (BLOCK - size % BLOCK) % BLOCK
 }
@@ -129,6 +140,11 @@ impl<R: Read> Members<R> {
 
     /// The next member, its extension headers applied; `None` at the end of the archive (a zero
     /// block or the end of the stream). Extension headers not followed by a member are refused.
+    ///
+    /// Whatever is left of the previous member's data is skipped; then headers are read until a
+    /// member's own: pax `x` and GNU `L`/`K` headers are held for it ([`Pending`]), pax `g`
+    /// records go to the global ones, and the member's header is combined with them
+    /// ([`Members::member`]).
     pub fn next_member(&mut self) -> Result<Option<Member>, ReadError> {
         if self.ended {
             return Ok(None);
@@ -137,53 +153,24 @@ impl<R: Read> Members<R> {
         self.left = 0;
         self.pad = 0;
         self.skip(left + pad).map_err(ReadError::Io)?;
-        let mut local: Option<Vec<Record>> = None;
-        let mut long_name: Option<Vec<u8>> = None;
-        let mut long_link: Option<Vec<u8>> = None;
+        let mut pending = Pending::default();
         loop {
-            let at = self.pos;
-            let bytes = self.block().map_err(ReadError::Io)?;
-            let Some(bytes) = bytes.filter(|b| b.iter().any(|&x| x != 0)) else {
-                self.ended = true;
-                if local.is_some() || long_name.is_some() || long_link.is_some() {
-                    let what = "extension header not followed by a member".to_string();
-                    return Err(ReadError::Bad { name: format!("end of archive at byte {at}").into_bytes(), what });
-                }
+            let Some((header, hname)) = self.header(&pending)? else {
                 return Ok(None);
             };
-            let mut header = tar::Header::new_old();
-            header.as_mut_bytes().copy_from_slice(&bytes);
-            let hname = header.path_bytes().into_owned();
             let bad = |what: String| ReadError::Bad { name: hname.clone(), what };
-            let sum: u64 = bytes[..148].iter().chain(&bytes[156..]).map(|&b| u64::from(b)).sum::<u64>() + 8 * 32;
-            if header.cksum().ok().map(u64::from) != Some(sum) {
-                return Err(bad(format!("header checksum mismatch at byte {at}")));
-            }
             let hsize = header.entry_size().map_err(|_| bad("invalid size".into()))?;
             match header.entry_type().as_byte() {
                 b'x' => {
-                    if local.is_some() {
+                    if pending.local.is_some() {
                         return Err(bad("two pax headers for one member".into()));
                     }
                     let data = self.extension(hsize, &bad)?;
-                    local = Some(pax::records(&data).map_err(bad)?);
+                    pending.local = Some(pax::records(&data).map_err(bad)?);
                 }
-                b'g' => {
-                    let data = self.extension(hsize, &bad)?;
-                    for (k, v) in pax::records(&data).map_err(bad)? {
-                        if matches!(&k[..], b"path" | b"linkpath" | b"size") || k.starts_with(b"GNU.sparse.") {
-                            let k = String::from_utf8_lossy(&k);
-                            return Err(bad(format!("pax global header sets {k}, which can only describe one member")));
-                        }
-                        // A later global record replaces an earlier one; an empty value unsets it.
-                        self.global.retain(|(g, _)| *g != k);
-                        if !v.is_empty() {
-                            self.global.push((k, v));
-                        }
-                    }
-                }
+                b'g' => self.global_records(hsize, &bad)?,
                 ty @ (b'L' | b'K') => {
-                    let slot = if ty == b'L' { &mut long_name } else { &mut long_link };
+                    let slot = if ty == b'L' { &mut pending.long_name } else { &mut pending.long_link };
                     if slot.is_some() {
                         return Err(bad("two GNU long names for one member".into()));
                     }
@@ -192,36 +179,85 @@ impl<R: Read> Members<R> {
                     data.truncate(end);
                     *slot = Some(data);
                 }
-                _ => {
-                    let mut records = self.global.clone();
-                    records.extend(local.unwrap_or_default());
-                    let nonempty = |k: &[u8]| pax::last(&records, k).filter(|v| !v.is_empty()).map(<[u8]>::to_vec);
-                    let name = nonempty(b"path").or(long_name).unwrap_or(hname.clone());
-                    let link = nonempty(b"linkpath")
-                        .or(long_link)
-                        .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
-                    let bad = |what: String| ReadError::Bad { name: name.clone(), what };
-                    let size = match nonempty(b"size") {
-                        None => hsize,
-                        Some(v) => {
-                            let n = std::str::from_utf8(&v)
-                                .ok()
-                                .and_then(|s| s.parse::<u64>().ok())
-                                .ok_or_else(|| bad("invalid pax size".into()))?;
-                            if hsize != n && hsize != 0 && hsize != OCTAL_SIZE_MAX {
-                                return Err(bad(format!("pax size {n} disagrees with the header's size {hsize}")));
-                            }
-                            n
-                        }
-                    };
-                    let gnu_sparse =
-                        if header.entry_type().is_gnu_sparse() { Some(self.gnu_map(&header, &bad)?) } else { None };
-                    self.left = size;
-                    self.pad = pad_of(size);
-                    return Ok(Some(Member { header, name, link, records, size, gnu_sparse }));
-                }
+                _ => return self.member(header, hname, hsize, pending).map(Some),
             }
         }
+    }
+
+    /// The next header block, checksum checked, and the name its own field holds; `None` at the
+    /// end of the archive (a zero block or the end of the stream), which `pending` extension
+    /// headers must not reach.
+    fn header(&mut self, pending: &Pending) -> Result<Option<(tar::Header, Vec<u8>)>, ReadError> {
+        let at = self.pos;
+        let bytes = self.block().map_err(ReadError::Io)?;
+        let Some(bytes) = bytes.filter(|b| b.iter().any(|&x| x != 0)) else {
+            self.ended = true;
+            if pending.local.is_some() || pending.long_name.is_some() || pending.long_link.is_some() {
+                let what = "extension header not followed by a member".to_string();
+                return Err(ReadError::Bad { name: format!("end of archive at byte {at}").into_bytes(), what });
+            }
+            return Ok(None);
+        };
+        let mut header = tar::Header::new_old();
+        header.as_mut_bytes().copy_from_slice(&bytes);
+        let hname = header.path_bytes().into_owned();
+        let sum: u64 = bytes[..148].iter().chain(&bytes[156..]).map(|&b| u64::from(b)).sum::<u64>() + 8 * 32;
+        if header.cksum().ok().map(u64::from) != Some(sum) {
+            return Err(ReadError::Bad { name: hname, what: format!("header checksum mismatch at byte {at}") });
+        }
+        Ok(Some((header, hname)))
+    }
+
+    /// Apply the records of a pax global header (`g`) of `size` bytes to the following members.
+    fn global_records(&mut self, size: u64, bad: &dyn Fn(String) -> ReadError) -> Result<(), ReadError> {
+        let data = self.extension(size, bad)?;
+        for (k, v) in pax::records(&data).map_err(bad)? {
+            if matches!(&k[..], b"path" | b"linkpath" | b"size") || k.starts_with(b"GNU.sparse.") {
+                let k = String::from_utf8_lossy(&k);
+                return Err(bad(format!("pax global header sets {k}, which can only describe one member")));
+            }
+            // A later global record replaces an earlier one; an empty value unsets it.
+            self.global.retain(|(g, _)| *g != k);
+            if !v.is_empty() {
+                self.global.push((k, v));
+            }
+        }
+        Ok(())
+    }
+
+    /// The member whose own header is `header` (named `hname` there, its size field `hsize`),
+    /// with the `pending` extension headers and the global records applied; its data is next.
+    fn member(
+        &mut self,
+        header: tar::Header,
+        hname: Vec<u8>,
+        hsize: u64,
+        pending: Pending,
+    ) -> Result<Member, ReadError> {
+        let mut records = self.global.clone();
+        records.extend(pending.local.unwrap_or_default());
+        let nonempty = |k: &[u8]| pax::last(&records, k).filter(|v| !v.is_empty()).map(<[u8]>::to_vec);
+        let name = nonempty(b"path").or(pending.long_name).unwrap_or(hname);
+        let link =
+            nonempty(b"linkpath").or(pending.long_link).or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
+        let bad = |what: String| ReadError::Bad { name: name.clone(), what };
+        let size = match nonempty(b"size") {
+            None => hsize,
+            Some(v) => {
+                let n = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| bad("invalid pax size".into()))?;
+                if hsize != n && hsize != 0 && hsize != OCTAL_SIZE_MAX {
+                    return Err(bad(format!("pax size {n} disagrees with the header's size {hsize}")));
+                }
+                n
+            }
+        };
+        let gnu_sparse = if header.entry_type().is_gnu_sparse() { Some(self.gnu_map(&header, &bad)?) } else { None };
+        self.left = size;
+        self.pad = pad_of(size);
+        Ok(Member { header, name, link, records, size, gnu_sparse })
     }
 
     /// The real size and map of an old GNU sparse member: four entries in its header, then

@@ -190,27 +190,79 @@ fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The inputs of one unit's encoding: its data, the OLD bytes it may be patched against, and
+/// (once the bsdiff candidate is tried) the raw bsdiff patch.
+struct UnitData {
+    data: Vec<u8>,
+    base: Option<Vec<u8>>,
+    bsdiff_raw: Option<Vec<u8>>,
+}
+
+impl UnitData {
+    /// Read unit `u` of `job` and its base.
+    fn read(u: &Unit, job: &PayloadJob) -> Result<UnitData> {
+        let data = if u.chunked { read_data(job, u.offset, u.len)? } else { read_job(job)? };
+        let base = match &u.base {
+            Some((_, bfs, off, len)) => Some(read_range(bfs, *off, *len)?),
+            None => None,
+        };
+        Ok(UnitData { data, base, bsdiff_raw: None })
+    }
+
+    /// The data encoded with `method` at `level` (for bsdiff: the raw patch, compressed).
+    fn encode(&self, method: &Method, level: i32) -> io::Result<Vec<u8>> {
+        match method {
+            Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref()),
+            Method::Zstd => delta::compress(&self.data, level, None),
+            Method::Bsdiff { .. } => delta::compress(self.bsdiff_raw.as_deref().unwrap_or_default(), level, None),
+        }
+    }
+
+    /// Check that frame `bytes` of `method` decodes back to the data (of `len` bytes) the way the
+    /// applier will decode it; returns the frame's decoded size.
+    fn check_frame(&self, bytes: &[u8], method: &Method, len: u64) -> io::Result<u64> {
+        Ok(match method {
+            Method::Zstd => {
+                check_decodes(&delta::decompress(bytes, None, len)?, &self.data)?;
+                len
+            }
+            Method::Patch { .. } => {
+                check_decodes(&delta::decompress(bytes, self.base.as_deref(), len)?, &self.data)?;
+                len
+            }
+            Method::Bsdiff { .. } => {
+                let patch = delta::decompress(bytes, None, 2 * BSDIFF_MAX + len)?;
+                let out = bundle::bspatch::apply(self.base.as_deref().unwrap_or_default(), &patch, len)
+                    .map_err(io::Error::other)?;
+                check_decodes(&out, &self.data)?;
+                patch.len() as u64
+            }
+        })
+    }
+}
+
 /// Encode one unit; `None` if plain zstd won and the unit may go into a solid frame.
 fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<Option<StoredFrame>> {
     let job = &jobs[u.job];
-    let data = if u.chunked { read_data(job, u.offset, u.len)? } else { read_job(job)? };
+    let mut input = UnitData::read(u, job)?;
     let cerr = |source| Error::Compress { path: job.path.display(), source };
-    let base = match &u.base {
-        Some((_, bfs, off, len)) => Some(read_range(bfs, *off, *len)?),
-        None => None,
+    let methods = candidate_methods(u, &input.data);
+    let mut cands = encode_candidates(u, &mut input, methods, level).map_err(cerr)?;
+    let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
+        return Err(cerr(io::Error::other("no encoding")));
     };
-    // Candidates: a patch against the base, plain zstd, and for executables and shared objects a
-    // bsdiff patch (recompiling shifts addresses all over the file, which bsdiff encodes better
-    // than a zstd patch). Plain zstd is skipped when the patch is already at least 64:1, bsdiff
-    // (the slow one) when the patch is already at least PROBE_ENOUGH:1.
-    let mut bsdiff_raw: Option<Vec<u8>> = None;
-    let encode = |method: &Method, level: i32, bsdiff_raw: &Option<Vec<u8>>| -> io::Result<Vec<u8>> {
-        match method {
-            Method::Patch { .. } => delta::compress(&data, level, base.as_deref()),
-            Method::Zstd => delta::compress(&data, level, None),
-            Method::Bsdiff { .. } => delta::compress(bsdiff_raw.as_deref().unwrap_or_default(), level, None),
-        }
-    };
+    let (bytes, method) = cands.swap_remove(best);
+    if method == Method::Zstd && u.solid_ok {
+        return Ok(None);
+    }
+    let decoded = input.check_frame(&bytes, &method, u.len).map_err(cerr)?;
+    store_frame(store, bytes, decoded, method).map(Some)
+}
+
+/// The candidate methods of unit `u` whose data is `data`: a patch against the base, plain zstd,
+/// and for executables and shared objects a bsdiff patch (recompiling shifts addresses all over
+/// the file, which bsdiff encodes better than a zstd patch).
+fn candidate_methods(u: &Unit, data: &[u8]) -> Vec<Method> {
     let mut methods: Vec<Method> = Vec::new();
     if let Some((bp, _, off, len)) = &u.base {
         methods.push(Method::Patch { base: bp.clone(), offset: *off, len: *len });
@@ -220,9 +272,22 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     if let Some((bp, _, off, len)) = u.base.as_ref().filter(|b| elf && b.3 <= BSDIFF_MAX) {
         methods.push(Method::Bsdiff { base: bp.clone(), offset: *off, len: *len });
     }
-    // With several candidates at a slow level, rank them first at PROBE_LEVEL (cheap) and spend
-    // the full level only on those within PROBE_MARGIN of the best probe; the probes stay
-    // candidates themselves.
+    methods
+}
+
+/// Encode unit `u` with each of `methods` (in order): the candidates, as (bytes, method). Plain
+/// zstd is skipped when the patch is already at least 64:1, bsdiff (the slow one) when the patch
+/// is already at least PROBE_ENOUGH:1.
+///
+/// With several candidates at a slow level, rank them first at PROBE_LEVEL (cheap) and spend
+/// the full level only on those within PROBE_MARGIN of the best probe; the probes stay
+/// candidates themselves.
+fn encode_candidates(
+    u: &Unit,
+    input: &mut UnitData,
+    methods: Vec<Method>,
+    level: i32,
+) -> io::Result<Vec<(Vec<u8>, Method)>> {
     let full_level_for_all = methods.len() == 1 || level <= PROBE_LEVEL;
     let mut cands: Vec<(Vec<u8>, Method)> = Vec::new();
     let first_level = if full_level_for_all { level } else { PROBE_LEVEL };
@@ -233,11 +298,11 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
             Method::Zstd if patch_ratio_at_least(PATCH_GOOD_ENOUGH) => continue,
             Method::Bsdiff { .. } if patch_ratio_at_least(PROBE_ENOUGH) => continue,
             Method::Bsdiff { .. } => {
-                bsdiff_raw = Some(delta::bsdiff(base.as_deref().unwrap_or_default(), &data).map_err(cerr)?)
+                input.bsdiff_raw = Some(delta::bsdiff(input.base.as_deref().unwrap_or_default(), &input.data)?)
             }
             _ => {}
         }
-        cands.push((encode(&m, first_level, &bsdiff_raw).map_err(cerr)?, m));
+        cands.push((input.encode(&m, first_level)?, m));
     }
     if !full_level_for_all {
         let best = cands.iter().map(|c| c.0.len() as u64).min().unwrap_or(0);
@@ -249,35 +314,10 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
             .map(|c| c.1.clone())
             .collect();
         for m in contenders {
-            cands.push((encode(&m, level, &bsdiff_raw).map_err(cerr)?, m));
+            cands.push((input.encode(&m, level)?, m));
         }
     }
-    let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
-        return Err(cerr(io::Error::other("no encoding")));
-    };
-    let (bytes, method) = cands.swap_remove(best);
-    if method == Method::Zstd && u.solid_ok {
-        return Ok(None);
-    }
-    // Check the frame decodes back to the input the way the applier will decode it.
-    let decoded = match &method {
-        Method::Zstd => {
-            check_decodes(&delta::decompress(&bytes, None, u.len).map_err(cerr)?, &data).map_err(cerr)?;
-            u.len
-        }
-        Method::Patch { .. } => {
-            check_decodes(&delta::decompress(&bytes, base.as_deref(), u.len).map_err(cerr)?, &data).map_err(cerr)?;
-            u.len
-        }
-        Method::Bsdiff { .. } => {
-            let patch = delta::decompress(&bytes, None, 2 * BSDIFF_MAX + u.len).map_err(cerr)?;
-            let out = bundle::bspatch::apply(base.as_deref().unwrap_or_default(), &patch, u.len)
-                .map_err(|e| cerr(io::Error::other(e)))?;
-            check_decodes(&out, &data).map_err(cerr)?;
-            patch.len() as u64
-        }
-    };
-    store_frame(store, bytes, decoded, method).map(Some)
+    Ok(cands)
 }
 
 /// Files (and bases) up to this size get a bsdiff candidate if they are ELF.
