@@ -81,11 +81,13 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
         });
         match res {
             Ok(h) => heads.push((h.manifest.version, p, h)),
-            Err(Error::Bundle(bundle::Error::Untrusted { .. })) => items.push(Item {
+            Err(Error::Bundle(bundle::Error::Untrusted { status })) => items.push(Item {
                 bundle: name,
                 version: None,
                 outcome: "skipped".into(),
-                reason: "not signed by the keys this target trusts (foreign bundle)".into(),
+                reason: format!(
+                    "not signed by the keys this target trusts (foreign or not yet fully signed): {status}"
+                ),
                 exit_code: 0,
             }),
             Err(Error::Bundle(bundle::Error::NotABundle)) => {}
