@@ -1239,6 +1239,17 @@ fn write_fuzz_seeds() {
         fs::create_dir_all(root.join("bundle_verify")).expect("mkdir");
         fs::write(root.join("bundle_verify").join(format!("seed-{name}")), forge::bundle_bytes(&m, &keys, &f.frames))
             .expect("write seed");
+        // Offline signing: the request for this manifest, and a signature file for it.
+        let member = m.encode();
+        let req = bundle::request::SigningRequest::new(member);
+        let sig = bundle::request::DetachedSignature {
+            bundle_id: req.id,
+            key: k1.public().bytes,
+            signature: k1.sign_id(&req.id),
+        };
+        fs::create_dir_all(root.join("signing_request")).expect("mkdir");
+        fs::write(root.join("signing_request").join(format!("seed-{name}")), req.encode()).expect("write seed");
+        fs::write(root.join("signing_request").join(format!("seed-{name}.sig")), sig.to_text()).expect("write seed");
     }
 }
 
