@@ -132,6 +132,9 @@ fn open_locked(file: &Path) -> Result<File> {
             .map_err(|e| Error::Io { path: file.to_path_buf(), source: e.into() })?;
         let now = fs::symlink_metadata(file).map_err(Error::io(file))?;
         let have = f.metadata().map_err(Error::io(file))?;
+        if !have.file_type().is_file() {
+            return Err(Error::Refused { path: file.to_path_buf(), why: "is not a regular file".into() });
+        }
         if now.dev() == have.dev() && now.ino() == have.ino() {
             return Ok(f);
         }

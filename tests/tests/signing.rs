@@ -447,6 +447,16 @@ fn sigkill_during_sign_leaves_a_valid_bundle() {
     let o = sign(&f, &["--key", s(&bg.b.secret)], 0);
     assert_eq!(fs::read(&f).expect("read"), new);
     assert_eq!(temps(&f), Vec::<String>::new(), "{}", err(&o));
+
+    // Two `sign`s of the same file at once: the lock serialises them and neither signature is
+    // lost (without it, the second rename would drop the first one's signature).
+    let c = key(&bg.d, "c");
+    fs::write(&f, &old).expect("restore");
+    let spawn = |k: &Key| build_cmd().arg("-q").arg("sign").arg(&f).arg("--key").arg(&k.secret).spawn().expect("spawn");
+    let (mut p1, mut p2) = (spawn(&bg.b), spawn(&c));
+    assert!(p1.wait().expect("wait").success() && p2.wait().expect("wait").success());
+    let trust = trust_dir(&bg.d.join("trust"), &[&bg.a, &bg.b, &c], "threshold 3\n");
+    verify(&f, &trust, 0);
 }
 
 /// `ferry-build sign FILE --signer-command CMD [extra]` must fail with exit 1 naming `needle`
