@@ -228,9 +228,10 @@ pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
         (true, 0) => "none: the bundle is UNSIGNED",
         (true, _) => "well-formed and matching",
     };
-    let trust = match &v.trust {
-        Some(t) => trust_line(t),
-        None => "trust not checked (no --trust)".into(),
+    let trust = match (&v.trust, v.signatures_valid) {
+        (Some(t), _) => trust_line(t),
+        (None, false) => "trust not checked (the signatures are invalid)".into(),
+        (None, true) => "trust not checked (no --trust)".into(),
     };
     let mut s = format!(
         "UNVERIFIED bundle (payload not checked; signatures {})\nversion {} channel {} base {}\nsigners {}\n{}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
