@@ -92,10 +92,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show what a bundle holds (works without a key; the bundle is then unverified).
+    /// Show what a bundle holds (works without a key; the bundle is then unverified). With
+    /// --trust, also how the policy counts each signer and whether its threshold is met.
     #[command(after_help = exit_codes())]
     Inspect {
         file: PathBuf,
+        /// A trusted key or directory of keys (with its `policy`) to count the signers against;
+        /// the payload is still not checked (use `verify`).
+        #[arg(long)]
+        trust: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -103,10 +103,10 @@ fn verify_heads(o: &Options, trust: &TrustPolicy, paths: Vec<PathBuf>, items: &m
         });
         match res {
             Ok(h) => heads.push((h.manifest.version, p, h)),
-            Err(Error::Bundle(bundle::Error::Untrusted { .. })) => items.push(Item::skipped(
+            Err(Error::Bundle(bundle::Error::Untrusted { status })) => items.push(Item::skipped(
                 name,
                 None,
-                "not signed by the keys this target trusts (foreign bundle)".into(),
+                format!("not signed by the keys this target trusts (foreign or not yet fully signed): {status}"),
             )),
             Err(Error::Bundle(bundle::Error::NotABundle)) => {}
             Err(e) => items.push(Item::failed(name, None, &e)),

@@ -1,6 +1,8 @@
 //! `inspect`: what a bundle holds, read without a trusted key. The signatures are checked for
-//! being well-formed and matching, not for who made them, so everything here is UNVERIFIED and
-//! is printed as such (its text is escaped before it reaches a terminal, see [`crate::text`]).
+//! being well-formed and matching the bundle id; with a trust policy (`--trust`) each signer is
+//! also reported as trusted, retired or unknown with the threshold's status, but the payload is
+//! never read, so everything here is UNVERIFIED and is printed as such (its text is escaped
+//! before it reaches a terminal, see [`crate::text`]).
 
 use crate::error::Result;
 use bundle::{Content, Kind, Limits, Manifest, Method};
@@ -8,8 +10,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const NOTE: &str = "unverified: inspect checks that the signatures are well-formed and match, not that a trusted key \
-                    made them; use `verify --trust`";
+const NOTE: &str = "unverified: inspect checks that the signatures are well-formed and match the bundle id, and \
+                    with --trust how the policy counts them, but never reads the payload; use `verify --trust`";
 const DELTA_NOTE: &str = "a delta bundle lists only the NEW entries it changes or needs; unchanged paths are not \
                           listed, so counts and new_file_bytes cover the listed entries";
 const FULL_NOTE: &str = "a full bundle lists every entry of NEW";
@@ -21,7 +23,10 @@ pub struct Inspection {
     pub verified: bool,
     pub note: &'static str,
     pub signatures_valid: bool,
+    /// Key ids of the signers (empty for an unsigned bundle or invalid signatures).
     pub signers: Vec<String>,
+    /// With `--trust` and valid signatures: each signer's status and the threshold's.
+    pub trust: Option<bundle::sig::TrustStatus>,
     pub bundle_id: String,
     pub format: u32,
     pub version: u64,
@@ -85,18 +90,23 @@ pub struct StepInfo {
 }
 
 /// Read `file`'s head and manifest (not its frames) and describe them.
-pub fn inspect(file: &Path) -> Result<Inspection> {
+pub fn inspect(file: &Path, trust: Option<&bundle::sig::TrustPolicy>) -> Result<Inspection> {
     let limits = Limits::default();
     let src = crate::source::open(file)?;
     let mut r = bundle::container::Reader::new(src.reader, limits.clone());
     let (mb, sb) = r.head().map_err(|e| crate::source::explain(e.into()))?;
     let sig = bundle::sig::verify_signatures(&mb, &sb, limits.max_signatures);
+    let status = match (&sig, trust) {
+        (Ok(keys), Some(t)) => Some(t.status(keys)),
+        _ => None,
+    };
     let m = Manifest::decode(&mb, &limits)?;
     Ok(Inspection {
         verified: false,
         note: NOTE,
         signatures_valid: sig.is_ok(),
         signers: sig.map(|k| k.into_iter().map(|k| k.id).collect()).unwrap_or_default(),
+        trust: status,
         bundle_id: Manifest::id(&mb).to_hex(),
         format: m.format,
         version: m.version,

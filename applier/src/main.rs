@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd, g: &Global) -> Result<Exit> {
     match cmd {
         Cmd::Verify { file, trust, json } => verify(g, &file, &trust, json),
-        Cmd::Inspect { file, json } => inspect(&file, json),
+        Cmd::Inspect { file, trust, json } => inspect(&file, trust.as_deref(), json),
         Cmd::Apply { file, t, a, json } => apply(g, &file, &t, &a, json),
         Cmd::Plan { file, t, a, json } => plan(g, &file, &t, &a, json),
         Cmd::Resume { t, trust, bundle, no_hooks, json } => resume(g, &t, trust, bundle, no_hooks, json),
@@ -53,14 +53,16 @@ fn verify(g: &Global, file: &Path, trust: &Path, json: bool) -> Result<Exit> {
         version: h.manifest.version,
         bundle_id: h.id.to_hex(),
         signers: h.signers.iter().map(|k| k.id.clone()).collect(),
+        trust: h.trust,
         file: file.display().to_string(),
         frames: h.manifest.frames.len(),
     };
     Ok(report::print("verify", json, Exit::Ok, &v, report::verify_text))
 }
 
-fn inspect(file: &Path, json: bool) -> Result<Exit> {
-    let i = applier::inspect::inspect(file)?;
+fn inspect(file: &Path, trust: Option<&Path>, json: bool) -> Result<Exit> {
+    let trust = trust.map(|t| applier::trust::load(t, None)).transpose()?;
+    let i = applier::inspect::inspect(file, trust.as_ref())?;
     Ok(report::print("inspect", json, Exit::Ok, &i, report::inspect_text))
 }
 

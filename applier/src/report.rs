@@ -11,6 +11,7 @@
 
 use crate::error::{Error, Exit};
 use crate::text;
+use bundle::sig::TrustStatus;
 use serde::Serialize;
 
 /// Version of the JSON report contract (`"ferry_report"`).
@@ -33,10 +34,14 @@ impl<'a, T: Serialize> Report<'a, T> {
     }
 }
 
-/// The body of a failed command's report.
+/// The body of a failed command's report. A bundle refused by the trust policy also carries the
+/// policy's view of its signers (`trust`: each key id and its status, the threshold, whether it
+/// is met and by how many signatures it falls short).
 #[derive(Debug, Serialize)]
 pub struct Failure {
     pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustStatus>,
 }
 
 /// The body of `verify`'s report; `file` and `frames` are for the human text only.
@@ -45,7 +50,11 @@ pub struct Verified {
     pub verified: bool,
     pub version: u64,
     pub bundle_id: String,
+    /// Key ids of every signer (all signatures verified), sorted by key bytes.
     pub signers: Vec<String>,
+    /// The trust policy's view: each signer's status (`trusted`, `retired`, `unknown`), the
+    /// number of trusted signatures, the threshold, `met`, `short_by`.
+    pub trust: Option<TrustStatus>,
     #[serde(skip)]
     pub file: String,
     #[serde(skip)]
@@ -72,7 +81,11 @@ pub fn print_error(command: &str, json: bool, e: &Error) -> Exit {
     let exit = e.exit();
     eprintln!("ferry-apply {command}: error: {}", text::escape(&e.to_string()));
     if json {
-        print_json(&Report::new(command, exit, Failure { error: e.to_string() }));
+        let trust = match e {
+            Error::Bundle(bundle::Error::Untrusted { status }) => Some((**status).clone()),
+            _ => None,
+        };
+        print_json(&Report::new(command, exit, Failure { error: e.to_string(), trust }));
     }
     exit
 }
@@ -87,7 +100,16 @@ fn print_json<T: Serialize>(r: &Report<'_, T>) {
 
 /// `verify`'s human text.
 pub fn verify_text(v: &Verified) -> String {
-    format!("OK: {} version {} signed by {} ({} frames verified)", v.file, v.version, v.signers.join(","), v.frames)
+    let mut s = format!("OK: {} version {} ({} frames verified)", v.file, v.version, v.frames);
+    if let Some(t) = &v.trust {
+        s.push_str(&format!("\n{}", trust_line(t)));
+    }
+    s
+}
+
+/// The trust policy's view of a bundle's signers, as one line.
+pub fn trust_line(t: &TrustStatus) -> String {
+    format!("threshold {}: {t}", if t.met { "met" } else { "NOT met" })
 }
 
 /// `apply`'s human text.
@@ -201,13 +223,24 @@ pub fn status_text(s: &crate::status::Status) -> String {
 /// `inspect`'s human text. The composite fields are shown as the JSON values they are in the
 /// report (keys sorted, strings quoted and JSON-escaped).
 pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
+    let signatures = match (v.signatures_valid, v.signers.len()) {
+        (false, _) => "INVALID",
+        (true, 0) => "none: the bundle is UNSIGNED",
+        (true, _) => "well-formed and matching",
+    };
+    let trust = match (&v.trust, v.signatures_valid) {
+        (Some(t), _) => trust_line(t),
+        (None, false) => "trust not checked (the signatures are invalid)".into(),
+        (None, true) => "trust not checked (no --trust)".into(),
+    };
     let mut s = format!(
-        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
-        if v.signatures_valid { "well-formed and matching" } else { "INVALID" },
+        "UNVERIFIED bundle (payload not checked; signatures {})\nversion {} channel {} base {}\nsigners {}\n{}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
+        signatures,
         v.version,
         as_json(&v.channel),
         as_json(&v.base),
         as_json(&v.signers),
+        trust,
         as_json(&v.counts),
         v.entries_note,
         as_json(&v.sizes),

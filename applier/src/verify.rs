@@ -1,12 +1,13 @@
 //! Verification, in the order bundle-format.md ("Verification order") fixes: canonical framing of
-//! the head, every signature over the exact manifest bytes, the trust policy, then the manifest is
-//! parsed and checked, the apply script validated, every frame's hash checked, and the end of the
-//! archive. Nothing is written anywhere until this succeeds.
+//! the head, the bundle id (BLAKE3 of the manifest member's bytes), every signature over it, the
+//! trust policy, then the manifest is parsed and checked, the apply script validated, every
+//! frame's hash checked, and the end of the archive. Nothing is written anywhere until this
+//! succeeds.
 
 use crate::error::{Error, Result};
 use crate::source;
 use bundle::container::Reader;
-use bundle::sig::{self, PublicKey, TrustPolicy};
+use bundle::sig::{self, PublicKey, TrustPolicy, TrustStatus};
 use bundle::{Hash, Limits, Manifest};
 use std::io::Read;
 use std::path::Path;
@@ -19,21 +20,21 @@ pub struct Head {
     pub sig_bytes: Vec<u8>,
     /// BLAKE3 of the manifest bytes: the bundle's identity.
     pub id: Hash,
+    /// Every key that signed, sorted by key bytes (all verified).
     pub signers: Vec<PublicKey>,
+    /// What the trust policy made of them, when there was one (met: a refusal is an error).
+    pub trust: Option<TrustStatus>,
 }
 
 /// Check the head (signatures first, then trust, then parse) read from `r`.
 pub fn head<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limits: &Limits) -> Result<Head> {
     let (mb, sb) = r.head()?;
-    let signers = sig::verify_signatures(&mb, &sb, limits.max_signatures)?;
-    if let Some(t) = trust {
-        let ids: Vec<String> = signers.iter().map(|k| k.id.clone()).collect();
-        t.check(&ids)?;
-    }
+    let id = Manifest::id(&mb);
+    let signers = sig::Signatures::decode(&sb, limits.max_signatures)?.verify(&id)?;
+    let trust = trust.map(|t| t.check(&signers)).transpose()?;
     let manifest = Manifest::decode(&mb, limits)?;
-    sig::check_signers(&manifest, &signers)?;
     bundle::script::validate(&manifest)?;
-    Ok(Head { id: Manifest::id(&mb), manifest, manifest_bytes: mb, sig_bytes: sb, signers })
+    Ok(Head { id, manifest, manifest_bytes: mb, sig_bytes: sb, signers, trust })
 }
 
 /// Verify a whole bundle file: head, trust, every frame hash and the end of the archive. With

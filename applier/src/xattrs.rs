@@ -322,7 +322,6 @@ mod tests {
             channel: "c".into(),
             created: 0,
             expires: None,
-            signers: vec![],
             entries: vec![],
             old: vec![],
             frames: vec![],

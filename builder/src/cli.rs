@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ferry-build", version, about = "Build signed delta bundles for ferry")]
+#[command(name = "ferry-build", version, about = "Build and sign delta bundles for ferry")]
 pub struct Cli {
     /// Print errors only.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -44,6 +44,15 @@ pub enum Cmd {
     },
     /// Diff OLD and NEW into a signed bundle.
     Build(Box<BuildArgs>),
+    /// Add signatures to a bundle without rebuilding it (key files, external signer commands,
+    /// imported signature files), or write a signing request for an offline signer.
+    Sign(Box<SignArgs>),
+    /// On the offline machine: check a signing request, print what the bundle does (derived
+    /// from the manifest it carries), sign it and write a signature file.
+    SignRequest(Box<SignRequestArgs>),
+    /// Write a ferry public-key file (KEY.pub, for targets' trust directories) for a secret key
+    /// or an external signer (which signs a fixed test message; the result is checked).
+    Pubkey(Box<PubkeyArgs>),
     /// Cut a bundle into numbered parts FILE.000, FILE.001, ... (e.g. for a FAT32 stick).
     Split {
         file: PathBuf,
@@ -65,9 +74,14 @@ pub struct BuildArgs {
     /// The tree the target has now, as for --new (omit for a full bundle).
     #[arg(long, value_name = "DIR|TAR")]
     pub old: Option<PathBuf>,
-    /// Secret key to sign with (repeat for several signatures).
-    #[arg(long = "key", value_name = "KEY.secret", required = true)]
+    /// Secret key to sign with (repeat for several signatures). Other signers can add theirs
+    /// later with `ferry-build sign`.
+    #[arg(long = "key", value_name = "KEY.secret")]
     pub keys: Vec<PathBuf>,
+    /// Allow a bundle without --key: it is written with no signatures (every target refuses it
+    /// until `ferry-build sign` has added enough).
+    #[arg(long)]
+    pub unsigned: bool,
     /// Version the target is at after applying.
     #[arg(long)]
     pub version: u64,
@@ -139,6 +153,89 @@ pub struct BuildArgs {
     pub split_size: Option<u64>,
 }
 
+#[derive(Args)]
+pub struct SignArgs {
+    /// The bundle to sign (a whole bundle: sign before splitting).
+    pub file: PathBuf,
+    /// Secret key to sign with (repeatable).
+    #[arg(long = "key", value_name = "KEY.secret")]
+    pub keys: Vec<PathBuf>,
+    /// External signer, run with `sh -c`: gets the 51-byte message on stdin, writes the 32-byte
+    /// public key and the 64-byte signature on stdout (or the signature alone with --signer-pub).
+    /// Repeatable.
+    #[arg(long = "signer-command", value_name = "CMD")]
+    pub signer_commands: Vec<String>,
+    /// Public key of the one --signer-command (then it may write the 64-byte signature alone;
+    /// a signature by any other key is refused).
+    #[arg(long, value_name = "KEY.pub")]
+    pub signer_pub: Option<PathBuf>,
+    /// Seconds a signer command may take before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::signer::DEFAULT_TIMEOUT_SECS)]
+    pub signer_timeout: u64,
+    /// Signature file written by `ferry-build sign-request` on an offline machine (repeatable).
+    #[arg(long = "import", value_name = "SIG")]
+    pub imports: Vec<PathBuf>,
+    /// Write a signing request for an offline signer to REQ instead of signing (the bundle id,
+    /// the message, the manifest member; no payload).
+    #[arg(long, value_name = "REQ", conflicts_with_all = ["keys", "signer_commands", "signer_pub", "imports"])]
+    pub export_request: Option<PathBuf>,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SignRequestArgs {
+    /// The signing request (from `ferry-build sign --export-request`).
+    pub request: PathBuf,
+    /// Secret key to sign with.
+    #[arg(long, value_name = "KEY.secret", conflicts_with = "signer_command")]
+    pub key: Option<PathBuf>,
+    /// External signer (as for `sign --signer-command`).
+    #[arg(long, value_name = "CMD")]
+    pub signer_command: Option<String>,
+    /// Public key of the --signer-command.
+    #[arg(long, value_name = "KEY.pub", requires = "signer_command")]
+    pub signer_pub: Option<PathBuf>,
+    /// Seconds the signer command may take before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::signer::DEFAULT_TIMEOUT_SECS)]
+    pub signer_timeout: u64,
+    /// Signature file to write (one line; carry it back and `ferry-build sign FILE --import SIG`).
+    #[arg(long, value_name = "SIG")]
+    pub out: Option<PathBuf>,
+    /// Check the request and print the summary; sign nothing.
+    #[arg(long, conflicts_with_all = ["key", "signer_command", "out"])]
+    pub summary_only: bool,
+    /// Print a JSON report (with the summary) on stdout instead of the text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct PubkeyArgs {
+    /// A ferry secret key file.
+    #[arg(
+        long,
+        value_name = "KEY.secret",
+        conflicts_with = "signer_command",
+        required_unless_present = "signer_command"
+    )]
+    pub key: Option<PathBuf>,
+    /// An external signer (as for `sign --signer-command`); it must write the public key and
+    /// the signature (96 bytes).
+    #[arg(long, value_name = "CMD")]
+    pub signer_command: Option<String>,
+    /// Seconds the signer command may take before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::signer::DEFAULT_TIMEOUT_SECS)]
+    pub signer_timeout: u64,
+    /// Public key file to write (must not exist).
+    #[arg(long, value_name = "KEY.pub")]
+    pub out: PathBuf,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// The one place command-line arguments become [`BuildOptions`]: hooks are parsed with
 /// `--hook-timeout`, and the creation time comes from [`crate::created_from_env`] (the hooks are
 /// checked first). Output-only flags (`--json`, `--split-size`) are not build options.
@@ -151,6 +248,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             new: a.new.clone(),
             old: a.old.clone(),
             keys: a.keys.clone(),
+            unsigned: a.unsigned,
             version: a.version,
             base_version: a.base_version,
             channel: a.channel.clone(),

@@ -24,6 +24,16 @@ pub enum Error {
     /// A passphrase-protected secret key that could not be opened or written (§3.1).
     #[error("{path}: {why}")]
     Passphrase { path: PathBuf, why: String },
+    /// A bundle, signing request or signature file that cannot be read or is not valid.
+    #[error("{path}: {source}")]
+    Bundle { path: PathBuf, source: bundle::Error },
+    /// An external signer command failed, timed out or returned something unusable.
+    #[error("signer command `{command}`: {why}")]
+    Signer { command: String, why: String },
+    /// A signing operation refused for a reason about this file (a split bundle, a signature
+    /// for another bundle, ...).
+    #[error("{path}: {why}")]
+    Refused { path: PathBuf, why: String },
     #[error("{path}: already exists, refusing to overwrite")]
     Exists { path: PathBuf },
     /// The builder produced something the format rejects: a builder bug or an input tree the

@@ -3,7 +3,9 @@
 //! Pipeline: [`scan`] both trees → [`diff`] into entries, steps and content choices → [`elf`]
 //! facts and [`plan`] the ordered apply script → [`delta`]-encode payload frames into a
 //! temporary file → check the manifest and script with the `bundle` crate's own validators →
-//! sign ([`keys`]) and [`write`] the container. [`build`] runs it all; the binary is a thin CLI.
+//! sign ([`keys`]; none with `--unsigned`) and [`write`] the container. [`build`] runs it all; the
+//! binary is a thin CLI. Signatures are added later, without rebuilding, by [`sign`] (key files
+//! and external [`signer`] commands, or a signing request carried to an [`offline`] machine).
 
 pub mod cli;
 pub mod delta;
@@ -12,12 +14,15 @@ pub mod elf;
 pub mod error;
 pub mod image;
 pub mod keys;
+pub mod offline;
 pub mod pax;
 pub mod paxattr;
 pub mod plan;
 pub mod progress;
 pub mod protect;
 pub mod scan;
+pub mod sign;
+pub mod signer;
 pub mod sparse;
 pub mod split;
 pub mod tarstream;
@@ -47,7 +52,10 @@ pub const LEVEL_DEFAULT: i32 = 19;
 pub struct BuildOptions {
     pub new: PathBuf,
     pub old: Option<PathBuf>,
+    /// Secret keys that sign the bundle as it is written (possibly none of the eventual signers).
     pub keys: Vec<PathBuf>,
+    /// Write the bundle without signatures when no `--key` is given (`ferry-build sign` adds them).
+    pub unsigned: bool,
     pub version: u64,
     pub base_version: Option<u64>,
     pub channel: bundle::Channel,
@@ -96,6 +104,11 @@ pub struct BuildReport {
     pub bundle: String,
     pub bytes: u64,
     pub version: u64,
+    /// The bundle id (BLAKE3 of the manifest member: what every signature signs); absent for a
+    /// dry run.
+    pub bundle_id: Option<String>,
+    /// Key ids of the keys that signed it (none for `--unsigned`).
+    pub signers: Vec<String>,
     /// Entries listed in the manifest (a delta lists only what it touches or needs).
     pub entries: usize,
     /// Entries of the whole NEW tree.
@@ -220,13 +233,14 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let mut warnings = socket_warnings(opts, &inputs);
     warnings.extend(xattr::skipped_warnings());
     warnings.extend(plan_warnings);
-    let mut manifest = new_manifest(opts, signing.signers, signing.rotation, inputs.base.clone(), script);
+    let mut manifest = new_manifest(opts, signing.rotation, inputs.base.clone(), script);
     let mut used = copy_sources(&d.choices);
     let tree_entries = d.entries.len();
     if opts.dry_run {
         finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
         bundle::script::validate(&manifest).map_err(Error::Invalid)?;
-        return Ok(report(opts, started, manifest, tree_entries, 0, BTreeMap::new(), warnings, &inputs));
+        let written = Written { bytes: 0, id: None, signers: Vec::new() };
+        return Ok(report(opts, started, manifest, tree_entries, written, BTreeMap::new(), warnings, &inputs));
     }
     let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
     let store = write::FrameStore::new_in(&out_dir)?;
@@ -240,8 +254,8 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
     finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
-    let bytes = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress)?;
-    Ok(report(opts, started, manifest, tree_entries, bytes, stats, warnings, &inputs))
+    let written = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress)?;
+    Ok(report(opts, started, manifest, tree_entries, written, stats, warnings, &inputs))
 }
 
 /// The sockets left out of both inputs: (`old`/`new`, path), OLD first.
@@ -275,8 +289,12 @@ fn check_options(opts: &BuildOptions) -> Result<()> {
     if opts.base_version.is_some() && opts.old.is_none() {
         return Err(Error::Usage("--base-version needs --old".into()));
     }
-    if opts.keys.is_empty() {
-        return Err(Error::Usage("at least one --key is needed".into()));
+    if opts.keys.is_empty() && !opts.unsigned {
+        return Err(Error::Usage(
+            "no signing key: pass --key K.secret to sign the bundle, or --unsigned to write it without signatures \
+             (add them later with `ferry-build sign`)"
+                .into(),
+        ));
     }
     if opts.expires.is_some_and(|e| e <= opts.created) {
         return Err(Error::Usage("--expires is not after the creation time".into()));
@@ -287,18 +305,17 @@ fn check_options(opts: &BuildOptions) -> Result<()> {
     Ok(())
 }
 
-/// The signing keys, the manifest keys they sign as, and the key rotation the bundle carries.
+/// The signing keys and the key rotation the bundle carries.
 struct Signing {
     secrets: Vec<bundle::sig::SecretKey>,
-    signers: Vec<bundle::PublicKey>,
     rotation: Option<Rotation>,
 }
 
 /// Load `--key` secrets (each once) and `--rotate-add` public keys.
 fn load_keys(opts: &BuildOptions) -> Result<Signing> {
     let secrets = opts.keys.iter().map(|k| keys::load_secret(k)).collect::<Result<Vec<_>>>()?;
-    let signers: Vec<bundle::PublicKey> = secrets.iter().map(|k| bundle::sig::manifest_key(&k.public())).collect();
-    if signers.iter().collect::<BTreeSet<_>>().len() != signers.len() {
+    let signers: BTreeSet<[u8; 32]> = secrets.iter().map(|k| k.public().bytes).collect();
+    if signers.len() != secrets.len() {
         return Err(Error::Usage("the same key is given twice with --key".into()));
     }
     let rotation = if opts.rotate_add.is_empty() && opts.rotate_retire.is_empty() && opts.rotate_threshold.is_none() {
@@ -315,7 +332,7 @@ fn load_keys(opts: &BuildOptions) -> Result<Signing> {
             threshold: opts.rotate_threshold,
         })
     };
-    Ok(Signing { secrets, signers, rotation })
+    Ok(Signing { secrets, rotation })
 }
 
 /// The directory of the output file: temporary files (frame store, archive content store) go
@@ -405,7 +422,6 @@ fn inspect_elf(new: &scan::Tree, steps: &[Step], progress: &progress::Progress) 
 /// The manifest before its entries, OLD list and frames are known.
 fn new_manifest(
     opts: &BuildOptions,
-    signers: Vec<bundle::PublicKey>,
     rotation: Option<Rotation>,
     base: Option<bundle::Base>,
     script: Vec<Step>,
@@ -417,7 +433,6 @@ fn new_manifest(
         channel: opts.channel.to_string(),
         created: opts.created,
         expires: opts.expires,
-        signers,
         entries: Vec::new(),
         old: Vec::new(),
         frames: Vec::new(),
@@ -607,7 +622,15 @@ fn finish_manifest(
     xattr::finish(manifest, xattrs);
 }
 
-/// Check the manifest as the applier will, sign it and write the bundle; returns its size.
+/// What [`seal_and_write`] wrote.
+struct Written {
+    bytes: u64,
+    id: Option<bundle::Hash>,
+    signers: Vec<String>,
+}
+
+/// Check the manifest as the applier will, sign its id with each key (none for `--unsigned`)
+/// and write the bundle.
 fn seal_and_write(
     opts: &BuildOptions,
     manifest: &Manifest,
@@ -615,7 +638,7 @@ fn seal_and_write(
     stored: &[(u64, u64)],
     store: write::FrameStore,
     progress: &progress::Progress,
-) -> Result<u64> {
+) -> Result<Written> {
     // A bundle the applier would refuse is a builder bug (or an inexpressible tree): stop here.
     manifest.check(&Limits::default()).map_err(Error::Invalid)?;
     bundle::script::validate(manifest).map_err(Error::Invalid)?;
@@ -631,10 +654,14 @@ fn seal_and_write(
             return Err(Error::Invalid(bundle::Error::TooLarge { what: what.into(), size, limit }));
         }
     }
-    let sigs: Vec<bundle::sig::SignatureEntry> =
-        secrets.iter().map(|k| (k.public().bytes, k.sign_manifest(&mbytes))).collect();
-    let sbytes = bundle::sig::encode_signatures(&sigs);
-    write::write_bundle(&opts.out, &mbytes, &sbytes, stored, store, progress)
+    let id = Manifest::id(&mbytes);
+    let mut sigs = bundle::sig::Signatures::new();
+    for k in secrets {
+        sigs.insert(k.public().bytes, k.sign_id(&id));
+    }
+    let signers = sigs.entries().iter().map(|(k, _)| bundle::sig::key_id(k)).collect();
+    let bytes = write::write_bundle(&opts.out, &mbytes, &sigs.encode(), stored, store, progress)?;
+    Ok(Written { bytes, id: Some(id), signers })
 }
 
 /// The report of a build that wrote `bytes` (0 for a dry run).
@@ -644,7 +671,7 @@ fn report(
     started: Instant,
     manifest: Manifest,
     tree_entries: usize,
-    bytes: u64,
+    written: Written,
     stats: BTreeMap<&'static str, Stat>,
     warnings: Vec<String>,
     inputs: &Inputs,
@@ -658,8 +685,10 @@ fn report(
         ferry_report: 1,
         command: "build",
         bundle: opts.out.display().to_string(),
-        bytes,
+        bytes: written.bytes,
         version: opts.version,
+        bundle_id: written.id.map(|i| i.to_hex()),
+        signers: written.signers,
         entries: manifest.entries.len(),
         tree_entries,
         steps: manifest.script.len(),

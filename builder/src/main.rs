@@ -1,8 +1,9 @@
 //! `ferry-build`: command-line shim over the `builder` library. Exit codes: 0 ok, 1 error,
 //! 2 usage.
 
-use builder::cli::{BuildArgs, Cli, Cmd};
+use builder::cli::{BuildArgs, Cli, Cmd, PubkeyArgs, SignArgs, SignRequestArgs};
 use builder::progress::{Progress, Verbosity};
+use builder::signer::Signer;
 use builder::{BuildOptions, BuildReport};
 use clap::Parser;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,9 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
             Ok(())
         }
         Cmd::Build(a) => build(&a, verbosity),
+        Cmd::Sign(a) => sign(&a, verbosity),
+        Cmd::SignRequest(a) => sign_request(&a, verbosity),
+        Cmd::Pubkey(a) => pubkey(&a, verbosity),
         Cmd::Split { file, size, json } => {
             let parts = split(&file, size)?;
             if json {
@@ -88,6 +92,160 @@ fn build(a: &BuildArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
         _ => Vec::new(),
     };
     report(&r, a.json, verbosity, &parts);
+    Ok(())
+}
+
+/// Print one JSON report on stdout.
+fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("ferry-build: cannot encode report: {e}"),
+    }
+}
+
+/// The signers `--key` and `--signer-command` name, in that order.
+fn signers(
+    keys: &[PathBuf],
+    commands: &[String],
+    public: Option<&Path>,
+    timeout: u64,
+) -> Result<Vec<Signer>, builder::Error> {
+    if public.is_some() && commands.len() != 1 {
+        return Err(builder::Error::Usage("--signer-pub names the key of exactly one --signer-command".into()));
+    }
+    let mut v = keys.iter().map(|k| Signer::key_file(k)).collect::<Result<Vec<_>, _>>()?;
+    for c in commands {
+        v.push(Signer::command(c, public, timeout)?);
+    }
+    Ok(v)
+}
+
+/// `ferry-build sign`: add signatures, or export a signing request.
+fn sign(a: &SignArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
+    let say = |line: String| {
+        if verbosity > Verbosity::Quiet {
+            eprintln!("{line}");
+        }
+    };
+    if let Some(req) = &a.export_request {
+        let r = builder::sign::export_request(&a.file, req)?;
+        if a.json {
+            print_json(&r);
+        } else {
+            say(format!(
+                "{}: signing request for bundle {} (version {}): {} bytes, of which {} are the manifest (the \
+                 bundle is {} bytes){}",
+                r.request,
+                r.bundle_id,
+                r.version,
+                r.request_bytes,
+                r.manifest_bytes,
+                r.bundle_bytes,
+                if r.signers.is_empty() {
+                    String::new()
+                } else {
+                    format!("; signed so far by {}", r.signers.join(", "))
+                }
+            ));
+            say(format!(
+                "carry it to the signer, run `ferry-build sign-request {} --key K.secret --out SIG` there, and bring \
+                 SIG back: `ferry-build sign {} --import SIG`",
+                r.request, r.bundle
+            ));
+        }
+        return Ok(());
+    }
+    if a.keys.is_empty() && a.signer_commands.is_empty() && a.imports.is_empty() {
+        return Err(builder::Error::Usage(
+            "nothing to sign with: give --key, --signer-command or --import (or --export-request REQ)".into(),
+        ));
+    }
+    let o = builder::sign::SignOptions {
+        file: a.file.clone(),
+        signers: signers(&a.keys, &a.signer_commands, a.signer_pub.as_deref(), a.signer_timeout)?,
+        imports: a.imports.clone(),
+    };
+    let r = builder::sign::sign(&o, &mut |n| say(format!("ferry-build: note: {n}")))?;
+    if a.json {
+        print_json(&r);
+    } else {
+        for id in &r.added {
+            say(format!("{}: signed by {id}", r.bundle));
+        }
+        say(format!(
+            "{}: bundle {} version {}: {} signature{} ({}){}",
+            r.bundle,
+            r.bundle_id,
+            r.version,
+            r.signers.len(),
+            if r.signers.len() == 1 { "" } else { "s" },
+            r.signers.join(", "),
+            if r.rewritten { "" } else { "; file unchanged" }
+        ));
+    }
+    Ok(())
+}
+
+/// `ferry-build sign-request`: summary first (before any signer runs, which may ask for a PIN),
+/// then sign and write the signature file.
+fn sign_request(a: &SignRequestArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
+    let (req, _m, summary) = builder::offline::read_request(&a.request)?;
+    if !a.json {
+        println!("{}", builder::offline::summary_text(&summary));
+    }
+    let signed = if a.summary_only {
+        None
+    } else {
+        let (signer, out) = match (&a.key, &a.signer_command, &a.out) {
+            (_, _, None) => return Err(builder::Error::Usage("--out SIG is needed (or --summary-only)".into())),
+            (Some(k), None, Some(o)) => (Signer::key_file(k)?, o),
+            (None, Some(c), Some(o)) => (Signer::command(c, a.signer_pub.as_deref(), a.signer_timeout)?, o),
+            _ => {
+                return Err(builder::Error::Usage(
+                    "give --key K.secret or --signer-command CMD to sign with (or --summary-only)".into(),
+                ))
+            }
+        };
+        let (_, pk) = builder::offline::sign_request(&req, &signer, out)?;
+        Some((pk, out.clone()))
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "ferry_report": 1,
+            "command": "sign-request",
+            "request": a.request.display().to_string(),
+            "summary": summary,
+            "signed_by": signed.as_ref().map(|(pk, _)| pk.id.clone()),
+            "signature_file": signed.as_ref().map(|(_, o)| o.display().to_string()),
+        });
+        println!("{v}");
+    } else if verbosity > Verbosity::Quiet {
+        if let Some((pk, out)) = &signed {
+            eprintln!("{}: signature by key {} for bundle {}", out.display(), pk.id, summary.bundle_id);
+        }
+    }
+    Ok(())
+}
+
+/// `ferry-build pubkey`.
+fn pubkey(a: &PubkeyArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
+    let signer = match (&a.key, &a.signer_command) {
+        (Some(k), _) => Signer::key_file(k)?,
+        (None, Some(c)) => Signer::command(c, None, a.signer_timeout)?,
+        (None, None) => return Err(builder::Error::Usage("give --key K.secret or --signer-command CMD".into())),
+    };
+    let pk = builder::offline::pubkey(&signer, &a.out)?;
+    if a.json {
+        let v = serde_json::json!({
+            "ferry_report": 1,
+            "command": "pubkey",
+            "key_id": pk.id,
+            "public": a.out.display().to_string(),
+        });
+        println!("{v}");
+    } else if verbosity > Verbosity::Quiet {
+        eprintln!("{}: public key {} ({}; test signature checked)", a.out.display(), pk.id, signer.describe());
+    }
     Ok(())
 }
 

@@ -374,7 +374,6 @@ mod tests {
             channel: "stable".into(),
             created: 0,
             expires: None,
-            signers: vec![],
             entries: d.entries.clone(),
             old: old_entries(old).into_iter().filter(|o| d.touched.contains(&o.path)).collect(),
             frames: vec![],

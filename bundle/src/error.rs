@@ -27,8 +27,9 @@ pub enum Error {
     Signatures(String),
     #[error("signature by key {key_id} does not verify")]
     BadSignature { key_id: String },
-    #[error("not signed by enough trusted keys: {have} of the required {need} (signers: {signers})")]
-    Untrusted { have: usize, need: usize, signers: String },
+    /// The trust policy is not met: which keys signed, how each counts, how many are missing.
+    #[error("{status}")]
+    Untrusted { status: Box<crate::sig::TrustStatus> },
     #[error("frame {index} (bytes {offset}..{}) does not match its hash in the manifest", offset + size)]
     FrameHash { index: u32, offset: u64, size: u64 },
     #[error("frame {index}: {what}")]
@@ -37,6 +38,10 @@ pub enum Error {
     UnsafePath { path: String, why: &'static str },
     #[error("invalid apply script at step {step} ({path}): {why}")]
     Script { step: usize, path: BundlePath, why: String },
+    #[error("invalid signing request: {0}")]
+    Request(String),
+    #[error("invalid signature file: {0}")]
+    SignatureFile(String),
     #[error("invalid key: {0}")]
     Key(String),
     /// A channel, key id or hook that breaks its rule ([`crate::names`]).

@@ -6,7 +6,9 @@
 //! - [`manifest`]: the signed manifest (entries of NEW, expected OLD state, frames, apply script).
 //! - [`bspatch`]: applying the bsdiff patches of `Method::Bsdiff` pieces, bounded.
 //! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
-//! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
+//! - [`sig`]: keys, key ids, domain-separated ed25519 signatures over the bundle id, the
+//!   signature member, trust policies and what they make of a bundle's signers.
+//! - [`request`]: offline signing: the signing request and the detached signature file.
 //! - [`resolve`]: kernel-style symlink resolution over an index of a tree (ordering, rule 4).
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
 //! - [`sparse`]: data extents of sparse files, where the payload lands, the zero-filled digest.
@@ -24,6 +26,7 @@ pub mod limits;
 pub mod manifest;
 pub mod names;
 pub mod path;
+pub mod request;
 pub mod resolve;
 pub mod scan;
 pub mod script;

@@ -20,7 +20,7 @@ pub struct Limits {
     /// `max_symlink_len`, `max_hook_command`, ...), which [`crate::Manifest::check`] and
     /// [`crate::BundlePath`] check after decoding with messages naming the field.
     pub max_manifest_string: usize,
-    /// Number of signatures (and signers).
+    /// Signatures in the signature member (0 to this many).
     pub max_signatures: usize,
     /// Entries of NEW, expected OLD entries, and apply-script steps, each.
     pub max_entries: usize,

@@ -24,8 +24,6 @@ pub struct Manifest {
     pub created: u64,
     /// Optional expiry, seconds since the Unix epoch.
     pub expires: Option<u64>,
-    /// Public keys that sign this manifest, in the order of the signature member.
-    pub signers: Vec<PublicKey>,
     /// The entries of NEW the bundle needs, sorted by path bytes, unique: every path with a
     /// Mkdir, Place, SetMeta or DirMeta step or listed in `old` (if in NEW), closed under
     /// hardlink groups, `NAME.ferry-new` beside config files, and ancestors
@@ -381,13 +379,6 @@ impl Manifest {
         if self.format != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion(self.format.to_string()));
         }
-        if self.signers.is_empty() || self.signers.len() > limits.max_signatures {
-            return Err(Error::Manifest(format!(
-                "{} signers (1 to {} allowed)",
-                self.signers.len(),
-                limits.max_signatures
-            )));
-        }
         let pieces: usize = self
             .entries
             .iter()
@@ -701,7 +692,8 @@ impl Manifest {
         self.old.binary_search_by(|e| e.path.cmp(p)).ok().map(|i| &self.old[i])
     }
 
-    /// Bundle id: BLAKE3 of the encoded manifest.
+    /// Bundle id: BLAKE3 of the manifest member's bytes (the compressed form, as received). The
+    /// signatures are over this id (bundle-format.md §3.2).
     pub fn id(bytes: &[u8]) -> Hash {
         Hash::of(bytes)
     }

@@ -13,7 +13,7 @@
 //! What is bounded, each by a field of [`Limits`]: decoded bytes (`max_manifest_decoded`), CBOR
 //! data items (`max_manifest_items`), nesting (`max_manifest_depth`), the length of every text or
 //! byte string (`max_manifest_string`), and the length of each
-//! counted array, named by its map key: `signers`, `entries`, `old`, `frames`, `script`, `hooks`,
+//! counted array, named by its map key: `entries`, `old`, `frames`, `script`, `hooks`,
 //! `Pieces` (all pieces of all files together), `extents` (per sparse file and all together), a
 //! rotation's `add` and `retire`, `xattr_namespaces` (bounded like the attributes of one set) and
 //! `xattr_sets`. Tags and
@@ -25,7 +25,6 @@ use std::io::{self, Read};
 /// The map key whose value an array is: the arrays of the manifest that have a bound of their own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
-    Signers,
     Entries,
     Old,
     Frames,
@@ -46,7 +45,6 @@ impl Field {
 
     fn from_key(key: &[u8]) -> Field {
         match key {
-            b"signers" => Field::Signers,
             b"entries" => Field::Entries,
             b"old" => Field::Old,
             b"frames" => Field::Frames,
@@ -66,7 +64,6 @@ impl Field {
     /// elements (the same words as [`crate::Manifest::check`]).
     fn bound(self, l: &Limits) -> Option<(usize, &'static str)> {
         match self {
-            Field::Signers => Some((l.max_signatures, "signers")),
             Field::Entries => Some((l.max_entries, "entries")),
             Field::Old => Some((l.max_entries, "old entries")),
             Field::Script => Some((l.max_entries, "script steps")),
@@ -357,7 +354,6 @@ mod tests {
             channel: "stable".into(),
             created: 0,
             expires: None,
-            signers: vec![Hash([1; 32])],
             entries: vec![Entry {
                 path: p("a"),
                 meta: Meta::default(),
@@ -406,7 +402,6 @@ mod tests {
     #[test]
     fn counts_over_their_limits() {
         let one = Limits {
-            max_signatures: 1,
             max_entries: 1,
             max_frames: 1,
             max_pieces: 1,
@@ -419,10 +414,9 @@ mod tests {
             ..Limits::default()
         };
         type Edit = fn(&mut Manifest);
-        let cases: [(Edit, &str); 12] = [
+        let cases: [(Edit, &str); 11] = [
             (|m| m.xattr_namespaces.push("security".into()), "manifest has 2 xattr namespaces, over the limit of 1"),
             (|m| m.xattr_sets.push(vec![]), "manifest has 2 xattr sets, over the limit of 1"),
-            (|m| m.signers.push(Hash([9; 32])), "manifest has 2 signers, over the limit of 1"),
             (|m| m.entries.push(m.entries[0].clone()), "manifest has 2 entries, over the limit of 1"),
             (|m| m.old.push(m.old[0].clone()), "manifest has 2 old entries, over the limit of 1"),
             (|m| m.script.push(m.script[0].clone()), "manifest has 2 script steps, over the limit of 1"),

@@ -403,7 +403,6 @@ mod tests {
             channel: "stable".into(),
             created: 0,
             expires: None,
-            signers: vec![Hash([0; 32])],
             entries,
             old,
             frames: vec![],

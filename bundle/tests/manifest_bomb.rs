@@ -3,7 +3,7 @@
 //! to the steps (bundle-format.md §4.6, §8). Alone in its test binary, so the process's peak
 //! resident size (`VmHWM`) measures this test only.
 
-use bundle::{BundlePath, Error, Hash, Limits, Manifest, Op, Step, FORMAT_VERSION};
+use bundle::{BundlePath, Error, Limits, Manifest, Op, Step, FORMAT_VERSION};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,6 @@ fn steps_bomb(n: u32) -> Vec<u8> {
         channel: "stable".into(),
         created: 0,
         expires: None,
-        signers: vec![Hash([0; 32])],
         entries: vec![],
         old: vec![],
         frames: vec![],

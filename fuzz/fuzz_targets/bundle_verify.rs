@@ -1,7 +1,8 @@
 //! Bytes as a whole bundle file, read from memory the way `ferry-apply verify` and `inspect` read
-//! one: canonical framing of the head, every signature, the manifest (decoded whether or not the
-//! signatures hold, as `inspect` does), signers, the apply script, every frame's header, hash and
-//! padding, the end of the archive. Must never panic, whatever the bytes.
+//! one: canonical framing of the head, the signature member (canonical, sorted, unique) and every
+//! signature over the bundle id, a trust policy's view of the signers, the manifest (decoded
+//! whether or not the signatures hold, as `inspect` does), the apply script, every frame's header,
+//! hash and padding, the end of the archive. Must never panic, whatever the bytes.
 #![no_main]
 
 use bundle::container::Reader;
@@ -14,11 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits { max_manifest_bytes: 1 << 20, max_frame_bytes: 1 << 20, ..Limits::default() };
     let mut r = Reader::new(data, limits.clone());
     let Ok((mb, sb)) = r.head() else { return };
-    let keys = sig::verify_signatures(&mb, &sb, limits.max_signatures);
-    let Ok(m) = Manifest::decode(&mb, &limits) else { return };
-    if let Ok(keys) = &keys {
-        let _ = sig::check_signers(&m, keys);
+    if let Ok(keys) = sig::verify_signatures(&mb, &sb, limits.max_signatures) {
+        let policy = sig::TrustPolicy { keys: keys.iter().take(1).cloned().collect(), threshold: 2, retired: vec![] };
+        let _ = policy.check(&keys).map_err(|e| e.to_string());
     }
+    let Ok(m) = Manifest::decode(&mb, &limits) else { return };
     let _ = bundle::script::validate(&m);
     for i in 0..m.frames.len() {
         if r.check_frame(&m.frames, i).is_err() {

@@ -2,8 +2,8 @@
 //! bypassing every check `ferry-build` makes, so adversarial tests can hand the real applier
 //! exactly the hostile bundle they mean to.
 //!
-//! - [`write_bundle`] / [`bundle_bytes`]: a [`Manifest`] (its `signers` filled in here), signed by
-//!   the given keys, framed with the given payload frames.
+//! - [`write_bundle`] / [`bundle_bytes`]: a [`Manifest`] signed by the given keys (the signature
+//!   member sorted, as the format requires), framed with the given payload frames.
 //! - [`write_raw`] / [`raw_bundle_bytes`]: the same around arbitrary manifest bytes, for manifests
 //!   the Rust types cannot hold (unsafe paths, numbers out of range, wrong CBOR types). Such bytes
 //!   are made by editing the manifest's CBOR as a [`Value`] ([`to_value`], [`get`], [`encode_value`])
@@ -13,7 +13,7 @@
 //! - [`regions`]: the byte ranges of every region of a bundle file, for bit-flip tests.
 
 use bundle::container::{self, finish, write_member, write_payload, MANIFEST_NAME, SIGNATURES_NAME};
-use bundle::sig::{encode_signatures, SecretKey};
+use bundle::sig::{encode_signatures, SecretKey, Signatures};
 use bundle::{BundlePath, Content, Entry, Frame, Hash, Kind, Manifest, Meta, Method, Op, Piece, Step, FORMAT_VERSION};
 pub use ciborium::Value;
 use std::io::Write;
@@ -92,7 +92,6 @@ pub fn empty(version: u64) -> Manifest {
         channel: "stable".into(),
         created: 1_700_000_000,
         expires: None,
-        signers: Vec::new(),
         entries: Vec::new(),
         old: Vec::new(),
         frames: Vec::new(),
@@ -122,21 +121,26 @@ pub fn minimal(version: u64, d: &str, content: &[u8]) -> Forged {
     Forged { manifest: m, frames: vec![z] }
 }
 
-/// `m` with `signers` set to the public keys of `keys`, in order.
-pub fn with_signers(m: &Manifest, keys: &[&SecretKey]) -> Manifest {
-    let mut m = m.clone();
-    m.signers = keys.iter().map(|k| Hash(k.public().bytes)).collect();
-    m
+/// The valid signature member for `manifest_bytes` signed by each of `keys`: sorted by public
+/// key, a key given twice signing once.
+pub fn signatures(manifest_bytes: &[u8], keys: &[&SecretKey]) -> Vec<u8> {
+    let id = Manifest::id(manifest_bytes);
+    let mut s = Signatures::new();
+    for k in keys {
+        s.insert(k.public().bytes, k.sign_id(&id));
+    }
+    s.encode()
 }
 
-/// The signature member for `manifest_bytes` signed by each of `keys`.
-pub fn signatures(manifest_bytes: &[u8], keys: &[&SecretKey]) -> Vec<u8> {
-    let sigs: Vec<([u8; 32], [u8; 64])> =
-        keys.iter().map(|k| (k.public().bytes, k.sign_manifest(manifest_bytes))).collect();
+/// A signature member holding exactly these signatures in this order, valid or not (unsorted,
+/// a key twice): for refusal tests.
+pub fn raw_signatures(manifest_bytes: &[u8], keys: &[&SecretKey]) -> Vec<u8> {
+    let id = Manifest::id(manifest_bytes);
+    let sigs: Vec<([u8; 32], [u8; 64])> = keys.iter().map(|k| (k.public().bytes, k.sign_id(&id))).collect();
     encode_signatures(&sigs)
 }
 
-/// A complete bundle around `manifest_bytes` (taken as is, signers and all).
+/// A complete bundle around `manifest_bytes` (taken as is).
 pub fn raw_bundle_bytes(manifest_bytes: &[u8], keys: &[&SecretKey], frames: &[Vec<u8>]) -> Vec<u8> {
     // Hand-made CBOR is packed into the manifest member's zstd frame as the builder does; bytes
     // that already are a zstd frame (from `Manifest::encode`) are used as they are.
@@ -160,9 +164,9 @@ pub fn framed(manifest_bytes: &[u8], sig_bytes: &[u8], frames: &[Vec<u8>]) -> Ve
     out
 }
 
-/// A complete bundle: `m` with its signers filled in, encoded, signed by `keys`, framed.
+/// A complete bundle: `m` encoded, signed by `keys`, framed.
 pub fn bundle_bytes(m: &Manifest, keys: &[&SecretKey], frames: &[Vec<u8>]) -> Vec<u8> {
-    raw_bundle_bytes(&with_signers(m, keys).encode(), keys, frames)
+    raw_bundle_bytes(&m.encode(), keys, frames)
 }
 
 pub fn write_bundle(path: &Path, m: &Manifest, keys: &[&SecretKey], frames: &[Vec<u8>]) {
@@ -173,10 +177,10 @@ pub fn write_raw(path: &Path, manifest_bytes: &[u8], keys: &[&SecretKey], frames
     std::fs::write(path, raw_bundle_bytes(manifest_bytes, keys, frames)).expect("write bundle");
 }
 
-/// The manifest (signers filled in for `keys`) as a CBOR value tree, to edit into shapes the
-/// types refuse. Encoding it unchanged with [`encode_value`] gives exactly `Manifest::encode`.
-pub fn to_value(m: &Manifest, keys: &[&SecretKey]) -> Value {
-    Value::serialized(&with_signers(m, keys)).expect("to cbor value")
+/// The manifest as a CBOR value tree, to edit into shapes the types refuse. Encoding it
+/// unchanged with [`encode_value`] gives exactly `Manifest::to_cbor`.
+pub fn to_value(m: &Manifest) -> Value {
+    Value::serialized(m).expect("to cbor value")
 }
 
 pub fn encode_value(v: &Value) -> Vec<u8> {
@@ -290,9 +294,8 @@ mod tests {
 
     #[test]
     fn value_roundtrip_is_exact() {
-        let k = secret(1);
         let f = minimal(1, "d", b"hello");
-        assert_eq!(encode_value(&to_value(&f.manifest, &[&k])), with_signers(&f.manifest, &[&k]).to_cbor());
+        assert_eq!(encode_value(&to_value(&f.manifest)), f.manifest.to_cbor());
     }
 
     #[test]
@@ -307,7 +310,7 @@ mod tests {
     fn regions_tile_the_bundle() {
         let k = secret(1);
         let f = minimal(1, "d", b"hello");
-        let m = with_signers(&f.manifest, &[&k]).encode();
+        let m = f.manifest.encode();
         let s = signatures(&m, &[&k]);
         let b = framed(&m, &s, &f.frames);
         let r = regions(m.len(), s.len(), &[f.frames[0].len()]);

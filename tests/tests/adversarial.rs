@@ -84,9 +84,9 @@ impl Env {
         forge::write_raw(&self.bundle, manifest_bytes, &[&self.key], frames);
     }
 
-    /// `m` (signed by the trusted key) as an editable CBOR value.
+    /// `m` as an editable CBOR value (written with [`Env::write_raw`], signed by the trusted key).
     fn value(&self, m: &Manifest) -> Value {
-        forge::to_value(m, &[&self.key])
+        forge::to_value(m)
     }
 
     fn run(&self, args: &[&std::ffi::OsStr]) -> Run {
@@ -564,10 +564,10 @@ fn other_script_defects() {
 // Sizes and numbers.
 
 /// A manifest of `n` directory entries `d0000000`, `d0000001`, …, spliced as bytes (fast).
-fn many_entries_manifest(key: &SecretKey, n: u32) -> Vec<u8> {
+fn many_entries_manifest(n: u32) -> Vec<u8> {
     let mut m = forge::empty(1);
     m.entries = vec![forge::dir("d0000000", 0o755)];
-    let enc = forge::with_signers(&m, &[key]).to_cbor();
+    let enc = m.to_cbor();
     let mut one = Vec::new();
     ciborium::into_writer(&m.entries[0], &mut one).expect("encode entry");
     let mut key_and_one = b"\x67entries\x81".to_vec();
@@ -591,7 +591,7 @@ fn many_entries_manifest(key: &SecretKey, n: u32) -> Vec<u8> {
 fn million_entries_refused_by_limits() {
     let env = Env::new();
     let t = Instant::now();
-    let mb = many_entries_manifest(&env.key, 1_000_000);
+    let mb = many_entries_manifest(1_000_000);
     env.write_raw(&mb, &[]);
     eprintln!("forged a {} byte manifest in {:?}", mb.len(), t.elapsed());
     let r = env.refused(3, &["manifest has 1000000 entries, over the limit of 500000"]);
@@ -793,8 +793,7 @@ fn out_of_range_numbers() {
 
     // Byte-level encodings: non-minimal integers, a lying array length, a huge byte string, junk
     // after the manifest.
-    let env = Env::new();
-    let good = forge::with_signers(&f.manifest, &[&env.key]).to_cbor();
+    let good = f.manifest.to_cbor();
     let splice = |from: &[u8], to: &[u8]| -> Vec<u8> {
         let at = good.windows(from.len()).position(|w| w == from).expect("pattern in manifest");
         [&good[..at], to, &good[at + from.len()..]].concat()
@@ -838,7 +837,7 @@ fn unknown_format_version() {
 
     // The container's version: `ferry-v4/manifest.cbor`.
     let env = Env::new();
-    let mb = forge::with_signers(&f.manifest, &[&env.key]).encode();
+    let mb = f.manifest.encode();
     let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);
     let hdr = bundle::container::header("ferry-v4/manifest.cbor", mb.len() as u64);
     b[..512].copy_from_slice(&hdr);
@@ -868,43 +867,48 @@ fn signature_failures() {
     let f = minimal();
     let trusted = forge::secret(1);
     let stranger = forge::secret(2);
-    let mb = |keys: &[&SecretKey]| forge::with_signers(&f.manifest, keys).encode();
+    let bytes = f.manifest.encode();
+    let id = bundle::Manifest::id(&bytes);
 
     // Signed only by an untrusted key.
     let env = Env::new();
     forge::write_bundle(&env.bundle, &f.manifest, &[&stranger], &f.frames);
-    env.refused(3, &["not signed by enough trusted keys: 0 of the required 1", &stranger.public().id]);
+    let who = format!("signed by {} (not trusted)", stranger.public().id);
+    env.refused(3, &["bundle has 0 trusted signatures, the policy needs 1 (short by 1)", &who]);
 
-    // A trusted key's signature over other bytes.
+    // A trusted key's signature over another bundle's id.
     let env = Env::new();
-    let bytes = mb(&[&trusted]);
     let mut other = bytes.clone();
     *other.last_mut().expect("nonempty") ^= 1;
     let sigs = forge::signatures(&other, &[&trusted]);
     fs::write(&env.bundle, forge::framed(&bytes, &sigs, &f.frames)).expect("write");
     env.refused(3, &["does not verify", &trusted.public().id]);
 
-    // The signature member's keys differ from the manifest's signers.
+    // Every signature present is checked: a valid trusted one does not excuse a bad untrusted one.
     let env = Env::new();
-    let bytes = mb(&[&stranger]);
-    let sigs = forge::signatures(&bytes, &[&trusted]);
-    fs::write(&env.bundle, forge::framed(&bytes, &sigs, &f.frames)).expect("write");
-    env.refused(3, &["does not match the manifest's signers"]);
+    let mut sigs = bundle::sig::Signatures::new();
+    sigs.insert(trusted.public().bytes, trusted.sign_id(&id));
+    sigs.insert(stranger.public().bytes, stranger.sign_id(&bundle::Manifest::id(&other)));
+    fs::write(&env.bundle, forge::framed(&bytes, &sigs.encode(), &f.frames)).expect("write");
+    env.refused(3, &["does not verify", &stranger.public().id]);
 
-    // No signatures; the trusted key twice; 17 signatures; not CBOR; junk after the CBOR.
-    let bytes = mb(&[&trusted]);
+    // No signatures (an unsigned bundle); the trusted key twice; two keys out of order; 17
+    // signatures; not CBOR; junk after the CBOR; a short signature.
     let seventeen: Vec<SecretKey> = (10..27).map(forge::secret).collect();
     let seventeen: Vec<&SecretKey> = seventeen.iter().collect();
+    let mut desc = [&trusted, &stranger];
+    desc.sort_by_key(|k| std::cmp::Reverse(k.public().bytes));
     let mut junk = forge::signatures(&bytes, &[&trusted]);
     junk.push(0);
     let short_sig = forge::encode_value(&Value::Array(vec![Value::Array(vec![
         Value::Bytes(trusted.public().bytes.to_vec()),
-        Value::Bytes(trusted.sign_manifest(&bytes)[..63].to_vec()),
+        Value::Bytes(trusted.sign_id(&id)[..63].to_vec()),
     ])]));
     for (what, sigs, needle) in [
-        ("no signatures", bundle::sig::encode_signatures(&[]), "0 signatures"),
-        ("same key twice", forge::signatures(&bytes, &[&trusted, &trusted]), "signs twice"),
-        ("17 signatures", forge::signatures(&bytes, &seventeen), "17 signatures"),
+        ("no signatures", bundle::sig::encode_signatures(&[]), "bundle is unsigned (no signatures)"),
+        ("same key twice", forge::raw_signatures(&bytes, &[&trusted, &trusted]), "signs twice"),
+        ("unsorted", forge::raw_signatures(&bytes, &desc), "not sorted by public key"),
+        ("17 signatures", forge::signatures(&bytes, &seventeen), "17 signatures (0 to 16 allowed)"),
         ("not cbor", b"\xff\xff".to_vec(), "malformed signature block"),
         ("junk after the cbor", junk, "malformed signature block"),
         ("short signature", short_sig, "signature must be 64 bytes"),
@@ -930,7 +934,7 @@ fn signature_failures() {
         "--trust".as_ref(),
         dir.as_os_str(),
     ]);
-    check_refusal(&r, 3, &["not signed by enough trusted keys"]);
+    check_refusal(&r, 3, &["short by 1", &format!("{} (retired)", trusted.public().id)]);
     env.unchanged();
 }
 
@@ -989,7 +993,7 @@ fn rotation_retires_an_upper_case_key_id() {
     env.applied();
     let g = forge::minimal(2, "newer", b"v2\n");
     env.write(&g.manifest, &g.frames); // signed by the retired key
-    check_refusal(&env.apply(), 3, &["not signed by enough trusted keys"]);
+    check_refusal(&env.apply(), 3, &[&format!("{} (retired)", old_key.public().id), "short by 1"]);
     assert!(!env.target.join("newer").exists());
     forge::write_bundle(&env.bundle, &g.manifest, &[&new_key], &g.frames);
     env.applied();
@@ -1037,7 +1041,7 @@ fn pathological_hook_glob_is_fast() {
 fn bit_flip_in_every_region() {
     let f = minimal();
     let key = forge::secret(1);
-    let mb = forge::with_signers(&f.manifest, &[&key]).encode();
+    let mb = f.manifest.encode();
     let sb = forge::signatures(&mb, &[&key]);
     let good = forge::framed(&mb, &sb, &f.frames);
     let regions = forge::regions(mb.len(), sb.len(), &[f.frames[0].len()]);
@@ -1224,7 +1228,7 @@ fn write_fuzz_seeds() {
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     for (name, f, keys) in seeds {
-        let m = forge::with_signers(&f.manifest, &keys);
+        let m = f.manifest.clone();
         m.check(&Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         bundle::script::validate(&m).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mb = m.to_cbor();
@@ -1235,6 +1239,17 @@ fn write_fuzz_seeds() {
         fs::create_dir_all(root.join("bundle_verify")).expect("mkdir");
         fs::write(root.join("bundle_verify").join(format!("seed-{name}")), forge::bundle_bytes(&m, &keys, &f.frames))
             .expect("write seed");
+        // Offline signing: the request for this manifest, and a signature file for it.
+        let member = m.encode();
+        let req = bundle::request::SigningRequest::new(member);
+        let sig = bundle::request::DetachedSignature {
+            bundle_id: req.id,
+            key: k1.public().bytes,
+            signature: k1.sign_id(&req.id),
+        };
+        fs::create_dir_all(root.join("signing_request")).expect("mkdir");
+        fs::write(root.join("signing_request").join(format!("seed-{name}")), req.encode()).expect("write seed");
+        fs::write(root.join("signing_request").join(format!("seed-{name}.sig")), sig.to_text()).expect("write seed");
     }
 }
 
@@ -1301,11 +1316,11 @@ fn sparse_entries_must_be_consistent() {
 
 /// A manifest member of a few KB whose CBOR declares `n` `Place` steps of the one-byte path `a`
 /// (17 bytes each): the CBOR is compressed as it is generated, so the test never holds it.
-fn steps_bomb(key: &SecretKey, n: u32) -> Vec<u8> {
+fn steps_bomb(n: u32) -> Vec<u8> {
     use std::io::Write;
     let mut m = forge::empty(1);
     m.script = vec![forge::step(Op::Place, "a")];
-    let enc = forge::with_signers(&m, &[key]).to_cbor();
+    let enc = m.to_cbor();
     let mut one = Vec::new();
     ciborium::into_writer(&m.script[0], &mut one).expect("encode step");
     let mut key_and_one = b"\x66script\x81".to_vec();
@@ -1351,7 +1366,7 @@ fn manifest_with_millions_of_steps_is_refused_while_decoding() {
     let env = Env::new();
     let stranger = forge::secret(9);
     let n = 15_700_000;
-    let mb = steps_bomb(&stranger, n);
+    let mb = steps_bomb(n);
     eprintln!("manifest member: {} bytes for {} steps", mb.len(), n);
     assert!(mb.len() < 64 * 1024, "bomb is {} bytes", mb.len());
     let needle = format!("manifest has {n} script steps, over the limit of 500000");
@@ -1363,7 +1378,7 @@ fn manifest_with_millions_of_steps_is_refused_while_decoding() {
     assert!(r.took < Duration::from_secs(10), "inspect took {:?}", r.took);
 
     // Signed by the trusted key, `apply` gets as far as decoding and refuses it the same way.
-    forge::write_raw(&env.bundle, &steps_bomb(&env.key, n), &[&env.key], &[]);
+    forge::write_raw(&env.bundle, &steps_bomb(n), &[&env.key], &[]);
     let r = env.refused(3, &[&needle]);
     assert!(r.took < Duration::from_secs(10), "apply took {:?}", r.took);
 }

@@ -475,7 +475,6 @@ fn bsdiff_pieces_obey_the_structural_rules() {
     use ferry_tests::forge;
     let base = forge::path("bin/prog");
     let mut m = forge::empty(2);
-    m.signers = vec![bundle::sig::manifest_key(&forge::secret(1).public())];
     m.old = vec![OldEntry {
         path: base.clone(),
         meta: forge::meta(0o755),

@@ -365,7 +365,11 @@ fn key_rotation_moves_trust_to_the_successor() {
     build(Some(t2), t3, &a_sk, 3, &v3a, &["--base-version", "2"]);
     let before = snapshot(&target, true);
     let o = apply(&v3a, &target, &a_pk, 3, &[]);
-    assert!(stderr(&o).contains(&a_id), "the refusal should name the signer: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{a_id} (retired)")),
+        "the refusal should name the signer as retired: {}",
+        stderr(&o)
+    );
     assert_same(&snapshot(&target, true), &before, "after refusing a bundle by the retired key");
     assert!(!target.join(".ferry/txn").exists());
 
@@ -390,6 +394,8 @@ fn two_of_two_signatures_apply() {
     build(None, &t[0], &a_sk, 1, &b, &["--key", b_sk.to_str().expect("utf-8")]);
     let v = json(&run_expect(apply_cmd().arg("verify").arg(&b).arg("--trust").arg(&trust).arg("--json"), 0));
     assert_eq!(v["signers"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!((v["trust"]["trusted"].as_u64(), v["trust"]["threshold"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!(v["trust"]["met"], true, "{v}");
     let target = mkdir(&d.path().join("target"));
     apply(&b, &target, &trust, 0, &[]);
     assert_same(&snapshot(&target, true), &snapshot(&t[0], true), "bundle signed by both keys");

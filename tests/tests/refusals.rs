@@ -264,7 +264,8 @@ fn untrusted_signer_and_unmet_threshold_are_refused() {
     build(Some(&fx.old), &fx.new, &other_secret, 2, &b, &[]);
     let target = fx.target("target");
     let o = refused(&b, &target, &fx.public, 3, &[], "signed by an untrusted key");
-    assert!(stderr(&o).contains("not signed by enough trusted keys"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bundle has 0 trusted signatures, the policy needs 1 (short by 1)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(not trusted)"), "{}", stderr(&o));
 
     // Threshold 2 of {key, other}; the bundle carries one signature.
     let trust = fx.p("trust");
@@ -275,7 +276,7 @@ fn untrusted_signer_and_unmet_threshold_are_refused() {
     let one = fx.p("one-sig.ferry");
     build(Some(&fx.old), &fx.new, &fx.secret, 2, &one, &[]);
     let o = refused(&one, &target, &trust, 3, &[], "one signature, threshold 2");
-    assert!(stderr(&o).contains("1 of the required 2"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bundle has 1 trusted signature, the policy needs 2 (short by 1)"), "{}", stderr(&o));
     // With both signatures it applies (so the refusal was the threshold).
     let two = fx.p("two-sig.ferry");
     build(Some(&fx.old), &fx.new, &fx.secret, 2, &two, &["--key", other_secret.to_str().expect("utf-8")]);

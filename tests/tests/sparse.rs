@@ -255,7 +255,6 @@ fn bad_extents_are_refused_by_the_format_check() {
     let data = b"0123456789";
     let good = |extents: Vec<Extent>, size: u64| {
         let mut f = forge::minimal(1, "d", data);
-        f.manifest.signers = vec![bundle::Hash([1; 32])];
         if let Kind::File { size: s, hash, extents: x, .. } = &mut f.manifest.entries[1].kind {
             let mut dense = vec![0u8; size as usize];
             let mut at = 0usize;
@@ -290,7 +289,6 @@ fn bad_extents_are_refused_by_the_format_check() {
     refused(vec![e(0, 4), e(100, 5)], 1000, "pieces sum to 10");
     // Too many extents in one file.
     let mut f = forge::minimal(1, "d", data);
-    f.manifest.signers = vec![bundle::Hash([1; 32])];
     if let Kind::File { size, extents, .. } = &mut f.manifest.entries[1].kind {
         *size = 1000;
         *extents = Some((0..10).map(|i| e(i * 20, 1)).collect());
@@ -303,7 +301,6 @@ fn bad_extents_are_refused_by_the_format_check() {
     assert!(err.to_string().contains("manifest has 10 extents"), "{err}");
     // And an all-hole file is Empty, never empty pieces.
     let mut f = forge::minimal(1, "d", b"");
-    f.manifest.signers = vec![bundle::Hash([1; 32])];
     if let Kind::File { size, extents, .. } = &mut f.manifest.entries[1].kind {
         *size = 1000;
         *extents = Some(vec![]);
