@@ -61,6 +61,7 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
     let resumed = apply::resume(o)?.result;
     let sd = apply::open_state(o)?;
     let trust = apply::load_trust(o, sd.as_ref())?;
+    let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
     let mut items = Vec::new();
     let mut heads = Vec::new();
     let (paths, skipped) = candidates(dir)?;
@@ -114,6 +115,15 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
         };
         if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
             items.push(skip("already installed".into()));
+            continue;
+        }
+        if !crate::unseal::can_open(&h, &keys) {
+            // A stick may carry bundles for several targets, each encrypted to its own.
+            let n = crate::unseal::recipients(&h).unwrap_or(0);
+            items.push(skip(format!(
+                "encrypted to {n} recipient(s), none of them this target (no matching identity in {})",
+                keys.looked_in()
+            )));
             continue;
         }
         if let Some(iv) = st.version {

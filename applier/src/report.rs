@@ -43,6 +43,12 @@ pub struct Failure {
 #[derive(Debug, Serialize)]
 pub struct Verified {
     pub verified: bool,
+    /// The bundle is encrypted (bundle-format.md §4.10), to `recipients` recipients.
+    pub encrypted: bool,
+    pub recipients: Option<usize>,
+    /// An `--identity` opened it: its manifest and decoded frames were checked too (else only
+    /// what is public: signatures, trust, the outer manifest, every stored frame's hash).
+    pub decrypted: bool,
     pub version: u64,
     pub bundle_id: String,
     pub signers: Vec<String>,
@@ -87,7 +93,17 @@ fn print_json<T: Serialize>(r: &Report<'_, T>) {
 
 /// `verify`'s human text.
 pub fn verify_text(v: &Verified) -> String {
-    format!("OK: {} version {} signed by {} ({} frames verified)", v.file, v.version, v.signers.join(","), v.frames)
+    let enc = match (v.recipients, v.decrypted) {
+        (None, _) => String::new(),
+        (Some(n), true) => format!("; encrypted to {n} recipient(s), opened and checked"),
+        (Some(n), false) => format!("; encrypted to {n} recipient(s), contents not checked (no --identity)"),
+    };
+    format!("OK: {} version {} signed by {} ({} frames verified{enc})", v.file, v.version, v.signers.join(","), v.frames)
+}
+
+/// `identity`'s human text: the recipient line, for `ferry-build build --encrypt-to`.
+pub fn identity_text(r: &crate::unseal::IdentityReport) -> String {
+    r.recipient.clone()
 }
 
 /// `apply`'s human text.
@@ -202,7 +218,7 @@ pub fn status_text(s: &crate::status::Status) -> String {
 /// report (keys sorted, strings quoted and JSON-escaped).
 pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
     let mut s = format!(
-        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
+        "UNVERIFIED bundle (no key checked; signatures {})\nversion {} channel {} base {}\nsigners {}\ncounts (of entries listed) {}\n  ({})\nsizes {}",
         if v.signatures_valid { "well-formed and matching" } else { "INVALID" },
         v.version,
         as_json(&v.channel),
@@ -212,6 +228,12 @@ pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
         v.entries_note,
         as_json(&v.sizes),
     );
+    match (v.recipients, &v.recipient_id) {
+        (Some(n), Some(id)) => s.push_str(&format!("\nencrypted to {n} recipient(s); opened by identity {id}")),
+        (Some(n), None) => s.push_str(&format!("\nencrypted to {n} recipient(s); contents hidden (no --identity)")),
+        (None, _) => {}
+    }
+    s.push_str("\napply script:");
     for st in &v.script {
         s.push_str(&format!("\n  {:8} {}", st.op, text::escape_line(&st.path)));
     }

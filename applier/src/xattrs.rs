@@ -331,6 +331,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            sealed: None,
         }
     }
 

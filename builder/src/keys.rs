@@ -15,7 +15,8 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn create_new(path: &Path, mode: u32, text: &str) -> Result<()> {
+/// Create `path` (refusing an existing one) with `mode` from the start, write `text`, fsync.
+pub(crate) fn create_new(path: &Path, mode: u32, text: &str) -> Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             Error::Exists { path: path.to_path_buf() }

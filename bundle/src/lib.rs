@@ -6,6 +6,7 @@
 //! - [`manifest`]: the signed manifest (entries of NEW, expected OLD state, frames, apply script).
 //! - [`bspatch`]: applying the bsdiff patches of `Method::Bsdiff` pieces, bounded.
 //! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
+//! - [`seal`]: encrypted bundles: recipients, identities, the sealed manifest, frame keystreams.
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures, trust policies.
 //! - [`resolve`]: kernel-style symlink resolution over an index of a tree (ordering, rule 4).
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
@@ -26,6 +27,7 @@ pub mod path;
 pub mod resolve;
 pub mod scan;
 pub mod script;
+pub mod seal;
 pub mod sig;
 pub mod sparse;
 pub mod xattr;

@@ -51,6 +51,10 @@ pub struct Manifest {
     /// Distinct attribute sets, referenced by [`Meta::xattrs`] of entries and old entries; each
     /// referenced at least once, in order of first reference (entries, then old entries).
     pub xattr_sets: Vec<crate::XattrSet>,
+    /// Set only in an encrypted bundle's public outer manifest (bundle-format.md §4.10): the
+    /// inner manifest, encrypted, and its key wrapped for each recipient. The outer manifest then
+    /// has no entries, old entries, steps, hooks, rotation or attributes ([`crate::seal`]).
+    pub sealed: Option<crate::seal::Sealed>,
 }
 
 /// A 32-byte ed25519 public key.
@@ -339,6 +343,10 @@ impl Manifest {
     pub fn check(&self, limits: &Limits) -> Result<(), Error> {
         self.check_counts(limits)?;
         self.check_hooks_channel_rotation(limits)?;
+        if let Some(s) = &self.sealed {
+            // An encrypted bundle's outer manifest: public fields and frames only (§4.10).
+            return crate::seal::check_outer(self, s, limits);
+        }
         let mut per_frame = self.check_entries(limits)?;
         self.check_frame_tiling(&mut per_frame)?;
         self.check_xattrs(limits)?;

@@ -37,6 +37,11 @@ enum Field {
     Retire,
     XattrNamespaces,
     XattrSets,
+    /// `sealed.recipients` (§4.10).
+    Recipients,
+    /// `sealed.manifest`: the encrypted inner manifest member, a byte string bounded by
+    /// `max_manifest_bytes` + 16 instead of `max_manifest_string`.
+    SealedManifest,
     Other,
 }
 
@@ -58,6 +63,8 @@ impl Field {
             b"retire" => Field::Retire,
             b"xattr_namespaces" => Field::XattrNamespaces,
             b"xattr_sets" => Field::XattrSets,
+            b"recipients" => Field::Recipients,
+            b"manifest" => Field::SealedManifest,
             _ => Field::Other,
         }
     }
@@ -80,7 +87,8 @@ impl Field {
             Field::Retire => Some((l.max_rotation_keys, "keys retired by the rotation")),
             Field::XattrNamespaces => Some((l.max_xattrs_per_set, "xattr namespaces")),
             Field::XattrSets => Some((l.max_xattr_sets, "xattr sets")),
-            Field::Other => None,
+            Field::Recipients => Some((l.max_recipients, "recipients")),
+            Field::SealedManifest | Field::Other => None,
         }
     }
 }
@@ -235,7 +243,7 @@ impl<'l, R: Read> Scan<'l, R> {
         match major {
             2 | 3 => {
                 self.plausible(at, "bytes", arg)?;
-                self.string(major, arg)
+                self.string(major, arg, field)
             }
             4 => {
                 self.plausible(at, "elements", arg)?;
@@ -263,8 +271,13 @@ impl<'l, R: Read> Scan<'l, R> {
     }
 
     /// A text or byte string of `len` bytes.
-    fn string(&mut self, major: u8, len: u64) -> Result<Field, Error> {
-        let limit = self.limits.max_manifest_string as u64;
+    fn string(&mut self, major: u8, len: u64, field: Field) -> Result<Field, Error> {
+        let limit = match (major, field) {
+            (2, Field::SealedManifest) => {
+                self.limits.max_manifest_bytes.saturating_add(crate::seal::TAG_LEN as u64)
+            }
+            _ => self.limits.max_manifest_string as u64,
+        };
         if len > limit {
             return Err(Error::TooLarge { what: "string in the manifest".into(), size: len, limit });
         }
@@ -384,6 +397,7 @@ mod tests {
             }),
             xattr_namespaces: vec!["user".into()],
             xattr_sets: vec![vec![crate::Xattr { name: b"user.a".to_vec(), value: Vec::new() }]],
+            sealed: None,
         }
     }
 
