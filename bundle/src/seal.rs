@@ -434,6 +434,108 @@ mod tests {
         assert_eq!(&frame_nonce(0x0102)[..], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
     }
 
+    fn small_inner() -> Manifest {
+        Manifest {
+            format: crate::FORMAT_VERSION,
+            version: 2,
+            base: Some(crate::Base { version: Some(1), tree: Hash([3; 32]) }),
+            channel: "stable".into(),
+            created: 1_700_000_000,
+            expires: None,
+            signers: vec![Hash([1; 32])],
+            entries: vec![],
+            old: vec![],
+            frames: vec![],
+            script: vec![],
+            hooks: vec![],
+            rotation: None,
+            xattr_namespaces: vec![],
+            xattr_sets: vec![],
+            sealed: None,
+        }
+    }
+
+    fn sealed_outer(inner: &Manifest, k: &PayloadKey, n: usize) -> Result<Manifest, Error> {
+        let r: Vec<(Recipient, [u8; 32])> =
+            (0..n).map(|i| (Identity::from_secret([i as u8 + 7; 32]).recipient().clone(), [i as u8 + 1; 32])).collect();
+        Ok(outer(inner, seal(&inner.encode(), k, &r)?))
+    }
+
+    #[test]
+    fn outer_manifest_roundtrips_and_opens_to_the_inner() -> Result<(), Error> {
+        let limits = Limits::default();
+        let inner = small_inner();
+        let k = PayloadKey::from_bytes([8; 32]);
+        let o = sealed_outer(&inner, &k, 2)?;
+        o.check(&limits)?;
+        // Canonical CBOR like any manifest, through the bounded decoder.
+        assert_eq!(Manifest::decode(&o.encode(), &limits)?, o);
+        let (back, member) = open(&o, &k, &limits)?;
+        assert_eq!((back, member), (inner.clone(), inner.encode()));
+        // The sealed manifest may be longer than any other string of the manifest.
+        let tight = Limits { max_manifest_string: 48, ..Limits::default() };
+        assert!(o.sealed.as_ref().is_some_and(|s| s.manifest.len() > 100));
+        assert_eq!(Manifest::from_cbor(&o.to_cbor(), &tight)?, o);
+        // A wrong key, or a flipped bit of the ciphertext: the tag does not verify.
+        assert!(open(&o, &PayloadKey::from_bytes([9; 32]), &limits).is_err());
+        let mut bad = o.clone();
+        if let Some(s) = bad.sealed.as_mut() {
+            s.manifest[3] ^= 1;
+        }
+        assert!(open(&bad, &k, &limits).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn outer_rules_agreement_and_no_nesting() -> Result<(), Error> {
+        let limits = Limits::default();
+        let inner = small_inner();
+        let k = PayloadKey::from_bytes([8; 32]);
+        let o = sealed_outer(&inner, &k, 1)?;
+        let refused = |m: &Manifest, what: &str| {
+            assert!(m.check(&limits).is_err(), "outer manifest with {what} accepted");
+        };
+        let step = crate::Step { op: crate::Op::Delete, path: crate::BundlePath::new("x").map_err(|_| Error::Key("path".into()))? };
+        refused(&Manifest { script: vec![step], ..o.clone() }, "a step");
+        let hook = crate::Hook { glob: "*".into(), command: "true".into(), timeout_secs: 1 };
+        refused(&Manifest { hooks: vec![hook], ..o.clone() }, "a hook");
+        refused(&Manifest { rotation: Some(crate::Rotation { add: vec![], retire: vec![], threshold: None }), ..o.clone() }, "a rotation");
+        refused(&Manifest { xattr_namespaces: vec!["user".into()], ..o.clone() }, "attributes");
+        let with = |f: &dyn Fn(&mut Sealed)| {
+            let mut m = o.clone();
+            if let Some(s) = m.sealed.as_mut() {
+                f(s);
+            }
+            m
+        };
+        refused(&with(&|s| s.recipients.clear()), "no recipient");
+        refused(&with(&|s| s.recipients = vec![s.recipients[0].clone(); 65]), "65 recipients");
+        refused(&with(&|s| s.recipients[0].wrapped.truncate(47)), "a short wrapped key");
+        refused(&with(&|s| s.manifest.truncate(16)), "an empty ciphertext");
+        // The pre-pass refuses too many recipients at their array's header.
+        let many = with(&|s| s.recipients = vec![s.recipients[0].clone(); 65]);
+        assert!(matches!(Manifest::from_cbor(&many.to_cbor(), &limits), Err(Error::TooMany { .. })));
+        // The inner manifest must repeat the public fields.
+        for (what, change) in [
+            ("version", &(|m: &mut Manifest| m.version += 1) as &dyn Fn(&mut Manifest)),
+            ("channel", &|m: &mut Manifest| m.channel = "beta".into()),
+            ("base", &|m: &mut Manifest| m.base = None),
+            ("expires", &|m: &mut Manifest| m.expires = Some(2_000_000_000)),
+            ("created", &|m: &mut Manifest| m.created += 1),
+        ] {
+            let mut other = o.clone();
+            change(&mut other);
+            let e = open(&other, &k, &limits).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        // An inner manifest that is itself sealed is refused.
+        let nested = Manifest { sealed: None, ..o.clone() };
+        let twice = outer(&nested, seal(&o.encode(), &k, &[(Identity::from_secret([7; 32]).recipient().clone(), [5; 32])])?);
+        let e = open(&twice, &k, &limits).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("nesting"), "{e}");
+        Ok(())
+    }
+
     /// RFC 7748 §6.1's Diffie-Hellman test vector, through the identity and the stanza code.
     #[test]
     fn x25519_matches_rfc7748() -> Result<(), Error> {
