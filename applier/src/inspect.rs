@@ -108,7 +108,10 @@ pub fn inspect(file: &Path, identities: &[std::path::PathBuf]) -> Result<Inspect
     if let (Some(sealed), true, false) = (&m.sealed, sig.is_ok(), identities.is_empty()) {
         let keys = crate::unseal::Keyring::load(identities, None)?;
         let Some((key, which)) = keys.unwrap(sealed)? else {
-            return Err(crate::error::Error::NoIdentity { recipients: sealed.recipients.len(), looked_in: keys.looked_in() });
+            return Err(crate::error::Error::NoIdentity {
+                recipients: sealed.recipients.len(),
+                looked_in: keys.looked_in(),
+            });
         };
         let (inner, _) = bundle::seal::open(&m, &key, &limits)?;
         recipient_id = Some(which);

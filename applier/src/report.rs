@@ -98,7 +98,13 @@ pub fn verify_text(v: &Verified) -> String {
         (Some(n), true) => format!("; encrypted to {n} recipient(s), opened and checked"),
         (Some(n), false) => format!("; encrypted to {n} recipient(s), contents not checked (no --identity)"),
     };
-    format!("OK: {} version {} signed by {} ({} frames verified{enc})", v.file, v.version, v.signers.join(","), v.frames)
+    format!(
+        "OK: {} version {} signed by {} ({} frames verified{enc})",
+        v.file,
+        v.version,
+        v.signers.join(","),
+        v.frames
+    )
 }
 
 /// `identity`'s human text: the recipient line, for `ferry-build build --encrypt-to`.

@@ -77,8 +77,7 @@ impl Keyring {
 
     /// The payload key of `sealed` and the id of the recipient whose identity opened it.
     pub fn unwrap(&self, sealed: &bundle::seal::Sealed) -> Result<Option<(PayloadKey, String)>> {
-        Ok(bundle::seal::unwrap(sealed, &self.identities)?
-            .map(|(k, i)| (k, self.identities[i].recipient().id.clone())))
+        Ok(bundle::seal::unwrap(sealed, &self.identities)?.map(|(k, i)| (k, self.identities[i].recipient().id.clone())))
     }
 
     /// Where identities were looked for, for messages.

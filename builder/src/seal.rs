@@ -155,8 +155,10 @@ mod tests {
         let plain = b"frame zero|frame one, longer".to_vec();
         f.write_all(&plain)?;
         let stored = [(0u64, 10u64), (10, plain.len() as u64 - 10)];
-        let mut frames: Vec<Frame> =
-            stored.iter().map(|&(o, n)| Frame { size: n, hash: Hash::of(&plain[o as usize..][..n as usize]), decoded: 1 }).collect();
+        let mut frames: Vec<Frame> = stored
+            .iter()
+            .map(|&(o, n)| Frame { size: n, hash: Hash::of(&plain[o as usize..][..n as usize]), decoded: 1 })
+            .collect();
         s.encrypt_frames(&f, &stored, &mut frames)?;
         let mut got = vec![0u8; plain.len()];
         f.read_exact_at(&mut got, 0)?;

@@ -273,9 +273,7 @@ impl<'l, R: Read> Scan<'l, R> {
     /// A text or byte string of `len` bytes.
     fn string(&mut self, major: u8, len: u64, field: Field) -> Result<Field, Error> {
         let limit = match (major, field) {
-            (2, Field::SealedManifest) => {
-                self.limits.max_manifest_bytes.saturating_add(crate::seal::TAG_LEN as u64)
-            }
+            (2, Field::SealedManifest) => self.limits.max_manifest_bytes.saturating_add(crate::seal::TAG_LEN as u64),
             _ => self.limits.max_manifest_string as u64,
         };
         if len > limit {

@@ -344,7 +344,11 @@ pub(crate) fn check_outer(m: &Manifest, s: &Sealed, limits: &Limits) -> Result<(
             return Err(Error::TooLarge { what: "frame".into(), size: f.size, limit: limits.max_frame_bytes });
         }
         if f.decoded > limits.max_frame_decoded {
-            return Err(Error::TooLarge { what: "decoded frame".into(), size: f.decoded, limit: limits.max_frame_decoded });
+            return Err(Error::TooLarge {
+                what: "decoded frame".into(),
+                size: f.decoded,
+                limit: limits.max_frame_decoded,
+            });
         }
     }
     if s.recipients.is_empty() || s.recipients.len() > limits.max_recipients {
@@ -495,11 +499,17 @@ mod tests {
         let refused = |m: &Manifest, what: &str| {
             assert!(m.check(&limits).is_err(), "outer manifest with {what} accepted");
         };
-        let step = crate::Step { op: crate::Op::Delete, path: crate::BundlePath::new("x").map_err(|_| Error::Key("path".into()))? };
+        let step = crate::Step {
+            op: crate::Op::Delete,
+            path: crate::BundlePath::new("x").map_err(|_| Error::Key("path".into()))?,
+        };
         refused(&Manifest { script: vec![step], ..o.clone() }, "a step");
         let hook = crate::Hook { glob: "*".into(), command: "true".into(), timeout_secs: 1 };
         refused(&Manifest { hooks: vec![hook], ..o.clone() }, "a hook");
-        refused(&Manifest { rotation: Some(crate::Rotation { add: vec![], retire: vec![], threshold: None }), ..o.clone() }, "a rotation");
+        refused(
+            &Manifest { rotation: Some(crate::Rotation { add: vec![], retire: vec![], threshold: None }), ..o.clone() },
+            "a rotation",
+        );
         refused(&Manifest { xattr_namespaces: vec!["user".into()], ..o.clone() }, "attributes");
         let with = |f: &dyn Fn(&mut Sealed)| {
             let mut m = o.clone();
@@ -530,7 +540,8 @@ mod tests {
         }
         // An inner manifest that is itself sealed is refused.
         let nested = Manifest { sealed: None, ..o.clone() };
-        let twice = outer(&nested, seal(&o.encode(), &k, &[(Identity::from_secret([7; 32]).recipient().clone(), [5; 32])])?);
+        let twice =
+            outer(&nested, seal(&o.encode(), &k, &[(Identity::from_secret([7; 32]).recipient().clone(), [5; 32])])?);
         let e = open(&twice, &k, &limits).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("nesting"), "{e}");
         Ok(())

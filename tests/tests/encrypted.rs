@@ -99,10 +99,13 @@ fn a_target_with_the_identity_applies_it_and_others_refuse_before_writing() {
         let mode = fs::metadata(a.join(".ferry/identity")).expect("identity").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    let report = build_json(Some(&w.old), &w.new, &w.keys.secret, &w.d.join("enc.ferry"), &[
-        "--encrypt-to",
-        w.d.join("a.recipient").to_str().expect("utf-8"),
-    ]);
+    let report = build_json(
+        Some(&w.old),
+        &w.new,
+        &w.keys.secret,
+        &w.d.join("enc.ferry"),
+        &["--encrypt-to", w.d.join("a.recipient").to_str().expect("utf-8")],
+    );
     assert_eq!(report["encrypted"], true);
     assert_eq!(report["recipients"], serde_json::json!([rep["recipient_id"].clone()]));
     let enc = w.d.join("enc.ferry");
@@ -125,7 +128,10 @@ fn a_target_with_the_identity_applies_it_and_others_refuse_before_writing() {
     assert_eq!(raw_tree(&b), before, "a refused encrypted bundle changed the target or its state");
     // With --json the refusal is a report with the new exit code.
     let j = stdout_json(&apply(&enc, &b, &w.keys.public, 16, &["--json"]));
-    assert_eq!((j["exit_code"].clone(), j["exit_meaning"].clone()), (16.into(), "bundle is encrypted to other recipients".into()));
+    assert_eq!(
+        (j["exit_code"].clone(), j["exit_meaning"].clone()),
+        (16.into(), "bundle is encrypted to other recipients".into())
+    );
     // `plan` gives the same answer.
     run_expect(apply_cmd().arg("plan").arg(&enc).arg("--target").arg(&b).arg("--trust").arg(&w.keys.public), 16);
     assert_eq!(raw_tree(&b), before);
@@ -151,14 +157,12 @@ fn any_changed_byte_is_refused() {
     let w = world(1402);
     let a = w.target("a");
     identity(&a, &w.d.join("a.recipient"));
-    let enc = w.build("enc.ferry", &["--encrypt-to", w.d.join("a.recipient").to_str().expect("utf-8"), "--solid-size", "0"]);
+    let enc =
+        w.build("enc.ferry", &["--encrypt-to", w.d.join("a.recipient").to_str().expect("utf-8"), "--solid-size", "0"]);
     let bytes = fs::read(&enc).expect("read");
     let id = a.join(".ferry/identity");
     let verify = |f: &Path, code: i32| {
-        run_expect(
-            apply_cmd().arg("verify").arg(f).arg("--trust").arg(&w.keys.public).arg("--identity").arg(&id),
-            code,
-        )
+        run_expect(apply_cmd().arg("verify").arg(f).arg("--trust").arg(&w.keys.public).arg("--identity").arg(&id), code)
     };
     verify(&enc, 0);
     // Every 61st byte, and the first and last: header, manifest member (with the sealed inner
@@ -206,7 +210,10 @@ fn inspect_and_verify_show_only_public_fields_without_the_identity() {
         (String::from_utf8_lossy(&o.stdout).into_owned(), stdout_json(&o))
     };
     let (text, j) = inspect(&enc, &[]);
-    assert_eq!((j["encrypted"].clone(), j["recipients"].clone(), j["decrypted"].clone()), (true.into(), 1.into(), false.into()));
+    assert_eq!(
+        (j["encrypted"].clone(), j["recipients"].clone(), j["decrypted"].clone()),
+        (true.into(), 1.into(), false.into())
+    );
     assert_eq!((j["version"].clone(), j["channel"].clone()), (2.into(), "stable".into()));
     assert_eq!(j["script"], serde_json::json!([]));
     assert!(!text.contains(SECRET_NAME), "inspect without the identity shows a path: {text}");
@@ -282,12 +289,15 @@ fn either_of_two_recipients_applies_it_and_inbox_skips_it_elsewhere() {
         fs::set_permissions(b.join(".ferry/identities"), fs::Permissions::from_mode(0o700)).expect("chmod");
     }
     fs::copy(w.d.join("fleet.identity"), b.join(".ferry/identities/fleet.identity")).expect("cp");
-    let enc = w.build("enc.ferry", &[
-        "--encrypt-to",
-        w.d.join("a.recipient").to_str().expect("utf-8"),
-        "--encrypt-to",
-        w.d.join("fleet.recipient").to_str().expect("utf-8"),
-    ]);
+    let enc = w.build(
+        "enc.ferry",
+        &[
+            "--encrypt-to",
+            w.d.join("a.recipient").to_str().expect("utf-8"),
+            "--encrypt-to",
+            w.d.join("fleet.recipient").to_str().expect("utf-8"),
+        ],
+    );
     for t in [&a, &b] {
         let j = stdout_json(&apply(&enc, t, &w.keys.public, 0, &["--json"]));
         assert_eq!(j["recipients"], 2);
