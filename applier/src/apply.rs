@@ -217,22 +217,29 @@ pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
 /// An encrypted bundle this target holds no identity for is refused before anything is written
 /// (not even the state directory or its lock; bundle-format.md §4.10). Only that is decided
 /// here, from the verified outer head: any other problem is left to [`apply_locked`] to report.
+/// Cheap for a bundle that is not encrypted: its signatures are checked and its manifest member
+/// only scanned ([`bundle::Manifest::member_is_sealed`]), never deserialised here.
 fn refuse_unopenable(o: &Options, bundle: &Path) -> Result<()> {
     let Ok(sd) = open_state(o) else { return Ok(()) };
     let Ok(trust) = load_trust(o, sd.as_ref()) else { return Ok(()) };
     let head = crate::source::open(bundle).and_then(|src| {
         let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
-        verify::head(&mut r, Some(&trust), &o.limits)
+        verify::signed_head(&mut r, Some(&trust), &o.limits)
     });
-    let Ok(h) = head else { return Ok(()) };
-    let Some(n) = h.manifest.sealed.as_ref().map(|s| s.recipients.len()) else { return Ok(()) };
+    let Ok((mb, _, _)) = head else { return Ok(()) };
+    if !matches!(bundle::Manifest::member_is_sealed(&mb, &o.limits), Ok(true)) {
+        return Ok(());
+    }
+    let Ok(m) = bundle::Manifest::decode(&mb, &o.limits) else { return Ok(()) };
+    let Some(n) = m.sealed.as_ref().map(|s| s.recipients.len()) else { return Ok(()) };
     let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
-    if crate::unseal::can_open(&h, &keys) {
+    if crate::unseal::can_open(&m, &keys) {
         return Ok(());
     }
     // The very bundle installed is a no-op, identity or not.
+    let id = bundle::Manifest::id(&mb).to_hex();
     if let Some(d) = &sd {
-        if state::load(d, state::STATE_FILE).is_ok_and(|st| st.bundle_id.as_deref() == Some(&h.id.to_hex())) {
+        if state::load(d, state::STATE_FILE).is_ok_and(|st| st.bundle_id.as_deref() == Some(&id)) {
             return Ok(());
         }
     }

@@ -117,7 +117,7 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
             items.push(skip("already installed".into()));
             continue;
         }
-        if !crate::unseal::can_open(&h, &keys) {
+        if !crate::unseal::can_open(&h.manifest, &keys) {
             // A stick may carry bundles for several targets, each encrypted to its own.
             let n = crate::unseal::recipients(&h).unwrap_or(0);
             items.push(skip(format!(

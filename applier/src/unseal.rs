@@ -37,42 +37,60 @@ pub struct Opened {
 pub struct Keyring {
     identities: Vec<Identity>,
     looked_in: Vec<String>,
+    /// State files that could not be used (unsafe, unreadable, malformed), with why: they matter
+    /// only to an encrypted bundle nothing else opens, whose refusal names them.
+    unusable: Vec<String>,
 }
 
 impl Keyring {
     /// The `--identity` files, then `STATE/identity` and `STATE/identities/*.identity` if the
-    /// state directory exists. A malformed `--identity` file is a usage error; a malformed file
-    /// in the state directory is corrupt state.
+    /// state directory exists. An unreadable or malformed `--identity` file is an error (the
+    /// operator named it); a state file that cannot be used is set aside with the reason (so it
+    /// never stops the apply of a bundle that is not encrypted) and named if nothing opens an
+    /// encrypted bundle.
     pub fn load(files: &[PathBuf], state: Option<&Dir>) -> Result<Keyring> {
         let mut k = Keyring::default();
         for f in files {
             k.looked_in.push(f.display().to_string());
-            let text = std::fs::read_to_string(f).ctx("read identity", f.display())?;
+            let mut text = String::new();
+            std::fs::File::open(f)
+                .and_then(|h| h.take(MAX_IDENTITY_FILE).read_to_string(&mut text))
+                .ctx("read identity", f.display())?;
             let i = Identity::parse(&text).map_err(|e| Error::Usage(format!("--identity {}: {e}", f.display())))?;
             k.identities.push(i);
         }
         if let Some(d) = state {
             k.looked_in.push(d.show(IDENTITY));
-            k.add_state_file(d, IDENTITY)?;
+            k.add_state_file(d, IDENTITY);
             k.looked_in.push(d.show(&format!("{IDENTITIES}/*.identity")));
-            if let Some(sub) = d.subdir(IDENTITIES, false)? {
-                let mut names: Vec<String> = sub.list()?.into_iter().filter(|n| n.ends_with(".identity")).collect();
-                names.sort();
-                for n in names {
-                    k.add_state_file(&sub, &n)?;
+            match d.subdir(IDENTITIES, false).and_then(|s| Ok((s.as_ref().map(Dir::list).transpose()?, s))) {
+                Ok((Some(names), Some(sub))) => {
+                    let mut names: Vec<String> = names.into_iter().filter(|n| n.ends_with(".identity")).collect();
+                    names.sort();
+                    for n in names {
+                        k.add_state_file(&sub, &n);
+                    }
                 }
+                Ok(_) => {}
+                Err(e) => k.unusable.push(e.to_string()),
             }
         }
         Ok(k)
     }
 
-    fn add_state_file(&mut self, d: &Dir, name: &str) -> Result<()> {
-        if let Some(b) = d.read(name, MAX_IDENTITY_FILE)? {
-            let i = Identity::parse(&String::from_utf8_lossy(&b))
-                .map_err(|e| Error::CorruptState { path: d.show(name), why: e.to_string() })?;
-            self.identities.push(i);
+    fn add_state_file(&mut self, d: &Dir, name: &str) {
+        let parsed = d.read(name, MAX_IDENTITY_FILE).and_then(|b| {
+            b.map(|b| {
+                Identity::parse(&String::from_utf8_lossy(&b))
+                    .map_err(|e| Error::CorruptState { path: d.show(name), why: e.to_string() })
+            })
+            .transpose()
+        });
+        match parsed {
+            Ok(Some(i)) => self.identities.push(i),
+            Ok(None) => {}
+            Err(e) => self.unusable.push(e.to_string()),
         }
-        Ok(())
     }
 
     /// The payload key of `sealed` and the id of the recipient whose identity opened it.
@@ -80,13 +98,14 @@ impl Keyring {
         Ok(bundle::seal::unwrap(sealed, &self.identities)?.map(|(k, i)| (k, self.identities[i].recipient().id.clone())))
     }
 
-    /// Where identities were looked for, for messages.
+    /// Where identities were looked for (and what could not be used), for messages.
     pub fn looked_in(&self) -> String {
-        if self.looked_in.is_empty() {
-            "nowhere: give --identity FILE".into()
-        } else {
-            self.looked_in.join(", ")
+        let mut s =
+            if self.looked_in.is_empty() { "nowhere: give --identity FILE".into() } else { self.looked_in.join(", ") };
+        if !self.unusable.is_empty() {
+            s.push_str(&format!("; not usable: {}", self.unusable.join("; ")));
         }
+        s
     }
 }
 
@@ -114,9 +133,10 @@ pub fn open(mut h: Head, keys: &Keyring, limits: &Limits) -> Result<Head> {
     Ok(h)
 }
 
-/// Whether one of `keys` opens the (outer) head `h` of an encrypted bundle.
-pub fn can_open(h: &Head, keys: &Keyring) -> bool {
-    match h.manifest.sealed.as_ref() {
+/// Whether one of `keys` opens `m`, an encrypted bundle's outer manifest (any other manifest:
+/// true).
+pub fn can_open(m: &bundle::Manifest, keys: &Keyring) -> bool {
+    match m.sealed.as_ref() {
         None => true,
         Some(s) => matches!(bundle::seal::unwrap(s, &keys.identities), Ok(Some(_))),
     }

@@ -27,16 +27,28 @@ pub struct Head {
 
 /// Check the head (signatures first, then trust, then parse) read from `r`.
 pub fn head<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limits: &Limits) -> Result<Head> {
+    let (mb, sb, signers) = signed_head(r, trust, limits)?;
+    let manifest = Manifest::decode(&mb, limits)?;
+    sig::check_signers(&manifest, &signers)?;
+    bundle::script::validate(&manifest)?;
+    Ok(Head { id: Manifest::id(&mb), manifest, manifest_bytes: mb, sig_bytes: sb, signers, opened: None })
+}
+
+/// The manifest and signature members read from `r`, every signature checked over the manifest
+/// bytes and, with `trust`, the trust policy (§7 steps 1–4); nothing decoded yet. Returns them
+/// and the signers.
+pub fn signed_head<R: Read>(
+    r: &mut Reader<R>,
+    trust: Option<&TrustPolicy>,
+    limits: &Limits,
+) -> Result<(Vec<u8>, Vec<u8>, Vec<PublicKey>)> {
     let (mb, sb) = r.head()?;
     let signers = sig::verify_signatures(&mb, &sb, limits.max_signatures)?;
     if let Some(t) = trust {
         let ids: Vec<String> = signers.iter().map(|k| k.id.clone()).collect();
         t.check(&ids)?;
     }
-    let manifest = Manifest::decode(&mb, limits)?;
-    sig::check_signers(&manifest, &signers)?;
-    bundle::script::validate(&manifest)?;
-    Ok(Head { id: Manifest::id(&mb), manifest, manifest_bytes: mb, sig_bytes: sb, signers, opened: None })
+    Ok((mb, sb, signers))
 }
 
 /// Verify a whole bundle file: head, trust, every frame hash and the end of the archive. With

@@ -314,6 +314,13 @@ impl Manifest {
         m.finish_decode(digest, limits)
     }
 
+    /// Whether the manifest member `bytes` holds an encrypted bundle's outer manifest (§4.10),
+    /// found by the bounded pre-pass alone (one decompression, nothing deserialised): for a
+    /// reader that must decide early, after the signatures are checked. Errors as [`Manifest::decode`].
+    pub fn member_is_sealed(bytes: &[u8], limits: &Limits) -> Result<bool, Error> {
+        crate::scan::is_sealed(member_decoder(bytes, limits)?, declared_size(bytes), limits)
+    }
+
     /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5), after the
     /// CBOR pre-pass ([`crate::scan::scan`]) has checked every count and size against `limits`.
     pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {

@@ -39,6 +39,8 @@ enum Field {
     XattrSets,
     /// `sealed.recipients` (§4.10).
     Recipients,
+    /// `sealed` itself: noted when its value is a map (an encrypted bundle's outer manifest).
+    Sealed,
     /// `sealed.manifest`: the encrypted inner manifest member, a byte string bounded by
     /// `max_manifest_bytes` + 16 instead of `max_manifest_string`.
     SealedManifest,
@@ -64,6 +66,7 @@ impl Field {
             b"xattr_namespaces" => Field::XattrNamespaces,
             b"xattr_sets" => Field::XattrSets,
             b"recipients" => Field::Recipients,
+            b"sealed" => Field::Sealed,
             b"manifest" => Field::SealedManifest,
             _ => Field::Other,
         }
@@ -88,7 +91,7 @@ impl Field {
             Field::XattrNamespaces => Some((l.max_xattrs_per_set, "xattr namespaces")),
             Field::XattrSets => Some((l.max_xattr_sets, "xattr sets")),
             Field::Recipients => Some((l.max_recipients, "recipients")),
-            Field::SealedManifest | Field::Other => None,
+            Field::SealedManifest | Field::Sealed | Field::Other => None,
         }
     }
 }
@@ -107,6 +110,15 @@ pub fn read_scanned(src: impl Read, size: Option<u64>, limits: &Limits) -> Resul
         Sink::Keep(v) => Ok(v),
         _ => Ok(Vec::new()),
     }
+}
+
+/// Whether the document read from `src` (as [`read_scanned`], keeping nothing) is an encrypted
+/// bundle's outer manifest: its top-level `sealed` is a map, not null (§4.10). Cheap: no value
+/// is built.
+pub fn is_sealed(src: impl Read, size: Option<u64>, limits: &Limits) -> Result<bool, Error> {
+    let mut s = Scan::new(src, size, limits, Sink::None)?;
+    s.item(1, Field::Other)?;
+    Ok(s.sealed)
 }
 
 /// [`read_scanned`], keeping only the BLAKE3 of the document instead of its bytes.
@@ -134,6 +146,8 @@ struct Scan<'l, R> {
     items: u64,
     pieces: u64,
     extents: u64,
+    /// The top-level `sealed` field is a map.
+    sealed: bool,
 }
 
 impl<'l, R: Read> Scan<'l, R> {
@@ -142,7 +156,17 @@ impl<'l, R: Read> Scan<'l, R> {
         if let Some(size) = size.filter(|&s| s > max) {
             return Err(Error::TooLarge { what: "decoded manifest".into(), size, limit: max });
         }
-        Ok(Scan { src, size: size.unwrap_or(max), limits, sink, read: 0, items: 0, pieces: 0, extents: 0 })
+        Ok(Scan {
+            src,
+            size: size.unwrap_or(max),
+            limits,
+            sink,
+            read: 0,
+            items: 0,
+            pieces: 0,
+            extents: 0,
+            sealed: false,
+        })
     }
 
     /// Refuse a length that the rest of the document cannot hold (every element and every
@@ -254,6 +278,7 @@ impl<'l, R: Read> Scan<'l, R> {
                 Ok(Field::Other)
             }
             5 => {
+                self.sealed |= depth == 2 && field == Field::Sealed;
                 // A map of n pairs holds 2n items: refuse a count the item budget cannot hold
                 // before walking it.
                 self.plausible(at, "items", arg.saturating_mul(2))?;

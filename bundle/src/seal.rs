@@ -472,6 +472,9 @@ mod tests {
         let k = PayloadKey::from_bytes([8; 32]);
         let o = sealed_outer(&inner, &k, 2)?;
         o.check(&limits)?;
+        // The pre-pass alone tells an outer manifest from any other.
+        assert!(Manifest::member_is_sealed(&o.encode(), &limits)?);
+        assert!(!Manifest::member_is_sealed(&inner.encode(), &limits)?);
         // Canonical CBOR like any manifest, through the bounded decoder.
         assert_eq!(Manifest::decode(&o.encode(), &limits)?, o);
         let (back, member) = open(&o, &k, &limits)?;
