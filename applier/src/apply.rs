@@ -34,6 +34,9 @@ pub struct Options {
     pub skip_xattrs: Vec<String>,
     /// Bundle to re-read if staging was interrupted (resume).
     pub bundle: Option<PathBuf>,
+    /// `--identity` files that may open encrypted bundles, besides those in the state directory
+    /// ([`crate::unseal::Keyring`]).
+    pub identities: Vec<PathBuf>,
     pub limits: Limits,
     pub quiet: bool,
     /// Progress lines for long phases (`-v`, or a terminal).
@@ -64,6 +67,9 @@ pub struct Report {
     pub xattr_namespaces: Vec<String>,
     /// Of those, the ones dropped with `--skip-xattrs`.
     pub xattrs_skipped: Vec<String>,
+    /// The bundle is encrypted (bundle-format.md §4.10), to this many recipients.
+    pub encrypted: bool,
+    pub recipients: Option<usize>,
 }
 
 /// An open, locked target with its checked state directory.
@@ -128,7 +134,10 @@ fn resume_trust(o: &Options, t: &Target) -> Result<Option<TrustPolicy>> {
 /// work directories are removed only where they are provably its own) and the error returned;
 /// the target is then as OLD or NEW left it and can be updated again.
 fn load_verified(o: &Options, t: &Target, name: &str, trust: Option<&TrustPolicy>) -> Result<Option<Txn>> {
-    match Txn::load(&t.state, name, &o.limits, trust) {
+    // An encrypted bundle's transaction holds its outer manifest: it is opened again (a missing
+    // identity is an error that leaves the transaction alone).
+    let keys = crate::unseal::Keyring::load(&o.identities, Some(&t.state))?;
+    match Txn::load(&t.state, name, &o.limits, trust, Some(&keys)) {
         Err(e @ (Error::Bundle(_) | Error::CorruptState { .. })) => {
             log(o, format!("refusing the transaction in {}: {e}; removing it", t.state.show(name)));
             retire(o, t, name)?;
@@ -191,9 +200,9 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
 
 /// `ferry-apply apply FILE`. A failure is also recorded as `last_error` in the state file.
 pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
-    let r = apply_locked(o, bundle);
+    let r = refuse_unopenable(o, bundle).and_then(|()| apply_locked(o, bundle));
     if let Err(e) = &r {
-        if !matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. }) {
+        if !matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. } | Error::NoIdentity { .. }) {
             if let Ok(Some(d)) = open_state(o) {
                 if let Ok(mut st) = state::load(&d, state::STATE_FILE) {
                     st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
@@ -203,6 +212,38 @@ pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
         }
     }
     r
+}
+
+/// An encrypted bundle this target holds no identity for is refused before anything is written
+/// (not even the state directory or its lock; bundle-format.md §4.10). Only that is decided
+/// here, from the verified outer head: any other problem is left to [`apply_locked`] to report.
+/// Cheap for a bundle that is not encrypted: its signatures are checked and its manifest member
+/// only scanned ([`bundle::Manifest::member_is_sealed`]), never deserialised here.
+fn refuse_unopenable(o: &Options, bundle: &Path) -> Result<()> {
+    let Ok(sd) = open_state(o) else { return Ok(()) };
+    let Ok(trust) = load_trust(o, sd.as_ref()) else { return Ok(()) };
+    let head = crate::source::open(bundle).and_then(|src| {
+        let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
+        verify::signed_head(&mut r, Some(&trust), &o.limits)
+    });
+    let Ok(verify::SignedHead { manifest_bytes: mb, .. }) = head else { return Ok(()) };
+    if !matches!(bundle::Manifest::member_is_sealed(&mb, &o.limits), Ok(true)) {
+        return Ok(());
+    }
+    let Ok(m) = bundle::Manifest::decode(&mb, &o.limits) else { return Ok(()) };
+    let Some(n) = m.sealed.as_ref().map(|s| s.recipients.len()) else { return Ok(()) };
+    let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
+    if crate::unseal::can_open(&m, &keys) {
+        return Ok(());
+    }
+    // The very bundle installed is a no-op, identity or not.
+    let id = bundle::Manifest::id(&mb).to_hex();
+    if let Some(d) = &sd {
+        if state::load(d, state::STATE_FILE).is_ok_and(|st| st.bundle_id.as_deref() == Some(&id)) {
+            return Ok(());
+        }
+    }
+    Err(Error::NoIdentity { recipients: n, looked_in: keys.looked_in() })
 }
 
 fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
@@ -227,7 +268,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
         return Ok(rep);
     }
     let t0 = Instant::now();
-    let h = verify::bundle_with_progress(bundle, Some(&trust), &o.limits, false, o.progress)?;
+    let h = verify::bundle_with_progress(bundle, Some(&trust), None, &o.limits, false, o.progress)?;
     let st = state::load(&t.state, state::STATE_FILE)?;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         log(o, format!("version {} (this bundle) is already installed", h.manifest.version));
@@ -239,6 +280,9 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
             ..Default::default()
         });
     }
+    // An encrypted bundle (verified above as far as it is public) is opened now (§4.10).
+    let keys = crate::unseal::Keyring::load(&o.identities, Some(&t.state))?;
+    let h = crate::unseal::open(h, &keys, &o.limits)?;
     check_policy(o, &st, &h)?;
     // Network and FUSE filesystems are refused before anything is written (bundle-format.md §12).
     crate::netfs::check(std::os::fd::AsFd::as_fd(&t.root), &h.manifest, o.allow_network_fs)?;
@@ -342,6 +386,8 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         owners_applied: t.owners,
         xattr_namespaces: txn.head.manifest.xattr_namespaces.clone(),
         xattrs_skipped: txn.attrs.skipped().to_vec(),
+        encrypted: txn.head.opened.is_some(),
+        recipients: crate::unseal::recipients(&txn.head),
         ..Default::default()
     };
     if txn.has_abort() {
@@ -556,7 +602,7 @@ fn rollback_txn(o: &Options, t: &Target, mut txn: Txn, name: &str) -> Result<()>
 fn finish_interrupted_rollback(o: &Options, t: &Target, trust: Option<&TrustPolicy>) -> Result<bool> {
     // The kept transaction is verified only when it is acted on: one signed by keys the operator
     // has since stopped trusting is no reason to refuse a new apply.
-    let interrupted = match Txn::load(&t.state, state::PREV, &o.limits, None) {
+    let interrupted = match Txn::load(&t.state, state::PREV, &o.limits, None, None) {
         Ok(Some(prev)) => prev.has(&Record::RollbackBegin),
         _ => false,
     };

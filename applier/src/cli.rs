@@ -70,6 +70,10 @@ pub struct ApplyArgs {
     /// the bundle sets is refused with exit 15 before anything is written.
     #[arg(long = "skip-xattrs", value_name = "NAMESPACE", value_delimiter = ',', value_parser = parse_xattr_prefix)]
     pub skip_xattrs: Vec<String>,
+    /// An identity file (`ferry-identity-v1`) that may open encrypted bundles, besides
+    /// STATE/identity and STATE/identities/*.identity. Repeatable.
+    #[arg(long = "identity", value_name = "FILE")]
+    pub identity: Vec<PathBuf>,
 }
 
 /// A namespace or attribute name for `--skip-xattrs`.
@@ -89,11 +93,17 @@ pub enum Cmd {
         file: PathBuf,
         #[arg(long)]
         trust: PathBuf,
+        /// An identity that opens the bundle if it is encrypted: its manifest and frames are then
+        /// checked too (without one, what is public is: signatures, trust, every frame's hash).
+        /// Repeatable.
+        #[arg(long = "identity", value_name = "FILE")]
+        identity: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Show what a bundle holds (works without a key; the bundle is then unverified). With
-    /// --trust, also how the policy counts each signer and whether its threshold is met.
+    /// --trust, also how the policy counts each signer and whether its threshold is met. An
+    /// encrypted bundle shows only its public fields unless an --identity opens it.
     #[command(after_help = exit_codes())]
     Inspect {
         file: PathBuf,
@@ -101,6 +111,9 @@ pub enum Cmd {
         /// the payload is still not checked (use `verify`).
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// An identity that may open an encrypted bundle. Repeatable.
+        #[arg(long = "identity", value_name = "FILE")]
+        identity: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -139,6 +152,10 @@ pub enum Cmd {
         /// The bundle, if staging was interrupted and it moved.
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// An identity that opens the pending transaction's encrypted bundle, if it is not in
+        /// the state directory. Repeatable.
+        #[arg(long = "identity", value_name = "FILE")]
+        identity: Vec<PathBuf>,
         #[arg(long)]
         no_hooks: bool,
         #[arg(long)]
@@ -152,6 +169,10 @@ pub enum Cmd {
         /// Trusted key(s) to verify the kept transaction against (default: those recorded).
         #[arg(long)]
         trust: Option<PathBuf>,
+        /// An identity that opens the kept transaction's encrypted bundle, if it is not in the
+        /// state directory. Repeatable.
+        #[arg(long = "identity", value_name = "FILE")]
+        identity: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -178,6 +199,19 @@ pub enum Cmd {
     /// frame as it arrives (a corrupt frame is fetched again, not the whole file).
     #[command(after_help = exit_codes())]
     Fetch(FetchArgs),
+    /// Print this target's recipient line for `ferry-build build --encrypt-to`, creating the
+    /// target's identity (STATE/identity, mode 0600) first if it has none: the secret never
+    /// leaves the target.
+    #[command(after_help = exit_codes())]
+    Identity {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// Also write the recipient line to FILE (NAME.recipient).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cmd {
@@ -193,6 +227,7 @@ impl Cmd {
             Cmd::Status { .. } => "status",
             Cmd::Inbox { .. } => "inbox",
             Cmd::Fetch(_) => "fetch",
+            Cmd::Identity { .. } => "identity",
         }
     }
 
@@ -206,7 +241,8 @@ impl Cmd {
             | Cmd::Resume { json, .. }
             | Cmd::Rollback { json, .. }
             | Cmd::Status { json, .. }
-            | Cmd::Inbox { json, .. } => *json,
+            | Cmd::Inbox { json, .. }
+            | Cmd::Identity { json, .. } => *json,
             Cmd::Fetch(f) => f.json,
         }
     }
@@ -231,6 +267,7 @@ impl TargetArgs {
             o.allow_expired = a.allow_expired;
             o.allow_network_fs = a.allow_network_fs;
             o.skip_xattrs = a.skip_xattrs.clone();
+            o.identities = a.identity.clone();
             o.limits = bundle::Limits::with_max_entries(a.max_entries);
         }
         o

@@ -38,12 +38,14 @@ pub enum Exit {
     CorruptState = 14,
     /// The target's filesystem cannot hold an extended attribute the bundle sets.
     Unsupported = 15,
+    /// The bundle is encrypted and no identity at hand opens it (bundle-format.md §4.10).
+    NoIdentity = 16,
 }
 
 impl Exit {
     /// Every exit code, in numeric order: `--help` and the README table are generated from (or
     /// checked against) this list.
-    pub const ALL: [Exit; 16] = [
+    pub const ALL: [Exit; 17] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
@@ -60,6 +62,7 @@ impl Exit {
         Exit::UnsafeState,
         Exit::CorruptState,
         Exit::Unsupported,
+        Exit::NoIdentity,
     ];
 
     /// The exit whose number is `code`, if it is one of ours.
@@ -86,6 +89,7 @@ impl Exit {
             Exit::UnsafeState => "state or work directory not trustworthy",
             Exit::CorruptState => "state directory corrupt",
             Exit::Unsupported => "target cannot hold the bundle's extended attributes",
+            Exit::NoIdentity => "bundle is encrypted to other recipients",
         }
     }
 
@@ -119,6 +123,10 @@ impl Exit {
             Exit::Unsupported => {
                 "the target's filesystem cannot hold an extended attribute the bundle sets (found before anything \
                  is written; `--skip-xattrs NAMESPACE` drops one explicitly)"
+            }
+            Exit::NoIdentity => {
+                "the bundle is encrypted and this target holds no identity that opens it (looked in \
+                 STATE/identity, STATE/identities/*.identity and `--identity`); refused before anything is written"
             }
         }
     }
@@ -181,6 +189,8 @@ pub enum Error {
     CorruptState { path: String, why: String },
     #[error("the target cannot hold the bundle's extended attributes:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
     Unsupported(Vec<String>),
+    #[error("bundle is encrypted to {recipients} recipient(s); this target holds no matching identity (looked in {looked_in})")]
+    NoIdentity { recipients: usize, looked_in: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -209,6 +219,7 @@ impl Error {
             Error::UnsafeState { .. } => Exit::UnsafeState,
             Error::CorruptState { .. } => Exit::CorruptState,
             Error::Unsupported(_) => Exit::Unsupported,
+            Error::NoIdentity { .. } => Exit::NoIdentity,
             Error::Internal(_) => Exit::Failure,
         }
     }

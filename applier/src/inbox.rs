@@ -79,13 +79,14 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
     let resumed = apply::resume(o)?.result;
     let sd = apply::open_state(o)?;
     let trust = apply::load_trust(o, sd.as_ref())?;
+    let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
     let (paths, skipped) = candidates(dir)?;
     let mut items: Vec<Item> =
         skipped.into_iter().map(|(p, why)| Item::skipped(p.display().to_string(), None, why.into())).collect();
     let mut heads = verify_heads(o, &trust, paths, &mut items);
     heads.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
     for (v, p, h) in heads {
-        items.push(apply_one(o, sd.as_ref(), v, &p, &h)?);
+        items.push(apply_one(o, sd.as_ref(), &keys, v, &p, &h)?);
     }
     let failed = items.iter().filter(|i| i.outcome == "failed").count();
     Ok(InboxReport { resumed, items, failed })
@@ -117,13 +118,13 @@ fn verify_heads(o: &Options, trust: &TrustPolicy, paths: Vec<PathBuf>, items: &m
 
 /// Apply bundle `p` (version `v`, head `h`) unless the target's state as it is now makes it
 /// already installed, stale, built for another version or refused by policy.
-fn apply_one(o: &Options, sd: Option<&Dir>, v: u64, p: &Path, h: &Head) -> Result<Item> {
+fn apply_one(o: &Options, sd: Option<&Dir>, keys: &crate::unseal::Keyring, v: u64, p: &Path, h: &Head) -> Result<Item> {
     let st = match sd {
         Some(d) => state::load(d, state::STATE_FILE)?,
         None => state::State::default(),
     };
     let name = p.display().to_string();
-    if let Some(reason) = skip_reason(o, &st, v, h) {
+    if let Some(reason) = skip_reason(o, &st, keys, v, h) {
         return Ok(Item::skipped(name, Some(v), reason));
     }
     Ok(match apply::apply(o, p) {
@@ -133,9 +134,17 @@ fn apply_one(o: &Options, sd: Option<&Dir>, v: u64, p: &Path, h: &Head) -> Resul
 }
 
 /// Why the target in state `st` skips bundle version `v` with head `h`, if it does.
-fn skip_reason(o: &Options, st: &state::State, v: u64, h: &Head) -> Option<String> {
+fn skip_reason(o: &Options, st: &state::State, keys: &crate::unseal::Keyring, v: u64, h: &Head) -> Option<String> {
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         return Some("already installed".into());
+    }
+    if !crate::unseal::can_open(&h.manifest, keys) {
+        // A stick may carry bundles for several targets, each encrypted to its own.
+        let n = crate::unseal::recipients(h).unwrap_or(0);
+        return Some(format!(
+            "encrypted to {n} recipient(s), none of them this target (no matching identity in {})",
+            keys.looked_in()
+        ));
     }
     if let Some(iv) = st.version {
         if v <= iv {

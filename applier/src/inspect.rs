@@ -15,6 +15,8 @@ const NOTE: &str = "unverified: inspect checks that the signatures are well-form
 const DELTA_NOTE: &str = "a delta bundle lists only the NEW entries it changes or needs; unchanged paths are not \
                           listed, so counts and new_file_bytes cover the listed entries";
 const FULL_NOTE: &str = "a full bundle lists every entry of NEW";
+const SEALED_NOTE: &str = "the bundle is encrypted: its entries, paths, metadata, script and hooks are hidden (only \
+                           the public fields and the frames are shown); give --identity FILE to open it";
 
 /// The `inspect` report (its `--json` body; field names are part of the report contract).
 #[derive(Debug, Serialize)]
@@ -28,6 +30,13 @@ pub struct Inspection {
     /// With `--trust` and valid signatures: each signer's status and the threshold's.
     pub trust: Option<bundle::sig::TrustStatus>,
     pub bundle_id: String,
+    /// The bundle is encrypted (bundle-format.md §4.10), to `recipients` recipients.
+    pub encrypted: bool,
+    pub recipients: Option<usize>,
+    /// An `--identity` opened it: everything below describes its inner manifest.
+    pub decrypted: bool,
+    /// Which of the given identities opened it.
+    pub recipient_id: Option<String>,
     pub format: u32,
     pub version: u64,
     pub base: Option<BaseInfo>,
@@ -89,8 +98,15 @@ pub struct StepInfo {
     pub path: String,
 }
 
-/// Read `file`'s head and manifest (not its frames) and describe them.
-pub fn inspect(file: &Path, trust: Option<&bundle::sig::TrustPolicy>) -> Result<Inspection> {
+/// Read `file`'s head and manifest (not its frames) and describe them; with `trust`, how its
+/// policy counts the signers. An encrypted bundle is opened with one of `identities` if one opens
+/// it and its signatures are valid (nothing is decrypted under a signature that does not verify);
+/// otherwise only its public fields are shown.
+pub fn inspect(
+    file: &Path,
+    trust: Option<&bundle::sig::TrustPolicy>,
+    identities: &[std::path::PathBuf],
+) -> Result<Inspection> {
     let limits = Limits::default();
     let src = crate::source::open(file)?;
     let mut r = bundle::container::Reader::new(src.reader, limits.clone());
@@ -100,8 +116,26 @@ pub fn inspect(file: &Path, trust: Option<&bundle::sig::TrustPolicy>) -> Result<
         (Ok(keys), Some(t)) => Some(t.status(keys)),
         _ => None,
     };
-    let m = Manifest::decode(&mb, &limits)?;
+    let mut m = Manifest::decode(&mb, &limits)?;
+    let recipients = m.sealed.as_ref().map(|s| s.recipients.len());
+    let mut recipient_id = None;
+    if let (Some(sealed), true, false) = (&m.sealed, sig.is_ok(), identities.is_empty()) {
+        let keys = crate::unseal::Keyring::load(identities, None)?;
+        let Some((key, which)) = keys.unwrap(sealed)? else {
+            return Err(crate::error::Error::NoIdentity {
+                recipients: sealed.recipients.len(),
+                looked_in: keys.looked_in(),
+            });
+        };
+        let (inner, _) = bundle::seal::open(&m, &key, &limits)?;
+        recipient_id = Some(which);
+        m = inner;
+    }
     Ok(Inspection {
+        encrypted: recipients.is_some(),
+        recipients,
+        decrypted: recipient_id.is_some(),
+        recipient_id,
         verified: false,
         note: NOTE,
         signatures_valid: sig.is_ok(),
@@ -114,7 +148,13 @@ pub fn inspect(file: &Path, trust: Option<&bundle::sig::TrustPolicy>) -> Result<
         channel: m.channel.clone(),
         created: m.created,
         expires: m.expires,
-        entries_note: if m.base.is_some() { DELTA_NOTE } else { FULL_NOTE },
+        entries_note: if m.sealed.is_some() {
+            SEALED_NOTE
+        } else if m.base.is_some() {
+            DELTA_NOTE
+        } else {
+            FULL_NOTE
+        },
         counts: counts(&m),
         sizes: Sizes {
             new_file_bytes: new_file_bytes(&m),

@@ -19,6 +19,7 @@
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 //! - [`sparse`]: hashing files without reading their holes, copying data extents only.
 //! - [`par`]: parallel hashing of the base and of staged files.
+//! - [`unseal`]: encrypted bundles: identities, opening the sealed manifest, frame decryption.
 //! - [`text`]: escaping untrusted text before it reaches a terminal.
 
 pub mod apply;
@@ -46,6 +47,7 @@ pub mod status;
 pub mod text;
 pub mod trust;
 pub mod txn;
+pub mod unseal;
 pub mod verify;
 pub mod xattrs;
 

@@ -32,23 +32,39 @@ fn main() -> ExitCode {
 /// One function per subcommand.
 fn run(cmd: Cmd, g: &Global) -> Result<Exit> {
     match cmd {
-        Cmd::Verify { file, trust, json } => verify(g, &file, &trust, json),
-        Cmd::Inspect { file, trust, json } => inspect(&file, trust.as_deref(), json),
+        Cmd::Verify { file, trust, identity, json } => verify(g, &file, &trust, &identity, json),
+        Cmd::Inspect { file, trust, identity, json } => inspect(&file, trust.as_deref(), &identity, json),
         Cmd::Apply { file, t, a, json } => apply(g, &file, &t, &a, json),
         Cmd::Plan { file, t, a, json } => plan(g, &file, &t, &a, json),
-        Cmd::Resume { t, trust, bundle, no_hooks, json } => resume(g, &t, trust, bundle, no_hooks, json),
-        Cmd::Rollback { t, trust, json } => rollback(g, &t, trust, json),
+        Cmd::Resume { t, trust, bundle, identity, no_hooks, json } => {
+            let mut o = t.options(None, g.quiet || json, g.verbose);
+            (o.trust, o.bundle, o.no_hooks, o.identities) = (trust, bundle, no_hooks, identity);
+            resume(&o, json)
+        }
+        Cmd::Rollback { t, trust, identity, json } => {
+            let mut o = t.options(None, g.quiet || json, g.verbose);
+            (o.trust, o.identities) = (trust, identity);
+            rollback(&o, json)
+        }
         Cmd::Status { t, json } => status(g, &t, json),
         Cmd::Inbox { dir, t, a, json } => inbox(g, &dir, &t, &a, json),
         Cmd::Fetch(f) => fetch(g, &f),
+        Cmd::Identity { t, out, json } => identity(&t.options(None, true, false), out.as_deref(), json),
     }
 }
 
-fn verify(g: &Global, file: &Path, trust: &Path, json: bool) -> Result<Exit> {
+fn verify(g: &Global, file: &Path, trust: &Path, identities: &[PathBuf], json: bool) -> Result<Exit> {
     let trust = applier::trust::load(trust, None)?;
     let progress = applier::progress::wanted(g.quiet || json, g.verbose);
-    let h = applier::verify::bundle_with_progress(file, Some(&trust), &bundle::Limits::default(), true, progress)?;
+    // Without an identity an encrypted bundle is verified as far as it is public.
+    let keys = applier::unseal::Keyring::load(identities, None)?;
+    let keys = (!identities.is_empty()).then_some(&keys);
+    let limits = bundle::Limits::default();
+    let h = applier::verify::bundle_with_progress(file, Some(&trust), keys, &limits, true, progress)?;
     let v = Verified {
+        encrypted: applier::unseal::recipients(&h).is_some(),
+        recipients: applier::unseal::recipients(&h),
+        decrypted: h.opened.is_some(),
         verified: true,
         version: h.manifest.version,
         bundle_id: h.id.to_hex(),
@@ -60,9 +76,9 @@ fn verify(g: &Global, file: &Path, trust: &Path, json: bool) -> Result<Exit> {
     Ok(report::print("verify", json, Exit::Ok, &v, report::verify_text))
 }
 
-fn inspect(file: &Path, trust: Option<&Path>, json: bool) -> Result<Exit> {
+fn inspect(file: &Path, trust: Option<&Path>, identities: &[PathBuf], json: bool) -> Result<Exit> {
     let trust = trust.map(|t| applier::trust::load(t, None)).transpose()?;
-    let i = applier::inspect::inspect(file, trust.as_ref())?;
+    let i = applier::inspect::inspect(file, trust.as_ref(), identities)?;
     Ok(report::print("inspect", json, Exit::Ok, &i, report::inspect_text))
 }
 
@@ -78,24 +94,13 @@ fn plan(g: &Global, file: &Path, t: &TargetArgs, a: &ApplyArgs, json: bool) -> R
     Ok(report::print("plan", json, exit, &p, report::plan_text))
 }
 
-fn resume(
-    g: &Global,
-    t: &TargetArgs,
-    trust: Option<PathBuf>,
-    bundle: Option<PathBuf>,
-    no_hooks: bool,
-    json: bool,
-) -> Result<Exit> {
-    let mut o = t.options(None, g.quiet || json, g.verbose);
-    (o.trust, o.bundle, o.no_hooks) = (trust, bundle, no_hooks);
-    let r = apply::resume(&o)?;
+fn resume(o: &apply::Options, json: bool) -> Result<Exit> {
+    let r = apply::resume(o)?;
     Ok(report::print("resume", json, Exit::Ok, &r, report::resume_text))
 }
 
-fn rollback(g: &Global, t: &TargetArgs, trust: Option<PathBuf>, json: bool) -> Result<Exit> {
-    let mut o = t.options(None, g.quiet || json, g.verbose);
-    o.trust = trust;
-    let r = apply::rollback(&o)?;
+fn rollback(o: &apply::Options, json: bool) -> Result<Exit> {
+    let r = apply::rollback(o)?;
     Ok(report::print("rollback", json, Exit::Ok, &r, report::rollback_text))
 }
 
@@ -113,4 +118,10 @@ fn inbox(g: &Global, dir: &Path, t: &TargetArgs, a: &ApplyArgs, json: bool) -> R
 fn fetch(g: &Global, f: &FetchArgs) -> Result<Exit> {
     let r = applier::fetch::fetch(&f.options(g.quiet))?;
     Ok(report::print("fetch", f.json, Exit::Ok, &r, report::fetch_text))
+}
+
+/// `ferry-apply identity`: create the target's identity if it has none, print its recipient.
+fn identity(o: &apply::Options, out: Option<&Path>, json: bool) -> Result<Exit> {
+    let r = applier::unseal::identity_command(o, out)?;
+    Ok(report::print("identity", json, Exit::Ok, &r, report::identity_text))
 }

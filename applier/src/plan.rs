@@ -57,7 +57,8 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
     let sd = open_state(o)?;
     let trust = load_trust(o, sd.as_ref())?;
-    let h = verify::bundle(bundle, Some(&trust), &o.limits, false)?;
+    let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
+    let h = verify::bundle(bundle, Some(&trust), Some(&keys), &o.limits, false)?;
     let m = &h.manifest;
     let st = match &sd {
         Some(d) => state::load(d, state::STATE_FILE)?,

@@ -48,6 +48,12 @@ pub struct Failure {
 #[derive(Debug, Serialize)]
 pub struct Verified {
     pub verified: bool,
+    /// The bundle is encrypted (bundle-format.md §4.10), to `recipients` recipients.
+    pub encrypted: bool,
+    pub recipients: Option<usize>,
+    /// An `--identity` opened it: its manifest and decoded frames were checked too (else only
+    /// what is public: signatures, trust, the outer manifest, every stored frame's hash).
+    pub decrypted: bool,
     pub version: u64,
     pub bundle_id: String,
     /// Key ids of every signer (all signatures verified), sorted by key bytes.
@@ -100,7 +106,12 @@ fn print_json<T: Serialize>(r: &Report<'_, T>) {
 
 /// `verify`'s human text.
 pub fn verify_text(v: &Verified) -> String {
-    let mut s = format!("OK: {} version {} ({} frames verified)", v.file, v.version, v.frames);
+    let enc = match (v.recipients, v.decrypted) {
+        (None, _) => String::new(),
+        (Some(n), true) => format!("; encrypted to {n} recipient(s), opened and checked"),
+        (Some(n), false) => format!("; encrypted to {n} recipient(s), contents not checked (no --identity)"),
+    };
+    let mut s = format!("OK: {} version {} ({} frames verified{enc})", v.file, v.version, v.frames);
     if let Some(t) = &v.trust {
         s.push_str(&format!("\n{}", trust_line(t)));
     }
@@ -110,6 +121,11 @@ pub fn verify_text(v: &Verified) -> String {
 /// The trust policy's view of a bundle's signers, as one line.
 pub fn trust_line(t: &TrustStatus) -> String {
     format!("threshold {}: {t}", if t.met { "met" } else { "NOT met" })
+}
+
+/// `identity`'s human text: the recipient line, for `ferry-build build --encrypt-to`.
+pub fn identity_text(r: &crate::unseal::IdentityReport) -> String {
+    r.recipient.clone()
 }
 
 /// `apply`'s human text.
@@ -234,7 +250,7 @@ pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
         (None, true) => "trust not checked (no --trust)".into(),
     };
     let mut s = format!(
-        "UNVERIFIED bundle (payload not checked; signatures {})\nversion {} channel {} base {}\nsigners {}\n{}\ncounts (of entries listed) {}\n  ({})\nsizes {}\napply script:",
+        "UNVERIFIED bundle (payload not checked; signatures {})\nversion {} channel {} base {}\nsigners {}\n{}\ncounts (of entries listed) {}\n  ({})\nsizes {}",
         signatures,
         v.version,
         as_json(&v.channel),
@@ -245,6 +261,12 @@ pub fn inspect_text(v: &crate::inspect::Inspection) -> String {
         v.entries_note,
         as_json(&v.sizes),
     );
+    match (v.recipients, &v.recipient_id) {
+        (Some(n), Some(id)) => s.push_str(&format!("\nencrypted to {n} recipient(s); opened by identity {id}")),
+        (Some(n), None) => s.push_str(&format!("\nencrypted to {n} recipient(s); contents hidden (no --identity)")),
+        (None, _) => {}
+    }
+    s.push_str("\napply script:");
     for st in &v.script {
         s.push_str(&format!("\n  {:8} {}", st.op, text::escape_line(&st.path)));
     }

@@ -40,7 +40,7 @@ pub fn status(o: &Options) -> Result<Status> {
         });
     };
     let installed = state::load(&d, state::STATE_FILE)?;
-    let pending = match Txn::load(&d, state::TXN, &o.limits, None)? {
+    let pending = match Txn::load(&d, state::TXN, &o.limits, None, None)? {
         None => None,
         Some(t) => {
             let bp = t.bundle_path().map(|p| p.display().to_string());
@@ -68,7 +68,7 @@ pub fn status(o: &Options) -> Result<Status> {
             })
         }
     };
-    let rollback = match Txn::load(&d, state::PREV, &o.limits, None)? {
+    let rollback = match Txn::load(&d, state::PREV, &o.limits, None, None)? {
         Some(t) if !t.has(&Record::RolledBack) => {
             let before = state::load(&t.dir, "state-before.json").ok().and_then(|s| s.version);
             Some(Kept {

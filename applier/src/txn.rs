@@ -154,8 +154,16 @@ impl Txn {
     /// Load transaction directory `name` of the state directory (resume, rollback, status). The
     /// saved manifest is verified again (signatures, structure, and with `trust` the trust
     /// policy), trusting no file in the state directory blindly. `None` if there is none, or its
-    /// `Begin` never became durable.
-    pub fn load(state: &Dir, name: &str, limits: &Limits, trust: Option<&TrustPolicy>) -> Result<Option<Txn>> {
+    /// `Begin` never became durable. The saved manifest of an encrypted bundle is its outer
+    /// manifest: with `keys` it is opened again ([`crate::unseal::open`]); without (status),
+    /// only its public fields are known.
+    pub fn load(
+        state: &Dir,
+        name: &str,
+        limits: &Limits,
+        trust: Option<&TrustPolicy>,
+        keys: Option<&crate::unseal::Keyring>,
+    ) -> Result<Option<Txn>> {
         let Some(dir) = state.subdir(name, false)? else { return Ok(None) };
         let records = journal::read(&dir)?;
         if !matches!(records.first(), Some(Record::Begin { .. })) {
@@ -171,6 +179,10 @@ impl Txn {
             .ctx("buffer", "manifest")?;
         let mut r = bundle::container::Reader::new(&framed[..], limits.clone());
         let head = crate::verify::head(&mut r, trust, limits)?;
+        let head = match keys {
+            Some(k) => crate::unseal::open(head, k, limits)?,
+            None => head,
+        };
         if records.first() != Some(&Record::Begin { bundle_id: head.id, bundle_path: begin_path(&records) }) {
             return Err(Error::CorruptState {
                 path: dir.show(journal::JOURNAL),

@@ -53,6 +53,17 @@ pub enum Cmd {
     /// Write a ferry public-key file (KEY.pub, for targets' trust directories) for a secret key
     /// or an external signer (which signs a fixed test message; the result is checked).
     Pubkey(Box<PubkeyArgs>),
+    /// Generate an encryption identity: NAME.identity (the X25519 secret, mode 0600, for the
+    /// targets) and NAME.recipient (for `build --encrypt-to`). For a fleet sharing one identity;
+    /// a single target is better served by `ferry-apply identity`, which never lets its secret
+    /// leave the target.
+    RecipientGen {
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+        /// Print a JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cut a bundle into numbered parts FILE.000, FILE.001, ... (e.g. for a FAT32 stick).
     Split {
         file: PathBuf,
@@ -151,6 +162,11 @@ pub struct BuildArgs {
     /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
     #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
     pub split_size: Option<u64>,
+    /// Encrypt the bundle to this recipient (a NAME.recipient file from `recipient-gen` or
+    /// `ferry-apply identity`); repeatable, at most 64. Only a target holding a matching identity
+    /// can read the paths, metadata, script and contents; anyone can still verify the signatures.
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT_FILE")]
+    pub encrypt_to: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -267,6 +283,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             fail_on_sockets: a.fail_on_sockets,
             xattrs: a.xattrs.clone(),
             created: crate::created_from_env()?,
+            encrypt_to: a.encrypt_to.clone(),
         })
     }
 }

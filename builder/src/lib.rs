@@ -21,6 +21,7 @@ pub mod plan;
 pub mod progress;
 pub mod protect;
 pub mod scan;
+pub mod seal;
 pub mod sign;
 pub mod signer;
 pub mod sparse;
@@ -79,6 +80,9 @@ pub struct BuildOptions {
     pub xattrs: xattr::Carry,
     /// Manifest creation time (seconds since the epoch); see [`created_from_env`].
     pub created: u64,
+    /// Recipient files (`--encrypt-to`): encrypt the bundle to these ([`seal`]); empty: not
+    /// encrypted.
+    pub encrypt_to: Vec<PathBuf>,
 }
 
 /// Files and bytes for one content choice.
@@ -124,6 +128,10 @@ pub struct BuildReport {
     pub xattr_namespaces: Vec<String>,
     /// Distinct attribute sets in the manifest.
     pub xattr_sets: usize,
+    /// Encrypted to `recipients` (bundle-format.md §4.10).
+    pub encrypted: bool,
+    /// Ids of the recipients an encrypted bundle is sealed for.
+    pub recipients: Vec<String>,
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -225,6 +233,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let started = Instant::now();
     check_options(opts)?;
     let signing = load_keys(opts)?;
+    let sealing = seal::prepare(&opts.encrypt_to)?;
     let out_dir = out_dir(&opts.out);
     let inputs = scan_inputs(opts, &out_dir, progress)?;
     let phase = Instant::now();
@@ -240,7 +249,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
         bundle::script::validate(&manifest).map_err(Error::Invalid)?;
         let written = Written { bytes: 0, id: None, signers: Vec::new() };
-        return Ok(report(opts, started, manifest, tree_entries, written, BTreeMap::new(), warnings, &inputs));
+        return Ok(report(opts, started, manifest, tree_entries, written, BTreeMap::new(), warnings, &inputs, None));
     }
     let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
     let store = write::FrameStore::new_in(&out_dir)?;
@@ -254,8 +263,12 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
     finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
-    let written = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress)?;
-    Ok(report(opts, started, manifest, tree_entries, written, stats, warnings, &inputs))
+    if let Some(s) = &sealing {
+        // Frame hashes are of the stored (encrypted) bytes (bundle-format.md §4.10).
+        s.encrypt_frames(&store.file()?, &order.stored, &mut manifest.frames)?;
+    }
+    let written = seal_and_write(opts, &manifest, &signing.secrets, &order.stored, store, progress, sealing.as_ref())?;
+    Ok(report(opts, started, manifest, tree_entries, written, stats, warnings, &inputs, sealing.as_ref()))
 }
 
 /// The sockets left out of both inputs: (`old`/`new`, path), OLD first.
@@ -441,6 +454,7 @@ fn new_manifest(
         rotation,
         xattr_namespaces: Vec::new(),
         xattr_sets: Vec::new(),
+        sealed: None,
     }
 }
 
@@ -630,7 +644,8 @@ struct Written {
 }
 
 /// Check the manifest as the applier will, sign its id with each key (none for `--unsigned`)
-/// and write the bundle.
+/// and write the bundle. With `sealing`, the checked manifest is the inner one, and the outer
+/// manifest that carries it encrypted is checked, signed and written.
 fn seal_and_write(
     opts: &BuildOptions,
     manifest: &Manifest,
@@ -638,7 +653,25 @@ fn seal_and_write(
     stored: &[(u64, u64)],
     store: write::FrameStore,
     progress: &progress::Progress,
+    sealing: Option<&seal::Sealing>,
 ) -> Result<Written> {
+    let mut mbytes = checked_member(manifest)?;
+    if let Some(s) = sealing {
+        mbytes = checked_member(&s.seal(manifest, &mbytes)?)?;
+    }
+    let id = Manifest::id(&mbytes);
+    let mut sigs = bundle::sig::Signatures::new();
+    for k in secrets {
+        sigs.insert(k.public().bytes, k.sign_id(&id));
+    }
+    let signers = sigs.entries().iter().map(|(k, _)| bundle::sig::key_id(k)).collect();
+    let bytes = write::write_bundle(&opts.out, &mbytes, &sigs.encode(), stored, store, progress)?;
+    Ok(Written { bytes, id: Some(id), signers })
+}
+
+/// The manifest member of `manifest`, after the checks the applier makes (structure, script,
+/// and the default limits on the member and the CBOR inside it).
+fn checked_member(manifest: &Manifest) -> Result<Vec<u8>> {
     // A bundle the applier would refuse is a builder bug (or an inexpressible tree): stop here.
     manifest.check(&Limits::default()).map_err(Error::Invalid)?;
     bundle::script::validate(manifest).map_err(Error::Invalid)?;
@@ -654,14 +687,7 @@ fn seal_and_write(
             return Err(Error::Invalid(bundle::Error::TooLarge { what: what.into(), size, limit }));
         }
     }
-    let id = Manifest::id(&mbytes);
-    let mut sigs = bundle::sig::Signatures::new();
-    for k in secrets {
-        sigs.insert(k.public().bytes, k.sign_id(&id));
-    }
-    let signers = sigs.entries().iter().map(|(k, _)| bundle::sig::key_id(k)).collect();
-    let bytes = write::write_bundle(&opts.out, &mbytes, &sigs.encode(), stored, store, progress)?;
-    Ok(Written { bytes, id: Some(id), signers })
+    Ok(mbytes)
 }
 
 /// The report of a build that wrote `bytes` (0 for a dry run).
@@ -675,9 +701,12 @@ fn report(
     stats: BTreeMap<&'static str, Stat>,
     warnings: Vec<String>,
     inputs: &Inputs,
+    sealing: Option<&seal::Sealing>,
 ) -> BuildReport {
     let skipped_sockets = skipped_sockets(inputs);
     BuildReport {
+        encrypted: sealing.is_some(),
+        recipients: sealing.map(|s| s.recipients.iter().map(|r| r.id.clone()).collect()).unwrap_or_default(),
         sockets_skipped: skipped_sockets.len(),
         skipped_sockets,
         xattr_namespaces: manifest.xattr_namespaces.clone(),

@@ -54,6 +54,22 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
         Cmd::Sign(a) => sign(&a, verbosity),
         Cmd::SignRequest(a) => sign_request(&a, verbosity),
         Cmd::Pubkey(a) => pubkey(&a, verbosity),
+        Cmd::RecipientGen { out, json } => {
+            let (i, r, id) = builder::seal::recipient_gen(&out)?;
+            if json {
+                let v = serde_json::json!({
+                    "ferry_report": 1,
+                    "command": "recipient-gen",
+                    "recipient_id": id,
+                    "identity": i.display().to_string(),
+                    "recipient": r.display().to_string(),
+                });
+                println!("{v}");
+            } else {
+                say(format!("recipient {id}: identity {} (secret), recipient {}", i.display(), r.display()));
+            }
+            Ok(())
+        }
         Cmd::Split { file, size, json } => {
             let parts = split(&file, size)?;
             if json {
@@ -310,6 +326,9 @@ fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) 
         "{}: {} bytes, version {}, {} of {} entries listed, {} steps, {} frames, {} ms",
         r.bundle, r.bytes, r.version, r.entries, r.tree_entries, r.steps, r.frames, r.duration_ms
     );
+    if r.encrypted {
+        eprintln!("  encrypted to {} recipient(s): {}", r.recipients.len(), r.recipients.join(", "));
+    }
     for (k, s) in &r.stats {
         let frames = if s.frames > 0 { format!(" {:>7} frames", s.frames) } else { String::new() };
         eprintln!("  {k:<9} {:>7} files {:>14} bytes in {:>14} bytes out{frames}", s.files, s.bytes_in, s.bytes_out);

@@ -45,6 +45,10 @@ pub struct Summary {
     pub config_files: usize,
     pub hooks: Vec<HookSummary>,
     pub rotation: Option<RotationSummary>,
+    /// An encrypted bundle (bundle-format.md §4.10): the number of recipients. Its entries,
+    /// script, hooks and any key rotation are inside the encrypted inner manifest, so the
+    /// summary cannot show them.
+    pub encrypted_to: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -113,6 +117,7 @@ pub fn summarize(m: &Manifest, manifest_bytes: &[u8]) -> Summary {
             retire: r.retire.clone(),
             threshold: r.threshold,
         }),
+        encrypted_to: m.sealed.as_ref().map(|s| s.recipients.len()),
     }
 }
 
@@ -146,6 +151,12 @@ pub fn summary_text(s: &Summary) -> String {
         out.push('\n');
     };
     line(format!("bundle {}", s.bundle_id));
+    if let Some(n) = s.encrypted_to {
+        line(format!(
+            "ENCRYPTED to {n} recipient(s): its paths, apply script, hooks and any KEY ROTATION are \
+             encrypted and NOT shown below; sign only if you trust the build that made it"
+        ));
+    }
     match &s.rotation {
         Some(r) => {
             line("KEY ROTATION: signing this changes which keys every target that applies it trusts:".into());
@@ -273,6 +284,7 @@ mod tests {
             }),
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            sealed: None,
         };
         let t = summary_text(&summarize(&m, b"member"));
         let lines: Vec<&str> = t.lines().collect();

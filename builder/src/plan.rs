@@ -382,6 +382,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            sealed: None,
         };
         m.drop_unneeded_entries();
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));

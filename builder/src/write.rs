@@ -115,6 +115,16 @@ impl FrameStore {
         Ok(at)
     }
 
+    /// A second handle of the store's file, for positioned reads and writes (encryption in
+    /// place, [`crate::seal`]).
+    pub fn file(&self) -> Result<File> {
+        let g = self.inner.lock().map_err(|_| Error::Io {
+            path: self.path_hint.clone(),
+            source: io::Error::other("frame store lock poisoned"),
+        })?;
+        g.0.try_clone().map_err(Error::io(&self.path_hint))
+    }
+
     fn into_file(self) -> Result<File> {
         let (f, _) = self.inner.into_inner().map_err(|_| Error::Io {
             path: self.path_hint.clone(),

@@ -9,6 +9,7 @@
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures over the bundle id, the
 //!   signature member, trust policies and what they make of a bundle's signers.
 //! - [`request`]: offline signing: the signing request and the detached signature file.
+//! - [`seal`]: encrypted bundles: recipients, identities, the sealed manifest, frame keystreams.
 //! - [`resolve`]: kernel-style symlink resolution over an index of a tree (ordering, rule 4).
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
 //! - [`sparse`]: data extents of sparse files, where the payload lands, the zero-filled digest.
@@ -30,6 +31,7 @@ pub mod request;
 pub mod resolve;
 pub mod scan;
 pub mod script;
+pub mod seal;
 pub mod sig;
 pub mod sparse;
 pub mod xattr;

@@ -65,6 +65,8 @@ pub struct Limits {
     pub max_xattr_value: usize,
     /// Bytes of all names and values of all sets together.
     pub max_xattr_bytes: u64,
+    /// Recipients of an encrypted bundle (stanzas in its outer manifest, bundle-format.md §4.10).
+    pub max_recipients: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +99,7 @@ impl Default for Limits {
             max_xattr_name: 255,
             max_xattr_value: 65536,
             max_xattr_bytes: 64 << 20,
+            max_recipients: 64,
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct Manifest {
     /// Distinct attribute sets, referenced by [`Meta::xattrs`] of entries and old entries; each
     /// referenced at least once, in order of first reference (entries, then old entries).
     pub xattr_sets: Vec<crate::XattrSet>,
+    /// Set only in an encrypted bundle's public outer manifest (bundle-format.md §4.10): the
+    /// inner manifest, encrypted, and its key wrapped for each recipient. The outer manifest then
+    /// has no entries, old entries, steps, hooks, rotation or attributes ([`crate::seal`]).
+    pub sealed: Option<crate::seal::Sealed>,
 }
 
 /// A 32-byte ed25519 public key.
@@ -308,6 +312,13 @@ impl Manifest {
         m.finish_decode(digest, limits)
     }
 
+    /// Whether the manifest member `bytes` holds an encrypted bundle's outer manifest (§4.10),
+    /// found by the bounded pre-pass alone (one decompression, nothing deserialised): for a
+    /// reader that must decide early, after the signatures are checked. Errors as [`Manifest::decode`].
+    pub fn member_is_sealed(bytes: &[u8], limits: &Limits) -> Result<bool, Error> {
+        crate::scan::is_sealed(member_decoder(bytes, limits)?, declared_size(bytes), limits)
+    }
+
     /// Decode canonical CBOR and check the structural rules of bundle-format.md (§4.5), after the
     /// CBOR pre-pass ([`crate::scan::scan`]) has checked every count and size against `limits`.
     pub fn from_cbor(bytes: &[u8], limits: &Limits) -> Result<Manifest, Error> {
@@ -337,6 +348,10 @@ impl Manifest {
     pub fn check(&self, limits: &Limits) -> Result<(), Error> {
         self.check_counts(limits)?;
         self.check_hooks_channel_rotation(limits)?;
+        if let Some(s) = &self.sealed {
+            // An encrypted bundle's outer manifest: public fields and frames only (§4.10).
+            return crate::seal::check_outer(self, s, limits);
+        }
         let mut per_frame = self.check_entries(limits)?;
         self.check_frame_tiling(&mut per_frame)?;
         self.check_xattrs(limits)?;

@@ -36,6 +36,13 @@ enum Field {
     Retire,
     XattrNamespaces,
     XattrSets,
+    /// `sealed.recipients` (§4.10).
+    Recipients,
+    /// `sealed` itself: noted when its value is a map (an encrypted bundle's outer manifest).
+    Sealed,
+    /// `sealed.manifest`: the encrypted inner manifest member, a byte string bounded by
+    /// `max_manifest_bytes` + 16 instead of `max_manifest_string`.
+    SealedManifest,
     Other,
 }
 
@@ -56,6 +63,9 @@ impl Field {
             b"retire" => Field::Retire,
             b"xattr_namespaces" => Field::XattrNamespaces,
             b"xattr_sets" => Field::XattrSets,
+            b"recipients" => Field::Recipients,
+            b"sealed" => Field::Sealed,
+            b"manifest" => Field::SealedManifest,
             _ => Field::Other,
         }
     }
@@ -77,7 +87,8 @@ impl Field {
             Field::Retire => Some((l.max_rotation_keys, "keys retired by the rotation")),
             Field::XattrNamespaces => Some((l.max_xattrs_per_set, "xattr namespaces")),
             Field::XattrSets => Some((l.max_xattr_sets, "xattr sets")),
-            Field::Other => None,
+            Field::Recipients => Some((l.max_recipients, "recipients")),
+            Field::SealedManifest | Field::Sealed | Field::Other => None,
         }
     }
 }
@@ -96,6 +107,15 @@ pub fn read_scanned(src: impl Read, size: Option<u64>, limits: &Limits) -> Resul
         Sink::Keep(v) => Ok(v),
         _ => Ok(Vec::new()),
     }
+}
+
+/// Whether the document read from `src` (as [`read_scanned`], keeping nothing) is an encrypted
+/// bundle's outer manifest: its top-level `sealed` is a map, not null (§4.10). Cheap: no value
+/// is built.
+pub fn is_sealed(src: impl Read, size: Option<u64>, limits: &Limits) -> Result<bool, Error> {
+    let mut s = Scan::new(src, size, limits, Sink::None)?;
+    s.item(1, Field::Other)?;
+    Ok(s.sealed)
 }
 
 /// [`read_scanned`], keeping only the BLAKE3 of the document instead of its bytes.
@@ -123,6 +143,8 @@ struct Scan<'l, R> {
     items: u64,
     pieces: u64,
     extents: u64,
+    /// The top-level `sealed` field is a map.
+    sealed: bool,
 }
 
 impl<'l, R: Read> Scan<'l, R> {
@@ -131,7 +153,17 @@ impl<'l, R: Read> Scan<'l, R> {
         if let Some(size) = size.filter(|&s| s > max) {
             return Err(Error::TooLarge { what: "decoded manifest".into(), size, limit: max });
         }
-        Ok(Scan { src, size: size.unwrap_or(max), limits, sink, read: 0, items: 0, pieces: 0, extents: 0 })
+        Ok(Scan {
+            src,
+            size: size.unwrap_or(max),
+            limits,
+            sink,
+            read: 0,
+            items: 0,
+            pieces: 0,
+            extents: 0,
+            sealed: false,
+        })
     }
 
     /// Refuse a length that the rest of the document cannot hold (every element and every
@@ -232,7 +264,7 @@ impl<'l, R: Read> Scan<'l, R> {
         match major {
             2 | 3 => {
                 self.plausible(at, "bytes", arg)?;
-                self.string(major, arg)
+                self.string(major, arg, field)
             }
             4 => {
                 self.plausible(at, "elements", arg)?;
@@ -243,6 +275,7 @@ impl<'l, R: Read> Scan<'l, R> {
                 Ok(Field::Other)
             }
             5 => {
+                self.sealed |= depth == 2 && field == Field::Sealed;
                 // A map of n pairs holds 2n items: refuse a count the item budget cannot hold
                 // before walking it.
                 self.plausible(at, "items", arg.saturating_mul(2))?;
@@ -260,8 +293,11 @@ impl<'l, R: Read> Scan<'l, R> {
     }
 
     /// A text or byte string of `len` bytes.
-    fn string(&mut self, major: u8, len: u64) -> Result<Field, Error> {
-        let limit = self.limits.max_manifest_string as u64;
+    fn string(&mut self, major: u8, len: u64, field: Field) -> Result<Field, Error> {
+        let limit = match (major, field) {
+            (2, Field::SealedManifest) => self.limits.max_manifest_bytes.saturating_add(crate::seal::TAG_LEN as u64),
+            _ => self.limits.max_manifest_string as u64,
+        };
         if len > limit {
             return Err(Error::TooLarge { what: "string in the manifest".into(), size: len, limit });
         }
@@ -380,6 +416,7 @@ mod tests {
             }),
             xattr_namespaces: vec!["user".into()],
             xattr_sets: vec![vec![crate::Xattr { name: b"user.a".to_vec(), value: Vec::new() }]],
+            sealed: None,
         }
     }
 

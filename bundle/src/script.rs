@@ -411,6 +411,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            sealed: None,
         }
     }
     fn run(m: &Manifest) -> Result<(), String> {

@@ -35,6 +35,7 @@ fn steps_bomb(n: u32) -> Vec<u8> {
         rotation: None,
         xattr_namespaces: vec![],
         xattr_sets: vec![],
+        sealed: None,
     };
     let enc = m.to_cbor();
     let step = m.script.pop().map(|s| {

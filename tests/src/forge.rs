@@ -100,6 +100,7 @@ pub fn empty(version: u64) -> Manifest {
         rotation: None,
         xattr_namespaces: vec![],
         xattr_sets: vec![],
+        sealed: None,
     }
 }
 

@@ -1077,7 +1077,7 @@ fn every_single_bit_flip_fails_verification() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("b.ferry");
     fs::write(&path, &good).expect("write");
-    applier::verify::bundle(&path, Some(&policy), &limits, true).expect("the unflipped bundle verifies");
+    applier::verify::bundle(&path, Some(&policy), None, &limits, true).expect("the unflipped bundle verifies");
     let stride: usize = std::env::var("FERRY_FLIP_STRIDE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let t = Instant::now();
     let mut n = 0;
@@ -1085,7 +1085,7 @@ fn every_single_bit_flip_fails_verification() {
         let mut b = good.clone();
         b[bit / 8] ^= 1 << (bit % 8);
         fs::write(&path, &b).expect("write");
-        if let Ok(h) = applier::verify::bundle(&path, Some(&policy), &limits, true) {
+        if let Ok(h) = applier::verify::bundle(&path, Some(&policy), None, &limits, true) {
             panic!("flipping bit {bit} (byte {}) still verifies: version {}", bit / 8, h.manifest.version);
         }
         n += 1;

@@ -703,3 +703,38 @@ fn timed_fetch(url: &str, into: &std::path::Path, args: &[&str]) -> (std::proces
         .expect("spawn");
     (o, t0.elapsed())
 }
+
+/// An encrypted bundle (bundle-format.md §4.10) is fetched like any other: its signatures and
+/// every stored frame's hash are public, so a corrupt frame is caught and fetched again without
+/// a key; then the target holding the identity applies the download.
+#[test]
+fn an_encrypted_bundle_is_fetched_verified_and_then_applied() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let tree = d.join("tree");
+    gen_tree(&tree, 1408);
+    for i in 0..3 {
+        fs::write(tree.join(format!("noise{i}.bin")), noise(150_000, 1408 + i)).expect("write");
+    }
+    let (secret, public) = keygen(d, "k");
+    let target = d.join("target");
+    fs::create_dir(&target).expect("mkdir");
+    let recipient = d.join("target.recipient");
+    run_expect(apply_cmd().arg("identity").arg("--target").arg(&target).arg("--out").arg(&recipient), 0);
+    let b = d.join("enc.ferry");
+    build(None, &tree, &secret, 1, &b, &["--solid-size", "0", "--encrypt-to", recipient.to_str().expect("utf-8")]);
+    let bytes = fs::read(&b).expect("read");
+    let spans = frame_spans(&bytes);
+    assert!(spans.len() > 2, "{} frames", spans.len());
+    let (a, e) = spans[1];
+    let srv = Server::start(bytes.clone(), Faults { flip_once: Some((a + e) / 2), ..Default::default() });
+    let into = d.join("dl");
+    let o = fetch(&srv.url("enc.ferry"), &into, Some(&public), &[]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    assert_eq!((j["encrypted"].clone(), j["recipients"].clone()), (true.into(), 1.into()), "{j}");
+    assert_eq!(j["refetched_frames"], serde_json::json!([1]), "{j}");
+    assert_eq!(fs::read(into.join("enc.ferry")).expect("download"), bytes);
+    apply(&into.join("enc.ferry"), &target, &public, 0, &[]);
+    assert_same(&snapshot(&target, false), &snapshot(&tree, false), "fetched, then applied");
+}

@@ -118,6 +118,10 @@ pub struct Report {
     pub signers: Vec<String>,
     /// Signers were checked against `--trust` (else only that the signatures are valid).
     pub trusted: bool,
+    /// The bundle is encrypted (bundle-format.md §4.10), to `recipients` recipients: fetch
+    /// verifies what is public (signatures, every stored frame's hash) and never decrypts.
+    pub encrypted: bool,
+    pub recipients: Option<usize>,
 }
 
 const END_MARKER: u64 = 2 * BLOCK;
@@ -451,6 +455,8 @@ impl Fetcher<'_> {
         self.report.bundle_id = head.id.to_hex();
         self.report.version = head.manifest.version;
         self.report.signers = head.signers.iter().map(|k| k.id.clone()).collect();
+        self.report.recipients = crate::unseal::recipients(&head);
+        self.report.encrypted = self.report.recipients.is_some();
         self.report.bytes = self.http.bytes;
         self.report.requests = self.http.requests;
         self.report.file = self.dir.show(&self.dir.final_);

@@ -280,6 +280,8 @@ impl Stager<'_> {
         let fe =
             |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
         let prefix = if is_bsdiff { None } else { base.as_deref() };
+        // An encrypted bundle's frame is decrypted here, after its hash was checked (§4.10).
+        let src = crate::unseal::frame_reader(src, &self.txn.head, fi);
         let mut dec = crate::verify::decoder(src, prefix, self.limits, fi)?.take(f.decoded + 1);
         let mut open: HashMap<usize, std::fs::File> = HashMap::new();
         let mut patch = Vec::new();
