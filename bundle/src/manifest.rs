@@ -448,10 +448,9 @@ impl Manifest {
                     .map_err(|e| Error::Manifest(format!("rotation: added key {k}: {e}")))?;
             }
             for id in &r.retire {
-                // Lower case too: the policy compares ids in lower case.
-                match id.parse::<crate::KeyId>() {
-                    Ok(k) if k.as_str() == id => {}
-                    _ => return err(format!("rotation: retired key id {id:?} is not 16 lower-case hex digits")),
+                // Either case: the policy compares ids in lower case (`KeyId`).
+                if let Err(e) = id.parse::<crate::KeyId>() {
+                    return err(format!("rotation: retired {e}"));
                 }
             }
             if r.threshold == Some(0) {

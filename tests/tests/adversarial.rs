@@ -715,7 +715,7 @@ fn out_of_range_numbers() {
         (
             "hook timeout zero",
             Box::new(|m| m.hooks = vec![Hook { glob: "**".into(), command: "true".into(), timeout_secs: 0 }]),
-            "zero timeout",
+            "timeout must be at least 1 second",
         ),
         ("channel not printable", Box::new(|m| m.channel = "sta ble".into()), "channel"),
         ("channel too long", Box::new(|m| m.channel = "x".repeat(129)), "channel"),
