@@ -52,7 +52,7 @@ def classify(old, new, out):
     n = walk(new)
     changed, added = [], []
     st = dict(old_entries=len(o), new_entries=len(n), old_files=0, new_files=0, old_bytes=0, new_bytes=0,
-              unchanged_files=0, changed_files=0, changed_old_bytes=0, changed_new_bytes=0,
+              unchanged_files=0, mtime_only_files=0, changed_files=0, changed_old_bytes=0, changed_new_bytes=0,
               added_files=0, added_symlinks=0, added_bytes=0, deleted_entries=0, mode_changed=0,
               symlinks_new=0, special_new=0, max_file_bytes=0)
     for rel, s in o.items():
@@ -78,6 +78,8 @@ def classify(old, new, out):
                     st["mode_changed"] += 1
                 if so.st_size == s.st_size and same_bytes(os.path.join(old, rel), os.path.join(new, rel), s.st_size):
                     st["unchanged_files"] += 1
+                    if so.st_mtime_ns != s.st_mtime_ns:
+                        st["mtime_only_files"] += 1
                 else:
                     changed.append(rel)
                     st["changed_files"] += 1
