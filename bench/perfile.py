@@ -140,9 +140,10 @@ def run(tool, old, new, out):
             cmd = ["xdelta3", "-q", "-f", "-9", "-e", "-D", "-R", "-B", str(blk), "-s", a, b, tmp]
             dec = ["xdelta3", "-q", "-f", "-d", "-D", "-R", "-B", str(blk), "-s", a, tmp, back]
         elif tool == "bsdiff":
-            if max(sa, sb) > BSDIFF_MAX:
-                # fallback: the whole new file, zstd -19
-                how = "skipped>64MiB:zstd-full"
+            if max(sa, sb) > BSDIFF_MAX or min(sa, sb) == 0:
+                # fallback: the whole new file, zstd -19 (bsdiff cannot mmap an empty file, and a
+                # delta from or to nothing is the whole file anyway)
+                how = "skipped>64MiB:zstd-full" if max(sa, sb) > BSDIFF_MAX else "empty:zstd-full"
                 cmd = ["zstd", "-q", "-f", "-19", f"--long={window_log(sb)}", b, "-o", tmp]
                 dec = ["zstd", "-q", "-f", "-d", f"--long={window_log(sb)}", tmp, "-o", back]
             else:
@@ -193,10 +194,13 @@ def summary(out):
             continue
         print(f"perfile.{t}\tdelta_bytes\t{sum(v[0] for v in d.values())}")
         print(f"perfile.{t}\tdelta_seconds\t{sum(v[1] for v in d.values()):.2f}")
-        skipped = sum(1 for v in d.values() if v[2] != t)
+        skipped = sum(1 for v in d.values() if v[2].startswith("skipped"))
+        empty = sum(1 for v in d.values() if v[2].startswith("empty"))
         print(f"perfile.{t}\tfiles\t{len(d)}")
         if skipped:
             print(f"perfile.{t}\tskipped\t{skipped}")
+        if empty:
+            print(f"perfile.{t}\tempty\t{empty}")
     have = [d for d in tools.values() if d is not None]
     if len(have) == 3:
         best = 0

@@ -176,6 +176,7 @@ def bytes_section(corpus, methods):
         out.append(f"| {m} | {human(r.get('size'))} | {human(r.get('manifest_bytes'))}{share} | {human(r.get('manifest_cbor_bytes'))} | "
                    f"{human(r.get('signatures_bytes'))} | {human(r.get('payload_bytes'))} | {js.get('build.frames', 'n/a')} | "
                    f"{rss(r.get('build_kib'))} |")
+    first = None
     for m, r in rows:
         js = dict(kv.split("=", 1) for kv in r.get("json", []) if "=" in kv)
         stats = {}
@@ -185,9 +186,21 @@ def bytes_section(corpus, methods):
                 stats.setdefault(meth, {})[field] = v
         if not stats:
             continue
-        out += [f"\n{m}, by method:\n", "| method | files | frames | bytes in | bytes out | out ÷ in |", "|---|---:|---:|---:|---:|---:|"]
-        order = ["solid", "zstd", "patch", "bsdiff", "copy", "unchanged", "mtime_kept"]
-        for meth in sorted(stats, key=lambda x: (order.index(x) if x in order else 99, x)):
+        order = ["solid", "zstd", "patch", "bsdiff", "copy", "dedup", "unchanged", "mtime_kept"]
+        shown = sorted(stats, key=lambda x: (order.index(x) if x in order else 99, x))
+        if first is not None:
+            # later rows: only the methods whose numbers differ from the first table's
+            shown = [x for x in shown if stats[x] != first[1].get(x)]
+            gone = [x for x in first[1] if x not in stats]
+            if not shown and not gone:
+                out.append(f"\n{m}: the same frames by method as {first[0]}.")
+                continue
+            out.append(f"\n{m}: as {first[0]} except" + (f" (no {', '.join(gone)})" if gone else "") + ":\n")
+        else:
+            first = (m, stats)
+            out.append(f"\n{m}, frames by method:\n")
+        out += ["| method | files | frames | bytes in | bytes out | out ÷ in |", "|---|---:|---:|---:|---:|---:|"]
+        for meth in shown:
             st = stats[meth]
             bi, bo = num(st.get("bytes_in")), num(st.get("bytes_out"))
             rat = f"{bo / bi:.4f}" if bi and bo is not None and bo > 0 else "–"

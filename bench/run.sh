@@ -370,6 +370,7 @@ measure_perfile() {
             put "$label" build_kib "$(maxi "${!kn:-0}" "$T_add_KIB")"
             local note="deltas ${sum[perfile.$t.delta_bytes]} B + added stream $addsz B"
             [[ -n "${sum[perfile.$t.skipped]:-}" ]] && note="$note; ${sum[perfile.$t.skipped]} files >64MiB not bsdiffed (zstd -19 of the whole new file instead)"
+            [[ -n "${sum[perfile.$t.empty]:-}" ]] && note="$note; ${sum[perfile.$t.empty]} files empty on one side not bsdiffed (bsdiff cannot mmap an empty file; zstd -19 of the whole new file instead)"
             put "$label" note "$note"
         fi
     done
@@ -450,6 +451,11 @@ corpus_stats() {
 }
 
 # ------------------------------------------------------------------ versions + main loop
+# a run without ferry (e.g. BENCH_TOOLS=perfile) keeps the ferry line of the run that measured it
+local ferry_line="ferry: $FERRY_STATUS ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+if ! want ferry && grep -q '^ferry: ' "$RES/versions.txt" 2>/dev/null; then
+    ferry_line="$(grep -m1 '^ferry: ' "$RES/versions.txt")"
+fi
 {
     echo "rsync: $(rsync --version | head -n1)"
     echo "zstd: $(zstd --version)"
@@ -457,8 +463,9 @@ corpus_stats() {
     echo "bsdiff: $(dpkg-query -W -f='${Version}' bsdiff 2>/dev/null || echo '?') (Debian package)"
     echo "ostree: $(ostree --version | awk '/Version/ {print $2}' | tr -d "'")"
     echo "tar: $(tar --version | head -n1)"
-    echo "ferry: $FERRY_STATUS ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
-} > "$RES/versions.txt"
+    echo "$ferry_line"
+} > "$RES/versions.txt.new"
+mv "$RES/versions.txt.new" "$RES/versions.txt"
 
 for C in "${CORPORA[@]}"; do
     O="$WORK/$C/old"; N="$WORK/$C/new"; S="$SCR/$C"
