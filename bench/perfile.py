@@ -52,7 +52,7 @@ def classify(old, new, out):
     n = walk(new)
     changed, added = [], []
     st = dict(old_entries=len(o), new_entries=len(n), old_files=0, new_files=0, old_bytes=0, new_bytes=0,
-              unchanged_files=0, changed_files=0, changed_old_bytes=0, changed_new_bytes=0,
+              unchanged_files=0, mtime_only_files=0, changed_files=0, changed_old_bytes=0, changed_new_bytes=0,
               added_files=0, added_symlinks=0, added_bytes=0, deleted_entries=0, mode_changed=0,
               symlinks_new=0, special_new=0, max_file_bytes=0)
     for rel, s in o.items():
@@ -78,6 +78,8 @@ def classify(old, new, out):
                     st["mode_changed"] += 1
                 if so.st_size == s.st_size and same_bytes(os.path.join(old, rel), os.path.join(new, rel), s.st_size):
                     st["unchanged_files"] += 1
+                    if so.st_mtime_ns != s.st_mtime_ns:
+                        st["mtime_only_files"] += 1
                 else:
                     changed.append(rel)
                     st["changed_files"] += 1
@@ -138,9 +140,10 @@ def run(tool, old, new, out):
             cmd = ["xdelta3", "-q", "-f", "-9", "-e", "-D", "-R", "-B", str(blk), "-s", a, b, tmp]
             dec = ["xdelta3", "-q", "-f", "-d", "-D", "-R", "-B", str(blk), "-s", a, tmp, back]
         elif tool == "bsdiff":
-            if max(sa, sb) > BSDIFF_MAX:
-                # fallback: the whole new file, zstd -19
-                how = "skipped>64MiB:zstd-full"
+            if max(sa, sb) > BSDIFF_MAX or min(sa, sb) == 0:
+                # fallback: the whole new file, zstd -19 (bsdiff cannot mmap an empty file, and a
+                # delta from or to nothing is the whole file anyway)
+                how = "skipped>64MiB:zstd-full" if max(sa, sb) > BSDIFF_MAX else "empty:zstd-full"
                 cmd = ["zstd", "-q", "-f", "-19", f"--long={window_log(sb)}", b, "-o", tmp]
                 dec = ["zstd", "-q", "-f", "-d", f"--long={window_log(sb)}", tmp, "-o", back]
             else:
@@ -191,10 +194,13 @@ def summary(out):
             continue
         print(f"perfile.{t}\tdelta_bytes\t{sum(v[0] for v in d.values())}")
         print(f"perfile.{t}\tdelta_seconds\t{sum(v[1] for v in d.values()):.2f}")
-        skipped = sum(1 for v in d.values() if v[2] != t)
+        skipped = sum(1 for v in d.values() if v[2].startswith("skipped"))
+        empty = sum(1 for v in d.values() if v[2].startswith("empty"))
         print(f"perfile.{t}\tfiles\t{len(d)}")
         if skipped:
             print(f"perfile.{t}\tskipped\t{skipped}")
+        if empty:
+            print(f"perfile.{t}\tempty\t{empty}")
     have = [d for d in tools.values() if d is not None]
     if len(have) == 3:
         best = 0

@@ -5,7 +5,10 @@
 
 Writes every corpus that has results to OUT.md (the ones measured in earlier
 runs keep their own measurement date) and prints the tables of the CORPUS
-arguments (all, when none are given) to stdout.
+arguments (all, when none are given) to stdout. A corpus section already in
+OUT.md whose corpus has no results in RESULTS_DIR (measured with another
+BENCH_WORK, or on another machine) is carried over verbatim, marked as such,
+together with the machine and tool versions of the run it came from.
 """
 import datetime
 import glob
@@ -14,12 +17,18 @@ import platform
 import subprocess
 import sys
 
-ORDER = ["wheels", "rootfs", "synth", "commit10k"]
+ORDER = ["wheels", "rootfs", "synth", "commit10k", "pyext", "rootfs-up", "npm"]
 DESCR = {
     "wheels": "numpy 1.26.3→1.26.4, scipy 1.11.3→1.11.4, pandas 2.1.3→2.1.4 (cp311 manylinux2014 x86_64 wheels, unzipped into one tree per side)",
     "rootfs": "Debian bookworm minbase (debootstrap) → same + apt-get upgrade from bookworm-updates/-security + curl, less, procps",
     "synth": "100,000 generated files of 1–16 KiB (seeded); new: ~2% edited in place, 1% deleted, 1% added, renames, mode changes, symlink changes",
     "commit10k": "10,000 files of 4 KiB, every one changed (16–512 byte overwrite): measures the commit window",
+    "pyext": "numpy 2.2.5→2.2.6, scipy 1.16.1→1.16.2, pandas 2.3.1→2.3.2 (cp312 manylinux2014 x86_64 wheels, unzipped into one tree per side); "
+             "both OpenBLAS libraries are rebuilt, under new hash-suffixed names (numpy.libs 22.5→25.0 MB, scipy.libs 22.2→24.8 MB)",
+    "rootfs-up": "Debian bookworm 12.15 minbase (debootstrap) → same + apt-get install --no-install-recommends openssh-server curl python3 "
+                 "ca-certificates less git (57 packages, versions pinned; no upgrades)",
+    "npm": "package.json with 36 dependencies at pinned versions, npm ci --ignore-scripts → 30 of them bumped (about nine months newer), "
+           "npm install --ignore-scripts into a copy (lock files pinned)",
 }
 
 
@@ -111,7 +120,9 @@ def corpus_section(resdir, corpus):
             f"changed files: {g('changed_files'):,} ({human(g('changed_old_bytes'))} → {human(g('changed_new_bytes'))}); "
             f"added files: {g('added_files'):,} ({human(g('added_bytes'))}) + {g('added_symlinks')} new/changed symlinks; "
             f"deleted entries: {g('deleted_entries'):,}; mode-only changes on kept files: {g('mode_changed'):,} "
-            f"(renames count as deleted + added).  \n"
+            f"(renames count as deleted + added)"
+            + (f"; unchanged files whose mtime differs: {g('mtime_only_files'):,} of {g('unchanged_files'):,}" if "mtime_only_files" in st else "")
+            + ".  \n"
             f"measured {st.get('measured', '?')}; corpus {st.get('created', '?')}.\n")
     methods = sorted(rows.items(), key=lambda kv: (num(kv[1].get("order")) or 99, kv[0]))
     # reference for the ratios: ferry at the default level, else the first ferry row with a size
@@ -136,12 +147,66 @@ def corpus_section(resdir, corpus):
             rss(r.get("build_kib")), secs(r.get("apply_s")), rss(r.get("apply_kib")), cw, r.get("verify", "n/a"),
             notes,
         ]) + " |")
+    out += bytes_section(corpus, methods)
     for m, r in methods:
         if m.startswith("ferry") and r.get("json"):
             js = ", ".join(r["json"])
             out.append(f"\n{m} JSON reports: `{js[:1500]}`")
     out.append("")
     return "\n".join(out)
+
+
+def bytes_section(corpus, methods):
+    """'Where the bytes go': the bundle's members (manifest, signatures, payload; recorded by run.sh
+    from `tar -tv` of the bundle) and the build report's stats by method, for every ferry row."""
+    rows = [(m, r) for m, r in methods if m.startswith("ferry") and num(r.get("manifest_bytes")) is not None]
+    if not rows:
+        return []
+    out = [f"\n### Where the bytes go ({corpus})\n",
+           "The bundle is a tar of the manifest member (one zstd -19 frame of CBOR), the signatures and the payload "
+           "frames; frames by method from the build's `--json` stats (`bytes in` = NEW bytes of the files a method "
+           "carries, `bytes out` = their frames' bytes; `copy` = content taken from another OLD path, `unchanged`/"
+           "`mtime_kept` ship no bytes); build peak RSS = `/usr/bin/time` maximum over the timed runs.\n",
+           "| ferry | bundle | manifest member | manifest CBOR | signatures | payload | frames | build peak RSS |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m, r in rows:
+        js = dict(kv.split("=", 1) for kv in r.get("json", []) if "=" in kv)
+        mb, size = num(r.get("manifest_bytes")), num(r.get("size"))
+        share = f" ({100 * mb / size:.1f} %)" if mb is not None and size else ""
+        out.append(f"| {m} | {human(r.get('size'))} | {human(r.get('manifest_bytes'))}{share} | {human(r.get('manifest_cbor_bytes'))} | "
+                   f"{human(r.get('signatures_bytes'))} | {human(r.get('payload_bytes'))} | {js.get('build.frames', 'n/a')} | "
+                   f"{rss(r.get('build_kib'))} |")
+    first = None
+    for m, r in rows:
+        js = dict(kv.split("=", 1) for kv in r.get("json", []) if "=" in kv)
+        stats = {}
+        for k, v in js.items():
+            if k.startswith("build.stats."):
+                meth, _, field = k[len("build.stats."):].rpartition(".")
+                stats.setdefault(meth, {})[field] = v
+        if not stats:
+            continue
+        order = ["solid", "zstd", "patch", "bsdiff", "copy", "dedup", "unchanged", "mtime_kept"]
+        shown = sorted(stats, key=lambda x: (order.index(x) if x in order else 99, x))
+        if first is not None:
+            # later rows: only the methods whose numbers differ from the first table's
+            shown = [x for x in shown if stats[x] != first[1].get(x)]
+            gone = [x for x in first[1] if x not in stats]
+            if not shown and not gone:
+                out.append(f"\n{m}: the same frames by method as {first[0]}.")
+                continue
+            out.append(f"\n{m}: as {first[0]} except" + (f" (no {', '.join(gone)})" if gone else "") + ":\n")
+        else:
+            first = (m, stats)
+            out.append(f"\n{m}, frames by method:\n")
+        out += ["| method | files | frames | bytes in | bytes out | out ÷ in |", "|---|---:|---:|---:|---:|---:|"]
+        for meth in shown:
+            st = stats[meth]
+            bi, bo = num(st.get("bytes_in")), num(st.get("bytes_out"))
+            rat = f"{bo / bi:.4f}" if bi and bo is not None and bo > 0 else "–"
+            out.append(f"| {meth} | {int(num(st.get('files')) or 0):,} | {int(num(st.get('frames')) or 0):,} | "
+                       f"{human(bi)} | {human(bo)} | {rat} |")
+    return out
 
 
 # Sections of OUT.md that this script does not produce: carried over verbatim (in this order)
@@ -166,12 +231,50 @@ def kept_sections(outmd):
     return out
 
 
+def all_sections(outmd):
+    """'## ' title -> that section's text (up to the next '## '), in file order."""
+    try:
+        lines = open(outmd).read().split("\n")
+    except OSError:
+        return {}
+    heads = [i for i, l in enumerate(lines) if l.startswith("## ")]
+    return {lines[i][3:]: "\n".join(lines[i:j]).rstrip("\n") + "\n" for i, j in zip(heads, heads[1:] + [len(lines)])}
+
+
+CARRIED = "*Carried over unchanged from the previous RESULTS.md:"
+
+
+def carried_sections(outmd, have):
+    """Corpus sections of OUT.md (a '| method | size |' table) whose corpus has no results in this
+    RESULTS_DIR: kept verbatim, with a note naming the machine and tool versions of their run
+    (taken from that file's Machine and Tool versions sections; a section carried before keeps
+    the note it has)."""
+    prev = all_sections(outmd)
+    out = {}
+    for title, text in prev.items():
+        if title in have or title in KEEP or "\n| method | size |" not in text:
+            continue
+        if CARRIED not in text:
+            def items(sec):
+                return "; ".join(l[2:].strip() for l in prev.get(sec, "").split("\n") if l.startswith("- "))
+            note = (f"{CARRIED} this corpus has no results in the results directory of the run that wrote this "
+                    f"file. It was measured in an earlier run, machine: {items('Machine') or '?'}; tool versions: "
+                    f"{items('Tool versions') or '?'}.*\n")
+            head, _, rest = text.partition("\n")
+            text = f"{head}\n\n{note}{rest}"
+        out[title] = text
+    return out
+
+
 def main():
     resdir, outmd = sys.argv[1], sys.argv[2]
     wanted = sys.argv[3:]
     have = [c for c in ORDER if os.path.isdir(os.path.join(resdir, c))]
     have += sorted(c for c in os.listdir(resdir) if os.path.isdir(os.path.join(resdir, c)) and c not in have)
     sections = {c: corpus_section(resdir, c) for c in have}
+    carried = carried_sections(outmd, have)
+    order = [c for c in ORDER if c in sections or c in carried]
+    order += [c for c in list(sections) + list(carried) if c not in order]
     versions = ""
     vp = os.path.join(resdir, "versions.txt")
     if os.path.exists(vp):
@@ -182,7 +285,10 @@ def main():
            "'ferry ÷ this' is ferry at --level default divided by the row (< 1: ferry is smaller/faster); 'result = new' is the check of the applied tree against new "
            "(content, types, symlinks, modes, owners; not mtimes).\n",
            "## Machine\n", machine(), "## Tool versions\n", versions]
-    doc += [sections[c] for c in have]
+    if carried:
+        doc.append(f"Machine and tool versions of this run's corpora ({', '.join(have)}); the sections of "
+                   f"{', '.join(carried)} come from an earlier run and name theirs.\n")
+    doc += [sections[c] if c in sections else carried[c] for c in order]
     doc += kept_sections(outmd)
     with open(outmd, "w") as f:
         f.write("\n".join(doc))

@@ -2,6 +2,7 @@
 # ferry benchmark: ferry vs rsync batch, per-file zstd/xdelta3/bsdiff, tar|zstd, OSTree static deltas.
 #
 #   bash bench/run.sh                 # every corpus in bench/work that bench/corpora.sh finished
+#   bash bench/run.sh pyext rootfs-up npm   # issue 18's corpora only
 #   bash bench/run.sh synth wheels    # only these
 #
 # Environment knobs:
@@ -32,7 +33,7 @@ TOOLS=" ${BENCH_TOOLS:-ferry rsync perfile tarzst ostree} "
 FERRY_LEVELS="${FERRY_LEVELS:-default default+keep-mtimes}"
 FERRY_STATE_DIR="${FERRY_STATE_DIR:-.ferry}"   # ferry-apply's state directory inside the target
 RUNS="${BENCH_RUNS:-3}"                         # timed runs of ferry build/apply and rsync (median)
-ALL=(wheels rootfs synth commit10k)
+ALL=(wheels rootfs synth commit10k pyext rootfs-up npm)
 TIME=/usr/bin/time
 ZSTD_LVL=(-19 --long=27)
 
@@ -243,6 +244,13 @@ measure_ferry() {
             continue
         fi
         put "$m" size "$(fsize "$bundle")"
+        # where the bytes go: the bundle is a tar of manifest.cbor (one zstd frame of CBOR),
+        # signatures.cbor and payload members (bundle-format.md §2, §4.6)
+        local mb sb pb pn
+        read -r mb sb pb pn < <(tar -tvf "$bundle" | awk '{ if ($6 ~ /manifest/) m += $3; else if ($6 ~ /signatures/) g += $3; else { p += $3; k++ } }
+                                                     END { print m + 0, g + 0, p + 0, k + 0 }')
+        put "$m" manifest_bytes "$mb"; put "$m" signatures_bytes "$sb"; put "$m" payload_bytes "$pb"; put "$m" payload_members "$pn"
+        put "$m" manifest_cbor_bytes "$(tar -xOf "$bundle" --wildcards '*/manifest.cbor' | zstd -q -d -c | wc -c)"
         again fb : "$FB" build --old "$O" --new "$N" --key "$KEYS/bench.secret" --version 2 \
             --out "$d/again.ferry" "${args[@]}"
         rm -f "$d/again.ferry"
@@ -362,6 +370,7 @@ measure_perfile() {
             put "$label" build_kib "$(maxi "${!kn:-0}" "$T_add_KIB")"
             local note="deltas ${sum[perfile.$t.delta_bytes]} B + added stream $addsz B"
             [[ -n "${sum[perfile.$t.skipped]:-}" ]] && note="$note; ${sum[perfile.$t.skipped]} files >64MiB not bsdiffed (zstd -19 of the whole new file instead)"
+            [[ -n "${sum[perfile.$t.empty]:-}" ]] && note="$note; ${sum[perfile.$t.empty]} files empty on one side not bsdiffed (bsdiff cannot mmap an empty file; zstd -19 of the whole new file instead)"
             put "$label" note "$note"
         fi
     done
@@ -442,6 +451,11 @@ corpus_stats() {
 }
 
 # ------------------------------------------------------------------ versions + main loop
+# a run without ferry (e.g. BENCH_TOOLS=perfile) keeps the ferry line of the run that measured it
+local ferry_line="ferry: $FERRY_STATUS ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+if ! want ferry && grep -q '^ferry: ' "$RES/versions.txt" 2>/dev/null; then
+    ferry_line="$(grep -m1 '^ferry: ' "$RES/versions.txt")"
+fi
 {
     echo "rsync: $(rsync --version | head -n1)"
     echo "zstd: $(zstd --version)"
@@ -449,8 +463,9 @@ corpus_stats() {
     echo "bsdiff: $(dpkg-query -W -f='${Version}' bsdiff 2>/dev/null || echo '?') (Debian package)"
     echo "ostree: $(ostree --version | awk '/Version/ {print $2}' | tr -d "'")"
     echo "tar: $(tar --version | head -n1)"
-    echo "ferry: $FERRY_STATUS ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
-} > "$RES/versions.txt"
+    echo "$ferry_line"
+} > "$RES/versions.txt.new"
+mv "$RES/versions.txt.new" "$RES/versions.txt"
 
 for C in "${CORPORA[@]}"; do
     O="$WORK/$C/old"; N="$WORK/$C/new"; S="$SCR/$C"
