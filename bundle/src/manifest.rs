@@ -474,18 +474,7 @@ impl Manifest {
                 return Err(Error::Manifest(format!("old entries not sorted or duplicate path {}", w[1].path)));
             }
         }
-        for f in &self.frames {
-            if f.size > limits.max_frame_bytes {
-                return Err(Error::TooLarge { what: "frame".into(), size: f.size, limit: limits.max_frame_bytes });
-            }
-            if f.decoded > limits.max_frame_decoded {
-                return Err(Error::TooLarge {
-                    what: "decoded frame".into(),
-                    size: f.decoded,
-                    limit: limits.max_frame_decoded,
-                });
-            }
-        }
+        check_frame_sizes(&self.frames, limits.max_frame_bytes, limits)?;
         let mut per_frame: Vec<Vec<FramePiece>> = vec![Vec::new(); self.frames.len()];
         for e in &self.entries {
             self.check_entry(e, limits, &mut per_frame)?;
@@ -853,4 +842,22 @@ pub fn tree_digest(entries: &[OldEntry], sets: &[crate::XattrSet]) -> Hash {
         }
     }
     h.finalize().into()
+}
+
+/// Every frame at most `max_bytes` stored and `limits.max_frame_decoded` decoded (§8); shared by
+/// [`Manifest::check`] and an encrypted bundle's outer rules (`seal.rs`, with a lower bound).
+pub(crate) fn check_frame_sizes(frames: &[Frame], max_bytes: u64, limits: &Limits) -> Result<(), Error> {
+    for f in frames {
+        if f.size > max_bytes {
+            return Err(Error::TooLarge { what: "frame".into(), size: f.size, limit: limits.max_frame_bytes });
+        }
+        if f.decoded > limits.max_frame_decoded {
+            return Err(Error::TooLarge {
+                what: "decoded frame".into(),
+                size: f.decoded,
+                limit: limits.max_frame_decoded,
+            });
+        }
+    }
+    Ok(())
 }

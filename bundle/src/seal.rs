@@ -337,18 +337,7 @@ pub(crate) fn check_outer(m: &Manifest, s: &Sealed, limits: &Limits) -> Result<(
     if m.rotation.is_some() || !m.xattr_namespaces.is_empty() || !m.xattr_sets.is_empty() {
         return err("an encrypted bundle's outer manifest has a rotation or extended attributes".into());
     }
-    for f in &m.frames {
-        if f.size > limits.max_frame_bytes.min(MAX_SEALED_FRAME) {
-            return Err(Error::TooLarge { what: "frame".into(), size: f.size, limit: limits.max_frame_bytes });
-        }
-        if f.decoded > limits.max_frame_decoded {
-            return Err(Error::TooLarge {
-                what: "decoded frame".into(),
-                size: f.decoded,
-                limit: limits.max_frame_decoded,
-            });
-        }
-    }
+    crate::manifest::check_frame_sizes(&m.frames, limits.max_frame_bytes.min(MAX_SEALED_FRAME), limits)?;
     if s.recipients.is_empty() || s.recipients.len() > limits.max_recipients {
         return err(format!("{} recipients (1 to {} allowed)", s.recipients.len(), limits.max_recipients));
     }
