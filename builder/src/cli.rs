@@ -119,10 +119,10 @@ pub struct BuildArgs {
     /// Files larger than this are split into pieces of this size (K/M/G suffixes allowed).
     #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = crate::parse_size)]
     pub chunk_size: u64,
-    /// Small files (under 1 MiB) whose best encoding is plain zstd are compressed together in
+    /// Files under 16 MiB whose best encoding is plain zstd are compressed together in
     /// "solid" frames of at most this many decoded bytes, similar files side by side (0: one
     /// frame per file).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = crate::parse_solid_size)]
+    #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = crate::parse_solid_size)]
     pub solid_size: u64,
     /// Mark NEW files matching GLOB as configuration files.
     #[arg(long = "config-files", value_name = "GLOB", num_args = 1..)]

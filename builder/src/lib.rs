@@ -193,8 +193,11 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(n)
 }
 
-/// Default `--solid-size`: 8 MiB.
-pub const DEFAULT_SOLID_SIZE: u64 = 8 << 20;
+/// Default `--solid-size`: 32 MiB. Measured on the rootfs-up corpus (all 156 MB of its new files
+/// sorted as the builder sorts them, zstd -19): 8 MiB groups and large files alone 41.7 MB,
+/// 32 MiB groups 33.5 MB, one stream 33.3 MB. A solid frame is decoded with a window of its
+/// size, so this is also what one frame costs the applier in memory (2^25 bytes).
+pub const DEFAULT_SOLID_SIZE: u64 = 32 << 20;
 
 /// Parse `--solid-size`: 0 (no solid frames) or a size as for [`parse_size`].
 pub fn parse_solid_size(s: &str) -> std::result::Result<u64, String> {

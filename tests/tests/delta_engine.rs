@@ -231,6 +231,43 @@ fn solid_frames_are_smaller_than_one_frame_per_file() {
     assert!(ratio < 0.6, "solid {sizes:?}");
 }
 
+/// Large new files built from the same sources (here: 2 MiB of incompressible data, three
+/// copies each with a different small edit) share one solid frame by default, so the second and
+/// third cost almost nothing; with `--solid-size 0` each costs its full size.
+#[test]
+fn large_similar_new_files_share_a_solid_frame() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let new = d.path().join("new");
+    fs::create_dir_all(new.join("bin")).expect("mkdir");
+    let mut rng = StdRng::seed_from_u64(18);
+    let body: Vec<u8> = (0..2 << 20).map(|_| rng.gen()).collect();
+    for (i, name) in ["tool-a", "tool-b", "tool-c"].iter().enumerate() {
+        let mut b = body.clone();
+        b[1000 + i * 4096..1100 + i * 4096].fill(i as u8);
+        fs::write(new.join("bin").join(name), &b).expect("write");
+    }
+    let want = snapshot(&new, true);
+    let mut sizes = BTreeMap::new();
+    for solid in ["0", "default"] {
+        let out = d.path().join(format!("solid-{solid}.ferry"));
+        // Level 3 keeps the test fast; the solid frame's window still spans the whole group.
+        let args: &[&str] = if solid == "0" { &["--level", "3", "--solid-size", "0"] } else { &["--level", "3"] };
+        let rep = build_json(None, &new, &secret, &out, args);
+        sizes.insert(solid, rep["bytes"].as_u64().expect("bytes"));
+        if solid != "0" {
+            assert_eq!(rep["stats"]["solid"]["files"].as_u64(), Some(3), "{rep}");
+            assert_eq!(rep["stats"]["solid"]["frames"].as_u64(), Some(1), "{rep}");
+        }
+        let target = d.path().join(format!("target-{solid}"));
+        fs::create_dir(&target).expect("mkdir");
+        apply(&out, &target, &public, 0, &[]);
+        assert_same(&snapshot(&target, true), &want, solid);
+    }
+    assert!(sizes["0"] > 6 << 20, "{sizes:?}");
+    assert!(sizes["default"] < (2 << 20) + (256 << 10), "{sizes:?}");
+}
+
 /// `tar` of a directory's contents (`-C dir .`), numeric owners, in `format`; through `zstd` if
 /// `zst`.
 fn make_tar(dir: &Path, out: &Path, format: &str, zst: bool) {
