@@ -82,6 +82,20 @@ pub fn old_entries(t: &Tree) -> Vec<OldEntry> {
     t.entries.iter().map(old_entry).collect()
 }
 
+/// What [`crate::plan::order`] needs of OLD to order the deletions: the whole tree if a deleted
+/// path is a symlink (it is deleted before what it resolves through, anywhere in OLD), else
+/// nothing (deletions are then ordered by the paths alone). Saves a copy of every OLD entry on
+/// the usual update of a large tree (1,000,000 files: ~200 MB of build memory).
+pub fn old_entries_for_deletes(t: &Tree, steps: &[Step]) -> Vec<OldEntry> {
+    let deletes_a_link =
+        steps.iter().any(|s| s.op == Op::Delete && t.get(&s.path).is_some_and(|e| matches!(e.ty, Type::Symlink(_))));
+    if deletes_a_link {
+        old_entries(t)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Same type, same content/target/rdev and, for a file, the same layout (which parts are holes;
 /// metadata not compared). A file whose content is unchanged but whose holes differ is placed
 /// anew as a local copy of itself (no payload), so the target's allocation ends as NEW's.
@@ -413,6 +427,15 @@ pub(crate) mod tests {
     }
     fn ops(d: &Diff) -> Vec<String> {
         d.steps.iter().map(|s| format!("{:?} {}", s.op, s.path)).collect()
+    }
+
+    #[test]
+    fn old_entries_for_deletes_only_when_a_symlink_is_deleted() {
+        let old = tree(vec![dir("d"), file("d/a", b"a"), link("l", "d"), file("f", b"f")]);
+        let with_file_deleted = diff(&old, &tree(vec![dir("d"), file("d/a", b"a"), link("l", "d")]), &[]);
+        assert!(old_entries_for_deletes(&old, &with_file_deleted.steps).is_empty());
+        let with_link_deleted = diff(&old, &tree(vec![dir("d"), file("d/a", b"a"), file("f", b"f")]), &[]);
+        assert_eq!(old_entries_for_deletes(&old, &with_link_deleted.steps), old_entries(&old));
     }
 
     #[test]

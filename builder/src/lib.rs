@@ -383,7 +383,7 @@ fn scan_inputs(opts: &BuildOptions, out_dir: &Path, progress: &progress::Progres
     let kept_mtimes = if opts.keep_unchanged_mtimes { diff::keep_unchanged_mtimes(&old, &mut new) } else { (0, 0) };
     let base = opts.old.as_ref().map(|_| bundle::Base {
         version: opts.base_version,
-        tree: xattr::with_sets(|sets| bundle::tree_digest(&diff::old_entries(&old), sets)),
+        tree: xattr::with_sets(|sets| bundle::tree_digest(old.entries.iter().map(diff::old_entry), sets)),
     });
     Ok(Inputs { old, new, kept_mtimes, base })
 }
@@ -397,7 +397,8 @@ fn plan_script(
     progress: &progress::Progress,
 ) -> Result<(Vec<Step>, Vec<String>)> {
     let elf = inspect_elf(&inputs.new, &d.steps, progress);
-    let (script, warnings) = plan::order(&d.steps, &d.entries, &diff::old_entries(&inputs.old), &elf)?;
+    let (script, warnings) =
+        plan::order(&d.steps, &d.entries, &diff::old_entries_for_deletes(&inputs.old, &d.steps), &elf)?;
     let payloads = d.choices.values().filter(|c| matches!(c, diff::Choice::Payload { .. })).count();
     progress.note(&format!(
         "diff and plan: {} old and {} new entries, {} steps, {} files need payload, in {:.2} s",

@@ -827,9 +827,13 @@ fn declared_size(bytes: &[u8]) -> Option<u64> {
 /// encoding of its entries in sorted order, as [`OldEntry`] values with `xattrs` null, each one
 /// with attributes followed by the CBOR encoding of its set (`sets[xattrs]`), so the digest
 /// depends on the attributes and not on how sets are numbered.
-pub fn tree_digest(entries: &[OldEntry], sets: &[crate::XattrSet]) -> Hash {
+pub fn tree_digest<E: std::borrow::Borrow<OldEntry>>(
+    entries: impl IntoIterator<Item = E>,
+    sets: &[crate::XattrSet],
+) -> Hash {
     let mut h = blake3::Hasher::new_derive_key("ferry tree v1");
     for e in entries {
+        let e = e.borrow();
         let set = e.meta.xattrs.and_then(|i| sets.get(i as usize));
         let mut e = e.clone();
         e.meta.xattrs = None;
