@@ -126,18 +126,27 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// Whether `p` matches one of the config globs.
+pub fn is_config(config_globs: &[String], p: &BundlePath) -> bool {
+    config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()))
+}
+
 struct OldIndex<'a> {
     by_hash: BTreeMap<Hash, Vec<&'a BundlePath>>,
+    /// OLD files by [`version_key`], except those matching a config glob: a config file may be
+    /// edited on the target, so nothing is decoded from it unless it is a file's own OLD version.
     by_version_key: BTreeMap<Vec<u8>, Vec<&'a ScanEntry>>,
 }
 
 impl<'a> OldIndex<'a> {
-    fn new(old: &'a Tree) -> Self {
+    fn new(old: &'a Tree, config_globs: &[String]) -> Self {
         let mut by_hash: BTreeMap<Hash, Vec<&BundlePath>> = BTreeMap::new();
         let mut by_version_key: BTreeMap<Vec<u8>, Vec<&ScanEntry>> = BTreeMap::new();
         for e in old.entries.iter().filter(|e| e.ty == Type::File && e.size > 0) {
             by_hash.entry(e.hash).or_default().push(&e.path);
-            by_version_key.entry(version_key(e.path.as_bytes())).or_default().push(e);
+            if !is_config(config_globs, &e.path) {
+                by_version_key.entry(version_key(e.path.as_bytes())).or_default().push(e);
+            }
         }
         OldIndex { by_hash, by_version_key }
     }
@@ -153,7 +162,8 @@ impl<'a> OldIndex<'a> {
     }
 
     /// A delta base: the OLD file at the same path, else the OLD file whose path differs only in
-    /// version digits and whose size is within 2x, longest common prefix first.
+    /// version digits and whose size is within 2x, longest common prefix first. (NEW files left
+    /// without a base here may get one by similarity later: [`crate::similar`].)
     fn delta_base(&self, old: &Tree, p: &BundlePath, size: u64) -> Option<BundlePath> {
         if let Some(o) = old.get(p) {
             if o.ty == Type::File && o.size > 0 {
@@ -194,7 +204,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn is_config(&self, p: &BundlePath) -> bool {
-        self.config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()))
+        is_config(self.config_globs, p)
     }
 
     /// Where the content of a NEW file whose inode group changed comes from.
@@ -343,7 +353,7 @@ impl Changes {
 
 /// Compare `old` and `new`. `config_globs` mark NEW files as configuration files.
 pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
-    let cx = Ctx { old, new, idx: OldIndex::new(old), config_globs };
+    let cx = Ctx { old, new, idx: OldIndex::new(old, config_globs), config_globs };
     let mut c = Changes::default();
     for n in &new.entries {
         c.compare(&cx, n);
@@ -498,5 +508,15 @@ pub(crate) mod tests {
         let new = tree(vec![dir("lib"), file("lib/libfoo.so.1.2.4", b"0123456788")]);
         let d = diff(&old, &new, &[]);
         assert_eq!(d.choices[&bp("lib/libfoo.so.1.2.4")], Choice::Payload { base: Some(bp("lib/libfoo.so.1.2.3")) });
+    }
+
+    #[test]
+    fn version_bump_base_is_never_a_config_file() {
+        let old = tree(vec![dir("etc"), file("etc/app-1.conf", b"0123456789")]);
+        let new = tree(vec![dir("etc"), file("etc/app-2.conf", b"0123456788")]);
+        let d = diff(&old, &new, &["etc/app-1.conf".into()]);
+        assert_eq!(d.choices[&bp("etc/app-2.conf")], Choice::Payload { base: None });
+        let d = diff(&old, &new, &[]);
+        assert_eq!(d.choices[&bp("etc/app-2.conf")], Choice::Payload { base: Some(bp("etc/app-1.conf")) });
     }
 }

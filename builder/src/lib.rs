@@ -1,7 +1,8 @@
 //! ferry-build: diff two directory trees (OLD, NEW) into a signed delta bundle.
 //!
 //! Pipeline: [`scan`] both trees → [`diff`] into entries, steps and content choices → [`elf`]
-//! facts and [`plan`] the ordered apply script → [`delta`]-encode payload frames into a
+//! facts and [`plan`] the ordered apply script → delta bases by [`similar`]ity for files that
+//! have none at their own path → [`delta`]-encode payload frames into a
 //! temporary file → check the manifest and script with the `bundle` crate's own validators →
 //! sign ([`keys`]; none with `--unsigned`) and [`write`] the container. [`build`] runs it all; the
 //! binary is a thin CLI. Signatures are added later, without rebuilding, by [`sign`] (key files
@@ -24,6 +25,7 @@ pub mod scan;
 pub mod seal;
 pub mod sign;
 pub mod signer;
+pub mod similar;
 pub mod sparse;
 pub mod split;
 pub mod tarstream;
@@ -254,6 +256,8 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         let written = Written { bytes: 0, id: None, signers: Vec::new() };
         return Ok(report(opts, started, manifest, tree_entries, written, BTreeMap::new(), warnings, &inputs, None));
     }
+    // Files with no delta base at their own path may have a relative elsewhere in OLD.
+    similar::find_bases(&inputs.old, &inputs.new, &mut d.choices, &opts.config_files, opts.chunk_size, progress);
     let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
     let store = write::FrameStore::new_in(&out_dir)?;
     let encode = write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size };

@@ -1,5 +1,6 @@
 //! The builder's payload engine end to end, through the real binaries: solid frames of small
-//! files (grouping, dedup, group boundaries, sizes against one frame per file).
+//! files (grouping, dedup, group boundaries, sizes against one frame per file), bsdiff for ELF
+//! files, delta bases found by similarity for renamed and moved files (and their base check).
 
 use bundle::container::Reader;
 use bundle::{Content, Kind, Limits, Manifest, Method};
@@ -546,4 +547,97 @@ fn bsdiff_pieces_obey_the_structural_rules() {
     let mut patch = forge::file("zz", &[1u8; 300], 0, 0);
     set(&mut patch, &|p| p.method = Method::Patch { base: base.clone(), offset: 0, len: 10 });
     refused(&Manifest { entries: vec![e.clone(), patch], ..m.clone() }, "bsdiff frame shared with a patch");
+}
+
+/// `data` slightly edited: a few bytes overwritten, a run inserted, a run removed.
+fn slightly_edited(data: &[u8], seed: u64) -> Vec<u8> {
+    let mut v = data.to_vec();
+    let n = v.len();
+    v[n / 7..n / 7 + 200].copy_from_slice(&noise(200, seed));
+    v.splice(n / 2..n / 2, noise(3000, seed + 1));
+    v.drain(n * 3 / 4..n * 3 / 4 + 5000);
+    v
+}
+
+/// The `Patch`/`Bsdiff` bases of the file at `p` in a manifest.
+fn bases_of(m: &Manifest, p: &str) -> Vec<String> {
+    pieces(m)[p].iter().filter_map(|x| x.method.base().map(|b| b.display())).collect()
+}
+
+#[test]
+fn renamed_file_with_a_new_hash_suffix_is_patched_against_its_old_name() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    // Incompressible, so only a delta against the OLD library makes the bundle small.
+    let lib = noise(3 << 20, 41);
+    for root in [&old, &new] {
+        fs::create_dir_all(root.join("pkg.libs")).expect("mkdir");
+        fs::write(root.join("pkg.libs/README"), b"bundled libraries\n").expect("write");
+    }
+    fs::write(old.join("pkg.libs/libblob-1a2b3c4d.so"), &lib).expect("write");
+    fs::write(new.join("pkg.libs/libblob-9f8e7d6c.so"), slightly_edited(&lib, 42)).expect("write");
+    // An unrelated file of the same name pattern and size: not a base.
+    fs::write(old.join("pkg.libs/libblob-77aa88bb.so"), noise(3 << 20, 43)).expect("write");
+    stamp_all(&old, 1_650_000_000);
+    stamp_all(&new, 1_660_000_000);
+    let want = snapshot(&new, true);
+    let out = d.path().join("renamed.ferry");
+    let rep = build_json(Some(&old), &new, &secret, &out, &[]);
+    let bytes = rep["bytes"].as_u64().expect("bytes");
+    assert!(bytes < (3 << 20) / 20, "bundle of {bytes} bytes for a 3 MiB file with a few edits: {rep}");
+    let m = manifest(&out);
+    assert_eq!(bases_of(&m, "pkg.libs/libblob-9f8e7d6c.so"), ["pkg.libs/libblob-1a2b3c4d.so"]);
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&out, &target, &public, 0, &[]);
+    assert_same(&snapshot(&target, true), &want, "renamed library patched against its old name");
+    // Deterministic.
+    let again = d.path().join("again.ferry");
+    build_json(Some(&old), &new, &secret, &again, &[]);
+    assert_eq!(fs::read(&out).expect("read"), fs::read(&again).expect("read"));
+}
+
+#[test]
+fn a_base_found_elsewhere_is_base_checked_and_drift_refused() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let (secret, public) = keys(d.path());
+    let (old, new) = (d.path().join("old"), d.path().join("new"));
+    // The OLD tool stays as it is; NEW adds an edited copy of it somewhere else (a package
+    // nested one level deeper at an older version): the OLD tool is its base, though no step
+    // touches it.
+    let tool = noise(1 << 20, 51);
+    for root in [&old, &new] {
+        fs::create_dir_all(root.join("node_modules/@x/bin")).expect("mkdir");
+        fs::write(root.join("node_modules/@x/bin/tool"), &tool).expect("write");
+    }
+    fs::create_dir_all(new.join("node_modules/v/node_modules/@x/bin")).expect("mkdir");
+    fs::write(new.join("node_modules/v/node_modules/@x/bin/tool"), slightly_edited(&tool, 52)).expect("write");
+    stamp_all(&old, 1_650_000_000);
+    stamp_all(&new, 1_650_000_000);
+    let want = snapshot(&new, true);
+    let out = d.path().join("moved.ferry");
+    let rep = build_json(Some(&old), &new, &secret, &out, &[]);
+    assert!(rep["bytes"].as_u64().expect("bytes") < (1 << 20) / 10, "{rep}");
+    let m = manifest(&out);
+    assert_eq!(bases_of(&m, "node_modules/v/node_modules/@x/bin/tool"), ["node_modules/@x/bin/tool"]);
+    assert!(m.script.iter().all(|s| s.path.display() != "node_modules/@x/bin/tool"), "the base is not touched");
+    assert!(m.old.iter().any(|o| o.path.display() == "node_modules/@x/bin/tool"), "but listed in old");
+
+    // The base drifted (same size, one byte changed): refused before anything is written.
+    let drifted = d.path().join("drifted");
+    copy_tree(&old, &drifted);
+    let mut edited = tool.clone();
+    edited[1000] ^= 0xff;
+    fs::write(drifted.join("node_modules/@x/bin/tool"), &edited).expect("write");
+    let before = snapshot(&drifted, true);
+    let o = apply(&out, &drifted, &public, 4, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("node_modules/@x/bin/tool") && err.contains("content differs"), "{err}");
+    assert_same(&snapshot(&drifted, true), &before, "target after the refused apply");
+
+    let target = d.path().join("target");
+    copy_tree(&old, &target);
+    apply(&out, &target, &public, 0, &[]);
+    assert_same(&snapshot(&target, true), &want, "nested copy patched against the OLD tool");
 }
