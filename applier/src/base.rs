@@ -7,7 +7,7 @@
 
 use crate::error::Result;
 use crate::fsx;
-use bundle::{BundlePath, Manifest, OldKind, Op};
+use bundle::{BundlePath, Manifest, OldKind, Op, Tag, TaggedDigest};
 use rustix::fs::FileType;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -115,8 +115,9 @@ pub fn check(
 }
 
 /// Every `old` path exists with the expected type, content and attributes in scope (hashed in
-/// parallel: the slow part); records the identity of each object a metadata step changes in
-/// place, and the config files whose local edits are kept.
+/// parallel: the slow part), the files listed by tag as a whole matching `tagged_digest`;
+/// records the identity of each object a metadata step changes in place, and the config files
+/// whose local edits are kept.
 fn check_old(
     root: BorrowedFd<'_>,
     m: &Manifest,
@@ -138,11 +139,7 @@ fn check_old(
         .collect();
     // Observing hashes every OLD file the bundle touches: the slow part, done in parallel.
     let seen = crate::par::map_with(&m.old, fsx::DirCache::default, |dirs, o| {
-        let size = match o.kind {
-            OldKind::File { size, .. } => Some(size),
-            _ => None,
-        };
-        let seen = observe(root, dirs, &o.path, size)?;
+        let seen = observe(root, dirs, &o.path, o.kind.file_size())?;
         let xattrs = match (&seen, attrs.active()) {
             (Some(_), true) => match dirs.parent_of(root, &o.path) {
                 Ok((dir, name)) => crate::xattrs::base_difference(dir, name, &o.meta, attrs),
@@ -152,7 +149,10 @@ fn check_old(
         };
         Ok::<_, String>(seen.map(|(k, st)| (k, st, xattrs)))
     });
+    // The aggregate over every file listed by tag, as found (bundle-format.md §4.3).
+    let mut tagged = Tagged::default();
     for (o, seen) in m.old.iter().zip(seen) {
+        tagged.observe(o, seen.as_ref().ok().and_then(|s| s.as_ref()).map(|s| &s.0));
         match seen {
             Err(why) => drift.push(describe(&o.path, &why)),
             Ok(None) => drift.push(describe(&o.path, &format!("missing (expected {})", o.kind.name()))),
@@ -176,15 +176,7 @@ fn check_old(
                     }
                     base.ids.insert(o.path.clone(), id);
                 }
-                if k != o.kind {
-                    let why = match (&k, &o.kind) {
-                        (OldKind::File { .. }, OldKind::File { .. }) => {
-                            "content differs from the bundle's base".to_string()
-                        }
-                        (OldKind::Symlink { .. }, OldKind::Symlink { .. }) => "symlink target differs".to_string(),
-                        _ if k.name() == o.kind.name() => "device number differs".to_string(),
-                        _ => format!("expected {}, found {}", o.kind.name(), k.name()),
-                    };
+                if let Some(why) = difference(&k, &o.kind) {
                     if matches!((&k, &o.kind), (OldKind::File { .. }, OldKind::File { .. })) && conffile_ok(&o.path) {
                         base.kept.push(o.path.clone());
                     } else {
@@ -194,7 +186,70 @@ fn check_old(
             }
         }
     }
+    drift.extend(tagged.verdict(m));
     base
+}
+
+/// How what is at a path (`seen`, as [`observe`] gives it: a file with its whole digest) differs
+/// from its `old` entry, if it does. A file listed by tag matches here when its size and tag do;
+/// it is accepted only by the aggregate ([`Tagged::verdict`]).
+fn difference(seen: &OldKind, want: &OldKind) -> Option<String> {
+    let same = match (seen, want) {
+        (OldKind::File { size, hash }, OldKind::Tagged { size: s, tag }) => size == s && Tag::of(hash) == *tag,
+        _ => seen == want,
+    };
+    if same {
+        return None;
+    }
+    Some(match (seen, want) {
+        (OldKind::File { .. }, OldKind::File { .. } | OldKind::Tagged { .. }) => {
+            "content differs from the bundle's base".to_string()
+        }
+        (OldKind::Symlink { .. }, OldKind::Symlink { .. }) => "symlink target differs".to_string(),
+        _ if seen.name() == want.name() => "device number differs".to_string(),
+        _ => format!("expected {}, found {}", want.name(), seen.name()),
+    })
+}
+
+/// The files of `old` listed by tag, as the base check finds them: the aggregate of §4.3 over
+/// their sizes and whole digests, and whether any of them already drifted on its own.
+#[derive(Default)]
+struct Tagged {
+    digest: TaggedDigest,
+    files: usize,
+    drifted: bool,
+}
+
+impl Tagged {
+    /// Add `o`'s record if it is listed by tag; `seen` is what is at its path (`None`: missing
+    /// or unusable).
+    fn observe(&mut self, o: &bundle::OldEntry, seen: Option<&OldKind>) {
+        let OldKind::Tagged { .. } = o.kind else { return };
+        self.files += 1;
+        match seen {
+            Some(k @ OldKind::File { size, hash }) if difference(k, &o.kind).is_none() => {
+                self.digest.add(&o.path, *size, hash)
+            }
+            _ => self.drifted = true,
+        }
+    }
+
+    /// The drift line when every tagged file matched its tag but the aggregate does not match
+    /// the manifest's: a file changed to content with the same tag, or a manifest whose digest
+    /// disagrees with its tags. No path can be named. (A tagged file that drifted on its own is
+    /// already reported by path.)
+    fn verdict(&self, m: &Manifest) -> Option<String> {
+        let want = m.tagged_digest?;
+        if self.drifted || self.digest.finish() == want {
+            return None;
+        }
+        Some(format!(
+            "the {} files listed by tag do not match the bundle's aggregate digest (tagged_digest): \
+             each matches its size and tag, so one was changed to content with the same tag, or \
+             the bundle does not describe its base consistently",
+            self.files
+        ))
+    }
 }
 
 /// Every path the script creates and OLD lacks is absent (unless its parent is created too), and

@@ -76,7 +76,7 @@ impl Type {
 
     pub fn of_old(k: &OldKind) -> Type {
         match k {
-            OldKind::File { .. } => Type::File,
+            OldKind::File { .. } | OldKind::Tagged { .. } => Type::File,
             OldKind::Dir => Type::Dir,
             OldKind::Symlink { .. } => Type::Symlink,
             OldKind::Fifo => Type::Fifo,
@@ -104,7 +104,7 @@ fn is_id(s: &Option<Stat>, want: (u64, u64)) -> bool {
 pub fn setmeta_by_copy(m: &Manifest, p: &BundlePath, owners: bool) -> bool {
     let (Some(e), Some(o)) = (m.entry(p), m.old_entry(p)) else { return false };
     matches!(e.kind, Kind::File { .. })
-        && matches!(o.kind, OldKind::File { .. })
+        && o.kind.file_size().is_some()
         && o.meta.raises_permissions(&e.meta, owners, &m.xattr_sets)
 }
 
@@ -787,11 +787,12 @@ pub fn verify_staged(root: BorrowedFd<'_>, txn: &mut Txn, c: &mut Commit) -> Res
     let works = &txn.works;
     let res = crate::par::map(&checks, |&(i, ei)| -> Result<()> {
         let e = &m.entries[ei];
-        let Kind::File { size, hash, .. } = &e.kind else { return Ok(()) };
+        let Kind::File { size, .. } = &e.kind else { return Ok(()) };
         let Some(slot) = c.actions[i].slot() else { return Ok(()) };
+        let hash = crate::stage::staged_hash(&m, e)?;
         let f = fsx::open_file_at(works[slot.work].stage.as_fd(), &slot.name).ctx("open staged", &e.path)?;
         let (h, n) = crate::sparse::hash_file(&f, size + 1).ctx("read staged", &e.path)?;
-        if h != *hash || n != *size {
+        if h != hash || n != *size {
             return Err(Error::UnsafeState {
                 path: e.path.to_string(),
                 why: "staged content does not match the manifest".into(),

@@ -154,10 +154,10 @@ impl<'a> Stager<'a> {
             let sd = self.stage_fd(i)?;
             let name = staged_name(i);
             let Some(st) = fsx::lstat_at(sd, &name).ctx("stat staged", &e.path)? else { return Ok(None) };
-            if let Kind::File { size, hash, .. } = &e.kind {
+            if let (Kind::File { size, .. }, Some(hash)) = (&e.kind, self.m.file_hash(e)) {
                 if fsx::file_type(&st) == FileType::RegularFile && st.st_size as u64 == *size {
                     let f = fsx::open_file_at(sd, &name).ctx("open staged", &e.path)?;
-                    return Ok(Some(crate::sparse::hash_file(&f, *size).ctx("read staged", &e.path)?.0 == *hash));
+                    return Ok(Some(crate::sparse::hash_file(&f, *size).ctx("read staged", &e.path)?.0 == hash));
                 }
             }
             Ok(Some(false))
@@ -270,14 +270,16 @@ impl<'a> Stager<'a> {
         Ok(None)
     }
 
-    /// Re-read every written file (in parallel) and check it against the manifest's hash.
+    /// Re-read every written file (in parallel) and check it against the manifest's hash (for a
+    /// copy of a file with unchanged content, the digest in its `old` entry).
     fn verify(&self, written: &[usize]) -> Result<()> {
         let checked = crate::par::map(written, |&i| -> Result<()> {
             let e = &self.m.entries[i];
-            if let Kind::File { size, hash, .. } = &e.kind {
+            if let Kind::File { size, .. } = &e.kind {
+                let hash = staged_hash(self.m, e)?;
                 let f = fsx::open_file_at(self.stage_fd(i)?, &staged_name(i)).ctx("open staged", &e.path)?;
                 let (h, n) = crate::sparse::hash_file(&f, size + 1).ctx("read staged", &e.path)?;
-                if h != *hash || n != *size {
+                if h != hash || n != *size {
                     return Err(Error::Bundle(bundle::Error::Manifest(format!(
                         "{}: staged content does not match the manifest's hash (corrupt payload or changed delta base)",
                         e.path
@@ -313,6 +315,15 @@ impl<'a> Stager<'a> {
         }
         Ok(())
     }
+}
+
+/// The digest a staged file of entry `e` must have ([`bundle::Manifest::file_hash`]). Every file
+/// the applier stages has one: a file listed by tag never gets a staged copy
+/// ([`bundle::Manifest::needs_own_digest`]), so its absence is a malformed bundle.
+pub fn staged_hash(m: &bundle::Manifest, e: &Entry) -> Result<bundle::Hash> {
+    m.file_hash(e).ok_or_else(|| {
+        Error::Bundle(bundle::Error::Manifest(format!("{}: no digest to check its staged file against", e.path)))
+    })
 }
 
 /// Copy the live file `from` (if `want`, only the inode `(st_dev, st_ino)`) into a new staged

@@ -330,6 +330,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            tagged_digest: None,
             sealed: None,
         }
     }

@@ -381,9 +381,10 @@ fn new_entry(cx: &Ctx, n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>) ->
                 };
                 // The layout is NEW's whatever the content choice: the applier writes a staged
                 // file (payload or copy) with these extents; unchanged content keeps its layout.
+                // Unchanged content has no digest of its own: it is OLD's (bundle-format.md §4.2).
                 Kind::File {
                     size: n.size,
-                    hash: n.hash,
+                    hash: (content != Content::Unchanged).then_some(n.hash),
                     content,
                     config: cx.is_config(&n.path),
                     extents: n.extents.clone(),

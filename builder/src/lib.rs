@@ -462,6 +462,7 @@ fn new_manifest(
         rotation,
         xattr_namespaces: Vec::new(),
         xattr_sets: Vec::new(),
+        tagged_digest: None,
         sealed: None,
     }
 }
@@ -549,7 +550,7 @@ fn fill_pieces(
         let Kind::File { hash, content: Content::Pieces(ps), extents, .. } = &mut e.kind else {
             continue;
         };
-        let Some((pieces, _)) = pieces_of.get(&(*hash, extents.clone())) else {
+        let Some((pieces, _)) = hash.and_then(|h| pieces_of.get(&(h, extents.clone()))) else {
             return Err(Error::Invalid(bundle::Error::Manifest(format!("builder bug: no payload for {}", e.path))));
         };
         *ps = pieces.clone();
@@ -575,7 +576,6 @@ fn count_stats(
         let Kind::File { size, hash, content, extents, .. } = &e.kind else {
             continue;
         };
-        let key = (*hash, extents.clone());
         let pieces = match content {
             Content::Unchanged => {
                 bump(&mut stats, "unchanged", *size, 0);
@@ -591,6 +591,9 @@ fn count_stats(
             }
             Content::Pieces(ps) => ps,
         };
+        // Every file with pieces has a digest (only unchanged content has none).
+        let Some(hash) = hash else { continue };
+        let key = (*hash, extents.clone());
         if first_user.get(&key) != Some(&&e.path) {
             bump(&mut stats, "dedup", *size, 0);
             continue;
@@ -642,6 +645,8 @@ fn finish_manifest(
         .collect();
     manifest.drop_unneeded_entries();
     xattr::finish(manifest, xattrs);
+    // Last: which OLD files need their own digest depends on the final entries and attribute sets.
+    manifest.tag_old_files();
 }
 
 /// What [`seal_and_write`] wrote.

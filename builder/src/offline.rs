@@ -284,6 +284,7 @@ mod tests {
             }),
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            tagged_digest: None,
             sealed: None,
         };
         let t = summary_text(&summarize(&m, b"member"));

@@ -382,6 +382,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            tagged_digest: None,
             sealed: None,
         };
         m.drop_unneeded_entries();

@@ -84,3 +84,57 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     };
     s.chunks(2).map(|p| Some(v(p[0])? << 4 | v(p[1])?)).collect()
 }
+
+/// Length of a [`Tag`] in bytes.
+pub const TAG_LEN: usize = 8;
+
+/// The first [`TAG_LEN`] bytes of a file's BLAKE3: what a `Tagged` OLD entry lists instead of the
+/// whole digest (bundle-format.md §4.3). It only names which path drifted; the files are accepted
+/// by the manifest's aggregate digest over their whole digests, never by their tags.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Tag(pub [u8; TAG_LEN]);
+
+impl Tag {
+    /// The tag of the content whose digest is `h`.
+    pub fn of(h: &Hash) -> Tag {
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(&h.0[..TAG_LEN]);
+        Tag(t)
+    }
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Debug for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_hex())
+    }
+}
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_hex())
+    }
+}
+
+/// CBOR: an 8-byte byte string; human-readable formats: 16 hex digits (as [`Hash`]).
+impl Serialize for Tag {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.serialize_str(&self.to_hex());
+        }
+        s.serialize_bytes(&self.0)
+    }
+}
+impl<'de> Deserialize<'de> for Tag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let b = if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            serde_bytes::ByteBuf::from(unhex(&s).ok_or_else(|| serde::de::Error::custom("tag must be hex"))?)
+        } else {
+            serde_bytes::ByteBuf::deserialize(d)?
+        };
+        let a: [u8; TAG_LEN] = b.as_slice().try_into().map_err(|_| serde::de::Error::custom("tag must be 8 bytes"))?;
+        Ok(Tag(a))
+    }
+}

@@ -37,7 +37,7 @@ pub mod sparse;
 pub mod xattr;
 
 pub use error::Error;
-pub use hash::Hash;
+pub use hash::{Hash, Tag};
 pub use limits::Limits;
 pub use manifest::*;
 pub use names::{Channel, KeyId};
@@ -46,5 +46,5 @@ pub use sparse::Extent;
 pub use xattr::{Xattr, XattrSet};
 
 /// Version of the bundle format this crate reads and writes. Appears in the first tar member's
-/// name (`ferry-v3/manifest.cbor`) and in [`Manifest::format`].
-pub const FORMAT_VERSION: u32 = 3;
+/// name (`ferry-v4/manifest.cbor`) and in [`Manifest::format`].
+pub const FORMAT_VERSION: u32 = 4;

@@ -4,7 +4,7 @@
 //! with text keys in declaration order, enums are externally tagged, byte strings for paths,
 //! digests and keys. Unknown fields are refused. See bundle-format.md, "The manifest".
 
-use crate::{BundlePath, Error, Extent, Hash, Limits, FORMAT_VERSION};
+use crate::{BundlePath, Error, Extent, Hash, Limits, Tag, FORMAT_VERSION};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +33,9 @@ pub struct Manifest {
     /// Expected OLD state of every path the bundle replaces, deletes, changes metadata of, or
     /// reads as a delta base or copy source; sorted, unique.
     pub old: Vec<OldEntry>,
+    /// [`tagged_digest`] of the [`OldKind::Tagged`] entries of `old` (bundle-format.md §4.3);
+    /// `None` exactly when there is none.
+    pub tagged_digest: Option<Hash>,
     /// Payload frames, in tar order.
     pub frames: Vec<Frame>,
     /// The ordered apply script.
@@ -51,7 +54,7 @@ pub struct Manifest {
     pub xattr_sets: Vec<crate::XattrSet>,
     /// Set only in an encrypted bundle's public outer manifest (bundle-format.md §4.10): the
     /// inner manifest, encrypted, and its key wrapped for each recipient. The outer manifest then
-    /// has no entries, old entries, steps, hooks, rotation or attributes ([`crate::seal`]).
+    /// has no entries, old entries, tagged digest, steps, hooks, rotation or attributes ([`crate::seal`]).
     pub sealed: Option<crate::seal::Sealed>,
 }
 
@@ -121,7 +124,11 @@ pub enum Kind {
         /// Logical size in bytes (holes included).
         size: u64,
         /// BLAKE3 of the logical content, holes read as zeros ([`crate::sparse::ZeroFillHasher`]).
-        hash: Hash,
+        /// Absent (not encoded at all) exactly when `content` is [`Content::Unchanged`]: the
+        /// digest is then the OLD file's, in its `old` entry or under [`Manifest::tagged_digest`]
+        /// ([`Manifest::file_hash`]; bundle-format.md §4.2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash: Option<Hash>,
         content: Content,
         /// Marked as a configuration file: local edits are kept (bundle-format.md, "Config files").
         config: bool,
@@ -153,7 +160,8 @@ pub enum Kind {
 /// Where the bytes of a NEW file come from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
-    /// The file at the same path in OLD already has this content; nothing is staged.
+    /// The file at the same path in OLD already has this content; nothing is staged, and the
+    /// entry has no `hash`.
     Unchanged,
     /// Empty file.
     Empty,
@@ -225,6 +233,13 @@ pub enum OldKind {
     },
     BlockDev {
         rdev: u64,
+    },
+    /// A regular file listed by size and the first bytes of its BLAKE3; its whole digest is
+    /// committed by [`Manifest::tagged_digest`] (bundle-format.md §4.3). The base check accepts
+    /// it through that aggregate only; the tag names the path that drifted.
+    Tagged {
+        size: u64,
+        tag: Tag,
     },
 }
 
@@ -355,6 +370,7 @@ impl Manifest {
         let mut per_frame = self.check_entries(limits)?;
         self.check_frame_tiling(&mut per_frame)?;
         self.check_xattrs(limits)?;
+        self.check_tagged()?;
         for o in &self.old {
             if !path_within(&o.path, limits) {
                 return Err(Error::Manifest(format!("path {} exceeds length or depth limit", o.path)));
@@ -386,6 +402,81 @@ impl Manifest {
             return Err(Error::Manifest(format!("xattr set {next} is not referenced")));
         }
         Ok(())
+    }
+
+    /// `Tagged` OLD entries only where the applier needs no file's own digest, and
+    /// `tagged_digest` set exactly when there is one (bundle-format.md §4.3). That the digest
+    /// matches the files is checked against the target (§10.1): the manifest alone cannot tell.
+    fn check_tagged(&self) -> Result<(), Error> {
+        let mut tagged = false;
+        for o in self.old.iter().filter(|o| matches!(o.kind, OldKind::Tagged { .. })) {
+            tagged = true;
+            if let Some(why) = self.needs_own_digest(o) {
+                return Err(Error::Manifest(format!("{}: listed by tag, but {why}", o.path)));
+            }
+        }
+        match (tagged, self.tagged_digest.is_some()) {
+            (true, false) => Err(Error::Manifest("OLD files listed by tag, but no tagged_digest".into())),
+            (false, true) => Err(Error::Manifest("tagged_digest set, but no OLD file is listed by tag".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Why the applier needs the own digest of the OLD file `o` (bundle-format.md §4.3), if it
+    /// does: the NEW file at its path is a config file (the conffile rule compares it on its own),
+    /// or has unchanged content and a metadata change that raises permissions when owners are
+    /// applied (made on a copy that is checked against the OLD digest). Such a file is never
+    /// [`OldKind::Tagged`].
+    pub fn needs_own_digest(&self, o: &OldEntry) -> Option<&'static str> {
+        let e = self.entry(&o.path)?;
+        match &e.kind {
+            Kind::File { config: true, .. } => Some("the NEW file is a config file"),
+            Kind::File { content: Content::Unchanged, .. }
+                if o.meta.raises_permissions(&e.meta, true, &self.xattr_sets) =>
+            {
+                Some("its metadata change raises permissions (checked against its own digest)")
+            }
+            _ => None,
+        }
+    }
+
+    /// List every OLD file whose own digest the applier does not need
+    /// ([`Manifest::needs_own_digest`]) as [`OldKind::Tagged`] and set
+    /// [`Manifest::tagged_digest`] over them (bundle-format.md §4.3). For the builder, once
+    /// `entries`, `old` and the attribute sets are final; a manifest that already has a
+    /// `tagged_digest` is left as it is.
+    pub fn tag_old_files(&mut self) {
+        if self.tagged_digest.is_some() {
+            return;
+        }
+        let tag: Vec<bool> = self
+            .old
+            .iter()
+            .map(|o| matches!(o.kind, OldKind::File { .. }) && self.needs_own_digest(o).is_none())
+            .collect();
+        let mut digest = TaggedDigest::default();
+        for (o, t) in self.old.iter_mut().zip(tag) {
+            if let (true, OldKind::File { size, hash }) = (t, &o.kind) {
+                digest.add(&o.path, *size, hash);
+                o.kind = OldKind::Tagged { size: *size, tag: Tag::of(hash) };
+            }
+        }
+        self.tagged_digest = (digest.count() > 0).then(|| digest.finish());
+    }
+
+    /// The BLAKE3 of NEW file `e`'s content where the manifest states it: the entry's own
+    /// `hash`, or for [`Content::Unchanged`] the digest of the `File` entry in `old` at its path.
+    /// `None` for an unchanged file listed by tag or not in `old` (nothing needs its digest then)
+    /// and for anything that is not a `File`.
+    pub fn file_hash(&self, e: &Entry) -> Option<Hash> {
+        match &e.kind {
+            Kind::File { hash: Some(h), .. } => Some(*h),
+            Kind::File { content: Content::Unchanged, .. } => match self.old_entry(&e.path).map(|o| &o.kind) {
+                Some(OldKind::File { hash, .. }) => Some(*hash),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// The format version, and every count against its limit (the CBOR pre-pass checked them
@@ -507,7 +598,16 @@ impl Manifest {
                 Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => Ok(()),
                 _ => err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
             },
-            Kind::File { size, content, extents, .. } => {
+            Kind::File { size, hash, content, extents, .. } => {
+                match (hash, content) {
+                    (Some(_), Content::Unchanged) => {
+                        return err(format!("{}: unchanged content with a digest of its own", e.path))
+                    }
+                    (None, c) if !matches!(c, Content::Unchanged) => {
+                        return err(format!("{}: file without a digest", e.path))
+                    }
+                    _ => {}
+                }
                 // What the pieces carry: the whole file, or a sparse file's data extents.
                 let data = match extents {
                     None => *size,
@@ -538,13 +638,13 @@ impl Manifest {
                 err(format!("{}: pieces for a file without data (a hole only: Empty)", e.path))
             }
             Content::Pieces(ps) => self.check_pieces(e, data, ps, limits, per_frame),
-            Content::Copy { from } => match self.old_entry(from) {
-                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if *s == size => Ok(()),
+            Content::Copy { from } => match self.old_entry(from).and_then(|o| o.kind.file_size()) {
+                Some(s) if s == size => Ok(()),
                 _ => err(format!("{}: copy source {} is not an OLD file of that size", e.path, from)),
             },
-            Content::Unchanged => match self.old_entry(&e.path) {
+            Content::Unchanged => match self.old_entry(&e.path).map(|o| o.kind.file_size()) {
                 None => Ok(()),
-                Some(OldEntry { kind: OldKind::File { size: s, .. }, .. }) if *s == size => Ok(()),
+                Some(Some(s)) if s == size => Ok(()),
                 _ => err(format!("{}: unchanged content but OLD differs", e.path)),
             },
             Content::Empty => Ok(()),
@@ -576,9 +676,8 @@ impl Manifest {
                 return err(format!("{}: piece outside frame {}", e.path, p.frame));
             }
             if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
-                match self.old_entry(base) {
-                    Some(OldEntry { kind: OldKind::File { size, .. }, .. })
-                        if offset.checked_add(*len).is_some_and(|e| e <= *size) => {}
+                match self.old_entry(base).and_then(|o| o.kind.file_size()) {
+                    Some(size) if offset.checked_add(*len).is_some_and(|e| e <= size) => {}
                     _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
                 }
             }
@@ -757,13 +856,58 @@ impl Kind {
 impl OldKind {
     pub fn name(&self) -> &'static str {
         match self {
-            OldKind::File { .. } => "file",
+            OldKind::File { .. } | OldKind::Tagged { .. } => "file",
             OldKind::Dir => "dir",
             OldKind::Symlink { .. } => "symlink",
             OldKind::Fifo => "fifo",
             OldKind::CharDev { .. } => "chardev",
             OldKind::BlockDev { .. } => "blockdev",
         }
+    }
+
+    /// The size of a regular file (`File` or `Tagged`); `None` for any other type.
+    pub fn file_size(&self) -> Option<u64> {
+        match self {
+            OldKind::File { size, .. } | OldKind::Tagged { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+}
+
+/// The aggregate digest of the `Tagged` OLD files (bundle-format.md §4.3): BLAKE3 in derive-key
+/// mode (context `ferry tagged files v1`) over one record per file, in the order of `old`:
+/// `le64(len(path)) || path || le64(size) || hash`. Records are length-prefixed, so the input
+/// has one reading and equal digests mean equal lists of (path, size, hash).
+#[derive(Clone)]
+pub struct TaggedDigest {
+    h: blake3::Hasher,
+    n: usize,
+}
+
+impl Default for TaggedDigest {
+    fn default() -> Self {
+        TaggedDigest { h: blake3::Hasher::new_derive_key("ferry tagged files v1"), n: 0 }
+    }
+}
+
+impl TaggedDigest {
+    /// Add the record of the next tagged file.
+    pub fn add(&mut self, path: &BundlePath, size: u64, hash: &Hash) {
+        let p = path.as_bytes();
+        self.h.update(&(p.len() as u64).to_le_bytes());
+        self.h.update(p);
+        self.h.update(&size.to_le_bytes());
+        self.h.update(&hash.0);
+        self.n += 1;
+    }
+
+    /// Records added so far.
+    pub fn count(&self) -> usize {
+        self.n
+    }
+
+    pub fn finish(&self) -> Hash {
+        self.h.finalize().into()
     }
 }
 
@@ -824,7 +968,8 @@ fn declared_size(bytes: &[u8]) -> Option<u64> {
 }
 
 /// Digest of a whole tree: BLAKE3 (derive-key mode, context `ferry tree v1`) over the CBOR
-/// encoding of its entries in sorted order, as [`OldEntry`] values with `xattrs` null, each one
+/// encoding of its entries in sorted order, as [`OldEntry`] values with `xattrs` null (every
+/// regular file as [`OldKind::File`] with its digest, never `Tagged`), each one
 /// with attributes followed by the CBOR encoding of its set (`sets[xattrs]`), so the digest
 /// depends on the attributes and not on how sets are numbered.
 pub fn tree_digest<E: std::borrow::Borrow<OldEntry>>(

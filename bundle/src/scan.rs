@@ -395,7 +395,7 @@ mod tests {
                 meta: Meta::default(),
                 kind: Kind::File {
                     size: 10,
-                    hash: Hash([2; 32]),
+                    hash: Some(Hash([2; 32])),
                     content: Content::Pieces(vec![Piece { frame: 0, offset: 0, len: 1, method: patch }]),
                     config: false,
                     extents: Some(vec![crate::Extent { offset: 4, len: 1 }]),
@@ -404,7 +404,7 @@ mod tests {
             old: vec![OldEntry {
                 path: p("a"),
                 meta: Meta::default(),
-                kind: OldKind::File { size: 1, hash: Hash([3; 32]) },
+                kind: OldKind::Tagged { size: 1, tag: crate::Tag([3; 8]) },
             }],
             frames: vec![Frame { size: 1, hash: Hash([4; 32]), decoded: 1 }],
             script: vec![Step { op: Op::Place, path: p("a") }],
@@ -416,6 +416,7 @@ mod tests {
             }),
             xattr_namespaces: vec!["user".into()],
             xattr_sets: vec![vec![crate::Xattr { name: b"user.a".to_vec(), value: Vec::new() }]],
+            tagged_digest: Some(Hash([6; 32])),
             sealed: None,
         }
     }

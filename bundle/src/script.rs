@@ -207,7 +207,10 @@ impl<'a> Plan<'a> {
                 _ => Ok(()),
             },
             Op::SetMeta => match (n, o) {
-                (Some(Kind::File { content: Content::Unchanged, .. }), Some(OldKind::File { .. }))
+                (
+                    Some(Kind::File { content: Content::Unchanged, .. }),
+                    Some(OldKind::File { .. } | OldKind::Tagged { .. }),
+                )
                 | (Some(Kind::Symlink { .. }), Some(OldKind::Symlink { .. }))
                 | (Some(Kind::Fifo), Some(OldKind::Fifo))
                 | (Some(Kind::CharDev { .. }), Some(OldKind::CharDev { .. }))
@@ -380,7 +383,13 @@ mod tests {
         Entry {
             path: p(s),
             meta: meta(0o644),
-            kind: Kind::File { size, hash: Hash([1; 32]), content, config, extents: None },
+            kind: Kind::File {
+                size,
+                hash: (content != Content::Unchanged).then_some(Hash([1; 32])),
+                content,
+                config,
+                extents: None,
+            },
         }
     }
     fn link(s: &str, primary: &str) -> Entry {
@@ -411,6 +420,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            tagged_digest: None,
             sealed: None,
         }
     }

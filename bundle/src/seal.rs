@@ -261,6 +261,7 @@ pub fn outer(inner: &Manifest, sealed: Sealed) -> Manifest {
         rotation: None,
         xattr_namespaces: Vec::new(),
         xattr_sets: Vec::new(),
+        tagged_digest: None,
         sealed: Some(sealed),
     }
 }
@@ -336,6 +337,9 @@ pub(crate) fn check_outer(m: &Manifest, s: &Sealed, limits: &Limits) -> Result<(
     }
     if m.rotation.is_some() || !m.xattr_namespaces.is_empty() || !m.xattr_sets.is_empty() {
         return err("an encrypted bundle's outer manifest has a rotation or extended attributes".into());
+    }
+    if m.tagged_digest.is_some() {
+        return err("an encrypted bundle's outer manifest has a tagged_digest".into());
     }
     crate::manifest::check_frame_sizes(&m.frames, limits.max_frame_bytes.min(MAX_SEALED_FRAME), limits)?;
     if s.recipients.is_empty() || s.recipients.len() > limits.max_recipients {
@@ -441,6 +445,7 @@ mod tests {
             rotation: None,
             xattr_namespaces: vec![],
             xattr_sets: vec![],
+            tagged_digest: None,
             sealed: None,
         }
     }

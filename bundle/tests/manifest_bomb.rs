@@ -35,6 +35,7 @@ fn steps_bomb(n: u32) -> Vec<u8> {
         rotation: None,
         xattr_namespaces: vec![],
         xattr_sets: vec![],
+        tagged_digest: None,
         sealed: None,
     };
     let enc = m.to_cbor();

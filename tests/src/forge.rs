@@ -55,12 +55,14 @@ pub fn dir(p: &str, mode: u32) -> Entry {
     Entry { path: path(p), meta: meta(mode), kind: Kind::Dir }
 }
 
-/// A file (mode 0644, not a config file) with content `data` coming from `content`.
+/// A file (mode 0644, not a config file) with content `data` coming from `content` (its digest
+/// listed unless the content is `Unchanged`, as the format requires).
 pub fn file_with(p: &str, data: &[u8], content: Content) -> Entry {
+    let hash = (content != Content::Unchanged).then(|| Hash::of(data));
     Entry {
         path: path(p),
         meta: meta(0o644),
-        kind: Kind::File { size: data.len() as u64, hash: Hash::of(data), content, config: false, extents: None },
+        kind: Kind::File { size: data.len() as u64, hash, content, config: false, extents: None },
     }
 }
 
@@ -100,6 +102,7 @@ pub fn empty(version: u64) -> Manifest {
         rotation: None,
         xattr_namespaces: vec![],
         xattr_sets: vec![],
+        tagged_digest: None,
         sealed: None,
     }
 }

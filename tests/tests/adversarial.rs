@@ -630,7 +630,13 @@ fn many_type_changes_validate_quickly() {
         m.entries.push(Entry {
             path: path.clone(),
             meta: forge::meta(0o644),
-            kind: Kind::File { size: 0, hash: Hash::of(b""), content: Content::Empty, config: false, extents: None },
+            kind: Kind::File {
+                size: 0,
+                hash: Some(Hash::of(b"")),
+                content: Content::Empty,
+                config: false,
+                extents: None,
+            },
         });
         m.script.push(bundle::Step { op: Op::Place, path });
     }
@@ -831,18 +837,20 @@ fn unknown_format_version() {
     let f = minimal();
     let env = Env::new();
     let mut m = f.manifest.clone();
-    m.format = 4;
+    m.format = 5;
     env.write(&m, &f.frames);
-    env.refused(3, &["unsupported bundle format version 4"]);
+    env.refused(3, &["unsupported bundle format version 5"]);
 
-    // The container's version: `ferry-v4/manifest.cbor`.
-    let env = Env::new();
-    let mb = f.manifest.encode();
-    let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);
-    let hdr = bundle::container::header("ferry-v4/manifest.cbor", mb.len() as u64);
-    b[..512].copy_from_slice(&hdr);
-    fs::write(&env.bundle, &b).expect("write");
-    env.refused(3, &["unsupported bundle format version 4"]);
+    // The container's version: `ferry-v5/manifest.cbor`, and the previous version's `ferry-v3`.
+    for v in [5, 3] {
+        let env = Env::new();
+        let mb = f.manifest.encode();
+        let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);
+        let hdr = bundle::container::header(&format!("ferry-v{v}/manifest.cbor"), mb.len() as u64);
+        b[..512].copy_from_slice(&hdr);
+        fs::write(&env.bundle, &b).expect("write");
+        env.refused(3, &[&format!("unsupported bundle format version {v}")]);
+    }
 
     // Not a bundle at all: another tar, random bytes, an empty file.
     for (what, bytes) in [
@@ -1096,6 +1104,111 @@ fn every_single_bit_flip_fails_verification() {
 // ---------------------------------------------------------------------------------------------
 // Planted symlinks in the target.
 
+// ---------------------------------------------------------------------------------------------
+// Files listed by tag under one aggregate digest (bundle-format.md §4.3, §10.1).
+
+const DRIFTED: &[u8] = b"in dix\n";
+
+/// A metadata-only update of both files of the standard target (new mtime, content unchanged),
+/// as the builder writes it: OLD listed by tag, the aggregate over their whole digests, the NEW
+/// entries without a digest.
+fn metadata_only() -> Manifest {
+    let unchanged = |path: &str, data: &[u8]| Entry {
+        path: p(path),
+        meta: bundle::Meta { mode: 0o644, mtime_ns: 1_750_000_000_000_000_000, ..bundle::Meta::default() },
+        kind: Kind::File {
+            size: data.len() as u64,
+            hash: None,
+            content: Content::Unchanged,
+            config: false,
+            extents: None,
+        },
+    };
+    let mut m = forge::empty(1);
+    m.entries = vec![forge::dir("dir", 0o755), unchanged("dir/file", DIR_FILE), unchanged("file", FILE)];
+    m.old = vec![old_file("dir/file", DIR_FILE), old_file("file", FILE)];
+    m.script = vec![forge::step(Op::SetMeta, "dir/file"), forge::step(Op::SetMeta, "file")];
+    m.tag_old_files();
+    assert!(m.old.iter().all(|o| matches!(o.kind, OldKind::Tagged { .. })) && m.tagged_digest.is_some());
+    m
+}
+
+#[test]
+fn metadata_only_update_by_tag_is_applied() {
+    let env = Env::new();
+    env.write(&metadata_only(), &[]);
+    env.applied();
+    for f in ["file", "dir/file"] {
+        let mtime = fs::metadata(env.target.join(f)).expect("stat").modified().expect("mtime");
+        assert_eq!(mtime, std::time::UNIX_EPOCH + Duration::from_secs(1_750_000_000), "{f}");
+    }
+    assert_eq!(fs::read(env.target.join("dir/file")).expect("read"), DIR_FILE);
+}
+
+/// A signed manifest whose aggregate does not match its own tagged entries matches no target:
+/// refused at the base check, on a target that is exactly its base.
+#[test]
+fn aggregate_that_does_not_match_its_entries_is_refused() {
+    let good = metadata_only();
+    let mut wrong_digest = good.clone();
+    wrong_digest.tagged_digest = Some(Hash([0x5a; 32]));
+    // An aggregate over another size for `file` (the tags still match the target).
+    let mut wrong_size = good.clone();
+    let mut d = bundle::TaggedDigest::default();
+    d.add(&p("dir/file"), DIR_FILE.len() as u64, &Hash::of(DIR_FILE));
+    d.add(&p("file"), FILE.len() as u64 + 1, &Hash::of(FILE));
+    wrong_size.tagged_digest = Some(d.finish());
+    // Without any aggregate, or with tags but no aggregate: malformed.
+    let mut none = good.clone();
+    none.tagged_digest = None;
+    for (what, m, code, needle) in [
+        ("wrong digest", &wrong_digest, 4, "2 files listed by tag do not match the bundle's aggregate digest"),
+        ("wrong size", &wrong_size, 4, "2 files listed by tag do not match the bundle's aggregate digest"),
+        ("no digest", &none, 3, "OLD files listed by tag, but no tagged_digest"),
+    ] {
+        eprintln!("case: {what}");
+        let env = Env::new();
+        env.write(m, &[]);
+        let r = env.refused(code, &[needle]);
+        assert!(!r.stderr.contains("dir/file:") && !r.stderr.contains("\n  file:"), "names a path: {}", r.stderr);
+    }
+}
+
+/// Exactly one file listed by tag drifted (same size, other content): refused, naming it and
+/// only it, the target unchanged.
+#[test]
+fn one_drifted_tagged_file_is_named() {
+    assert_eq!(DRIFTED.len(), DIR_FILE.len());
+    let env = Env::with(|t, _| fs::write(t.join("dir/file"), DRIFTED).expect("write"));
+    env.write(&metadata_only(), &[]);
+    let r = env.refused(4, &["dir/file: content differs from the bundle's base"]);
+    assert!(!r.stderr.contains("aggregate"), "named by path, not by the aggregate: {}", r.stderr);
+    assert!(!r.stderr.contains(" file: "), "only dir/file drifted: {}", r.stderr);
+    // A size change is named too (without hashing the file).
+    let env = Env::with(|t, _| fs::write(t.join("file"), b"longer than before\n").expect("write"));
+    env.write(&metadata_only(), &[]);
+    env.refused(4, &["file: content differs from the bundle's base"]);
+}
+
+/// The drifted file's new content has the tag the manifest lists (a collision of the short tag,
+/// forged here by writing the drifted content's tag into the manifest): the tag matches, the
+/// aggregate over the OLD content does not, and the bundle is refused all the same.
+#[test]
+fn drift_that_keeps_the_tag_is_refused_by_the_aggregate() {
+    let mut m = metadata_only();
+    let o = m.old.iter_mut().find(|o| o.path == p("dir/file")).expect("dir/file");
+    o.kind = OldKind::Tagged { size: DRIFTED.len() as u64, tag: bundle::Tag::of(&Hash::of(DRIFTED)) };
+    // The aggregate is still over what the base really held (DIR_FILE).
+    m.check(&Limits::default()).expect("structurally valid");
+    let env = Env::with(|t, _| fs::write(t.join("dir/file"), DRIFTED).expect("write"));
+    env.write(&m, &[]);
+    env.refused(4, &["2 files listed by tag do not match the bundle's aggregate digest", "same tag"]);
+    // The same manifest on the real base: that file's tag no longer matches, and it is named.
+    let env = Env::new();
+    env.write(&m, &[]);
+    env.refused(4, &["dir/file: content differs from the bundle's base"]);
+}
+
 #[test]
 fn planted_symlink_directory() {
     let f = replace_dir_file();
@@ -1166,7 +1279,7 @@ fn rich() -> forge::Forged {
         meta: forge::meta(0o644),
         kind: Kind::File {
             size: data.len() as u64,
-            hash: Hash::of(data),
+            hash: (content != Content::Unchanged).then(|| Hash::of(data)),
             content,
             config: path.ends_with(".conf"),
             extents: None,
@@ -1207,6 +1320,8 @@ fn rich() -> forge::Forged {
         retire: vec![forge::secret(4).public().id],
         threshold: Some(1),
     });
+    // `etc/gone` is listed by tag; `etc/old.conf`, a config file, keeps its digest.
+    m.tag_old_files();
     forge::Forged { manifest: m, frames: vec![patch_frame, solid_frame] }
 }
 
@@ -1263,7 +1378,7 @@ fn sparse_entries_must_be_consistent() {
         meta: forge::meta(meta),
         kind: Kind::File {
             size: data.len() as u64,
-            hash: Hash::of(data),
+            hash: None,
             content: Content::Unchanged,
             config: false,
             extents: None,

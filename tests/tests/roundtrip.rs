@@ -595,6 +595,17 @@ fn delta_of_a_mostly_unchanged_tree_lists_few_entries() {
     assert!(m.old_entry(&forge_path("d03/f005")).is_some());
     assert!(m.script.iter().any(|s| s.op == bundle::Op::Delete && s.path.display() == "d03/f005"));
     assert!(m.entries.len() as u64 == listed);
+    // Every OLD file (replaced, deleted, copy source, mode-only change) is listed by tag under one
+    // aggregate digest, and the mode-only change has no digest of its own (bundle-format.md §4.3).
+    assert!(m.tagged_digest.is_some());
+    for o in m.old.iter().filter(|o| o.kind.file_size().is_some()) {
+        assert!(matches!(o.kind, bundle::OldKind::Tagged { .. }), "{} not listed by tag", o.path);
+    }
+    let mode_only = m.entry(&forge_path("d10/f010")).expect("d10/f010");
+    assert!(
+        matches!(mode_only.kind, bundle::Kind::File { hash: None, content: bundle::Content::Unchanged, .. }),
+        "{mode_only:?}"
+    );
 
     let target = d.path().join("target");
     copy_tree(&old, &target);

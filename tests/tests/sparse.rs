@@ -269,7 +269,7 @@ fn bad_extents_are_refused_by_the_format_check() {
                 at += n;
             }
             *s = size;
-            *hash = bundle::Hash::of(&dense);
+            *hash = Some(bundle::Hash::of(&dense));
             *x = Some(extents);
         }
         f.manifest.check(&bundle::Limits::default())

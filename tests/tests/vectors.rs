@@ -29,6 +29,10 @@ fn trees(root: &Path) -> (PathBuf, PathBuf) {
         fs::set_permissions(t.join("bin/tool"), fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     fs::write(old.join("etc/old-only"), "removed in 2\n").expect("w");
+    // Same content, new mtime only: listed by tag (bundle-format.md §4.3), no digest of its own.
+    for t in [&old, &new] {
+        fs::write(t.join("etc/issue"), "ferry\n").expect("w");
+    }
     symlink("tool", new.join("bin/tool-link")).expect("ln");
     fs::write(new.join("empty"), "").expect("w");
     for t in [&old, &new] {
@@ -40,6 +44,7 @@ fn trees(root: &Path) -> (PathBuf, PathBuf) {
             .expect("touch");
         assert!(st.success());
     }
+    set_mtime(&new.join("etc/issue"), 1_700_000_100);
     (old, new)
 }
 
@@ -63,7 +68,31 @@ fn vector_still_decodes_and_matches() {
     let want = fs::read_to_string(d.join("small.manifest.json")).expect("small.manifest.json is checked in");
     assert_eq!(json.trim(), want.trim(), "decoded manifest differs from tests/vectors/small.manifest.json");
     assert_eq!(m.version, 2);
-    assert_eq!(m.entries.len(), 6);
+    assert_eq!(m.entries.len(), 7);
+    // Every OLD file is listed by tag; the mtime-only file has no digest of its own.
+    assert!(m.tagged_digest.is_some());
+    assert!(m
+        .old
+        .iter()
+        .filter(|o| o.kind.file_size().is_some())
+        .all(|o| matches!(o.kind, bundle::OldKind::Tagged { .. })));
+    let issue = m.entries.iter().find(|e| e.path.display() == "etc/issue").expect("etc/issue listed");
+    assert!(matches!(issue.kind, bundle::Kind::File { hash: None, content: bundle::Content::Unchanged, .. }));
+    // The aggregate over OLD's files as `trees` writes them (bundle-format.md §4.3, §17).
+    let mut agg = bundle::TaggedDigest::default();
+    for (path, content) in [
+        ("bin/tool", &b"#!/bin/sh\necho tool 1\n"[..]),
+        ("etc/issue", b"ferry\n"),
+        ("etc/motd", b"hello from version 1\n"),
+        ("etc/old-only", b"removed in 2\n"),
+    ] {
+        let path = bundle::BundlePath::new(path).expect("path");
+        let hash = bundle::Hash::of(content);
+        let o = m.old_entry(&path).expect("old entry");
+        assert_eq!(o.kind, bundle::OldKind::Tagged { size: content.len() as u64, tag: bundle::Tag::of(&hash) });
+        agg.add(&path, content.len() as u64, &hash);
+    }
+    assert_eq!(m.tagged_digest, Some(agg.finish()));
 }
 
 #[test]
