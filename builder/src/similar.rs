@@ -225,8 +225,8 @@ struct Query<'a> {
     candidates: Vec<&'a ScanEntry>,
 }
 
-/// The NEW files to search: a payload without a base, dense, not config, of a size in
-/// [[`MIN_SIZE`], `max_size`], with at least one candidate.
+/// The NEW files to search: a payload without a base, dense, not config, of [`MIN_SIZE`] to
+/// `max_size` bytes, with at least one candidate.
 fn queries<'a>(
     old: &OldNames<'a>,
     new: &Tree,
