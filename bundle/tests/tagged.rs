@@ -357,7 +357,8 @@ proptest! {
         prop_assert_eq!(m.tagged_digest, (!want.is_empty()).then(|| spec_digest(&want)));
         m.check(&Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         bundle::script::validate(&m).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let back = Manifest::from_cbor(&m.to_cbor(), &Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let back =
+            Manifest::from_cbor(&m.to_cbor(), &Limits::default()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(back, m.clone());
         // Each tagged file saves 24 bytes of CBOR (`Tagged`/`tag`/9-byte tag for
         // `File`/`hash`/34-byte digest); the aggregate costs 33 over `null`.
