@@ -7,9 +7,10 @@
 
 use crate::delta;
 use crate::error::{Error, Result};
+use crate::lzma;
 use crate::progress::Progress;
 use bundle::container;
-use bundle::{BundlePath, Extent, Frame, Hash, Method};
+use bundle::{BundlePath, Extent, Frame, Hash, Limits, Method};
 use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -50,6 +51,8 @@ pub enum Encoding {
     Solid,
     /// A zstd-compressed bsdiff patch (ELF files).
     Bsdiff,
+    /// An LZMA2 frame of its own, behind a BCJ filter for ELF files (bundle-format.md §5.2).
+    Lzma,
 }
 
 /// A byte range of an encoded frame's decoded output that holds (part of) a file.
@@ -74,8 +77,10 @@ pub struct EncodedFile {
 pub struct Encoded {
     pub frames: Vec<StoredFrame>,
     pub files: Vec<EncodedFile>,
-    /// Solid frames: (distinct files, bytes in, bytes out, frames).
+    /// Solid zstd frames: (distinct files, bytes in, bytes out, frames).
     pub solid: (u64, u64, u64, u64),
+    /// Solid LZMA2 frames, likewise.
+    pub solid_lzma: (u64, u64, u64, u64),
 }
 
 /// How [`encode_all`] encodes.
@@ -225,6 +230,7 @@ impl UnitData {
             Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref()),
             Method::Zstd => delta::compress(&self.data, level, None),
             Method::Bsdiff { .. } => delta::compress(self.bsdiff_raw.as_deref().unwrap_or_default(), level, None),
+            Method::Lzma { filter, .. } => lzma::encode(&self.data, *filter).map(|(bytes, _)| bytes),
         }
     }
 
@@ -247,6 +253,10 @@ impl UnitData {
                 check_decodes(&out, &self.data)?;
                 patch.len() as u64
             }
+            Method::Lzma { filter, dict_log } => {
+                check_decodes(&bundle::lzma::decode(bytes, *filter, *dict_log, len, &Limits::default())?, &self.data)?;
+                len
+            }
         })
     }
 }
@@ -261,12 +271,26 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
         return Err(cerr(io::Error::other("no encoding")));
     };
-    let (bytes, method) = cands.swap_remove(best);
+    let (mut bytes, mut method) = cands.swap_remove(best);
     if method == Method::Zstd && u.solid_ok {
         return Ok(None);
     }
+    if let Some((l, m)) = lzma_candidate(u, &input.data, bytes.len()).map_err(cerr)? {
+        if l.len() < bytes.len() {
+            (bytes, method) = (l, m);
+        }
+    }
     let decoded = input.check_frame(&bytes, &method, u.len).map_err(cerr)?;
     store_frame(store, bytes, decoded, method).map(Some)
+}
+
+/// The LZMA2 candidate of a whole-file unit whose best other encoding is `best` bytes, if worth
+/// trying ([`lzma::worth_trying`]; never for a chunk of a large file).
+fn lzma_candidate(u: &Unit, data: &[u8], best: usize) -> io::Result<Option<(Vec<u8>, Method)>> {
+    if u.chunked || !lzma::worth_trying(u.len, best as u64) {
+        return Ok(None);
+    }
+    lzma::encode(data, lzma::frame_filter(std::iter::once(data))).map(Some)
 }
 
 /// The candidate methods of unit `u` whose data is `data`: a patch against the base, plain zstd,
@@ -403,6 +427,18 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
     if back != data {
         return Err(cerr(io::Error::other("frame does not decode to its input")));
     }
+    if lzma::worth_trying(total, bytes.len() as u64) {
+        let mut at = 0usize;
+        let parts = group.iter().map(|&j| {
+            let part = &data[at..at + jobs[j].size as usize];
+            at += part.len();
+            part
+        });
+        let (l, m) = lzma::encode_checked(&data, lzma::frame_filter(parts)).map_err(cerr)?;
+        if l.len() < bytes.len() {
+            return store_frame(store, l, total, m);
+        }
+    }
     store_frame(store, bytes, total, Method::Zstd)
 }
 
@@ -534,10 +570,11 @@ impl Encoded {
             };
             at += len;
         }
-        self.solid.0 += group.len() as u64;
-        self.solid.1 += f.frame.decoded;
-        self.solid.2 += f.frame.size;
-        self.solid.3 += 1;
+        let s = if matches!(f.method, Method::Lzma { .. }) { &mut self.solid_lzma } else { &mut self.solid };
+        s.0 += group.len() as u64;
+        s.1 += f.frame.decoded;
+        s.2 += f.frame.size;
+        s.3 += 1;
         self.frames.push(f);
     }
 }
@@ -586,6 +623,7 @@ pub fn encode_all(
         frames: Vec::new(),
         files: jobs.iter().map(|_| EncodedFile { pieces: Vec::new(), encoding: Encoding::Zstd }).collect(),
         solid: (0, 0, 0, 0),
+        solid_lzma: (0, 0, 0, 0),
     };
     let mut solid_done = Vec::new();
     for (t, r) in tasks.iter().zip(done) {
@@ -603,6 +641,7 @@ pub fn encode_all(
                     (Method::Patch { .. }, false) => Encoding::Patch,
                     (Method::Bsdiff { .. }, false) => Encoding::Bsdiff,
                     (Method::Zstd, false) => Encoding::Zstd,
+                    (Method::Lzma { .. }, false) => Encoding::Lzma,
                 };
                 e.pieces.push(PieceRef { frame: out.frames.len(), offset: 0, len: u.len });
                 out.frames.push(f);
