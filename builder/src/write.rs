@@ -275,7 +275,7 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     if method == Method::Zstd && u.solid_ok {
         return Ok(None);
     }
-    if let Some((l, m)) = lzma_candidate(u, &input.data, bytes.len()).map_err(cerr)? {
+    if let Some((l, m)) = lzma_candidate(u, &input.data, bytes.len(), level).map_err(cerr)? {
         if l.len() < bytes.len() {
             (bytes, method) = (l, m);
         }
@@ -286,8 +286,8 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
 
 /// The LZMA2 candidate of a whole-file unit whose best other encoding is `best` bytes, if worth
 /// trying ([`lzma::worth_trying`]; never for a chunk of a large file).
-fn lzma_candidate(u: &Unit, data: &[u8], best: usize) -> io::Result<Option<(Vec<u8>, Method)>> {
-    if u.chunked || !lzma::worth_trying(u.len, best as u64) {
+fn lzma_candidate(u: &Unit, data: &[u8], best: usize, level: i32) -> io::Result<Option<(Vec<u8>, Method)>> {
+    if u.chunked || !lzma::worth_trying(level, u.len, best as u64) {
         return Ok(None);
     }
     lzma::encode(data, lzma::frame_filter(std::iter::once(data))).map(Some)
@@ -427,7 +427,7 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
     if back != data {
         return Err(cerr(io::Error::other("frame does not decode to its input")));
     }
-    if lzma::worth_trying(total, bytes.len() as u64) {
+    if lzma::worth_trying(level, total, bytes.len() as u64) {
         let mut at = 0usize;
         let parts = group.iter().map(|&j| {
             let part = &data[at..at + jobs[j].size as usize];
@@ -881,6 +881,70 @@ mod tests {
         let enc = encode_all(&jobs, EncodeOptions { solid_size: 0, ..opts }, &store, &Progress::silent())?;
         assert_eq!(enc.frames.len(), jobs.len());
         assert!(enc.files.iter().all(|f| f.encoding == Encoding::Zstd));
+        Ok(())
+    }
+
+    /// An x86-64 ELF header (without sections) and `n` bytes in all of calls (e8 rel32) to a few
+    /// functions between runs of other instructions.
+    fn elf_code(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; 64];
+        v[..4].copy_from_slice(b"\x7fELF");
+        (v[4], v[5], v[18]) = (2, 1, 62);
+        let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 3 {
+                0 => {
+                    let rel = (0x1000 + (x >> 8) % 32 * 0x40) as i64 - v.len() as i64 - 5;
+                    v.push(0xe8);
+                    v.extend_from_slice(&(rel as i32).to_le_bytes());
+                }
+                _ => v.extend_from_slice(
+                    &[0x48, 0x89, 0xe5, (x >> 20) as u8 & 7, 0x83, 0xec][..2 + (x >> 30) as usize % 5],
+                ),
+            }
+        }
+        v.truncate(n);
+        v
+    }
+
+    #[test]
+    fn machine_code_gets_lzma_frames() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let mut jobs = vec![job(d.path(), "bin/big", &elf_code(1_500_000, 1))?];
+        for i in 0..6 {
+            jobs.push(job(d.path(), &format!("lib/l{i}.so"), &elf_code(60_000, 10 + i))?);
+        }
+        // Random bytes: never LZMA2 (incompressible), and a tiny file: never tried.
+        jobs.push(job(d.path(), "noise", &pseudo(1_200_000))?);
+        jobs.push(job(d.path(), "tiny", &elf_code(5000, 3))?);
+        let store = FrameStore::new_in(d.path())?;
+        let opts = EncodeOptions { level: 12, chunk: 64 << 20, solid_size: 8 << 20 };
+        let enc = encode_all(&jobs, opts, &store, &Progress::silent())?;
+        let encodings: Vec<Encoding> = enc.files.iter().map(|f| f.encoding).collect();
+        assert_eq!(encodings[0], Encoding::Lzma);
+        assert_eq!(encodings[7], Encoding::Zstd);
+        assert!(encodings[1..7].iter().all(|e| *e == Encoding::Solid));
+        assert_eq!((enc.solid_lzma.0, enc.solid_lzma.3), (7, 1), "{:?} {:?}", enc.solid, enc.solid_lzma);
+        let mut file = store.into_file()?;
+        for (j, f) in jobs.iter().zip(&enc.files) {
+            let p = f.pieces[0];
+            let sf = &enc.frames[p.frame];
+            let mut bytes = vec![0u8; sf.frame.size as usize];
+            file.seek(SeekFrom::Start(sf.offset))?;
+            file.read_exact(&mut bytes)?;
+            let out = match sf.method {
+                // The headers are not of real ELF files (no code sections): no filter.
+                Method::Lzma { filter, dict_log } => {
+                    assert_eq!(filter, bundle::lzma::Bcj::None, "{}", j.path);
+                    bundle::lzma::decode(&bytes, filter, dict_log, sf.frame.decoded, &Limits::default())?
+                }
+                _ => delta::decompress(&bytes, None, sf.frame.decoded)?,
+            };
+            assert_eq!(Hash::of(&out[p.offset as usize..(p.offset + p.len) as usize]), j.hash, "{}", j.path);
+        }
         Ok(())
     }
 
