@@ -186,7 +186,7 @@ def bytes_section(corpus, methods):
                 stats.setdefault(meth, {})[field] = v
         if not stats:
             continue
-        order = ["solid", "zstd", "patch", "bsdiff", "copy", "dedup", "unchanged", "mtime_kept"]
+        order = ["solid", "solid_lzma", "zstd", "lzma", "patch", "bsdiff", "copy", "dedup", "unchanged", "mtime_kept"]
         shown = sorted(stats, key=lambda x: (order.index(x) if x in order else 99, x))
         if first is not None:
             # later rows: only the methods whose numbers differ from the first table's

@@ -67,6 +67,8 @@ pub struct Counts {
     pub steps: usize,
     pub zstd_pieces: u64,
     pub patch_pieces: u64,
+    /// Pieces of LZMA2 frames (bundle-format.md §5.2).
+    pub lzma_pieces: u64,
     pub copies: u64,
 }
 
@@ -192,6 +194,7 @@ fn counts(m: &Manifest) -> Counts {
                     match p.method {
                         Method::Zstd => c.zstd_pieces += 1,
                         Method::Patch { .. } | Method::Bsdiff { .. } => c.patch_pieces += 1,
+                        Method::Lzma { .. } => c.lzma_pieces += 1,
                     }
                 }
             }

@@ -7,8 +7,9 @@
 use crate::error::{Error, Result};
 use crate::source;
 use bundle::container::Reader;
+use bundle::lzma::Bcj;
 use bundle::sig::{self, PublicKey, TrustPolicy, TrustStatus};
-use bundle::{Hash, Limits, Manifest};
+use bundle::{Hash, Limits, Manifest, Method};
 use std::io::Read;
 use std::path::Path;
 
@@ -59,7 +60,8 @@ pub fn signed_head<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limi
 }
 
 /// Verify a whole bundle file: head, trust, every frame hash and the end of the archive. With
-/// `decode`, also decode every plain-zstd frame to check its exact decoded size. With `keys`, an
+/// `decode`, also decode every frame that needs no OLD base (plain zstd, bsdiff and LZMA2
+/// frames) to check its exact decoded size. With `keys`, an
 /// encrypted bundle is opened after its head is verified ([`crate::unseal::open`]; no matching
 /// identity is an error) and its frames are decrypted to be decoded; without, only what is
 /// public is checked (signatures, trust, every stored frame's hash).
@@ -89,17 +91,17 @@ pub fn bundle_with_progress(
         Some(k) => crate::unseal::open(h, k, limits)?,
         None => h,
     };
-    let patch: Vec<bool> = frame_is_patch(&h.manifest);
+    let codecs = frame_codecs(&h.manifest);
     let total: u64 = h.manifest.frames.iter().map(|f| f.size).sum();
     let mut prog = crate::progress::Progress::new("verify", "frames", h.manifest.frames.len() as u64, total, progress);
     let mut read = 0u64;
     for (i, f) in h.manifest.frames.iter().enumerate() {
         prog.tick(i as u64, read);
         read += f.size;
-        let res = if decode && !patch[i] {
+        let res = if let Some(codec) = codecs[i].filter(|_| decode) {
             let mut fr = r.frame(&h.manifest.frames, i).map_err(|e| source::explain(e.into()))?;
             // A read error inside a frame (a missing last part) names the part too.
-            let n = decode_count(crate::unseal::frame_reader(&mut fr, &h, i), limits, f.decoded, i)
+            let n = decode_count(crate::unseal::frame_reader(&mut fr, &h, i), codec, limits, f.decoded, i)
                 .map_err(source::explain)?;
             if n != f.decoded {
                 return Err(bundle::Error::FrameDecode {
@@ -119,45 +121,89 @@ pub fn bundle_with_progress(
     Ok(h)
 }
 
-/// Which frames cannot be decoded from the bundle alone: patch frames (they need an OLD base),
-/// and every frame of an encrypted bundle that is not opened (its outer manifest lists no
-/// pieces, and its frames are ciphertext).
-pub fn frame_is_patch(m: &Manifest) -> Vec<bool> {
-    let mut v = vec![m.sealed.is_some(); m.frames.len()];
+/// How each frame decodes without an OLD base: `None` for patch frames (they need their base)
+/// and for every frame of an encrypted bundle that is not opened (its outer manifest lists no
+/// pieces, and its frames are ciphertext); a bsdiff frame decodes as plain zstd (to its patch).
+pub fn frame_codecs(m: &Manifest) -> Vec<Option<Codec>> {
+    let mut v = vec![None; m.frames.len()];
+    if m.sealed.is_some() {
+        return v;
+    }
+    let mut patch = vec![false; m.frames.len()];
     for e in &m.entries {
         if let bundle::Kind::File { content: bundle::Content::Pieces(ps), .. } = &e.kind {
             for p in ps {
-                if matches!(p.method, bundle::Method::Patch { .. }) {
-                    if let Some(x) = v.get_mut(p.frame as usize) {
-                        *x = true;
-                    }
+                let i = p.frame as usize;
+                if let (Some(c), Some(is_patch)) = (v.get_mut(i), patch.get_mut(i)) {
+                    *is_patch |= matches!(p.method, Method::Patch { .. });
+                    *c = Some(Codec::of(&p.method));
                 }
             }
         }
     }
-    v
+    v.into_iter().zip(patch).map(|(c, p)| c.filter(|_| !p)).collect()
 }
 
-/// A zstd decoder over `r` bounded by the limits' window, optionally with a reference prefix.
+/// How a frame is decoded, from its pieces' method: zstd (plain, with a reference prefix, or to a
+/// bsdiff patch), or raw LZMA2 behind a filter (bundle-format.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Zstd,
+    Lzma { filter: Bcj, dict_log: u8 },
+}
+
+impl Codec {
+    pub fn of(m: &Method) -> Codec {
+        match m {
+            Method::Lzma { filter, dict_log } => Codec::Lzma { filter: *filter, dict_log: *dict_log },
+            Method::Zstd | Method::Patch { .. } | Method::Bsdiff { .. } => Codec::Zstd,
+        }
+    }
+}
+
+/// A frame's decoder: zstd, or LZMA2 behind its filter.
+pub enum FrameDecoder<'a, R: Read> {
+    Zstd(zstd::stream::read::Decoder<'a, std::io::BufReader<R>>),
+    Lzma(bundle::lzma::Decoder<R>),
+}
+
+impl<R: Read> Read for FrameDecoder<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            FrameDecoder::Zstd(d) => d.read(buf),
+            FrameDecoder::Lzma(d) => d.read(buf),
+        }
+    }
+}
+
+/// The decoder of frame `index` (`decoded` bytes declared) over `r`: zstd bounded by the limits'
+/// window, with `prefix` as reference prefix for a patch; or LZMA2 with a dictionary bounded by
+/// the limits and by `decoded` ([`bundle::lzma::Decoder`]). Either yields more than `decoded`
+/// bytes for a frame that decodes to more: the caller reads at most `decoded + 1`.
 pub fn decoder<'a, R: Read>(
     r: R,
+    codec: Codec,
     prefix: Option<&'a [u8]>,
     limits: &Limits,
     index: usize,
-) -> Result<zstd::stream::read::Decoder<'a, std::io::BufReader<R>>> {
+    decoded: u64,
+) -> Result<FrameDecoder<'a, R>> {
     let fe = |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: index as u32, what: e.to_string() });
+    if let Codec::Lzma { filter, dict_log } = codec {
+        return Ok(FrameDecoder::Lzma(bundle::lzma::Decoder::new(r, filter, dict_log, decoded, limits).map_err(fe)?));
+    }
     let mut d = match prefix {
         Some(p) => zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(r), p).map_err(fe)?,
         None => zstd::stream::read::Decoder::new(r).map_err(fe)?,
     };
     d.window_log_max(limits.max_window_log).map_err(fe)?;
-    Ok(d.single_frame())
+    Ok(FrameDecoder::Zstd(d.single_frame()))
 }
 
 /// Decode a frame to nowhere, counting at most `declared + 1` bytes: a frame that decodes to more
 /// than declared is cut off there (decompression bombs cost at most the declared size).
-fn decode_count<R: Read>(r: R, limits: &Limits, declared: u64, index: usize) -> Result<u64> {
-    let d = decoder(r, None, limits, index)?;
+fn decode_count<R: Read>(r: R, codec: Codec, limits: &Limits, declared: u64, index: usize) -> Result<u64> {
+    let d = decoder(r, codec, None, limits, index, declared)?;
     let mut lim = d.take(declared + 1);
     std::io::copy(&mut lim, &mut std::io::sink())
         .map_err(|e| Error::Bundle(bundle::Error::FrameDecode { index: index as u32, what: e.to_string() }))

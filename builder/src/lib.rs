@@ -15,6 +15,7 @@ pub mod elf;
 pub mod error;
 pub mod image;
 pub mod keys;
+pub mod lzma;
 pub mod offline;
 pub mod pax;
 pub mod paxattr;
@@ -266,7 +267,14 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     manifest.frames = order.frames;
     used.extend(order.bases);
     fill_pieces(&mut d.entries, &order.pieces_of)?;
-    let stats = count_stats(&d.entries, &jobs, &order.pieces_of, &manifest.frames, encoded.solid, inputs.kept_mtimes);
+    let stats = count_stats(
+        &d.entries,
+        &jobs,
+        &order.pieces_of,
+        &manifest.frames,
+        [encoded.solid, encoded.solid_lzma],
+        inputs.kept_mtimes,
+    );
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
     finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
@@ -566,7 +574,7 @@ fn count_stats(
     jobs: &[write::PayloadJob],
     pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
     frames: &[bundle::Frame],
-    solid: (u64, u64, u64, u64),
+    solid: [(u64, u64, u64, u64); 2],
     kept_mtimes: (u64, u64),
 ) -> BTreeMap<&'static str, Stat> {
     let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
@@ -604,6 +612,7 @@ fn count_stats(
             write::Encoding::Patch => "patch",
             write::Encoding::Chunked => "chunked",
             write::Encoding::Bsdiff => "bsdiff",
+            write::Encoding::Lzma => "lzma",
             // Counted per frame below.
             write::Encoding::Solid => continue,
         };
@@ -613,9 +622,11 @@ fn count_stats(
             s.frames += pieces.len() as u64;
         }
     }
-    let (files, bytes_in, bytes_out, frames) = solid;
-    if files > 0 {
-        stats.insert("solid", Stat { files, bytes_in, bytes_out, frames });
+    // Solid frames: zstd, LZMA2.
+    for (key, (files, bytes_in, bytes_out, frames)) in ["solid", "solid_lzma"].into_iter().zip(solid) {
+        if files > 0 {
+            stats.insert(key, Stat { files, bytes_in, bytes_out, frames });
+        }
     }
     // Files and symlinks given OLD's mtime; the files among them are also counted as unchanged.
     if kept_mtimes.0 > 0 {

@@ -7,9 +7,10 @@
 
 use crate::delta;
 use crate::error::{Error, Result};
+use crate::lzma;
 use crate::progress::Progress;
 use bundle::container;
-use bundle::{BundlePath, Extent, Frame, Hash, Method};
+use bundle::{BundlePath, Extent, Frame, Hash, Limits, Method};
 use rayon::prelude::*;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -50,6 +51,8 @@ pub enum Encoding {
     Solid,
     /// A zstd-compressed bsdiff patch (ELF files).
     Bsdiff,
+    /// An LZMA2 frame of its own, behind a BCJ filter for ELF files (bundle-format.md §5.2).
+    Lzma,
 }
 
 /// A byte range of an encoded frame's decoded output that holds (part of) a file.
@@ -74,8 +77,10 @@ pub struct EncodedFile {
 pub struct Encoded {
     pub frames: Vec<StoredFrame>,
     pub files: Vec<EncodedFile>,
-    /// Solid frames: (distinct files, bytes in, bytes out, frames).
+    /// Solid zstd frames: (distinct files, bytes in, bytes out, frames).
     pub solid: (u64, u64, u64, u64),
+    /// Solid LZMA2 frames, likewise.
+    pub solid_lzma: (u64, u64, u64, u64),
 }
 
 /// How [`encode_all`] encodes.
@@ -231,6 +236,7 @@ impl UnitData {
             Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref()),
             Method::Zstd => delta::compress(&self.data, level, None),
             Method::Bsdiff { .. } => delta::compress(self.bsdiff_raw.as_deref().unwrap_or_default(), level, None),
+            Method::Lzma { filter, .. } => lzma::encode(&self.data, *filter).map(|(bytes, _)| bytes),
         }
     }
 
@@ -253,6 +259,10 @@ impl UnitData {
                 check_decodes(&out, &self.data)?;
                 patch.len() as u64
             }
+            Method::Lzma { filter, dict_log } => {
+                check_decodes(&bundle::lzma::decode(bytes, *filter, *dict_log, len, &Limits::default())?, &self.data)?;
+                len
+            }
         })
     }
 }
@@ -267,12 +277,26 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
         return Err(cerr(io::Error::other("no encoding")));
     };
-    let (bytes, method) = cands.swap_remove(best);
+    let (mut bytes, mut method) = cands.swap_remove(best);
     if method == Method::Zstd && u.solid_ok {
         return Ok(None);
     }
+    if let Some((l, m)) = lzma_candidate(u, &input.data, bytes.len(), level).map_err(cerr)? {
+        if l.len() < bytes.len() {
+            (bytes, method) = (l, m);
+        }
+    }
     let decoded = input.check_frame(&bytes, &method, u.len).map_err(cerr)?;
     store_frame(store, bytes, decoded, method).map(Some)
+}
+
+/// The LZMA2 candidate of a whole-file unit whose best other encoding is `best` bytes, if worth
+/// trying ([`lzma::worth_trying`]; never for a chunk of a large file).
+fn lzma_candidate(u: &Unit, data: &[u8], best: usize, level: i32) -> io::Result<Option<(Vec<u8>, Method)>> {
+    if u.chunked || !lzma::worth_trying(level, u.len, best as u64) {
+        return Ok(None);
+    }
+    lzma::encode(data, lzma::frame_filter(std::iter::once(data))).map(Some)
 }
 
 /// The candidate methods of unit `u` whose data is `data`: a patch against the base, plain zstd,
@@ -411,6 +435,18 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
     if back != data {
         return Err(cerr(io::Error::other("frame does not decode to its input")));
     }
+    if lzma::worth_trying(level, total, bytes.len() as u64) {
+        let mut at = 0usize;
+        let parts = group.iter().map(|&j| {
+            let part = &data[at..at + jobs[j].size as usize];
+            at += part.len();
+            part
+        });
+        let (l, m) = lzma::encode_checked(&data, lzma::frame_filter(parts)).map_err(cerr)?;
+        if l.len() < bytes.len() {
+            return store_frame(store, l, total, m);
+        }
+    }
     store_frame(store, bytes, total, Method::Zstd)
 }
 
@@ -542,10 +578,11 @@ impl Encoded {
             };
             at += len;
         }
-        self.solid.0 += group.len() as u64;
-        self.solid.1 += f.frame.decoded;
-        self.solid.2 += f.frame.size;
-        self.solid.3 += 1;
+        let s = if matches!(f.method, Method::Lzma { .. }) { &mut self.solid_lzma } else { &mut self.solid };
+        s.0 += group.len() as u64;
+        s.1 += f.frame.decoded;
+        s.2 += f.frame.size;
+        s.3 += 1;
         self.frames.push(f);
     }
 }
@@ -594,6 +631,7 @@ pub fn encode_all(
         frames: Vec::new(),
         files: jobs.iter().map(|_| EncodedFile { pieces: Vec::new(), encoding: Encoding::Zstd }).collect(),
         solid: (0, 0, 0, 0),
+        solid_lzma: (0, 0, 0, 0),
     };
     let mut solid_done = Vec::new();
     for (t, r) in tasks.iter().zip(done) {
@@ -611,6 +649,7 @@ pub fn encode_all(
                     (Method::Patch { .. }, false) => Encoding::Patch,
                     (Method::Bsdiff { .. }, false) => Encoding::Bsdiff,
                     (Method::Zstd, false) => Encoding::Zstd,
+                    (Method::Lzma { .. }, false) => Encoding::Lzma,
                 };
                 e.pieces.push(PieceRef { frame: out.frames.len(), offset: 0, len: u.len });
                 out.frames.push(f);
@@ -850,6 +889,70 @@ mod tests {
         let enc = encode_all(&jobs, EncodeOptions { solid_size: 0, ..opts }, &store, &Progress::silent())?;
         assert_eq!(enc.frames.len(), jobs.len());
         assert!(enc.files.iter().all(|f| f.encoding == Encoding::Zstd));
+        Ok(())
+    }
+
+    /// An x86-64 ELF header (without sections) and `n` bytes in all of calls (e8 rel32) to a few
+    /// functions between runs of other instructions.
+    fn elf_code(n: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; 64];
+        v[..4].copy_from_slice(b"\x7fELF");
+        (v[4], v[5], v[18]) = (2, 1, 62);
+        let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 3 {
+                0 => {
+                    let rel = (0x1000 + (x >> 8) % 32 * 0x40) as i64 - v.len() as i64 - 5;
+                    v.push(0xe8);
+                    v.extend_from_slice(&(rel as i32).to_le_bytes());
+                }
+                _ => v.extend_from_slice(
+                    &[0x48, 0x89, 0xe5, (x >> 20) as u8 & 7, 0x83, 0xec][..2 + (x >> 30) as usize % 5],
+                ),
+            }
+        }
+        v.truncate(n);
+        v
+    }
+
+    #[test]
+    fn machine_code_gets_lzma_frames() -> Result<(), Box<dyn std::error::Error>> {
+        let d = tempfile::tempdir()?;
+        let mut jobs = vec![job(d.path(), "bin/big", &elf_code(1_500_000, 1))?];
+        for i in 0..6 {
+            jobs.push(job(d.path(), &format!("lib/l{i}.so"), &elf_code(60_000, 10 + i))?);
+        }
+        // Random bytes: never LZMA2 (incompressible), and a tiny file: never tried.
+        jobs.push(job(d.path(), "noise", &pseudo(1_200_000))?);
+        jobs.push(job(d.path(), "tiny", &elf_code(5000, 3))?);
+        let store = FrameStore::new_in(d.path())?;
+        let opts = EncodeOptions { level: 12, chunk: 64 << 20, solid_size: 8 << 20 };
+        let enc = encode_all(&jobs, opts, &store, &Progress::silent())?;
+        let encodings: Vec<Encoding> = enc.files.iter().map(|f| f.encoding).collect();
+        assert_eq!(encodings[0], Encoding::Lzma);
+        assert_eq!(encodings[7], Encoding::Zstd);
+        assert!(encodings[1..7].iter().all(|e| *e == Encoding::Solid));
+        assert_eq!((enc.solid_lzma.0, enc.solid_lzma.3), (7, 1), "{:?} {:?}", enc.solid, enc.solid_lzma);
+        let mut file = store.into_file()?;
+        for (j, f) in jobs.iter().zip(&enc.files) {
+            let p = f.pieces[0];
+            let sf = &enc.frames[p.frame];
+            let mut bytes = vec![0u8; sf.frame.size as usize];
+            file.seek(SeekFrom::Start(sf.offset))?;
+            file.read_exact(&mut bytes)?;
+            let out = match sf.method {
+                // The headers are not of real ELF files (no code sections): no filter.
+                Method::Lzma { filter, dict_log } => {
+                    assert_eq!(filter, bundle::lzma::Bcj::None, "{}", j.path);
+                    bundle::lzma::decode(&bytes, filter, dict_log, sf.frame.decoded, &Limits::default())?
+                }
+                _ => delta::decompress(&bytes, None, sf.frame.decoded)?,
+            };
+            assert_eq!(Hash::of(&out[p.offset as usize..(p.offset + p.len) as usize]), j.hash, "{}", j.path);
+        }
         Ok(())
     }
 

@@ -137,6 +137,10 @@ fn check_contents(b: &Read_, old: &Path, new: &Path) -> R {
                             out.extend(bundle::bspatch::apply(window, &patch, p.len)?);
                             out
                         }
+                        Method::Lzma { filter, dict_log } => {
+                            let decoded = b.manifest.frames[p.frame as usize].decoded;
+                            bundle::lzma::decode(frame, *filter, *dict_log, decoded, &bundle::Limits::default())?
+                        }
                     };
                     out.extend_from_slice(&decoded[p.offset as usize..(p.offset + p.len) as usize]);
                 }

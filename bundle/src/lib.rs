@@ -14,6 +14,7 @@
 //! - [`script`]: validation of the ordered apply script (every precondition met by earlier steps).
 //! - [`sparse`]: data extents of sparse files, where the payload lands, the zero-filled digest.
 //! - [`limits`]: bounds on every untrusted size and count.
+//! - [`lzma`]: LZMA2 frames behind a branch-call-jump filter (`Method::Lzma`), bounded.
 //! - [`scan`]: the bounded pre-pass over the manifest's CBOR, before anything is deserialised.
 //! - [`glob`]: the path-glob language of hooks and config-file marks.
 //! - [`xattr`]: extended-attribute sets, carried namespaces and their rules.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod glob;
 pub mod hash;
 pub mod limits;
+pub mod lzma;
 pub mod manifest;
 pub mod names;
 pub mod path;

@@ -43,6 +43,9 @@ pub struct Limits {
     /// zstd window log the decoder accepts, for the manifest member and every frame (memory per
     /// frame is about 2^window_log).
     pub max_window_log: u32,
+    /// LZMA2 dictionary log a `Lzma` frame may declare (bundle-format.md §5.2); the decoder's
+    /// dictionary is at most 2^this, and at most the frame's decoded size.
+    pub max_lzma_dict_log: u8,
     /// Bytes in one symlink target.
     pub max_symlink_len: usize,
     /// Number of hooks.
@@ -88,6 +91,7 @@ impl Default for Limits {
             max_frame_bytes: 1 << 30,
             max_frame_decoded: 1 << 30,
             max_window_log: 28,
+            max_lzma_dict_log: 26,
             max_symlink_len: 4096,
             max_hooks: 64,
             max_hook_glob: 256,

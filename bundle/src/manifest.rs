@@ -195,13 +195,17 @@ pub enum Method {
     /// `[offset, offset+len)` of the OLD file at `base`; applying it gives the piece's `len`
     /// bytes. The frame holds this one piece, at offset 0.
     Bsdiff { base: BundlePath, offset: u64, len: u64 },
+    /// The frame is one raw LZMA2 stream behind the branch-call-jump filter `filter`, with a
+    /// dictionary of 2^`dict_log` bytes (bundle-format.md §5.2, [`crate::lzma`]). Like `Zstd`,
+    /// several pieces may share one frame; every piece of the frame names the same method.
+    Lzma { filter: crate::lzma::Bcj, dict_log: u8 },
 }
 
 impl Method {
     /// The OLD file this method reads, if any.
     pub fn base(&self) -> Option<&BundlePath> {
         match self {
-            Method::Zstd => None,
+            Method::Zstd | Method::Lzma { .. } => None,
             Method::Patch { base, .. } | Method::Bsdiff { base, .. } => Some(base),
         }
     }
@@ -675,6 +679,9 @@ impl Manifest {
             if !inside || p.len == 0 {
                 return err(format!("{}: piece outside frame {}", e.path, p.frame));
             }
+            if let Method::Lzma { dict_log, .. } = p.method {
+                check_lzma_dict(p.frame, dict_log, limits)?;
+            }
             if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
                 match self.old_entry(base).and_then(|o| o.kind.file_size()) {
                     Some(size) if offset.checked_add(*len).is_some_and(|e| e <= size) => {}
@@ -692,15 +699,20 @@ impl Manifest {
     }
 
     /// Per frame, the distinct pieces that use it tile it exactly from 0 to `decoded` (identical
-    /// pieces may be shared: deduplicated content), and a patch or bsdiff frame holds one.
+    /// pieces may be shared: deduplicated content), all name the same method (an `Lzma` frame:
+    /// the same filter and dictionary), and a patch or bsdiff frame holds one.
     fn check_frame_tiling(&self, per_frame: &mut [Vec<FramePiece>]) -> Result<(), Error> {
         for (i, ps) in per_frame.iter_mut().enumerate() {
             let bad = || Err(Error::Manifest(format!("frame {i}: pieces do not tile the frame")));
             ps.sort_unstable();
             ps.dedup();
+            if ps.windows(2).any(|w| w[0].method != w[1].method) {
+                return Err(Error::Manifest(format!("frame {i}: pieces name different methods")));
+            }
             let mut at = 0u64;
             for fp in ps.iter() {
-                if fp.offset != at || (fp.method != MethodKind::Zstd && ps.len() != 1) {
+                let shared = matches!(fp.method, MethodKind::Zstd | MethodKind::Lzma(..));
+                if fp.offset != at || (!shared && ps.len() != 1) {
                     return bad();
                 }
                 at = fp.offset + fp.span;
@@ -813,6 +825,7 @@ enum MethodKind {
     Zstd,
     Patch,
     Bsdiff,
+    Lzma(crate::lzma::Bcj, u8),
 }
 
 /// One piece's claim on its frame, for [`Manifest::check_frame_tiling`]: where it starts, how
@@ -833,6 +846,7 @@ impl<'a> FramePiece<'a> {
             Method::Zstd => (MethodKind::Zstd, None),
             Method::Patch { base, offset, len } => (MethodKind::Patch, Some((base, *offset, *len))),
             Method::Bsdiff { base, offset, len } => (MethodKind::Bsdiff, Some((base, *offset, *len))),
+            Method::Lzma { filter, dict_log } => (MethodKind::Lzma(*filter, *dict_log), None),
         };
         FramePiece { offset: p.offset, span, method, base }
     }
@@ -991,6 +1005,20 @@ pub fn tree_digest<E: std::borrow::Borrow<OldEntry>>(
         }
     }
     h.finalize().into()
+}
+
+/// The dictionary of an `Lzma` piece of frame `frame`: at least LZMA2's 4 KiB, at most
+/// 2^[`Limits::max_lzma_dict_log`] (bundle-format.md §5.2, §8).
+fn check_lzma_dict(frame: u32, dict_log: u8, limits: &Limits) -> Result<(), Error> {
+    if crate::lzma::dict_log_ok(dict_log, limits) {
+        return Ok(());
+    }
+    if dict_log > crate::lzma::MIN_DICT_LOG {
+        let size = 1u64.checked_shl(u32::from(dict_log)).unwrap_or(u64::MAX);
+        let limit = 1u64 << limits.max_lzma_dict_log.min(crate::lzma::MAX_DICT_LOG);
+        return Err(Error::TooLarge { what: format!("LZMA2 dictionary of frame {frame}"), size, limit });
+    }
+    Err(Error::Manifest(format!("frame {frame}: LZMA2 dictionary 2^{dict_log} under the minimum of 4 KiB")))
 }
 
 /// Every frame at most `max_bytes` stored and `limits.max_frame_decoded` decoded (§8); shared by

@@ -484,6 +484,91 @@ fn zstd_bomb() {
     env.refused(3, &["frame 0"]);
 }
 
+/// A full bundle placing `new/f` (`content`) and `new/g` (`more`) from one LZMA2 frame `frame`
+/// declared to decode to `decoded` bytes, both pieces with `method`.
+fn lzma_bundle(content: &[u8], more: &[u8], frame: &[u8], decoded: u64, method: Method) -> Manifest {
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(frame, decoded)];
+    let piece = |offset: u64, len: usize| Piece { frame: 0, offset, len: len as u64, method: method.clone() };
+    m.entries = vec![
+        forge::dir("new", 0o755),
+        forge::file_with("new/f", content, Content::Pieces(vec![piece(0, content.len())])),
+        forge::file_with("new/g", more, Content::Pieces(vec![piece(content.len() as u64, more.len())])),
+    ];
+    m.script = vec![
+        forge::step(Op::Mkdir, "new"),
+        forge::step(Op::Place, "new/f"),
+        forge::step(Op::Place, "new/g"),
+        forge::step(Op::DirMeta, "new"),
+    ];
+    m
+}
+
+#[test]
+fn lzma_frames_hostile_and_valid() {
+    use bundle::lzma::{encode, Bcj, EncodeOptions};
+    let (f, g) = (b"an LZMA2 file\n".repeat(50), b"and another\n".repeat(20));
+    let data = [&f[..], &g[..]].concat();
+    let o = EncodeOptions { filter: Bcj::X86, dict_log: 16, preset: 6 };
+    let good = encode(&data, o).expect("encode");
+    let method = Method::Lzma { filter: Bcj::X86, dict_log: 16 };
+    let n = data.len() as u64;
+    // The valid bundle applies (the control for every refusal below).
+    let env = Env::new();
+    env.write(&lzma_bundle(&f, &g, &good, n, method.clone()), std::slice::from_ref(&good));
+    env.applied();
+    assert_eq!(fs::read(env.target.join("new/g")).expect("read"), g);
+    // Decodes to more than declared (the last file one byte shorter in the manifest).
+    let env = Env::new();
+    env.write(&lzma_bundle(&f, &g[1..], &good, n - 1, method.clone()), std::slice::from_ref(&good));
+    env.refused(3, &["frame 0", &format!("more than the declared {} bytes", n - 1)]);
+    check_refusal(&env.verify(), 3, &["frame 0"]);
+    // Truncated, garbage, bytes after the end marker, and the wrong filter (decodes, wrong hash).
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let cases: [(&[u8], &str); 3] = [
+        (&good[..good.len() - 3], "ends before its end marker"),
+        (b"\xe0garbage that is not LZMA2", "frame 0"),
+        (&trailing, "data after the end of the LZMA2 stream"),
+    ];
+    for (bytes, needle) in cases {
+        let env = Env::new();
+        env.write(&lzma_bundle(&f, &g, bytes, n, method.clone()), &[bytes.to_vec()]);
+        env.refused(3, &["frame 0", needle]);
+    }
+    // The frame of a file with call instructions, encoded behind the x86 filter but declared
+    // without it: it decodes, to other bytes than the file's, and staging refuses them.
+    let code = [&f[..], &[0xe8, 1, 2, 3, 4].repeat(40)].concat();
+    let coded = encode(&code, o).expect("encode");
+    let plain = Method::Lzma { filter: Bcj::None, dict_log: 16 };
+    let env = Env::new();
+    env.write(&lzma_bundle(&f, &code[f.len()..], &coded, code.len() as u64, plain.clone()), &[coded]);
+    env.refused(3, &["new/g"]);
+    // A dictionary over the limit, or under LZMA2's minimum: refused with the manifest.
+    for dict_log in [27, 40, 11] {
+        let env = Env::new();
+        let m = Method::Lzma { filter: Bcj::X86, dict_log };
+        env.write(&lzma_bundle(&f, &g, &good, n, m), std::slice::from_ref(&good));
+        env.refused(3, &["LZMA2 dictionary"]);
+    }
+    // One frame, two methods: refused.
+    let env = Env::new();
+    let mut m = lzma_bundle(&f, &g, &good, n, method.clone());
+    if let Kind::File { content: Content::Pieces(ps), .. } = &mut m.entries[2].kind {
+        ps[0].method = plain;
+    }
+    env.write(&m, std::slice::from_ref(&good));
+    env.refused(3, &["frame 0: pieces name different methods"]);
+    // A bomb: 64 MiB of zeros in a few KiB, declared as the two small files.
+    let zeros =
+        encode(&vec![0u8; 64 << 20], EncodeOptions { filter: Bcj::None, dict_log: 26, preset: 0 }).expect("encode");
+    assert!(zeros.len() < 64 << 10, "bomb is {} bytes", zeros.len());
+    let env = Env::new();
+    env.write(&lzma_bundle(&f, &g, &zeros, n, Method::Lzma { filter: Bcj::None, dict_log: 26 }), &[zeros]);
+    let r = env.refused(3, &["frame 0"]);
+    assert!(r.took < Duration::from_secs(20), "bomb took {:?} to refuse", r.took);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Apply script order.
 

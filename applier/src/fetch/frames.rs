@@ -363,20 +363,20 @@ impl Read for ReadAt<'_> {
 }
 
 /// [`verify::bundle`] with decoding, on an open file: head, trust, every frame's hash and
-/// (for plain zstd frames) decoded size, the end of the archive.
+/// (for frames that need no OLD base) decoded size, the end of the archive.
 pub fn verify_file(file: &File, trust: Option<&TrustPolicy>, limits: &Limits) -> Result<Head> {
     let src = io::BufReader::with_capacity(1 << 20, ReadAt { file, at: 0 });
     let mut r = Reader::new(src, limits.clone());
     let h = verify::head(&mut r, trust, limits)?;
-    let patch = verify::frame_is_patch(&h.manifest);
+    let codecs = verify::frame_codecs(&h.manifest);
     for (i, f) in h.manifest.frames.iter().enumerate() {
-        if patch.get(i).copied().unwrap_or(false) {
+        let Some(codec) = codecs.get(i).copied().flatten() else {
             r.check_frame(&h.manifest.frames, i)?;
             continue;
-        }
+        };
         let mut fr = r.frame(&h.manifest.frames, i)?;
         let fe = |e: io::Error| Error::Bundle(bundle::Error::FrameDecode { index: i as u32, what: e.to_string() });
-        let d = verify::decoder(&mut fr, None, limits, i)?;
+        let d = verify::decoder(&mut fr, codec, None, limits, i, f.decoded)?;
         let n = io::copy(&mut d.take(f.decoded.saturating_add(1)), &mut io::sink()).map_err(fe)?;
         if n != f.decoded {
             let what = format!("decodes to {n} bytes, declared {}", f.decoded);

@@ -266,9 +266,10 @@ impl Stager<'_> {
         fsx::open_write_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("open staged", path)
     }
 
-    /// Decode frame `fi` from `src` into its pieces' staged files. Patch and bsdiff frames hold
-    /// one piece; the base is read from the live OLD file. A bsdiff frame decodes (plain zstd,
-    /// bounded) to a patch applied afterwards. Returns the bytes written.
+    /// Decode frame `fi` from `src` into its pieces' staged files (zstd, or LZMA2 for `Lzma`
+    /// pieces). Patch and bsdiff frames hold one piece; the base is read from the live OLD file.
+    /// A bsdiff frame decodes (plain zstd, bounded) to a patch applied afterwards. Returns the
+    /// bytes written.
     fn decode<R: Read>(&self, dirs: &mut fsx::DirCache, src: R, fi: usize, t: &[PieceTarget]) -> Result<u64> {
         let f = &self.m.frames[fi];
         let method = self.method(fi, t);
@@ -282,7 +283,8 @@ impl Stager<'_> {
         let prefix = if is_bsdiff { None } else { base.as_deref() };
         // An encrypted bundle's frame is decrypted here, after its hash was checked (§4.10).
         let src = crate::unseal::frame_reader(src, &self.txn.head, fi);
-        let mut dec = crate::verify::decoder(src, prefix, self.limits, fi)?.take(f.decoded + 1);
+        let codec = method.as_ref().map_or(crate::verify::Codec::Zstd, crate::verify::Codec::of);
+        let mut dec = crate::verify::decoder(src, codec, prefix, self.limits, fi, f.decoded)?.take(f.decoded + 1);
         let mut open: HashMap<usize, std::fs::File> = HashMap::new();
         let mut patch = Vec::new();
         // Sized to the frame (one more byte detects a frame longer than declared): most frames
@@ -376,7 +378,7 @@ impl Stager<'_> {
 fn base_window(m: &Method) -> Option<(&bundle::BundlePath, u64, u64)> {
     match m {
         Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } => Some((base, *offset, *len)),
-        Method::Zstd => None,
+        Method::Zstd | Method::Lzma { .. } => None,
     }
 }
 
