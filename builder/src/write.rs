@@ -929,7 +929,8 @@ mod tests {
         jobs.push(job(d.path(), "noise", &pseudo(1_200_000))?);
         jobs.push(job(d.path(), "tiny", &elf_code(5000, 3))?);
         let store = FrameStore::new_in(d.path())?;
-        let opts = EncodeOptions { level: 12, chunk: 64 << 20, solid_size: 8 << 20 };
+        // Solid groups of at most 1 MiB: the two files over it get frames of their own.
+        let opts = EncodeOptions { level: 12, chunk: 64 << 20, solid_size: 1 << 20 };
         let enc = encode_all(&jobs, opts, &store, &Progress::silent())?;
         let encodings: Vec<Encoding> = enc.files.iter().map(|f| f.encoding).collect();
         assert_eq!(encodings[0], Encoding::Lzma);
