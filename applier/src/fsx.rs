@@ -172,6 +172,24 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// A scratch file in `dir`, readable and writable, that no name refers to: created as `name`
+/// (`0600`, never an existing file: a leftover of a crash between the two calls is removed
+/// first) and unlinked at once, so it is gone when the handle is closed, a crash included.
+pub fn scratch_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    rfs::unlinkat(dir, name, AtFlags::empty())?;
+    Ok(File::from(fd))
+}
+
 pub fn rename_at(fd: BorrowedFd<'_>, from: &[u8], tfd: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
     Ok(rfs::renameat(fd, from, tfd, to)?)
 }
