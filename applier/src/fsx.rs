@@ -468,6 +468,28 @@ mod tests {
     }
 
     #[test]
+    fn scratch_files_have_no_name_and_replace_a_leftover() {
+        use std::io::{Read, Seek, Write};
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = open_dir_path(t.path()).expect("open");
+        // A leftover of a crash between create and unlink is removed, not written through.
+        std::fs::write(t.path().join("s.spool"), b"left over").expect("write");
+        let mut f = scratch_file_at(d.as_fd(), b"s.spool").expect("scratch");
+        assert!(std::fs::symlink_metadata(t.path().join("s.spool")).is_err(), "the name must be gone");
+        f.write_all(b"frame bytes").expect("write");
+        f.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        let mut back = String::new();
+        f.read_to_string(&mut back).expect("read");
+        assert_eq!(back, "frame bytes");
+        assert_eq!(std::fs::read_dir(t.path()).expect("list").count(), 0);
+        // A symlink in its place is removed, never followed.
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), t.path().join("s.spool")).expect("symlink");
+        drop(scratch_file_at(d.as_fd(), b"s.spool").expect("scratch"));
+        assert!(!t.path().join("elsewhere").exists());
+        assert_eq!(std::fs::read_dir(t.path()).expect("list").count(), 0);
+    }
+
+    #[test]
     fn dir_cache_stays_bounded_and_keeps_parents() {
         let t = tempfile::tempdir().expect("tempdir");
         let n = DIR_CACHE_MAX + 40;

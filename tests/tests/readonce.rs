@@ -287,7 +287,7 @@ fn failpoints(w: &World, bundle: &Path) -> Vec<(usize, String)> {
     let log = w.d.join("failpoints.log");
     let _ = fs::remove_file(&log);
     let t = w.target("count");
-    run_expect(&mut w.apply_cmd(bundle, &t, true, &[]).env("FERRY_FAILPOINT_COUNT", &log), 0);
+    run_expect(w.apply_cmd(bundle, &t, true, &[]).env("FERRY_FAILPOINT_COUNT", &log), 0);
     fs::read_to_string(&log)
         .expect("failpoint log (a build with the `failpoints` feature)")
         .lines()
@@ -304,6 +304,12 @@ fn crash_at(w: &World, bundle: &Path, k: usize) -> PathBuf {
     let o = w.apply_cmd(bundle, &t, true, &[]).env("FERRY_CRASH_AT", k.to_string()).output().expect("spawn");
     assert_eq!(o.status.signal(), Some(9), "crash point {k} did not kill: {}", stderr(&o));
     t
+}
+
+/// What `status` says a resume of `t` will do.
+fn resume_will(t: &Path) -> String {
+    let o = run_expect(apply_cmd().arg("status").arg("--target").arg(t).arg("--json"), 0);
+    json(&o)["pending"]["resume_will"].as_str().unwrap_or_default().to_string()
 }
 
 fn resume(t: &Path) -> Command {
@@ -326,6 +332,7 @@ fn resume_reads_the_bundle_once_and_checks_every_frame() {
 
     // Crashed after the last frame: resume reads the bundle again, each byte once.
     let t = crash_at(&w, &b, last_frame);
+    assert!(resume_will(&t).contains("checking every frame"), "{}", resume_will(&t));
     let o = run_expect(&mut resume(&t), 0);
     assert_eq!(json(&o)["result"], "resumed");
     assert_eq!(json(&o)["staged_reused"].as_u64().map(|n| n > 0), Some(true), "{}", json(&o));
@@ -360,6 +367,7 @@ fn resume_reads_the_bundle_once_and_checks_every_frame() {
     // Crashed once staging is synced: every frame was verified and every file staged, so the
     // bundle is not read at all.
     let t = crash_at(&w, &b, synced);
+    assert!(resume_will(&t).contains("only if a file is left to stage"), "{}", resume_will(&t));
     fs::rename(&b, &away).expect("mv");
     let o = run_expect(&mut resume(&t), 0);
     assert_eq!(bytes_read(&o), 0);
@@ -373,4 +381,33 @@ fn resume_reads_the_bundle_once_and_checks_every_frame() {
     assert_eq!(json(&o)["result"], "resumed");
     assert_eq!(bytes_read(&o), size(&b));
     assert_same(&snapshot(&t, true), &snapshot(&w.new, true), "resumed by apply");
+}
+
+#[test]
+fn a_frame_over_8_mib_is_hash_checked_before_it_is_decoded() {
+    // A frame larger than the 8 MiB staging holds in memory is spooled to an unlinked scratch
+    // file in a work directory as it is read and hashed, and decoded from there.
+    let w = world(1804);
+    fs::write(w.new.join("large.bin"), noise(9 << 20, 1804)).expect("write");
+    let b = w.build("b.ferry", &[]);
+    let good = fs::read(&b).expect("read");
+    let fr = frames(&good);
+    let i = frame_of(&good, "large.bin");
+    assert!(fr[i].len() > 8 << 20, "frame {i} is {} bytes", fr[i].len());
+    let t = w.target("t");
+    let o = run_expect(&mut w.apply_cmd(&b, &t, false, &["--json"]), 0);
+    assert_eq!(bytes_read(&o), size(&b));
+    assert_same(&snapshot(&t, true), &snapshot(&w.new, true), "applied");
+
+    let bad = w.d.join("bad.ferry");
+    let mut bytes = good.clone();
+    bytes[(fr[i].start + fr[i].end) / 2] ^= 0x01;
+    fs::write(&bad, &bytes).expect("write");
+    let t = w.target("t");
+    let before = snapshot(&t, true);
+    let o = w.apply_cmd(&bad, &t, false, &[]).output().expect("spawn");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&hash_message(i, &fr[i])), "{}", stderr(&o));
+    assert_same(&snapshot(&t, true), &before, "a corrupt spooled frame");
+    assert_eq!(leftovers(&t), Vec::<String>::new());
 }
