@@ -5,9 +5,10 @@
 use crate::commit::{self, OldMeta};
 use crate::error::{Ctx, Error, Result, VersionRefusal};
 use crate::journal::Record;
+use crate::stage::Input;
 use crate::state::{self, Dir, State};
 use crate::txn::Txn;
-use crate::verify::{self, Head};
+use crate::verify::{Head, OpenBundle};
 use crate::{fsx, hooks, stage};
 use bundle::sig::TrustPolicy;
 use bundle::Limits;
@@ -70,6 +71,9 @@ pub struct Report {
     /// The bundle is encrypted (bundle-format.md §4.10), to this many recipients.
     pub encrypted: bool,
     pub recipients: Option<usize>,
+    /// Bytes this command read from the bundle file (or parts): at most its size, each byte
+    /// read once (0 when nothing was left to read, e.g. a resume after `Staged`).
+    pub bundle_bytes_read: u64,
 }
 
 /// An open, locked target with its checked state directory.
@@ -169,8 +173,7 @@ fn discard(o: &Options, t: &Target, txn: Txn, name: &str) -> Result<()> {
 }
 
 /// The policy checks that need the target's state: version rule, base version, channel, expiry.
-pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
-    let m = &h.manifest;
+pub fn check_policy(o: &Options, st: &State, m: &bundle::Manifest) -> Result<()> {
     if let Some(v) = st.version {
         if m.version <= v {
             return Err(Error::Version(VersionRefusal::NotNewer { bundle: m.version, installed: v }));
@@ -199,14 +202,36 @@ pub fn check_policy(o: &Options, st: &State, h: &Head) -> Result<()> {
 }
 
 /// `ferry-apply apply FILE`. A failure is also recorded as `last_error` in the state file.
+///
+/// The bundle is read once: its head here (signatures checked once), then its frames by
+/// staging, which checks each frame's hash and the end of the archive as it reads them and
+/// writes only into work directories; the commit starts only after all of it passed.
 pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
-    let r = refuse_unopenable(o, bundle).and_then(|()| apply_locked(o, bundle));
-    if let Err(e) = &r {
-        if !matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. } | Error::NoIdentity { .. }) {
-            if let Ok(Some(d)) = open_state(o) {
-                if let Ok(mut st) = state::load(&d, state::STATE_FILE) {
-                    st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
-                    let _ = state::save(&d, state::STATE_FILE, &st);
+    let before = crate::source::bytes_read();
+    let b = OpenBundle::open(bundle, &o.limits);
+    run_apply(o, bundle, b, before)
+}
+
+/// [`apply`] of a bundle whose head the caller has read already (the inbox reads every
+/// candidate's head to order them): it is not read again, and `bundle_bytes_read` counts the
+/// rest.
+pub fn apply_open(o: &Options, bundle: &Path, b: OpenBundle) -> Result<Report> {
+    run_apply(o, bundle, Ok(b), crate::source::bytes_read())
+}
+
+/// [`apply`] from its opened bundle (or the error opening it, reported in its turn);
+/// `before`: [`crate::source::bytes_read`] before the bundle was opened.
+fn run_apply(o: &Options, bundle: &Path, mut b: Result<OpenBundle>, before: u64) -> Result<Report> {
+    let mut r = refuse_unopenable(o, &mut b).and_then(|()| apply_locked(o, bundle, b));
+    match &mut r {
+        Ok(rep) => rep.bundle_bytes_read = crate::source::bytes_read() - before,
+        Err(e) => {
+            if !matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. } | Error::NoIdentity { .. }) {
+                if let Ok(Some(d)) = open_state(o) {
+                    if let Ok(mut st) = state::load(&d, state::STATE_FILE) {
+                        st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
+                        let _ = state::save(&d, state::STATE_FILE, &st);
+                    }
                 }
             }
         }
@@ -216,28 +241,28 @@ pub fn apply(o: &Options, bundle: &Path) -> Result<Report> {
 
 /// An encrypted bundle this target holds no identity for is refused before anything is written
 /// (not even the state directory or its lock; bundle-format.md §4.10). Only that is decided
-/// here, from the verified outer head: any other problem is left to [`apply_locked`] to report.
-/// Cheap for a bundle that is not encrypted: its signatures are checked and its manifest member
-/// only scanned ([`bundle::Manifest::member_is_sealed`]), never deserialised here.
-fn refuse_unopenable(o: &Options, bundle: &Path) -> Result<()> {
+/// here, from the head already read (its signatures verified, the trust policy as the state
+/// directory has it now): any other problem is left to [`apply_locked`] to report. Cheap for a
+/// bundle that is not encrypted: its manifest member is only scanned
+/// ([`bundle::Manifest::member_is_sealed`]); an encrypted bundle's outer manifest is decoded
+/// here, once (it is kept for the rest of the apply).
+fn refuse_unopenable(o: &Options, b: &mut Result<OpenBundle>) -> Result<()> {
+    let Ok(b) = b else { return Ok(()) };
     let Ok(sd) = open_state(o) else { return Ok(()) };
     let Ok(trust) = load_trust(o, sd.as_ref()) else { return Ok(()) };
-    let head = crate::source::open(bundle).and_then(|src| {
-        let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
-        verify::signed_head(&mut r, Some(&trust), &o.limits)
-    });
-    let Ok(verify::SignedHead { manifest_bytes: mb, .. }) = head else { return Ok(()) };
-    if !matches!(bundle::Manifest::member_is_sealed(&mb, &o.limits), Ok(true)) {
+    if b.trust(&trust).is_err()
+        || !matches!(bundle::Manifest::member_is_sealed(&b.signed.manifest_bytes, &o.limits), Ok(true))
+    {
         return Ok(());
     }
-    let Ok(m) = bundle::Manifest::decode(&mb, &o.limits) else { return Ok(()) };
+    let id = b.id().to_hex();
+    let Ok(m) = b.manifest(&o.limits) else { return Ok(()) };
     let Some(n) = m.sealed.as_ref().map(|s| s.recipients.len()) else { return Ok(()) };
     let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
-    if crate::unseal::can_open(&m, &keys) {
+    if crate::unseal::can_open(m, &keys) {
         return Ok(());
     }
     // The very bundle installed is a no-op, identity or not.
-    let id = bundle::Manifest::id(&mb).to_hex();
     if let Some(d) = &sd {
         if state::load(d, state::STATE_FILE).is_ok_and(|st| st.bundle_id.as_deref() == Some(&id)) {
             return Ok(());
@@ -246,15 +271,18 @@ fn refuse_unopenable(o: &Options, bundle: &Path) -> Result<()> {
     Err(Error::NoIdentity { recipients: n, looked_in: keys.looked_in() })
 }
 
-fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
+/// Under the target's lock: finish what an earlier run left, then apply `b` (read from
+/// `bundle`; an error opening it is returned here, in the order apply always reported it). The
+/// trust policy is checked again on the head's verified signers with the policy loaded under
+/// the lock (a rotation recorded meanwhile counts).
+fn apply_locked(o: &Options, bundle: &Path, b: Result<OpenBundle>) -> Result<Report> {
     let t = open_target(o)?;
     let trust = load_trust(o, Some(&t.state))?;
     finish_interrupted_rollback(o, &t, Some(&trust))?;
     if let Some(txn) = load_verified(o, &t, state::TXN, Some(&trust))? {
-        let src = crate::source::open(bundle)?;
-        let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
-        let h = verify::head(&mut r, Some(&trust), &o.limits).map_err(crate::source::explain)?;
-        if h.id != txn.head.id {
+        let mut b = b?;
+        b.trust(&trust)?;
+        if b.id() != txn.head.id {
             return Err(Error::Pending(format!(
                 "an apply of another bundle (version {}, id {}) is in progress on this target; run `ferry-apply resume --target {}` first",
                 txn.head.manifest.version,
@@ -263,15 +291,18 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
             )));
         }
         log(o, "resuming the interrupted apply of this bundle");
-        let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
+        // The transaction holds the verified manifest: the head just read is not decoded.
+        let mut rep = continue_txn(o, &t, txn, Input::Open(Box::new(b.reader)))?;
         rep.result = "resumed".into();
         return Ok(rep);
     }
     let t0 = Instant::now();
-    let h = verify::bundle_with_progress(bundle, Some(&trust), None, &o.limits, false, o.progress)?;
+    let mut b = b?;
+    b.trust(&trust)?;
     let st = state::load(&t.state, state::STATE_FILE)?;
-    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
-        log(o, format!("version {} (this bundle) is already installed", h.manifest.version));
+    if st.bundle_id.as_deref() == Some(&b.id().to_hex()) {
+        // The same signed manifest as the installed one: nothing to read or to do.
+        log(o, format!("version {} (this bundle) is already installed", st.version.unwrap_or_default()));
         return Ok(Report {
             result: "already-installed".into(),
             version: st.version,
@@ -280,10 +311,25 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
             ..Default::default()
         });
     }
+    let (h, reader) = b.into_head(&o.limits)?;
+    start_txn(o, &t, bundle, h, reader, &st, t0)
+}
+
+/// Check bundle `h` (its head verified; `reader` at its first frame) against the target's
+/// state `st` and files, then start its transaction and drive it to the end.
+fn start_txn(
+    o: &Options,
+    t: &Target,
+    bundle: &Path,
+    h: Head,
+    reader: crate::verify::BundleReader,
+    st: &State,
+    t0: Instant,
+) -> Result<Report> {
     // An encrypted bundle (verified above as far as it is public) is opened now (§4.10).
     let keys = crate::unseal::Keyring::load(&o.identities, Some(&t.state))?;
     let h = crate::unseal::open(h, &keys, &o.limits)?;
-    check_policy(o, &st, &h)?;
+    check_policy(o, st, &h.manifest)?;
     // Network and FUSE filesystems are refused before anything is written (bundle-format.md §12).
     crate::netfs::check(std::os::fd::AsFd::as_fd(&t.root), &h.manifest, o.allow_network_fs)?;
     // So are filesystems that cannot hold the attributes the bundle sets (§4.9).
@@ -292,7 +338,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
-    let base = check_base(&t, &h.manifest, &st, &attrs)?;
+    let base = check_base(t, &h.manifest, st, &attrs)?;
     for p in &base.kept {
         log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));
     }
@@ -300,7 +346,7 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
     log(
         o,
         format!(
-            "verified bundle version {} ({} entries listed, {} steps)",
+            "verified the head of bundle version {} ({} entries listed, {} steps); its frames are checked as they are staged",
             h.manifest.version,
             h.manifest.entries.len(),
             h.manifest.script.len()
@@ -311,11 +357,11 @@ fn apply_locked(o: &Options, bundle: &Path) -> Result<Report> {
         crate::trust::record(&t.state, &crate::trust::load(p, None)?)?;
     }
     let mut txn = Txn::create(&t.state, h, bundle)?;
-    state::save(&txn.dir, STATE_BEFORE, &st)?;
+    state::save(&txn.dir, STATE_BEFORE, st)?;
     txn.save_kept(&base.kept)?;
     txn.save_xattr_skip(&o.skip_xattrs)?;
     txn.save_base_ids(base.ids)?;
-    let mut rep = continue_txn(o, &t, txn, Some(bundle))?;
+    let mut rep = continue_txn(o, t, txn, Input::Open(Box::new(reader)))?;
     rep.verify_ms = verify_ms;
     Ok(rep)
 }
@@ -375,8 +421,9 @@ pub fn conffile(m: &bundle::Manifest, p: &bundle::BundlePath) -> bool {
         && side.is_some_and(|s| m.entry(&s).is_none() && m.old_entry(&s).is_none())
 }
 
-/// Drive a transaction from wherever its journal says it is to the end.
-fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) -> Result<Report> {
+/// Drive a transaction from wherever its journal says it is to the end; `input` is the bundle,
+/// read only if staging needs it.
+fn continue_txn(o: &Options, t: &Target, mut txn: Txn, input: Input) -> Result<Report> {
     let mut rep = Report {
         result: "applied".into(),
         version: Some(txn.head.manifest.version),
@@ -397,7 +444,7 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
         return Ok(rep);
     }
     let fresh = if !txn.has(&Record::Staged) {
-        stage_txn(o, t, &mut txn, bundle, &mut rep)?;
+        stage_txn(o, t, &mut txn, input, &mut rep)?;
         // No step has run: this run skips the checks for an earlier run's work.
         true
     } else {
@@ -424,13 +471,18 @@ fn continue_txn(o: &Options, t: &Target, mut txn: Txn, bundle: Option<&Path>) ->
     Ok(rep)
 }
 
-/// Stage every object, record the staged identities and the old metadata, journal `Staged`.
-fn stage_txn(o: &Options, t: &Target, txn: &mut Txn, bundle: Option<&Path>, rep: &mut Report) -> Result<()> {
+/// Stage every object (verifying the bundle's frames as they are read), record the staged
+/// identities and the old metadata, journal `Staged`. Any failure but a missing bundle retires
+/// the transaction: its work directories are removed and the live tree was never touched.
+fn stage_txn(o: &Options, t: &Target, txn: &mut Txn, input: Input, rep: &mut Report) -> Result<()> {
     let root = t.root.as_fd();
     txn.open_works(root, true)?;
     let t0 = Instant::now();
-    let bundle_path = bundle.map(Path::to_path_buf).or_else(|| txn.bundle_path());
-    match stage::stage(root, txn, bundle_path.as_deref(), &o.limits, t.owners, o.progress) {
+    let input = match input {
+        Input::Path(None) => Input::Path(txn.bundle_path()),
+        i => i,
+    };
+    match stage::stage(root, txn, input, &o.limits, t.owners, o.progress) {
         Ok(s) => {
             rep.staged_objects = s.objects;
             rep.staged_reused = s.reused;
@@ -641,11 +693,12 @@ pub fn resume(o: &Options) -> Result<Report> {
             Ok(Report { result: "nothing-to-do".into(), ..Default::default() })
         }
         Some(txn) => {
-            let b = o.bundle.clone();
-            let mut rep = continue_txn(o, &t, txn, b.as_deref())?;
+            let before = crate::source::bytes_read();
+            let mut rep = continue_txn(o, &t, txn, Input::Path(o.bundle.clone()))?;
             if rep.result == "applied" {
                 rep.result = "resumed".into();
             }
+            rep.bundle_bytes_read = crate::source::bytes_read() - before;
             Ok(rep)
         }
     }

@@ -172,6 +172,24 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// A scratch file in `dir`, readable and writable, that no name refers to: created as `name`
+/// (`0600`, never an existing file: a leftover of a crash between the two calls is removed
+/// first) and unlinked at once, so it is gone when the handle is closed, a crash included.
+pub fn scratch_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<File> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    rfs::unlinkat(dir, name, AtFlags::empty())?;
+    Ok(File::from(fd))
+}
+
 pub fn rename_at(fd: BorrowedFd<'_>, from: &[u8], tfd: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
     Ok(rfs::renameat(fd, from, tfd, to)?)
 }
@@ -447,6 +465,28 @@ mod tests {
 
     fn bp(s: &str) -> BundlePath {
         BundlePath::new(s.as_bytes().to_vec()).expect("path")
+    }
+
+    #[test]
+    fn scratch_files_have_no_name_and_replace_a_leftover() {
+        use std::io::{Read, Seek, Write};
+        let t = tempfile::tempdir().expect("tempdir");
+        let d = open_dir_path(t.path()).expect("open");
+        // A leftover of a crash between create and unlink is removed, not written through.
+        std::fs::write(t.path().join("s.spool"), b"left over").expect("write");
+        let mut f = scratch_file_at(d.as_fd(), b"s.spool").expect("scratch");
+        assert!(std::fs::symlink_metadata(t.path().join("s.spool")).is_err(), "the name must be gone");
+        f.write_all(b"frame bytes").expect("write");
+        f.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        let mut back = String::new();
+        f.read_to_string(&mut back).expect("read");
+        assert_eq!(back, "frame bytes");
+        assert_eq!(std::fs::read_dir(t.path()).expect("list").count(), 0);
+        // A symlink in its place is removed, never followed.
+        std::os::unix::fs::symlink(t.path().join("elsewhere"), t.path().join("s.spool")).expect("symlink");
+        drop(scratch_file_at(d.as_fd(), b"s.spool").expect("scratch"));
+        assert!(!t.path().join("elsewhere").exists());
+        assert_eq!(std::fs::read_dir(t.path()).expect("list").count(), 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::apply::{self, Options};
 use crate::error::{Error, Result};
 use crate::state::{self, Dir};
-use crate::verify::Head;
+use crate::verify::OpenBundle;
 use bundle::sig::TrustPolicy;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -69,8 +69,9 @@ impl Item {
     }
 }
 
-/// A bundle of the inbox whose head verified: (version, path, head).
-type Verified = (u64, PathBuf, Head);
+/// A bundle of the inbox whose head verified: (version, path, the bundle opened with its head
+/// read, so that applying it reads each byte of it once).
+type Verified = (u64, PathBuf, OpenBundle);
 
 /// Resume, then: skip the entries that are not regular files, verify the head of every
 /// candidate ([`verify_heads`]), and apply those that verified in version order, each checked
@@ -85,25 +86,27 @@ pub fn inbox(o: &Options, dir: &Path) -> Result<InboxReport> {
         skipped.into_iter().map(|(p, why)| Item::skipped(p.display().to_string(), None, why.into())).collect();
     let mut heads = verify_heads(o, &trust, paths, &mut items);
     heads.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    for (v, p, h) in heads {
-        items.push(apply_one(o, sd.as_ref(), &keys, v, &p, &h)?);
+    for (v, p, b) in heads {
+        items.push(apply_one(o, sd.as_ref(), &keys, v, &p, b)?);
     }
     let failed = items.iter().filter(|i| i.outcome == "failed").count();
     Ok(InboxReport { resumed, items, failed })
 }
 
-/// The bundles among `paths` whose head verifies against `trust`. Foreign bundles are listed in
-/// `items` as skipped and broken ones as failed; files that are not bundles at all are left out.
+/// The bundles among `paths` whose head verifies against `trust`, each kept open after its head
+/// (one open file per such bundle). Foreign bundles are listed in `items` as skipped and broken
+/// ones as failed; files that are not bundles at all are left out.
 fn verify_heads(o: &Options, trust: &TrustPolicy, paths: Vec<PathBuf>, items: &mut Vec<Item>) -> Vec<Verified> {
     let mut heads = Vec::new();
     for p in paths {
         let name = p.display().to_string();
-        let res = crate::source::open(&p).and_then(|src| {
-            let mut r = bundle::container::Reader::new(src.reader, o.limits.clone());
-            crate::verify::head(&mut r, Some(trust), &o.limits).map_err(crate::source::explain)
+        let res = OpenBundle::open(&p, &o.limits).and_then(|mut b| {
+            b.trust(trust)?;
+            let v = b.manifest(&o.limits)?.version;
+            Ok((v, b))
         });
         match res {
-            Ok(h) => heads.push((h.manifest.version, p, h)),
+            Ok((v, b)) => heads.push((v, p, b)),
             Err(Error::Bundle(bundle::Error::Untrusted { status })) => items.push(Item::skipped(
                 name,
                 None,
@@ -116,31 +119,46 @@ fn verify_heads(o: &Options, trust: &TrustPolicy, paths: Vec<PathBuf>, items: &m
     heads
 }
 
-/// Apply bundle `p` (version `v`, head `h`) unless the target's state as it is now makes it
+/// Apply bundle `p` (version `v`, opened as `b`) unless the target's state as it is now makes it
 /// already installed, stale, built for another version or refused by policy.
-fn apply_one(o: &Options, sd: Option<&Dir>, keys: &crate::unseal::Keyring, v: u64, p: &Path, h: &Head) -> Result<Item> {
+fn apply_one(
+    o: &Options,
+    sd: Option<&Dir>,
+    keys: &crate::unseal::Keyring,
+    v: u64,
+    p: &Path,
+    mut b: OpenBundle,
+) -> Result<Item> {
     let st = match sd {
         Some(d) => state::load(d, state::STATE_FILE)?,
         None => state::State::default(),
     };
     let name = p.display().to_string();
-    if let Some(reason) = skip_reason(o, &st, keys, v, h) {
+    let id = b.id().to_hex();
+    if let Some(reason) = skip_reason(o, &st, keys, v, &id, b.manifest(&o.limits)?) {
         return Ok(Item::skipped(name, Some(v), reason));
     }
-    Ok(match apply::apply(o, p) {
+    Ok(match apply::apply_open(o, p, b) {
         Ok(r) => Item { bundle: name, version: Some(v), outcome: "applied".into(), reason: r.result, exit_code: 0 },
         Err(e) => Item::failed(name, Some(v), &e),
     })
 }
 
-/// Why the target in state `st` skips bundle version `v` with head `h`, if it does.
-fn skip_reason(o: &Options, st: &state::State, keys: &crate::unseal::Keyring, v: u64, h: &Head) -> Option<String> {
-    if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
+/// Why the target in state `st` skips bundle version `v` (id `id`, manifest `m`), if it does.
+fn skip_reason(
+    o: &Options,
+    st: &state::State,
+    keys: &crate::unseal::Keyring,
+    v: u64,
+    id: &str,
+    m: &bundle::Manifest,
+) -> Option<String> {
+    if st.bundle_id.as_deref() == Some(id) {
         return Some("already installed".into());
     }
-    if !crate::unseal::can_open(&h.manifest, keys) {
+    if !crate::unseal::can_open(m, keys) {
         // A stick may carry bundles for several targets, each encrypted to its own.
-        let n = crate::unseal::recipients(h).unwrap_or(0);
+        let n = m.sealed.as_ref().map_or(0, |s| s.recipients.len());
         return Some(format!(
             "encrypted to {n} recipient(s), none of them this target (no matching identity in {})",
             keys.looked_in()
@@ -150,13 +168,13 @@ fn skip_reason(o: &Options, st: &state::State, keys: &crate::unseal::Keyring, v:
         if v <= iv {
             return Some(format!("stale: version {v} is not newer than the installed {iv}"));
         }
-        if let Some(bv) = h.manifest.base.as_ref().and_then(|b| b.version) {
+        if let Some(bv) = m.base.as_ref().and_then(|b| b.version) {
             if bv != iv {
                 return Some(format!("not applicable: built for version {bv}, the target is at {iv}"));
             }
         }
     }
-    if let Err(e @ Error::Policy(_)) = apply::check_policy(o, st, h) {
+    if let Err(e @ Error::Policy(_)) = apply::check_policy(o, st, m) {
         return Some(e.to_string());
     }
     None

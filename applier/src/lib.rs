@@ -3,7 +3,8 @@
 //! resumably. The format is specified in bundle-format.md.
 //!
 //! Phases and the modules that own them:
-//! - [`verify`]: signatures, trust policy, manifest, script, frames — before any write.
+//! - [`verify`]: signatures, trust policy, manifest, script, frames — before the commit changes
+//!   anything (apply checks the frames as staging reads them, each byte read once).
 //! - [`base`]: the target matches the bundle's base (drift check).
 //! - [`stage`]: new objects in per-filesystem work directories, verified and synced.
 //! - [`journal`] and [`txn`]: the durable record of where a transaction stands.

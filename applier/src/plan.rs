@@ -50,15 +50,20 @@ pub struct Plan {
     pub xattrs_skipped: Vec<String>,
 }
 
-/// Open the target and its state, verify the bundle, then: what apply would check first
+/// Open the target and its state, verify the bundle's head, then: what apply would check first
 /// ([`checks`]), how many bytes it would stage on each filesystem
-/// ([`stage_bytes_per_filesystem`]) and whether they fit ([`filesystems`]).
+/// ([`stage_bytes_per_filesystem`]) and whether they fit ([`filesystems`]); then, if nothing
+/// stops apply before it reads them, every frame and the end of the archive (a corrupt bundle
+/// is an error, exit 3, as in apply).
 pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let root = fsx::open_dir_path(&o.target).ctx("open target", o.target.display())?;
     let sd = open_state(o)?;
     let trust = load_trust(o, sd.as_ref())?;
     let keys = crate::unseal::Keyring::load(&o.identities, sd.as_ref())?;
-    let h = verify::bundle(bundle, Some(&trust), Some(&keys), &o.limits, false)?;
+    let mut b = verify::OpenBundle::open(bundle, &o.limits)?;
+    b.trust(&trust)?;
+    let (h, mut reader) = b.into_head(&o.limits)?;
+    let h = crate::unseal::open(h, &keys, &o.limits)?;
     let m = &h.manifest;
     let st = match &sd {
         Some(d) => state::load(d, state::STATE_FILE)?,
@@ -68,6 +73,12 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let Checks { mut refusal, mounts, attrs, drifted, kept } = checks(o, root.as_fd(), &h, &st, owners)?;
     let per = stage_bytes_per_filesystem(root.as_fd(), m, owners, &mounts)?;
     let filesystems = filesystems(root.as_fd(), per, &mounts, &mut refusal)?;
+    // The frames and the end of the archive, read once, as apply would read them: only when
+    // nothing before stops it (apply checks all of the above first), so that the plan exits
+    // with the code apply would.
+    if refusal.is_none() {
+        verify::frames(&mut reader, &h, &o.limits, false, false)?;
+    }
     Ok(Plan {
         version: m.version,
         bundle_id: h.id.to_hex(),
@@ -106,7 +117,7 @@ fn checks(o: &Options, root: BorrowedFd<'_>, h: &verify::Head, st: &state::State
     let mut refusal: Option<Error> = None;
     if st.bundle_id.as_deref() == Some(&h.id.to_hex()) {
         refusal = Some(Error::Version(crate::error::VersionRefusal::AlreadyInstalled));
-    } else if let Err(e) = check_policy(o, st, h) {
+    } else if let Err(e) = check_policy(o, st, m) {
         refusal = Some(e);
     }
     let mounts = crate::netfs::touched(root, m)?;

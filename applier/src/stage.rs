@@ -5,10 +5,15 @@
 //! one `syncfs` per filesystem. The live tree is only read.
 //!
 //! The bundle is read once, in order, on one thread (it may be a stream: a USB stick, stdin, a
-//! split set), and every frame's hash is checked as it is read. Small frames (at most 8 MiB, and
-//! 16 MiB decoded plus delta base) are then decoded by up to four threads, each writing its
-//! pieces with positioned writes into staged files created beforehand; larger frames are decoded
-//! on the reading thread as they stream in. Memory stays at a few small frames per thread.
+//! split set), and every frame's hash — needed by a staged file or not — and the end of the
+//! archive are checked as it is read: this is the bundle's verification (§7 steps 7–8), done
+//! while writing only into work directories; the commit starts only after it passed. A frame is
+//! decrypted and decoded only once its hash matched. Frames of at most 8 MiB are read into
+//! memory; those also at most 16 MiB decoded plus delta base are then decoded by up to four
+//! threads, each writing its pieces with positioned writes into staged files created
+//! beforehand, the others on the reading thread. Larger frames are spooled to an unlinked
+//! scratch file in a work directory as they are read, then decoded from it on the reading
+//! thread. Memory stays at a few small frames per thread.
 //! Hashing — of slots an interrupted run left, and of every written file before it counts as
 //! staged — is independent per file and runs in parallel too ([`crate::par`]).
 
@@ -21,7 +26,7 @@ use bundle::{Content, Entry, Kind, Limits, Op};
 use rustix::fs::FileType;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::path::PathBuf;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct StageReport {
@@ -50,11 +55,23 @@ fn file_size(e: &Entry) -> u64 {
     }
 }
 
-/// Stage everything. `bundle` is needed only if some frame content is not yet staged.
+/// Where staging reads the bundle from.
+pub enum Input {
+    /// The bundle this run opened: its head read and verified (and its id this transaction's),
+    /// the reader at the first payload member ([`crate::verify::OpenBundle`]).
+    Open(Box<crate::verify::BundleReader>),
+    /// A path to open if the bundle is needed (resume): its head is read and its id must be
+    /// this transaction's. `None`: the path is unknown.
+    Path(Option<PathBuf>),
+}
+
+/// Stage everything. The bundle (`input`) is read unless every frame was verified by an earlier
+/// run of this transaction ([`Txn::frames_verified`]) and no frame content is left to stage; when
+/// read, every frame's hash and the end of the archive are checked as it streams in.
 pub fn stage(
     root: BorrowedFd<'_>,
     txn: &mut Txn,
-    bundle: Option<&Path>,
+    input: Input,
     limits: &Limits,
     owners: bool,
     progress: bool,
@@ -72,7 +89,7 @@ pub fn stage(
     // Free space, per filesystem, before writing anything.
     rep.needed = s.check_space(&todo)?;
     // Frame content: the reading thread and the decoding workers.
-    let (from_frames, frame_bytes) = s.stage_frames(&mut dirs, &todo, bundle, progress)?;
+    let (from_frames, frame_bytes) = s.stage_frames(&mut dirs, &todo, input, progress)?;
     // Everything else: empty files, local copies, symlinks, directories, special files, links.
     let rest = s.stage_rest(&mut dirs, &todo, &from_frames)?;
     rep.bytes = frame_bytes + rest.bytes;

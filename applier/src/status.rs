@@ -50,11 +50,19 @@ pub fn status(o: &Options) -> Result<Status> {
                 ("finishing", "record the new version, run hooks, keep backups for rollback".to_string())
             } else if t.has(&Record::Staged) {
                 ("committing", "finish the commit from the staged files (the bundle is not needed)".to_string())
+            } else if t.frames_verified().unwrap_or(false) {
+                (
+                    "staging",
+                    format!(
+                        "keep verified staged files, re-read the bundle at {} (or --bundle) only if a file is left to stage, then commit",
+                        bp.clone().unwrap_or_default()
+                    ),
+                )
             } else {
                 (
                     "staging",
                     format!(
-                        "re-read the bundle at {} (or --bundle), keep verified staged files, then commit",
+                        "re-read the bundle at {} (or --bundle), checking every frame, keep verified staged files, then commit",
                         bp.clone().unwrap_or_default()
                     ),
                 )

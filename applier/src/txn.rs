@@ -70,6 +70,10 @@ pub const BASE_IDS: &str = "base-ids.cbor";
 const MANIFEST: &str = "manifest.cbor";
 const SIGNATURES: &str = "signatures.cbor";
 const KEPT: &str = "kept.cbor";
+/// Present once a run of this transaction read every frame of the bundle with its hash matching
+/// and the end of the archive (bundle-format.md §7, §11); until then a resume reads the bundle
+/// again, even if every staged file is complete.
+const FRAMES_VERIFIED: &str = "frames-verified";
 const XATTR_SKIP: &str = "xattr-skip.cbor";
 
 /// Prefix of the name of a work directory on a filesystem other than the state directory's, at
@@ -246,6 +250,17 @@ impl Txn {
         self.staged_ids = Some(ids);
         crate::failpoint::hit("staged-ids");
         Ok(())
+    }
+
+    /// Whether a run of this transaction verified every frame and the end of the archive
+    /// ([`FRAMES_VERIFIED`]; `Staged` implies it).
+    pub fn frames_verified(&self) -> Result<bool> {
+        Ok(self.has(&Record::Staged) || self.dir.open_read(FRAMES_VERIFIED)?.is_some())
+    }
+
+    /// Record that every frame and the end of the archive were verified.
+    pub fn mark_frames_verified(&self) -> Result<()> {
+        self.dir.write_atomic(FRAMES_VERIFIED, b"")
     }
 
     /// Save a small file (state before, old metadata) in the transaction directory.

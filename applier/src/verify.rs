@@ -1,8 +1,13 @@
 //! Verification, in the order bundle-format.md ("Verification order") fixes: canonical framing of
 //! the head, the bundle id (BLAKE3 of the manifest member's bytes), every signature over it, the
 //! trust policy, then the manifest is parsed and checked, the apply script validated, every
-//! frame's hash checked, and the end of the archive. Nothing is written anywhere until this
-//! succeeds.
+//! frame's hash checked, and the end of the archive.
+//!
+//! `verify` and `plan` do all of it here. `apply` verifies the head here ([`OpenBundle`]: read
+//! once, signatures checked once) and leaves the reader at the first payload member: staging
+//! checks every frame's hash and the end of the archive as it reads them, writing only into
+//! ferry's work directories, and the commit (the first change to the live tree) starts only
+//! after all of it passed (bundle-format.md §7).
 
 use crate::error::{Error, Result};
 use crate::source;
@@ -59,6 +64,65 @@ pub fn signed_head<R: Read>(r: &mut Reader<R>, trust: Option<&TrustPolicy>, limi
     Ok(SignedHead { manifest_bytes, sig_bytes, id, signers, trust })
 }
 
+/// A bundle's reader, from a file or a split bundle's parts.
+pub type BundleReader = Reader<Box<dyn Read + Send>>;
+
+/// A bundle opened to be applied: its head read once and every signature verified over it,
+/// the reader left at the first payload member so that staging reads each frame once. The trust
+/// policy is checked on the verified signers ([`OpenBundle::trust`]) — again, cheaply, under the
+/// target's lock with the policy loaded there — and the manifest is decoded once, after it.
+pub struct OpenBundle {
+    pub reader: BundleReader,
+    pub signed: SignedHead,
+    manifest: Option<Manifest>,
+}
+
+impl OpenBundle {
+    /// Open `path` (a file or split bundle) and read and check its head (§7 steps 1–3).
+    pub fn open(path: &Path, limits: &Limits) -> Result<OpenBundle> {
+        let src = source::open(path)?;
+        let mut reader = Reader::new(src.reader, limits.clone());
+        let signed = signed_head(&mut reader, None, limits).map_err(source::explain)?;
+        Ok(OpenBundle { reader, signed, manifest: None })
+    }
+
+    /// The bundle id (BLAKE3 of the manifest member; the signatures cover it).
+    pub fn id(&self) -> Hash {
+        self.signed.id
+    }
+
+    /// Check the trust policy on the signers (§7 step 4); recorded in the head.
+    pub fn trust(&mut self, trust: &TrustPolicy) -> Result<()> {
+        self.signed.trust = Some(trust.check(&self.signed.signers)?);
+        Ok(())
+    }
+
+    /// The manifest, decoded on first use (§7 step 5), once the trust policy was met. A decoding
+    /// error is returned and nothing kept.
+    pub fn manifest(&mut self, limits: &Limits) -> Result<&Manifest> {
+        if self.signed.trust.is_none() {
+            return Err(Error::Internal("manifest decoded before the trust policy was checked".into()));
+        }
+        let m = match self.manifest.take() {
+            Some(m) => m,
+            None => {
+                let m = Manifest::decode(&self.signed.manifest_bytes, limits)?;
+                bundle::script::validate(&m)?;
+                m
+            }
+        };
+        Ok(self.manifest.insert(m))
+    }
+
+    /// The verified head and the reader at its first payload member.
+    pub fn into_head(mut self, limits: &Limits) -> Result<(Head, BundleReader)> {
+        self.manifest(limits)?;
+        let manifest = self.manifest.ok_or_else(|| Error::Internal("manifest not decoded".into()))?;
+        let SignedHead { manifest_bytes, sig_bytes, id, signers, trust } = self.signed;
+        Ok((Head { manifest, manifest_bytes, sig_bytes, id, signers, trust, opened: None }, self.reader))
+    }
+}
+
 /// Verify a whole bundle file: head, trust, every frame hash and the end of the archive. With
 /// `decode`, also decode every frame that needs no OLD base (plain zstd, bsdiff and LZMA2
 /// frames) to check its exact decoded size. With `keys`, an
@@ -91,6 +155,14 @@ pub fn bundle_with_progress(
         Some(k) => crate::unseal::open(h, k, limits)?,
         None => h,
     };
+    frames(&mut r, &h, limits, decode, progress)?;
+    Ok(h)
+}
+
+/// §7 steps 7–8 on `r`, a bundle's reader left after the head `h`: every frame's framing and
+/// hash (with `decode`, every frame that needs no OLD base also decoded to check its exact
+/// decoded size), then the end of the archive.
+pub fn frames<R: Read>(r: &mut Reader<R>, h: &Head, limits: &Limits, decode: bool, progress: bool) -> Result<()> {
     let codecs = frame_codecs(&h.manifest);
     let total: u64 = h.manifest.frames.iter().map(|f| f.size).sum();
     let mut prog = crate::progress::Progress::new("verify", "frames", h.manifest.frames.len() as u64, total, progress);
@@ -100,9 +172,13 @@ pub fn bundle_with_progress(
         read += f.size;
         let res = if let Some(codec) = codecs[i].filter(|_| decode) {
             let mut fr = r.frame(&h.manifest.frames, i).map_err(|e| source::explain(e.into()))?;
-            // A read error inside a frame (a missing last part) names the part too.
-            let n = decode_count(crate::unseal::frame_reader(&mut fr, &h, i), codec, limits, f.decoded, i)
-                .map_err(source::explain)?;
+            let n = decode_count(crate::unseal::frame_reader(&mut fr, h, i), codec, limits, f.decoded, i);
+            // The frame's hash is checked (the rest of it read) before what decoding found is
+            // reported: a corrupt frame is reported as one, as `apply` reports it, not by the
+            // decoding error it may also cause. A read error inside a frame (a missing last
+            // part) names the part too.
+            fr.finish().map_err(|e| source::explain(e.into()))?;
+            let n = n.map_err(source::explain)?;
             if n != f.decoded {
                 return Err(bundle::Error::FrameDecode {
                     index: i as u32,
@@ -110,7 +186,7 @@ pub fn bundle_with_progress(
                 }
                 .into());
             }
-            fr.finish()
+            Ok(())
         } else {
             r.check_frame(&h.manifest.frames, i)
         };
@@ -118,7 +194,7 @@ pub fn bundle_with_progress(
     }
     r.end().map_err(|e| source::explain(e.into()))?;
     prog.finish(h.manifest.frames.len() as u64, read);
-    Ok(h)
+    Ok(())
 }
 
 /// How each frame decodes without an OLD base: `None` for patch frames (they need their base)

@@ -1,6 +1,8 @@
 //! Staging frame content: the bundle is read once, in order, on the calling thread, every frame's
-//! hash checked as it is read; small frames are decoded by worker threads, large ones as they
-//! stream in, each piece written at its offset in its staged file (created beforehand).
+//! hash checked as it is read and before any byte of it is decrypted or decoded; small frames
+//! are decoded by worker threads, the others on the reading thread (the largest from a scratch
+//! file they were spooled to), each piece written at its offset in its staged file (created
+//! beforehand).
 
 use super::{Stager, DECODE_THREADS, PAR_DECODE_MAX, PAR_FRAME_MAX};
 use crate::error::{Ctx, Error, Result};
@@ -9,14 +11,13 @@ use crate::txn::staged_name;
 use bundle::container::Reader;
 use bundle::{Content, Kind, Limits, Method};
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Mutex;
 
-type BundleReader = Reader<Box<dyn Read + Send>>;
+use crate::verify::BundleReader;
 
 /// Where a piece of a frame's decoded content goes.
 #[derive(Debug, Clone, Copy)]
@@ -77,20 +78,22 @@ impl Decoded {
 }
 
 impl Stager<'_> {
-    /// Stage the files of `todo` that frames fill, reading the bundle if there are any.
-    /// Returns those files and the bytes written.
+    /// Stage the files of `todo` that frames fill, reading the bundle — every frame, hash-checked,
+    /// and the end of the archive — unless none is left to fill and an earlier run of this
+    /// transaction verified it all. Returns those files and the bytes written.
     pub(super) fn stage_frames(
         &self,
         dirs: &mut fsx::DirCache,
         todo: &[usize],
-        bundle: Option<&Path>,
+        input: super::Input,
         progress: bool,
     ) -> Result<(Vec<usize>, u64)> {
         let (targets, fill) = self.frame_targets(todo);
-        if fill.is_empty() {
+        let verified = self.txn.frames_verified()?;
+        if fill.is_empty() && verified {
             return Ok((fill, 0));
         }
-        let mut r = self.open_bundle(bundle)?;
+        let mut r = self.open_bundle(input)?;
         // Every staged file that frames fill exists before any frame is decoded: decoding runs
         // on several threads, and one file's pieces may come from several frames.
         for &ei in &fill {
@@ -105,7 +108,11 @@ impl Stager<'_> {
         }
         let bytes = self.read_frames(&mut r, dirs, targets, progress)?;
         r.end().map_err(|e| crate::source::explain(e.into()))?;
-        // Every frame was decoded: every file they fill is complete.
+        // Every frame was read and matched its hash, and the archive ended where it must: the
+        // whole bundle is verified, and every file the frames fill is complete.
+        if !verified {
+            self.txn.mark_frames_verified()?;
+        }
         Ok((fill, bytes))
     }
 
@@ -141,15 +148,27 @@ impl Stager<'_> {
         (targets, fill)
     }
 
-    /// Open the bundle and check that it is the one this transaction applies.
-    fn open_bundle(&self, bundle: Option<&Path>) -> Result<BundleReader> {
-        let path = bundle.ok_or_else(|| {
-            Error::Pending("staging was interrupted and the bundle is needed to finish it; pass it with --bundle or put it back where it was".into())
-        })?;
-        let src = crate::source::open(path)?;
+    /// The bundle's reader at its first payload member: the one this run opened, or the file
+    /// opened now, whose head must be this transaction's (its bytes hash to the id that was
+    /// verified when the transaction was loaded; nothing else of the head is needed).
+    fn open_bundle(&self, input: super::Input) -> Result<BundleReader> {
+        const NEEDED: &str = "staging was interrupted and the bundle is needed to finish it (its frames are read and checked again); pass it with --bundle or put it back where it was";
+        let path = match input {
+            super::Input::Open(r) => return Ok(*r),
+            super::Input::Path(Some(p)) => p,
+            super::Input::Path(None) => return Err(Error::Pending(NEEDED.into())),
+        };
+        // A bundle that is not there (the stick was pulled) is waited for, not a failure: the
+        // transaction is kept for a resume with it.
+        let src = match crate::source::open(&path) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Pending(format!("{} not found: {NEEDED}", path.display())))
+            }
+            r => r?,
+        };
         let mut r = Reader::new(src.reader, self.limits.clone());
-        let h = crate::verify::head(&mut r, None, self.limits).map_err(crate::source::explain)?;
-        if h.id != self.txn.head.id {
+        let (mb, _) = r.head().map_err(|e| crate::source::explain(e.into()))?;
+        if bundle::Manifest::id(&mb) != self.txn.head.id {
             return Err(Error::Pending(format!("{} is not the bundle of the interrupted apply", path.display())));
         }
         Ok(r)
@@ -212,8 +231,12 @@ impl Stager<'_> {
         }
     }
 
-    /// Read (and hash-check) frame `fi`. A frame no staged file needs is only checked; a small
-    /// one goes to a decoding thread (if `workers`); any other is decoded here as it streams in.
+    /// Read frame `fi` and check its hash; only then is it decrypted and decoded, so no byte of
+    /// it is decrypted or decompressed before it is authenticated (bundle-format.md §4.10). A
+    /// frame no staged file needs is only checked. One of at most [`PAR_FRAME_MAX`] bytes is
+    /// read into memory, then handed to a decoding thread (if `workers`, and small enough
+    /// decoded) or decoded here; a larger one is spooled to a scratch file in a work directory
+    /// as it is read ([`Stager::spool`]) and decoded from there.
     fn read_frame(
         &self,
         r: &mut BundleReader,
@@ -224,30 +247,56 @@ impl Stager<'_> {
         decoded: &Decoded,
     ) -> Result<()> {
         let f = &self.m.frames[fi];
+        let explain = |e: bundle::Error| crate::source::explain(e.into());
         if t.is_empty() {
-            return r.check_frame(&self.m.frames, fi).map_err(|e| crate::source::explain(e.into()));
+            // No staged file needs it (or an earlier run staged them): its hash is checked all
+            // the same.
+            return r.check_frame(&self.m.frames, fi).map_err(explain);
         }
-        let base_len = self.method(fi, &t).as_ref().and_then(base_window).map_or(0, |(_, _, len)| len);
-        let small = f.size <= PAR_FRAME_MAX && f.decoded.saturating_add(base_len) <= PAR_DECODE_MAX;
-        let mut fr = r.frame(&self.m.frames, fi)?;
-        match workers {
-            Some(tx) if small => {
-                // Read (and hash-check) the whole frame here; a worker decodes it.
-                let mut bytes = Vec::with_capacity(f.size as usize);
-                fr.read_to_end(&mut bytes)
-                    .map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() })?;
-                fr.finish().map_err(|e| crate::source::explain(e.into()))?;
-                tx.send(FrameJob { fi, bytes, targets: t })
-                    .map_err(|_| Error::Internal("frame decoders stopped".into()))?;
-            }
-            _ => {
-                let n = self.decode(dirs, &mut fr, fi, &t)?;
-                decoded.bytes.fetch_add(n, Ordering::Relaxed);
-                fr.finish().map_err(|e| crate::source::explain(e.into()))?;
+        let mut fr = r.frame(&self.m.frames, fi).map_err(explain)?;
+        if f.size > PAR_FRAME_MAX {
+            let spool = self.spool(&mut fr, fi, &t)?;
+            fr.finish().map_err(explain)?;
+            let n = self.decode(dirs, std::io::BufReader::new(spool), fi, &t)?;
+            decoded.bytes.fetch_add(n, Ordering::Relaxed);
+        } else {
+            let mut bytes = Vec::with_capacity(f.size as usize);
+            fr.read_to_end(&mut bytes).map_err(|e| explain(bundle::container::unwrap_io(e, fi)))?;
+            fr.finish().map_err(explain)?;
+            let base_len = self.method(fi, &t).as_ref().and_then(base_window).map_or(0, |(_, _, len)| len);
+            match workers {
+                Some(tx) if f.decoded.saturating_add(base_len) <= PAR_DECODE_MAX => tx
+                    .send(FrameJob { fi, bytes, targets: t })
+                    .map_err(|_| Error::Internal("frame decoders stopped".into()))?,
+                _ => {
+                    let n = self.decode(dirs, &bytes[..], fi, &t)?;
+                    decoded.bytes.fetch_add(n, Ordering::Relaxed);
+                }
             }
         }
         crate::failpoint::hit("stage-frame");
         Ok(())
+    }
+
+    /// Copy the rest of frame `fi` from `fr` (which hashes it) into a scratch file (created
+    /// and unlinked at once, [`fsx::scratch_file_at`]) in the work directory of its first
+    /// piece's file; returns it, positioned at its start.
+    fn spool<R: Read>(&self, fr: &mut R, fi: usize, t: &[PieceTarget]) -> Result<std::fs::File> {
+        let ei = t.first().map(|p| p.entry).ok_or_else(|| Error::Internal("frame without pieces".into()))?;
+        let path = &self.m.entries[ei].path;
+        let name = format!("frame-{fi}.spool");
+        let mut spool = fsx::scratch_file_at(self.stage_fd(ei)?, name.as_bytes()).ctx("create spool for", path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n =
+                fr.read(&mut buf).map_err(|e| crate::source::explain(bundle::container::unwrap_io(e, fi).into()))?;
+            if n == 0 {
+                break;
+            }
+            spool.write_all(&buf[..n]).ctx("write spool for", path)?;
+        }
+        spool.seek(std::io::SeekFrom::Start(0)).ctx("rewind spool for", path)?;
+        Ok(spool)
     }
 
     /// The frame's method (from its first piece).
