@@ -538,7 +538,7 @@ fn lzma_frames_hostile_and_valid() {
     }
     // The frame of a file with call instructions, encoded behind the x86 filter but declared
     // without it: it decodes, to other bytes than the file's, and staging refuses them.
-    let code = [&f[..], &[0xe8, 1, 2, 3, 4].repeat(40)].concat();
+    let code = [&f[..], &[0xe8, 0x10, 0x20, 0, 0].repeat(40)].concat();
     let coded = encode(&code, o).expect("encode");
     let plain = Method::Lzma { filter: Bcj::None, dict_log: 16 };
     let env = Env::new();

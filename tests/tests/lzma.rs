@@ -7,6 +7,7 @@ use bundle::lzma::Bcj;
 use bundle::{Content, Kind, Limits, Manifest, Method};
 use ferry_tests::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The manifest of a bundle (signatures not checked: the applier does that below).
@@ -47,7 +48,9 @@ fn elf_tree(root: &Path) -> String {
         if !bytes.starts_with(b"\x7fELF") {
             continue;
         }
-        fs::write(root.join("bin").join(name), &bytes).expect("copy");
+        let to = root.join("bin").join(name);
+        fs::write(&to, &bytes).expect("copy");
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).expect("chmod");
         if bytes.len() > 1 << 20 && big.is_none() {
             big = Some(format!("bin/{name}"));
         } else if bytes.len() >= 16 << 10 {
