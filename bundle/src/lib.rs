@@ -8,6 +8,7 @@
 //! - [`container`]: the canonical tar framing around the manifest, signatures and frames.
 //! - [`sig`]: keys, key ids, domain-separated ed25519 signatures over the bundle id, the
 //!   signature member, trust policies and what they make of a bundle's signers.
+//! - [`index`]: the signed index of a channel repository (release and freshness parts).
 //! - [`request`]: offline signing: the signing request and the detached signature file.
 //! - [`seal`]: encrypted bundles: recipients, identities, the sealed manifest, frame keystreams.
 //! - [`resolve`]: kernel-style symlink resolution over an index of a tree (ordering, rule 4).
@@ -24,6 +25,7 @@ pub mod container;
 pub mod error;
 pub mod glob;
 pub mod hash;
+pub mod index;
 pub mod limits;
 pub mod lzma;
 pub mod manifest;
