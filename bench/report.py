@@ -211,8 +211,8 @@ def bytes_section(corpus, methods):
 
 # Sections of OUT.md that this script does not produce: carried over verbatim (in this order)
 # when it rewrites the file. The first is written by xattrs_report.py (bash bench/xattrs.sh), the
-# second by hand.
-KEEP = ["Extended attributes and sparse files (rootfs-attrs)", "Run notes from the README"]
+# second by fleet_report.py (bash bench/fleet.sh), the third by hand.
+KEEP = ["Extended attributes and sparse files (rootfs-attrs)", "Fleet (issue 15)", "Run notes from the README"]
 
 
 def kept_sections(outmd):
