@@ -19,11 +19,8 @@
 # FLEET_RSYNC_OPTS ("-a|-az": one rsync variant per |-separated option set), FLEET_VERIFY
 # (all|first: check every target against v5, or the first of each starting version),
 # FLEET_OSTREE_DELTAS (last: static deltas for v5 only, from v1..v4 and empty; all: for every
-# release, from the same versions as ferry's deltas), FLEET_FERRY_MODE (auto: publish/update
-# when the binaries have them, else build; build: the same bundles made with `ferry-build build`
-# into the same layout, and each target fetches and applies the cheapest path by size with
-# `ferry-apply fetch` + `apply`: what update does, without the index).
-# Results: $BENCH_WORK/results/fleet/*.tsv and summary.md (bench/fleet_report.py); the
+# release, from the same versions as ferry's deltas), FLEET_RUN_DIR, FLEET_RESULTS_DIR.
+# Results: $BENCH_WORK/results/fleet (or FLEET_RESULTS_DIR)/*.tsv and summary.md (fleet_report.py); the
 # working trees of the run are in $BENCH_WORK/fleet-run or FLEET_RUN_DIR (removed at the start of
 # the next run; give concurrent runs different FLEET_RUN_DIRs).
 set -euo pipefail
@@ -33,7 +30,7 @@ SRC_DIR="$(dirname "$BENCH_DIR")"
 WORK="${BENCH_WORK:-$BENCH_DIR/work}"
 CORPUS="$WORK/fleet"
 RUN="${FLEET_RUN_DIR:-$WORK/fleet-run}"
-RES="$WORK/results/fleet"
+RES="${FLEET_RESULTS_DIR:-$WORK/results/fleet}"
 TARGETS="${FLEET_TARGETS:-100}"
 DELTAS_FROM="${FLEET_DELTAS_FROM:-4}"
 JOBS="${FLEET_JOBS:-$(nproc)}"
@@ -41,7 +38,6 @@ TOOLS=" ${FLEET_TOOLS:-ferry full rsync ostree} "
 RSYNC_OPTS="${FLEET_RSYNC_OPTS:--a|-az}"
 VERIFY="${FLEET_VERIFY:-all}"
 OSTREE_DELTAS="${FLEET_OSTREE_DELTAS:-last}"
-FERRY_MODE="${FLEET_FERRY_MODE:-auto}"
 CHANNEL=stable
 NVERS=5
 
@@ -204,16 +200,8 @@ ferry_bins() {
         B="${CARGO_TARGET_DIR:-$SRC_DIR/target}/release"
     fi
     [[ -x "$B/ferry-build" && -x "$B/ferry-apply" ]] || die "no ferry-build/ferry-apply in $B"
-    local have=1
-    "$B/ferry-build" publish --help >/dev/null 2>&1 || { have=0; log "$B/ferry-build has no 'publish' command (issue 15)"; }
-    "$B/ferry-apply" update --help >/dev/null 2>&1 || { have=0; log "$B/ferry-apply has no 'update' command (issue 15)"; }
-    case "$FERRY_MODE" in
-        publish) (( have )) || die "FLEET_FERRY_MODE=publish needs ferry-build publish and ferry-apply update" ;;
-        build) ;;
-        auto) if (( have )); then FERRY_MODE=publish; else FERRY_MODE=build
-                  log "ferry: falling back to FLEET_FERRY_MODE=build (ferry-build build + fetch + apply, no index)"; fi ;;
-        *) die "FLEET_FERRY_MODE must be auto, publish or build" ;;
-    esac
+    "$B/ferry-build" publish --help >/dev/null 2>&1 || die "$B/ferry-build has no 'publish' command (issue 15)"
+    "$B/ferry-apply" update --help >/dev/null 2>&1 || die "$B/ferry-apply has no 'update' command (issue 15)"
 }
 
 json_field() { # json_field FILE FIELD
@@ -251,95 +239,6 @@ ferry_publish() { # ferry_publish K
     else
         ls -l "$repo/$CHANNEL/bundles" > "$RES/ferry-bundles.txt"
     fi
-}
-
-# FLEET_FERRY_MODE=build: the bundles publish would write (deltas from the last DELTAS_FROM
-# versions, in parallel up to JOBS, and a full bundle), made with `ferry-build build`.
-ferry_build_release() { # ferry_build_release K
-    local k=$1 dir="$RUN/ferry-repo/$CHANNEL/bundles" keys="$RUN/keys" j t0 pids=() running=0
-    mkdir -p "$dir"
-    log "ferry (build mode): bundles of v$k"
-    sync
-    t0=$(date +%s.%N)
-    for (( j = k - DELTAS_FROM; j <= k; j++ )); do
-        (( j >= 1 )) || continue
-        local args=(--old "$CORPUS/v$j" --base-version "$j") out="$dir/v$j-v$k.ferry"
-        if (( j == k )); then args=(); out="$dir/v$k.full.ferry"; fi
-        "$B/ferry-build" build "${args[@]}" --new "$CORPUS/v$k" --version "$k" --channel "$CHANNEL" \
-            --key "$keys/release.secret" --out "$out" > "$RUN/logs/build-$(basename "$out").log" 2>&1 &
-        pids+=($!); running=$(( running + 1 ))
-        if (( running >= JOBS )); then wait "${pids[0]}" || die "ferry-build build failed (logs in $RUN/logs)"; pids=("${pids[@]:1}"); running=$(( running - 1 )); fi
-    done
-    for j in "${pids[@]}"; do wait "$j" || die "ferry-build build failed (logs in $RUN/logs)"; done
-    local secs; secs=$(echo "$(date +%s.%N) - $t0" | bc)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$k" "$secs" 0 "$(bytes_of "$RUN/ferry-repo")" 0 >> "$RES/ferry-publish.tsv"
-    log "ferry (build mode): v$k bundles in $secs s; repository $(du -sh "$RUN/ferry-repo" | cut -f1)"
-    if (( k < NVERS )); then
-        mkdir -p "$RUN/tpl/ferry-v$k"
-        "$B/ferry-apply" apply "$dir/v$k.full.ferry" --target "$RUN/tpl/ferry-v$k" --trust "$keys/release.pub" \
-            > "$RUN/logs/tpl-v$k.log" 2>&1 || { cat "$RUN/logs/tpl-v$k.log" >&2; die "template v$k: apply failed"; }
-        same_tree "$CORPUS/v$k" "$RUN/tpl/ferry-v$k" || die "template v$k differs from v$k"
-    else
-        ls -l "$dir" > "$RES/ferry-bundles.txt"
-    fi
-}
-
-# cheapest path FROM -> NVERS by total size over the bundles in the repository (FROM 0 = empty;
-# as in update, a full bundle applies to an empty target only)
-cheapest_path() {
-    python3 - "$RUN/ferry-repo/$CHANNEL/bundles" "$1" "$NVERS" <<'PY'
-import os, re, sys, heapq
-d, start, goal = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-edges = {}
-for f in os.listdir(d):
-    m = re.fullmatch(r"v(\d+)-v(\d+)\.ferry", f) or re.fullmatch(r"v(\d+)\.full\.ferry", f)
-    if not m:
-        continue
-    a, b = (0, int(m.group(1))) if "full" in f else (int(m.group(1)), int(m.group(2)))
-    edges.setdefault(a, []).append((os.path.getsize(os.path.join(d, f)), b, f))
-best = {start: (0, [])}
-q = [(0, start, [])]
-while q:
-    c, v, p = heapq.heappop(q)
-    if v == goal:
-        print(" ".join(p)); sys.exit(0)
-    if c > best.get(v, (c,))[0]:
-        continue
-    for s, b, f in edges.get(v, []):
-        if b not in best or c + s < best[b][0]:
-            best[b] = (c + s, p + [f]); heapq.heappush(q, (c + s, b, p + [f]))
-sys.exit(1)
-PY
-}
-
-ferry_targets_build() {
-    local i s t0 before tgt ok f path planned url="http://127.0.0.1:$HTTP_PORT/ferry/$CHANNEL/bundles"
-    : > "$RES/ferry-targets.tsv"
-    for (( i = 0; i < TARGETS; i++ )); do
-        s=$(start_of "$i"); tgt="$RUN/t/ferry-$i"
-        rm -rf "$RUN/t"; mkdir -p "$RUN/t/dl"
-        if (( s == 0 )); then mkdir "$tgt"; else copy_tree "$RUN/tpl/ferry-v$s" "$tgt"; fi
-        path=$(cheapest_path "$s") || die "no path from $(start_label "$s") to v$NVERS"
-        planned=0
-        before=$(access_lines)
-        t0=$(date +%s.%N)
-        for f in $path; do
-            planned=$(( planned + $(stat -c %s "$RUN/ferry-repo/$CHANNEL/bundles/$f") ))
-            "$B/ferry-apply" fetch "$url/$f" --into "$RUN/t/dl" --trust "$RUN/keys/release.pub" \
-                > "$RUN/logs/ferry-$i.log" 2>&1 || { cat "$RUN/logs/ferry-$i.log" >&2; die "target $i: fetch $f failed"; }
-            "$B/ferry-apply" apply "$RUN/t/dl/$f" --target "$tgt" --trust "$RUN/keys/release.pub" \
-                >> "$RUN/logs/ferry-$i.log" 2>&1 || { cat "$RUN/logs/ferry-$i.log" >&2; die "target $i: apply $f failed"; }
-        done
-        local secs; secs=$(echo "$(date +%s.%N) - $t0" | bc)
-        ok=-
-        if should_verify "$i"; then ok=yes; same_tree "$CORPUS/v$NVERS" "$tgt" "-p -t" || ok=NO; fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$(start_label "$s")" "$planned" \
-            "$(access_bytes "$before" /ferry/)" "$(access_requests "$before" /ferry/)" "$secs" "$ok" "$path" \
-            >> "$RES/ferry-targets.tsv"
-        [[ "$ok" != NO ]] || log "ferry: target $i ($(start_label "$s")) DIFFERS from v$NVERS"
-        if (( i % 10 == 9 )); then log "ferry: $(( i + 1 ))/$TARGETS targets updated"; fi
-    done
-    rm -rf "$RUN/t"
 }
 
 ferry_targets() {
@@ -471,9 +370,29 @@ ostree_publish() { # ostree_publish K
         ostree --repo="$tr" pull-local "$o" "${REV[$k]}" > /dev/null
         ostree --repo="$tr" refs --create=origin:fleet "${REV[$k]}"
     else
+        ostree_delta_sizes
         printf 'repo\t%s\n' "$(bytes_of "$o")" > "$RES/ostree-sizes.tsv"
         printf 'deltas\t%s\n' "$(bytes_of "$o/deltas" 2>/dev/null || echo 0)" >> "$RES/ostree-sizes.tsv"
     fi
+}
+
+# What each static delta to v$NVERS weighs: superblock + parts (the files under deltas/) and the
+# fallback objects it tells a client to fetch as loose objects: the least a pull through it costs.
+ostree_delta_sizes() {
+    local o="$RUN/ostree-repo" j name dir fb
+    : > "$RES/ostree-deltas.tsv"
+    for (( j = 0; j < NVERS; j++ )); do
+        if (( j == 0 )); then name="${REV[$NVERS]}"; else [[ -n "${REV[$j]:-}" ]] || continue; name="${REV[$j]}-${REV[$NVERS]}"; fi
+        ostree --repo="$o" static-delta show "$name" > "$RUN/logs/delta-$j.txt" 2>&1 || continue
+        dir=$(python3 -c '
+import base64, sys
+def mb64(h): return base64.b64encode(bytes.fromhex(h)).decode().rstrip("=").replace("/", "_")
+p = [mb64(x) for x in sys.argv[1].split("-")]
+s = "-".join(p)
+print(s[:2] + "/" + s[2:])' "$name")
+        fb=$(awk -F'[:(]' '/^Total Fallback Size/ {gsub(/ /, "", $2); print $2}' "$RUN/logs/delta-$j.txt")
+        printf '%s\t%s\t%s\n' "$(start_label "$j")" "$(bytes_of "$o/deltas/$dir")" "${fb:-0}" >> "$RES/ostree-deltas.tsv"
+    done
 }
 
 ostree_targets() {
@@ -550,8 +469,8 @@ main() {
         ferry_bins
         for tool in ferry full; do
             if has $tool; then
-                printf 'ferry\t%s\nferry_mode\t%s\n' "$(git -C "$SRC_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-                    "$FERRY_MODE" >> "$RES/when-$tool.tsv"
+                printf 'ferry\t%s\n' "$(git -C "$SRC_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+                    >> "$RES/when-$tool.tsv"
             fi
         done
         ferry_setup
@@ -560,18 +479,14 @@ main() {
     if has ostree; then ostree_setup; fi
     # publish both, release by release, so both see the same machine load
     for k in $(seq 1 $NVERS); do
-        if (( FERRY )); then
-            if [[ "$FERRY_MODE" == publish ]]; then ferry_publish "$k"; else ferry_build_release "$k"; fi
-        fi
+        if (( FERRY )); then ferry_publish "$k"; fi
         if has ostree; then ostree_publish "$k"; fi
     done
     echo "loadavg_after_publish	$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/meta.tsv"
     if (( FERRY )); then
         printf 'repo\t%s\nstore\t%s\n' "$(bytes_of "$RUN/ferry-repo")" "$(bytes_of "$RUN/ferry-store")" > "$RES/ferry-sizes.tsv"
         if has full; then full_only; fi
-        if has ferry; then
-            if [[ "$FERRY_MODE" == publish ]]; then ferry_targets; else ferry_targets_build; fi
-        fi
+        if has ferry; then ferry_targets; fi
     fi
     if has ostree; then ostree_targets; fi
     if has rsync; then rsync_all; fi
