@@ -19,7 +19,8 @@
 # FLEET_RSYNC_OPTS ("-a|-az": one rsync variant per |-separated option set), FLEET_VERIFY
 # (all|first: check every target against v5, or the first of each starting version),
 # FLEET_OSTREE_DELTAS (last: static deltas for v5 only, from v1..v4 and empty; all: for every
-# release, from the same versions as ferry's deltas), FLEET_RUN_DIR, FLEET_RESULTS_DIR.
+# release, from the same versions as ferry's deltas), FLEET_LIGHT_HISTORY (1: v2..v4 published
+# with one delta and no full bundle), FLEET_RUN_DIR, FLEET_RESULTS_DIR.
 # Results: $BENCH_WORK/results/fleet (or FLEET_RESULTS_DIR)/*.tsv and summary.md (fleet_report.py); the
 # working trees of the run are in $BENCH_WORK/fleet-run or FLEET_RUN_DIR (removed at the start of
 # the next run; give concurrent runs different FLEET_RUN_DIRs).
@@ -38,6 +39,7 @@ TOOLS=" ${FLEET_TOOLS:-ferry full rsync ostree} "
 RSYNC_OPTS="${FLEET_RSYNC_OPTS:--a|-az}"
 VERIFY="${FLEET_VERIFY:-all}"
 OSTREE_DELTAS="${FLEET_OSTREE_DELTAS:-last}"
+LIGHT_HISTORY="${FLEET_LIGHT_HISTORY:-0}"
 CHANNEL=stable
 NVERS=5
 
@@ -122,10 +124,13 @@ copy_tree() { # copy_tree SRC DST: an independent copy (no hard links shared wit
 }
 start_label() { (( $1 == 0 )) && echo empty || echo "v$1"; }
 start_of() { echo $(( $1 % NVERS )); } # target index -> starting version (0 = empty)
-# same_tree A B [rsync opts]: 0 if B has A's content (and the metadata the options name)
+# same_tree A B [rsync opts]: 0 if B has A's content (and the metadata the options name), the
+# mtime of B itself excepted
 same_tree() {
     local out
     out=$(rsync -n -i -r -l -c --delete ${3:-} --exclude=/.ferry "$1/" "$2/") || return 1
+    # the target root's own mtime is not part of the tree: ferry leaves it to the filesystem
+    out=$(printf '%s\n' "$out" | grep -v -x -F '.d..t...... ./' || true)
     [[ -z "$out" ]] || { printf '%s\n' "$out" | head -n 5 >&2; return 1; }
 }
 should_verify() { [[ "$VERIFY" == all ]] || (( $1 < NVERS )); }
@@ -211,20 +216,25 @@ json_field() { # json_field FILE FIELD
 # ---------------------------------------------------------------- ferry
 ferry_setup() {
     mkdir -p "$RUN/ferry-repo" "$RUN/ferry-store" "$RUN/keys"
-    "$B/ferry-build" keygen --out "$RUN/keys/release" --unencrypted >/dev/null
-    "$B/ferry-build" keygen --out "$RUN/keys/timestamp" --unencrypted >/dev/null
+    "$B/ferry-build" keygen --out "$RUN/keys/release" --unencrypted >/dev/null 2>&1
+    "$B/ferry-build" keygen --out "$RUN/keys/timestamp" --unencrypted >/dev/null 2>&1
     ln -sfn "$RUN/ferry-repo" "$RUN/www/ferry"
     : > "$RES/ferry-publish.tsv"
 }
 
 ferry_publish() { # ferry_publish K
     local k=$1 repo="$RUN/ferry-repo" store="$RUN/ferry-store" keys="$RUN/keys" t
-    log "ferry: publish v$k (--deltas-from $DELTAS_FROM --jobs $JOBS)"
     sync
+    # FLEET_LIGHT_HISTORY=1: the releases between the first and the last get one delta (from the
+    # previous release) and no full bundle: the targets' paths to the last are the same, the
+    # publish of the last is the same, and a slow machine saves three full builds.
+    local history=(--deltas-from "$DELTAS_FROM")
+    if [[ "$LIGHT_HISTORY" == 1 ]] && (( k > 1 && k < NVERS )); then history=(--deltas-from 1 --no-full); fi
+    log "ferry: publish v$k (${history[*]} --jobs $JOBS)"
     t=$(timed "$RUN/logs/publish-v$k.json" "$RUN/logs/publish-v$k.err" \
         "$B/ferry-build" publish --repo "$repo" --channel "$CHANNEL" --new "$CORPUS/v$k" \
         --version "$k" --key "$keys/release.secret" --timestamp-key "$keys/timestamp.secret" \
-        --deltas-from "$DELTAS_FROM" --store "$store" --jobs "$JOBS" --json) \
+        "${history[@]}" --store "$store" --jobs "$JOBS" --json) \
         || die "publish v$k failed (see $RUN/logs/publish-v$k.err)"
     printf '%s\t%s\t%s\t%s\t%s\n' "$k" ${t} "$(bytes_of "$repo")" "$(bytes_of "$store")" >> "$RES/ferry-publish.tsv"
     log "ferry: v$k published in ${t% *} s; repository $(du -sh "$repo" | cut -f1), store $(du -sh "$store" | cut -f1)"
@@ -428,7 +438,8 @@ ostree_targets() {
 }
 
 # ---------------------------------------------------------------- main
-# (a function, so bash has read all of it before it starts: editing the file mid-run is safe)
+# (a function, called on the last line with its exit: bash has read all of it before it starts,
+# so editing the file mid-run is safe)
 main() {
     need bc "arithmetic on times" bc
     corpus
@@ -453,6 +464,7 @@ main() {
         echo "deltas_from	$DELTAS_FROM"
         echo "jobs	$JOBS"
         echo "ostree_deltas	$OSTREE_DELTAS"
+        echo "light_history	$LIGHT_HISTORY"
         echo "loadavg_start	$(cut -d' ' -f1-3 /proc/loadavg)"
         for k in $(seq 1 $NVERS); do
             echo "v$k	$(release_specs "$k")	$(bytes_of "$CORPUS/v$k")	$(find "$CORPUS/v$k" -type f | wc -l)"
@@ -494,4 +506,4 @@ main() {
     python3 "$BENCH_DIR/fleet_report.py" "$RES" | tee "$RES/summary.md"
 }
 
-main "$@"
+main "$@"; exit $?

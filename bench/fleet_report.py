@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown summary of a bench/fleet.sh run: fleet_report.py RESULTS_DIR > summary.md.
+"""Markdown summary of a bench/fleet.sh run: fleet_report.py RESULTS_DIR [FLEET_SIZE] > summary.md.
 
 Reads the TSV files fleet.sh writes (meta, ferry-publish, ferry-targets, ferry-sizes, full,
 rsync-targets, ostree-publish, ostree-targets, ostree-sizes; any may be missing when a tool was
@@ -39,7 +39,9 @@ meta = OrderedDict((r[0], r[1:]) for r in rows("meta.tsv"))
 when = {t: OrderedDict((r[0], r[1:]) for r in rows(f"when-{t}.tsv")) for t in ["ferry", "full", "rsync", "ostree"]}
 when = {t: w for t, w in when.items() if w}
 ferry_meta = when.get("ferry") or when.get("full") or {}
-N = int(meta.get("targets", ["0"])[0])
+# the fleet the totals are for: the run's FLEET_TARGETS, or the second argument (to put tools
+# measured in separate runs on different numbers of targets on one footing)
+N = int(sys.argv[2]) if len(sys.argv) > 2 else int(meta.get("targets", ["0"])[0])
 starts = ["empty", "v1", "v2", "v3", "v4"]
 
 
@@ -55,6 +57,8 @@ times = defaultdict(list)
 
 def add(method, start, b, ok, secs=None):
     per.setdefault(method, defaultdict(list))[start].append(int(b))
+    if ok is None:
+        return
     c = checked[method]
     c[0 if ok == "yes" else 1 if ok == "NO" else 2] += 1
     if secs is not None:
@@ -65,7 +69,7 @@ paths = defaultdict(set)
 for r in rows("ferry-targets.tsv"):
     # index start json_bytes nginx_bytes requests secs ok path
     add("ferry update (JSON bytes_downloaded)", r[1], r[2] or 0, r[6], r[5])
-    add("ferry update (nginx bytes sent)", r[1], r[3], r[6])
+    add("ferry update (nginx bytes sent)", r[1], r[3], None)
     paths[r[1]].add(r[7] if len(r) > 7 else "")
 full = rows("full.tsv")
 full_size = None
@@ -105,18 +109,18 @@ def total(m):
 
 
 out = ["## Fleet (issue 15)", ""]
+light = meta.get("light_history", ["0"])[0] == "1"
 out.append(
-    f"Written by `bash bench/fleet.sh` (`bench/fleet_report.py`): "
-    f"{N} simulated targets updated to v5 through a local nginx (loopback), each from its own copy of "
-    f"its starting version (a fifth empty, a fifth at each of v1..v4). ferry publishes with "
-    f"`--deltas-from {meta.get('deltas_from', ['?'])[0]} --jobs {meta.get('jobs', ['?'])[0]}`; OSTree gets static deltas "
-    f"from the same versions to v5 and from empty"
-    f"{' (for every release)' if meta.get('ostree_deltas', [''])[0] == 'all' else ' (for v5 only; earlier releases are commits only)'}. "
+    f"Written by `bash bench/fleet.sh` (`bench/fleet_report.py`). A fleet of {N} targets is updated to v5 "
+    f"through a local nginx (loopback), each target from its own copy of its starting version (a fifth "
+    f"empty, a fifth at each of v1..v4). ferry publishes every release with `--deltas-from "
+    f"{meta.get('deltas_from', ['?'])[0]} --jobs {meta.get('jobs', ['?'])[0]}`"
+    f"{' (but v2..v4 with `--deltas-from 1 --no-full`: FLEET_LIGHT_HISTORY=1, three full builds fewer on a loaded machine; the targets have the same paths to v5 and the publish of v5 is the same)' if light else ''}"
+    f"; OSTree commits every release and gets static deltas to v5 from v1..v4 and from empty"
+    f"{' (and the same for every earlier release)' if meta.get('ostree_deltas', [''])[0] == 'all' else ''}. "
     f"Machine: {meta.get('cpu', ['?'])[0]}, shared with other jobs (load average at the start of each "
-    f"tool's measurement below); "
-    f"ferry {ferry_meta.get('ferry', ['not measured'])[0]}"
-    f", "
-    f"nginx {meta.get('nginx', ['?'])[0]}, {meta.get('rsync', ['?'])[0]}, OSTree {meta.get('ostree', ['not measured'])[0]}."
+    f"tool's measurement below); ferry {ferry_meta.get('ferry', ['not measured'])[0]}, "
+    f"nginx {meta.get('nginx', ['?'])[0]}, {' '.join(meta.get('rsync', ['?'])[0].split())}, OSTree {meta.get('ostree', ['not measured'])[0]}."
 )
 out.append("")
 out.append("Measured: " + "; ".join(f"{t} {w.get('date', ['?'])[0]} (load {w.get('loadavg_start', ['?'])[0]})" for t, w in when.items()) + ".")
@@ -144,8 +148,8 @@ if per:
             v = per[m].get(s)
             if not v:
                 cells.append("–")
-            elif min(v) == max(v):
-                cells.append(human(v[0]))
+            elif max(v) - min(v) <= 0.005 * statistics.median(v):
+                cells.append(human(statistics.median(v)))
             else:
                 cells.append(f"{human(statistics.median(v))} (median; {human(min(v))}–{human(max(v))})")
         t = total(m)
@@ -161,6 +165,19 @@ if per:
         out.append(f"- ferry total ÷ OSTree's static delta files + fallback objects: **{ratio(ft, od_t)}** "
                    "(what the pulls would cost if they fetched nothing but the delta)")
     out.append(f"- ferry total ÷ full bundles only: **{ratio(ft, fo)}** (target ≤ 0.1)")
+    def group_total(m, groups):
+        if m not in per or any(not per[m].get(g) for g in groups):
+            return None
+        return sum(statistics.mean(per[m][g]) * fleet_count(g) for g in groups)
+
+    upd = starts[1:]
+    fe, fu = group_total("ferry update (nginx bytes sent)", ["empty"]), group_total("ferry update (nginx bytes sent)", upd)
+    if ft and fe is not None and fu is not None:
+        out.append(f"- where ferry's bytes go: the {fleet_count('empty')} empty targets' full bundles are "
+                   f"{human(fe)} ({100 * fe / ft:.0f} % of the total), the {N - fleet_count('empty')} targets at v1..v4 "
+                   f"{human(fu)}; over those alone ferry ÷ full bundles only is "
+                   f"**{ratio(fu, group_total('full bundles only (v5 full × targets)', upd))}** and ferry ÷ OSTree pulls "
+                   f"{ratio(fu, group_total('OSTree pull, static deltas (nginx bytes sent)', upd))}")
     for m in per:
         if m.startswith("rsync"):
             out.append(f"- ferry total ÷ {m.split(' (')[0]}: {ratio(ft, total(m))}")
