@@ -236,7 +236,7 @@ mod tests {
         std::fs::write(d.join(std::ffi::OsStr::from_bytes(&[b'n'; 200])), b"long name")?;
         let st = rustix::fs::mknodat(
             rustix::fs::CWD,
-            &d.join("fifo"),
+            d.join("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o640),
             0,
@@ -247,19 +247,19 @@ mod tests {
         f.write_all_at(b"head", 0)?;
         f.write_all_at(&[7u8; 70_000], 2 << 20)?;
         let _ =
-            rustix::fs::setxattr(&root.join("dir/a"), "user.test", b"\x00binary\xff", rustix::fs::XattrFlags::empty());
+            rustix::fs::setxattr(root.join("dir/a"), "user.test", b"\x00binary\xff", rustix::fs::XattrFlags::empty());
         let t = |s: i64, ns: i64| rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec { tv_sec: s, tv_nsec: ns },
             last_modification: rustix::fs::Timespec { tv_sec: s, tv_nsec: ns },
         };
         rustix::fs::utimensat(
             rustix::fs::CWD,
-            &root.join("disk.img"),
+            root.join("disk.img"),
             &t(1_700_000_000, 123_456_789),
             rustix::fs::AtFlags::empty(),
         )
         .map_err(io::Error::from)?;
-        rustix::fs::utimensat(rustix::fs::CWD, &d.join("fifo"), &t(-5, 500_000_000), rustix::fs::AtFlags::empty())
+        rustix::fs::utimensat(rustix::fs::CWD, d.join("fifo"), &t(-5, 500_000_000), rustix::fs::AtFlags::empty())
             .map_err(io::Error::from)?;
         Ok(())
     }
