@@ -479,6 +479,7 @@ impl Run<'_> {
             url: format!("{base}/{}/{BUNDLES_DIR}/{}", self.channel, b.file),
             into: self.cache.clone(),
             trust: self.a.trust.clone(),
+            policy: Some(self.trust.clone()),
             expect_id: Some(b.id),
             ..self.o.net.clone()
         };
