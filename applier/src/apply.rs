@@ -277,9 +277,15 @@ fn refuse_unopenable(o: &Options, b: &mut Result<OpenBundle>) -> Result<()> {
 /// the lock (a rotation recorded meanwhile counts).
 fn apply_locked(o: &Options, bundle: &Path, b: Result<OpenBundle>) -> Result<Report> {
     let t = open_target(o)?;
+    apply_in(o, &t, bundle, b)
+}
+
+/// [`apply`] of an opened bundle on a target the caller has opened and locked already
+/// (`update` holds the lock across a chain of bundles).
+pub fn apply_in(o: &Options, t: &Target, bundle: &Path, b: Result<OpenBundle>) -> Result<Report> {
     let trust = load_trust(o, Some(&t.state))?;
-    finish_interrupted_rollback(o, &t, Some(&trust))?;
-    if let Some(txn) = load_verified(o, &t, state::TXN, Some(&trust))? {
+    finish_interrupted_rollback(o, t, Some(&trust))?;
+    if let Some(txn) = load_verified(o, t, state::TXN, Some(&trust))? {
         let mut b = b?;
         b.trust(&trust)?;
         if b.id() != txn.head.id {
@@ -292,7 +298,7 @@ fn apply_locked(o: &Options, bundle: &Path, b: Result<OpenBundle>) -> Result<Rep
         }
         log(o, "resuming the interrupted apply of this bundle");
         // The transaction holds the verified manifest: the head just read is not decoded.
-        let mut rep = continue_txn(o, &t, txn, Input::Open(Box::new(b.reader)))?;
+        let mut rep = continue_txn(o, t, txn, Input::Open(Box::new(b.reader)))?;
         rep.result = "resumed".into();
         return Ok(rep);
     }
@@ -312,7 +318,7 @@ fn apply_locked(o: &Options, bundle: &Path, b: Result<OpenBundle>) -> Result<Rep
         });
     }
     let (h, reader) = b.into_head(&o.limits)?;
-    start_txn(o, &t, bundle, h, reader, &st, t0)
+    start_txn(o, t, bundle, h, reader, &st, t0)
 }
 
 /// Check bundle `h` (its head verified; `reader` at its first frame) against the target's
@@ -675,8 +681,13 @@ fn finish_interrupted_rollback(o: &Options, t: &Target, trust: Option<&TrustPoli
 /// re-verified against `--trust`, or else the policy recorded when it was started.
 pub fn resume(o: &Options) -> Result<Report> {
     let t = open_target(o)?;
-    let trust = resume_trust(o, &t)?;
-    if finish_interrupted_rollback(o, &t, trust.as_ref())? {
+    resume_in(o, &t)
+}
+
+/// [`resume`] on a target the caller has opened and locked already.
+pub fn resume_in(o: &Options, t: &Target) -> Result<Report> {
+    let trust = resume_trust(o, t)?;
+    if finish_interrupted_rollback(o, t, trust.as_ref())? {
         return Ok(Report { result: "rolled-back".into(), ..Default::default() });
     }
     if t.state.exists(state::TXN)? && trust.is_none() {
@@ -684,7 +695,7 @@ pub fn resume(o: &Options) -> Result<Report> {
             "this transaction was started by an older ferry-apply that recorded no trust policy: pass --trust".into(),
         ));
     }
-    match load_verified(o, &t, state::TXN, trust.as_ref())? {
+    match load_verified(o, t, state::TXN, trust.as_ref())? {
         None => {
             if t.state.exists(state::TXN)? {
                 // Crashed before Begin was durable: nothing was staged that matters.
@@ -694,7 +705,7 @@ pub fn resume(o: &Options) -> Result<Report> {
         }
         Some(txn) => {
             let before = crate::source::bytes_read();
-            let mut rep = continue_txn(o, &t, txn, Input::Path(o.bundle.clone()))?;
+            let mut rep = continue_txn(o, t, txn, Input::Path(o.bundle.clone()))?;
             if rep.result == "applied" {
                 rep.result = "resumed".into();
             }

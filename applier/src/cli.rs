@@ -199,6 +199,12 @@ pub enum Cmd {
     /// frame as it arrives (a corrupt frame is fetched again, not the whole file).
     #[command(after_help = exit_codes())]
     Fetch(FetchArgs),
+    /// Bring the target to the newest version of its channel (or --to VERSION) from a channel
+    /// repository: SOURCE is an http(s):// URL of the repository root or a local directory (a
+    /// mounted stick). Reads and verifies the channel's signed index (freeze and rollback
+    /// refused), chooses the cheapest chain of bundles, downloads each resumably and applies it.
+    #[command(after_help = exit_codes())]
+    Update(UpdateArgs),
     /// Print this target's recipient line for `ferry-build build --encrypt-to`, creating the
     /// target's identity (STATE/identity, mode 0600) first if it has none: the secret never
     /// leaves the target.
@@ -227,6 +233,7 @@ impl Cmd {
             Cmd::Status { .. } => "status",
             Cmd::Inbox { .. } => "inbox",
             Cmd::Fetch(_) => "fetch",
+            Cmd::Update(_) => "update",
             Cmd::Identity { .. } => "identity",
         }
     }
@@ -244,6 +251,7 @@ impl Cmd {
             | Cmd::Inbox { json, .. }
             | Cmd::Identity { json, .. } => *json,
             Cmd::Fetch(f) => f.json,
+            Cmd::Update(u) => u.json,
         }
     }
 }
@@ -286,6 +294,8 @@ impl FetchArgs {
             timeout: Duration::from_secs(self.timeout.max(1)),
             deadline: Duration::from_secs(self.deadline.max(1)),
             quiet,
+            ca_certs: self.ca_cert.clone(),
+            expect_id: None,
         }
     }
 }
@@ -317,4 +327,90 @@ pub struct FetchArgs {
     /// server dripping bytes never trips the idle timeout).
     #[arg(long, default_value_t = 3600)]
     pub deadline: u64,
+    /// A PEM file of CA certificates trusted for https besides the public (webpki) roots, e.g. a
+    /// private CA. Repeatable. Proxies come from the environment (https_proxy, http_proxy,
+    /// all_proxy, no_proxy; http:// proxies only).
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+}
+
+/// The arguments of `update`.
+#[derive(Args, Clone)]
+pub struct UpdateArgs {
+    /// The repository root: an http:// or https:// URL, or a local directory. The index is
+    /// SOURCE/CHANNEL/index.ferry-index, the bundles SOURCE/CHANNEL/bundles/FILE.
+    pub source: String,
+    #[command(flatten)]
+    pub t: TargetArgs,
+    /// A trusted key (NAME.pub) or a directory of keys with an optional `policy` file: the
+    /// index's release part and every bundle must meet it.
+    #[arg(long)]
+    pub trust: PathBuf,
+    /// The channel to follow (default: the one the target has pinned; required for an empty
+    /// target).
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Stop at this version (one the index reaches) instead of the newest.
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<u64>,
+    /// Print the chosen path and its bytes; change nothing (not even the state directory).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Where bundles are downloaded to (default STATE/updates); each is removed once applied.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for https besides the public (webpki) roots.
+    /// Repeatable. Proxies come from the environment (https_proxy, http_proxy, all_proxy,
+    /// no_proxy; http:// proxies only).
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+    /// Seconds this machine's clock may be behind the publisher's: the index is refused as
+    /// expired only once now > expires + SECS.
+    #[arg(long, value_name = "SECS", default_value_t = bundle::index::DEFAULT_CLOCK_ALLOWANCE)]
+    pub clock_allowance: u64,
+    /// Do not run the bundles' post-commit hooks.
+    #[arg(long)]
+    pub no_hooks: bool,
+    /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
+    #[arg(long, alias = "retry-wait", default_value_t = 500)]
+    pub retry_wait_ms: u64,
+    /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Each download (the index, every bundle), retries and waits included, gives up after this
+    /// many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub deadline: u64,
+}
+
+impl UpdateArgs {
+    /// The options of `update`.
+    pub fn options(&self, quiet: bool, verbose: bool) -> crate::update::Options {
+        let mut a = self.t.options(None, quiet, verbose);
+        a.trust = Some(self.trust.clone());
+        a.no_hooks = self.no_hooks;
+        crate::update::Options {
+            apply: a,
+            source: self.source.clone(),
+            channel: self.channel.clone(),
+            to: self.to,
+            dry_run: self.dry_run,
+            cache: self.cache.clone(),
+            clock_allowance: self.clock_allowance,
+            net: crate::fetch::Options {
+                retries: self.retries,
+                retry_wait: Duration::from_millis(self.retry_wait_ms),
+                timeout: Duration::from_secs(self.timeout.max(1)),
+                deadline: Duration::from_secs(self.deadline.max(1)),
+                quiet,
+                ca_certs: self.ca_cert.clone(),
+                ..Default::default()
+            },
+        }
+    }
 }

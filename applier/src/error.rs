@@ -40,12 +40,14 @@ pub enum Exit {
     Unsupported = 15,
     /// The bundle is encrypted and no identity at hand opens it (bundle-format.md §4.10).
     NoIdentity = 16,
+    /// update: the channel's index offers no way from the installed version to the one asked for.
+    NoUpdatePath = 17,
 }
 
 impl Exit {
     /// Every exit code, in numeric order: `--help` and the README table are generated from (or
     /// checked against) this list.
-    pub const ALL: [Exit; 17] = [
+    pub const ALL: [Exit; 18] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
@@ -63,6 +65,7 @@ impl Exit {
         Exit::CorruptState,
         Exit::Unsupported,
         Exit::NoIdentity,
+        Exit::NoUpdatePath,
     ];
 
     /// The exit whose number is `code`, if it is one of ours.
@@ -90,6 +93,7 @@ impl Exit {
             Exit::CorruptState => "state directory corrupt",
             Exit::Unsupported => "target cannot hold the bundle's extended attributes",
             Exit::NoIdentity => "bundle is encrypted to other recipients",
+            Exit::NoUpdatePath => "no update path",
         }
     }
 
@@ -127,6 +131,10 @@ impl Exit {
             Exit::NoIdentity => {
                 "the bundle is encrypted and this target holds no identity that opens it (looked in \
                  STATE/identity, STATE/identities/*.identity and `--identity`); refused before anything is written"
+            }
+            Exit::NoUpdatePath => {
+                "update: no update path: the channel's index has no chain of bundles from the installed version to \
+                 the version asked for (a full bundle applies only to an empty target); nothing was changed"
             }
         }
     }
@@ -191,6 +199,9 @@ pub enum Error {
     Unsupported(Vec<String>),
     #[error("bundle is encrypted to {recipients} recipient(s); this target holds no matching identity (looked in {looked_in})")]
     NoIdentity { recipients: usize, looked_in: String },
+    /// `update`: no chain of bundles in the index leads from the installed version to the goal.
+    #[error("no update path: {0}")]
+    NoPath(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -220,6 +231,7 @@ impl Error {
             Error::CorruptState { .. } => Exit::CorruptState,
             Error::Unsupported(_) => Exit::Unsupported,
             Error::NoIdentity { .. } => Exit::NoIdentity,
+            Error::NoPath(_) => Exit::NoUpdatePath,
             Error::Internal(_) => Exit::Failure,
         }
     }

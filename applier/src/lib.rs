@@ -17,6 +17,7 @@
 //! - [`inspect`]: what a bundle holds, read without a key (unverified).
 //! - [`cli`] and [`report`]: the command line, and what it prints (the `--json` contract).
 //! - [`fetch`]: resumable download over HTTP(S), verified frame by frame.
+//! - [`update`] and [`path`]: updating from a channel repository (bundle-format.md §18.5).
 //! - [`fsx`]: all target I/O through directory handles, never following symlinks.
 //! - [`sparse`]: hashing files without reading their holes, copying data extents only.
 //! - [`par`]: parallel hashing of the base and of staged files.
@@ -37,6 +38,7 @@ pub mod inspect;
 pub mod journal;
 pub mod netfs;
 pub mod par;
+pub mod path;
 pub mod plan;
 pub mod progress;
 pub mod report;
@@ -49,6 +51,7 @@ pub mod text;
 pub mod trust;
 pub mod txn;
 pub mod unseal;
+pub mod update;
 pub mod verify;
 pub mod xattrs;
 

@@ -2,7 +2,7 @@
 //! run the one subcommand, print its report (`applier::report`), exit with its code.
 
 use applier::apply;
-use applier::cli::{ApplyArgs, Cli, Cmd, FetchArgs, TargetArgs};
+use applier::cli::{ApplyArgs, Cli, Cmd, FetchArgs, TargetArgs, UpdateArgs};
 use applier::error::{Exit, Result};
 use applier::report::{self, Verified};
 use clap::Parser;
@@ -49,6 +49,7 @@ fn run(cmd: Cmd, g: &Global) -> Result<Exit> {
         Cmd::Status { t, json } => status(g, &t, json),
         Cmd::Inbox { dir, t, a, json } => inbox(g, &dir, &t, &a, json),
         Cmd::Fetch(f) => fetch(g, &f),
+        Cmd::Update(u) => update(g, &u),
         Cmd::Identity { t, out, json } => identity(&t.options(None, true, false), out.as_deref(), json),
     }
 }
@@ -118,6 +119,11 @@ fn inbox(g: &Global, dir: &Path, t: &TargetArgs, a: &ApplyArgs, json: bool) -> R
 fn fetch(g: &Global, f: &FetchArgs) -> Result<Exit> {
     let r = applier::fetch::fetch(&f.options(g.quiet))?;
     Ok(report::print("fetch", f.json, Exit::Ok, &r, report::fetch_text))
+}
+
+fn update(g: &Global, u: &UpdateArgs) -> Result<Exit> {
+    let r = applier::update::update(&u.options(g.quiet || u.json, g.verbose))?;
+    Ok(report::print("update", u.json, Exit::Ok, &r, report::update_text))
 }
 
 /// `ferry-apply identity`: create the target's identity if it has none, print its recipient.

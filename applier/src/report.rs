@@ -157,6 +157,29 @@ pub fn fetch_text(r: &crate::fetch::Report) -> String {
     )
 }
 
+/// `update`'s human text: the path, then what was applied.
+pub fn update_text(r: &crate::update::Report) -> String {
+    let v = |x: Option<u64>| x.map_or("none (empty target)".to_string(), |v| v.to_string());
+    if r.up_to_date {
+        return format!("up to date: version {} (channel {})", v(r.from), r.channel);
+    }
+    let path: Vec<String> = r.path.iter().map(|s| format!("{} ({} bytes)", s.file, s.size)).collect();
+    let head = format!(
+        "channel {}: version {} -> {}: {} ({} bytes planned)",
+        r.channel,
+        v(r.from),
+        r.to,
+        path.join(" -> "),
+        r.bytes_planned
+    );
+    if r.dry_run {
+        format!("{head}\ndry run: nothing changed")
+    } else {
+        let applied: Vec<String> = r.applied.iter().map(u64::to_string).collect();
+        format!("{head}\napplied versions {}; {} bytes downloaded", applied.join(", "), r.bytes_downloaded)
+    }
+}
+
 /// `inbox`'s human text: one line per bundle, each escaped as a single line (a bundle's name
 /// or a reason holding a newline cannot fake another bundle's line).
 pub fn inbox_text(r: &crate::inbox::InboxReport) -> String {

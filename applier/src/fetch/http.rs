@@ -19,6 +19,8 @@
 use super::Fail;
 use crate::error::Error;
 use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -195,16 +197,99 @@ pub struct Http {
     pub deadline_secs: u64,
 }
 
+/// How to reach servers: extra trusted roots for https (`--ca-cert`), and the proxy the
+/// environment names.
+#[derive(Clone, Default)]
+pub struct Net {
+    /// `None`: ureq's default (the webpki roots).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Net {{ extra roots: {} }}", self.tls.is_some())
+    }
+}
+
+impl Net {
+    /// The webpki roots plus every certificate of the PEM files `ca_certs` (`--ca-cert`,
+    /// repeatable). No file: ureq's defaults.
+    pub fn new(ca_certs: &[PathBuf]) -> Result<Net, Error> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+        if ca_certs.is_empty() {
+            return Ok(Net::default());
+        }
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        for p in ca_certs {
+            let bad = |why: String| Error::Usage(format!("--ca-cert {}: {why}", p.display()));
+            let mut n = 0;
+            for c in CertificateDer::pem_file_iter(p).map_err(|e| bad(e.to_string()))? {
+                let c = c.map_err(|e| bad(e.to_string()))?;
+                roots.add(c).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(bad("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Internal(format!("TLS configuration: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Net { tls: Some(Arc::new(config)) })
+    }
+}
+
+/// The proxy the environment names for `url`, curl's way: `https_proxy` / `HTTPS_PROXY` for
+/// https, `http_proxy` for http (not `HTTP_PROXY`: a CGI environment sets it from a request
+/// header), `all_proxy` / `ALL_PROXY` otherwise; none if `no_proxy` / `NO_PROXY` (a
+/// comma-separated list of host names, domain suffixes, `*`) covers the host. Only `http://`
+/// proxies work (ureq 2 speaks plain HTTP to a proxy, CONNECT for https).
+pub fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    let host = u.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let get = |names: &[&str]| names.iter().find_map(|n| env(n).filter(|v| !v.trim().is_empty()));
+    if let Some(np) = get(&["no_proxy", "NO_PROXY"]) {
+        if np.trim() == "*" {
+            return None;
+        }
+        for pat in np.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+            let pat = pat.trim_start_matches('*').trim_start_matches('.');
+            if !pat.is_empty() && (host == pat || host.ends_with(&format!(".{pat}"))) {
+                return None;
+            }
+        }
+    }
+    let own = match u.scheme() {
+        "https" => get(&["https_proxy", "HTTPS_PROXY"]),
+        "http" => get(&["http_proxy"]),
+        _ => None,
+    };
+    own.or_else(|| get(&["all_proxy", "ALL_PROXY"]))
+}
+
 impl Http {
-    pub fn new(url: &str, idle: Duration, deadline: Duration) -> Http {
-        let agent = ureq::AgentBuilder::new()
+    pub fn new(url: &str, idle: Duration, deadline: Duration, net: &Net) -> Result<Http, Error> {
+        let mut b = ureq::AgentBuilder::new()
             .timeout_connect(idle)
             .timeout_read(idle)
             .timeout_write(idle)
             .redirects(0)
-            .user_agent(concat!("ferry-apply/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Http {
+            .try_proxy_from_env(false)
+            .user_agent(concat!("ferry-apply/", env!("CARGO_PKG_VERSION")));
+        if let Some(t) = &net.tls {
+            b = b.tls_config(t.clone());
+        }
+        if let Some(p) = proxy_for(url, &|n| std::env::var(n).ok()) {
+            let proxy = ureq::Proxy::new(&p)
+                .map_err(|e| Error::Usage(format!("proxy {} from the environment: {e}", shown(&p))))?;
+            b = b.proxy(proxy);
+        }
+        let agent = b.build();
+        Ok(Http {
             agent,
             url: url.to_string(),
             bytes: 0,
@@ -212,7 +297,7 @@ impl Http {
             total: None,
             deadline: Instant::now() + deadline,
             deadline_secs: deadline.as_secs(),
-        }
+        })
     }
 
     /// The deadline has passed: the error to stop with.
@@ -388,6 +473,26 @@ mod tests {
             assert!(e.is_err(), "{bad}: {e:?}");
         }
         assert!(redirect_target("http://h/a", "file:///etc/passwd").is_err_and(|m| m.contains("only http")));
+    }
+
+    #[test]
+    fn proxies_from_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        };
+        let e = env(&[("https_proxy", "http://p:3128"), ("http_proxy", "http://q:8080"), ("no_proxy", "local,.lan")]);
+        assert_eq!(proxy_for("https://h.example/x", &e).as_deref(), Some("http://p:3128"));
+        assert_eq!(proxy_for("http://h.example/x", &e).as_deref(), Some("http://q:8080"));
+        assert_eq!(proxy_for("http://local/x", &e), None);
+        assert_eq!(proxy_for("http://a.b.lan/x", &e), None);
+        assert_eq!(proxy_for("http://blan/x", &e).as_deref(), Some("http://q:8080"));
+        // HTTP_PROXY (upper case) is not used: a CGI environment sets it from a header.
+        let e = env(&[("HTTP_PROXY", "http://evil:1")]);
+        assert_eq!(proxy_for("http://h/x", &e), None);
+        let e = env(&[("ALL_PROXY", "http://p:1"), ("NO_PROXY", "*")]);
+        assert_eq!(proxy_for("http://h/x", &e), None);
+        let e = env(&[("ALL_PROXY", "http://p:1")]);
+        assert_eq!(proxy_for("https://h/x", &e).as_deref(), Some("http://p:1"));
     }
 
     #[test]

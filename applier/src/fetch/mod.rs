@@ -40,6 +40,7 @@ use crate::verify::{self, Head};
 use bundle::container::{self, Reader, BLOCK, MANIFEST_NAME, MAX_SIGNATURES_BYTES};
 use bundle::sig::TrustPolicy;
 use bundle::{Hash, Limits};
+pub use http::{proxy_for, Net};
 use http::{net_error, Body, Http};
 use resume::{Dir, State, STATE_VERSION};
 use serde::Serialize;
@@ -69,6 +70,11 @@ pub struct Options {
     pub deadline: Duration,
     /// No progress lines on stderr.
     pub quiet: bool,
+    /// `--ca-cert`: PEM files of extra trusted roots for https.
+    pub ca_certs: Vec<PathBuf>,
+    /// The bundle id the caller expects (`update`: the index entry's); another bundle is
+    /// refused as soon as its head is read, before any payload is fetched.
+    pub expect_id: Option<Hash>,
 }
 
 /// `--deadline` when not given: one hour.
@@ -85,6 +91,8 @@ impl Default for Options {
             timeout: Duration::from_secs(60),
             deadline: DEFAULT_DEADLINE,
             quiet: false,
+            ca_certs: Vec::new(),
+            expect_id: None,
         }
     }
 }
@@ -128,6 +136,11 @@ const END_MARKER: u64 = 2 * BLOCK;
 
 /// Download `o.url` into `o.into`.
 pub fn fetch(o: &Options) -> Result<Report> {
+    fetch_with(o, &Net::new(&o.ca_certs)?)
+}
+
+/// [`fetch`] with the network configuration made already (`update` makes it once).
+pub fn fetch_with(o: &Options, net: &Net) -> Result<Report> {
     let name = file_name(&o.url)?;
     let dir = Dir::open(&o.into, &name)?;
     let trust = o.trust.as_deref().map(|t| crate::trust::load(t, None)).transpose()?;
@@ -141,7 +154,7 @@ pub fn fetch(o: &Options) -> Result<Report> {
         o,
         trust,
         limits: Limits::default(),
-        http: Http::new(&o.url, o.timeout, o.deadline),
+        http: Http::new(&o.url, o.timeout, o.deadline, net)?,
         dir,
         part,
         state: None,
@@ -306,6 +319,12 @@ impl Fetcher<'_> {
             let mut r = Reader::new(&raw[..], self.limits.clone());
             match verify::head(&mut r, self.trust.as_ref(), &self.limits) {
                 Ok(h) => {
+                    if let Some(want) = self.o.expect_id.filter(|w| *w != h.id) {
+                        return Err(Fail::Stop(Error::BadPart(format!(
+                            "{}: bundle id {} is not the {want} the index names for it (mix-and-match)",
+                            self.o.url, h.id
+                        ))));
+                    }
                     let n = (r.offset() as usize).min(raw.len());
                     return Ok((h, raw[..n].to_vec()));
                 }
@@ -478,6 +497,43 @@ impl Fetcher<'_> {
         d.remove(&d.state).ctx("remove", d.show(&d.state))?;
         d.fsync()?;
         Ok(self.report)
+    }
+}
+
+/// GET a small file (a channel index) whole into memory: at most `max` bytes (more is an
+/// error), through the same client as [`fetch`] (idle timeout, deadline, http(s)-only bounded
+/// redirects, `--ca-cert`, proxy), retrying network failures as it does. Returns the bytes;
+/// their count is what crossed the network.
+pub fn get_small(o: &Options, net: &Net, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut http = Http::new(&o.url, o.timeout, o.deadline, net)?;
+    let mut fails = 0u32;
+    loop {
+        let r = http.call("GET", None).and_then(|(_, body)| {
+            let mut out = Vec::new();
+            let mut limited = body.take(max + 1);
+            limited.read_to_end(&mut out).map_err(|e| Fail::Net(format!("{e} (after {} bytes)", out.len())))?;
+            Ok(out)
+        });
+        match r {
+            Ok(v) if v.len() as u64 > max => {
+                return Err(Error::BadPart(format!("{}: more than {max} bytes, over the limit", o.url)))
+            }
+            Ok(v) => return Ok(v),
+            Err(Fail::Net(m)) => {
+                fails += 1;
+                if fails > o.retries || http.expired().is_some() {
+                    return Err(net_error(&o.url, format!("{m}; gave up after {fails} failed attempts")));
+                }
+                let wait = o.retry_wait.saturating_mul(1 << (fails - 1).min(16)).min(retry::MAX_WAIT);
+                let wait = wait.min(http.deadline.saturating_duration_since(Instant::now()));
+                say(o, format_args!("update: network error ({}): {m}; retrying in {} ms", o.url, wait.as_millis()));
+                std::thread::sleep(wait);
+            }
+            Err(Fail::Stop(e)) => return Err(e),
+            Err(Fail::Changed(m)) => return Err(net_error(&o.url, m)),
+            Err(Fail::NoRanges(_)) => return Err(net_error(&o.url, "unexpected answer".into())),
+        }
     }
 }
 
