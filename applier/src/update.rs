@@ -201,11 +201,7 @@ pub fn update(o: &Options) -> Result<Report> {
     let mut a = o.apply.clone();
     // Lock (and finish what an interrupted run left) unless this is a dry run, which writes
     // nothing, not even the state directory.
-    let (target, sd) = if o.dry_run {
-        (None, apply::open_state(&a)?)
-    } else {
-        (Some(apply::open_target(&a)?), None)
-    };
+    let (target, sd) = if o.dry_run { (None, apply::open_state(&a)?) } else { (Some(apply::open_target(&a)?), None) };
     let state_dir: Option<&Dir> = target.as_ref().map(|t| &t.state).or(sd.as_ref());
     let trust = apply::load_trust(&a, state_dir)?;
     let mut resumed = None;
@@ -430,7 +426,11 @@ impl Run<'_> {
                 "{}: the bundle is version {} built for {}, the index says {} from {} (mix-and-match)",
                 path.display(),
                 m.version,
-                if m.base.is_some() { base.map_or("a base".into(), |v| format!("version {v}")) } else { "an empty target".into() },
+                if m.base.is_some() {
+                    base.map_or("a base".into(), |v| format!("version {v}"))
+                } else {
+                    "an empty target".into()
+                },
                 b.to,
                 b.from.map_or("an empty target".into(), |v| format!("version {v}"))
             )));
