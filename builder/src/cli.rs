@@ -64,6 +64,10 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Add a version to a channel repository (deltas from the last versions and a full bundle,
+    /// then the signed index, written last and atomically); or re-sign the index's freshness
+    /// (--refresh); or remove files the index no longer names (--prune). bundle-format.md §18.4.
+    Publish(Box<PublishArgs>),
     /// Cut a bundle into numbered parts FILE.000, FILE.001, ... (e.g. for a FAT32 stick).
     Split {
         file: PathBuf,
@@ -105,28 +109,12 @@ pub struct BuildArgs {
     /// Output bundle file.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Post-commit hook 'GLOB=COMMAND' (repeatable).
-    #[arg(long = "hook", value_name = "GLOB=COMMAND")]
-    pub hooks: Vec<String>,
-    #[arg(long, value_name = "SECS", default_value_t = crate::DEFAULT_HOOK_TIMEOUT)]
-    pub hook_timeout: u32,
     /// Expiry time, seconds since the Unix epoch.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub expires: Option<u64>,
-    /// Compression level: fast, default, max, or 1..22.
-    #[arg(long, default_value = "default", value_parser = crate::parse_level)]
-    pub level: i32,
-    /// Files larger than this are split into pieces of this size (K/M/G suffixes allowed).
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = crate::parse_size)]
-    pub chunk_size: u64,
-    /// Files under 16 MiB whose best encoding is plain zstd are compressed together in
-    /// "solid" frames of at most this many decoded bytes, similar files side by side (0: one
-    /// frame per file).
-    #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = crate::parse_solid_size)]
-    pub solid_size: u64,
-    /// Mark NEW files matching GLOB as configuration files.
-    #[arg(long = "config-files", value_name = "GLOB", num_args = 1..)]
-    pub config_files: Vec<String>,
+    /// How the bundle is encoded and what it carries (shared with `publish`).
+    #[command(flatten)]
+    pub encode: EncodeArgs,
     /// Public key file the target trusts from now on.
     #[arg(long = "rotate-add", value_name = "KEY.pub", num_args = 1..)]
     pub rotate_add: Vec<PathBuf>,
@@ -142,6 +130,39 @@ pub struct BuildArgs {
     /// Print the apply script and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
+    #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
+    pub split_size: Option<u64>,
+    /// Encrypt the bundle to this recipient (a NAME.recipient file from `recipient-gen` or
+    /// `ferry-apply identity`); repeatable, at most 64. Only a target holding a matching identity
+    /// can read the paths, metadata, script and contents; anyone can still verify the signatures.
+    #[arg(long = "encrypt-to", value_name = "RECIPIENT_FILE")]
+    pub encrypt_to: Vec<PathBuf>,
+}
+
+/// Build options that `build` and `publish` share: encoding, hooks, config files, what the
+/// trees carry.
+#[derive(Args, Clone)]
+pub struct EncodeArgs {
+    /// Post-commit hook 'GLOB=COMMAND' (repeatable).
+    #[arg(long = "hook", value_name = "GLOB=COMMAND")]
+    pub hooks: Vec<String>,
+    #[arg(long, value_name = "SECS", default_value_t = crate::DEFAULT_HOOK_TIMEOUT)]
+    pub hook_timeout: u32,
+    /// Compression level: fast, default, max, or 1..22.
+    #[arg(long, default_value = "default", value_parser = crate::parse_level)]
+    pub level: i32,
+    /// Files larger than this are split into pieces of this size (K/M/G suffixes allowed).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = crate::parse_size)]
+    pub chunk_size: u64,
+    /// Files under 16 MiB whose best encoding is plain zstd are compressed together in
+    /// "solid" frames of at most this many decoded bytes, similar files side by side (0: one
+    /// frame per file).
+    #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = crate::parse_solid_size)]
+    pub solid_size: u64,
+    /// Mark NEW files matching GLOB as configuration files.
+    #[arg(long = "config-files", value_name = "GLOB", num_args = 1..)]
+    pub config_files: Vec<String>,
     /// A file or symlink whose content, mode and owner are unchanged keeps the target's mtime
     /// instead of taking NEW's (no step, not listed): smaller bundles when a rebuild or package
     /// reinstall touched every mtime. The target then differs from NEW in those mtimes.
@@ -159,14 +180,113 @@ pub struct BuildArgs {
     /// namespace an entry's attributes are exactly NEW's on the target; others are left alone.
     #[arg(long, value_name = "WHICH", default_value = "auto", value_parser = crate::xattr::Carry::parse)]
     pub xattrs: crate::xattr::Carry,
-    /// Write the bundle as parts FILE.000, FILE.001, ... of at most this size (K/M/G suffixes).
-    #[arg(long, value_name = "BYTES", value_parser = crate::parse_size)]
-    pub split_size: Option<u64>,
-    /// Encrypt the bundle to this recipient (a NAME.recipient file from `recipient-gen` or
-    /// `ferry-apply identity`); repeatable, at most 64. Only a target holding a matching identity
-    /// can read the paths, metadata, script and contents; anyone can still verify the signatures.
-    #[arg(long = "encrypt-to", value_name = "RECIPIENT_FILE")]
-    pub encrypt_to: Vec<PathBuf>,
+}
+
+/// `ferry-build publish` (bundle-format.md §18.4).
+#[derive(Args)]
+pub struct PublishArgs {
+    /// The repository: a directory served as it is (HTTP root, bucket, stick).
+    #[arg(long, value_name = "REPO")]
+    pub repo: PathBuf,
+    /// The channel (its directory in REPO and the bundles' manifest channel).
+    #[arg(long, value_name = "C")]
+    pub channel: String,
+    /// Re-sign only the freshness part of the current index (with --timestamp-key, which the
+    /// index must list, or with the release keys).
+    #[arg(long, conflicts_with_all = ["prune", "new", "version", "no_full", "keep_versions"])]
+    pub refresh: bool,
+    /// Remove files of REPO/C/bundles the index does not name, stale temporary files, and the
+    /// store's trees no future delta needs (all but the newest --deltas-from versions).
+    #[arg(long, conflicts_with_all = ["new", "version", "keys", "signer_commands", "timestamp_key"])]
+    pub prune: bool,
+    /// The new version's tree: a directory, a .tar or a .tar.zst (as for `build --new`).
+    #[arg(long, value_name = "DIR|TAR", required_unless_present_any = ["refresh", "prune"])]
+    pub new: Option<PathBuf>,
+    /// The new version: above the index's latest.
+    #[arg(long, value_name = "V", required_unless_present_any = ["refresh", "prune"])]
+    pub version: Option<u64>,
+    /// Release key: signs the bundles and the index's release part (repeatable).
+    #[arg(long = "key", value_name = "KEY.secret")]
+    pub keys: Vec<PathBuf>,
+    /// External release signer (as for `sign --signer-command`; it is given the 51-byte bundle
+    /// messages and the 55- and 53-byte index messages). Repeatable.
+    #[arg(long = "signer-command", value_name = "CMD")]
+    pub signer_commands: Vec<String>,
+    /// Public key of the one --signer-command.
+    #[arg(long, value_name = "KEY.pub")]
+    pub signer_pub: Option<PathBuf>,
+    /// Seconds a signer command may take before it is killed.
+    #[arg(long, value_name = "SECS", default_value_t = crate::signer::DEFAULT_TIMEOUT_SECS)]
+    pub signer_timeout: u64,
+    /// Timestamp key: signs the freshness part, and the release part lists it.
+    #[arg(long, value_name = "T.secret")]
+    pub timestamp_key: Option<PathBuf>,
+    /// Another timestamp key the release part lists (repeatable), e.g. a standby one.
+    #[arg(long = "timestamp-pub", value_name = "T.pub")]
+    pub timestamp_pubs: Vec<PathBuf>,
+    /// Build deltas from each of the newest K earlier versions.
+    #[arg(long, value_name = "K", default_value_t = crate::publish::DEFAULT_DELTAS_FROM)]
+    pub deltas_from: usize,
+    /// Bundles built at a time.
+    #[arg(long, value_name = "N", default_value_t = crate::publish::DEFAULT_JOBS)]
+    pub jobs: usize,
+    /// The publisher's store of past trees and its lock (not served; default: REPO.store).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Keep only the bundles leading to the newest N versions in the index.
+    #[arg(long, value_name = "N")]
+    pub keep_versions: Option<usize>,
+    /// Freshness lifetime: seconds, or with s, m, h, d, w (e.g. 90m, 12h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = crate::publish::parse_duration)]
+    pub expires: u64,
+    /// Release part lifetime (bounds the freeze a stolen timestamp key can hold); default none.
+    #[arg(long, value_name = "DURATION", value_parser = crate::publish::parse_duration)]
+    pub release_expires: Option<u64>,
+    /// Publish no full bundle (deltas only).
+    #[arg(long)]
+    pub no_full: bool,
+    /// How the bundles are encoded and what they carry (as for `build`).
+    #[command(flatten)]
+    pub encode: EncodeArgs,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl PublishArgs {
+    /// The options every bundle of the publish is built with (input, output, version and base
+    /// are set per bundle).
+    pub fn build_options(&self) -> Result<BuildOptions, Error> {
+        let e = &self.encode;
+        let hooks = e.hooks.iter().map(|h| crate::parse_hook(h, e.hook_timeout)).collect::<Result<Vec<_>, _>>()?;
+        let channel: bundle::Channel =
+            self.channel.parse().map_err(|err| Error::Usage(format!("--channel {:?}: {err}", self.channel)))?;
+        Ok(BuildOptions {
+            new: self.new.clone().unwrap_or_default(),
+            old: None,
+            keys: Vec::new(),
+            unsigned: true,
+            version: self.version.unwrap_or(0),
+            base_version: None,
+            channel,
+            out: PathBuf::new(),
+            hooks,
+            expires: None,
+            level: e.level,
+            chunk_size: e.chunk_size,
+            solid_size: e.solid_size,
+            config_files: e.config_files.clone(),
+            rotate_add: Vec::new(),
+            rotate_retire: Vec::new(),
+            rotate_threshold: None,
+            dry_run: false,
+            keep_unchanged_mtimes: e.keep_unchanged_mtimes,
+            fail_on_sockets: e.fail_on_sockets,
+            xattrs: e.xattrs.clone(),
+            created: crate::created_from_env()?,
+            encrypt_to: Vec::new(),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -259,7 +379,8 @@ impl TryFrom<&BuildArgs> for BuildOptions {
     type Error = Error;
 
     fn try_from(a: &BuildArgs) -> Result<BuildOptions, Error> {
-        let hooks = a.hooks.iter().map(|h| crate::parse_hook(h, a.hook_timeout)).collect::<Result<Vec<_>, _>>()?;
+        let e = &a.encode;
+        let hooks = e.hooks.iter().map(|h| crate::parse_hook(h, e.hook_timeout)).collect::<Result<Vec<_>, _>>()?;
         Ok(BuildOptions {
             new: a.new.clone(),
             old: a.old.clone(),
@@ -271,17 +392,17 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             out: a.out.clone(),
             hooks,
             expires: a.expires,
-            level: a.level,
-            chunk_size: a.chunk_size,
-            solid_size: a.solid_size,
-            config_files: a.config_files.clone(),
+            level: e.level,
+            chunk_size: e.chunk_size,
+            solid_size: e.solid_size,
+            config_files: e.config_files.clone(),
             rotate_add: a.rotate_add.clone(),
             rotate_retire: a.rotate_retire.clone(),
             rotate_threshold: a.rotate_threshold,
             dry_run: a.dry_run,
-            keep_unchanged_mtimes: a.keep_unchanged_mtimes,
-            fail_on_sockets: a.fail_on_sockets,
-            xattrs: a.xattrs.clone(),
+            keep_unchanged_mtimes: e.keep_unchanged_mtimes,
+            fail_on_sockets: e.fail_on_sockets,
+            xattrs: e.xattrs.clone(),
             created: crate::created_from_env()?,
             encrypt_to: a.encrypt_to.clone(),
         })

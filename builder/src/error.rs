@@ -42,6 +42,9 @@ pub enum Error {
     Invalid(bundle::Error),
     #[error("compressing {path}: {source}")]
     Compress { path: String, source: std::io::Error },
+    /// A publish, refresh or prune refused (`ferry-build publish`).
+    #[error(transparent)]
+    Publish(Box<crate::publish::PublishError>),
     #[error("writing bundle {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }

@@ -22,6 +22,7 @@ pub mod paxattr;
 pub mod plan;
 pub mod progress;
 pub mod protect;
+pub mod publish;
 pub mod scan;
 pub mod seal;
 pub mod sign;
@@ -30,6 +31,7 @@ pub mod similar;
 pub mod sparse;
 pub mod split;
 pub mod tarstream;
+pub mod treetar;
 pub mod write;
 pub mod xattr;
 

@@ -1,7 +1,7 @@
 //! `ferry-build`: command-line shim over the `builder` library. Exit codes: 0 ok, 1 error,
 //! 2 usage.
 
-use builder::cli::{BuildArgs, Cli, Cmd, PubkeyArgs, SignArgs, SignRequestArgs};
+use builder::cli::{BuildArgs, Cli, Cmd, PubkeyArgs, PublishArgs, SignArgs, SignRequestArgs};
 use builder::progress::{Progress, Verbosity};
 use builder::signer::Signer;
 use builder::{BuildOptions, BuildReport};
@@ -54,6 +54,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
         Cmd::Sign(a) => sign(&a, verbosity),
         Cmd::SignRequest(a) => sign_request(&a, verbosity),
         Cmd::Pubkey(a) => pubkey(&a, verbosity),
+        Cmd::Publish(a) => publish(&a, verbosity),
         Cmd::RecipientGen { out, json } => {
             let (i, r, id) = builder::seal::recipient_gen(&out)?;
             if json {
@@ -239,6 +240,111 @@ fn sign_request(a: &SignRequestArgs, verbosity: Verbosity) -> Result<(), builder
         if let Some((pk, out)) = &signed {
             eprintln!("{}: signature by key {} for bundle {}", out.display(), pk.id, summary.bundle_id);
         }
+    }
+    Ok(())
+}
+
+/// `ferry-build publish` (and `--refresh`, `--prune`).
+fn publish(a: &PublishArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
+    use builder::publish as p;
+    let say = |line: String| {
+        if verbosity > Verbosity::Quiet {
+            eprintln!("{line}");
+        }
+    };
+    let store = a.store.clone().unwrap_or_else(|| p::default_store(&a.repo));
+    if a.prune {
+        let r = p::prune(&a.repo, &store, &a.channel, a.deltas_from)?;
+        if a.json {
+            print_json(&r);
+        } else {
+            for f in &r.removed {
+                say(format!("removed {f}"));
+            }
+            say(format!(
+                "channel {}: {} removed ({} bytes); store keeps the trees of versions {:?}",
+                r.channel,
+                r.removed.len(),
+                r.removed_bytes,
+                r.kept_trees
+            ));
+        }
+        return Ok(());
+    }
+    let release = signers(&a.keys, &a.signer_commands, a.signer_pub.as_deref(), a.signer_timeout)?;
+    let mut release_public = Vec::new();
+    for s in &release {
+        if let Signer::Key(k) = s {
+            release_public.push(k.public());
+        }
+    }
+    if let Some(pk) = &a.signer_pub {
+        release_public.push(builder::keys::load_public(pk)?);
+    }
+    let (timestamp, timestamp_public) = p::load_timestamp_keys(a.timestamp_key.as_deref(), &a.timestamp_pubs)?;
+    let mut keys = p::Keys { release, release_public, timestamp, timestamp_public };
+    let now = builder::created_from_env()?;
+    if a.refresh {
+        let r = p::refresh(&a.repo, &store, &a.channel, &mut keys, a.expires, now)?;
+        if a.json {
+            print_json(&r);
+        } else {
+            say(format!(
+                "{}: freshness {} of release {} (latest version {}), expires {}, signed by {}{}",
+                r.index,
+                r.fresh_seq,
+                r.release_seq,
+                r.latest,
+                r.fresh_expires,
+                r.signed_by.join(", "),
+                if r.by_timestamp_key { " (timestamp key)" } else { "" }
+            ));
+        }
+        return Ok(());
+    }
+    let (Some(new), Some(version)) = (&a.new, a.version) else {
+        return Err(builder::Error::Usage("publish needs --new NEW and --version V".into()));
+    };
+    let o = p::PublishOptions {
+        repo: a.repo.clone(),
+        channel: a.channel.clone(),
+        store,
+        new: new.clone(),
+        version,
+        deltas_from: a.deltas_from,
+        jobs: a.jobs,
+        keep_versions: a.keep_versions,
+        expires: a.expires,
+        release_expires: a.release_expires,
+        no_full: a.no_full,
+        build: a.build_options()?,
+        now,
+    };
+    let progress = Progress::new(verbosity);
+    let r = p::publish(&o, &mut keys, &progress)?;
+    drop(progress);
+    for w in &r.warnings {
+        say(format!("ferry-build: warning: {w}"));
+    }
+    if a.json {
+        print_json(&r);
+    } else {
+        for b in &r.bundles {
+            say(format!("  {} ({} bytes, {:.1} s)", b.file, b.size, b.build_seconds));
+        }
+        say(format!(
+            "{}: version {} published: {} bundles written ({} bytes), index names {} (release {}, freshness {}){}, \
+             {:.1} s",
+            r.index,
+            r.version,
+            r.bundles.len(),
+            r.total_bytes,
+            r.index_bundles,
+            r.release_seq,
+            r.fresh_seq,
+            if r.dropped.is_empty() { String::new() } else { format!(", {} dropped", r.dropped.len()) },
+            r.wall_seconds
+        ));
     }
     Ok(())
 }

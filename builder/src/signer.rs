@@ -49,6 +49,12 @@ impl Signer {
     /// Sign `message` (one of the 51-byte messages of [`bundle::sig`]); returns the signing key
     /// and the signature, checked strictly over `message`.
     pub fn sign(&self, message: &[u8; MESSAGE_LEN]) -> Result<(PublicKey, [u8; 64])> {
+        self.sign_bytes(message)
+    }
+
+    /// Sign any domain-separated message (a bundle's 51 bytes, or an index part's 55 or 53
+    /// bytes, bundle-format.md §18.2); checked as [`Signer::sign`].
+    pub fn sign_bytes(&self, message: &[u8]) -> Result<(PublicKey, [u8; 64])> {
         match self {
             Signer::Key(k) => {
                 let s = k.sign_message(message);

@@ -3,7 +3,7 @@
 //!
 //! The binaries are found through `FERRY_BIN_DIR`, else `target/debug` beside this package
 //! (built once per test process with `cargo build -p ferry-builder -p ferry-applier --features
-//! ferry-applier/failpoints`, a no-op after `cargo test --workspace`, which builds them with the
+//! ferry-applier/failpoints,ferry-builder/failpoints`, a no-op after `cargo test --workspace`, which builds them with the
 //! same features).
 
 pub mod forge;
@@ -42,7 +42,7 @@ pub fn bin(name: &str) -> PathBuf {
                 "-p",
                 "ferry-applier",
                 "--features",
-                "ferry-applier/failpoints",
+                "ferry-applier/failpoints,ferry-builder/failpoints",
             ])
             .current_dir(&root)
             .status();
