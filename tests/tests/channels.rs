@@ -120,7 +120,7 @@ fn publish_cmd(fx: &Fx, repo: &Path, store: &Path, tree: &Path, v: u64, deltas_f
         .args(["--deltas-from", &deltas_from.to_string()])
         .arg("--store")
         .arg(store)
-        .arg("--json");
+        .args(["--level", "fast", "--json"]);
     c
 }
 
@@ -657,14 +657,15 @@ fn range_of(r: &nginx::Request, size: u64) -> (u64, u64) {
 /// a frame in `done`.
 fn assert_not_refetched(ng: &Nginx, bundle: &[u8], file: &str, done: &[usize], what: &str) {
     let spans = frame_spans(bundle);
+    let first = spans.first().map_or(0, |s| s.0);
     for r in ng.requests().iter().filter(|r| r.method == "GET" && r.path.ends_with(file)) {
         let (a, b) = range_of(r, bundle.len() as u64);
-        for &i in done {
-            let (s, e) = spans[i];
-            // Head bytes before the frames may be asked for again (they are re-read to check
-            // the signatures); frame bytes verified before must not be.
-            assert!(b <= s || a >= e, "{what}: {r:?} asks again for frame {i} ({s}..{e}), verified before");
-        }
+        let again: u64 = done.iter().map(|&i| b.min(spans[i].1).saturating_sub(a.max(spans[i].0))).sum();
+        // The head (manifest and signatures, before the frames) is read again to check the
+        // signatures, in reads that may run a few KiB into the first frames; a request for
+        // frames must not ask for a verified one again.
+        let allowed = if a < first { 8192 } else { 0 };
+        assert!(again <= allowed, "{what}: {r:?} asks again for {again} bytes of frames {done:?} verified before");
     }
 }
 
@@ -675,7 +676,9 @@ fn the_server_killed_mid_download_and_mid_chain_and_the_applier_killed_mid_downl
     }
     let fx = fx();
     let tmp = tmpdir();
-    let Some(mut ng) = start_nginx("channels: server killed", &fx.root) else { return };
+    // Slow enough that the applier's progress file (saved once a second) shows a download
+    // midway: a delta of ~300 KB in six frames takes about 5 s.
+    let Some(mut ng) = Nginx::start("channels: server killed", &fx.root, 64 * 1024) else { return };
     let index = read_index(&fx.repo);
     let t = target_at(fx, &tmp.path().join("t"), Some(1));
     let cache = tmp.path().join("cache");
@@ -691,7 +694,7 @@ fn the_server_killed_mid_download_and_mid_chain_and_the_applier_killed_mid_downl
 
     // Run 1: the server is killed while the first bundle downloads (and restarted: the same run
     // continues), then the applier is killed (SIGKILL) while the second downloads.
-    let mut child = update_cmd(fx, &url, &t, &["--cache", &cache_s, "--retries", "8", "--retry-wait", "200"])
+    let mut child = update_cmd(fx, &url, &t, &["--cache", &cache_s, "--retries", "8"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -713,6 +716,8 @@ fn the_server_killed_mid_download_and_mid_chain_and_the_applier_killed_mid_downl
     let done1 = {
         let now = verified_frames(&cache, &path[1]);
         assert!(now.len() >= done1.len(), "{now:?} {done1:?}");
+        let frames = frame_spans(&bytes[1]).len();
+        assert!(now.len() < frames, "{} was complete when the applier was killed: too fast to test", path[1]);
         now
     };
     ng.clear_log();
@@ -735,8 +740,9 @@ fn the_server_killed_mid_download_and_mid_chain_and_the_applier_killed_mid_downl
         let spans = frame_spans(&bytes[1]);
         done1.iter().map(|&i| spans[i].1 - spans[i].0).sum()
     };
+    // At most the head's re-read (see assert_not_refetched) beyond what was missing.
     assert!(
-        served <= bytes[1].len() as u64 - saved,
+        served <= bytes[1].len() as u64 - saved + 8192,
         "{} bytes of {} served again though {saved} were verified before",
         served,
         path[1]
@@ -810,6 +816,7 @@ fn publish_killed_at_random_points_leaves_a_repository_every_reader_reads() {
     let fx = fx();
     let tmp = tmpdir();
     let served = tmp.path().join("served");
+    fs::create_dir_all(&served).expect("mkdir");
     let repo = served.join("repo");
     let store = tmp.path().join("store");
     copy_tree(&fx.repo4, &repo);
