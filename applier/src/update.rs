@@ -474,6 +474,8 @@ impl Run<'_> {
         if h != b.blake3 {
             return Err(mismatch(format!("BLAKE3 {h}, the index says {}", b.blake3)));
         }
+        // Downloaded and checked, not applied yet (a crash here must not download it again).
+        crate::failpoint::hit("update-downloaded");
         Ok(p)
     }
 }

@@ -171,13 +171,34 @@ pub fn frames<R: Read>(r: &mut Reader<R>, h: &Head, limits: &Limits, decode: boo
         prog.tick(i as u64, read);
         read += f.size;
         let res = if let Some(codec) = codecs[i].filter(|_| decode) {
+            // As in staging (§7), the frame is read whole and its hash checked before any byte
+            // of it is decrypted or decoded: in memory up to [`SPOOL_ABOVE`] bytes, else in an
+            // unnamed scratch file. A corrupt frame is reported as one, never by the decoding
+            // error it may also cause; a read error inside a frame (a missing last part) names
+            // the part too.
+            let explain = |e: std::io::Error| source::explain(bundle::container::unwrap_io(e, i).into());
             let mut fr = r.frame(&h.manifest.frames, i).map_err(|e| source::explain(e.into()))?;
-            let n = decode_count(crate::unseal::frame_reader(&mut fr, h, i), codec, limits, f.decoded, i);
-            // The frame's hash is checked (the rest of it read) before what decoding found is
-            // reported: a corrupt frame is reported as one, as `apply` reports it, not by the
-            // decoding error it may also cause. A read error inside a frame (a missing last
-            // part) names the part too.
-            fr.finish().map_err(|e| source::explain(e.into()))?;
+            let n = if f.size <= SPOOL_ABOVE {
+                let mut bytes = Vec::with_capacity(f.size as usize);
+                fr.read_to_end(&mut bytes).map_err(explain)?;
+                fr.finish().map_err(|e| source::explain(e.into()))?;
+                decode_count(crate::unseal::frame_reader(&bytes[..], h, i), codec, limits, f.decoded, i)
+            } else {
+                let mut spool = scratch_file().map_err(|e| Error::Io {
+                    op: "create a scratch file in",
+                    path: std::env::temp_dir().display().to_string(),
+                    source: e,
+                })?;
+                std::io::copy(&mut fr, &mut spool).map_err(explain)?;
+                fr.finish().map_err(|e| source::explain(e.into()))?;
+                std::io::Seek::rewind(&mut spool).map_err(|e| Error::Io {
+                    op: "rewind a scratch file in",
+                    path: std::env::temp_dir().display().to_string(),
+                    source: e,
+                })?;
+                let spool = std::io::BufReader::new(spool);
+                decode_count(crate::unseal::frame_reader(spool, h, i), codec, limits, f.decoded, i)
+            };
             let n = n.map_err(source::explain)?;
             if n != f.decoded {
                 return Err(bundle::Error::FrameDecode {
@@ -195,6 +216,27 @@ pub fn frames<R: Read>(r: &mut Reader<R>, h: &Head, limits: &Limits, decode: boo
     r.end().map_err(|e| source::explain(e.into()))?;
     prog.finish(h.manifest.frames.len() as u64, read);
     Ok(())
+}
+
+/// Frames above this many bytes are checked in a scratch file rather than in memory before
+/// `verify --decode` decodes them (the bound staging uses too).
+const SPOOL_ABOVE: u64 = 8 << 20;
+
+/// An unnamed scratch file in the temporary directory (`O_TMPFILE`: no name another user could
+/// open, replace or plant), gone when closed; where the filesystem lacks `O_TMPFILE`, a file
+/// created exclusively under a random name and unlinked at once.
+fn scratch_file() -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = std::env::temp_dir();
+    match rustix::fs::open(&dir, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, Mode::from_raw_mode(0o600)) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+            let d = rustix::fs::open(&dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+            let name = format!(".ferry-verify-{}-{}", std::process::id(), crate::state::now());
+            crate::fsx::scratch_file_at(std::os::fd::AsFd::as_fd(&d), name.as_bytes())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How each frame decodes without an OLD base: `None` for patch frames (they need their base)

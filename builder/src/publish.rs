@@ -70,6 +70,8 @@ pub enum PublishError {
     TimestampNotListed { path: PathBuf, key: String, listed: String },
     #[error("{path}: release key {key} did not sign the index's release part (signed by {signers}); re-signing freshness with it would give an index no target accepts")]
     NotASigner { path: PathBuf, key: String, signers: String },
+    #[error("{path}: the index about to be written does not verify, nothing written: {source}")]
+    SelfCheck { path: PathBuf, source: IndexError },
     #[error("the new index would be invalid (a publisher bug): {0}")]
     InvalidIndex(String),
     #[error("building {what}: {source}")]
@@ -585,8 +587,8 @@ fn sign_fresh(keys: &Keys, fresh: &Fresh) -> Result<(Signatures, Vec<PublicKey>)
 /// the keys that signed its release part as the trust policy.
 fn self_check(idx: &Index, release_signers: &[PublicKey], now: u64, path: &Path) -> Result<()> {
     let policy = TrustPolicy { keys: release_signers.to_vec(), threshold: 1, retired: vec![] };
-    let back = Index::decode(&idx.encode()).map_err(|source| PublishError::BadIndex { path: path.into(), source })?;
-    back.verify(&policy, now, 0, None).map_err(|source| PublishError::BadIndex { path: path.into(), source })?;
+    let back = Index::decode(&idx.encode()).map_err(|source| PublishError::SelfCheck { path: path.into(), source })?;
+    back.verify(&policy, now, 0, None).map_err(|source| PublishError::SelfCheck { path: path.into(), source })?;
     Ok(())
 }
 

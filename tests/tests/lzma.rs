@@ -79,7 +79,8 @@ fn real_binaries_get_lzma_frames_and_apply_exactly() {
     let big = elf_tree(&new);
     let want = snapshot(&new, true);
     let out = d.path().join("elf.ferry");
-    let rep = build_json(Some(&old), &new, &secret, &out, &[]);
+    // Solid frames capped at 1 MiB keep the big program (over 1 MiB) out of them.
+    let rep = build_json(Some(&old), &new, &secret, &out, &["--solid-size", "1M"]);
     // The big program in a frame of its own, the small ones in a solid frame: both LZMA2 behind
     // this machine's filter.
     assert!(rep["stats"]["lzma"]["files"].as_u64() >= Some(1), "{rep}");
@@ -112,7 +113,7 @@ fn real_binaries_get_lzma_frames_and_apply_exactly() {
     assert!(run.status.success(), "the applied {big} does not run");
     // Same trees, same options: the same bytes.
     let again = d.path().join("again.ferry");
-    build_json(Some(&old), &new, &secret, &again, &[]);
+    build_json(Some(&old), &new, &secret, &again, &["--solid-size", "1M"]);
     assert_eq!(fs::read(&out).expect("read"), fs::read(&again).expect("read"), "build not deterministic");
 }
 
@@ -130,7 +131,8 @@ fn text_gets_lzma_without_a_filter_and_noise_never() {
     fs::write(new.join("big.txt"), &text).expect("write");
     fs::write(new.join("noise.bin"), noise(2 << 20, 5)).expect("write");
     let out = d.path().join("t.ferry");
-    let rep = build_json(None, &new, &secret, &out, &[]);
+    // Both files are over 1 MiB: each in a frame of its own, not one solid frame.
+    let rep = build_json(None, &new, &secret, &out, &["--solid-size", "1M"]);
     let m = manifest(&out);
     for e in &m.entries {
         if let Kind::File { content: Content::Pieces(ps), .. } = &e.kind {

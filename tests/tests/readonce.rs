@@ -411,3 +411,30 @@ fn a_frame_over_8_mib_is_hash_checked_before_it_is_decoded() {
     assert_same(&snapshot(&t, true), &before, "a corrupt spooled frame");
     assert_eq!(leftovers(&t), Vec::<String>::new());
 }
+
+/// `verify` reads a frame whole and checks its hash before it decodes it: a frame over 8 MiB
+/// goes through an unnamed scratch file first, verifies and decodes from there, and a byte
+/// flipped in its middle is reported as a hash mismatch (exit 3).
+#[test]
+fn verify_checks_a_large_frame_before_decoding_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let keys = keys(d);
+    let new = d.join("new");
+    fs::create_dir_all(&new).expect("mkdir");
+    // Incompressible and over the largest solid file: one plain zstd frame of about 17 MiB.
+    fs::write(new.join("big.bin"), noise(17 << 20, 3)).expect("write");
+    fs::write(new.join("small.txt"), b"small\n").expect("write");
+    let out = d.join("full.ferry");
+    build(None, &new, &keys.secret, 1, &out, &["--chunk-size", "32M"]);
+    run_expect(apply_cmd().arg("verify").arg(&out).arg("--trust").arg(&keys.public), 0);
+    let mut bytes = fs::read(&out).expect("read");
+    let big = frames(&bytes).into_iter().max_by_key(|r| r.len()).expect("frames");
+    assert!(big.len() > 8 << 20, "the largest frame is {} bytes: not over the in-memory bound", big.len());
+    bytes[big.start + big.len() / 2] ^= 0x40;
+    let bad = d.join("bad.ferry");
+    fs::write(&bad, &bytes).expect("write");
+    let o = run_expect(apply_cmd().arg("verify").arg(&bad).arg("--trust").arg(&keys.public), 3);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not match its hash"), "{err}");
+}
