@@ -860,13 +860,13 @@ fn publish_killed_at_random_points_leaves_a_repository_every_reader_reads() {
     let full = t0.elapsed();
     // Kill points spread over the run (deterministic pseudo-random fractions).
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut published = false;
-    for k in 0..8 {
+    let mut interrupted = 0;
+    for k in 0..10 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let frac = (x % 1000) as f64 / 1000.0;
-        let at = full.mul_f64(if k == 7 { 0.97 } else { frac });
+        let at = full.mul_f64(if k == 9 { 0.97 } else { frac });
         let mut child = publish_cmd(fx, &repo, &store, fx.tree(LATEST), LATEST, 2)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -877,18 +877,42 @@ fn publish_killed_at_random_points_leaves_a_repository_every_reader_reads() {
         let st = child.wait().expect("wait");
         let what = format!("publish killed after {at:?} of {full:?}");
         let idx = assert_consistent(fx, &repo, &what);
-        if st.success() || idx.release.latest == LATEST {
-            published = true;
-            break;
-        }
         // A reader: the dry run of a target at 3 over HTTP.
         let t = target_at(fx, &tmp.path().join(format!("t{k}")), Some(3));
         let o = update(fx, &ng.http("repo"), &t, &["--dry-run"]);
         expect_code(&o, 0, &format!("{what}: a dry run"));
+        assert_eq!(report(&o)["to"].as_u64(), Some(idx.release.latest), "{what}");
+        if idx.release.latest == LATEST {
+            // It finished (or wrote its index just before the kill): start over from version 4,
+            // keeping nothing of it.
+            assert!(st.success() || st.signal() == Some(9), "{what}: {st}");
+            fs::remove_dir_all(&repo).expect("rm");
+            fs::remove_dir_all(&store).expect("rm");
+            copy_tree(&fx.repo4, &repo);
+            copy_tree(&fx.store4, &store);
+        } else {
+            assert_eq!(st.signal(), Some(9), "{what}: exited without publishing: {st}");
+            interrupted += 1;
+        }
     }
-    if !published {
-        // After the kills, publishing again completes.
-        run_expect(&mut publish_cmd(fx, &repo, &store, fx.tree(LATEST), LATEST, 2), 0);
+    assert!(interrupted >= 4, "only {interrupted} of 10 kills interrupted a publish");
+    // After the kills, publishing again completes, and --prune removes what they left.
+    run_expect(&mut publish_cmd(fx, &repo, &store, fx.tree(LATEST), LATEST, 2), 0);
+    run_expect(
+        build_cmd()
+            .arg("publish")
+            .arg("--prune")
+            .arg("--repo")
+            .arg(&repo)
+            .args(["--channel", CHANNEL])
+            .arg("--store")
+            .arg(&store),
+        0,
+    );
+    let named: Vec<String> = read_index(&repo).release.bundles.iter().map(|b| b.file.clone()).collect();
+    for e in fs::read_dir(repo.join(CHANNEL).join(BUNDLES_DIR)).expect("read_dir") {
+        let n = e.expect("entry").file_name().to_string_lossy().into_owned();
+        assert!(named.contains(&n), "{n} is left in bundles/ after --prune");
     }
     let idx = assert_consistent(fx, &repo, "after publishing again");
     assert_eq!(idx.release.latest, LATEST);
