@@ -621,3 +621,35 @@ fn over_http_a_completed_download_is_never_fetched_again() {
     assert_eq!(rep["exit_code"], 6);
     assert_is(w, &t, LATEST);
 }
+
+#[test]
+fn a_repository_written_by_ferry_build_publish_updates_every_target() {
+    let w = world();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    let ts = tmp.path().join("timestamp.secret");
+    fs::write(&ts, w.timestamp.to_text()).expect("write timestamp key");
+    for v in 1..=LATEST {
+        let mut c = build_cmd();
+        c.arg("publish").arg("--repo").arg(&repo).args(["--channel", CHANNEL, "--version", &v.to_string()]);
+        c.arg("--new").arg(&w.trees[v as usize]).arg("--key").arg(w.dir.join("release.secret"));
+        c.arg("--timestamp-key").arg(&ts).args(["--deltas-from", "2", "--level", "fast"]);
+        run_expect(&mut c, 0);
+    }
+    let index = Index::decode(&fs::read(repo.join(CHANNEL).join("index.ferry-index")).expect("index")).expect("decode");
+    // Targets at every version, brought there by `update --to` from an empty target.
+    for v in [0, 1, 2, 3, 4] {
+        let t = tmp.path().join(format!("t{v}"));
+        fs::create_dir_all(&t).expect("mkdir");
+        if v > 0 {
+            let rep = update(w, &repo, &t, &["--channel", CHANNEL, "--to", &v.to_string()], 0);
+            assert_eq!(rep["to"], v);
+            assert_is(w, &t, v);
+        }
+        let extra: &[&str] = if v == 0 { &["--channel", CHANNEL] } else { &[] };
+        let rep = update(w, &repo, &t, extra, 0);
+        assert_eq!(path_files(&rep), cheapest(&index.release.bundles, (v > 0).then_some(v), LATEST), "from v{v}");
+        assert_eq!(rep["index"]["by_timestamp_key"], true);
+        assert_is(w, &t, LATEST);
+    }
+}
