@@ -133,7 +133,19 @@ fn fx() -> &'static Fx {
     static FX: OnceLock<Fx> = OnceLock::new();
     FX.get_or_init(|| {
         let t0 = Instant::now();
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("channels-fixture");
+        // One fixture per test process; those of processes that are gone are removed.
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("channels-fixture-") {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let root = tmp.join(format!("channels-fixture-{}", std::process::id()));
         if root.exists() {
             fs::remove_dir_all(&root).expect("remove the old fixture");
         }
