@@ -61,8 +61,8 @@ fn now() -> u64 {
 }
 
 /// Version `v` of the test tree: a large file that never changes (full bundles are expensive),
-/// six 100 KB incompressible files replaced in v3 and in v5 (deltas into those versions cost
-/// ~600 KB, in six frames), and small edits in every version.
+/// six 100 KB noise files replaced in v3 and in v5 (deltas into those versions cost ~300 KB, in
+/// six frames), one replaced in v3 and in v4, and small edits in every version.
 fn make_tree(dir: &Path, v: u64) {
     for d in ["etc", "bin", "lib/mover", "share"] {
         fs::create_dir_all(dir.join(d)).expect("mkdir");
@@ -76,6 +76,14 @@ fn make_tree(dir: &Path, v: u64) {
     for i in 0..6u64 {
         fs::write(dir.join(format!("lib/mover/m{i}.bin")), noise(100_000, epoch * 100 + i)).expect("write");
     }
+    // Changed in v3 and again in v4: from v2, the chain 2 → 3 → 5 carries it twice, 2 → 4 → 5
+    // once, so the cheapest of the two-bundle chains is unique.
+    let z = match v {
+        1 | 2 => 1,
+        3 => 3,
+        _ => 4,
+    };
+    fs::write(dir.join("lib/z.bin"), noise(120_000, 1000 + z)).expect("write");
     let mut conf = format!("# app configuration\nversion = {v}\n");
     for i in 0..50 {
         conf.push_str(&format!("option{i} = {}\n", if i as u64 % 5 == v { "on" } else { "off" }));
@@ -718,77 +726,91 @@ fn the_server_killed_mid_download_and_mid_chain_and_the_applier_killed_mid_downl
     let fx = fx();
     let tmp = tmpdir();
     // Slow enough that the applier's progress file (saved once a second) shows a download
-    // midway: a delta of ~300 KB in six frames takes about 5 s.
-    let Some(mut ng) = Nginx::start("channels: server killed", &fx.root, 64 * 1024) else { return };
+    // midway: a delta of ~300 KB in six frames or more takes about 3 s.
+    let Some(mut ng) = Nginx::start("channels: server killed", &fx.root, 96 * 1024) else { return };
     let index = read_index(&fx.repo);
     let t = target_at(fx, &tmp.path().join("t"), Some(1));
     let cache = tmp.path().join("cache");
     let cache_s = cache.to_str().expect("utf-8").to_string();
     let url = ng.http("slow/repo");
-    // The plan first: a chain of (at least) two bundles.
+    // The plan first: a chain with (at least) two bundles of several frames, `a` and then `b`.
     let o = update(fx, &url, &t, &["--dry-run", "--cache", &cache_s]);
     expect_code(&o, 0, "dry run");
     let path = assert_cheapest(&index, &report(&o), Some(1), LATEST);
-    assert!(path.len() >= 2, "from 1 the cheapest path is one bundle: {path:?}; the test needs a chain");
     let bytes: Vec<Vec<u8>> =
         path.iter().map(|f| fs::read(fx.repo.join(CHANNEL).join(BUNDLES_DIR).join(f)).expect("read bundle")).collect();
+    let big: Vec<usize> = (0..path.len()).filter(|&i| frame_spans(&bytes[i]).len() >= 5).collect();
+    assert!(big.len() >= 2, "from 1 the path {path:?} has fewer than two large bundles; the test needs them");
+    let (a, b) = (big[0], big[1]);
 
-    // Run 1: the server is killed while the first bundle downloads (and restarted: the same run
-    // continues), then the applier is killed (SIGKILL) while the second downloads.
+    // Run 1: the server is killed while bundle `a` downloads (and restarted: the same run
+    // continues), then the applier is killed (SIGKILL) while bundle `b` downloads.
     let mut child = update_cmd(fx, &url, &t, &["--cache", &cache_s, "--retries", "8"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn update");
-    let done0 = wait_frames(&mut child, &cache, &path[0], 2);
+    let done_a = wait_frames(&mut child, &cache, &path[a], 2);
     ng.kill();
     std::thread::sleep(Duration::from_millis(300));
     ng.clear_log();
     ng.restart();
-    let done1 = wait_frames(&mut child, &cache, &path[1], 2);
-    // The first bundle is applied before the second is downloaded.
-    assert_eq!(installed(&t), Some(index.release.bundles.iter().find(|b| b.file == path[0]).expect("in index").to));
-    assert_not_refetched(&ng, &bytes[0], &path[0], &done0, "after the server restarted");
+    let done_b = wait_frames(&mut child, &cache, &path[b], 2);
+    // Each bundle is applied before the next is downloaded.
+    let version_before_b = index.release.bundles.iter().find(|x| x.file == path[b - 1]).expect("in index").to;
+    assert_eq!(installed(&t), Some(version_before_b));
+    assert_not_refetched(&ng, &bytes[a], &path[a], &done_a, "after the server restarted");
+    assert!(
+        ng.bytes_served(&path[a]) <= bytes[a].len() as u64 - span_bytes(&bytes[a], &done_a) + 8192,
+        "{} downloaded again after the restart: {:?}",
+        path[a],
+        ng.requests()
+    );
     let _ = child.kill();
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.signal(), Some(9), "{}", show(&out));
-    // Also mid-chain: the server goes away and comes back while the applier is down.
+    // The server also goes away and comes back while the applier is down.
     ng.kill();
-    let done1 = {
-        let now = verified_frames(&cache, &path[1]);
-        assert!(now.len() >= done1.len(), "{now:?} {done1:?}");
-        let frames = frame_spans(&bytes[1]).len();
-        assert!(now.len() < frames, "{} was complete when the applier was killed: too fast to test", path[1]);
+    let done_b = {
+        let now = verified_frames(&cache, &path[b]);
+        assert!(now.len() >= done_b.len(), "{now:?} {done_b:?}");
+        let frames = frame_spans(&bytes[b]).len();
+        assert!(now.len() < frames, "{} was complete when the applier was killed: too fast to test", path[b]);
         now
     };
     ng.clear_log();
     ng.restart();
 
-    // Run 2 completes; the first bundle (applied) is not fetched again, nor any verified frame
-    // of the second.
+    // Run 2 completes; no bundle applied before is fetched again, nor any verified frame of `b`.
     let o = update(fx, &url, &t, &["--cache", &cache_s]);
     expect_code(&o, 0, "the update after the kills");
     let rep = report(&o);
     assert_same(&snapshot(fx.tree(LATEST), false), &snapshot(&t, false), "after the interruptions");
-    assert!(
-        !ng.requests().iter().any(|r| r.method == "GET" && r.path.ends_with(&path[0])),
-        "the applied first bundle was fetched again: {:?}",
-        ng.requests()
-    );
-    assert_not_refetched(&ng, &bytes[1], &path[1], &done1, "after the applier was killed");
-    let served = ng.bytes_served(&path[1]);
-    let saved: u64 = {
-        let spans = frame_spans(&bytes[1]);
-        done1.iter().map(|&i| spans[i].1 - spans[i].0).sum()
-    };
+    for f in &path[..b] {
+        assert!(
+            !ng.requests().iter().any(|r| r.method == "GET" && r.path.ends_with(f.as_str())),
+            "{f}, applied before, was fetched again: {:?}",
+            ng.requests()
+        );
+    }
+    assert_not_refetched(&ng, &bytes[b], &path[b], &done_b, "after the applier was killed");
+    let saved = span_bytes(&bytes[b], &done_b);
+    let served = ng.bytes_served(&path[b]);
     // At most the head's re-read (see assert_not_refetched) beyond what was missing.
     assert!(
-        served <= bytes[1].len() as u64 - saved + 8192,
-        "{} bytes of {} served again though {saved} were verified before",
-        served,
-        path[1]
+        served <= bytes[b].len() as u64 - saved + 8192,
+        "{served} bytes of {} served again though {saved} were verified before",
+        path[b]
     );
-    assert!(rep["bytes_downloaded"].as_u64().unwrap_or(u64::MAX) < bytes[1].len() as u64 + 64 * 1024, "{rep}");
+    let rest: u64 = bytes[b + 1..].iter().map(|x| x.len() as u64).sum();
+    let most = bytes[b].len() as u64 - saved + 8192 + rest + 64 * 1024;
+    assert!(rep["bytes_downloaded"].as_u64().unwrap_or(u64::MAX) <= most, "more than {most} bytes: {rep}");
+}
+
+/// Bytes of the frames `done` of a bundle.
+fn span_bytes(bundle: &[u8], done: &[usize]) -> u64 {
+    let spans = frame_spans(bundle);
+    done.iter().map(|&i| spans[i].1 - spans[i].0).sum()
 }
 
 #[test]
