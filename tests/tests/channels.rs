@@ -1078,3 +1078,50 @@ fn the_test_nginx_serves_http_https_throttled_and_logs_what_it_served() {
     assert!(after.iter().any(|r| r.range_start() > 50_000), "after the restart the fetch did not resume: {after:?}");
     assert!(ng.bytes_served("b.ferry") < size, "{after:?}");
 }
+
+#[test]
+fn a_refresh_with_a_short_expiry_lapses_and_the_next_refresh_revives_the_channel() {
+    if !nginx::available("channels: refresh") {
+        return;
+    }
+    let fx = fx();
+    let tmp = tmpdir();
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).expect("mkdir");
+    let repo = served.join("repo");
+    copy_tree(&fx.repo4, &repo);
+    let Some(ng) = start_nginx("channels: refresh", &served) else { return };
+    let url = ng.http("repo");
+    let refresh = |expires: &str| {
+        run_expect(
+            build_cmd()
+                .arg("publish")
+                .arg("--refresh")
+                .arg("--repo")
+                .arg(&repo)
+                .args(["--channel", CHANNEL])
+                .arg("--timestamp-key")
+                .arg(&fx.ts_secret)
+                .args(["--expires", expires]),
+            0,
+        );
+    };
+    let t = target_at(fx, &tmp.path().join("t"), Some(2));
+    refresh("1");
+    let idx = read_index(&repo);
+    assert!(idx.fresh.expires <= now() + 2, "--expires 1: expires at {} (now {})", idx.fresh.expires, now());
+    std::thread::sleep(Duration::from_millis(2500));
+    // Expired (no clock allowance): refused, nothing changed.
+    let before = everything(&t);
+    let o = update(fx, &url, &t, &["--clock-allowance", "0"]);
+    expect_code(&o, 10, "an index whose refresh lapsed");
+    assert_unchanged(&t, &before, "an index whose refresh lapsed");
+    // The next refresh (the timestamp key alone; the release part is untouched) revives it.
+    refresh("1h");
+    let o = update(fx, &url, &t, &["--clock-allowance", "0"]);
+    expect_code(&o, 0, "after a new refresh");
+    let rep = report(&o);
+    assert!(rep["index"]["by_timestamp_key"].as_bool().unwrap_or(false), "{rep}");
+    assert_eq!(rep["index"]["release_seq"].as_u64(), Some(idx.release.seq), "{rep}");
+    assert_same(&snapshot(fx.tree(4), false), &snapshot(&t, false), "after the refresh");
+}
