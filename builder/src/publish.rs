@@ -202,10 +202,14 @@ pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
     })
 }
 
-/// The default store of `repo`: the sibling directory `REPO.store`.
+/// The default store of `repo`: the sibling directory `REPO.store` (REPO as given, without a
+/// trailing slash; made absolute first only when it ends in `.` or `..`).
 pub fn default_store(repo: &Path) -> PathBuf {
-    let abs = repo.canonicalize().unwrap_or_else(|_| repo.components().collect());
-    let mut s = abs.into_os_string();
+    let mut base: PathBuf = repo.components().collect();
+    if base.file_name().is_none() {
+        base = repo.canonicalize().unwrap_or(base);
+    }
+    let mut s = base.into_os_string();
     s.push(".store");
     PathBuf::from(s)
 }
@@ -954,6 +958,8 @@ mod tests {
     #[test]
     fn store_is_a_sibling() {
         assert_eq!(default_store(Path::new("/nonexistent/repo/")), PathBuf::from("/nonexistent/repo.store"));
+        assert_eq!(default_store(Path::new("repo")), PathBuf::from("repo.store"));
+        assert_eq!(default_store(Path::new("a/./repo")), PathBuf::from("a/repo.store"));
     }
 
     #[test]
