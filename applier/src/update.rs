@@ -351,6 +351,9 @@ impl Run<'_> {
         }
         if let Some(v) = st.version {
             if v == goal || (self.o.to.is_none() && v > goal) {
+                if !self.o.dry_run {
+                    self.forget_applied(index, v);
+                }
                 self.report.up_to_date = true;
                 log(self.o, format!("up to date: version {v} installed, the index offers {goal}"));
                 return Ok(());
@@ -385,7 +388,26 @@ impl Run<'_> {
             // Between two bundles of a chain (a crash here resumes at the next bundle).
             crate::failpoint::hit("update-applied");
         }
+        self.forget_applied(index, goal);
         Ok(())
+    }
+
+    /// Remove from the cache the complete downloads the target no longer needs: bundles of the
+    /// index leading to a version at or below `installed` (left by an interrupted apply that a
+    /// resume finished from the cache). Partial downloads are left to `fetch`.
+    fn forget_applied(&self, index: &Index, installed: u64) {
+        if !matches!(self.source, Source::Http(_)) {
+            return;
+        }
+        for b in index.release.bundles.iter().filter(|b| b.to <= installed) {
+            let p = self.cache.join(&b.file);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => log(self.o, format!("removed {} from the cache (applied)", b.file)),
+                    Err(e) => log(self.o, format!("could not remove {} from the cache: {e}", p.display())),
+                }
+            }
+        }
     }
 
     /// Get bundle `b` (download into the cache, or open it on the stick), check it against its
@@ -457,6 +479,7 @@ impl Run<'_> {
             url: format!("{base}/{}/{BUNDLES_DIR}/{}", self.channel, b.file),
             into: self.cache.clone(),
             trust: self.a.trust.clone(),
+            policy: Some(self.trust.clone()),
             expect_id: Some(b.id),
             ..self.o.net.clone()
         };

@@ -614,6 +614,22 @@ fn over_http_a_completed_download_is_never_fetched_again() {
     assert_same(&snapshot(&t2, false), &before, "BLAKE3 mismatch: target unchanged");
     assert_eq!(installed(&t2), Some(3));
     assert!(!t2.join(".ferry/updates/v3-v4.ferry").exists(), "the mismatched file left the cache");
+    // Killed inside the commit of a downloaded bundle: the next run finishes that apply from
+    // the cache first, then the rest, and leaves nothing in the cache.
+    write_index(&r, &sign(&Spec { seq: 7, fresh_seq: 7, ..s.clone() }, w));
+    let t3 = target(w, &tmp.path().join("t3"), 1);
+    let mut child = spawn_paused(&mut update_cmd(w, Path::new(&srv.url), &t3, &[]), "commit-step:1");
+    assert_eq!(is_stopped(child.id()), Some(true), "did not stop in the commit");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert!(t3.join(".ferry/txn").exists() && t3.join(".ferry/updates/v1-v2.ferry").is_file());
+    let hits = srv.hits("/v1-v2.ferry");
+    let rep = update(w, Path::new(&srv.url), &t3, &[], 0);
+    assert_eq!(rep["resumed"], "resumed", "{rep}");
+    assert_eq!(rep["applied"], serde_json::json!([3, 4, 5]));
+    assert_eq!(srv.hits("/v1-v2.ferry"), hits, "v1-v2 was fetched again");
+    assert_is(w, &t3, LATEST);
+    assert_eq!(fs::read_dir(t3.join(".ferry/updates")).expect("cache").count(), 0, "cache emptied");
     // The server gone: a network failure (6), the target as it was.
     drop(srv);
     std::thread::sleep(std::time::Duration::from_millis(50));
