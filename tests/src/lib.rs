@@ -7,6 +7,7 @@
 //! same features).
 
 pub mod forge;
+pub mod nginx;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
