@@ -352,6 +352,15 @@ fn start_nginx(test: &str, root: &Path) -> Option<Nginx> {
     Some(n)
 }
 
+/// `TMP/served/repo`: a copy of repository `src` in a directory to serve; returns both paths.
+fn served_copy(tmp: &tempfile::TempDir, src: &Path) -> (PathBuf, PathBuf) {
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).expect("mkdir");
+    let repo = served.join("repo");
+    copy_tree(src, &repo);
+    (served, repo)
+}
+
 fn tmpdir() -> tempfile::TempDir {
     let d = tempfile::tempdir().expect("tmp");
     fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -444,11 +453,8 @@ fn from_a_local_directory_and_from_a_repository_without_the_newest_deltas() {
 
     // Version 5 published with deltas from version 4 only: a target at 3 takes the chain
     // 3 → 4 → 5, over HTTP and from the stick.
-    let served = tmp.path().join("served");
-    fs::create_dir_all(&served).expect("mkdir");
-    let repo = served.join("repo");
+    let (served, repo) = served_copy(&tmp, &fx.repo4);
     let store = tmp.path().join("store");
-    copy_tree(&fx.repo4, &repo);
     copy_tree(&fx.store4, &store);
     run_expect(&mut publish_cmd(fx, &repo, &store, fx.tree(LATEST), LATEST, 1), 0);
     let idx = read_index(&repo);
@@ -542,10 +548,7 @@ fn expired_rolled_back_and_timestamp_only_indexes_are_refused_and_change_nothing
     }
     let fx = fx();
     let tmp = tmpdir();
-    let served = tmp.path().join("served");
-    fs::create_dir_all(&served).expect("mkdir");
-    let repo = served.join("repo");
-    copy_tree(&fx.repo, &repo);
+    let (served, repo) = served_copy(&tmp, &fx.repo);
     let index_path = repo.join(CHANNEL).join(INDEX_FILE);
     let good = fs::read(&index_path).expect("read index");
     let index = Index::decode(&good).expect("decode");
@@ -876,11 +879,8 @@ fn publish_killed_at_random_points_leaves_a_repository_every_reader_reads() {
     }
     let fx = fx();
     let tmp = tmpdir();
-    let served = tmp.path().join("served");
-    fs::create_dir_all(&served).expect("mkdir");
-    let repo = served.join("repo");
+    let (served, repo) = served_copy(&tmp, &fx.repo4);
     let store = tmp.path().join("store");
-    copy_tree(&fx.repo4, &repo);
     copy_tree(&fx.store4, &store);
     let Some(ng) = start_nginx("channels: publish killed", &served) else { return };
     // How long an uninterrupted publish of version 5 takes, on a scratch copy.
@@ -1084,10 +1084,7 @@ fn a_refresh_with_a_short_expiry_lapses_and_the_next_refresh_revives_the_channel
     }
     let fx = fx();
     let tmp = tmpdir();
-    let served = tmp.path().join("served");
-    fs::create_dir_all(&served).expect("mkdir");
-    let repo = served.join("repo");
-    copy_tree(&fx.repo4, &repo);
+    let (served, repo) = served_copy(&tmp, &fx.repo4);
     let Some(ng) = start_nginx("channels: refresh", &served) else { return };
     let url = ng.http("repo");
     let refresh = |expires: &str| {

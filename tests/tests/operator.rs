@@ -78,6 +78,30 @@ fn plan_lists_exactly_the_drifted_paths_and_changes_nothing() {
     assert!(v["stage_bytes"].as_u64().unwrap_or(0) > 0);
 }
 
+/// Unmounts its directory when dropped.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+/// Mount a tmpfs of `size` (e.g. `2m`) on `t` as the target, unmounted when the guard drops.
+fn mount_tmpfs<'a>(t: &'a Path, size: &str) -> Unmount<'a> {
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "ferry-small"])
+        .arg(t)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        require_root("it mounts a small tmpfs as the target");
+        panic!("mount -t tmpfs failed as root (is mount(8) installed, are mounts allowed here?)");
+    }
+    Unmount(t)
+}
+
 #[test]
 fn free_space_is_checked_before_staging() {
     let w = trees();
@@ -88,23 +112,7 @@ fn free_space_is_checked_before_staging() {
     build(Some(&w.old), &w.new, &w.secret, 2, &b, &[]);
     let t = w.d.join("t");
     fs::create_dir(&t).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "ferry-small"])
-        .arg(&t)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        require_root("it mounts a small tmpfs as the target");
-        panic!("mount -t tmpfs failed as root (is mount(8) installed, are mounts allowed here?)");
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _g = Unmount(&t);
+    let _g = mount_tmpfs(&t, "2m");
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
     let before = snapshot(&t, true);
@@ -132,23 +140,7 @@ fn free_space_check_counts_the_scratch_file_of_a_large_frame() {
     build(Some(&w.old), &w.new, &w.secret, 2, &b, &["--chunk-size", "16M"]);
     let t = w.d.join("t");
     fs::create_dir(&t).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=20m", "ferry-spool"])
-        .arg(&t)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        require_root("it mounts a small tmpfs as the target");
-        panic!("mount -t tmpfs failed as root (is mount(8) installed, are mounts allowed here?)");
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _g = Unmount(&t);
+    let _g = mount_tmpfs(&t, "20m");
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
     let before = snapshot(&t, true);
