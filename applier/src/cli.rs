@@ -295,6 +295,7 @@ impl FetchArgs {
             deadline: Duration::from_secs(self.deadline.max(1)),
             quiet,
             ca_certs: self.ca_cert.clone(),
+            policy: None,
             expect_id: None,
         }
     }

@@ -93,7 +93,9 @@ fn no_path(bundles: &[BundleRef], from: Option<u64>, to: u64) -> String {
              a full bundle applies only to an empty target (bundle-format.md §18.2): install one on an empty target \
              or ask the publisher for a delta from version {f}"
         ),
-        None => format!("the index has no full bundle from which version {to} can be reached (deltas from versions {bases})"),
+        None => format!(
+            "the index has no full bundle from which version {to} can be reached (deltas from versions {bases})"
+        ),
     }
 }
 
@@ -151,7 +153,8 @@ mod tests {
 
     #[test]
     fn full_bundles_only_for_an_empty_target() {
-        let bs = vec![b("v1.full.ferry", None, 1, 10), b("v3.full.ferry", None, 3, 10), b("v1-v2.ferry", Some(1), 2, 5)];
+        let bs =
+            vec![b("v1.full.ferry", None, 1, 10), b("v3.full.ferry", None, 3, 10), b("v1-v2.ferry", Some(1), 2, 5)];
         let size = |x: &BundleRef| x.size;
         // A target at v2 has no delta to v3: the full bundle is not an edge for it.
         let e = choose(&bs, Some(2), 3, &size).expect_err("no path");

@@ -72,7 +72,7 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     let owners = fsx::is_root();
     let Checks { mut refusal, mounts, attrs, drifted, kept } = checks(o, root.as_fd(), &h, &st, owners)?;
     let per = stage_bytes_per_filesystem(root.as_fd(), m, owners, &mounts)?;
-    let filesystems = filesystems(root.as_fd(), per, &mounts, &mut refusal)?;
+    let filesystems = filesystems(root.as_fd(), per, stage::largest_spool(m), &mounts, &mut refusal)?;
     // The frames and the end of the archive, read once, as apply would read them: only when
     // nothing before stops it (apply checks all of the above first), so that the plan exits
     // with the code apply would.
@@ -166,16 +166,20 @@ fn stage_bytes_per_filesystem(
     Ok(per)
 }
 
-/// Each filesystem's bytes to stage (`per`, from [`stage_bytes_per_filesystem`]), free space and
-/// type; a filesystem without room is the refusal if there is none yet.
+/// Each filesystem's bytes to stage (`per`, from [`stage_bytes_per_filesystem`], plus `spool`
+/// where it stages anything), free space and type; a filesystem without room is the refusal if there is none yet.
 fn filesystems(
     root: BorrowedFd<'_>,
     per: BTreeMap<u64, (String, u64)>,
+    spool: u64,
     mounts: &[crate::netfs::Mount],
     refusal: &mut Option<Error>,
 ) -> Result<Vec<Filesystem>> {
     let mut filesystems = Vec::new();
     for (key, (dir, need)) in per {
+        // As staging counts it (`stage::largest_spool`): a filesystem that stages something
+        // also holds the largest frame's scratch file for a while.
+        let need = if need > 0 { need.saturating_add(spool) } else { 0 };
         let d = fsx::open_dir_beneath(root, bundle::BundlePath::new(dir.clone()).ok().as_ref()).ctx("open", &dir)?;
         let avail = fsx::free_bytes(d.as_fd()).ctx("statvfs", &dir)?;
         let fits = need + need / 100 + (1 << 20) <= avail;

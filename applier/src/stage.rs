@@ -194,15 +194,20 @@ impl<'a> Stager<'a> {
         Ok((todo, reused))
     }
 
-    /// Check that every filesystem has room for the files still to stage (plus 1 % and 1 MiB);
-    /// returns the bytes needed per filesystem (device number).
+    /// Check that every filesystem has room for the files still to stage (plus 1 % and 1 MiB),
+    /// and for the scratch file of the largest frame staged through one (over [`PAR_FRAME_MAX`]
+    /// bytes: one at a time, in the work directory of its first piece's file, counted on every
+    /// filesystem that stages something); returns the bytes needed per filesystem (device
+    /// number), scratch file excluded.
     fn check_space(&self, todo: &[usize]) -> Result<BTreeMap<u64, u64>> {
         let mut needed: BTreeMap<u64, u64> = BTreeMap::new();
         for &i in todo {
             let w = self.work_of[&i];
             *needed.entry(self.txn.works[w].dev).or_default() += file_size(&self.m.entries[i]);
         }
+        let spool = largest_spool(self.m);
         for (dev, need) in &needed {
+            let need = need.saturating_add(spool);
             let w = self
                 .txn
                 .works
@@ -374,6 +379,12 @@ fn copy_local(
 
 /// Frames read from the bundle and decoded by worker threads at most this big (compressed).
 const PAR_FRAME_MAX: u64 = 8 << 20;
+
+/// The stored size of the largest frame staged through a scratch file (over [`PAR_FRAME_MAX`]
+/// bytes), 0 if none: the most scratch space staging holds at once besides the staged files.
+pub fn largest_spool(m: &bundle::Manifest) -> u64 {
+    m.frames.iter().map(|f| f.size).filter(|&s| s > PAR_FRAME_MAX).max().unwrap_or(0)
+}
 /// ... and at most this many bytes decoded plus delta base: larger frames are decoded on the
 /// reading thread, so memory stays at a few small frames per thread.
 const PAR_DECODE_MAX: u64 = 16 << 20;

@@ -92,6 +92,9 @@ pub struct Report {
     pub dry_run: bool,
     /// An interrupted apply finished first: its result ("resumed", "rolled-back").
     pub resumed: Option<String>,
+    /// Bundles the index names that the repository turned out not to have (HTTP 404 or 410,
+    /// no such file): each was left out and the path chosen again.
+    pub missing: Vec<String>,
 }
 
 /// Where the repository is.
@@ -201,11 +204,7 @@ pub fn update(o: &Options) -> Result<Report> {
     let mut a = o.apply.clone();
     // Lock (and finish what an interrupted run left) unless this is a dry run, which writes
     // nothing, not even the state directory.
-    let (target, sd) = if o.dry_run {
-        (None, apply::open_state(&a)?)
-    } else {
-        (Some(apply::open_target(&a)?), None)
-    };
+    let (target, sd) = if o.dry_run { (None, apply::open_state(&a)?) } else { (Some(apply::open_target(&a)?), None) };
     let state_dir: Option<&Dir> = target.as_ref().map(|t| &t.state).or(sd.as_ref());
     let trust = apply::load_trust(&a, state_dir)?;
     let mut resumed = None;
@@ -335,29 +334,55 @@ impl Run<'_> {
                 &id.to_hex()[..16]
             )));
         };
-        let r = self.apply_one(b)?;
+        let Some(r) = self.apply_one(b)? else {
+            return Err(Error::Pending(format!(
+                "an interrupted apply needs its bundle {}, which the index names but the repository does not have: run `ferry-apply resume --bundle FILE`",
+                b.file
+            )));
+        };
         self.report.resumed = Some(r.result);
         Ok(())
     }
 
     /// Choose the path and apply it.
+    /// Update along the cheapest path; a bundle the index names but the repository lacks
+    /// (HTTP 404 or 410, no such file on the stick) is left out and the path chosen again
+    /// from the version reached, so a repository missing a file still serves every target a
+    /// chain or a full bundle can reach.
     fn update(&mut self, index: &Index) -> Result<()> {
+        let mut missing: Vec<String> = Vec::new();
+        while let Some(file) = self.update_avoiding(index, &missing)? {
+            log(self.o, format!("{file} is named by the index but missing from the repository: choosing another path"));
+            self.report.missing.push(file.clone());
+            missing.push(file);
+        }
+        Ok(())
+    }
+
+    /// One attempt of [`Self::update`] with the bundles of `missing` left out: `Some(file)` if
+    /// bundle `file` turned out to be missing too.
+    fn update_avoiding(&mut self, index: &Index, missing: &[String]) -> Result<Option<String>> {
         let st = match self.state_dir() {
             Some(d) => state::load(d, state::STATE_FILE)?,
             None => state::State::default(),
         };
         let latest = index.release.latest;
         let goal = self.o.to.unwrap_or(latest);
-        self.report.from = st.version;
+        if missing.is_empty() {
+            self.report.from = st.version;
+        }
         self.report.to = goal;
         if self.o.to.is_some() && !index.release.bundles.iter().any(|b| b.to == goal) {
             return Err(Error::NoPath(format!("no bundle of the index leads to version {goal} (newest: {latest})")));
         }
         if let Some(v) = st.version {
             if v == goal || (self.o.to.is_none() && v > goal) {
-                self.report.up_to_date = true;
+                if !self.o.dry_run {
+                    self.forget_applied(index, v);
+                }
+                self.report.up_to_date = missing.is_empty();
                 log(self.o, format!("up to date: version {v} installed, the index offers {goal}"));
-                return Ok(());
+                return Ok(None);
             }
             if v > goal {
                 return Err(Error::Version(crate::VersionRefusal::NotNewer { bundle: goal, installed: v }));
@@ -367,8 +392,16 @@ impl Run<'_> {
         let cache = self.cache.clone();
         // Bundles complete in the cache cost nothing to download.
         let cost = |b: &BundleRef| if http && cached(&cache, b).is_some() { 0 } else { b.size };
-        let chain = crate::path::choose(&index.release.bundles, st.version, goal, &cost).map_err(Error::NoPath)?;
-        let steps: Vec<&BundleRef> = chain.iter().map(|&i| &index.release.bundles[i]).collect();
+        let usable: Vec<BundleRef> =
+            index.release.bundles.iter().filter(|b| !missing.contains(&b.file)).cloned().collect();
+        let chain = crate::path::choose(&usable, st.version, goal, &cost).map_err(|why| {
+            if missing.is_empty() {
+                Error::NoPath(why)
+            } else {
+                Error::NoPath(format!("{why}; missing from the repository: {}", missing.join(", ")))
+            }
+        })?;
+        let steps: Vec<BundleRef> = chain.iter().map(|&i| usable[i].clone()).collect();
         self.report.path =
             steps.iter().map(|b| Step { file: b.file.clone(), from: b.from, to: b.to, size: b.size }).collect();
         self.report.bytes_planned = steps.iter().map(|b| b.size).sum();
@@ -381,28 +414,60 @@ impl Run<'_> {
             ),
         );
         if self.o.dry_run {
-            return Ok(());
+            return Ok(None);
         }
-        for b in steps {
-            self.apply_one(b)?;
+        for b in &steps {
+            if self.apply_one(b)?.is_none() {
+                return Ok(Some(b.file.clone()));
+            }
             self.report.applied.push(b.to);
             // Between two bundles of a chain (a crash here resumes at the next bundle).
             crate::failpoint::hit("update-applied");
         }
-        Ok(())
+        self.forget_applied(index, goal);
+        Ok(None)
+    }
+
+    /// Remove from the cache the complete downloads the target no longer needs: bundles of the
+    /// index leading to a version at or below `installed` (left by an interrupted apply that a
+    /// resume finished from the cache). Partial downloads are left to `fetch`.
+    fn forget_applied(&self, index: &Index, installed: u64) {
+        if !matches!(self.source, Source::Http(_)) {
+            return;
+        }
+        for b in index.release.bundles.iter().filter(|b| b.to <= installed) {
+            let p = self.cache.join(&b.file);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => log(self.o, format!("removed {} from the cache (applied)", b.file)),
+                    Err(e) => log(self.o, format!("could not remove {} from the cache: {e}", p.display())),
+                }
+            }
+        }
     }
 
     /// Get bundle `b` (download into the cache, or open it on the stick), check it against its
-    /// index entry, apply it, and drop it from the cache.
-    fn apply_one(&mut self, b: &BundleRef) -> Result<apply::Report> {
+    /// index entry, apply it, and drop it from the cache. `None`: the repository does not have
+    /// it (HTTP 404 or 410, no such file), nothing done.
+    fn apply_one(&mut self, b: &BundleRef) -> Result<Option<apply::Report>> {
         if self.target.is_none() {
             return Err(Error::Internal("update: no target locked".into()));
         }
+        let not_found =
+            |e: &Error| matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
         let (path, from_cache) = match &self.source {
-            Source::Http(u) => (self.download(u.clone(), b)?, true),
+            Source::Http(u) => match self.download(u.clone(), b) {
+                Ok(p) => (p, true),
+                Err(e) if not_found(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            },
             Source::Dir(d) => {
                 let p = d.join(&self.channel).join(BUNDLES_DIR).join(&b.file);
-                let size = std::fs::metadata(&p).ctx("stat", p.display())?.len();
+                let size = match std::fs::metadata(&p).ctx("stat", p.display()) {
+                    Ok(m) => m.len(),
+                    Err(e) if not_found(&e) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
                 if size != b.size {
                     return Err(Error::BadPart(format!(
                         "{}: {size} bytes, the index says {} (mix-and-match)",
@@ -430,7 +495,11 @@ impl Run<'_> {
                 "{}: the bundle is version {} built for {}, the index says {} from {} (mix-and-match)",
                 path.display(),
                 m.version,
-                if m.base.is_some() { base.map_or("a base".into(), |v| format!("version {v}")) } else { "an empty target".into() },
+                if m.base.is_some() {
+                    base.map_or("a base".into(), |v| format!("version {v}"))
+                } else {
+                    "an empty target".into()
+                },
                 b.to,
                 b.from.map_or("an empty target".into(), |v| format!("version {v}"))
             )));
@@ -443,7 +512,7 @@ impl Run<'_> {
                 log(self.o, format!("could not remove {} from the cache: {e}", path.display()));
             }
         }
-        Ok(r)
+        Ok(Some(r))
     }
 
     /// Bundle `b` complete and checked in the cache: kept from an earlier run, or fetched
@@ -457,6 +526,7 @@ impl Run<'_> {
             url: format!("{base}/{}/{BUNDLES_DIR}/{}", self.channel, b.file),
             into: self.cache.clone(),
             trust: self.a.trust.clone(),
+            policy: Some(self.trust.clone()),
             expect_id: Some(b.id),
             ..self.o.net.clone()
         };
@@ -474,6 +544,8 @@ impl Run<'_> {
         if h != b.blake3 {
             return Err(mismatch(format!("BLAKE3 {h}, the index says {}", b.blake3)));
         }
+        // Downloaded and checked, not applied yet (a crash here must not download it again).
+        crate::failpoint::hit("update-downloaded");
         Ok(p)
     }
 }

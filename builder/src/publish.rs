@@ -70,6 +70,8 @@ pub enum PublishError {
     TimestampNotListed { path: PathBuf, key: String, listed: String },
     #[error("{path}: release key {key} did not sign the index's release part (signed by {signers}); re-signing freshness with it would give an index no target accepts")]
     NotASigner { path: PathBuf, key: String, signers: String },
+    #[error("{path}: the index about to be written does not verify, nothing written: {source}")]
+    SelfCheck { path: PathBuf, source: IndexError },
     #[error("the new index would be invalid (a publisher bug): {0}")]
     InvalidIndex(String),
     #[error("building {what}: {source}")]
@@ -200,10 +202,14 @@ pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
     })
 }
 
-/// The default store of `repo`: the sibling directory `REPO.store`.
+/// The default store of `repo`: the sibling directory `REPO.store` (REPO as given, without a
+/// trailing slash; made absolute first only when it ends in `.` or `..`).
 pub fn default_store(repo: &Path) -> PathBuf {
-    let abs = repo.canonicalize().unwrap_or_else(|_| repo.components().collect());
-    let mut s = abs.into_os_string();
+    let mut base: PathBuf = repo.components().collect();
+    if base.file_name().is_none() {
+        base = repo.canonicalize().unwrap_or(base);
+    }
+    let mut s = base.into_os_string();
     s.push(".store");
     PathBuf::from(s)
 }
@@ -585,8 +591,8 @@ fn sign_fresh(keys: &Keys, fresh: &Fresh) -> Result<(Signatures, Vec<PublicKey>)
 /// the keys that signed its release part as the trust policy.
 fn self_check(idx: &Index, release_signers: &[PublicKey], now: u64, path: &Path) -> Result<()> {
     let policy = TrustPolicy { keys: release_signers.to_vec(), threshold: 1, retired: vec![] };
-    let back = Index::decode(&idx.encode()).map_err(|source| PublishError::BadIndex { path: path.into(), source })?;
-    back.verify(&policy, now, 0, None).map_err(|source| PublishError::BadIndex { path: path.into(), source })?;
+    let back = Index::decode(&idx.encode()).map_err(|source| PublishError::SelfCheck { path: path.into(), source })?;
+    back.verify(&policy, now, 0, None).map_err(|source| PublishError::SelfCheck { path: path.into(), source })?;
     Ok(())
 }
 
@@ -952,6 +958,8 @@ mod tests {
     #[test]
     fn store_is_a_sibling() {
         assert_eq!(default_store(Path::new("/nonexistent/repo/")), PathBuf::from("/nonexistent/repo.store"));
+        assert_eq!(default_store(Path::new("repo")), PathBuf::from("repo.store"));
+        assert_eq!(default_store(Path::new("a/./repo")), PathBuf::from("a/repo.store"));
     }
 
     #[test]

@@ -183,3 +183,84 @@ fn copy_exact(f: &mut File, out: &mut dyn Write, len: u64, src: &Path, what: &Pa
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Progress;
+    use crate::xattr::Carry;
+    use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+    use std::sync::Arc;
+
+    /// A directory with every type the scan reads (as a non-root user: no devices), a sparse
+    /// file, a hardlink, a long non-UTF-8 name, a `user.*` attribute, odd modes and nanosecond
+    /// and negative mtimes reads back from its archive as the same tree.
+    #[test]
+    fn a_directory_reads_back_from_its_archive_as_the_same_tree() -> std::result::Result<(), Box<dyn std::error::Error>>
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("t");
+        fs_setup(&root)?;
+        let progress = Progress::new(crate::progress::Verbosity::Quiet);
+        let tree = crate::scan::scan(&root, "new", false, &Carry::All, &progress)?;
+        assert!(tree.entries.iter().any(|e| e.extents.is_some()), "the sparse file is sparse");
+        assert!(tree.entries.iter().any(|e| e.primary.is_some()), "the hardlink is grouped");
+        let mut tar = Vec::new();
+        write_tree(&tree, &mut tar, Path::new("t.tar"))?;
+        assert_eq!(tar.len() % BLOCK, 0);
+        let store = Arc::new(crate::scan::ContentStore::new_in(tmp.path())?);
+        let back = crate::image::scan_tar(&tar[..], Path::new("t.tar"), store, false, &Carry::All, &progress)?;
+        let key = |t: &Tree| {
+            t.entries
+                .iter()
+                .map(|e| (e.path.clone(), e.ty.clone(), e.meta, e.size, e.hash, e.extents.clone(), e.primary.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&back), key(&tree));
+        let long = std::ffi::OsStr::from_bytes(&[b'n'; 200]);
+        assert!(back.entries.iter().any(|e| e.path.as_bytes().ends_with(long.as_bytes())));
+        Ok(())
+    }
+
+    fn fs_setup(root: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let d = root.join("dir/sub");
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(root.join("dir/a"), b"hello")?;
+        std::fs::set_permissions(root.join("dir/a"), std::fs::Permissions::from_mode(0o4751))?;
+        std::fs::hard_link(root.join("dir/a"), root.join("dir/sub/a-link"))?;
+        symlink("../a", d.join("link"))?;
+        symlink("/nowhere/at/all", d.join("dangling"))?;
+        std::fs::write(d.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), b"latin-1 name")?;
+        std::fs::write(d.join(std::ffi::OsStr::from_bytes(&[b'n'; 200])), b"long name")?;
+        let st = rustix::fs::mknodat(
+            rustix::fs::CWD,
+            d.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o640),
+            0,
+        );
+        st.map_err(io::Error::from)?;
+        let f = File::create(root.join("disk.img"))?;
+        f.set_len(4 << 20)?;
+        f.write_all_at(b"head", 0)?;
+        f.write_all_at(&[7u8; 70_000], 2 << 20)?;
+        let _ =
+            rustix::fs::setxattr(root.join("dir/a"), "user.test", b"\x00binary\xff", rustix::fs::XattrFlags::empty());
+        let t = |s: i64, ns: i64| rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: s, tv_nsec: ns },
+            last_modification: rustix::fs::Timespec { tv_sec: s, tv_nsec: ns },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            root.join("disk.img"),
+            &t(1_700_000_000, 123_456_789),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(io::Error::from)?;
+        rustix::fs::utimensat(rustix::fs::CWD, d.join("fifo"), &t(-5, 500_000_000), rustix::fs::AtFlags::empty())
+            .map_err(io::Error::from)?;
+        Ok(())
+    }
+}

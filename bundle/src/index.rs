@@ -320,7 +320,10 @@ impl Index {
         release.check().map_err(IndexError::Malformed)?;
         let fresh: Fresh = canonical(&f, "freshness part")?;
         if fresh.format != INDEX_FORMAT {
-            return Err(IndexError::Malformed(format!("freshness format {} (this ferry reads {INDEX_FORMAT})", fresh.format)));
+            return Err(IndexError::Malformed(format!(
+                "freshness format {} (this ferry reads {INDEX_FORMAT})",
+                fresh.format
+            )));
         }
         Ok(Index { release_bytes: r.into_vec(), release_sigs, fresh_bytes: f.into_vec(), fresh_sigs, release, fresh })
     }
@@ -356,8 +359,7 @@ impl Index {
             .collect::<Result<_, _>>()
             .map_err(IndexError::FreshSignature)?;
         let ts = self.release.timestamp_keys();
-        let by_ts: Vec<String> =
-            fresh_signers.iter().filter(|k| ts.contains(&k.bytes)).map(|k| k.id.clone()).collect();
+        let by_ts: Vec<String> = fresh_signers.iter().filter(|k| ts.contains(&k.bytes)).map(|k| k.id.clone()).collect();
         let fresh_policy = policy.status(&fresh_signers);
         let (counted, by_timestamp_key) = if !by_ts.is_empty() {
             (by_ts, true)
@@ -470,8 +472,22 @@ mod tests {
             latest: 5,
             timestamp_keys: tk,
             bundles: vec![
-                BundleRef { file: "v5.full.ferry".into(), from: None, to: 5, size: 10, blake3: Hash([1; 32]), id: Hash([2; 32]) },
-                BundleRef { file: "v4-v5.ferry".into(), from: Some(4), to: 5, size: 3, blake3: Hash([3; 32]), id: Hash([4; 32]) },
+                BundleRef {
+                    file: "v5.full.ferry".into(),
+                    from: None,
+                    to: 5,
+                    size: 10,
+                    blake3: Hash([1; 32]),
+                    id: Hash([2; 32]),
+                },
+                BundleRef {
+                    file: "v4-v5.ferry".into(),
+                    from: Some(4),
+                    to: 5,
+                    size: 3,
+                    blake3: Hash([3; 32]),
+                    id: Hash([4; 32]),
+                },
             ],
         }
     }
@@ -533,7 +549,12 @@ mod tests {
         assert!(matches!(idx.verify(&p, 5001, 0, None), Err(IndexError::Expired { .. })));
         assert!(idx.verify(&p, 5001, 10, None).is_ok());
         // Rollback of either sequence, equivocation, another channel.
-        let last = |rs: u64, rh: Hash, fs: u64| Accepted { channel: "stable".into(), release_seq: rs, release: rh, fresh_seq: fs };
+        let last = |rs: u64, rh: Hash, fs: u64| Accepted {
+            channel: "stable".into(),
+            release_seq: rs,
+            release: rh,
+            fresh_seq: fs,
+        };
         let rh = Hash::of(&idx.release_bytes);
         assert!(idx.verify(&p, 2000, 0, Some(&last(3, rh, 7))).is_ok());
         assert!(matches!(idx.verify(&p, 2000, 0, Some(&last(4, rh, 1))), Err(IndexError::Rollback(_))));
@@ -547,7 +568,8 @@ mod tests {
         let mut r2 = release(&[&ts]);
         r2.bundles[0].size = 11;
         let b = signed(r2, &[&rel], &[&ts], 8, 5000);
-        let mixed = Index { fresh_bytes: a.fresh_bytes.clone(), fresh_sigs: a.fresh_sigs.clone(), fresh: a.fresh.clone(), ..b };
+        let mixed =
+            Index { fresh_bytes: a.fresh_bytes.clone(), fresh_sigs: a.fresh_sigs.clone(), fresh: a.fresh.clone(), ..b };
         assert!(matches!(mixed.verify(&p, 2000, 0, None), Err(IndexError::Mismatch(_))));
         // A bad signature fails even from an unknown key.
         let mut idx = signed(release(&[&ts]), &[&rel], &[&ts], 7, 5000);

@@ -78,6 +78,30 @@ fn plan_lists_exactly_the_drifted_paths_and_changes_nothing() {
     assert!(v["stage_bytes"].as_u64().unwrap_or(0) > 0);
 }
 
+/// Unmounts its directory when dropped.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0).status();
+    }
+}
+
+/// Mount a tmpfs of `size` (e.g. `2m`) on `t` as the target, unmounted when the guard drops.
+fn mount_tmpfs<'a>(t: &'a Path, size: &str) -> Unmount<'a> {
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "ferry-small"])
+        .arg(t)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        require_root("it mounts a small tmpfs as the target");
+        panic!("mount -t tmpfs failed as root (is mount(8) installed, are mounts allowed here?)");
+    }
+    Unmount(t)
+}
+
 #[test]
 fn free_space_is_checked_before_staging() {
     let w = trees();
@@ -88,23 +112,7 @@ fn free_space_is_checked_before_staging() {
     build(Some(&w.old), &w.new, &w.secret, 2, &b, &[]);
     let t = w.d.join("t");
     fs::create_dir(&t).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "ferry-small"])
-        .arg(&t)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        require_root("it mounts a small tmpfs as the target");
-        panic!("mount -t tmpfs failed as root (is mount(8) installed, are mounts allowed here?)");
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _g = Unmount(&t);
+    let _g = mount_tmpfs(&t, "2m");
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
     let before = snapshot(&t, true);
@@ -118,6 +126,40 @@ fn free_space_is_checked_before_staging() {
     assert!(err.contains("not enough free space"), "{err}");
     assert_same(&snapshot(&t, true), &before, "refused for space");
     assert!(!t.join(".ferry/txn").exists(), "nothing staged");
+}
+
+/// A frame over 8 MiB passes through a scratch file beside the staged files before it is
+/// decoded: the space check counts it. 12 MiB of incompressible content in one frame needs about
+/// 25 MiB (file + scratch), so a 20 MiB target is refused up front (`plan` says so too), with
+/// nothing staged, instead of running out of space half-way.
+#[test]
+fn free_space_check_counts_the_scratch_file_of_a_large_frame() {
+    let w = trees();
+    fs::write(w.new.join("bin/big"), noise(12 << 20, 0x9e3779b97f4a7c15)).expect("w");
+    let b = w.d.join("b.ferry");
+    build(Some(&w.old), &w.new, &w.secret, 2, &b, &["--chunk-size", "16M"]);
+    let t = w.d.join("t");
+    fs::create_dir(&t).expect("mkdir");
+    let _g = mount_tmpfs(&t, "20m");
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
+    assert!(st.success());
+    let before = snapshot(&t, true);
+    let o = run_expect(
+        apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t).arg("--trust").arg(&w.public).arg("--json"),
+        11,
+    );
+    let need = json(&o)["filesystems"][0]["stage_bytes"].as_u64().unwrap_or(0);
+    assert!(need > 24 << 20, "plan counts {need} bytes: the scratch file is missing");
+    let o = apply(&b, &t, &w.public, 11, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not enough free space"), "{err}");
+    assert_same(&snapshot(&t, true), &before, "refused for space");
+    assert!(!t.join(".ferry/txn").exists(), "nothing staged");
+    // With room for both, the same bundle applies.
+    let big = w.d.join("big");
+    copy_tree(&w.old, &big);
+    apply(&b, &big, &w.public, 0, &[]);
+    assert_eq!(fs::read(big.join("bin/big")).expect("r"), fs::read(w.new.join("bin/big")).expect("r"));
 }
 
 #[test]

@@ -396,3 +396,45 @@ fn a_second_publish_of_the_channel_is_refused_while_one_holds_the_lock() {
     publish(&w, 2, &[]);
     check_repo(&w, &w.repo);
 }
+
+/// Release keys held by an external signer (OpenSSL here): it signs the bundles and both index
+/// parts (no timestamp key), and the index verifies with its public key alone.
+#[test]
+fn an_external_signer_signs_bundles_and_index() {
+    let w = world(17);
+    let pem = w.d.join("hsm.pem");
+    let st =
+        Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&pem).status().expect("openssl");
+    assert!(st.success(), "openssl genpkey");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/signers/openssl-signer.sh");
+    let cmd = format!("{} {}", script.display(), pem.display());
+    let public = w.d.join("hsm.pub");
+    run_expect(build_cmd().args(["pubkey", "--signer-command", &cmd, "--out"]).arg(&public), 0);
+    for v in 1..=2u64 {
+        let mut c = build_cmd();
+        c.args(["publish", "--channel", CH, "--level", "fast", "--signer-command", &cmd, "--signer-pub"])
+            .arg(&public)
+            .arg("--repo")
+            .arg(&w.repo)
+            .arg("--new")
+            .arg(&w.trees[v as usize])
+            .arg("--version")
+            .arg(v.to_string())
+            .env_remove("SOURCE_DATE_EPOCH");
+        run_expect(&mut c, 0);
+    }
+    let pk = PublicKey::parse(&fs::read_to_string(&public).expect("pub")).expect("parse");
+    let p = TrustPolicy { keys: vec![pk], threshold: 1, retired: vec![] };
+    let idx = Index::decode(&index_bytes(&w.repo)).expect("decode");
+    let v = idx.verify(&p, now(), 0, None).expect("verifies with the signer's key");
+    assert!(!v.by_timestamp_key && idx.release.timestamp_keys.is_empty());
+    // The release key of the other tests did not sign it.
+    assert!(idx.verify(&policy(&w), now(), 0, None).is_err());
+    let t = w.d.join("t");
+    fs::create_dir(&t).expect("mkdir");
+    let (full, _) = bundle_path(&w.repo, &idx, None, 1);
+    apply(&full, &t, &public, 0, &[]);
+    let (delta, _) = bundle_path(&w.repo, &idx, Some(1), 2);
+    apply(&delta, &t, &public, 0, &[]);
+    assert_same(&snapshot(&t, false), &snapshot(&w.trees[2], false), "v2 signed by the external signer");
+}

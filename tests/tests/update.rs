@@ -482,3 +482,190 @@ fn sigkill_between_two_bundles_or_inside_one_then_update_completes() {
     assert_eq!(rep["applied"], serde_json::json!([4, 5]));
     assert_is(w, &t, LATEST);
 }
+
+/// A static file server for `root` on 127.0.0.1 with `Range` support (what nginx does for these
+/// requests), logging each request's path; stops when dropped.
+struct Static {
+    url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Static {
+    fn start(root: &Path) -> Static {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, log2, stop2) = (root.to_path_buf(), log.clone(), stop.clone());
+        l.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut range: Option<(u64, Option<u64>)> = None;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).map(|n| n == 0).unwrap_or(true) || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        let (a, b) = v.trim().split_once('-').unwrap_or(("0", ""));
+                        range = Some((a.parse().unwrap_or(0), b.parse().ok()));
+                    }
+                }
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_string());
+                log2.lock().expect("lock").push(path.clone());
+                let mut s = r.into_inner();
+                let body = if path.contains("..") { None } else { fs::read(root.join(&path[1..])).ok() };
+                let Some(body) = body else {
+                    let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    continue;
+                };
+                let n = body.len() as u64;
+                let (status, a, b) = match range {
+                    Some((a, b)) if a < n => ("206 Partial Content", a, b.map_or(n - 1, |b| b.min(n - 1))),
+                    _ => ("200 OK", 0, n.saturating_sub(1)),
+                };
+                let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", b + 1 - a);
+                if status.starts_with("206") {
+                    head += &format!("Content-Range: bytes {a}-{b}/{n}\r\n");
+                }
+                head += "\r\n";
+                let _ = s.write_all(head.as_bytes());
+                if method != "HEAD" && n > 0 {
+                    let _ = s.write_all(&body[a as usize..=b as usize]);
+                }
+            }
+        });
+        Static { url, log, stop }
+    }
+
+    /// Requests for paths ending in `suffix` so far.
+    fn hits(&self, suffix: &str) -> usize {
+        self.log.lock().expect("lock").iter().filter(|p| p.ends_with(suffix)).count()
+    }
+}
+
+impl Drop for Static {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn over_http_a_completed_download_is_never_fetched_again() {
+    let w = world();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = spec(w, &["v1-v3.ferry", "v2-v4.ferry", "v3-v5.ferry"]);
+    let r = repo(w, &tmp.path().join("repo"), &s);
+    let srv = Static::start(&r);
+    let t = target(w, &tmp.path().join("t"), 1);
+    // Killed after the first bundle was downloaded and checked, before it was applied.
+    let mut child = spawn_paused(&mut update_cmd(w, Path::new(&srv.url), &t, &[]), "update-downloaded:1");
+    assert_eq!(is_stopped(child.id()), Some(true), "did not stop after the download");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert_eq!(installed(&t), Some(1));
+    let cached = t.join(".ferry/updates/v1-v2.ferry");
+    assert!(cached.is_file(), "the completed download is in the cache");
+    let first = srv.hits("/v1-v2.ferry");
+    assert!(first > 0);
+    let rep = update(w, Path::new(&srv.url), &t, &[], 0);
+    assert_eq!(srv.hits("/v1-v2.ferry"), first, "v1-v2 was fetched again");
+    assert_eq!(rep["applied"], serde_json::json!([2, 3, 4, 5]));
+    // What crossed the network: the index and the three other bundles (each exactly once:
+    // heads are fetched within the file's bytes).
+    let rest: u64 = s
+        .bundles
+        .iter()
+        .filter(|b| ["v2-v3.ferry", "v3-v4.ferry", "v4-v5.ferry"].contains(&b.file.as_str()))
+        .map(|b| b.size)
+        .sum();
+    let got = rep["bytes_downloaded"].as_u64().expect("bytes_downloaded");
+    let index_len = fs::metadata(r.join(CHANNEL).join("index.ferry-index")).expect("index").len();
+    assert!(got >= rest + index_len && got < rest + index_len + 64 * 1024, "{got} vs {rest} + {index_len}");
+    assert_is(w, &t, LATEST);
+    // Applied bundles leave the cache.
+    assert!(!cached.exists());
+    assert_eq!(fs::read_dir(t.join(".ferry/updates")).expect("cache").count(), 0);
+    // An entry whose BLAKE3 is not its file's (all else right): refused after the download,
+    // removed from the cache, the target unchanged.
+    let t2 = target(w, &tmp.path().join("t2"), 3);
+    let mut bad = Spec { seq: 6, fresh_seq: 6, ..s.clone() };
+    for b in bad.bundles.iter_mut().filter(|b| b.file == "v3-v4.ferry") {
+        b.blake3 = Hash([9; 32]);
+    }
+    write_index(&r, &sign(&bad, w));
+    let before = snapshot(&t2, false);
+    let rep = update(w, Path::new(&srv.url), &t2, &[], 3);
+    assert!(rep["error"].as_str().unwrap_or_default().contains("BLAKE3"), "{rep}");
+    assert_same(&snapshot(&t2, false), &before, "BLAKE3 mismatch: target unchanged");
+    assert_eq!(installed(&t2), Some(3));
+    assert!(!t2.join(".ferry/updates/v3-v4.ferry").exists(), "the mismatched file left the cache");
+    // Killed inside the commit of a downloaded bundle: the next run finishes that apply from
+    // the cache first, then the rest, and leaves nothing in the cache.
+    write_index(&r, &sign(&Spec { seq: 7, fresh_seq: 7, ..s.clone() }, w));
+    let t3 = target(w, &tmp.path().join("t3"), 1);
+    let mut child = spawn_paused(&mut update_cmd(w, Path::new(&srv.url), &t3, &[]), "commit-step:1");
+    assert_eq!(is_stopped(child.id()), Some(true), "did not stop in the commit");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert!(t3.join(".ferry/txn").exists() && t3.join(".ferry/updates/v1-v2.ferry").is_file());
+    let hits = srv.hits("/v1-v2.ferry");
+    let rep = update(w, Path::new(&srv.url), &t3, &[], 0);
+    assert_eq!(rep["resumed"], "resumed", "{rep}");
+    assert_eq!(rep["applied"], serde_json::json!([3, 4, 5]));
+    assert_eq!(srv.hits("/v1-v2.ferry"), hits, "v1-v2 was fetched again");
+    assert_is(w, &t3, LATEST);
+    assert_eq!(fs::read_dir(t3.join(".ferry/updates")).expect("cache").count(), 0, "cache emptied");
+    // The server gone: a network failure (6), the target as it was.
+    drop(srv);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let rep = update(w, Path::new("http://127.0.0.1:1"), &t, &["--retries", "0"], 6);
+    assert_eq!(rep["exit_code"], 6);
+    assert_is(w, &t, LATEST);
+}
+
+#[test]
+fn a_repository_written_by_ferry_build_publish_updates_every_target() {
+    let w = world();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    let ts = tmp.path().join("timestamp.secret");
+    fs::write(&ts, w.timestamp.to_text()).expect("write timestamp key");
+    for v in 1..=LATEST {
+        let mut c = build_cmd();
+        c.arg("publish").arg("--repo").arg(&repo).args(["--channel", CHANNEL, "--version", &v.to_string()]);
+        c.arg("--new").arg(&w.trees[v as usize]).arg("--key").arg(w.dir.join("release.secret"));
+        c.arg("--timestamp-key").arg(&ts).args(["--deltas-from", "2", "--level", "fast"]);
+        run_expect(&mut c, 0);
+    }
+    let index = Index::decode(&fs::read(repo.join(CHANNEL).join("index.ferry-index")).expect("index")).expect("decode");
+    // Targets at every version, brought there by `update --to` from an empty target.
+    for v in [0, 1, 2, 3, 4] {
+        let t = tmp.path().join(format!("t{v}"));
+        fs::create_dir_all(&t).expect("mkdir");
+        if v > 0 {
+            let rep = update(w, &repo, &t, &["--channel", CHANNEL, "--to", &v.to_string()], 0);
+            assert_eq!(rep["to"], v);
+            assert_is(w, &t, v);
+        }
+        let extra: &[&str] = if v == 0 { &["--channel", CHANNEL] } else { &[] };
+        let rep = update(w, &repo, &t, extra, 0);
+        assert_eq!(path_files(&rep), cheapest(&index.release.bundles, (v > 0).then_some(v), LATEST), "from v{v}");
+        assert_eq!(rep["index"]["by_timestamp_key"], true);
+        assert_is(w, &t, LATEST);
+    }
+}

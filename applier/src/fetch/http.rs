@@ -20,8 +20,8 @@ use super::Fail;
 use crate::error::Error;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most redirects followed for one request.
@@ -367,6 +367,13 @@ impl Http {
                 ))))
             }
             c if c >= 500 || c == 408 || c == 429 => Err(Fail::Net(format!("HTTP {c} {}", a.text))),
+            // Not there (and not coming back): an `io::ErrorKind::NotFound`, so that `update`
+            // can tell a bundle missing from the repository from other failures.
+            c @ (404 | 410) => Err(Fail::Stop(Error::Io {
+                op: "fetch (network error)",
+                path: self.url.clone(),
+                source: io::Error::new(io::ErrorKind::NotFound, format!("HTTP {c} {}", a.text)),
+            })),
             c if c >= 400 => Err(Fail::Stop(net_error(&self.url, format!("HTTP {c} {}", a.text)))),
             c => Err(Fail::Net(format!("unexpected HTTP {c} {}", a.text))),
         }

@@ -40,8 +40,8 @@ use crate::verify::{self, Head};
 use bundle::container::{self, Reader, BLOCK, MANIFEST_NAME, MAX_SIGNATURES_BYTES};
 use bundle::sig::TrustPolicy;
 use bundle::{Hash, Limits};
-pub use http::{proxy_for, Net};
 use http::{net_error, Body, Http};
+pub use http::{proxy_for, Net};
 use resume::{Dir, State, STATE_VERSION};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -72,6 +72,9 @@ pub struct Options {
     pub quiet: bool,
     /// `--ca-cert`: PEM files of extra trusted roots for https.
     pub ca_certs: Vec<PathBuf>,
+    /// The trust policy itself, loaded by the caller (`update`: with the rotations the target's
+    /// state recorded); takes precedence over `trust`.
+    pub policy: Option<TrustPolicy>,
     /// The bundle id the caller expects (`update`: the index entry's); another bundle is
     /// refused as soon as its head is read, before any payload is fetched.
     pub expect_id: Option<Hash>,
@@ -92,6 +95,7 @@ impl Default for Options {
             deadline: DEFAULT_DEADLINE,
             quiet: false,
             ca_certs: Vec::new(),
+            policy: None,
             expect_id: None,
         }
     }
@@ -143,7 +147,11 @@ pub fn fetch(o: &Options) -> Result<Report> {
 pub fn fetch_with(o: &Options, net: &Net) -> Result<Report> {
     let name = file_name(&o.url)?;
     let dir = Dir::open(&o.into, &name)?;
-    let trust = o.trust.as_deref().map(|t| crate::trust::load(t, None)).transpose()?;
+    let trust = match &o.policy {
+        Some(p) => Some(p.clone()),
+        None => o.trust.as_deref().map(|t| crate::trust::load(t, None)).transpose()?,
+    };
+    let trusted = trust.is_some();
     let part = dir.open_part(|m| say(o, format_args!("{m}")))?;
     match rustix::fs::flock(&part, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
@@ -159,7 +167,7 @@ pub fn fetch_with(o: &Options, net: &Net) -> Result<Report> {
         part,
         state: None,
         verified: BTreeSet::new(),
-        report: Report { url: o.url.clone(), trusted: o.trust.is_some(), range_requests: true, ..Default::default() },
+        report: Report { url: o.url.clone(), trusted, range_requests: true, ..Default::default() },
         last_save: Instant::now(),
     };
     if f.trust.is_none() {
