@@ -75,7 +75,7 @@ pub fn print<T: Serialize>(command: &str, json: bool, exit: Exit, body: &T, huma
     } else {
         let s = human(body);
         if !s.is_empty() {
-            println!("{}", text::escape(&s));
+            out_line(&text::escape(&s));
         }
     }
     exit
@@ -96,9 +96,18 @@ pub fn print_error(command: &str, json: bool, e: &Error) -> Exit {
     exit
 }
 
+/// One line on stdout. A reader that went away (`ferry-apply status --json | head -c 10`, a
+/// closed pipe) is its own business: the command's work is done and its exit code stands, so a
+/// write error is ignored rather than a panic (`println!`).
+fn out_line(s: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{s}").and_then(|()| o.flush());
+}
+
 fn print_json<T: Serialize>(r: &Report<'_, T>) {
     match serde_json::to_string(r) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => out_line(&s),
         // Unreachable for our bodies (string keys only); say so rather than print nothing.
         Err(e) => eprintln!("ferry-apply {}: error: cannot encode the JSON report: {e}", r.command),
     }

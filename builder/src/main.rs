@@ -9,6 +9,15 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// `println!` that ignores a closed stdout (`ferry-build publish --json | head`): the work is
+/// done and the exit code stands; `println!` would panic.
+macro_rules! out {
+    ($($a:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($a)*);
+    }};
+}
+
 fn run(cli: Cli) -> Result<(), builder::Error> {
     let verbosity = if cli.quiet {
         Verbosity::Quiet
@@ -39,7 +48,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                     "public": p.display().to_string(),
                     "encrypted": !unencrypted,
                 });
-                println!("{v}");
+                out!("{v}");
             } else {
                 say(format!("key {id}: secret {}, public {}", s.display(), p.display()));
             }
@@ -65,7 +74,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                     "identity": i.display().to_string(),
                     "recipient": r.display().to_string(),
                 });
-                println!("{v}");
+                out!("{v}");
             } else {
                 say(format!("recipient {id}: identity {} (secret), recipient {}", i.display(), r.display()));
             }
@@ -83,7 +92,7 @@ fn run(cli: Cli) -> Result<(), builder::Error> {
                     // The parts replace the bundle: `split` deletes it.
                     "removed": file.display().to_string(),
                 });
-                println!("{v}");
+                out!("{v}");
             } else {
                 say(split_line(&file, &parts));
             }
@@ -115,7 +124,7 @@ fn build(a: &BuildArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
 /// Print one JSON report on stdout.
 fn print_json<T: serde::Serialize>(v: &T) {
     match serde_json::to_string(v) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => out!("{s}"),
         Err(e) => eprintln!("ferry-build: cannot encode report: {e}"),
     }
 }
@@ -208,7 +217,7 @@ fn sign(a: &SignArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
 fn sign_request(a: &SignRequestArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
     let (req, _m, summary) = builder::offline::read_request(&a.request)?;
     if !a.json {
-        println!("{}", builder::offline::summary_text(&summary));
+        out!("{}", builder::offline::summary_text(&summary));
     }
     let signed = if a.summary_only {
         None
@@ -235,7 +244,7 @@ fn sign_request(a: &SignRequestArgs, verbosity: Verbosity) -> Result<(), builder
             "signed_by": signed.as_ref().map(|(pk, _)| pk.id.clone()),
             "signature_file": signed.as_ref().map(|(_, o)| o.display().to_string()),
         });
-        println!("{v}");
+        out!("{v}");
     } else if verbosity > Verbosity::Quiet {
         if let Some((pk, out)) = &signed {
             eprintln!("{}: signature by key {} for bundle {}", out.display(), pk.id, summary.bundle_id);
@@ -364,7 +373,7 @@ fn pubkey(a: &PubkeyArgs, verbosity: Verbosity) -> Result<(), builder::Error> {
             "key_id": pk.id,
             "public": a.out.display().to_string(),
         });
-        println!("{v}");
+        out!("{v}");
     } else if verbosity > Verbosity::Quiet {
         eprintln!("{}: public key {} ({}; test signature checked)", a.out.display(), pk.id, signer.describe());
     }
@@ -410,12 +419,12 @@ fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) 
                 o.insert("removed".into(), r.bundle.clone().into());
             }
         }
-        println!("{v}");
+        out!("{v}");
         return;
     }
     if r.dry_run {
         for l in &lines {
-            println!("{l}");
+            out!("{l}");
         }
         if verbosity > Verbosity::Quiet {
             eprintln!(

@@ -502,3 +502,35 @@ fn staged_objects_counts_each_place_step_once() {
     assert_eq!(r["staged_reused"], 0, "{r}");
     assert_same(&snapshot(&t, false), &snapshot(&new, false), "tree after the apply");
 }
+
+/// A reader that goes away (`… --json | head -c 1`, `| true`) is not a crash: both binaries
+/// finish their work and exit with their own code, without a panic about a broken pipe.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let d = tempfile::tempdir().expect("tmp");
+    let keys = keys(d.path());
+    let new = d.path().join("new");
+    gen_tree(&new, 7);
+    let out = d.path().join("b.ferry");
+    let q = |p: &Path| format!("'{}'", p.display());
+    // bash with pipefail: the pipeline's status is ferry's; `true` has exited (closing the pipe)
+    // long before the build prints its report.
+    let cmds = [
+        format!(
+            "{} build --new {} --key {} --version 1 --out {} --json | true",
+            q(&bin("ferry-build")),
+            q(&new),
+            q(&keys.secret),
+            q(&out)
+        ),
+        format!("{} inspect {} --json | true", q(&bin("ferry-apply")), q(&out)),
+        format!("{} verify {} --trust {} | true", q(&bin("ferry-apply")), q(&out), q(&keys.public)),
+    ];
+    for c in cmds {
+        let o =
+            std::process::Command::new("bash").arg("-c").arg(format!("set -o pipefail; {c}")).output().expect("bash");
+        assert_eq!(o.status.code(), Some(0), "{c}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{c}: {}", stderr(&o));
+    }
+    assert!(out.exists(), "the build finished");
+}
