@@ -22,7 +22,7 @@ fn run(stream: &[u8], f: Bcj, dict_log: u8, decoded: u64, cap: u64) -> Option<Ve
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&[f, dict, a, b, c, d], stream)) = data.split_first_chunk::<6>().map(|(h, s)| (*h, s)) else {
+    let Some((&[f, dict, a, b, c, d], stream)) = data.split_first_chunk::<6>() else {
         return;
     };
     let f = Bcj::ALL[usize::from(f) % Bcj::ALL.len()];
