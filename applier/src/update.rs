@@ -390,8 +390,14 @@ impl Run<'_> {
         }
         let http = matches!(self.source, Source::Http(_));
         let cache = self.cache.clone();
-        // Bundles complete in the cache cost nothing to download.
-        let cost = |b: &BundleRef| if http && cached(&cache, b).is_some() { 0 } else { b.size };
+        // Bundles complete in the cache cost nothing to download: each checked (size, BLAKE3)
+        // once here, not at every edge the path search relaxes.
+        let complete: std::collections::HashSet<&str> = if http {
+            index.release.bundles.iter().filter(|b| cached(&cache, b).is_some()).map(|b| b.file.as_str()).collect()
+        } else {
+            Default::default()
+        };
+        let cost = |b: &BundleRef| if complete.contains(b.file.as_str()) { 0 } else { b.size };
         let usable: Vec<BundleRef> =
             index.release.bundles.iter().filter(|b| !missing.contains(&b.file)).cloned().collect();
         let chain = crate::path::choose(&usable, st.version, goal, &cost).map_err(|why| {

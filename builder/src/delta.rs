@@ -136,10 +136,11 @@ pub fn chunk_base_window(i: u64, c: u64, old_len: u64) -> (u64, u64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    /// Deterministic pseudo-random bytes (xorshift) for the builder's unit tests.
+    pub(crate) fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {

@@ -330,20 +330,9 @@ pub fn find_bases(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::tests::pseudo_random;
     use crate::diff::tests::file;
     use crate::scan::Source;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     /// `data` with a few small edits: bytes overwritten, inserted and removed here and there.
     fn edited(data: &[u8], seed: u64) -> Vec<u8> {

@@ -957,15 +957,8 @@ mod tests {
         Ok(())
     }
 
+    /// Pseudo-random bytes from a fixed seed.
     fn pseudo(n: usize) -> Vec<u8> {
-        let mut x = 0x9e3779b97f4a7c15u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        crate::delta::tests::pseudo_random(n, 0x9e3779b97f4a7c15)
     }
 }

@@ -78,6 +78,25 @@ fn plan_lists_exactly_the_drifted_paths_and_changes_nothing() {
     assert!(v["stage_bytes"].as_u64().unwrap_or(0) > 0);
 }
 
+/// `plan` of `b` on `t` refuses for space (exit 11): the snapshot of `t` before, and the output.
+fn plan_refused_for_space(w: &Trees, b: &Path, t: &Path) -> (Snapshot, std::process::Output) {
+    let before = snapshot(t, true);
+    let o = run_expect(
+        apply_cmd().arg("plan").arg(b).arg("--target").arg(t).arg("--trust").arg(&w.public).arg("--json"),
+        11,
+    );
+    (before, o)
+}
+
+/// `apply` of `b` on `t` refuses for space (exit 11) before staging anything: `t` as `before`.
+fn apply_refused_for_space(w: &Trees, b: &Path, t: &Path, before: &Snapshot) {
+    let o = apply(b, t, &w.public, 11, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not enough free space"), "{err}");
+    assert_same(&snapshot(t, true), before, "refused for space");
+    assert!(!t.join(".ferry/txn").exists(), "nothing staged");
+}
+
 /// Unmounts its directory when dropped.
 struct Unmount<'a>(&'a Path);
 
@@ -115,17 +134,9 @@ fn free_space_is_checked_before_staging() {
     let _g = mount_tmpfs(&t, "2m");
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
-    let before = snapshot(&t, true);
-    let o = run_expect(
-        apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t).arg("--trust").arg(&w.public).arg("--json"),
-        11,
-    );
+    let (before, o) = plan_refused_for_space(&w, &b, &t);
     assert_eq!(json(&o)["filesystems"][0]["fits"], false);
-    let o = apply(&b, &t, &w.public, 11, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not enough free space"), "{err}");
-    assert_same(&snapshot(&t, true), &before, "refused for space");
-    assert!(!t.join(".ferry/txn").exists(), "nothing staged");
+    apply_refused_for_space(&w, &b, &t, &before);
 }
 
 /// A frame over 8 MiB passes through a scratch file beside the staged files before it is
@@ -143,18 +154,10 @@ fn free_space_check_counts_the_scratch_file_of_a_large_frame() {
     let _g = mount_tmpfs(&t, "20m");
     let st = Command::new("cp").arg("-a").arg(format!("{}/.", w.old.display())).arg(&t).status().expect("cp");
     assert!(st.success());
-    let before = snapshot(&t, true);
-    let o = run_expect(
-        apply_cmd().arg("plan").arg(&b).arg("--target").arg(&t).arg("--trust").arg(&w.public).arg("--json"),
-        11,
-    );
+    let (before, o) = plan_refused_for_space(&w, &b, &t);
     let need = json(&o)["filesystems"][0]["stage_bytes"].as_u64().unwrap_or(0);
     assert!(need > 24 << 20, "plan counts {need} bytes: the scratch file is missing");
-    let o = apply(&b, &t, &w.public, 11, &[]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not enough free space"), "{err}");
-    assert_same(&snapshot(&t, true), &before, "refused for space");
-    assert!(!t.join(".ferry/txn").exists(), "nothing staged");
+    apply_refused_for_space(&w, &b, &t, &before);
     // With room for both, the same bundle applies.
     let big = w.d.join("big");
     copy_tree(&w.old, &big);
