@@ -39,6 +39,10 @@ pub struct Options {
     /// ([`crate::unseal::Keyring`]).
     pub identities: Vec<PathBuf>,
     pub limits: Limits,
+    /// Replace mode ([`crate::replace`]): a full bundle onto a target that is not empty.
+    pub replace: bool,
+    /// `--keep` globs of replace mode.
+    pub keep: Vec<String>,
     pub quiet: bool,
     /// Progress lines for long phases (`-v`, or a terminal).
     pub progress: bool,
@@ -74,6 +78,18 @@ pub struct Report {
     /// Bytes this command read from the bundle file (or parts): at most its size, each byte
     /// read once (0 when nothing was left to read, e.g. a resume after `Staged`).
     pub bundle_bytes_read: u64,
+    /// Replace mode only ([`crate::replace`]): what the target already held as NEW has it, what
+    /// the commit removes, and the paths the bundle lacks that stay (with why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace: Option<ReplaceReport>,
+}
+
+/// What replace mode made of the target (`apply --json`, `replace`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReplaceReport {
+    pub unchanged: usize,
+    pub removed: usize,
+    pub left: Vec<String>,
 }
 
 /// An open, locked target with its checked state directory.
@@ -344,7 +360,33 @@ fn start_txn(
     if !unsupported.is_empty() {
         return Err(Error::Unsupported(unsupported));
     }
-    let base = check_base(t, &h.manifest, st, &attrs)?;
+    let (h, rebased) = rebase_if_asked(o, t.root.as_fd(), t.owners, h, &attrs)?;
+    let attrs = crate::xattrs::Attrs::new(&h.manifest, &o.skip_xattrs);
+    let mut base = check_base(t, &h.manifest, st, &attrs).map_err(|e| match e {
+        // A full bundle on a tree that is not empty: say how to mean it.
+        Error::Drift(mut lines) if h.manifest.base.is_none() && !o.replace => {
+            lines.push(REPLACE_HINT.into());
+            Error::Drift(lines)
+        }
+        e => e,
+    })?;
+    if let Some((r, configs)) = &rebased {
+        // Replace mode keeps a config file that differs (it cannot tell a local edit).
+        let extra: Vec<bundle::BundlePath> =
+            configs.iter().filter(|p| conffile(&h.manifest, p) && !base.kept.contains(p)).cloned().collect();
+        let foreign = foreign_side_files(t.root.as_fd(), &extra, st);
+        if !foreign.is_empty() {
+            return Err(Error::Drift(foreign));
+        }
+        base.kept.extend(extra);
+        log(
+            o,
+            format!("replace: {} entries already as the bundle has them, {} paths to remove", r.unchanged, r.removed),
+        );
+        for l in &r.left {
+            log(o, format!("replace: left in place: {l}"));
+        }
+    }
     for p in &base.kept {
         log(o, format!("{p}: locally edited config file kept; the bundle's version goes to {p}.ferry-new"));
     }
@@ -362,15 +404,56 @@ fn start_txn(
     if let Some(p) = &o.trust {
         crate::trust::record(&t.state, &crate::trust::load(p, None)?)?;
     }
-    let mut txn = Txn::create(&t.state, h, bundle)?;
+    let mut txn = Txn::create(&t.state, h, bundle, rebased.is_some())?;
     state::save(&txn.dir, STATE_BEFORE, st)?;
     txn.save_kept(&base.kept)?;
     txn.save_xattr_skip(&o.skip_xattrs)?;
     txn.save_base_ids(base.ids)?;
     let mut rep = continue_txn(o, t, txn, Input::Open(Box::new(reader)))?;
     rep.verify_ms = verify_ms;
+    rep.replace = rebased.map(|(r, _)| r);
     Ok(rep)
 }
+
+/// What replace mode found (for the report) and the config files that differ (kept).
+pub type Replaced = (ReplaceReport, Vec<bundle::BundlePath>);
+
+/// With `--replace` and a full bundle (a delta is applied as usual), the head with its manifest rebased on the target
+/// ([`crate::replace`]), what replace mode found, and the config files that differ.
+pub fn rebase_if_asked(
+    o: &Options,
+    root: std::os::fd::BorrowedFd<'_>,
+    owners: bool,
+    mut h: Head,
+    attrs: &crate::xattrs::Attrs,
+) -> Result<(Head, Option<Replaced>)> {
+    // A delta bundle is applied as usual (an inbox or a chain may mix both).
+    if !o.replace || h.manifest.base.is_some() {
+        return Ok((h, None));
+    }
+    let scope = crate::replace::Scope { keep: &o.keep, skip: replace_skip(o), owners, attrs };
+    let r = crate::replace::rebase(root, &h.manifest, &scope)?;
+    h.manifest = r.manifest;
+    let rep = ReplaceReport { unchanged: r.unchanged, removed: r.removed, left: r.left };
+    Ok((h, Some((rep, r.configs))))
+}
+
+/// The paths inside the target that replace mode never looks into: the state directory.
+fn replace_skip(o: &Options) -> Vec<bundle::BundlePath> {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(target), Ok(state)) = (std::fs::canonicalize(&o.target), std::fs::canonicalize(state_path(o))) else {
+        return Vec::new();
+    };
+    state
+        .strip_prefix(&target)
+        .ok()
+        .and_then(|r| bundle::BundlePath::new(r.as_os_str().as_bytes().to_vec()).ok())
+        .into_iter()
+        .collect()
+}
+
+/// Added to the drift of a full bundle applied without `--replace`.
+const REPLACE_HINT: &str = "(this is a full bundle, which applies to an empty target; `--replace` makes a tree that is not empty the bundle's tree, removing what it lacks: bundle-format.md §10.4)";
 
 /// Saved copy of the state file from before the transaction (restored by rollback).
 const STATE_BEFORE: &str = "state-before.json";

@@ -74,6 +74,24 @@ pub struct ApplyArgs {
     /// STATE/identity and STATE/identities/*.identity. Repeatable.
     #[arg(long = "identity", value_name = "FILE")]
     pub identity: Vec<PathBuf>,
+    #[command(flatten)]
+    pub replace: ReplaceArgs,
+}
+
+/// Replace mode (bundle-format.md §10.4), for `apply`, `plan`, `inbox` and `update`.
+#[derive(Args, Clone, Default)]
+pub struct ReplaceArgs {
+    /// Apply a full bundle to a target that is not empty: the target becomes the bundle's tree.
+    /// What differs is replaced, what is equal stays untouched, and every path the bundle lacks
+    /// is removed (into the transaction's backup, so `rollback` brings it back) — except what
+    /// `--keep` names, mount points and the state directory. For `update`: a full bundle may be
+    /// used from any installed version.
+    #[arg(long)]
+    pub replace: bool,
+    /// With --replace: a path the bundle lacks that matches GLOB stays, with everything under it
+    /// (`*` within a name, `**` across directories, as hook globs). Repeatable.
+    #[arg(long = "keep", value_name = "GLOB", requires = "replace")]
+    pub keep: Vec<String>,
 }
 
 /// A namespace or attribute name for `--skip-xattrs`.
@@ -276,6 +294,8 @@ impl TargetArgs {
             o.allow_network_fs = a.allow_network_fs;
             o.skip_xattrs = a.skip_xattrs.clone();
             o.identities = a.identity.clone();
+            o.replace = a.replace.replace;
+            o.keep = a.replace.keep.clone();
             o.limits = bundle::Limits::with_max_entries(a.max_entries);
         }
         o
@@ -387,6 +407,8 @@ pub struct UpdateArgs {
     /// many seconds.
     #[arg(long, default_value_t = 3600)]
     pub deadline: u64,
+    #[command(flatten)]
+    pub replace: ReplaceArgs,
 }
 
 impl UpdateArgs {
@@ -395,6 +417,8 @@ impl UpdateArgs {
         let mut a = self.t.options(None, quiet, verbose);
         a.trust = Some(self.trust.clone());
         a.no_hooks = self.no_hooks;
+        a.replace = self.replace.replace;
+        a.keep = self.replace.keep.clone();
         crate::update::Options {
             apply: a,
             source: self.source.clone(),

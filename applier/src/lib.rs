@@ -41,6 +41,7 @@ pub mod par;
 pub mod path;
 pub mod plan;
 pub mod progress;
+pub mod replace;
 pub mod report;
 pub mod source;
 pub mod sparse;

@@ -3,7 +3,9 @@
 //!
 //! Versions are the nodes; a bundle is an edge from its `from` to its `to`. A target with an
 //! installed version uses delta edges only (a full bundle applies only to an empty target,
-//! §18.2); an empty target starts with one full bundle and may continue with deltas. The
+//! §18.2), unless replace mode is asked for (`--replace`, §10.4), where a full bundle is an edge
+//! from every version below its own; an empty target starts with one full bundle and may
+//! continue with deltas. The
 //! cheapest chain is the one with the fewest bytes to download (bundles already complete in the
 //! cache cost nothing), then the fewest bundles, then the smallest list of file names
 //! (lexicographic): Dijkstra's algorithm on that cost, which only grows along a chain.
@@ -17,12 +19,14 @@ type Cost = (u64, usize, Vec<String>);
 
 /// The cheapest chain of `bundles` from `from` (`None`: an empty target) to version `to`, as
 /// indices into `bundles`; `cost(b)` is what downloading bundle `b` costs. `Ok(vec![])` if
-/// `from` is `to` already. `Err` says why there is none.
+/// `from` is `to` already. `Err` says why there is none. `replace`: a full bundle may also
+/// follow an installed version (replace mode).
 pub fn choose(
     bundles: &[BundleRef],
     from: Option<u64>,
     to: u64,
     cost: &dyn Fn(&BundleRef) -> u64,
+    replace: bool,
 ) -> Result<Vec<usize>, String> {
     if from == Some(to) {
         return Ok(Vec::new());
@@ -36,6 +40,7 @@ pub fn choose(
     let mut best: BTreeMap<Option<u64>, (Cost, Option<usize>)> = BTreeMap::new();
     let mut heap = BinaryHeap::new();
     best.insert(from, ((0, 0, Vec::new()), None));
+    let mut prev: BTreeMap<Option<u64>, Option<u64>> = BTreeMap::new();
     heap.push(Reverse(((0u64, 0usize, Vec::<String>::new()), from)));
     while let Some(Reverse((c, node))) = heap.pop() {
         if best.get(&node).is_some_and(|(b, _)| *b < c) {
@@ -45,10 +50,11 @@ pub fn choose(
             break;
         }
         for (i, b) in bundles.iter().enumerate() {
-            // From the empty target: full bundles only; from a version: its deltas only.
+            // From the empty target: full bundles only; from a version: its deltas only (and,
+            // in replace mode, the full bundles of later versions).
             let usable = match node {
                 None => b.from.is_none(),
-                Some(v) => b.from == Some(v),
+                Some(v) => b.from == Some(v) || (replace && b.from.is_none() && b.to > v),
             };
             if !usable || b.to > to {
                 continue;
@@ -59,6 +65,7 @@ pub fn choose(
             let n = Some(b.to);
             if best.get(&n).is_none_or(|(old, _)| next < *old) {
                 best.insert(n, (next.clone(), Some(i)));
+                prev.insert(n, node);
                 heap.push(Reverse((next, n)));
             }
         }
@@ -66,12 +73,14 @@ pub fn choose(
     if !best.contains_key(&Some(to)) {
         return Err(no_path(bundles, from, to));
     }
+    // Walk back along the edges that reached each node (a full bundle's `from` is null, so the
+    // node it was taken from is recorded with it).
     let mut chain = Vec::new();
     let mut at = Some(to);
     while at != from {
         let Some(&(_, Some(i))) = best.get(&at) else { return Err(no_path(bundles, from, to)) };
         chain.push(i);
-        at = bundles[i].from;
+        at = prev.get(&at).copied().flatten();
     }
     chain.reverse();
     Ok(chain)
@@ -90,8 +99,8 @@ fn no_path(bundles: &[BundleRef], from: Option<u64>, to: u64) -> String {
     match from {
         Some(f) => format!(
             "the index has no chain of deltas from version {f} to version {to} (it has deltas from versions {bases}); \
-             a full bundle applies only to an empty target (bundle-format.md §18.2): install one on an empty target \
-             or ask the publisher for a delta from version {f}"
+             a full bundle applies only to an empty target (bundle-format.md §18.2) unless --replace is given \
+             (it then replaces the tree, §10.4), or ask the publisher for a delta from version {f}"
         ),
         None => format!(
             "the index has no full bundle from which version {to} can be reached (deltas from versions {bases})"
@@ -129,26 +138,26 @@ mod tests {
     fn cheapest_by_bytes_then_count_then_name() {
         let bs = repo();
         let size = |x: &BundleRef| x.size;
-        assert_eq!(files(&bs, &choose(&bs, Some(1), 4, &size).expect("path")), ["v1-v2.ferry", "v2-v4.ferry"]);
-        assert_eq!(files(&bs, &choose(&bs, Some(2), 4, &size).expect("path")), ["v2-v4.ferry"]);
-        assert_eq!(files(&bs, &choose(&bs, Some(3), 4, &size).expect("path")), ["v3-v4.ferry"]);
+        assert_eq!(files(&bs, &choose(&bs, Some(1), 4, &size, false).expect("path")), ["v1-v2.ferry", "v2-v4.ferry"]);
+        assert_eq!(files(&bs, &choose(&bs, Some(2), 4, &size, false).expect("path")), ["v2-v4.ferry"]);
+        assert_eq!(files(&bs, &choose(&bs, Some(3), 4, &size, false).expect("path")), ["v3-v4.ferry"]);
         // Empty target: v1 full + deltas (1025) beats v4 full (1200).
         assert_eq!(
-            files(&bs, &choose(&bs, None, 4, &size).expect("path")),
+            files(&bs, &choose(&bs, None, 4, &size, false).expect("path")),
             ["v1.full.ferry", "v1-v2.ferry", "v2-v4.ferry"]
         );
         // --to stops earlier; equal bytes: fewer bundles (v1-v3 at 20 would tie v1-v2-v3).
         let mut bs2 = bs.clone();
         bs2[3].size = 20;
-        assert_eq!(files(&bs2, &choose(&bs2, Some(1), 3, &size).expect("path")), ["v1-v3.ferry"]);
+        assert_eq!(files(&bs2, &choose(&bs2, Some(1), 3, &size, false).expect("path")), ["v1-v3.ferry"]);
         // Same bytes and count: the smaller file names.
         let bs3 = vec![b("b.ferry", Some(1), 2, 5), b("a.ferry", Some(1), 2, 5)];
-        assert_eq!(files(&bs3, &choose(&bs3, Some(1), 2, &size).expect("path")), ["a.ferry"]);
+        assert_eq!(files(&bs3, &choose(&bs3, Some(1), 2, &size, false).expect("path")), ["a.ferry"]);
         // Already there.
-        assert!(choose(&bs, Some(4), 4, &size).expect("path").is_empty());
+        assert!(choose(&bs, Some(4), 4, &size, false).expect("path").is_empty());
         // Cached bundles cost nothing: a cached v1-v4 wins.
         let cached = |x: &BundleRef| if x.file == "v1-v4.ferry" { 0 } else { x.size };
-        assert_eq!(files(&bs, &choose(&bs, Some(1), 4, &cached).expect("path")), ["v1-v4.ferry"]);
+        assert_eq!(files(&bs, &choose(&bs, Some(1), 4, &cached, false).expect("path")), ["v1-v4.ferry"]);
     }
 
     #[test]
@@ -157,14 +166,36 @@ mod tests {
             vec![b("v1.full.ferry", None, 1, 10), b("v3.full.ferry", None, 3, 10), b("v1-v2.ferry", Some(1), 2, 5)];
         let size = |x: &BundleRef| x.size;
         // A target at v2 has no delta to v3: the full bundle is not an edge for it.
-        let e = choose(&bs, Some(2), 3, &size).expect_err("no path");
+        let e = choose(&bs, Some(2), 3, &size, false).expect_err("no path");
         assert!(e.contains("full bundle applies only to an empty target"), "{e}");
-        assert_eq!(files(&bs, &choose(&bs, None, 3, &size).expect("path")), ["v3.full.ferry"]);
+        assert_eq!(files(&bs, &choose(&bs, None, 3, &size, false).expect("path")), ["v3.full.ferry"]);
         // Above the goal, or a goal nothing reaches.
-        assert!(choose(&bs, Some(3), 2, &size).is_err());
-        assert!(choose(&bs, None, 7, &size).is_err());
+        assert!(choose(&bs, Some(3), 2, &size, false).is_err());
+        assert!(choose(&bs, None, 7, &size, false).is_err());
         // A gap in the chain.
         let bs = vec![b("v1-v2.ferry", Some(1), 2, 5), b("v3-v4.ferry", Some(3), 4, 5)];
-        assert!(choose(&bs, Some(1), 4, &size).is_err());
+        assert!(choose(&bs, Some(1), 4, &size, false).is_err());
+    }
+
+    #[test]
+    fn replace_mode_makes_full_bundles_edges_from_any_older_version() {
+        let bs = vec![
+            b("v3.full.ferry", None, 3, 100),
+            b("v5.full.ferry", None, 5, 130),
+            b("v3-v4.ferry", Some(3), 4, 10),
+            b("v4-v5.ferry", Some(4), 5, 10),
+        ];
+        let size = |x: &BundleRef| x.size;
+        // A target at v1 (no delta from it): only replace mode reaches v5, by the cheapest way.
+        assert!(choose(&bs, Some(1), 5, &size, false).is_err());
+        assert_eq!(
+            files(&bs, &choose(&bs, Some(1), 5, &size, true).expect("path")),
+            ["v3.full.ferry", "v3-v4.ferry", "v4-v5.ferry"]
+        );
+        // Deltas stay preferred where they exist and are cheaper.
+        assert_eq!(files(&bs, &choose(&bs, Some(3), 5, &size, true).expect("path")), ["v3-v4.ferry", "v4-v5.ferry"]);
+        // A full bundle of an older or the same version is no edge.
+        assert_eq!(files(&bs, &choose(&bs, Some(4), 5, &size, true).expect("path")), ["v4-v5.ferry"]);
+        assert!(choose(&bs, Some(6), 5, &size, true).is_err());
     }
 }

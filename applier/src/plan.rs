@@ -48,6 +48,9 @@ pub struct Plan {
     /// Extended-attribute namespaces the bundle carries, and those dropped with `--skip-xattrs`.
     pub xattr_namespaces: Vec<String>,
     pub xattrs_skipped: Vec<String>,
+    /// `--replace` only: what replace mode made of the target ([`crate::replace`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replace: Option<crate::apply::ReplaceReport>,
 }
 
 /// Open the target and its state, verify the bundle's head, then: what apply would check first
@@ -64,13 +67,20 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     b.trust(&trust)?;
     let (h, mut reader) = b.into_head(&o.limits)?;
     let h = crate::unseal::open(h, &keys, &o.limits)?;
+    let owners = fsx::is_root();
+    let pre = crate::xattrs::Attrs::new(&h.manifest, &o.skip_xattrs);
+    let (h, rebased) = crate::apply::rebase_if_asked(o, root.as_fd(), owners, h, &pre)?;
     let m = &h.manifest;
     let st = match &sd {
         Some(d) => state::load(d, state::STATE_FILE)?,
         None => state::State::default(),
     };
-    let owners = fsx::is_root();
-    let Checks { mut refusal, mounts, attrs, drifted, kept } = checks(o, root.as_fd(), &h, &st, owners)?;
+    let Checks { mut refusal, mounts, attrs, drifted, mut kept } = checks(o, root.as_fd(), &h, &st, owners)?;
+    let replace = rebased.map(|(r, configs)| {
+        let extra: Vec<_> = configs.into_iter().filter(|p| conffile(m, p) && !kept.contains(p)).collect();
+        kept.extend(extra);
+        r
+    });
     let per = stage_bytes_per_filesystem(root.as_fd(), m, owners, &mounts)?;
     let filesystems = filesystems(root.as_fd(), per, stage::largest_spool(m), &mounts, &mut refusal)?;
     // The frames and the end of the archive, read once, as apply would read them: only when
@@ -95,6 +105,7 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
         steps: m.script.iter().map(|s| Step { op: format!("{:?}", s.op), path: s.path.display() }).collect(),
         xattr_namespaces: m.xattr_namespaces.clone(),
         xattrs_skipped: attrs.skipped().to_vec(),
+        replace,
     })
 }
 

@@ -70,6 +70,8 @@ pub const BASE_IDS: &str = "base-ids.cbor";
 const MANIFEST: &str = "manifest.cbor";
 const SIGNATURES: &str = "signatures.cbor";
 const KEPT: &str = "kept.cbor";
+/// Replace mode: the full bundle's manifest rebased on the target ([`crate::replace`]).
+const REPLACE: &str = "replace.cbor";
 /// Present once a run of this transaction read every frame of the bundle with its hash matching
 /// and the end of the archive (bundle-format.md §7, §11); until then a resume reads the bundle
 /// again, even if every staged file is complete.
@@ -120,9 +122,11 @@ fn read_cbor<T: serde::de::DeserializeOwned>(dir: &Dir, name: &str) -> Result<Op
 
 impl Txn {
     /// Start a transaction in `STATE/txn`: save the verified head, then journal `Begin`.
-    pub fn create(state: &Dir, head: Head, bundle_path: &std::path::Path) -> Result<Txn> {
+    /// `rebased`: `head.manifest` is a full bundle's manifest rebased on the target (replace
+    /// mode, [`crate::replace`]); it is saved beside the signed one before `Begin`.
+    pub fn create(state: &Dir, head: Head, bundle_path: &std::path::Path, rebased: bool) -> Result<Txn> {
         let dir = state.subdir(state::TXN, true)?.ok_or_else(|| Error::Internal("no transaction directory".into()))?;
-        let r = Self::create_inner(dir, head, bundle_path);
+        let r = Self::create_inner(dir, head, bundle_path, rebased);
         if r.is_err() {
             // Nothing was staged yet: leave no half-written transaction behind.
             let _ = state.remove_tree(state::TXN);
@@ -130,9 +134,14 @@ impl Txn {
         r
     }
 
-    fn create_inner(dir: Dir, head: Head, bundle_path: &std::path::Path) -> Result<Txn> {
+    fn create_inner(dir: Dir, head: Head, bundle_path: &std::path::Path, rebased: bool) -> Result<Txn> {
         dir.write_atomic(MANIFEST, &head.manifest_bytes)?;
         dir.write_atomic(SIGNATURES, &head.sig_bytes)?;
+        if rebased {
+            dir.write_atomic(REPLACE, &head.manifest.to_cbor())?;
+        } else {
+            dir.remove_tree(REPLACE)?;
+        }
         let mut journal = Journal::open(&dir)?;
         dir.sync()?;
         use std::os::unix::ffi::OsStrExt;
@@ -183,10 +192,16 @@ impl Txn {
             .ctx("buffer", "manifest")?;
         let mut r = bundle::container::Reader::new(&framed[..], limits.clone());
         let head = crate::verify::head(&mut r, trust, limits)?;
-        let head = match keys {
+        let mut head = match keys {
             Some(k) => crate::unseal::open(head, k, limits)?,
             None => head,
         };
+        if let Some(b) = dir.read(REPLACE, limits.max_manifest_decoded)? {
+            let corrupt = |why: String| Error::CorruptState { path: dir.show(REPLACE), why };
+            let rebased: bundle::Manifest = ciborium::from_reader(&b[..]).map_err(|e| corrupt(e.to_string()))?;
+            crate::replace::check_rebase(&head.manifest, &rebased).map_err(corrupt)?;
+            head.manifest = rebased;
+        }
         if records.first() != Some(&Record::Begin { bundle_id: head.id, bundle_path: begin_path(&records) }) {
             return Err(Error::CorruptState {
                 path: dir.show(journal::JOURNAL),

@@ -400,7 +400,7 @@ impl Run<'_> {
         let cost = |b: &BundleRef| if complete.contains(b.file.as_str()) { 0 } else { b.size };
         let usable: Vec<BundleRef> =
             index.release.bundles.iter().filter(|b| !missing.contains(&b.file)).cloned().collect();
-        let chain = crate::path::choose(&usable, st.version, goal, &cost).map_err(|why| {
+        let chain = crate::path::choose(&usable, st.version, goal, &cost, self.o.apply.replace).map_err(|why| {
             if missing.is_empty() {
                 Error::NoPath(why)
             } else {
