@@ -10,6 +10,8 @@ use bundle::Hash;
 use ferry_tests::*;
 use serde_json::Value;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -311,6 +313,47 @@ fn a_missing_delta_falls_back_to_a_chain_and_a_version_without_deltas_has_no_pat
     assert!(msg.contains("no update path") && msg.contains("full bundle applies only to an empty target"), "{msg}");
     assert_same(&snapshot(&t, false), &before, "no path: target unchanged");
     assert_eq!(installed(&t), Some(4));
+}
+
+/// A machine that missed more releases than the channel keeps deltas for: with `--replace` a
+/// full bundle is a way from any older version (bundle-format.md §10.4, §18.5), and files that
+/// did not change keep their inode.
+#[test]
+fn with_replace_a_target_without_a_delta_takes_the_full_bundle() {
+    let w = world();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let s = spec(w, &["v1-v2.ferry", "v1-v3.ferry"]);
+    let r = repo(w, &tmp.path().join("repo"), &s);
+    let t = target(w, &tmp.path().join("t1"), 1);
+    let before = snapshot(&t, false);
+    let rep = update(w, &r, &t, &["--dry-run"], 17);
+    assert!(rep["error"].as_str().unwrap_or_default().contains("--replace"), "{rep}");
+    let rep = update(w, &r, &t, &["--replace", "--dry-run"], 0);
+    let want = cheapest(&s.bundles, None, LATEST);
+    assert_eq!(path_files(&rep), want, "{rep}");
+    assert_same(&snapshot(&t, false), &before, "dry run");
+    // The regular files v1 and v5 have alike but for the mtime (`mutate` stamps every mtime
+    // anew), with their inodes now: changed in place, not replaced.
+    let (v1, v5) = (snapshot(&w.trees[1], false), snapshot(&w.trees[LATEST as usize], false));
+    let ino = |p: &[u8]| {
+        let p = t.join(std::ffi::OsStr::from_bytes(p));
+        std::fs::symlink_metadata(p).map(|m| m.ino()).expect("lstat")
+    };
+    let alike: Vec<(Vec<u8>, u64)> = v1
+        .iter()
+        .filter(|(p, n)| {
+            let same = |m: &Node| Node { mtime_ns: None, ..m.clone() } == Node { mtime_ns: None, ..(*n).clone() };
+            n.kind == "file" && n.group.is_none() && v5.get(*p).is_some_and(same)
+        })
+        .map(|(p, _)| (p.clone(), ino(p)))
+        .collect();
+    assert!(!alike.is_empty());
+    let rep = update(w, &r, &t, &["--replace"], 0);
+    assert_eq!(path_files(&rep), want, "{rep}");
+    assert_is(w, &t, LATEST);
+    for (p, i) in alike {
+        assert_eq!(ino(&p), i, "{}: an unchanged file keeps its inode", String::from_utf8_lossy(&p));
+    }
 }
 
 #[test]
