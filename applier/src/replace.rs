@@ -269,7 +269,9 @@ impl Rebase<'_> {
         }
         if self.same_meta(&fsx::meta_of(&f.st), x, &e.meta) {
             Fate::Same
-        } else if matches!(e.kind, Kind::Hardlink { .. }) {
+        } else if matches!(e.kind, Kind::Hardlink { .. }) || f.st.st_nlink > 1 {
+            // An inode with names NEW does not give it (a hard link someone planted, maybe
+            // outside the tree) is placed anew, never changed in place (§15.1).
             Fate::Replace
         } else {
             Fate::Meta

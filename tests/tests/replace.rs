@@ -74,6 +74,14 @@ fn a_full_bundle_replaces_a_tree_that_is_not_empty() {
     build(None, &new, &k.secret, 7, &b, &["--config-files", "etc/*.conf"]);
     let t = tmp.path().join("t");
     copy_tree(&old, &t);
+    // A hard link planted outside the tree to a file whose metadata NEW changes.
+    fs::write(t.join("tool"), b"tool\n").expect("write");
+    fs::write(new.join("tool"), b"tool\n").expect("write");
+    fs::set_permissions(new.join("tool"), fs::Permissions::from_mode(0o4755)).expect("chmod");
+    set_mtime(&new.join("tool"), 1_650_000_000);
+    set_mtime(&t.join("tool"), 1_650_000_000);
+    fs::hard_link(t.join("tool"), tmp.path().join("planted")).expect("link");
+    build(None, &new, &k.secret, 7, &b, &["--config-files", "etc/*.conf"]);
     let before = snapshot(&t, true);
     let (same_ino, mode_ino) = (ino(&t.join("same.bin")), ino(&t.join("mode.sh")));
 
@@ -132,6 +140,10 @@ fn a_full_bundle_replaces_a_tree_that_is_not_empty() {
     assert_eq!(ino(&t.join("same.bin")), same_ino);
     assert_eq!(ino(&t.join("mode.sh")), mode_ino);
     assert_eq!(ino(&t.join("h1")), ino(&t.join("h2")));
+    // The planted link's inode never got the set-user-ID bit: the file was placed anew.
+    assert_ne!(ino(&t.join("tool")), ino(&tmp.path().join("planted")));
+    assert_eq!(fs::metadata(tmp.path().join("planted")).expect("stat").permissions().mode() & 0o7777, 0o644);
+    assert_eq!(fs::metadata(t.join("tool")).expect("stat").permissions().mode() & 0o7777, 0o4755);
 
     // Rollback brings back everything, removed paths included.
     let mut c = apply_cmd();
