@@ -83,7 +83,15 @@ pub fn rebase(root: BorrowedFd<'_>, m: &Manifest, scope: &Scope<'_>) -> Result<R
     }
     let found = walk(root, scope)?;
     let protect = protected(&found, scope);
-    let mut r = Rebase { root, m, scope, found: &found, seen: HashMap::new(), fates: BTreeMap::new() };
+    let primaries = m
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::Hardlink { primary } => Some(primary.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut r = Rebase { root, m, scope, found: &found, seen: HashMap::new(), fates: BTreeMap::new(), primaries };
     r.observe_new_paths()?;
     r.decide_fates();
     r.build(&protect)
@@ -156,6 +164,8 @@ fn protected(found: &BTreeMap<BundlePath, Found>, scope: &Scope<'_>) -> BTreeMap
             kept_roots.insert(p.clone());
         } else if f.mount_point {
             add(p, "a mount point (another filesystem is never looked into)".into(), &mut out);
+        } else if fsx::file_type(&f.st) == FileType::Socket {
+            add(p, "a socket (a bundle cannot hold one; left in place)".into(), &mut out);
         }
     }
     out
@@ -170,6 +180,8 @@ struct Rebase<'a> {
     /// attributes in scope.
     seen: HashMap<BundlePath, (OldKind, XattrSet)>,
     fates: BTreeMap<BundlePath, Fate>,
+    /// NEW files that hardlinks name as their primary.
+    primaries: BTreeSet<BundlePath>,
 }
 
 impl Rebase<'_> {
@@ -229,9 +241,11 @@ impl Rebase<'_> {
             }
         }
         for members in groups.values() {
-            let inode = |p: &BundlePath| self.found.get(p).map(|f| (f.st.st_dev, f.st.st_ino));
+            let inode = |p: &BundlePath| self.found.get(p).map(|f| (f.st.st_dev, f.st.st_ino, f.st.st_nlink as u64));
+            // Unchanged only as one inode with exactly these names (no link beyond the group).
             let whole = members.iter().all(|p| self.fates.get(*p) == Some(&Fate::Same))
-                && members.iter().all(|p| inode(p) == inode(members[0]));
+                && members.iter().all(|p| inode(p) == inode(members[0]))
+                && inode(members[0]).is_some_and(|i| i.2 == members.len() as u64);
             if !whole {
                 for p in members {
                     let f = if self.found.contains_key(*p) { Fate::Replace } else { Fate::Create };
@@ -267,11 +281,15 @@ impl Rebase<'_> {
         if !same_object {
             return Fate::Replace;
         }
-        if self.same_meta(&fsx::meta_of(&f.st), x, &e.meta) {
+        // A file NEW gives no other name but that has other links here (to a path NEW does not
+        // link it with, or one someone planted, maybe outside the tree) is placed anew, never
+        // left shared nor changed in place (§15.1). Group members are judged as a group.
+        let grouped = matches!(e.kind, Kind::Hardlink { .. }) || self.primaries.contains(&e.path);
+        if f.st.st_nlink > 1 && !grouped && matches!(e.kind, Kind::File { .. }) {
+            Fate::Replace
+        } else if self.same_meta(&fsx::meta_of(&f.st), x, &e.meta) {
             Fate::Same
-        } else if matches!(e.kind, Kind::Hardlink { .. }) || f.st.st_nlink > 1 {
-            // An inode with names NEW does not give it (a hard link someone planted, maybe
-            // outside the tree) is placed anew, never changed in place (§15.1).
+        } else if grouped || f.st.st_nlink > 1 {
             Fate::Replace
         } else {
             Fate::Meta

@@ -81,6 +81,17 @@ fn a_full_bundle_replaces_a_tree_that_is_not_empty() {
     set_mtime(&new.join("tool"), 1_650_000_000);
     set_mtime(&t.join("tool"), 1_650_000_000);
     fs::hard_link(t.join("tool"), tmp.path().join("planted")).expect("link");
+    // Two names of one inode here, two files in NEW (equal content and metadata).
+    fs::write(t.join("pair1"), b"pair\n").expect("write");
+    fs::hard_link(t.join("pair1"), t.join("pair2")).expect("link");
+    for n in ["pair1", "pair2"] {
+        fs::write(new.join(n), b"pair\n").expect("write");
+        set_mtime(&new.join(n), 1_650_000_000);
+    }
+    set_mtime(&t.join("pair1"), 1_650_000_000);
+    // A socket of a running service, in a directory NEW lacks: both stay.
+    fs::create_dir(t.join("run")).expect("mkdir");
+    let _sock = std::os::unix::net::UnixListener::bind(t.join("run/app.sock")).expect("bind");
     build(None, &new, &k.secret, 7, &b, &["--config-files", "etc/*.conf"]);
     let before = snapshot(&t, true);
     let (same_ino, mode_ino) = (ino(&t.join("same.bin")), ino(&t.join("mode.sh")));
@@ -116,7 +127,13 @@ fn a_full_bundle_replaces_a_tree_that_is_not_empty() {
     // Symlinks first, each before the link it resolves through (§6 rule 6).
     let pos = |op: &str, path: &str| steps.iter().position(|(o, q)| o == op && q == path).expect("step");
     assert!(pos("Delete", "l1") < pos("Delete", "l2") && pos("Delete", "l2") < pos("Delete", "junk/deep/f"));
-    assert_eq!(p["replace"]["left"], serde_json::json!(["data: kept (--keep data)"]), "{p}");
+    let left: Vec<&str> = p["replace"]["left"].as_array().expect("left").iter().filter_map(Value::as_str).collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left[0] == "data: kept (--keep data)"
+            && left[1].starts_with("run: ")
+            && left[2].starts_with("run/app.sock: a socket")
+    );
     assert_same(&snapshot(&t, true), &before, "plan changes nothing");
 
     let r = json(&apply(&b, &t, &k.public, 0, &["--replace", "--keep", "data", "--json"]));
@@ -135,11 +152,15 @@ fn a_full_bundle_replaces_a_tree_that_is_not_empty() {
     for (p, n) in old_snap.iter().filter(|(p, _)| p.starts_with(b"data")) {
         want.insert(p.clone(), n.clone());
     }
+    for (p, n) in before.iter().filter(|(p, _)| p.starts_with(b"run")) {
+        want.insert(p.clone(), Node { mtime_ns: if n.kind == "dir" { None } else { n.mtime_ns }, ..n.clone() });
+    }
     assert_same(&got, &want, "replaced tree");
     // What was equal was not touched: the same inodes; a mode change made in place.
     assert_eq!(ino(&t.join("same.bin")), same_ino);
     assert_eq!(ino(&t.join("mode.sh")), mode_ino);
     assert_eq!(ino(&t.join("h1")), ino(&t.join("h2")));
+    assert_ne!(ino(&t.join("pair1")), ino(&t.join("pair2")));
     // The planted link's inode never got the set-user-ID bit: the file was placed anew.
     assert_ne!(ino(&t.join("tool")), ino(&tmp.path().join("planted")));
     assert_eq!(fs::metadata(tmp.path().join("planted")).expect("stat").permissions().mode() & 0o7777, 0o644);
