@@ -229,6 +229,7 @@ impl Rebase<'_> {
     }
 
     /// The fate of every NEW entry; a hardlink group stays only if all of it does.
+    #[allow(clippy::unnecessary_cast)] // st_nlink is not u64 on every architecture
     fn decide_fates(&mut self) {
         for e in &self.m.entries {
             let f = self.fate(e);
@@ -255,6 +256,7 @@ impl Rebase<'_> {
         }
     }
 
+    #[allow(clippy::unnecessary_cast)] // st_nlink is not u64 on every architecture
     fn fate(&self, e: &Entry) -> Fate {
         let Some(f) = self.found.get(&e.path) else { return Fate::Create };
         let Some((kind, x)) = self.seen.get(&e.path) else { return Fate::Replace };
@@ -285,11 +287,11 @@ impl Rebase<'_> {
         // link it with, or one someone planted, maybe outside the tree) is placed anew, never
         // left shared nor changed in place (§15.1). Group members are judged as a group.
         let grouped = matches!(e.kind, Kind::Hardlink { .. }) || self.primaries.contains(&e.path);
-        if f.st.st_nlink > 1 && !grouped && matches!(e.kind, Kind::File { .. }) {
+        if (f.st.st_nlink as u64) > 1 && !grouped && matches!(e.kind, Kind::File { .. }) {
             Fate::Replace
         } else if self.same_meta(&fsx::meta_of(&f.st), x, &e.meta) {
             Fate::Same
-        } else if grouped || f.st.st_nlink > 1 {
+        } else if grouped || (f.st.st_nlink as u64) > 1 {
             Fate::Replace
         } else {
             Fate::Meta
