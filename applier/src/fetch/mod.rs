@@ -200,22 +200,7 @@ pub fn file_name(url: &str) -> Result<String> {
     let path = rest.split(['?', '#']).next().unwrap_or("");
     let path = path.find('/').map(|i| &path[i..]).unwrap_or("");
     let seg = path.rsplit('/').next().unwrap_or("");
-    let b = seg.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
+    let out = http::pct_decode(seg);
     let name = String::from_utf8(out).map_err(|_| bad("the last path segment is not UTF-8"))?;
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) || name.len() > 200 {
         return Err(bad("the URL's last path segment is not usable as a file name (empty, '.', '..', or with '/')"));
