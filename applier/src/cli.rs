@@ -309,14 +309,47 @@ impl FetchArgs {
             url: self.url.clone(),
             into: self.into.clone(),
             trust: self.trust.clone(),
+            ..self.net.options(quiet)
+        }
+    }
+}
+
+/// The network flags `fetch` and `update` share: one definition, one constructor of
+/// [`crate::fetch::Options`].
+#[derive(Args, Clone)]
+pub struct NetArgs {
+    /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+    /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
+    #[arg(long, alias = "retry-wait", default_value_t = 500)]
+    pub retry_wait_ms: u64,
+    /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Each download (with `update`: the index, every bundle), retries and waits included, gives
+    /// up after this many seconds (a server dripping bytes never trips the idle timeout).
+    #[arg(long, default_value_t = 3600)]
+    pub deadline: u64,
+    /// A PEM file of CA certificates trusted for https besides the public (webpki) roots, e.g. a
+    /// private CA. Repeatable. Proxies come from the environment (https_proxy, http_proxy,
+    /// all_proxy, no_proxy; http:// proxies only, CONNECT for https).
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+}
+
+impl NetArgs {
+    /// [`crate::fetch::Options`] with these flags; what they do not set (URL, directory, trust,
+    /// expected bundle id) at its default.
+    pub fn options(&self, quiet: bool) -> crate::fetch::Options {
+        crate::fetch::Options {
             retries: self.retries,
             retry_wait: Duration::from_millis(self.retry_wait_ms),
             timeout: Duration::from_secs(self.timeout.max(1)),
             deadline: Duration::from_secs(self.deadline.max(1)),
             quiet,
             ca_certs: self.ca_cert.clone(),
-            policy: None,
-            expect_id: None,
+            ..Default::default()
         }
     }
 }
@@ -335,24 +368,8 @@ pub struct FetchArgs {
     pub trust: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
-    /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
-    #[arg(long, default_value_t = 5)]
-    pub retries: u32,
-    /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
-    #[arg(long, default_value_t = 500)]
-    pub retry_wait_ms: u64,
-    /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-    /// The whole fetch, retries and waits included, gives up after this many seconds (a
-    /// server dripping bytes never trips the idle timeout).
-    #[arg(long, default_value_t = 3600)]
-    pub deadline: u64,
-    /// A PEM file of CA certificates trusted for https besides the public (webpki) roots, e.g. a
-    /// private CA. Repeatable. Proxies come from the environment (https_proxy, http_proxy,
-    /// all_proxy, no_proxy; http:// proxies only).
-    #[arg(long = "ca-cert", value_name = "FILE")]
-    pub ca_cert: Vec<PathBuf>,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 /// The arguments of `update`.
@@ -382,11 +399,6 @@ pub struct UpdateArgs {
     /// Where bundles are downloaded to (default STATE/updates); each is removed once applied.
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// A PEM file of CA certificates trusted for https besides the public (webpki) roots.
-    /// Repeatable. Proxies come from the environment (https_proxy, http_proxy, all_proxy,
-    /// no_proxy; http:// proxies only).
-    #[arg(long = "ca-cert", value_name = "FILE")]
-    pub ca_cert: Vec<PathBuf>,
     /// Seconds this machine's clock may be behind the publisher's: the index is refused as
     /// expired only once now > expires + SECS.
     #[arg(long, value_name = "SECS", default_value_t = bundle::index::DEFAULT_CLOCK_ALLOWANCE)]
@@ -394,19 +406,8 @@ pub struct UpdateArgs {
     /// Do not run the bundles' post-commit hooks.
     #[arg(long)]
     pub no_hooks: bool,
-    /// Re-fetches of one corrupt frame, and failed requests in a row, before giving up.
-    #[arg(long, default_value_t = 5)]
-    pub retries: u32,
-    /// First wait after a network error, in milliseconds (doubles each time, up to 30 s).
-    #[arg(long, alias = "retry-wait", default_value_t = 500)]
-    pub retry_wait_ms: u64,
-    /// Idle timeout in seconds: of a connect, and of every read (no byte for this long).
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
-    /// Each download (the index, every bundle), retries and waits included, gives up after this
-    /// many seconds.
-    #[arg(long, default_value_t = 3600)]
-    pub deadline: u64,
+    #[command(flatten)]
+    pub net: NetArgs,
     #[command(flatten)]
     pub replace: ReplaceArgs,
 }
@@ -427,15 +428,7 @@ impl UpdateArgs {
             dry_run: self.dry_run,
             cache: self.cache.clone(),
             clock_allowance: self.clock_allowance,
-            net: crate::fetch::Options {
-                retries: self.retries,
-                retry_wait: Duration::from_millis(self.retry_wait_ms),
-                timeout: Duration::from_secs(self.timeout.max(1)),
-                deadline: Duration::from_secs(self.deadline.max(1)),
-                quiet,
-                ca_certs: self.ca_cert.clone(),
-                ..Default::default()
-            },
+            net: self.net.options(quiet),
         }
     }
 }

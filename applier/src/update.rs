@@ -175,12 +175,31 @@ fn hash_file(path: &Path) -> Result<Hash> {
     Ok(Hash::from(h.finalize()))
 }
 
+/// What identifies a cached file between two looks at it: a file replaced or rewritten in
+/// between has another inode, size or modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    /// The regular file at `p` (not followed if a symlink), or `None`.
+    fn of(p: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(p).ok()?;
+        m.is_file().then(|| Stamp { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: (m.mtime(), m.mtime_nsec()) })
+    }
+}
+
 /// The cached file `cache/file` if it is complete: a regular file of the entry's size and
-/// BLAKE3.
-fn cached(cache: &Path, b: &BundleRef) -> Option<PathBuf> {
+/// BLAKE3; with its stamp as it was hashed.
+fn cached(cache: &Path, b: &BundleRef) -> Option<(PathBuf, Stamp)> {
     let p = cache.join(&b.file);
-    let m = std::fs::symlink_metadata(&p).ok()?;
-    (m.is_file() && m.len() == b.size && hash_file(&p).ok()? == b.blake3).then_some(p)
+    let st = Stamp::of(&p)?;
+    (st.len == b.size && hash_file(&p).ok()? == b.blake3 && Stamp::of(&p) == Some(st)).then_some((p, st))
 }
 
 /// The run: target (locked unless a dry run), policy, network, source, report so far.
@@ -195,6 +214,9 @@ struct Run<'a> {
     source: Source,
     channel: String,
     cache: PathBuf,
+    /// Bundles the path choice found complete in the cache (hashed then), by file name, with
+    /// the stamp they had: [`Run::download`] does not hash them again.
+    complete: std::collections::HashMap<String, Stamp>,
     report: Report,
 }
 
@@ -254,6 +276,7 @@ pub fn update(o: &Options) -> Result<Report> {
         source,
         channel: channel.clone(),
         cache,
+        complete: Default::default(),
         report: Report { channel, source: o.source.clone(), dry_run: o.dry_run, resumed, ..Default::default() },
     };
     let index = run.index()?;
@@ -391,13 +414,14 @@ impl Run<'_> {
         let http = matches!(self.source, Source::Http(_));
         let cache = self.cache.clone();
         // Bundles complete in the cache cost nothing to download: each checked (size, BLAKE3)
-        // once here, not at every edge the path search relaxes.
-        let complete: std::collections::HashSet<&str> = if http {
-            index.release.bundles.iter().filter(|b| cached(&cache, b).is_some()).map(|b| b.file.as_str()).collect()
+        // once here, not at every edge the path search relaxes, nor again when it is used.
+        self.complete = if http {
+            index.release.bundles.iter().filter_map(|b| Some((b.file.clone(), cached(&cache, b)?.1))).collect()
         } else {
             Default::default()
         };
-        let cost = |b: &BundleRef| if complete.contains(b.file.as_str()) { 0 } else { b.size };
+        let complete = &self.complete;
+        let cost = |b: &BundleRef| if complete.contains_key(&b.file) { 0 } else { b.size };
         let usable: Vec<BundleRef> =
             index.release.bundles.iter().filter(|b| !missing.contains(&b.file)).cloned().collect();
         let chain = crate::path::choose(&usable, st.version, goal, &cost, self.o.apply.replace).map_err(|why| {
@@ -524,7 +548,10 @@ impl Run<'_> {
     /// Bundle `b` complete and checked in the cache: kept from an earlier run, or fetched
     /// (resuming a partial download).
     fn download(&mut self, base: String, b: &BundleRef) -> Result<PathBuf> {
-        if let Some(p) = cached(&self.cache, b) {
+        // Complete in the cache: hashed once, by the path choice if it just checked this file
+        // (and it is still the same file: size, inode and mtime), else here.
+        let known = self.complete.remove(&b.file).filter(|k| Some(*k) == Stamp::of(&self.cache.join(&b.file)));
+        if let Some(p) = known.map(|_| self.cache.join(&b.file)).or_else(|| cached(&self.cache, b).map(|(p, _)| p)) {
             log(self.o, format!("{} is complete in the cache: not downloaded again", b.file));
             return Ok(p);
         }
@@ -546,9 +573,9 @@ impl Run<'_> {
         if r.size != b.size {
             return Err(mismatch(format!("{} bytes, the index says {}", r.size, b.size)));
         }
-        let h = hash_file(&p)?;
-        if h != b.blake3 {
-            return Err(mismatch(format!("BLAKE3 {h}, the index says {}", b.blake3)));
+        // The whole file's BLAKE3, from the read that verified it (fetch's step 4): no second pass.
+        if r.blake3 != b.blake3.to_hex() {
+            return Err(mismatch(format!("BLAKE3 {}, the index says {}", r.blake3, b.blake3)));
         }
         // Downloaded and checked, not applied yet (a crash here must not download it again).
         crate::failpoint::hit("update-downloaded");

@@ -8,6 +8,7 @@
 
 pub mod forge;
 pub mod nginx;
+pub mod tinyproxy;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

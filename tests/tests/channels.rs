@@ -4,7 +4,8 @@
 //! targets at every version to the newest by the cheapest path; the same from a local directory;
 //! refused indexes (expired, rolled back, signed by the timestamp key alone); the server killed
 //! mid-download and mid-chain, the applier killed between two bundles and mid-download, and
-//! `publish` killed at random points; redirects and a proxy.
+//! `publish` killed at random points; redirects and proxies (nginx's plain-HTTP one, and a real
+//! tinyproxy for CONNECT tunnels, plain http, credentials and `no_proxy`).
 //!
 //! The repository is built once per test process ([`fx`]); tests that change it work on copies.
 //! Each test starts its own nginx. Without nginx or openssl every test skips loudly, unless
@@ -15,6 +16,7 @@ use bundle::index::{fresh_message, release_message, BundleRef, Index, BUNDLES_DI
 use bundle::sig::{SecretKey, Signatures, TrustPolicy};
 use bundle::{Hash, Limits, Manifest};
 use ferry_tests::nginx::{self, Nginx};
+use ferry_tests::tinyproxy::{self, Tinyproxy};
 use ferry_tests::*;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -1001,6 +1003,104 @@ fn redirects_to_http_and_https_are_followed_to_file_refused_and_a_proxy_is_used(
     let via = reqs.iter().filter(|r| r.port == ng.proxy_port).count();
     let direct = reqs.iter().filter(|r| r.port == ng.http_port).count();
     assert!(via > 0 && via == direct, "requests via the proxy {via}, served {direct}: {reqs:?}");
+}
+
+/// `update_cmd` with the proxy variables `vars` set and every other one removed.
+fn proxied(mut c: Command, vars: &[(&str, &str)]) -> Output {
+    for v in ["http_proxy", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"] {
+        c.env_remove(v);
+    }
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.output().expect("spawn ferry-apply")
+}
+
+#[test]
+fn https_and_http_through_a_real_connect_proxy_and_no_proxy_bypasses_it() {
+    const NAME: &str = "channels: through tinyproxy";
+    if !nginx::available(NAME) || !tinyproxy::available(NAME) {
+        return;
+    }
+    let fx = fx();
+    let tmp = tmpdir();
+    let Some(ng) = start_nginx(NAME, &fx.root) else { return };
+    let Some(tp) = Tinyproxy::start(NAME, &[ng.https_port], None) else { return };
+    let want = snapshot(fx.tree(LATEST), false);
+    let ca = ng.ca_cert().to_str().expect("utf-8").to_string();
+    let tunnel = format!("127.0.0.1:{}", ng.https_port);
+    let through = |tp: &Tinyproxy, what: &str| {
+        let r = tp.requests();
+        tp.clear_log();
+        assert!(!r.is_empty(), "{what}: nothing went through the proxy: {}", tp.errors());
+        r
+    };
+
+    // https: every connection is a CONNECT tunnel to nginx's https port, with the private CA.
+    let t = target_at(fx, &tmp.path().join("https"), Some(3));
+    let o = proxied(update_cmd(fx, &ng.https("repo"), &t, &["--ca-cert", &ca]), &[("https_proxy", &tp.url())]);
+    expect_code(&o, 0, "update over https through tinyproxy");
+    assert_same(&want, &snapshot(&t, false), "https through tinyproxy");
+    let r = through(&tp, "update over https");
+    assert!(r.iter().all(|r| r.method == "CONNECT" && r.target == tunnel), "{r:?}");
+    // The same for `fetch` of one bundle (HTTPS_PROXY, upper case, works too).
+    let file = &read_index(&fx.repo).release.bundles[0].file;
+    let url = ng.https(&format!("repo/{CHANNEL}/{BUNDLES_DIR}/{file}"));
+    let mut c = apply_cmd();
+    c.arg("fetch").arg(&url).arg("--into").arg(tmp.path().join("fetched")).args(["--ca-cert", &ca, "--timeout", "10"]);
+    let o = proxied(c, &[("HTTPS_PROXY", &tp.url())]);
+    expect_code(&o, 0, "fetch over https through tinyproxy");
+    let served = fx.repo.join(CHANNEL).join(BUNDLES_DIR).join(file);
+    assert!(fs::read(tmp.path().join("fetched").join(file)).ok() == fs::read(&served).ok(), "fetched: {}", show(&o));
+    let r = through(&tp, "fetch over https");
+    assert!(r.iter().all(|r| r.method == "CONNECT" && r.target == tunnel), "{r:?}");
+
+    // no_proxy naming the server's host: nothing goes through the proxy.
+    let t = target_at(fx, &tmp.path().join("no-proxy"), Some(3));
+    let vars = [("https_proxy", tp.url()), ("no_proxy", "localhost,127.0.0.1".to_string())];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = proxied(update_cmd(fx, &ng.https("repo"), &t, &["--ca-cert", &ca]), &vars);
+    expect_code(&o, 0, "update over https with no_proxy");
+    assert_same(&want, &snapshot(&t, false), "https with no_proxy");
+    assert_eq!(tp.requests(), vec![], "no_proxy names 127.0.0.1: {}", tp.errors());
+
+    // Plain http through the same proxy: absolute-form GETs, none of them a tunnel.
+    let t = target_at(fx, &tmp.path().join("http"), Some(3));
+    let o = proxied(update_cmd(fx, &ng.http("repo"), &t, &[]), &[("http_proxy", &tp.url())]);
+    expect_code(&o, 0, "update over http through tinyproxy");
+    assert_same(&want, &snapshot(&t, false), "http through tinyproxy");
+    let r = through(&tp, "update over http");
+    let origin = format!("http://127.0.0.1:{}/repo/{CHANNEL}/", ng.http_port);
+    assert!(r.iter().all(|r| r.method != "CONNECT" && r.target.starts_with(&origin)), "{r:?}");
+    assert!(
+        r.iter().any(|r| r.target.ends_with(INDEX_FILE)) && r.iter().any(|r| r.target.contains(BUNDLES_DIR)),
+        "{r:?}"
+    );
+
+    // A proxy that wants credentials: given in the URL (percent-encoded: `%5F` is `_`), they
+    // are sent with CONNECT and with plain-http requests; wrong ones are refused (exit 6, the
+    // target unchanged) and never printed.
+    let Some(auth) = Tinyproxy::start(NAME, &[ng.https_port], Some(("ferry", "pass_word"))) else { return };
+    let with = |user: &str| format!("http://{user}@127.0.0.1:{}", auth.port);
+    for (scheme, var, url, extra) in [
+        ("https", "https_proxy", ng.https("repo"), vec!["--ca-cert", ca.as_str()]),
+        ("http", "http_proxy", ng.http("repo"), vec![]),
+    ] {
+        let t = target_at(fx, &tmp.path().join(format!("auth-{scheme}")), Some(3));
+        let before = everything(&t);
+        let o = proxied(
+            update_cmd(fx, &url, &t, &[&["--retries", "1"][..], &extra].concat()),
+            &[(var, &with("ferry:wrong_one"))],
+        );
+        expect_code(&o, 6, &format!("{scheme} through the proxy with a wrong password"));
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("wrong_one"), "the password was printed: {}", show(&o));
+        assert_unchanged(&t, &before, &format!("{scheme}: wrong proxy password"));
+        auth.clear_log();
+        let o = proxied(update_cmd(fx, &url, &t, &extra), &[(var, &with("ferry:pass%5Fword"))]);
+        expect_code(&o, 0, &format!("update over {scheme} through a proxy with credentials"));
+        assert_same(&want, &snapshot(&t, false), &format!("{scheme} through the proxy with credentials"));
+        through(&auth, &format!("{scheme} with credentials"));
+    }
 }
 
 #[test]

@@ -342,6 +342,9 @@ fn an_interrupted_fetch_resumes_in_a_second_run() {
     let resumed = j["resumed_from_bytes"].as_u64().expect("resumed_from_bytes");
     let second = j["bytes"].as_u64().expect("bytes");
     assert!(resumed > 0, "{j}");
+    // The whole file's BLAKE3, resumed part included (what `update` compares with the index).
+    let whole = blake3::hash(&fx.bundle).to_hex().to_string();
+    assert_eq!(j["blake3"].as_str(), Some(whole.as_str()), "{j}");
     assert!(second < size && good.served() < size, "second run fetched {second} of {size} bytes");
     assert!(second + resumed <= size + 8192, "resumed {resumed} + fetched {second} for a {size}-byte bundle");
     assert!(first > 0);
@@ -353,6 +356,7 @@ fn an_interrupted_fetch_resumes_in_a_second_run() {
     expect_code(&o, 0);
     let j = json(&o);
     assert_eq!(j["already_complete"], true, "{j}");
+    assert_eq!(j["blake3"].as_str(), Some(whole.as_str()), "{j}");
     assert!(j["bytes"].as_u64().expect("bytes") < size / 4, "{j}");
 }
 
@@ -392,6 +396,7 @@ fn a_server_without_ranges_is_streamed_once() {
     expect_code(&o, 0);
     let j = json(&o);
     assert_eq!(j["range_requests"], false, "{j}");
+    assert_eq!(j["blake3"].as_str(), Some(blake3::hash(&fx.bundle).to_hex().as_str()), "{j}");
     assert_eq!(srv.requests().len(), 1, "{:?}", srv.requests());
     assert_eq!(srv.served(), fx.bundle.len() as u64);
     assert!(fs::read(into.join("v.ferry")).expect("fetched") == fx.bundle);

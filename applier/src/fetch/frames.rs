@@ -348,24 +348,31 @@ impl Read for Tee<'_> {
     }
 }
 
-/// Reads an open file from its start, by offset (the handle's own position is not used).
+/// Reads an open file from its start, by offset (the handle's own position is not used), and
+/// hashes every byte it returns: read in order from byte 0 to the end of the file, the digest is
+/// the whole file's.
 struct ReadAt<'a> {
     file: &'a File,
     at: u64,
+    whole: &'a mut blake3::Hasher,
 }
 
 impl Read for ReadAt<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.file.read_at(buf, self.at)?;
+        self.whole.update(&buf[..n]);
         self.at += n as u64;
         Ok(n)
     }
 }
 
 /// [`verify::bundle`] with decoding, on an open file: head, trust, every frame's hash and
-/// (for frames that need no OLD base) decoded size, the end of the archive.
-pub fn verify_file(file: &File, trust: Option<&TrustPolicy>, limits: &Limits) -> Result<Head> {
-    let src = io::BufReader::with_capacity(1 << 20, ReadAt { file, at: 0 });
+/// (for frames that need no OLD base) decoded size, the end of the archive. Also returns the
+/// BLAKE3 of the whole file, computed by the same single read (the checks read it in order
+/// from byte 0 to its end, which [`Reader::end`] requires to be the end of the file).
+pub fn verify_file(file: &File, trust: Option<&TrustPolicy>, limits: &Limits) -> Result<(Head, Hash)> {
+    let mut whole = blake3::Hasher::new();
+    let src = io::BufReader::with_capacity(1 << 20, ReadAt { file, at: 0, whole: &mut whole });
     let mut r = Reader::new(src, limits.clone());
     let h = verify::head(&mut r, trust, limits)?;
     let codecs = verify::frame_codecs(&h.manifest);
@@ -385,7 +392,8 @@ pub fn verify_file(file: &File, trust: Option<&TrustPolicy>, limits: &Limits) ->
         fr.finish()?;
     }
     r.end()?;
-    Ok(h)
+    drop(r);
+    Ok((h, Hash::from(whole.finalize())))
 }
 
 #[cfg(test)]

@@ -186,7 +186,13 @@ fn run(req: ureq::Request, tx: SyncSender<Msg>) {
 }
 
 pub struct Http {
-    agent: ureq::Agent,
+    /// The client for the proxy (or none) of the last URL asked for, with that proxy's
+    /// `Proxy-Authorization` value for plain-http requests: chosen again for each URL, so a
+    /// redirect to another scheme or host gets the proxy (or the `no_proxy` exemption) the
+    /// environment names for it.
+    agent: Option<(Option<String>, ureq::Agent, Option<String>)>,
+    idle: Duration,
+    net: Net,
     pub url: String,
     /// Body bytes received.
     pub bytes: u64,
@@ -271,33 +277,121 @@ pub fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Stri
     own.or_else(|| get(&["all_proxy", "ALL_PROXY"]))
 }
 
+/// Percent-decode `s` (`%XY` escapes; a `%` not followed by two hex digits stays as is).
+pub fn pct_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for a `Basic` credential.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for k in 0..4 {
+            out.push(if k <= c.len() { A[(n >> (18 - 6 * k) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// A proxy URL from the environment as ureq 2 needs it, and the `Proxy-Authorization` value
+/// for plain-http requests through it (ureq sends one only with CONNECT). curl's way: no
+/// scheme means `http://`; user and password are percent-decoded (`%40` is `@`).
+pub fn proxy_setting(p: &str) -> Result<(String, Option<String>), String> {
+    let full = if p.contains("://") { p.trim().to_string() } else { format!("http://{}", p.trim()) };
+    let u = url::Url::parse(&full).map_err(|e| format!("not a URL: {e}"))?;
+    if u.scheme() != "http" {
+        return Err(format!(
+            "{}:// proxies are not supported (only http://; https URLs go through it with CONNECT)",
+            u.scheme()
+        ));
+    }
+    let host = match u.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(_)) => return Err("an IPv6 address as the proxy's host is not supported".into()),
+        None => return Err("no host".into()),
+    };
+    let port = u.port().unwrap_or(80);
+    if u.username().is_empty() && u.password().is_none() {
+        return Ok((format!("http://{host}:{port}"), None));
+    }
+    let utf8 = |s: &str| String::from_utf8(pct_decode(s)).map_err(|_| "its user or password is not UTF-8".to_string());
+    let (user, pass) = (utf8(u.username())?, utf8(u.password().unwrap_or(""))?);
+    if user.contains(':') || user.chars().chain(pass.chars()).any(char::is_control) {
+        return Err("its user name holds a ':' or a control character".into());
+    }
+    let auth = format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()));
+    Ok((format!("http://{user}:{pass}@{host}:{port}"), Some(auth)))
+}
+
 impl Http {
     pub fn new(url: &str, idle: Duration, deadline: Duration, net: &Net) -> Result<Http, Error> {
-        let mut b = ureq::AgentBuilder::new()
-            .timeout_connect(idle)
-            .timeout_read(idle)
-            .timeout_write(idle)
-            .redirects(0)
-            .try_proxy_from_env(false)
-            .user_agent(concat!("ferry-apply/", env!("CARGO_PKG_VERSION")));
-        if let Some(t) = &net.tls {
-            b = b.tls_config(t.clone());
-        }
-        if let Some(p) = proxy_for(url, &|n| std::env::var(n).ok()) {
-            let proxy = ureq::Proxy::new(&p)
-                .map_err(|e| Error::Usage(format!("proxy {} from the environment: {e}", shown(&p))))?;
-            b = b.proxy(proxy);
-        }
-        let agent = b.build();
-        Ok(Http {
-            agent,
+        let mut http = Http {
+            agent: None,
+            idle,
+            net: net.clone(),
             url: url.to_string(),
             bytes: 0,
             requests: 0,
             total: None,
             deadline: Instant::now() + deadline,
             deadline_secs: deadline.as_secs(),
-        })
+        };
+        // A bad proxy setting is a usage error before anything is sent.
+        http.agent_for(url)?;
+        Ok(http)
+    }
+
+    /// The client for `url`: through the proxy the environment names for it, if any; and the
+    /// `Proxy-Authorization` value to send with a plain-http request.
+    fn agent_for(&mut self, url: &str) -> Result<(ureq::Agent, Option<String>), Error> {
+        let proxy = proxy_for(url, &|n| std::env::var(n).ok());
+        if let Some((p, agent, auth)) = &self.agent {
+            if *p == proxy {
+                return Ok((agent.clone(), auth.clone()));
+            }
+        }
+        let mut b = ureq::AgentBuilder::new()
+            .timeout_connect(self.idle)
+            .timeout_read(self.idle)
+            .timeout_write(self.idle)
+            .redirects(0)
+            .try_proxy_from_env(false)
+            .user_agent(concat!("ferry-apply/", env!("CARGO_PKG_VERSION")));
+        if let Some(t) = &self.net.tls {
+            b = b.tls_config(t.clone());
+        }
+        let mut auth = None;
+        if let Some(p) = &proxy {
+            // Never show the password: the proxy's host only.
+            let at = url::Url::parse(p).or_else(|_| url::Url::parse(&format!("http://{p}")));
+            let at = at.ok().and_then(|u| u.host_str().map(str::to_string)).unwrap_or_default();
+            let bad = |e: String| Error::Usage(format!("the proxy (at {}) from the environment: {e}", shown(&at)));
+            let (spec, a) = proxy_setting(p).map_err(bad)?;
+            b = b.proxy(ureq::Proxy::new(&spec).map_err(|e| bad(e.to_string()))?);
+            auth = a;
+        }
+        let agent = b.build();
+        self.agent = Some((proxy, agent.clone(), auth.clone()));
+        Ok((agent, auth))
     }
 
     /// The deadline has passed: the error to stop with.
@@ -316,7 +410,11 @@ impl Http {
             return Err(f);
         }
         self.requests += 1;
-        let mut req = self.agent.request(method, url);
+        let (agent, auth) = self.agent_for(url)?;
+        let mut req = agent.request(method, url);
+        if let Some(a) = auth.filter(|_| url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://"))) {
+            req = req.set("Proxy-Authorization", &a);
+        }
         if let Some((a, b)) = range {
             req = req.set("Range", &format!("bytes={a}-{}", b.saturating_sub(1)));
         }
@@ -500,6 +598,26 @@ mod tests {
         assert_eq!(proxy_for("http://h/x", &e), None);
         let e = env(&[("ALL_PROXY", "http://p:1")]);
         assert_eq!(proxy_for("https://h/x", &e).as_deref(), Some("http://p:1"));
+    }
+
+    #[test]
+    fn proxy_settings() {
+        assert_eq!(proxy_setting("http://p:3128/"), Ok(("http://p:3128".into(), None)));
+        assert_eq!(proxy_setting("10.0.0.1:8080"), Ok(("http://10.0.0.1:8080".into(), None)));
+        assert_eq!(proxy_setting("http://p"), Ok(("http://p:80".into(), None)));
+        // RFC 7617's example: Aladdin / open sesame; percent-decoded first, as curl does.
+        let (spec, auth) = proxy_setting("http://Aladdin:open%20sesame@p:3128").expect("with credentials");
+        assert_eq!(spec, "http://Aladdin:open sesame@p:3128");
+        assert_eq!(auth.as_deref(), Some("Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="));
+        let (spec, _) = proxy_setting("http://u:p%40ss%3Aw@p:1").expect("@ and : in the password");
+        assert_eq!(spec, "http://u:p@ss:w@p:1");
+        for bad in ["https://p:3128", "socks5://p:1080", "http://[::1]:3128", "http://a%3Ab:c@p:1", "http://"] {
+            assert!(proxy_setting(bad).is_err(), "{bad}");
+        }
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!    checked as soon as its last byte arrives, and a frame that fails is fetched again on its
 //!    own. A dropped connection resumes at the byte where it stopped.
 //! 3. The end marker, and the server's length must be exactly the bundle's.
-//! 4. The whole file is verified again (through its open handle), renamed to NAME, DIR fsynced.
+//! 4. The whole file is verified again (through its open handle; the same read gives the whole
+//!    file's BLAKE3, which `update` compares with the index), renamed to NAME, DIR fsynced.
 //!
 //! A later run re-fetches the head, compares the manifest's BLAKE3 with the one in NAME.fetch and
 //! keeps the frames recorded there (after re-hashing them from NAME.part) — whatever the URL, so a
@@ -111,6 +112,9 @@ pub struct Report {
     pub bytes: u64,
     /// Size of the bundle.
     pub size: u64,
+    /// BLAKE3 of the whole finished file (hex), from the same read that verified it: what a
+    /// channel index's `blake3` is compared with.
+    pub blake3: String,
     /// Frames in the bundle.
     pub frames: usize,
     /// Frames fetched (and verified) by this run.
@@ -196,22 +200,7 @@ pub fn file_name(url: &str) -> Result<String> {
     let path = rest.split(['?', '#']).next().unwrap_or("");
     let path = path.find('/').map(|i| &path[i..]).unwrap_or("");
     let seg = path.rsplit('/').next().unwrap_or("");
-    let b = seg.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
+    let out = http::pct_decode(seg);
     let name = String::from_utf8(out).map_err(|_| bad("the last path segment is not UTF-8"))?;
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) || name.len() > 200 {
         return Err(bad("the URL's last path segment is not usable as a file name (empty, '.', '..', or with '/')"));
@@ -439,11 +428,13 @@ impl Fetcher<'_> {
         let Ok(Ok(Some(f))) = self.dir.open_existing(&self.dir.final_, false) else { return false };
         let mut have = vec![0u8; raw.len()];
         let same = f.read_exact_at(&mut have, 0).is_ok() && have == raw;
-        if same && frames::verify_file(&f, self.trust.as_ref(), &self.limits).is_ok() {
-            self.say(format_args!("fetch: {} already holds this bundle, verified", self.dir.show(&self.dir.final_)));
-            return true;
+        if !same {
+            return false;
         }
-        false
+        let Ok((_, whole)) = frames::verify_file(&f, self.trust.as_ref(), &self.limits) else { return false };
+        self.report.blake3 = whole.to_hex();
+        self.say(format_args!("fetch: {} already holds this bundle, verified", self.dir.show(&self.dir.final_)));
+        true
     }
 
     /// Step 3: the end marker, and the file ends right after it.
@@ -495,11 +486,14 @@ impl Fetcher<'_> {
         }
         self.part.sync_all().ctx("fsync", d.show(&d.part))?;
         self.report.size = self.part.metadata().ctx("stat", d.show(&d.part))?.len();
-        if let Err(e) = frames::verify_file(&self.part, self.trust.as_ref(), &self.limits) {
-            // The bytes are the ones the manifest's hashes name, yet the file does not verify (or
-            // the disk changed it): nothing of it is worth resuming.
-            let _ = d.remove(&d.state);
-            return Err(e);
+        match frames::verify_file(&self.part, self.trust.as_ref(), &self.limits) {
+            Ok((_, whole)) => self.report.blake3 = whole.to_hex(),
+            Err(e) => {
+                // The bytes are the ones the manifest's hashes name, yet the file does not verify
+                // (or the disk changed it): nothing of it is worth resuming.
+                let _ = d.remove(&d.state);
+                return Err(e);
+            }
         }
         d.rename_checked(&d.part, &d.final_, &self.part)?;
         d.remove(&d.state).ctx("remove", d.show(&d.state))?;
