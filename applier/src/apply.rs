@@ -241,18 +241,24 @@ fn run_apply(o: &Options, bundle: &Path, mut b: Result<OpenBundle>, before: u64)
     let mut r = refuse_unopenable(o, &mut b).and_then(|()| apply_locked(o, bundle, b));
     match &mut r {
         Ok(rep) => rep.bundle_bytes_read = crate::source::bytes_read() - before,
-        Err(e) => {
-            if !matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. } | Error::NoIdentity { .. }) {
-                if let Ok(Some(d)) = open_state(o) {
-                    if let Ok(mut st) = state::load(&d, state::STATE_FILE) {
-                        st.last_error = Some(format!("{}: apply {}: {e}", state::now(), bundle.display()));
-                        let _ = state::save(&d, state::STATE_FILE, &st);
-                    }
-                }
-            }
-        }
+        Err(e) => record_error(o, &format!("apply {}", bundle.display()), e),
     }
     r
+}
+
+/// Record a failed command as `last_error` in the state file (`status` shows it), unless the
+/// failure is one that never reached the target (busy, usage, an unsafe state directory, no
+/// identity) or there is no state directory yet. Best effort: a failure to record is ignored.
+pub fn record_error(o: &Options, what: &str, e: &Error) {
+    if matches!(e, Error::Locked(_) | Error::Usage(_) | Error::UnsafeState { .. } | Error::NoIdentity { .. }) {
+        return;
+    }
+    if let Ok(Some(d)) = open_state(o) {
+        if let Ok(mut st) = state::load(&d, state::STATE_FILE) {
+            st.last_error = Some(format!("{}: {what}: {e}", state::now()));
+            let _ = state::save(&d, state::STATE_FILE, &st);
+        }
+    }
 }
 
 /// An encrypted bundle this target holds no identity for is refused before anything is written

@@ -220,8 +220,18 @@ struct Run<'a> {
     report: Report,
 }
 
-/// `ferry-apply update`.
+/// `ferry-apply update`. A failure is also recorded as `last_error` in the state file.
 pub fn update(o: &Options) -> Result<Report> {
+    let r = update_locked(o);
+    if let (Err(e), false) = (&r, o.dry_run) {
+        // After the lock is released: an unattended run's failure is what `status` shows.
+        apply::record_error(&o.apply, &format!("update from {}", o.source), e);
+    }
+    r
+}
+
+/// [`update`] itself.
+fn update_locked(o: &Options) -> Result<Report> {
     let source = Source::parse(&o.source)?;
     let mut a = o.apply.clone();
     // Lock (and finish what an interrupted run left) unless this is a dry run, which writes

@@ -331,7 +331,15 @@ fn everything(t: &Path) -> (Snapshot, Vec<(PathBuf, Vec<u8>)>) {
             if md.is_dir() {
                 stack.push(p);
             } else if md.is_file() {
-                state.push((p.clone(), fs::read(&p).expect("read state file")));
+                let mut bytes = fs::read(&p).expect("read state file");
+                // A refused update records why in `last_error` (what `status` shows); the rest
+                // of the state must not change.
+                if p.file_name().is_some_and(|n| n == "state.json") {
+                    let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("state.json");
+                    v.as_object_mut().map(|o| o.remove("last_error"));
+                    bytes = serde_json::to_vec(&v).expect("json");
+                }
+                state.push((p.clone(), bytes));
             }
         }
     }

@@ -414,6 +414,10 @@ fn refused(w: &World, r: &Path, t: &Path, code: i32, what: &str, needle: &str) {
     assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
     assert_same(&snapshot(t, false), &before, what);
     assert_eq!(installed(t), v, "{what}");
+    // Recorded for `status`: an unattended update's failure is visible afterwards.
+    let st: Value = serde_json::from_slice(&fs::read(t.join(".ferry/state.json")).expect("state")).expect("json");
+    let last = st["last_error"].as_str().unwrap_or_default();
+    assert!(last.contains("update from") && last.contains(needle), "{what}: last_error {last:?}");
 }
 
 #[test]
