@@ -2,10 +2,10 @@
 # Create the benchmark corpora under bench/work/ (gitignored).
 #
 #   bash bench/corpora.sh                 # the original four corpora
-#   bash bench/corpora.sh all             # all seven
+#   bash bench/corpora.sh all             # all eight
 #   bash bench/corpora.sh synth commit10k # only some
 #
-# Corpora: wheels rootfs synth commit10k pyext rootfs-up npm (`all` = all of them; the default
+# Corpora: wheels rootfs synth commit10k pyext rootfs-up npm pyext-arm64 (`all` = all of them; the default
 # without arguments is the first four, the original set). Each corpus lives in
 # bench/work/NAME/{old,new}; a finished corpus has bench/work/NAME/.done and is
 # skipped on later runs (delete the directory to rebuild it). A half-built
@@ -69,7 +69,7 @@ corpus_wheels() {
             # get exactly the PyPI artifact.
             PIP_FIND_LINKS= "${PIP[@]}" download --quiet --no-deps --only-binary=:all: \
                 --python-version 3.11 --implementation cp --abi cp311 \
-                --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+                --platform "manylinux2014_$arch" --platform "manylinux_2_17_$arch" \
                 -d "$d/dl-$side" "$spec" || die "pip download $spec failed"
         done
         for whl in "$d/dl-$side"/*.whl; do
@@ -201,41 +201,56 @@ f66bd07ba6f84cd4a380b41d1bf3c59ea488b590a2ff96744845163309ee8e2f  scipy-1.16.2-c
 96d31a6b4354e3b9b8a2c848af75d31da390657e3ac6f30c05c82068b9ed79b9  pandas-2.3.2-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
 "
 
-corpus_pyext() {
-    begin pyext || return 0
+# (e2) pyext-arm64: the same releases as aarch64 wheels (issue 18: executable-aware methods on
+# ARM64 ELF; the OpenBLAS libraries are renamed and rebuilt the same way).
+PYEXT_ARM64_SHA256="\
+9d75f338f5f79ee23548b03d801d28a505198297534f62416391857ea0479571  numpy-2.2.5-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl
+6c62eea7f607f122069b9bad3f99489ddca1a5173bef8a0c75555d7488b6f725  scipy-1.16.1-cp312-cp312-manylinux2014_aarch64.manylinux_2_17_aarch64.whl
+9b7ff55f31c4fcb3e316e8f7fa194566b286d6ac430afec0d461163312c5841e  pandas-2.3.1-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl
+f2618db89be1b4e05f7a1a847a9c1c0abd63e63a1607d892dd54668dd92faf87  numpy-2.2.6-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl
+ea3421209bf00c8a5ef2227de496601087d8f638a2363ee09af059bd70976dc1  scipy-1.16.2-cp312-cp312-manylinux2014_aarch64.manylinux_2_17_aarch64.whl
+0bd281310d4f412733f319a5bc552f86d62cddc5f51d2e392c8787335c994175  pandas-2.3.2-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl
+"
+
+corpus_pyext() { pyext_corpus pyext x86_64 "$PYEXT_SHA256"; }
+corpus_pyext-arm64() { pyext_corpus pyext-arm64 aarch64 "$PYEXT_ARM64_SHA256"; }
+
+pyext_corpus() { # pyext_corpus NAME ARCH SHA256SUMS
+    local name=$1 arch=$2 sums=$3
+    begin "$name" || return 0
     local t0; t0=$(date +%s)
-    local d="$WORK/pyext"
+    local d="$WORK/$name"
     need_apt unzip unzip
     local PIP=(python3 -m pip)
     "${PIP[@]}" --version >/dev/null 2>&1 || die "python3 -m pip not available"
     mkdir -p "$d/wheels"
-    printf '%s' "$PYEXT_SHA256" > "$d/wheels/SHA256SUMS"
+    printf '%s' "$sums" > "$d/wheels/SHA256SUMS"
     for side in old new; do
         local -n specs="PYEXT_${side^^}"
         mkdir -p "$d/dl-$side" "$d/$side"
         for spec in "${specs[@]}"; do
-            log "pyext/$side: pip download $spec"
+            log "$name/$side: pip download $spec"
             # PIP_FIND_LINKS may point at a local wheel cache; ignore it (the sha256 check below
             # would refuse a locally built wheel anyway)
             PIP_FIND_LINKS= "${PIP[@]}" download --quiet --no-deps --only-binary=:all: \
                 --python-version 3.12 --implementation cp --abi cp312 \
-                --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+                --platform "manylinux2014_$arch" --platform "manylinux_2_17_$arch" \
                 -d "$d/dl-$side" "$spec" || die "pip download $spec failed"
         done
         mv "$d/dl-$side"/*.whl "$d/wheels/" && rmdir "$d/dl-$side"
     done
     (cd "$d/wheels" && sha256sum --quiet -c SHA256SUMS) \
-        || die "pyext: the downloaded wheels are not the pinned ones (bench/corpora.sh PYEXT_SHA256)"
+        || die "$name: the downloaded wheels are not the pinned ones (bench/corpora.sh PYEXT_SHA256, PYEXT_ARM64_SHA256)"
     for side in old new; do
         local -n specs="PYEXT_${side^^}"
         for spec in "${specs[@]}"; do
             local whl; whl=$(ls "$d/wheels/${spec%%==*}-${spec#*==}-"*.whl)
-            log "pyext/$side: unzip $(basename "$whl")"
+            log "$name/$side: unzip $(basename "$whl")"
             unzip -q -o "$whl" -d "$d/$side"
         done
     done
-    tree_stats pyext
-    finish pyext "$t0"
+    tree_stats "$name"
+    finish "$name" "$t0"
 }
 
 # ---------------------------------------------------------------- (f) rootfs-up
@@ -409,14 +424,14 @@ tree_stats() {
 # (a function called on the last line, so editing this file during a run cannot derail it)
 main() {
 ALL=(wheels rootfs synth commit10k)
-MORE=(pyext rootfs-up npm)   # issue 18's shapes; not in the default set (they need npm and network)
+MORE=(pyext rootfs-up npm pyext-arm64)   # issue 18's shapes; not in the default set (they need npm and network)
 [[ $# -gt 0 ]] && TODO=("$@") || TODO=("${ALL[@]}")
 [[ "${TODO[*]}" == all ]] && TODO=("${ALL[@]}" "${MORE[@]}")
 [[ $EUID -eq 0 ]] || log "warning: not root; rootfs (debootstrap/chroot) will fail"
 rc=0
 for c in "${TODO[@]}"; do
     case "$c" in
-        wheels|rootfs|synth|commit10k|pyext|rootfs-up|npm) ;;
+        wheels|rootfs|synth|commit10k|pyext|rootfs-up|npm|pyext-arm64) ;;
         *) die "unknown corpus '$c' (known: ${ALL[*]} ${MORE[*]}, or all)" ;;
     esac
     # each corpus in a subshell with errexit: one failing does not stop the others
