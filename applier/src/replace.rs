@@ -81,8 +81,9 @@ pub fn rebase(root: BorrowedFd<'_>, m: &Manifest, scope: &Scope<'_>) -> Result<R
             "--replace takes a full bundle (one built from an empty OLD tree); this bundle is a delta".into(),
         ));
     }
-    let found = walk(root, scope)?;
+    let mut found = walk(root, scope)?;
     let protect = protected(&found, scope);
+    look_under_mounts(root, m, &mut found)?;
     let primaries = m
         .entries
         .iter()
@@ -135,6 +136,38 @@ fn walk(root: BorrowedFd<'_>, scope: &Scope<'_>) -> Result<BTreeMap<BundlePath, 
         }
     }
     Ok(out)
+}
+
+/// NEW paths inside a mount point (the walk does not enter other filesystems): looked up one by
+/// one, so what is there is compared like anything else (paths NEW lacks there stay). A NEW
+/// non-directory where the target has a mount point cannot be placed: refused.
+fn look_under_mounts(root: BorrowedFd<'_>, m: &Manifest, found: &mut BTreeMap<BundlePath, Found>) -> Result<()> {
+    let mounts: Vec<BundlePath> = found.iter().filter(|(_, f)| f.mount_point).map(|(p, _)| p.clone()).collect();
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let mut dirs = fsx::DirCache::default();
+    for e in &m.entries {
+        if mounts.contains(&e.path) && !matches!(e.kind, Kind::Dir) {
+            return Err(Error::Drift(vec![format!(
+                "{}: a mount point in the target; the bundle has a {} there",
+                e.path,
+                kind_name(&e.kind)
+            )]));
+        }
+        if found.contains_key(&e.path) || !mounts.iter().any(|mp| e.path.is_under(mp)) {
+            continue;
+        }
+        let st = match dirs.parent_of(root, &e.path) {
+            Ok((dir, name)) => fsx::lstat_at(dir, name).ctx("scan", e.path.display())?,
+            // A parent that is missing (or not a directory: then NEW places it anew).
+            Err(_) => None,
+        };
+        if let Some(st) = st {
+            found.insert(e.path.clone(), Found { st, mount_point: false });
+        }
+    }
+    Ok(())
 }
 
 /// The reason given for the paths under a `--keep` match (not listed one by one).

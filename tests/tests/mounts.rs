@@ -82,3 +82,47 @@ fn target_spanning_two_mounts() {
     assert_same(&snapshot(&t, true), &before, "rolled back across two mounts");
     assert!(work_dirs(&t.join("data")).is_empty(), "rollback removed the work directory");
 }
+
+/// Replace mode (bundle-format.md §10.4) on a target with a mount inside: NEW's paths on the
+/// mount are compared and replaced like the others (their staging and backups on that mount);
+/// what NEW lacks there is never looked at nor removed; paths NEW lacks elsewhere are removed.
+#[test]
+fn replace_mode_compares_new_paths_on_a_mount_and_leaves_the_rest_of_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let d = tmp.path();
+    let new = d.join("new");
+    fs::create_dir_all(new.join("data/sub")).expect("mkdir");
+    fs::write(new.join("data/file"), "new data\n".repeat(100)).expect("w");
+    fs::write(new.join("data/same"), "same\n").expect("w");
+    fs::write(new.join("data/sub/added"), "hi").expect("w");
+    fs::write(new.join("top"), "top\n").expect("w");
+    let (secret, public) = keygen(d, "k");
+    let b = d.join("full.ferry");
+    build(None, &new, &secret, 3, &b, &[]);
+
+    let t = d.join("t");
+    fs::create_dir_all(t.join("data")).expect("mkdir");
+    require_root("it mounts a tmpfs inside the target");
+    assert!(mount_tmpfs(&t.join("data")), "mount -t tmpfs failed as root");
+    let _guard = Unmount(&t.join("data"));
+    fs::write(t.join("data/file"), "old data\n").expect("w");
+    let st = Command::new("cp").arg("-a").arg(new.join("data/same")).arg(t.join("data/same")).status().expect("cp");
+    assert!(st.success());
+    fs::write(t.join("data/db"), "precious").expect("w");
+    fs::write(t.join("stale"), "from an old release").expect("w");
+    let same_ino = std::os::unix::fs::MetadataExt::ino(&fs::metadata(t.join("data/same")).expect("stat"));
+
+    let o = apply(&b, &t, &public, 0, &["--replace", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(r["replace"]["removed"], 1, "{r}");
+    assert_eq!(fs::read(t.join("data/file")).expect("read"), fs::read(new.join("data/file")).expect("read"));
+    assert_eq!(fs::read(t.join("data/sub/added")).expect("read"), b"hi");
+    assert_eq!(fs::read(t.join("data/db")).expect("read"), b"precious", "NEW lacks it on the mount: it stays");
+    assert!(!t.join("stale").exists(), "NEW lacks it on the root filesystem: removed");
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&fs::metadata(t.join("data/same")).expect("stat")), same_ino);
+    assert_eq!(work_dirs(&t.join("data")).len(), 1, "staging and backups on the mount");
+    run_expect(apply_cmd().arg("-q").arg("rollback").arg("--target").arg(&t), 0);
+    assert_eq!(fs::read(t.join("data/file")).expect("read"), b"old data\n");
+    assert_eq!(fs::read(t.join("stale")).expect("read"), b"from an old release");
+    assert!(!t.join("data/sub").exists());
+}
