@@ -711,3 +711,35 @@ pub fn crash_at_every_failpoint(
     }
     points
 }
+
+/// Wait until a server just spawned as `child` accepts connections on every port of `ports` on
+/// 127.0.0.1, at most 10 s. If it exits first, `Err` with its status and `log()` (its error
+/// log); on timeout it is killed. `name` names it in messages.
+pub fn wait_listening(
+    child: &mut Option<std::process::Child>,
+    ports: &[u16],
+    name: &str,
+    log: &dyn Fn() -> String,
+) -> Result<(), String> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(c) = child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                *child = None;
+                return Err(format!("{name} exited ({st}): {}", log()));
+            }
+        }
+        if ports.iter().all(|&p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(format!("{name} did not listen within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -24,10 +24,10 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The nginx binary (Debian's path; `FERRY_NGINX` overrides it).
 pub fn nginx_bin() -> PathBuf {
@@ -343,25 +343,9 @@ http {{
             .spawn()
             .map_err(|e| format!("{}: {e}", nginx_bin().display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.child = None;
-                    let log = fs::read_to_string(self.error_log()).unwrap_or_default();
-                    return Err(format!("nginx exited ({st}): {log}"));
-                }
-            }
-            let up = |p: u16| TcpStream::connect(("127.0.0.1", p)).is_ok();
-            if up(self.http_port) && up(self.https_port) && up(self.proxy_port) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err("nginx did not listen within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.error_log();
+        let ports = [self.http_port, self.https_port, self.proxy_port];
+        crate::wait_listening(&mut self.child, &ports, "nginx", &|| fs::read_to_string(&log).unwrap_or_default())
     }
 
     /// Kill nginx with SIGKILL (connections in flight are cut, and never logged).

@@ -10,10 +10,9 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The tinyproxy binary (Debian's path; `FERRY_TINYPROXY` overrides it).
 pub fn tinyproxy_bin() -> PathBuf {
@@ -123,23 +122,15 @@ impl Tinyproxy {
             .spawn()
             .map_err(|e| format!("{}: {e}", tinyproxy_bin().display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.child = None;
-                    return Err(format!("tinyproxy exited ({st}): {}", self.errors()));
-                }
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err("tinyproxy did not listen within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (stderr, log) = (self.dir.path().join("stderr"), self.log());
+        let errors = || {
+            format!(
+                "{}{}",
+                fs::read_to_string(&stderr).unwrap_or_default(),
+                fs::read_to_string(&log).unwrap_or_default()
+            )
+        };
+        crate::wait_listening(&mut self.child, &[self.port], "tinyproxy", &errors)
     }
 
     /// Kill tinyproxy.

@@ -8,7 +8,7 @@ use ferry_tests::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn ino(p: &Path) -> u64 {
     fs::symlink_metadata(p).expect("lstat").ino()
@@ -18,9 +18,27 @@ fn json(o: &std::process::Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
+/// A temporary directory with a key, the [`trees`] and the full bundle of NEW (version 7).
+fn setup() -> (tempfile::TempDir, Keys, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let k = keys(tmp.path());
+    let (old, new) = trees(tmp.path());
+    let b = tmp.path().join("full.ferry");
+    build(None, &new, &k.secret, 7, &b, &[]);
+    (tmp, k, old, new, b)
+}
+
+/// `ferry-apply rollback` of `t`, which must then equal `before` (directory mtimes included).
+fn rolled_back(t: &Path, before: &Snapshot, what: &str) {
+    let mut c = apply_cmd();
+    c.args(["-q", "rollback", "--target"]).arg(t);
+    run_expect(&mut c, 0);
+    assert_same(&snapshot(t, true), before, what);
+}
+
 /// NEW: a small tree with one of each case; OLD (the target) the same paths in their other form,
 /// plus paths NEW lacks.
-fn trees(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+fn trees(root: &Path) -> (PathBuf, PathBuf) {
     let (old, new) = (root.join("old"), root.join("new"));
     for t in [&old, &new] {
         fs::create_dir_all(t.join("etc")).expect("mkdir");
@@ -167,19 +185,12 @@ fn a_full_bundle_replaces_a_tree_that_is_not_empty() {
     assert_eq!(fs::metadata(t.join("tool")).expect("stat").permissions().mode() & 0o7777, 0o4755);
 
     // Rollback brings back everything, removed paths included.
-    let mut c = apply_cmd();
-    c.args(["-q", "rollback", "--target"]).arg(&t);
-    run_expect(&mut c, 0);
-    assert_same(&snapshot(&t, true), &before, "rolled back");
+    rolled_back(&t, &before, "rolled back");
 }
 
 #[test]
 fn a_kept_path_inside_a_directory_the_bundle_replaces_is_refused() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let k = keys(tmp.path());
-    let (old, new) = trees(tmp.path());
-    let b = tmp.path().join("full.ferry");
-    build(None, &new, &k.secret, 7, &b, &[]);
+    let (tmp, k, old, _new, b) = setup();
     let t = tmp.path().join("t");
     copy_tree(&old, &t);
     let before = snapshot(&t, true);
@@ -211,21 +222,14 @@ fn random_trees_become_the_bundles_tree() {
             let before = snapshot(&t, true);
             apply(&b, &t, &k.public, 0, &["-q", "--replace"]);
             assert_same(&snapshot(&t, false), &snapshot(new, false), &format!("seed {seed}, NEW {i}"));
-            let mut c = apply_cmd();
-            c.args(["-q", "rollback", "--target"]).arg(&t);
-            run_expect(&mut c, 0);
-            assert_same(&snapshot(&t, true), &before, &format!("seed {seed}, NEW {i}: rolled back"));
+            rolled_back(&t, &before, &format!("seed {seed}, NEW {i}: rolled back"));
         }
     }
 }
 
 #[test]
 fn a_replace_killed_at_every_failpoint_resumes_to_the_bundles_tree() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let k = keys(tmp.path());
-    let (old, new) = trees(tmp.path());
-    let b = tmp.path().join("full.ferry");
-    build(None, &new, &k.secret, 7, &b, &[]);
+    let (tmp, k, old, new, b) = setup();
     let mut want = snapshot(&new, false);
     for (p, n) in snapshot(&old, false).into_iter().filter(|(p, _)| p.starts_with(b"data")) {
         want.insert(p, n);
