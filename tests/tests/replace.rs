@@ -28,6 +28,13 @@ fn setup() -> (tempfile::TempDir, Keys, PathBuf, PathBuf, PathBuf) {
     (tmp, k, old, new, b)
 }
 
+/// What `--replace --keep data` makes of OLD: NEW, with OLD's `data/`.
+fn new_with_old_data(old: &Path, new: &Path) -> Snapshot {
+    let mut want = snapshot(new, false);
+    want.extend(snapshot(old, false).into_iter().filter(|(p, _)| p.starts_with(b"data")));
+    want
+}
+
 /// `ferry-apply rollback` of `t`, which must then equal `before` (directory mtimes included).
 fn rolled_back(t: &Path, before: &Snapshot, what: &str) {
     let mut c = apply_cmd();
@@ -230,10 +237,7 @@ fn random_trees_become_the_bundles_tree() {
 #[test]
 fn a_replace_killed_at_every_failpoint_resumes_to_the_bundles_tree() {
     let (tmp, k, old, new, b) = setup();
-    let mut want = snapshot(&new, false);
-    for (p, n) in snapshot(&old, false).into_iter().filter(|(p, _)| p.starts_with(b"data")) {
-        want.insert(p, n);
-    }
+    let want = new_with_old_data(&old, &new);
     let scratch = tmp.path().join("scratch");
     fs::create_dir_all(&scratch).expect("mkdir");
     let points = crash_at_every_failpoint(
@@ -249,4 +253,29 @@ fn a_replace_killed_at_every_failpoint_resumes_to_the_bundles_tree() {
         |t, k| assert_same(&snapshot(t, false), &want, &format!("resumed after crash point {k}")),
     );
     assert!(points > 20, "{points} failpoints");
+}
+
+/// The inbox (a stick or a download directory) with `--replace`: a full bundle whose version is
+/// newer than the installed one replaces the tree; without `--replace` it is refused and the
+/// tree is left alone.
+#[test]
+fn the_inbox_applies_a_full_bundle_with_replace() {
+    let (tmp, k, old, new, b) = setup();
+    let inbox = tmp.path().join("inbox");
+    fs::create_dir_all(&inbox).expect("mkdir");
+    fs::copy(&b, inbox.join("full.ferry")).expect("copy");
+    let t = tmp.path().join("t");
+    copy_tree(&old, &t);
+    let before = snapshot(&t, true);
+    let inbox_cmd = |extra: &[&str]| {
+        let mut c = apply_cmd();
+        c.arg("-q").arg("inbox").arg(&inbox).arg("--target").arg(&t).arg("--trust").arg(&k.public).args(extra);
+        c
+    };
+    let o = inbox_cmd(&[]).output().expect("spawn");
+    assert_ne!(o.status.code(), Some(0), "{o:?}");
+    assert_same(&snapshot(&t, true), &before, "inbox without --replace");
+    run_expect(&mut inbox_cmd(&["--replace", "--keep", "data"]), 0);
+    let want = new_with_old_data(&old, &new);
+    assert_same(&snapshot(&t, false), &want, "inbox --replace");
 }
