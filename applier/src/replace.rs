@@ -54,11 +54,29 @@ pub struct Rebased {
     pub removed: usize,
 }
 
-/// One object found in the target.
+/// One object found in the target: what the rebase needs of its `lstat` (kept small: replace
+/// mode holds one per path of the tree).
 struct Found {
-    st: Stat,
+    kind: FileType,
+    size: u64,
+    /// `(st_dev, st_ino, st_nlink)`.
+    id: (u64, u64, u64),
+    meta: Meta,
     /// A directory on another mount: not looked into, never removed.
     mount_point: bool,
+}
+
+impl Found {
+    #[allow(clippy::unnecessary_cast)] // st_dev, st_ino and st_nlink are not u64 everywhere
+    fn new(st: &Stat, mount_point: bool) -> Found {
+        Found {
+            kind: fsx::file_type(st),
+            size: st.st_size as u64,
+            id: (st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64),
+            meta: fsx::meta_of(st),
+            mount_point,
+        }
+    }
 }
 
 /// What the rebased script does with a NEW entry.
@@ -132,7 +150,7 @@ fn walk(root: BorrowedFd<'_>, scope: &Scope<'_>) -> Result<BTreeMap<BundlePath, 
                     todo.push(Some(p.clone()));
                 }
             }
-            out.insert(p, Found { st, mount_point });
+            out.insert(p, Found::new(&st, mount_point));
         }
     }
     Ok(out)
@@ -164,7 +182,7 @@ fn look_under_mounts(root: BorrowedFd<'_>, m: &Manifest, found: &mut BTreeMap<Bu
             Err(_) => None,
         };
         if let Some(st) = st {
-            found.insert(e.path.clone(), Found { st, mount_point: false });
+            found.insert(e.path.clone(), Found::new(&st, false));
         }
     }
     Ok(())
@@ -197,7 +215,7 @@ fn protected(found: &BTreeMap<BundlePath, Found>, scope: &Scope<'_>) -> BTreeMap
             kept_roots.insert(p.clone());
         } else if f.mount_point {
             add(p, "a mount point (another filesystem is never looked into)".into(), &mut out);
-        } else if fsx::file_type(&f.st) == FileType::Socket {
+        } else if f.kind == FileType::Socket {
             add(p, "a socket (a bundle cannot hold one; left in place)".into(), &mut out);
         }
     }
@@ -227,7 +245,7 @@ impl Rebase<'_> {
             .filter_map(|e| {
                 let f = self.found.get(&e.path)?;
                 let want = match &e.kind {
-                    Kind::File { size, .. } if f.st.st_size as u64 == *size => Some(*size),
+                    Kind::File { size, .. } if f.size == *size => Some(*size),
                     _ => None,
                 };
                 Some((e.path.clone(), want))
@@ -262,7 +280,6 @@ impl Rebase<'_> {
     }
 
     /// The fate of every NEW entry; a hardlink group stays only if all of it does.
-    #[allow(clippy::unnecessary_cast)] // st_nlink is not u64 on every architecture
     fn decide_fates(&mut self) {
         for e in &self.m.entries {
             let f = self.fate(e);
@@ -275,7 +292,7 @@ impl Rebase<'_> {
             }
         }
         for members in groups.values() {
-            let inode = |p: &BundlePath| self.found.get(p).map(|f| (f.st.st_dev, f.st.st_ino, f.st.st_nlink as u64));
+            let inode = |p: &BundlePath| self.found.get(p).map(|f| f.id);
             // Unchanged only as one inode with exactly these names (no link beyond the group).
             let whole = members.iter().all(|p| self.fates.get(*p) == Some(&Fate::Same))
                 && members.iter().all(|p| inode(p) == inode(members[0]))
@@ -289,7 +306,6 @@ impl Rebase<'_> {
         }
     }
 
-    #[allow(clippy::unnecessary_cast)] // st_nlink is not u64 on every architecture
     fn fate(&self, e: &Entry) -> Fate {
         let Some(f) = self.found.get(&e.path) else { return Fate::Create };
         let Some((kind, x)) = self.seen.get(&e.path) else { return Fate::Replace };
@@ -320,11 +336,11 @@ impl Rebase<'_> {
         // link it with, or one someone planted, maybe outside the tree) is placed anew, never
         // left shared nor changed in place (§15.1). Group members are judged as a group.
         let grouped = matches!(e.kind, Kind::Hardlink { .. }) || self.primaries.contains(&e.path);
-        if (f.st.st_nlink as u64) > 1 && !grouped && matches!(e.kind, Kind::File { .. }) {
+        if f.id.2 > 1 && !grouped && matches!(e.kind, Kind::File { .. }) {
             Fate::Replace
-        } else if self.same_meta(&fsx::meta_of(&f.st), x, &e.meta) {
+        } else if self.same_meta(&f.meta, x, &e.meta) {
             Fate::Same
-        } else if grouped || (f.st.st_nlink as u64) > 1 {
+        } else if grouped || f.id.2 > 1 {
             Fate::Replace
         } else {
             Fate::Meta
@@ -364,7 +380,7 @@ impl Rebase<'_> {
                 continue;
             }
             if let Some(e) = self.m.entry(p) {
-                if !matches!(e.kind, Kind::Dir) && fsx::file_type(&f.st) == FileType::Directory {
+                if !matches!(e.kind, Kind::Dir) && f.kind == FileType::Directory {
                     retyped.insert(p.clone(), e);
                 }
                 continue;
@@ -415,7 +431,7 @@ impl Rebase<'_> {
                 .found
                 .get(&e.path)
                 .zip(self.seen.get(&e.path))
-                .is_some_and(|(f, (_, x))| !self.same_meta(&fsx::meta_of(&f.st), x, &e.meta));
+                .is_some_and(|(f, (_, x))| !self.same_meta(&f.meta, x, &e.meta));
             if stays && (differs || touched_dirs.contains(&e.path)) {
                 dirmeta.insert(e.path.clone());
             }
@@ -434,7 +450,7 @@ impl Rebase<'_> {
                 Some((OldKind::File { hash, .. }, _)) => *hash == bundle::Hash::default(),
                 Some(_) => false,
             })
-            .filter_map(|p| self.found.get(p).map(|f| (p.clone(), Some(f.st.st_size as u64))))
+            .filter_map(|p| self.found.get(p).map(|f| (p.clone(), Some(f.size))))
             .collect();
         self.observe(&need)?;
         let mut out = self.m.clone();
@@ -444,7 +460,7 @@ impl Rebase<'_> {
             let (Some(f), Some((kind, x))) = (self.found.get(p), self.seen.get(p)) else {
                 return Err(Error::Internal(format!("replace: {p} not observed")));
             };
-            let mut meta = fsx::meta_of(&f.st);
+            let mut meta = f.meta;
             meta.xattrs = set_index(&mut sets, x);
             old.push(OldEntry { path: p.clone(), meta, kind: kind.clone() });
         }
