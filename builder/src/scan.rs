@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use bundle::{BundlePath, Extent, Hash, Meta};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -176,7 +176,8 @@ pub struct Tree {
 impl Tree {
     /// Build a tree from entries (sorts them); used by [`scan`] and by tests.
     pub fn from_entries(source: Source, mut entries: Vec<ScanEntry>) -> Tree {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // Unstable: no buffer of half the entries (paths are unique, so the order is the same).
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
         for e in &entries {
             if let Some(p) = &e.primary {
@@ -190,6 +191,13 @@ impl Tree {
     /// a map: a tree of 1,000,000 files costs ~110 MB less).
     pub fn get(&self, p: &BundlePath) -> Option<&ScanEntry> {
         self.entries.binary_search_by(|e| e.path.cmp(p)).ok().map(|i| &self.entries[i])
+    }
+
+    /// Keep only the entries at `paths` and free the rest (hard-link groups are left as they
+    /// are: [`Tree::group_of`] is for a whole tree).
+    pub fn retain_paths(&mut self, paths: &BTreeSet<&BundlePath>) {
+        self.entries.retain(|e| paths.contains(&e.path));
+        self.entries.shrink_to_fit();
     }
 
     /// All names of the inode of the file at `p`, sorted (just `[p]` for a single-name file).
@@ -352,30 +360,42 @@ fn group_hardlinks(entries: &mut [ScanEntry], inodes: &BTreeMap<(u64, u64), Vec<
     }
 }
 
-/// Hash every file once per inode, in parallel, and give each name of an inode the result.
+/// Hash every file once per inode, in parallel and in place, and give each name of an inode the
+/// result. Of several unreadable files, the first in walk order is reported.
 fn hash_files(root: &Path, label: &str, entries: &mut [ScanEntry], progress: &Progress) -> Result<()> {
-    let to_hash: Vec<usize> =
-        (0..entries.len()).filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link()).collect();
-    let total: u64 = to_hash.iter().map(|&i| entries[i].size).sum();
-    progress.begin(&format!("hash {label}"), "files", Some(to_hash.len() as u64), Some(total));
-    // Holes are found and skipped here: a sparse file costs its data, not its size. Results come
-    // back in order.
-    let hashes: Vec<Result<Hashed>> = to_hash
-        .par_iter()
-        .map(|&i| {
-            let h = crate::sparse::hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes())));
-            progress.advance(1, entries[i].size);
-            h
+    let to_hash = |e: &ScanEntry| e.ty == Type::File && !e.is_secondary_link();
+    let (files, total) =
+        entries.iter().filter(|e| to_hash(e)).fold((0u64, 0u64), |(n, bytes), e| (n + 1, bytes + e.size));
+    progress.begin(&format!("hash {label}"), "files", Some(files), Some(total));
+    // Holes are found and skipped here: a sparse file costs its data, not its size. Results are
+    // stored in the entries themselves (no second list of every file).
+    let failed = entries
+        .par_iter_mut()
+        .enumerate()
+        .filter(|(_, e)| to_hash(e))
+        .filter_map(|(i, e)| {
+            let h = crate::sparse::hash_file(&root.join(std::ffi::OsStr::from_bytes(e.path.as_bytes())));
+            progress.advance(1, e.size);
+            match h {
+                // The size as of the read (a file that grew since the walk is hashed as it is now).
+                Ok((hash, size, extents)) => {
+                    (e.hash, e.size, e.extents) = (hash, size, extents);
+                    None
+                }
+                Err(err) => Some((i, err)),
+            }
         })
-        .collect();
+        .min_by_key(|(i, _)| *i);
     progress.end();
-    let mut by_primary: BTreeMap<BundlePath, Hashed> = BTreeMap::new();
-    for (&i, h) in to_hash.iter().zip(hashes) {
-        let (hash, size, extents) = h?;
-        // The size as of the read (a file that grew since the walk is hashed as it is now).
-        (entries[i].hash, entries[i].size, entries[i].extents) = (hash, size, extents);
-        by_primary.insert(entries[i].path.clone(), (hash, size, entries[i].extents.clone()));
+    if let Some((_, err)) = failed {
+        return Err(err);
     }
+    // The primaries of hard-link groups only.
+    let by_primary: BTreeMap<BundlePath, Hashed> = entries
+        .iter()
+        .filter(|e| e.primary.as_ref() == Some(&e.path))
+        .map(|e| (e.path.clone(), (e.hash, e.size, e.extents.clone())))
+        .collect();
     for e in entries.iter_mut() {
         if e.is_secondary_link() {
             if let Some((h, s, x)) = e.primary.as_ref().and_then(|p| by_primary.get(p)) {

@@ -283,6 +283,19 @@ pub fn find_bases(
     max_size: u64,
     progress: &Progress,
 ) -> usize {
+    // OLD is indexed only if a NEW file is to be searched at all (the usual update of a large
+    // tree has none: no index of every OLD file).
+    let searched = |n: &ScanEntry| {
+        n.ty == Type::File
+            && n.extents.is_none()
+            && (MIN_SIZE..=max_size).contains(&n.size)
+            && !is_config(config_globs, &n.path)
+    };
+    let any =
+        choices.iter().any(|(p, c)| matches!(c, Choice::Payload { base: None }) && new.get(p).is_some_and(searched));
+    if !any {
+        return 0;
+    }
     let names = OldNames::new(old, config_globs);
     let qs = queries(&names, new, choices, config_globs, max_size);
     if qs.is_empty() {
