@@ -69,7 +69,7 @@ pub fn old_entry(e: &ScanEntry) -> OldEntry {
     let kind = match &e.ty {
         Type::File => OldKind::File { size: e.size, hash: e.hash },
         Type::Dir => OldKind::Dir,
-        Type::Symlink(t) => OldKind::Symlink { target: t.clone() },
+        Type::Symlink(t) => OldKind::Symlink { target: t.to_vec() },
         Type::Fifo => OldKind::Fifo,
         Type::CharDev(r) => OldKind::CharDev { rdev: *r },
         Type::BlockDev(r) => OldKind::BlockDev { rdev: *r },
@@ -462,7 +462,7 @@ pub fn required_paths<'a>(
 /// The manifest entry of a NEW scan entry; a file's content as decided in `choices`.
 fn new_entry(n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>, config_globs: &[String]) -> Entry {
     let kind = match &n.ty {
-        Type::File => match &n.primary {
+        Type::File => match n.primary.as_deref() {
             Some(pr) if pr != &n.path => Kind::Hardlink { primary: pr.clone() },
             _ => {
                 let content = match choices.get(&n.path) {
@@ -479,12 +479,12 @@ fn new_entry(n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>, config_globs
                     hash: (content != Content::Unchanged).then_some(n.hash),
                     content,
                     config: is_config(config_globs, &n.path),
-                    extents: n.extents.clone(),
+                    extents: n.extents.as_deref().map(<[_]>::to_vec),
                 }
             }
         },
         Type::Dir => Kind::Dir,
-        Type::Symlink(t) => Kind::Symlink { target: t.clone() },
+        Type::Symlink(t) => Kind::Symlink { target: t.to_vec() },
         Type::Fifo => Kind::Fifo,
         Type::CharDev(r) => Kind::CharDev { rdev: *r },
         Type::BlockDev(r) => Kind::BlockDev { rdev: *r },
@@ -523,7 +523,7 @@ pub(crate) mod tests {
         }
     }
     pub fn link(p: &str, t: &str) -> ScanEntry {
-        ScanEntry { ty: Type::Symlink(t.as_bytes().to_vec()), meta: Meta { mode: 0o777, ..Meta::default() }, ..dir(p) }
+        ScanEntry { ty: Type::Symlink(t.as_bytes().into()), meta: Meta { mode: 0o777, ..Meta::default() }, ..dir(p) }
     }
     pub fn tree(e: Vec<ScanEntry>) -> Tree {
         Tree::from_entries(crate::scan::Source::default(), e)
@@ -578,8 +578,8 @@ pub(crate) mod tests {
     fn hardlink_group_change_replaces_every_member() {
         let mut a = file("a", b"x");
         let mut b = file("b", b"x");
-        a.primary = Some(bp("a"));
-        b.primary = Some(bp("a"));
+        a.primary = Some(Box::new(bp("a")));
+        b.primary = Some(Box::new(bp("a")));
         let old = tree(vec![file("a", b"x"), file("b", b"x")]);
         let new = tree(vec![a, b]);
         let d = diff(&old, &new, &[]);

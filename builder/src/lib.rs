@@ -507,7 +507,7 @@ fn collect_jobs(
         let (Some(n), Some(diff::Choice::Payload { base })) = (new.get(&s.path), choices.get(&s.path)) else {
             continue;
         };
-        if !seen.insert((n.hash, n.extents.clone())) {
+        if !seen.insert((n.hash, n.extents.as_deref().map(<[_]>::to_vec))) {
             continue;
         }
         jobs.push(write::PayloadJob {
@@ -516,7 +516,7 @@ fn collect_jobs(
             size: bundle::sparse::data_len(n.size, n.extents.as_deref()),
             hash: n.hash,
             base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.content_path(b), o.size))),
-            sparse: n.extents.clone().map(|x| (n.size, x)),
+            sparse: n.extents.as_deref().map(|x| (n.size, x.to_vec())),
         });
     }
     jobs
@@ -623,7 +623,7 @@ fn count_stats(
             }
             Some(diff::Choice::Payload { .. }) => {}
         }
-        let key = (e.hash, e.extents.clone());
+        let key = (e.hash, e.extents.as_deref().map(<[_]>::to_vec));
         if first_user.get(&key) != Some(&&e.path) {
             bump(&mut stats, "dedup", *size, 0);
             continue;

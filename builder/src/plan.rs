@@ -300,7 +300,7 @@ fn creation_edges(
         if s.op != Op::Place {
             continue;
         }
-        if let Some(primary) = new.get(&s.path).filter(|e| e.is_secondary_link()).and_then(|e| e.primary.as_ref()) {
+        if let Some(primary) = new.get(&s.path).filter(|e| e.is_secondary_link()).and_then(|e| e.primary.as_deref()) {
             if let Some(&j) = idx.get(primary) {
                 add(j, i, EdgeKind::Structural);
             }
@@ -496,7 +496,7 @@ mod tests {
             .map(|e| {
                 let o = match &e.ty {
                     crate::scan::Type::Dir => Obj::Dir,
-                    crate::scan::Type::Symlink(t) => Obj::Link(t.clone()),
+                    crate::scan::Type::Symlink(t) => Obj::Link(t.to_vec()),
                     other => Obj::File(other.clone()),
                 };
                 (e.path.as_bytes().to_vec(), o)

@@ -516,7 +516,7 @@ mod tests {
             t.entries
                 .iter_mut()
                 .filter(|e| e.path.file_name().starts_with(b"img"))
-                .for_each(|e| e.extents = sparse.clone());
+                .for_each(|e| e.extents = sparse.clone().map(Vec::into_boxed_slice));
         }
         assert_eq!(search(&old, &new, &[])["y/img-4321abcd.raw"], None);
         let (_n2, new2) = disk_tree(&[("y/img-4321abcd.raw", &data)]);
