@@ -568,7 +568,7 @@ pub(crate) mod tests {
         assert_eq!(d.choices[&bp("e")], Choice::Empty);
         // Unchanged content: no choice listed.
         assert!(!d.choices.contains_key(&bp("d/b")));
-        assert_eq!(d.choices.len(), 4);
+        assert_eq!(d.choices.len(), 3);
         let entries = new_entries(&new, &d.choices, &["d/new".into()], None);
         assert!(matches!(entries[3].kind, Kind::File { config: true, .. }));
         assert!(matches!(entries[2].kind, Kind::File { content: Content::Unchanged, hash: None, .. }));

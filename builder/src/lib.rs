@@ -1,9 +1,10 @@
 //! ferry-build: diff two directory trees (OLD, NEW) into a signed delta bundle.
 //!
-//! Pipeline: [`scan`] both trees → [`diff`] into entries, steps and content choices → [`elf`]
+//! Pipeline: [`scan`] both trees → [`diff`] into steps and content choices → [`elf`]
 //! facts and [`plan`] the ordered apply script → delta bases by [`similar`]ity for files that
-//! have none at their own path → [`delta`]-encode payload frames into a
-//! temporary file → check the manifest and script with the `bundle` crate's own validators →
+//! have none at their own path → OLD's scan cut down to the paths the manifest may name →
+//! [`delta`]-encode payload frames into a temporary file → manifest entries for the paths the
+//! manifest lists (memory beyond the two scans grows with the changed paths) → check the manifest and script with the `bundle` crate's own validators →
 //! sign ([`keys`]; none with `--unsigned`) and [`write`] the container. [`build`] runs it all; the
 //! binary is a thin CLI. Signatures are added later, without rebuilding, by [`sign`] (key files
 //! and external [`signer`] commands, or a signing request carried to an [`offline`] machine).

@@ -395,6 +395,12 @@ mod tests {
         };
         m.drop_unneeded_entries();
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));
+        // The builder makes entries only for the paths `required_paths` marks: after the
+        // manifest's own rule, the same entries as from the whole tree.
+        let keep = crate::diff::required_paths(new, &script, m.old.iter().map(|o| &o.path), &[]);
+        let mut few = Manifest { entries: new_entries(new, &d.choices, &[], Some(&keep)), ..m.clone() };
+        few.drop_unneeded_entries();
+        assert_eq!(few.entries, m.entries, "{script:?}");
         (script, warnings)
     }
 
