@@ -49,18 +49,18 @@ pub fn keep_unchanged_mtimes(old: &Tree, new: &mut Tree) -> (u64, u64) {
     (files, bytes)
 }
 
-/// Result of the comparison.
+/// Result of the comparison. The NEW entries of the manifest are not part of it: they are made
+/// by [`new_entries`], at the end and only for the paths the manifest lists.
 #[derive(Clone, Debug, Default)]
 pub struct Diff {
-    /// NEW entries sorted by path; files needing payload hold `Content::Pieces(vec![])` until
-    /// the encoder fills them in.
-    pub entries: Vec<Entry>,
     /// Steps, unordered (one phase-0 or Delete step per path, plus DirMeta steps).
     pub steps: Vec<Step>,
     /// OLD paths the script touches (Place over, SetMeta, Delete, implicit removal, OLD dirs
     /// whose metadata changes).
     pub touched: BTreeSet<BundlePath>,
-    /// Content decision for every NEW file entry (`Kind::File`).
+    /// Content decision for every NEW file entry (`Kind::File`) whose content is not
+    /// [`Choice::Unchanged`] (a file not listed is unchanged: on a large tree with few changes,
+    /// a map of every file would be most of the diff's memory).
     pub choices: BTreeMap<BundlePath, Choice>,
 }
 
@@ -69,7 +69,7 @@ pub fn old_entry(e: &ScanEntry) -> OldEntry {
     let kind = match &e.ty {
         Type::File => OldKind::File { size: e.size, hash: e.hash },
         Type::Dir => OldKind::Dir,
-        Type::Symlink(t) => OldKind::Symlink { target: t.clone() },
+        Type::Symlink(t) => OldKind::Symlink { target: t.to_vec() },
         Type::Fifo => OldKind::Fifo,
         Type::CharDev(r) => OldKind::CharDev { rdev: *r },
         Type::BlockDev(r) => OldKind::BlockDev { rdev: *r },
@@ -131,6 +131,9 @@ pub fn is_config(config_globs: &[String], p: &BundlePath) -> bool {
     config_globs.iter().any(|g| bundle::glob::matches(g.as_bytes(), p.as_bytes()))
 }
 
+/// OLD's files by content and by [`version_key`], for the NEW files that need a content choice:
+/// only the digests and keys those files look up are indexed (each list in OLD's order, as if
+/// every OLD file were), so the index grows with the changed files, not with the tree.
 struct OldIndex<'a> {
     by_hash: BTreeMap<Hash, Vec<&'a BundlePath>>,
     /// OLD files by [`version_key`], except those matching a config glob: a config file may be
@@ -139,16 +142,39 @@ struct OldIndex<'a> {
 }
 
 impl<'a> OldIndex<'a> {
-    fn new(old: &'a Tree, config_globs: &[String]) -> Self {
+    /// Index the OLD files whose digest is in `hashes` or whose version key is in `keys`.
+    fn new(old: &'a Tree, config_globs: &[String], hashes: &BTreeSet<Hash>, keys: &BTreeSet<Vec<u8>>) -> Self {
         let mut by_hash: BTreeMap<Hash, Vec<&BundlePath>> = BTreeMap::new();
         let mut by_version_key: BTreeMap<Vec<u8>, Vec<&ScanEntry>> = BTreeMap::new();
         for e in old.entries.iter().filter(|e| e.ty == Type::File && e.size > 0) {
-            by_hash.entry(e.hash).or_default().push(&e.path);
-            if !is_config(config_globs, &e.path) {
-                by_version_key.entry(version_key(e.path.as_bytes())).or_default().push(e);
+            if hashes.contains(&e.hash) {
+                by_hash.entry(e.hash).or_default().push(&e.path);
+            }
+            if keys.is_empty() {
+                continue;
+            }
+            let key = version_key(e.path.as_bytes());
+            if keys.contains(&key) && !is_config(config_globs, &e.path) {
+                by_version_key.entry(key).or_default().push(e);
             }
         }
         OldIndex { by_hash, by_version_key }
+    }
+
+    /// The index [`Ctx::payload_choice`] needs for the NEW files `pending`.
+    fn for_files(old: &'a Tree, config_globs: &[String], pending: &[&ScanEntry]) -> Self {
+        let (mut hashes, mut keys) = (BTreeSet::new(), BTreeSet::new());
+        for n in pending {
+            if has_no_data(n) {
+                continue;
+            }
+            hashes.insert(n.hash);
+            let own_base = old.get(&n.path).is_some_and(|o| o.ty == Type::File && o.size > 0);
+            if !is_config(config_globs, &n.path) && !own_base {
+                keys.insert(version_key(n.path.as_bytes()));
+            }
+        }
+        OldIndex::new(old, config_globs, &hashes, &keys)
     }
 
     /// An OLD file with the same content: same path, then same file name, then smallest path.
@@ -182,6 +208,11 @@ impl<'a> OldIndex<'a> {
     }
 }
 
+/// An empty file, or one that is all hole: no data to carry.
+fn has_no_data(n: &ScanEntry) -> bool {
+    n.size == 0 || n.extents.as_ref().is_some_and(|x| x.is_empty())
+}
+
 /// Steps and decisions collected while NEW is compared with OLD, path by path.
 #[derive(Default)]
 struct Changes {
@@ -192,9 +223,13 @@ struct Changes {
     /// OLD directories that NEW replaces by something else (removed with all they hold).
     exchanged: BTreeSet<BundlePath>,
     choices: BTreeMap<BundlePath, Choice>,
+    /// NEW files whose content choice is made once all of NEW is compared (it needs the index
+    /// of OLD, built for these files only).
+    pending: Vec<BundlePath>,
 }
 
-/// What every comparison needs: both trees, the index of OLD's files, the config globs.
+/// What every comparison needs: both trees, the config globs, and (once built) the index of
+/// OLD's files.
 struct Ctx<'a> {
     old: &'a Tree,
     new: &'a Tree,
@@ -210,7 +245,7 @@ impl Ctx<'_> {
     /// Where the content of a NEW file whose inode group changed comes from.
     fn payload_choice(&self, p: &BundlePath, n: &ScanEntry) -> Choice {
         // A file that is all hole has no data either.
-        if n.size == 0 || n.extents.as_ref().is_some_and(|x| x.is_empty()) {
+        if has_no_data(n) {
             Choice::Empty
         } else if let Some(from) = self.idx.copy_source(p, &n.hash) {
             Choice::Copy(from)
@@ -265,7 +300,6 @@ impl Changes {
                 self.phase0.insert(p.clone(), Op::SetMeta);
                 self.touched.insert(p.clone());
             }
-            self.choices.insert(p.clone(), Choice::Unchanged);
         } else {
             for m in &group {
                 self.phase0.insert(m.clone(), Op::Place);
@@ -273,7 +307,7 @@ impl Changes {
                     self.touched.insert(m.clone());
                 }
             }
-            self.choices.insert(p.clone(), cx.payload_choice(p, n));
+            self.pending.push(p.clone());
         }
     }
 
@@ -353,24 +387,82 @@ impl Changes {
 
 /// Compare `old` and `new`. `config_globs` mark NEW files as configuration files.
 pub fn diff(old: &Tree, new: &Tree, config_globs: &[String]) -> Diff {
-    let cx = Ctx { old, new, idx: OldIndex::new(old, config_globs), config_globs };
+    let none = (BTreeSet::new(), BTreeSet::new());
+    let mut cx = Ctx { old, new, idx: OldIndex::new(old, config_globs, &none.0, &none.1), config_globs };
     let mut c = Changes::default();
     for n in &new.entries {
         c.compare(&cx, n);
+    }
+    let pending: Vec<&ScanEntry> = std::mem::take(&mut c.pending).iter().filter_map(|p| new.get(p)).collect();
+    cx.idx = OldIndex::for_files(old, config_globs, &pending);
+    for n in pending {
+        c.choices.insert(n.path.clone(), cx.payload_choice(&n.path, n));
     }
     let deletes = c.deletes(old, new);
     c.parents_get_dirmeta(new, &deletes);
     let mut steps: Vec<Step> = std::mem::take(&mut c.phase0).into_iter().map(|(path, op)| Step { op, path }).collect();
     steps.extend(deletes.into_iter().map(|path| Step { op: Op::Delete, path }));
     steps.extend(std::mem::take(&mut c.dirmeta).into_iter().map(|path| Step { op: Op::DirMeta, path }));
-    let entries = new.entries.iter().map(|n| new_entry(&cx, n, &c.choices)).collect();
-    Diff { entries, steps, touched: c.touched, choices: c.choices }
+    Diff { steps, touched: c.touched, choices: c.choices }
+}
+
+/// The manifest entries of the NEW entries that `keep` marks (by index into `new.entries`; all
+/// of them if `None`), in path order; files needing a payload hold `Content::Pieces(vec![])`
+/// until the encoder's pieces are filled in.
+pub fn new_entries(
+    new: &Tree,
+    choices: &BTreeMap<BundlePath, Choice>,
+    config_globs: &[String],
+    keep: Option<&[bool]>,
+) -> Vec<Entry> {
+    let kept = |i: usize| keep.is_none_or(|k| k.get(i).copied().unwrap_or(false));
+    new.entries.iter().enumerate().filter(|(i, _)| kept(*i)).map(|(_, n)| new_entry(n, choices, config_globs)).collect()
+}
+
+/// A superset of the NEW entries the manifest must list (bundle-format.md §4.2, as
+/// [`bundle::Manifest::required_entries`] marks them), found from the scan: the paths of the
+/// script's non-Delete steps and of `old_paths` (the manifest's OLD list), and with each of them
+/// its whole hard-link group, the `NAME.ferry-new` beside a config file, and its ancestors. Made
+/// before the manifest's entries, so that only these get an [`Entry`]; the manifest's own rule
+/// then drops what is more than needed.
+pub fn required_paths<'a>(
+    new: &Tree,
+    script: &'a [Step],
+    old_paths: impl Iterator<Item = &'a BundlePath>,
+    config_globs: &[String],
+) -> Vec<bool> {
+    let index = |p: &BundlePath| new.entries.binary_search_by(|e| e.path.cmp(p)).ok();
+    let mut need = vec![false; new.entries.len()];
+    let mut work: Vec<usize> = Vec::new();
+    let mut mark = |i: Option<usize>, work: &mut Vec<usize>| {
+        if let Some(i) = i.filter(|&i| !need[i]) {
+            need[i] = true;
+            work.push(i);
+        }
+    };
+    let seeds = script.iter().filter(|s| s.op != Op::Delete).map(|s| &s.path).chain(old_paths);
+    for p in seeds {
+        mark(index(p), &mut work);
+    }
+    while let Some(i) = work.pop() {
+        let e = &new.entries[i];
+        if e.ty == Type::File {
+            for m in new.group_of(&e.path) {
+                mark(index(&m), &mut work);
+            }
+            if !e.is_secondary_link() && is_config(config_globs, &e.path) {
+                mark(bundle::manifest::ferry_new_path(&e.path).and_then(|s| index(&s)), &mut work);
+            }
+        }
+        mark(e.path.parent().and_then(|a| index(&a)), &mut work);
+    }
+    need
 }
 
 /// The manifest entry of a NEW scan entry; a file's content as decided in `choices`.
-fn new_entry(cx: &Ctx, n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>) -> Entry {
+fn new_entry(n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>, config_globs: &[String]) -> Entry {
     let kind = match &n.ty {
-        Type::File => match &n.primary {
+        Type::File => match n.primary.as_deref() {
             Some(pr) if pr != &n.path => Kind::Hardlink { primary: pr.clone() },
             _ => {
                 let content = match choices.get(&n.path) {
@@ -386,13 +478,13 @@ fn new_entry(cx: &Ctx, n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>) ->
                     size: n.size,
                     hash: (content != Content::Unchanged).then_some(n.hash),
                     content,
-                    config: cx.is_config(&n.path),
-                    extents: n.extents.clone(),
+                    config: is_config(config_globs, &n.path),
+                    extents: n.extents.as_deref().map(<[_]>::to_vec),
                 }
             }
         },
         Type::Dir => Kind::Dir,
-        Type::Symlink(t) => Kind::Symlink { target: t.clone() },
+        Type::Symlink(t) => Kind::Symlink { target: t.to_vec() },
         Type::Fifo => Kind::Fifo,
         Type::CharDev(r) => Kind::CharDev { rdev: *r },
         Type::BlockDev(r) => Kind::BlockDev { rdev: *r },
@@ -431,7 +523,7 @@ pub(crate) mod tests {
         }
     }
     pub fn link(p: &str, t: &str) -> ScanEntry {
-        ScanEntry { ty: Type::Symlink(t.as_bytes().to_vec()), meta: Meta { mode: 0o777, ..Meta::default() }, ..dir(p) }
+        ScanEntry { ty: Type::Symlink(t.as_bytes().into()), meta: Meta { mode: 0o777, ..Meta::default() }, ..dir(p) }
     }
     pub fn tree(e: Vec<ScanEntry>) -> Tree {
         Tree::from_entries(crate::scan::Source::default(), e)
@@ -474,22 +566,26 @@ pub(crate) mod tests {
         assert_eq!(d.choices[&bp("d/a")], Choice::Payload { base: Some(bp("d/a")) });
         assert_eq!(d.choices[&bp("d/new")], Choice::Copy(bp("mv")));
         assert_eq!(d.choices[&bp("e")], Choice::Empty);
-        assert_eq!(d.choices[&bp("d/b")], Choice::Unchanged);
-        assert!(matches!(d.entries[3].kind, Kind::File { config: true, .. }));
+        // Unchanged content: no choice listed.
+        assert!(!d.choices.contains_key(&bp("d/b")));
+        assert_eq!(d.choices.len(), 3);
+        let entries = new_entries(&new, &d.choices, &["d/new".into()], None);
+        assert!(matches!(entries[3].kind, Kind::File { config: true, .. }));
+        assert!(matches!(entries[2].kind, Kind::File { content: Content::Unchanged, hash: None, .. }));
     }
 
     #[test]
     fn hardlink_group_change_replaces_every_member() {
         let mut a = file("a", b"x");
         let mut b = file("b", b"x");
-        a.primary = Some(bp("a"));
-        b.primary = Some(bp("a"));
+        a.primary = Some(Box::new(bp("a")));
+        b.primary = Some(Box::new(bp("a")));
         let old = tree(vec![file("a", b"x"), file("b", b"x")]);
         let new = tree(vec![a, b]);
         let d = diff(&old, &new, &[]);
         assert_eq!(ops(&d), ["Place a", "Place b"]);
         assert_eq!(d.choices[&bp("a")], Choice::Copy(bp("a")));
-        assert!(matches!(d.entries[1].kind, Kind::Hardlink { .. }));
+        assert!(matches!(new_entries(&new, &d.choices, &[], None)[1].kind, Kind::Hardlink { .. }));
         // Unchanged group: nothing.
         let d = diff(&new, &new, &[]);
         assert!(d.steps.is_empty());

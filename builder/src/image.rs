@@ -414,6 +414,7 @@ impl TarScan<'_> {
         };
         let meta = self.meta(head, &ty, &path, &m.records, &bad)?;
         let (hash, size, extents) = self.content(&ty, m, &pax_sparse, &raw, data, &bad)?;
+        let extents = extents.map(Vec::into_boxed_slice);
         let e = ScanEntry { path: path.clone(), ty, meta, size, hash, extents, primary: None };
         match self.entries.get_mut(&path) {
             // A directory listed twice (e.g. appended archives): the last metadata wins.
@@ -542,7 +543,7 @@ fn member_kind(m: &Member, bad: &dyn Fn(&str) -> Error) -> Result<MemberKind> {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => Type::File,
         tar::EntryType::Directory => Type::Dir,
         tar::EntryType::Symlink => match &m.link {
-            Some(t) if !t.is_empty() => Type::Symlink(t.clone()),
+            Some(t) if !t.is_empty() => Type::Symlink(t.as_slice().into()),
             _ => return Err(bad("symlink without a target")),
         },
         tar::EntryType::Link => {
@@ -595,7 +596,7 @@ fn add_hardlink_groups(
         };
         let primary = members.first().cloned().unwrap_or_else(|| real.clone());
         for p in members {
-            entries.insert(p.clone(), ScanEntry { path: p, primary: Some(primary.clone()), ..src.clone() });
+            entries.insert(p.clone(), ScanEntry { path: p, primary: Some(Box::new(primary.clone())), ..src.clone() });
         }
     }
     Ok(())
@@ -737,7 +738,7 @@ mod tests {
         let t = scan_bytes(&bytes)?;
         for name in ["f", "g"] {
             let e = t.get(&BundlePath::new(name)?).ok_or(name)?;
-            assert_eq!((e.size, e.hash, &e.extents), (1 << 20, Hash::of(&dense), &want), "{name}");
+            assert_eq!((e.size, e.hash, e.extents.as_deref()), (1 << 20, Hash::of(&dense), want.as_deref()), "{name}");
             assert_eq!(std::fs::read(t.content_path(&e.path))?, dense, "{name}: stored content");
         }
         // Maps that lie are refused, naming the member.
@@ -840,7 +841,7 @@ mod tests {
         let t = scan_bytes(&bytes)?;
         let get = |p: &str| t.get(&BundlePath::new(p).unwrap_or_else(|e| panic!("{e}"))).cloned();
         let link = get(&long).ok_or("long name")?;
-        assert_eq!((link.ty, link.meta.gid), (Type::Symlink(target.into_bytes()), 77));
+        assert_eq!((link.ty, link.meta.gid), (Type::Symlink(target.into_bytes().into()), 77));
         let real = get("real").ok_or("pax path")?;
         assert_eq!((real.hash, real.size, real.meta.gid), (Hash::of(b"abc"), 3, 77));
         assert_eq!(get("last").ok_or("last")?.hash, Hash::of(b"z"));
@@ -910,7 +911,10 @@ mod tests {
         };
         let t = scan_bytes(&sparse_member(&map, 1))?;
         let e = t.get(&BundlePath::new("s")?).ok_or("s")?;
-        assert_eq!((e.size, e.hash, &e.extents), (size, Hash::of(&dense), &crate::sparse::normalize(size, &map)));
+        assert_eq!(
+            (e.size, e.hash, e.extents.as_deref()),
+            (size, Hash::of(&dense), crate::sparse::normalize(size, &map).as_deref())
+        );
         assert!(e.extents.is_some());
         assert_eq!(std::fs::read(t.content_path(&e.path))?, dense);
         assert_eq!(t.get(&BundlePath::new("after")?).ok_or("after")?.hash, Hash::of(b"a"));
@@ -953,7 +957,7 @@ mod tests {
         // Implied directories: 0755 root:root, mtime 0; listed ones keep their metadata.
         assert_eq!(get("usr").ok_or("usr")?.meta, Meta { mode: 0o755, ..Meta::default() });
         assert_eq!(get("etc").ok_or("etc")?.meta.uid, 1000);
-        assert_eq!(get("usr/bin/sh").ok_or("sh")?.ty, Type::Symlink(b"/bin/dash".to_vec()));
+        assert_eq!(get("usr/bin/sh").ok_or("sh")?.ty, Type::Symlink(b"/bin/dash".as_slice().into()));
         Ok(())
     }
 

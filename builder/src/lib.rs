@@ -1,9 +1,10 @@
 //! ferry-build: diff two directory trees (OLD, NEW) into a signed delta bundle.
 //!
-//! Pipeline: [`scan`] both trees → [`diff`] into entries, steps and content choices → [`elf`]
+//! Pipeline: [`scan`] both trees → [`diff`] into steps and content choices → [`elf`]
 //! facts and [`plan`] the ordered apply script → delta bases by [`similar`]ity for files that
-//! have none at their own path → [`delta`]-encode payload frames into a
-//! temporary file → check the manifest and script with the `bundle` crate's own validators →
+//! have none at their own path → OLD's scan cut down to the paths the manifest may name →
+//! [`delta`]-encode payload frames into a temporary file → manifest entries for the paths the
+//! manifest lists (memory beyond the two scans grows with the changed paths) → check the manifest and script with the `bundle` crate's own validators →
 //! sign ([`keys`]; none with `--unsigned`) and [`write`] the container. [`build`] runs it all; the
 //! binary is a thin CLI. Signatures are added later, without rebuilding, by [`sign`] (key files
 //! and external [`signer`] commands, or a signing request carried to an [`offline`] machine).
@@ -243,7 +244,7 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     let signing = load_keys(opts)?;
     let sealing = seal::prepare(&opts.encrypt_to)?;
     let out_dir = out_dir(&opts.out);
-    let inputs = scan_inputs(opts, &out_dir, progress)?;
+    let mut inputs = scan_inputs(opts, &out_dir, progress)?;
     let phase = Instant::now();
     let mut d = diff::diff(&inputs.old, &inputs.new, &opts.config_files);
     let (script, plan_warnings) = plan_script(&inputs, &d, phase, progress)?;
@@ -252,9 +253,10 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     warnings.extend(plan_warnings);
     let mut manifest = new_manifest(opts, signing.rotation, inputs.base.clone(), script);
     let mut used = copy_sources(&d.choices);
-    let tree_entries = d.entries.len();
+    let tree_entries = inputs.new.entries.len();
     if opts.dry_run {
-        finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
+        let entries = manifest_entries(&manifest, &d, &inputs, &used, &opts.config_files);
+        finish_manifest(&mut manifest, entries, &d.touched, &inputs.old, &used, &opts.xattrs);
         bundle::script::validate(&manifest).map_err(Error::Invalid)?;
         let written = Written { bytes: 0, id: None, signers: Vec::new() };
         return Ok(report(opts, started, manifest, tree_entries, written, BTreeMap::new(), warnings, &inputs, None));
@@ -262,15 +264,19 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     // Files with no delta base at their own path may have a relative elsewhere in OLD.
     similar::find_bases(&inputs.old, &inputs.new, &mut d.choices, &opts.config_files, opts.chunk_size, progress);
     let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
+    // From here on, OLD is only looked up at the paths the manifest's OLD list may name: the rest
+    // of its scan is freed before encoding starts.
+    let old_paths = d.touched.iter().chain(&used).chain(jobs.iter().filter_map(|j| j.base.as_ref().map(|b| &b.0)));
+    inputs.old.retain_paths(&old_paths.collect());
     let store = write::FrameStore::new_in(&out_dir)?;
     let encode = write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size };
     let encoded = write::encode_all(&jobs, encode, &store, progress)?;
     let order = order_frames(&jobs, &encoded);
     manifest.frames = order.frames;
     used.extend(order.bases);
-    fill_pieces(&mut d.entries, &order.pieces_of)?;
     let stats = count_stats(
-        &d.entries,
+        &inputs.new,
+        &d.choices,
         &jobs,
         &order.pieces_of,
         &manifest.frames,
@@ -279,7 +285,9 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     );
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
-    finish_manifest(&mut manifest, std::mem::take(&mut d.entries), &d.touched, &inputs.old, &used, &opts.xattrs);
+    let mut entries = manifest_entries(&manifest, &d, &inputs, &used, &opts.config_files);
+    fill_pieces(&mut entries, &order.pieces_of)?;
+    finish_manifest(&mut manifest, entries, &d.touched, &inputs.old, &used, &opts.xattrs);
     if let Some(s) = &sealing {
         // Frame hashes are of the stored (encrypted) bytes (bundle-format.md §4.10).
         s.encrypt_frames(&store.file()?, &order.stored, &mut manifest.frames)?;
@@ -412,7 +420,7 @@ fn plan_script(
 ) -> Result<(Vec<Step>, Vec<String>)> {
     let elf = inspect_elf(&inputs.new, &d.steps, progress);
     let (script, warnings) =
-        plan::order(&d.steps, &d.entries, &diff::old_entries_for_deletes(&inputs.old, &d.steps), &elf)?;
+        plan::order(&d.steps, &inputs.new, &diff::old_entries_for_deletes(&inputs.old, &d.steps), &elf)?;
     let payloads = d.choices.values().filter(|c| matches!(c, diff::Choice::Payload { .. })).count();
     progress.note(&format!(
         "diff and plan: {} old and {} new entries, {} steps, {} files need payload, in {:.2} s",
@@ -500,7 +508,7 @@ fn collect_jobs(
         let (Some(n), Some(diff::Choice::Payload { base })) = (new.get(&s.path), choices.get(&s.path)) else {
             continue;
         };
-        if !seen.insert((n.hash, n.extents.clone())) {
+        if !seen.insert((n.hash, n.extents.as_deref().map(<[_]>::to_vec))) {
             continue;
         }
         jobs.push(write::PayloadJob {
@@ -509,7 +517,7 @@ fn collect_jobs(
             size: bundle::sparse::data_len(n.size, n.extents.as_deref()),
             hash: n.hash,
             base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.content_path(b), o.size))),
-            sparse: n.extents.clone().map(|x| (n.size, x)),
+            sparse: n.extents.as_deref().map(|x| (n.size, x.to_vec())),
         });
     }
     jobs
@@ -551,6 +559,21 @@ fn order_frames(jobs: &[write::PayloadJob], encoded: &write::Encoded) -> FrameOr
     order
 }
 
+/// The NEW entries for the manifest: those of the paths it may list (the script's, the OLD
+/// list's — `touched` and `used` — and what they require, [`diff::required_paths`]), not one per
+/// path of the tree.
+fn manifest_entries(
+    manifest: &Manifest,
+    d: &diff::Diff,
+    inputs: &Inputs,
+    used: &BTreeSet<BundlePath>,
+    config_globs: &[String],
+) -> Vec<bundle::Entry> {
+    let old_paths = d.touched.iter().chain(used);
+    let keep = diff::required_paths(&inputs.new, &manifest.script, old_paths, config_globs);
+    diff::new_entries(&inputs.new, &d.choices, config_globs, Some(&keep))
+}
+
 /// Give every entry that needs a payload the pieces of its content.
 fn fill_pieces(
     entries: &mut [bundle::Entry],
@@ -572,7 +595,8 @@ fn fill_pieces(
 /// `unchanged`, `empty`, `copy`, `dedup` (content another file already carries) or the encoding
 /// of its payload; plus `mtime_kept`, which overlaps `unchanged`.
 fn count_stats(
-    entries: &[bundle::Entry],
+    new: &scan::Tree,
+    choices: &BTreeMap<BundlePath, diff::Choice>,
     jobs: &[write::PayloadJob],
     pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
     frames: &[bundle::Frame],
@@ -582,33 +606,30 @@ fn count_stats(
     let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
     let first_user: BTreeMap<ContentKey, &BundlePath> =
         jobs.iter().map(|j| ((j.hash, j.sparse.as_ref().map(|s| s.1.clone())), &j.path)).collect();
-    for e in entries {
-        let Kind::File { size, hash, content, extents, .. } = &e.kind else {
-            continue;
-        };
-        let pieces = match content {
-            Content::Unchanged => {
+    // Each NEW file with content of its own (not a second name of an inode), by its choice.
+    for e in new.entries.iter().filter(|e| e.ty == scan::Type::File && !e.is_secondary_link()) {
+        let size = &e.size;
+        match choices.get(&e.path) {
+            Some(diff::Choice::Unchanged) | None => {
                 bump(&mut stats, "unchanged", *size, 0);
                 continue;
             }
-            Content::Empty => {
+            Some(diff::Choice::Empty) => {
                 bump(&mut stats, "empty", 0, 0);
                 continue;
             }
-            Content::Copy { .. } => {
+            Some(diff::Choice::Copy(_)) => {
                 bump(&mut stats, "copy", *size, 0);
                 continue;
             }
-            Content::Pieces(ps) => ps,
-        };
-        // Every file with pieces has a digest (only unchanged content has none).
-        let Some(hash) = hash else { continue };
-        let key = (*hash, extents.clone());
+            Some(diff::Choice::Payload { .. }) => {}
+        }
+        let key = (e.hash, e.extents.as_deref().map(<[_]>::to_vec));
         if first_user.get(&key) != Some(&&e.path) {
             bump(&mut stats, "dedup", *size, 0);
             continue;
         }
-        let Some((_, encoding)) = pieces_of.get(&key) else { continue };
+        let Some((pieces, encoding)) = pieces_of.get(&key) else { continue };
         let k = match encoding {
             write::Encoding::Zstd => "zstd",
             write::Encoding::Patch => "patch",

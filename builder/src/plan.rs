@@ -10,8 +10,9 @@
 //! path order so the script is deterministic.
 
 use crate::error::Result;
+use crate::scan::{self, Type};
 use bundle::resolve::{NodeId, Object, Outcome, Resolver, Tree, Visits};
-use bundle::{BundlePath, Entry, Kind, OldEntry, Op, Step};
+use bundle::{BundlePath, OldEntry, Op, Step};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
@@ -171,7 +172,7 @@ impl Visits for Seq {
 }
 
 /// The symlink edges among the creation-phase steps `p0` (sorted by path), from the whole NEW
-/// tree `entries`, every symlink resolved kernel-style ([`bundle::resolve`]; absolute targets
+/// tree `new`, every symlink resolved kernel-style ([`bundle::resolve`]; absolute targets
 /// from the target root):
 /// - rule 4 ([`EdgeKind::Symlink`]): a placed symlink that resolves in NEW comes after every
 ///   path its resolution visits that `p0` creates, so it resolves from the instant it appears;
@@ -181,7 +182,11 @@ impl Visits for Seq {
 ///   needs).
 ///
 /// A link that dangles or loops in NEW (a cycle `a -> b`, `b -> a`) gets no edge.
-fn symlink_edges(p0: &[&Step], entries: &[Entry]) -> Vec<(usize, usize, EdgeKind)> {
+fn symlink_edges(p0: &[&Step], new: &scan::Tree) -> Vec<(usize, usize, EdgeKind)> {
+    // Without a symlink in NEW there is no edge: no tree of every path to build.
+    if !new.entries.iter().any(|e| matches!(e.ty, Type::Symlink(_))) {
+        return Vec::new();
+    }
     let placed: BTreeMap<&BundlePath, u32> = p0
         .iter()
         .enumerate()
@@ -190,8 +195,12 @@ fn symlink_edges(p0: &[&Step], entries: &[Entry]) -> Vec<(usize, usize, EdgeKind
         .collect();
     let mut tree = Tree::new(true);
     let mut links = Vec::new();
-    for e in entries {
-        let object = Object::of(&e.kind);
+    for e in &new.entries {
+        let object = match &e.ty {
+            Type::Dir => Object::Dir,
+            Type::Symlink(target) => Object::Symlink(target),
+            _ => Object::Other,
+        };
         if let Some(n) = tree.insert(&e.path, object, true, placed.get(&e.path).copied()) {
             if matches!(object, Object::Symlink(_)) {
                 links.push(n);
@@ -221,11 +230,11 @@ fn symlink_edges(p0: &[&Step], entries: &[Entry]) -> Vec<(usize, usize, EdgeKind
 }
 
 /// Order `steps` (as produced by [`crate::diff::diff`], any order) into the apply script.
-/// `entries` are the NEW entries, `old` the whole OLD tree (sorted), `elf` the ELF facts of NEW
+/// `new` is the NEW tree, `old` the whole OLD tree (sorted), `elf` the ELF facts of NEW
 /// files with a step. Returns the script and warnings about broken cycles.
 pub fn order(
     steps: &[Step],
-    entries: &[Entry],
+    new: &scan::Tree,
     old: &[OldEntry],
     elf: &BTreeMap<BundlePath, ElfInfo>,
 ) -> Result<(Vec<Step>, Vec<String>)> {
@@ -234,7 +243,7 @@ pub fn order(
     // Phase 0: Mkdir / Place / SetMeta.
     let mut p0: Vec<&Step> = steps.iter().filter(|s| matches!(s.op, Op::Mkdir | Op::Place | Op::SetMeta)).collect();
     p0.sort_by(|a, b| a.path.cmp(&b.path));
-    let e0 = creation_edges(&p0, entries, elf);
+    let e0 = creation_edges(&p0, new, elf);
     let o0 = toposort(p0.len(), &e0, &|i| p0[i].path.display(), &mut warnings)
         .ok_or_else(|| internal("cycle among directory/hardlink ordering constraints"))?;
 
@@ -264,10 +273,9 @@ pub fn order(
 /// needs before the file.
 fn creation_edges(
     p0: &[&Step],
-    entries: &[Entry],
+    new: &scan::Tree,
     elf: &BTreeMap<BundlePath, ElfInfo>,
 ) -> Vec<(usize, usize, EdgeKind)> {
-    let new: BTreeMap<&BundlePath, &Entry> = entries.iter().map(|e| (&e.path, e)).collect();
     let idx: BTreeMap<&BundlePath, usize> = p0.iter().enumerate().map(|(i, s)| (&s.path, i)).collect();
     let mut edges: BTreeSet<(usize, usize, EdgeKind)> = BTreeSet::new();
     let mut add = |a: usize, b: usize, k: EdgeKind| {
@@ -292,7 +300,7 @@ fn creation_edges(
         if s.op != Op::Place {
             continue;
         }
-        if let Some(Kind::Hardlink { primary }) = new.get(&s.path).map(|e| &e.kind) {
+        if let Some(primary) = new.get(&s.path).filter(|e| e.is_secondary_link()).and_then(|e| e.primary.as_deref()) {
             if let Some(&j) = idx.get(primary) {
                 add(j, i, EdgeKind::Structural);
             }
@@ -306,7 +314,7 @@ fn creation_edges(
             }
         }
     }
-    for (a, b, k) in symlink_edges(p0, entries) {
+    for (a, b, k) in symlink_edges(p0, new) {
         add(a, b, k);
     }
     edges.into_iter().collect()
@@ -348,7 +356,7 @@ fn internal(what: &str) -> crate::Error {
 mod tests {
     use super::*;
     use crate::diff::tests::{bp, dir, file, link, tree};
-    use crate::diff::{diff, old_entries};
+    use crate::diff::{diff, new_entries, old_entries};
     use bundle::script::validate;
     use bundle::Manifest;
 
@@ -366,7 +374,7 @@ mod tests {
         elf: &BTreeMap<BundlePath, ElfInfo>,
     ) -> (Vec<Step>, Vec<String>) {
         let d = diff(old, new, &[]);
-        let (script, warnings) = order(&d.steps, &d.entries, &old_entries(old), elf).unwrap_or_else(|e| panic!("{e}"));
+        let (script, warnings) = order(&d.steps, new, &old_entries(old), elf).unwrap_or_else(|e| panic!("{e}"));
         let mut m = Manifest {
             format: bundle::FORMAT_VERSION,
             version: 1,
@@ -374,7 +382,7 @@ mod tests {
             channel: "stable".into(),
             created: 0,
             expires: None,
-            entries: d.entries.clone(),
+            entries: new_entries(new, &d.choices, &[], None),
             old: old_entries(old).into_iter().filter(|o| d.touched.contains(&o.path)).collect(),
             frames: vec![],
             script: script.clone(),
@@ -387,6 +395,12 @@ mod tests {
         };
         m.drop_unneeded_entries();
         validate(&m).unwrap_or_else(|e| panic!("{e}: {script:?}"));
+        // The builder makes entries only for the paths `required_paths` marks: after the
+        // manifest's own rule, the same entries as from the whole tree.
+        let keep = crate::diff::required_paths(new, &script, m.old.iter().map(|o| &o.path), &[]);
+        let mut few = Manifest { entries: new_entries(new, &d.choices, &[], Some(&keep)), ..m.clone() };
+        few.drop_unneeded_entries();
+        assert_eq!(few.entries, m.entries, "{script:?}");
         (script, warnings)
     }
 
@@ -433,7 +447,7 @@ mod tests {
         elf.insert(bp("a"), ElfInfo { soname: Some(b"a".to_vec()), needed: vec![b"b".to_vec()] });
         elf.insert(bp("b"), ElfInfo { soname: Some(b"b".to_vec()), needed: vec![b"a".to_vec()] });
         let d = diff(&tree(vec![]), &new, &[]);
-        let (script, warnings) = order(&d.steps, &d.entries, &[], &elf).unwrap_or_else(|e| panic!("{e}"));
+        let (script, warnings) = order(&d.steps, &new, &[], &elf).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(script.len(), 2);
         assert_eq!(warnings.len(), 2);
     }
@@ -488,7 +502,7 @@ mod tests {
             .map(|e| {
                 let o = match &e.ty {
                     crate::scan::Type::Dir => Obj::Dir,
-                    crate::scan::Type::Symlink(t) => Obj::Link(t.clone()),
+                    crate::scan::Type::Symlink(t) => Obj::Link(t.to_vec()),
                     other => Obj::File(other.clone()),
                 };
                 (e.path.as_bytes().to_vec(), o)
@@ -803,8 +817,7 @@ mod tests {
         let (old, new) = (tree(old), tree(new));
         let d = diff(&old, &new, &[]);
         let t = std::time::Instant::now();
-        let (script, _) =
-            order(&d.steps, &d.entries, &old_entries(&old), &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let (script, _) = order(&d.steps, &new, &old_entries(&old), &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
         let ordered = t.elapsed();
         let lib = script.iter().position(|s| s.path == bp("lib")).unwrap_or_else(|| panic!("lib"));
         assert_eq!(lib, dirs * (files + 1) + 1, "lib is exchanged after everything under usr/lib");

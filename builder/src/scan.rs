@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::progress::Progress;
 use bundle::{BundlePath, Extent, Hash, Meta};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -21,7 +21,8 @@ use std::sync::Arc;
 pub enum Type {
     File,
     Dir,
-    Symlink(Vec<u8>),
+    /// The target (boxed: an entry is 8 bytes smaller than with a `Vec`).
+    Symlink(Box<[u8]>),
     Fifo,
     CharDev(u64),
     BlockDev(u64),
@@ -53,16 +54,16 @@ pub struct ScanEntry {
     pub hash: Hash,
     /// The data extents of a file the sparse policy makes sparse ([`crate::sparse`]); `None`
     /// for a dense file (and for non-files).
-    pub extents: Option<Vec<Extent>>,
+    pub extents: Option<Box<[Extent]>>,
     /// For a file with other names in the tree: the smallest path of its inode group.
     /// `None` for a file with one name (and for non-files).
-    pub primary: Option<BundlePath>,
+    pub primary: Option<Box<BundlePath>>,
 }
 
 impl ScanEntry {
     /// True for a regular file that is not the primary of its hardlink group.
     pub fn is_secondary_link(&self) -> bool {
-        self.primary.as_ref().is_some_and(|p| p != &self.path)
+        self.primary.as_deref().is_some_and(|p| p != &self.path)
     }
 }
 
@@ -176,10 +177,11 @@ pub struct Tree {
 impl Tree {
     /// Build a tree from entries (sorts them); used by [`scan`] and by tests.
     pub fn from_entries(source: Source, mut entries: Vec<ScanEntry>) -> Tree {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // Unstable: no buffer of half the entries (paths are unique, so the order is the same).
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let mut groups: BTreeMap<BundlePath, Vec<BundlePath>> = BTreeMap::new();
         for e in &entries {
-            if let Some(p) = &e.primary {
+            if let Some(p) = e.primary.as_deref() {
                 groups.entry(p.clone()).or_default().push(e.path.clone());
             }
         }
@@ -192,9 +194,16 @@ impl Tree {
         self.entries.binary_search_by(|e| e.path.cmp(p)).ok().map(|i| &self.entries[i])
     }
 
+    /// Keep only the entries at `paths` and free the rest (hard-link groups are left as they
+    /// are: [`Tree::group_of`] is for a whole tree).
+    pub fn retain_paths(&mut self, paths: &BTreeSet<&BundlePath>) {
+        self.entries.retain(|e| paths.contains(&e.path));
+        self.entries.shrink_to_fit();
+    }
+
     /// All names of the inode of the file at `p`, sorted (just `[p]` for a single-name file).
     pub fn group_of(&self, p: &BundlePath) -> Vec<BundlePath> {
-        match self.get(p).and_then(|e| e.primary.as_ref()).and_then(|pr| self.groups.get(pr)) {
+        match self.get(p).and_then(|e| e.primary.as_deref()).and_then(|pr| self.groups.get(pr)) {
             Some(g) => g.clone(),
             None => vec![p.clone()],
         }
@@ -322,7 +331,7 @@ fn entry_type(fsp: &Path, md: &fs::Metadata) -> Result<Option<Type>> {
         Type::Dir
     } else if ft.is_symlink() {
         let t = fs::read_link(fsp).map_err(Error::io(fsp))?;
-        Type::Symlink(t.as_os_str().as_bytes().to_vec())
+        Type::Symlink(t.as_os_str().as_bytes().into())
     } else if ft.is_fifo() {
         Type::Fifo
     } else if ft.is_char_device() {
@@ -347,38 +356,50 @@ fn group_hardlinks(entries: &mut [ScanEntry], inodes: &BTreeMap<(u64, u64), Vec<
             continue;
         };
         for &i in idxs {
-            entries[i].primary = Some(primary.clone());
+            entries[i].primary = Some(Box::new(primary.clone()));
         }
     }
 }
 
-/// Hash every file once per inode, in parallel, and give each name of an inode the result.
+/// Hash every file once per inode, in parallel and in place, and give each name of an inode the
+/// result. Of several unreadable files, the first in walk order is reported.
 fn hash_files(root: &Path, label: &str, entries: &mut [ScanEntry], progress: &Progress) -> Result<()> {
-    let to_hash: Vec<usize> =
-        (0..entries.len()).filter(|&i| entries[i].ty == Type::File && !entries[i].is_secondary_link()).collect();
-    let total: u64 = to_hash.iter().map(|&i| entries[i].size).sum();
-    progress.begin(&format!("hash {label}"), "files", Some(to_hash.len() as u64), Some(total));
-    // Holes are found and skipped here: a sparse file costs its data, not its size. Results come
-    // back in order.
-    let hashes: Vec<Result<Hashed>> = to_hash
-        .par_iter()
-        .map(|&i| {
-            let h = crate::sparse::hash_file(&root.join(std::ffi::OsStr::from_bytes(entries[i].path.as_bytes())));
-            progress.advance(1, entries[i].size);
-            h
+    let to_hash = |e: &ScanEntry| e.ty == Type::File && !e.is_secondary_link();
+    let (files, total) =
+        entries.iter().filter(|e| to_hash(e)).fold((0u64, 0u64), |(n, bytes), e| (n + 1, bytes + e.size));
+    progress.begin(&format!("hash {label}"), "files", Some(files), Some(total));
+    // Holes are found and skipped here: a sparse file costs its data, not its size. Results are
+    // stored in the entries themselves (no second list of every file).
+    let failed = entries
+        .par_iter_mut()
+        .enumerate()
+        .filter(|(_, e)| to_hash(e))
+        .filter_map(|(i, e)| {
+            let h = crate::sparse::hash_file(&root.join(std::ffi::OsStr::from_bytes(e.path.as_bytes())));
+            progress.advance(1, e.size);
+            match h {
+                // The size as of the read (a file that grew since the walk is hashed as it is now).
+                Ok((hash, size, extents)) => {
+                    (e.hash, e.size, e.extents) = (hash, size, extents.map(Vec::into_boxed_slice));
+                    None
+                }
+                Err(err) => Some((i, err)),
+            }
         })
-        .collect();
+        .min_by_key(|(i, _)| *i);
     progress.end();
-    let mut by_primary: BTreeMap<BundlePath, Hashed> = BTreeMap::new();
-    for (&i, h) in to_hash.iter().zip(hashes) {
-        let (hash, size, extents) = h?;
-        // The size as of the read (a file that grew since the walk is hashed as it is now).
-        (entries[i].hash, entries[i].size, entries[i].extents) = (hash, size, extents);
-        by_primary.insert(entries[i].path.clone(), (hash, size, entries[i].extents.clone()));
+    if let Some((_, err)) = failed {
+        return Err(err);
     }
+    // The primaries of hard-link groups only.
+    let by_primary: BTreeMap<BundlePath, Hashed> = entries
+        .iter()
+        .filter(|e| e.primary.as_deref() == Some(&e.path))
+        .map(|e| (e.path.clone(), (e.hash, e.size, e.extents.clone())))
+        .collect();
     for e in entries.iter_mut() {
         if e.is_secondary_link() {
-            if let Some((h, s, x)) = e.primary.as_ref().and_then(|p| by_primary.get(p)) {
+            if let Some((h, s, x)) = e.primary.as_deref().and_then(|p| by_primary.get(p)) {
                 (e.hash, e.size, e.extents) = (*h, *s, x.clone());
             }
         }
@@ -387,7 +408,7 @@ fn hash_files(root: &Path, label: &str, entries: &mut [ScanEntry], progress: &Pr
 }
 
 /// A file's digest, size and (if sparse) data extents, as [`crate::sparse::hash_file`] finds them.
-type Hashed = (Hash, u64, Option<Vec<Extent>>);
+type Hashed = (Hash, u64, Option<Box<[Extent]>>);
 
 /// The error for a socket under `--fail-on-sockets`.
 pub fn socket_refused() -> std::io::Error {
@@ -427,12 +448,12 @@ mod tests {
         let names: Vec<String> = t.entries.iter().map(|e| e.path.display()).collect();
         assert_eq!(names, ["a", "a-c", "a/x", "b", "l"]);
         let b = t.get(&BundlePath::new("b")?).ok_or("no b")?;
-        assert_eq!(b.primary, Some(BundlePath::new("a/x")?));
+        assert_eq!(b.primary.as_deref(), Some(&BundlePath::new("a/x")?));
         assert!(b.is_secondary_link());
         assert_eq!(b.hash, Hash::of(b"hello"));
         assert_eq!(b.size, 5);
         assert_eq!(t.group_of(&BundlePath::new("a/x")?).len(), 2);
-        assert_eq!(t.get(&BundlePath::new("l")?).ok_or("no l")?.ty, Type::Symlink(b"a/x".to_vec()));
+        assert_eq!(t.get(&BundlePath::new("l")?).ok_or("no l")?.ty, Type::Symlink(b"a/x".as_slice().into()));
         assert!(t.sockets.is_empty());
         Ok(())
     }

@@ -283,6 +283,19 @@ pub fn find_bases(
     max_size: u64,
     progress: &Progress,
 ) -> usize {
+    // OLD is indexed only if a NEW file is to be searched at all (the usual update of a large
+    // tree has none: no index of every OLD file).
+    let searched = |n: &ScanEntry| {
+        n.ty == Type::File
+            && n.extents.is_none()
+            && (MIN_SIZE..=max_size).contains(&n.size)
+            && !is_config(config_globs, &n.path)
+    };
+    let any =
+        choices.iter().any(|(p, c)| matches!(c, Choice::Payload { base: None }) && new.get(p).is_some_and(searched));
+    if !any {
+        return 0;
+    }
     let names = OldNames::new(old, config_globs);
     let qs = queries(&names, new, choices, config_globs, max_size);
     if qs.is_empty() {
@@ -503,7 +516,7 @@ mod tests {
             t.entries
                 .iter_mut()
                 .filter(|e| e.path.file_name().starts_with(b"img"))
-                .for_each(|e| e.extents = sparse.clone());
+                .for_each(|e| e.extents = sparse.clone().map(Vec::into_boxed_slice));
         }
         assert_eq!(search(&old, &new, &[])["y/img-4321abcd.raw"], None);
         let (_n2, new2) = disk_tree(&[("y/img-4321abcd.raw", &data)]);
