@@ -21,16 +21,20 @@ pub fn window_log(prefix_len: u64, data_len: u64) -> u32 {
 /// Reference prefixes longer than this are encoded at most at [`MAX_LARGE_PATCH_LEVEL`].
 pub const LARGE_PATCH_PREFIX: u64 = 8 << 20;
 /// Level cap for patches against large prefixes.
-pub const MAX_LARGE_PATCH_LEVEL: i32 = 9;
+pub const MAX_LARGE_PATCH_LEVEL: i32 = 12;
 
 /// The level actually used for a patch against a prefix of `prefix_len` bytes.
 ///
-/// zstd's optimal parsers (levels 16 and up) index only the last `2^(hashLog+3)` bytes of a
-/// reference prefix (32 MiB at level 19) and then miss most matches of a chunk against its base
-/// window, while levels 10-15 spend minutes loading a large prefix into their chains. Measured on
-/// a 32 MiB chunk of a 110 MB library against a 64 MiB window: level 3 gives 5.3 KB in 0.1 s,
-/// level 9 5.8 KB in 0.2 s, level 15 5.8 KB in 42 s, level 19 520 KB in 19 s. So patches
-/// against large prefixes use at most level 9; the plain candidate still uses `level`.
+/// zstd's optimal parsers (levels 16 and up) keep their binary trees over only the last
+/// `2^(chainLog-1)` bytes and index at most `2^(hashLog+3)` bytes of a reference prefix, and are
+/// slow on a large one: measured on a 32 MiB chunk of a 110 MB library against a 64 MiB window,
+/// level 3 gives 5.3 KB in 0.1 s, level 9 5.8 KB in 0.2 s, level 19 520 KB in 19 s; on numpy's
+/// 25 MB OpenBLAS against its 22 MB predecessor level 19 gives 1.12 MB in 28 s. Levels 10-12
+/// (lazy2 with zstd's row-hash match finder) load a large prefix as fast as level 9 and find
+/// more: on that library level 9 gives 1.46 MB in 0.6 s and level 12 1.38 MB in 1.1 s; on a
+/// 32 MiB chunk of it against a 55 MB prefix 1.85 MB in 0.7 s and 1.80 MB in 1.6 s (levels 13-15
+/// are binary-tree searches again: 1.37 MB in 7.2 s at 13). So patches against large prefixes
+/// use at most level 12; the plain candidate still uses `level`.
 pub fn patch_level(level: i32, prefix_len: u64) -> i32 {
     if prefix_len > LARGE_PATCH_PREFIX {
         level.min(MAX_LARGE_PATCH_LEVEL)
@@ -40,26 +44,47 @@ pub fn patch_level(level: i32, prefix_len: u64) -> i32 {
 }
 
 /// Compress `data` into one zstd frame at `level`, with `prefix` as reference prefix if given
-/// (then at [`patch_level`]).
+/// (then at [`patch_level`], with long-distance matching; against a large prefix at level 10 or
+/// more also without it, keeping the smaller frame: see [`LDM_BOTH_MIN_LEVEL`]).
 pub fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> io::Result<Vec<u8>> {
-    let out = Vec::with_capacity(data.len() / 4 + 64);
-    let mut enc = match prefix {
-        Some(p) => {
-            let level = patch_level(level, p.len() as u64);
-            let mut e = zstd::stream::write::Encoder::with_ref_prefix(out, level, p)?;
-            e.long_distance_matching(true)?;
-            e.window_log(window_log(p.len() as u64, data.len() as u64))?;
-            e
+    let Some(p) = prefix else {
+        let mut e = zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 4 + 64), level)?;
+        // Large levels pick windows up to 2^27; the target accepts 2^28.
+        if data.len() as u64 > 1 << MAX_WINDOW_LOG {
+            e.window_log(MAX_WINDOW_LOG)?;
         }
-        None => {
-            let mut e = zstd::stream::write::Encoder::new(out, level)?;
-            // Large levels pick windows up to 2^27; the target accepts 2^28.
-            if data.len() as u64 > 1 << MAX_WINDOW_LOG {
-                e.window_log(MAX_WINDOW_LOG)?;
-            }
-            e
-        }
+        return finish(e, data);
     };
+    let level = patch_level(level, p.len() as u64);
+    let with_ldm = compress_patch(data, level, p, true)?;
+    if p.len() as u64 <= LARGE_PATCH_PREFIX || level < LDM_BOTH_MIN_LEVEL {
+        return Ok(with_ldm);
+    }
+    let without = compress_patch(data, level, p, false)?;
+    Ok(if without.len() < with_ldm.len() { without } else { with_ldm })
+}
+
+/// Against a prefix over [`LARGE_PATCH_PREFIX`], patches at this level or more (lazy2 with
+/// zstd's row-hash match finder) are encoded with and without long-distance matching and the
+/// smaller is kept. Neither wins everywhere: its matches of at least 64 bytes cover for a hash
+/// table too small for the window (a 32 MiB chunk of an OpenBLAS against a 55 MB prefix, level
+/// 12: 1.80 MB with, 3.61 MB without), but displace the match finder's shorter, closer ones when
+/// the table covers the prefix (numpy's 25 MB OpenBLAS against its 22 MB predecessor: 1.38 MB
+/// with, 1.23 MB without; its 10.5 MB `_multiarray_umath`: 289 KB with, 244 KB without). The
+/// second encoding costs about 1 s per 25 MB.
+pub const LDM_BOTH_MIN_LEVEL: i32 = 10;
+
+/// One patch frame of `data` at `level` against `prefix`, with or without long-distance matching.
+fn compress_patch(data: &[u8], level: i32, prefix: &[u8], ldm: bool) -> io::Result<Vec<u8>> {
+    let out = Vec::with_capacity(data.len() / 4 + 64);
+    let mut e = zstd::stream::write::Encoder::with_ref_prefix(out, level, prefix)?;
+    e.long_distance_matching(ldm)?;
+    e.window_log(window_log(prefix.len() as u64, data.len() as u64))?;
+    finish(e, data)
+}
+
+/// Write `data` through `enc` as one frame with its content size and no checksum.
+fn finish(mut enc: zstd::stream::write::Encoder<'_, Vec<u8>>, data: &[u8]) -> io::Result<Vec<u8>> {
     enc.set_pledged_src_size(Some(data.len() as u64))?;
     enc.include_contentsize(true)?;
     enc.include_checksum(false)?;
@@ -73,11 +98,7 @@ pub fn compress(data: &[u8], level: i32, prefix: Option<&[u8]>) -> io::Result<Ve
 pub fn compress_solid(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 4 + 64), level)?;
     enc.window_log(window_log(0, data.len() as u64))?;
-    enc.set_pledged_src_size(Some(data.len() as u64))?;
-    enc.include_contentsize(true)?;
-    enc.include_checksum(false)?;
-    enc.write_all(data)?;
-    enc.finish()
+    finish(enc, data)
 }
 
 /// Inputs of at least this size get a suffix array sorted in [`BSDIFF_PARTITIONS`] parts.
@@ -178,6 +199,26 @@ pub(crate) mod tests {
         assert_eq!(out, new);
         assert_eq!(decompress(&plain, None, new.len() as u64)?, new);
         assert!(decompress(&plain, None, 10).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn large_prefix_patches_are_capped_and_keep_the_smaller_ldm_choice() -> io::Result<()> {
+        assert_eq!(patch_level(19, LARGE_PATCH_PREFIX), 19);
+        assert_eq!(patch_level(19, LARGE_PATCH_PREFIX + 1), MAX_LARGE_PATCH_LEVEL);
+        assert_eq!(patch_level(3, LARGE_PATCH_PREFIX + 1), 3);
+        let base = pseudo_random(LARGE_PATCH_PREFIX as usize + 4096, 7);
+        let mut new: Vec<u8> = base[..1 << 20].to_vec();
+        new.extend_from_slice(&pseudo_random(3000, 8));
+        new.extend_from_slice(&base[LARGE_PATCH_PREFIX as usize - (1 << 20)..]);
+        let patch = compress(&new, 19, Some(&base))?;
+        let with = compress_patch(&new, MAX_LARGE_PATCH_LEVEL, &base, true)?;
+        let without = compress_patch(&new, MAX_LARGE_PATCH_LEVEL, &base, false)?;
+        assert_eq!(patch.len(), with.len().min(without.len()));
+        assert!(patch.len() < 8192, "patch is {} bytes", patch.len());
+        for frame in [&patch, &with, &without] {
+            assert_eq!(decompress(frame, Some(&base), new.len() as u64)?, new);
+        }
         Ok(())
     }
 
