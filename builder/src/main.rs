@@ -280,18 +280,7 @@ fn publish(a: &PublishArgs, verbosity: Verbosity) -> Result<(), builder::Error> 
         }
         return Ok(());
     }
-    let release = signers(&a.keys, &a.signer_commands, a.signer_pub.as_deref(), a.signer_timeout)?;
-    let mut release_public = Vec::new();
-    for s in &release {
-        if let Signer::Key(k) = s {
-            release_public.push(k.public());
-        }
-    }
-    if let Some(pk) = &a.signer_pub {
-        release_public.push(builder::keys::load_public(pk)?);
-    }
-    let (timestamp, timestamp_public) = p::load_timestamp_keys(a.timestamp_key.as_deref(), &a.timestamp_pubs)?;
-    let mut keys = p::Keys { release, release_public, timestamp, timestamp_public };
+    let mut keys = publish_keys(a)?;
     let now = builder::created_from_env()?;
     if a.refresh {
         let r = p::refresh(&a.repo, &store, &a.channel, &mut keys, a.expires, now)?;
@@ -311,10 +300,39 @@ fn publish(a: &PublishArgs, verbosity: Verbosity) -> Result<(), builder::Error> 
         }
         return Ok(());
     }
+    publish_version(a, store, keys, now, verbosity, &say)
+}
+
+/// The release signers (keys and signer commands) with their public keys, and the timestamp key.
+fn publish_keys(a: &PublishArgs) -> Result<builder::publish::Keys, builder::Error> {
+    let release = signers(&a.keys, &a.signer_commands, a.signer_pub.as_deref(), a.signer_timeout)?;
+    let mut release_public = Vec::new();
+    for s in &release {
+        if let Signer::Key(k) = s {
+            release_public.push(k.public());
+        }
+    }
+    if let Some(pk) = &a.signer_pub {
+        release_public.push(builder::keys::load_public(pk)?);
+    }
+    let (timestamp, timestamp_public) =
+        builder::publish::load_timestamp_keys(a.timestamp_key.as_deref(), &a.timestamp_pubs)?;
+    Ok(builder::publish::Keys { release, release_public, timestamp, timestamp_public })
+}
+
+/// `ferry-build publish --new NEW --version V`: add a version and report it.
+fn publish_version(
+    a: &PublishArgs,
+    store: PathBuf,
+    mut keys: builder::publish::Keys,
+    now: u64,
+    verbosity: Verbosity,
+    say: &dyn Fn(String),
+) -> Result<(), builder::Error> {
     let (Some(new), Some(version)) = (&a.new, a.version) else {
         return Err(builder::Error::Usage("publish needs --new NEW and --version V".into()));
     };
-    let o = p::PublishOptions {
+    let o = builder::publish::PublishOptions {
         repo: a.repo.clone(),
         channel: a.channel.clone(),
         store,
@@ -330,7 +348,7 @@ fn publish(a: &PublishArgs, verbosity: Verbosity) -> Result<(), builder::Error> 
         now,
     };
     let progress = Progress::new(verbosity);
-    let r = p::publish(&o, &mut keys, &progress)?;
+    let r = builder::publish::publish(&o, &mut keys, &progress)?;
     drop(progress);
     for w in &r.warnings {
         say(format!("ferry-build: warning: {w}"));

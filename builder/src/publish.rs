@@ -599,15 +599,7 @@ fn self_check(idx: &Index, release_signers: &[PublicKey], now: u64, path: &Path)
 /// `ferry-build publish`: add `o.version` to the channel.
 pub fn publish(o: &PublishOptions, keys: &mut Keys, progress: &Progress) -> Result<PublishReport> {
     let started = Instant::now();
-    if keys.release.is_empty() {
-        return Err(Error::Usage("publish needs release keys: --key K.secret or --signer-command CMD".into()));
-    }
-    if o.deltas_from == 0 && o.no_full {
-        return Err(Error::Usage("--no-full with --deltas-from 0 would publish no bundle".into()));
-    }
-    if o.keep_versions == Some(0) {
-        return Err(Error::Usage("--keep-versions must be at least 1".into()));
-    }
+    check_options(o, keys)?;
     let d = Dirs::new(&o.repo, &o.store, &o.channel, true)?;
     let _lock = lock(&d, &o.channel)?;
     let index_path = d.index();
@@ -636,96 +628,10 @@ pub fn publish(o: &PublishOptions, keys: &mut Keys, progress: &Progress) -> Resu
     }
     progress.note(&format!("publish: building {} bundles, {} at a time", jobs.len(), o.jobs.max(1)));
     let built = build_all(o, &d, &new_tree, &jobs)?;
-
-    // Sign every bundle, then name it by its BLAKE3 and make it durable.
-    let mut so = SignOptions { file: PathBuf::new(), signers: std::mem::take(&mut keys.release), imports: Vec::new() };
-    let mut sign_err = None;
-    for b in &built {
-        so.file = b.tmp.clone();
-        if let Err(e) = crate::sign::sign(&so, &mut |_| {}) {
-            sign_err = Some(e);
-            break;
-        }
-    }
-    keys.release = std::mem::take(&mut so.signers);
-    if let Some(e) = sign_err {
-        for b in &built {
-            let _ = fs::remove_file(&b.tmp);
-        }
-        return Err(e);
-    }
-    failpoint("bundle-signed");
-    let mut written = Vec::new();
-    let mut refs = Vec::new();
-    for (i, b) in built.iter().enumerate() {
-        let (hash, size) = hash_file(&b.tmp)?;
-        File::open(&b.tmp).and_then(|f| f.sync_all()).map_err(Error::io(&b.tmp))?;
-        let file = format!("{}.{}.ferry", job_name(b.from, o.version), &hash.to_hex()[..16]);
-        let dst = d.bundles.join(&file);
-        if let Err(e) = fs::rename(&b.tmp, &dst) {
-            for b in &built[i..] {
-                let _ = fs::remove_file(&b.tmp);
-            }
-            return Err(Error::Io { path: dst, source: e });
-        }
-        failpoint("bundle-renamed");
-        written.push(Written {
-            file: file.clone(),
-            from: b.from,
-            to: o.version,
-            size,
-            blake3: hash.to_hex(),
-            bundle_id: b.id.to_hex(),
-            build_seconds: b.secs,
-        });
-        refs.push(BundleRef { file, from: b.from, to: o.version, size, blake3: hash, id: b.id });
-    }
-    fsync_dir(&d.bundles)?;
-    failpoint("bundles-synced");
-
-    // The new index: the previous bundles, the new ones, minus versions `--keep-versions` drops.
-    let mut all: Vec<BundleRef> = prev.as_ref().map(|p| p.release.bundles.clone()).unwrap_or_default();
-    all.retain(|b| !refs.iter().any(|r| r.file == b.file));
-    all.extend(refs);
-    let mut dropped = Vec::new();
-    if let Some(n) = o.keep_versions {
-        let versions: BTreeSet<u64> = all.iter().map(|b| b.to).collect();
-        let kept: BTreeSet<u64> = versions.into_iter().rev().take(n).collect();
-        all.retain(|b| {
-            let keep = kept.contains(&b.to);
-            if !keep {
-                dropped.push(b.file.clone());
-            }
-            keep
-        });
-    }
-    all.sort_by(|a, b| (a.to, a.from.map_or(0, |f| f + 1), &a.file).cmp(&(b.to, b.from.map_or(0, |f| f + 1), &b.file)));
-    let release = Release {
-        format: INDEX_FORMAT,
-        channel: o.channel.clone(),
-        seq: prev.as_ref().map_or(1, |p| p.release.seq + 1),
-        created: o.now,
-        expires: o.release_expires.map(|e| o.now.saturating_add(e)),
-        latest: o.version,
-        timestamp_keys: sorted_timestamp_keys(keys),
-        bundles: all,
-    };
-    release.check().map_err(PublishError::InvalidIndex)?;
-    let release_bytes = release.encode();
-    let (release_sigs, release_signers) = sign_all(&keys.release, &release_message(&release_bytes))?;
-    let fresh = Fresh {
-        format: INDEX_FORMAT,
-        channel: o.channel.clone(),
-        release: Hash::of(&release_bytes),
-        release_seq: release.seq,
-        seq: prev.as_ref().map_or(1, |p| p.fresh.seq + 1),
-        issued: o.now,
-        expires: o.now.saturating_add(o.expires),
-    };
-    let (fresh_sigs, _) = sign_fresh(keys, &fresh)?;
-    let idx = Index::new(release, release_sigs, fresh, fresh_sigs);
-    self_check(&idx, &release_signers, o.now, &index_path)?;
-    write_atomic(&d.chan, INDEX_FILE, &idx.encode(), "index")?;
+    sign_built(&built, keys)?;
+    let (written, refs) = name_and_sync(&built, o, &d)?;
+    let (release, dropped) = new_release(o, prev.as_ref(), refs, keys);
+    let idx = write_index(o, &d, prev.as_ref(), release, keys)?;
 
     let mut warnings = crate::xattr::skipped_warnings();
     if prev.is_some() && bases.is_empty() {
@@ -756,6 +662,130 @@ pub fn publish(o: &PublishOptions, keys: &mut Keys, progress: &Progress) -> Resu
     })
 }
 
+/// The option combinations `publish` refuses (usage errors) before touching anything.
+fn check_options(o: &PublishOptions, keys: &Keys) -> Result<()> {
+    if keys.release.is_empty() {
+        return Err(Error::Usage("publish needs release keys: --key K.secret or --signer-command CMD".into()));
+    }
+    if o.deltas_from == 0 && o.no_full {
+        return Err(Error::Usage("--no-full with --deltas-from 0 would publish no bundle".into()));
+    }
+    if o.keep_versions == Some(0) {
+        return Err(Error::Usage("--keep-versions must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Sign every built bundle with the release keys (loaded once); on a failure every temporary
+/// bundle is removed.
+fn sign_built(built: &[Built], keys: &mut Keys) -> Result<()> {
+    let mut so = SignOptions { file: PathBuf::new(), signers: std::mem::take(&mut keys.release), imports: Vec::new() };
+    let mut sign_err = None;
+    for b in built {
+        so.file = b.tmp.clone();
+        if let Err(e) = crate::sign::sign(&so, &mut |_| {}) {
+            sign_err = Some(e);
+            break;
+        }
+    }
+    keys.release = std::mem::take(&mut so.signers);
+    if let Some(e) = sign_err {
+        for b in built {
+            let _ = fs::remove_file(&b.tmp);
+        }
+        return Err(e);
+    }
+    failpoint("bundle-signed");
+    Ok(())
+}
+
+/// Name every signed bundle by its BLAKE3, make it durable and rename it into `bundles/`, then
+/// fsync the directory: the report's entries and the index's.
+fn name_and_sync(built: &[Built], o: &PublishOptions, d: &Dirs) -> Result<(Vec<Written>, Vec<BundleRef>)> {
+    let mut written = Vec::new();
+    let mut refs = Vec::new();
+    for (i, b) in built.iter().enumerate() {
+        let (hash, size) = hash_file(&b.tmp)?;
+        File::open(&b.tmp).and_then(|f| f.sync_all()).map_err(Error::io(&b.tmp))?;
+        let file = format!("{}.{}.ferry", job_name(b.from, o.version), &hash.to_hex()[..16]);
+        let dst = d.bundles.join(&file);
+        if let Err(e) = fs::rename(&b.tmp, &dst) {
+            for b in &built[i..] {
+                let _ = fs::remove_file(&b.tmp);
+            }
+            return Err(Error::Io { path: dst, source: e });
+        }
+        failpoint("bundle-renamed");
+        written.push(Written {
+            file: file.clone(),
+            from: b.from,
+            to: o.version,
+            size,
+            blake3: hash.to_hex(),
+            bundle_id: b.id.to_hex(),
+            build_seconds: b.secs,
+        });
+        refs.push(BundleRef { file, from: b.from, to: o.version, size, blake3: hash, id: b.id });
+    }
+    fsync_dir(&d.bundles)?;
+    failpoint("bundles-synced");
+    Ok((written, refs))
+}
+
+/// The new release part: the previous bundles and the new ones, minus the versions
+/// `--keep-versions` drops (returned by file name).
+fn new_release(o: &PublishOptions, prev: Option<&Index>, refs: Vec<BundleRef>, keys: &Keys) -> (Release, Vec<String>) {
+    let mut all: Vec<BundleRef> = prev.map(|p| p.release.bundles.clone()).unwrap_or_default();
+    all.retain(|b| !refs.iter().any(|r| r.file == b.file));
+    all.extend(refs);
+    let mut dropped = Vec::new();
+    if let Some(n) = o.keep_versions {
+        let versions: BTreeSet<u64> = all.iter().map(|b| b.to).collect();
+        let kept: BTreeSet<u64> = versions.into_iter().rev().take(n).collect();
+        all.retain(|b| {
+            let keep = kept.contains(&b.to);
+            if !keep {
+                dropped.push(b.file.clone());
+            }
+            keep
+        });
+    }
+    all.sort_by(|a, b| (a.to, a.from.map_or(0, |f| f + 1), &a.file).cmp(&(b.to, b.from.map_or(0, |f| f + 1), &b.file)));
+    let release = Release {
+        format: INDEX_FORMAT,
+        channel: o.channel.clone(),
+        seq: prev.map_or(1, |p| p.release.seq + 1),
+        created: o.now,
+        expires: o.release_expires.map(|e| o.now.saturating_add(e)),
+        latest: o.version,
+        timestamp_keys: sorted_timestamp_keys(keys),
+        bundles: all,
+    };
+    (release, dropped)
+}
+
+/// Sign `release` and a new freshness part, check the index as a reader would, and write it
+/// atomically: the last step of a publish.
+fn write_index(o: &PublishOptions, d: &Dirs, prev: Option<&Index>, release: Release, keys: &Keys) -> Result<Index> {
+    release.check().map_err(PublishError::InvalidIndex)?;
+    let release_bytes = release.encode();
+    let (release_sigs, release_signers) = sign_all(&keys.release, &release_message(&release_bytes))?;
+    let fresh = Fresh {
+        format: INDEX_FORMAT,
+        channel: o.channel.clone(),
+        release: Hash::of(&release_bytes),
+        release_seq: release.seq,
+        seq: prev.map_or(1, |p| p.fresh.seq + 1),
+        issued: o.now,
+        expires: o.now.saturating_add(o.expires),
+    };
+    let (fresh_sigs, _) = sign_fresh(keys, &fresh)?;
+    let idx = Index::new(release, release_sigs, fresh, fresh_sigs);
+    self_check(&idx, &release_signers, o.now, &d.index())?;
+    write_atomic(&d.chan, INDEX_FILE, &idx.encode(), "index")?;
+    Ok(idx)
+}
+
 /// `ferry-build publish --refresh`: the same release part with a new freshness part.
 pub fn refresh(
     repo: &Path,
@@ -772,40 +802,7 @@ pub fn refresh(
     let _lock = lock(&d, channel)?;
     let path = d.index();
     let idx = read_index(&d, channel)?.ok_or_else(|| PublishError::NoIndex { path: path.clone() })?;
-    // The release part's own signatures must verify; who signed it.
-    let rmsg = release_message(&idx.release_bytes);
-    let signers: Vec<PublicKey> = idx
-        .release_sigs
-        .entries()
-        .iter()
-        .map(|(k, s)| bundle::sig::verify_strict(k, &rmsg, s))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| PublishError::BadIndex { path: path.clone(), source: IndexError::Release(e) })?;
-    let listed = || {
-        let v: Vec<String> = idx.release.timestamp_keys().iter().map(bundle::sig::key_id).collect();
-        if v.is_empty() {
-            "none listed".to_string()
-        } else {
-            v.join(", ")
-        }
-    };
-    if let Some(t) = &keys.timestamp {
-        let pk = t.public();
-        if !idx.release.timestamp_keys().contains(&pk.bytes) {
-            return Err(PublishError::TimestampNotListed { path, key: pk.id, listed: listed() }.into());
-        }
-    } else {
-        for k in &keys.release_public {
-            if !signers.iter().any(|s| s.bytes == k.bytes) {
-                return Err(PublishError::NotASigner {
-                    path,
-                    key: k.id.clone(),
-                    signers: signers.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
-                }
-                .into());
-            }
-        }
-    }
+    let signers = release_signers_may_refresh(&idx, keys, &path)?;
     let fresh = Fresh {
         format: INDEX_FORMAT,
         channel: channel.to_string(),
@@ -818,16 +815,7 @@ pub fn refresh(
     let (fresh_sigs, who) = sign_fresh(keys, &fresh)?;
     if keys.timestamp.is_none() {
         // Signed by release keys: each must be one that signed the release part.
-        for k in &who {
-            if !signers.iter().any(|s| s.bytes == k.bytes) {
-                return Err(PublishError::NotASigner {
-                    path,
-                    key: k.id.clone(),
-                    signers: signers.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
-                }
-                .into());
-            }
-        }
+        each_signed(&who, &signers, &path)?;
     }
     let new = Index {
         release_bytes: idx.release_bytes.clone(),
@@ -852,6 +840,46 @@ pub fn refresh(
         signed_by: who.iter().map(|k| k.id.clone()).collect(),
         by_timestamp_key: keys.timestamp.is_some(),
     })
+}
+
+/// The keys of the release part's signatures (each verified strictly), after checking that
+/// `keys` may refresh it: the timestamp key is one the release part lists, or (without one) every
+/// release key given signed the release part.
+fn release_signers_may_refresh(idx: &Index, keys: &Keys, path: &Path) -> Result<Vec<PublicKey>> {
+    let rmsg = release_message(&idx.release_bytes);
+    let signers: Vec<PublicKey> = idx
+        .release_sigs
+        .entries()
+        .iter()
+        .map(|(k, s)| bundle::sig::verify_strict(k, &rmsg, s))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| PublishError::BadIndex { path: path.to_path_buf(), source: IndexError::Release(e) })?;
+    if let Some(t) = &keys.timestamp {
+        let pk = t.public();
+        if !idx.release.timestamp_keys().contains(&pk.bytes) {
+            let v: Vec<String> = idx.release.timestamp_keys().iter().map(bundle::sig::key_id).collect();
+            let listed = if v.is_empty() { "none listed".to_string() } else { v.join(", ") };
+            return Err(PublishError::TimestampNotListed { path: path.to_path_buf(), key: pk.id, listed }.into());
+        }
+    } else {
+        each_signed(&keys.release_public, &signers, path)?;
+    }
+    Ok(signers)
+}
+
+/// Every key of `keys` is one of `signers` (the release part's), else [`PublishError::NotASigner`].
+fn each_signed(keys: &[PublicKey], signers: &[PublicKey], path: &Path) -> Result<()> {
+    for k in keys {
+        if !signers.iter().any(|s| s.bytes == k.bytes) {
+            return Err(PublishError::NotASigner {
+                path: path.to_path_buf(),
+                key: k.id.clone(),
+                signers: signers.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 fn size_of(p: &Path) -> u64 {

@@ -340,92 +340,13 @@ impl Index {
         allowance: u64,
         last: Option<&Accepted>,
     ) -> Result<Verified, IndexError> {
-        let rmsg = release_message(&self.release_bytes);
-        let release_signers: Vec<PublicKey> = self
-            .release_sigs
-            .entries()
-            .iter()
-            .map(|(k, s)| verify_strict(k, &rmsg, s))
-            .collect::<Result<_, _>>()
-            .map_err(IndexError::Release)?;
-        let release_trust = policy.check(&release_signers).map_err(IndexError::Release)?;
-
-        let fmsg = fresh_message(&self.fresh_bytes);
-        let fresh_signers: Vec<PublicKey> = self
-            .fresh_sigs
-            .entries()
-            .iter()
-            .map(|(k, s)| verify_strict(k, &fmsg, s))
-            .collect::<Result<_, _>>()
-            .map_err(IndexError::FreshSignature)?;
-        let ts = self.release.timestamp_keys();
-        let by_ts: Vec<String> = fresh_signers.iter().filter(|k| ts.contains(&k.bytes)).map(|k| k.id.clone()).collect();
-        let fresh_policy = policy.status(&fresh_signers);
-        let (counted, by_timestamp_key) = if !by_ts.is_empty() {
-            (by_ts, true)
-        } else if fresh_policy.met {
-            let ids = fresh_policy
-                .signers
-                .iter()
-                .filter(|s| s.status == crate::sig::KeyStatus::Trusted)
-                .map(|s| s.key_id.clone())
-                .collect();
-            (ids, false)
-        } else {
-            let signers = if fresh_signers.is_empty() {
-                "unsigned".to_string()
-            } else {
-                fresh_signers.iter().map(|k| k.id.as_str()).collect::<Vec<_>>().join(", ")
-            };
-            return Err(IndexError::FreshUntrusted { signers });
-        };
-
+        let release_trust = self.verify_release(policy)?;
+        let (counted, by_timestamp_key) = self.verify_fresh(policy)?;
         let rhash = Hash::of(&self.release_bytes);
-        if self.fresh.release != rhash {
-            return Err(IndexError::Mismatch(format!(
-                "the freshness part names release part {} but the release part is {rhash}",
-                self.fresh.release
-            )));
-        }
-        if self.fresh.release_seq != self.release.seq || self.fresh.channel != self.release.channel {
-            return Err(IndexError::Mismatch(format!(
-                "the freshness part names release {} of channel {:?}, the release part is {} of {:?}",
-                self.fresh.release_seq, self.fresh.channel, self.release.seq, self.release.channel
-            )));
-        }
-        if now > self.fresh.expires.saturating_add(allowance) {
-            return Err(IndexError::Expired { what: "freshness", expires: self.fresh.expires, now, allowance });
-        }
-        if let Some(e) = self.release.expires {
-            if now > e.saturating_add(allowance) {
-                return Err(IndexError::Expired { what: "release", expires: e, now, allowance });
-            }
-        }
+        self.check_binding(&rhash)?;
+        self.check_expiry(now, allowance)?;
         if let Some(l) = last {
-            if l.channel != self.release.channel {
-                return Err(IndexError::Mismatch(format!(
-                    "the index is of channel {:?}, this target follows {:?}",
-                    self.release.channel, l.channel
-                )));
-            }
-            if self.release.seq < l.release_seq {
-                return Err(IndexError::Rollback(format!(
-                    "release sequence {} is below {} which this target already accepted",
-                    self.release.seq, l.release_seq
-                )));
-            }
-            if self.release.seq == l.release_seq && rhash != l.release {
-                return Err(IndexError::Rollback(format!(
-                    "release sequence {} was accepted before with other content ({} then, {rhash} now)",
-                    l.release_seq, l.release
-                )));
-            }
-            if self.fresh.seq < l.fresh_seq {
-                return Err(IndexError::Rollback(format!(
-                    "freshness sequence {} is below {} which this target already accepted",
-                    self.fresh.seq, l.fresh_seq
-                )));
-            }
+            self.check_not_older(l, &rhash)?;
         }
         Ok(Verified {
             release_trust,
@@ -438,6 +359,114 @@ impl Index {
                 fresh_seq: self.fresh.seq,
             },
         })
+    }
+
+    /// Every release signature verifies strictly, and the signers meet `policy`.
+    fn verify_release(&self, policy: &TrustPolicy) -> Result<TrustStatus, IndexError> {
+        let rmsg = release_message(&self.release_bytes);
+        let release_signers: Vec<PublicKey> = self
+            .release_sigs
+            .entries()
+            .iter()
+            .map(|(k, s)| verify_strict(k, &rmsg, s))
+            .collect::<Result<_, _>>()
+            .map_err(IndexError::Release)?;
+        policy.check(&release_signers).map_err(IndexError::Release)
+    }
+
+    /// Every freshness signature verifies strictly, and one is by a timestamp key the release
+    /// part names, or the signers meet `policy`: the key ids that count, and whether they are
+    /// timestamp keys.
+    fn verify_fresh(&self, policy: &TrustPolicy) -> Result<(Vec<String>, bool), IndexError> {
+        let fmsg = fresh_message(&self.fresh_bytes);
+        let fresh_signers: Vec<PublicKey> = self
+            .fresh_sigs
+            .entries()
+            .iter()
+            .map(|(k, s)| verify_strict(k, &fmsg, s))
+            .collect::<Result<_, _>>()
+            .map_err(IndexError::FreshSignature)?;
+        let ts = self.release.timestamp_keys();
+        let by_ts: Vec<String> = fresh_signers.iter().filter(|k| ts.contains(&k.bytes)).map(|k| k.id.clone()).collect();
+        if !by_ts.is_empty() {
+            return Ok((by_ts, true));
+        }
+        let fresh_policy = policy.status(&fresh_signers);
+        if fresh_policy.met {
+            let ids = fresh_policy
+                .signers
+                .iter()
+                .filter(|s| s.status == crate::sig::KeyStatus::Trusted)
+                .map(|s| s.key_id.clone())
+                .collect();
+            return Ok((ids, false));
+        }
+        let signers = if fresh_signers.is_empty() {
+            "unsigned".to_string()
+        } else {
+            fresh_signers.iter().map(|k| k.id.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        Err(IndexError::FreshUntrusted { signers })
+    }
+
+    /// The freshness part names this release part (`rhash`, its sequence number and channel).
+    fn check_binding(&self, rhash: &Hash) -> Result<(), IndexError> {
+        if self.fresh.release != *rhash {
+            return Err(IndexError::Mismatch(format!(
+                "the freshness part names release part {} but the release part is {rhash}",
+                self.fresh.release
+            )));
+        }
+        if self.fresh.release_seq != self.release.seq || self.fresh.channel != self.release.channel {
+            return Err(IndexError::Mismatch(format!(
+                "the freshness part names release {} of channel {:?}, the release part is {} of {:?}",
+                self.fresh.release_seq, self.fresh.channel, self.release.seq, self.release.channel
+            )));
+        }
+        Ok(())
+    }
+
+    /// Neither part expired at `now`, `allowance` seconds granted.
+    fn check_expiry(&self, now: u64, allowance: u64) -> Result<(), IndexError> {
+        if now > self.fresh.expires.saturating_add(allowance) {
+            return Err(IndexError::Expired { what: "freshness", expires: self.fresh.expires, now, allowance });
+        }
+        if let Some(e) = self.release.expires {
+            if now > e.saturating_add(allowance) {
+                return Err(IndexError::Expired { what: "release", expires: e, now, allowance });
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing goes back from what the target accepted last (`l`): the same channel, no lower
+    /// release or freshness sequence number, the same release sequence only with the same content.
+    fn check_not_older(&self, l: &Accepted, rhash: &Hash) -> Result<(), IndexError> {
+        if l.channel != self.release.channel {
+            return Err(IndexError::Mismatch(format!(
+                "the index is of channel {:?}, this target follows {:?}",
+                self.release.channel, l.channel
+            )));
+        }
+        if self.release.seq < l.release_seq {
+            return Err(IndexError::Rollback(format!(
+                "release sequence {} is below {} which this target already accepted",
+                self.release.seq, l.release_seq
+            )));
+        }
+        if self.release.seq == l.release_seq && *rhash != l.release {
+            return Err(IndexError::Rollback(format!(
+                "release sequence {} was accepted before with other content ({} then, {rhash} now)",
+                l.release_seq, l.release
+            )));
+        }
+        if self.fresh.seq < l.fresh_seq {
+            return Err(IndexError::Rollback(format!(
+                "freshness sequence {} is below {} which this target already accepted",
+                self.fresh.seq, l.fresh_seq
+            )));
+        }
+        Ok(())
     }
 }
 
