@@ -83,6 +83,43 @@ pub fn write_tree(tree: &Tree, out: &mut dyn Write, what: &Path) -> Result<()> {
 
 fn write_entry(tree: &Tree, e: &ScanEntry, out: &mut dyn Write, what: &Path) -> Result<()> {
     let werr = |err: io::Error| Error::Write { path: what.to_path_buf(), source: err };
+    let sparse = match (&e.ty, &e.extents) {
+        (Type::File, Some(x)) if !e.is_secondary_link() => Some(x),
+        _ => None,
+    };
+    let (pax, ty, dev) = member_pax(e, sparse.is_some());
+    // The member's data: a regular file's content (a sparse file's map, then its extents).
+    let map = sparse.map(|x| sparse_map(x));
+    let data_len = match (ty, sparse, &map) {
+        (tar::EntryType::Regular, Some(x), Some(m)) => m.len() as u64 + x.iter().map(|x| x.len).sum::<u64>(),
+        (tar::EntryType::Regular, _, _) => e.size,
+        _ => 0,
+    };
+    write_xheader(out, &pax).map_err(werr)?;
+    out.write_all(header(ty, data_len, &e.meta, dev).as_bytes()).map_err(werr)?;
+    if ty != tar::EntryType::Regular {
+        return Ok(());
+    }
+    let src = tree.content_path(&e.path);
+    let rerr = |err: io::Error| Error::Io { path: src.clone(), source: err };
+    let mut f = File::open(&src).map_err(rerr)?;
+    match (sparse, map) {
+        (Some(x), Some(m)) => {
+            out.write_all(&m).map_err(werr)?;
+            for ext in x {
+                f.seek(SeekFrom::Start(ext.offset)).map_err(rerr)?;
+                copy_exact(&mut f, out, ext.len, &src, what)?;
+            }
+        }
+        _ => copy_exact(&mut f, out, e.size, &src, what)?,
+    }
+    pad(out, data_len).map_err(werr)?;
+    Ok(())
+}
+
+/// The pax records of entry `e` (owners, ns mtime, attributes, path — a sparse file's under
+/// GNU.sparse 1.0 — and link target), its tar type and device number.
+fn member_pax(e: &ScanEntry, sparse: bool) -> (Vec<u8>, tar::EntryType, Option<u64>) {
     let path = e.path.as_bytes();
     let mut pax = Vec::new();
     record(&mut pax, b"uid", e.meta.uid.to_string().as_bytes());
@@ -94,11 +131,7 @@ fn write_entry(tree: &Tree, e: &ScanEntry, out: &mut dyn Write, what: &Path) -> 
             record(&mut pax, &[&b"SCHILY.xattr."[..], &x.name].concat(), &x.value);
         }
     }
-    let sparse = match (&e.ty, &e.extents) {
-        (Type::File, Some(x)) if !e.is_secondary_link() => Some(x),
-        _ => None,
-    };
-    if sparse.is_some() {
+    if sparse {
         record(&mut pax, b"GNU.sparse.major", b"1");
         record(&mut pax, b"GNU.sparse.minor", b"0");
         record(&mut pax, b"GNU.sparse.name", path);
@@ -123,52 +156,33 @@ fn write_entry(tree: &Tree, e: &ScanEntry, out: &mut dyn Write, what: &Path) -> 
         Type::CharDev(d) => (tar::EntryType::Char, Some(*d)),
         Type::BlockDev(d) => (tar::EntryType::Block, Some(*d)),
     };
-    // The member's data: a regular file's content (a sparse file's map, then its extents).
-    let map = sparse.map(|x| {
-        let mut m = format!("{}\n", x.len());
-        for ext in x.iter() {
-            m.push_str(&format!("{}\n{}\n", ext.offset, ext.len));
-        }
-        let mut m = m.into_bytes();
-        m.resize(m.len().div_ceil(BLOCK) * BLOCK, 0);
-        m
-    });
-    let data_len = match (ty, sparse, &map) {
-        (tar::EntryType::Regular, Some(x), Some(m)) => m.len() as u64 + x.iter().map(|x| x.len).sum::<u64>(),
-        (tar::EntryType::Regular, _, _) => e.size,
-        _ => 0,
-    };
-    let mut xh = tar::Header::new_ustar();
-    {
-        let name = b"PaxHeaders/ferry-member";
-        xh.as_old_mut().name[..name.len()].copy_from_slice(name);
+    (pax, ty, dev)
+}
+
+/// A GNU sparse 1.0 map (count, then offset and length of each extent, one per line), padded to
+/// whole blocks.
+fn sparse_map(x: &[bundle::Extent]) -> Vec<u8> {
+    let mut m = format!("{}\n", x.len());
+    for ext in x.iter() {
+        m.push_str(&format!("{}\n{}\n", ext.offset, ext.len));
     }
+    let mut m = m.into_bytes();
+    m.resize(m.len().div_ceil(BLOCK) * BLOCK, 0);
+    m
+}
+
+/// The pax extended header member holding `pax`.
+fn write_xheader(out: &mut dyn Write, pax: &[u8]) -> io::Result<()> {
+    let mut xh = tar::Header::new_ustar();
+    let name = b"PaxHeaders/ferry-member";
+    xh.as_old_mut().name[..name.len()].copy_from_slice(name);
     xh.set_entry_type(tar::EntryType::XHeader);
     xh.set_size(pax.len() as u64);
     xh.set_mode(0o644);
     xh.set_cksum();
-    out.write_all(xh.as_bytes()).map_err(werr)?;
-    out.write_all(&pax).map_err(werr)?;
-    pad(out, pax.len() as u64).map_err(werr)?;
-    out.write_all(header(ty, data_len, &e.meta, dev).as_bytes()).map_err(werr)?;
-    if ty != tar::EntryType::Regular {
-        return Ok(());
-    }
-    let src = tree.content_path(&e.path);
-    let rerr = |err: io::Error| Error::Io { path: src.clone(), source: err };
-    let mut f = File::open(&src).map_err(rerr)?;
-    match (sparse, map) {
-        (Some(x), Some(m)) => {
-            out.write_all(&m).map_err(werr)?;
-            for ext in x {
-                f.seek(SeekFrom::Start(ext.offset)).map_err(rerr)?;
-                copy_exact(&mut f, out, ext.len, &src, what)?;
-            }
-        }
-        _ => copy_exact(&mut f, out, e.size, &src, what)?,
-    }
-    pad(out, data_len).map_err(werr)?;
-    Ok(())
+    out.write_all(xh.as_bytes())?;
+    out.write_all(pax)?;
+    pad(out, pax.len() as u64)
 }
 
 /// Copy exactly `len` bytes; a file that shrank since it was scanned is an error (the tree
