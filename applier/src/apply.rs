@@ -378,8 +378,7 @@ fn start_txn(
     })?;
     if let Some((r, configs)) = &rebased {
         // Replace mode keeps a config file that differs (it cannot tell a local edit).
-        let extra: Vec<bundle::BundlePath> =
-            configs.iter().filter(|p| conffile(&h.manifest, p) && !base.kept.contains(p)).cloned().collect();
+        let extra: Vec<bundle::BundlePath> = configs.iter().filter(|p| !base.kept.contains(p)).cloned().collect();
         let foreign = foreign_side_files(t.root.as_fd(), &extra, st);
         if !foreign.is_empty() {
             return Err(Error::Drift(foreign));
@@ -421,7 +420,8 @@ fn start_txn(
     Ok(rep)
 }
 
-/// What replace mode found (for the report) and the config files that differ (kept).
+/// What replace mode found (for the report) and the config files that differ, which the
+/// conffile rule keeps ([`conffile`]).
 pub type Replaced = (ReplaceReport, Vec<bundle::BundlePath>);
 
 /// With `--replace` and a full bundle (a delta is applied as usual), the head with its manifest rebased on the target
@@ -440,8 +440,10 @@ pub fn rebase_if_asked(
     let scope = crate::replace::Scope { keep: &o.keep, skip: replace_skip(o), owners, attrs };
     let r = crate::replace::rebase(root, &h.manifest, &scope)?;
     h.manifest = r.manifest;
+    // Only those the conffile rule covers in the rebased manifest are kept beside.
+    let configs = r.configs.into_iter().filter(|p| conffile(&h.manifest, p)).collect();
     let rep = ReplaceReport { unchanged: r.unchanged, removed: r.removed, left: r.left };
-    Ok((h, Some((rep, r.configs))))
+    Ok((h, Some((rep, configs))))
 }
 
 /// The paths inside the target that replace mode never looks into: the state directory.

@@ -77,7 +77,7 @@ pub fn plan(o: &Options, bundle: &Path) -> Result<Plan> {
     };
     let Checks { mut refusal, mounts, attrs, drifted, mut kept } = checks(o, root.as_fd(), &h, &st, owners)?;
     let replace = rebased.map(|(r, configs)| {
-        let extra: Vec<_> = configs.into_iter().filter(|p| conffile(m, p) && !kept.contains(p)).collect();
+        let extra: Vec<_> = configs.into_iter().filter(|p| !kept.contains(p)).collect();
         kept.extend(extra);
         r
     });

@@ -404,26 +404,13 @@ impl Rebase<'_> {
         retyped_under: Vec<BundlePath>,
         left: Vec<String>,
     ) -> Result<Rebased> {
-        let stepped: Vec<&Entry> = self
-            .m
-            .entries
-            .iter()
-            .filter(|e| !matches!(self.fates.get(&e.path), Some(Fate::Same | Fate::Create)))
-            .collect();
-        // Directories that stay and need `DirMeta`: other metadata, or a child that changes.
-        let mut touched_dirs: BTreeSet<BundlePath> = BTreeSet::new();
-        for p in stepped.iter().map(|e| &e.path).chain(removed.iter()) {
-            if let Some(a) = p.parent() {
-                touched_dirs.insert(a);
-            }
-        }
-        for e in &self.m.entries {
-            if self.fates.get(&e.path) == Some(&Fate::Create) {
-                if let Some(a) = e.path.parent() {
-                    touched_dirs.insert(a);
-                }
-            }
-        }
+        let fate = |e: &&Entry| self.fates.get(&e.path).copied();
+        let stepped: Vec<&Entry> =
+            self.m.entries.iter().filter(|e| !matches!(fate(e), Some(Fate::Same | Fate::Create))).collect();
+        // Directories that stay and need `DirMeta`: other metadata, or a child that changes
+        // (is created, replaced, changed or removed).
+        let changed = self.m.entries.iter().filter(|e| fate(e) != Some(Fate::Same)).map(|e| &e.path);
+        let touched_dirs: BTreeSet<BundlePath> = changed.chain(removed.iter()).filter_map(|p| p.parent()).collect();
         let mut dirmeta: BTreeSet<BundlePath> = BTreeSet::new();
         for e in self.m.entries.iter().filter(|e| matches!(e.kind, Kind::Dir)) {
             let stays = self.fates.get(&e.path) == Some(&Fate::Same);
