@@ -101,6 +101,47 @@ pub fn compress_solid(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     finish(enc, data)
 }
 
+/// The size [`compress_solid`] would give at `level`, without keeping the frame (a probe).
+pub fn solid_len(data: &[u8], level: i32) -> io::Result<u64> {
+    let mut enc = zstd::stream::write::Encoder::new(Counter(0), level)?;
+    enc.window_log(window_log(0, data.len() as u64))?;
+    enc.set_pledged_src_size(Some(data.len() as u64))?;
+    enc.include_contentsize(true)?;
+    enc.include_checksum(false)?;
+    enc.write_all(data)?;
+    Ok(enc.finish()?.0)
+}
+
+/// Whether `r` reads exactly `data` and ends there (compared piece by piece, with no copy of
+/// the whole output: a frame's check against its input).
+pub fn reads_back(mut r: impl Read, data: &[u8]) -> io::Result<bool> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = 0usize;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(at == data.len());
+        }
+        if data.get(at..at + n) != Some(&buf[..n]) {
+            return Ok(false);
+        }
+        at += n;
+    }
+}
+
+/// A writer that only counts the bytes written to it.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Inputs of at least this size get a suffix array sorted in [`BSDIFF_PARTITIONS`] parts.
 const BSDIFF_PARTITION_MIN: usize = 4 << 20;
 /// Partitions of the suffix array of a large base: sorted in parallel, searched one by one. A

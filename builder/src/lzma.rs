@@ -142,8 +142,8 @@ pub fn encode_checked(data: &[u8], filter: Bcj) -> io::Result<(Vec<u8>, Method)>
     let Method::Lzma { dict_log, .. } = method else {
         return Err(io::Error::other("not an LZMA2 method"));
     };
-    let back = lzma::decode(&bytes, filter, dict_log, data.len() as u64, &Limits::default())?;
-    if back != data {
+    let dec = lzma::Decoder::new(&bytes[..], filter, dict_log, data.len() as u64, &Limits::default())?;
+    if !crate::delta::reads_back(dec, data)? {
         return Err(io::Error::other("LZMA2 frame does not decode to its input"));
     }
     Ok((bytes, method))
