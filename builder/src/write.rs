@@ -462,7 +462,7 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
         check_decodes(&delta::decompress(&bytes, None, total)?, &data)?;
         Ok(bytes)
     };
-    let probe = if level > PROBE_LEVEL && level >= lzma::MIN_LEVEL && total >= lzma::MIN_LEN {
+    let probe = if level >= lzma::MIN_LEVEL && total >= lzma::MIN_LEN {
         Some(delta::solid_len(&data, PROBE_LEVEL).map_err(cerr)?)
     } else {
         None
