@@ -9,54 +9,103 @@
 //!
 //! Everything is bounded: the output never exceeds the declared length, every base range is
 //! checked, and the patch must produce exactly the declared length and end with its last record.
+//! [`apply_stream`] applies a patch as it is read (the applier's way: memory is the base and a
+//! 64 KiB buffer, whatever the file's size); [`apply`] is the same over bytes in memory.
 
 /// Apply `patch` to `base`; the result must be exactly `out_len` bytes (at most `out_len`, and
 /// at most the patch's length, are ever allocated). Errors say what is wrong with the patch.
 pub fn apply(base: &[u8], patch: &[u8], out_len: u64) -> Result<Vec<u8>, String> {
-    let out_len = usize::try_from(out_len).map_err(|_| "declared length too large".to_string())?;
     // Every output byte comes from a patch byte (an added difference or a copied literal), so
     // the output never outgrows the patch: a declared length beyond it is not reserved up front
     // (a 12-byte patch declaring 4 GiB would otherwise allocate 4 GiB before failing).
-    let mut out: Vec<u8> = Vec::with_capacity(out_len.min(patch.len()));
-    let mut pos: u64 = 0; // position in the base
-    let mut rest = patch;
-    while !rest.is_empty() {
-        let Some((head, tail)) = rest.split_first_chunk::<24>() else {
-            return Err(format!("truncated record header at patch byte {}", patch.len() - rest.len()));
-        };
+    let cap = usize::try_from(out_len).map_err(|_| "declared length too large".to_string())?.min(patch.len());
+    let mut out: Vec<u8> = Vec::with_capacity(cap);
+    apply_stream(base, patch, out_len, |_, chunk| {
+        out.extend_from_slice(chunk);
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Bytes of the patch handled at a time by [`apply_stream`].
+const CHUNK: usize = 1 << 16;
+
+/// Apply the patch read from `patch` to `base`, handing the output to `sink` in order as
+/// (offset in the output, bytes), in pieces of at most 64 KiB: neither the patch nor the output
+/// is held in memory. The output must be exactly `out_len` bytes. A malformed patch is an
+/// `InvalidData` error saying what is wrong; errors of `patch` and `sink` are passed on.
+pub fn apply_stream<R: std::io::Read>(
+    base: &[u8],
+    mut patch: R,
+    out_len: u64,
+    mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut buf = vec![0u8; CHUNK];
+    let (mut pos, mut out, mut at) = (0u64, 0u64, 0u64); // base position, output length, patch bytes read
+    loop {
+        let mut head = [0u8; 24];
+        let got = read_full(&mut patch, &mut head)?;
+        if got == 0 {
+            break;
+        }
+        if got < head.len() {
+            return Err(bad(format!("truncated record header at patch byte {at}")));
+        }
         let word = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&head[i * 8..i * 8 + 8]);
             u64::from_le_bytes(b)
         };
         let (add, copy, seek) = (word(0), word(1), word(2));
-        let room = (out_len - out.len()) as u64;
+        let room = out_len - out;
         if add > room || copy > room - add {
-            return Err(format!(
-                "record at patch byte {} writes past the declared {out_len} bytes",
-                patch.len() - rest.len()
-            ));
+            return Err(bad(format!("record at patch byte {at} writes past the declared {out_len} bytes")));
         }
-        let (add, copy) = (add as usize, copy as usize);
-        if tail.len() < add + copy {
-            return Err("patch ends inside a record".into());
+        at += 24;
+        if pos.checked_add(add).is_none_or(|e| e > base.len() as u64) {
+            return Err(bad(format!("record reads past the end of the {}-byte base", base.len())));
         }
-        let start = usize::try_from(pos).ok().filter(|&s| s.checked_add(add).is_some_and(|e| e <= base.len()));
-        let Some(start) = start else {
-            return Err(format!("record reads past the end of the {}-byte base", base.len()));
-        };
-        out.extend(tail[..add].iter().zip(&base[start..start + add]).map(|(d, b)| d.wrapping_add(*b)));
-        out.extend_from_slice(&tail[add..add + copy]);
-        pos += add as u64;
+        // The added differences, then the copied literal.
+        for (n, from_base) in [(add, true), (copy, false)] {
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(CHUNK as u64) as usize;
+                if read_full(&mut patch, &mut buf[..k])? < k {
+                    return Err(bad("patch ends inside a record".into()));
+                }
+                if from_base {
+                    let b = &base[pos as usize..pos as usize + k];
+                    buf[..k].iter_mut().zip(b).for_each(|(d, b)| *d = d.wrapping_add(*b));
+                    pos += k as u64;
+                }
+                sink(out, &buf[..k])?;
+                (out, at, left) = (out + k as u64, at + k as u64, left - k as u64);
+            }
+        }
         let magnitude = seek & !(1 << 63);
         pos = if seek >> 63 == 1 { pos.checked_sub(magnitude) } else { pos.checked_add(magnitude) }
-            .ok_or_else(|| "seek moves outside the base".to_string())?;
-        rest = &tail[add + copy..];
+            .ok_or_else(|| bad("seek moves outside the base".into()))?;
     }
-    if out.len() != out_len {
-        return Err(format!("patch produces {} bytes, declared {out_len}", out.len()));
+    if out != out_len {
+        return Err(bad(format!("patch produces {out} bytes, declared {out_len}")));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Read until `buf` is full or the input ends; the number of bytes read.
+fn read_full<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -89,5 +138,58 @@ mod tests {
         assert_eq!(apply(base, &[], 0), Ok(vec![]));
         // A huge declared length is refused without reserving it.
         assert!(apply(base, &record(0, 0, 0, &[]), u64::from(u32::MAX) << 16).is_err());
+    }
+    /// A reader handing out at most `n` bytes per read.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let k = self.1.min(out.len()).min(self.0.len());
+            out[..k].copy_from_slice(&self.0[..k]);
+            self.0 = &self.0[k..];
+            Ok(k)
+        }
+    }
+
+    proptest::proptest! {
+        /// Streaming gives what the in-memory form gives (or an error where it errs), with
+        /// records longer than the 64 KiB buffer, reads of any size, and output offsets in order.
+        #[test]
+        fn streaming_matches_in_memory(
+            base in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200_000),
+            recs in proptest::collection::vec((0u64..150_000, 0u64..70_000, -200_000i64..200_000, proptest::prelude::any::<u8>()), 0..4),
+            step in 1usize..100_000,
+            cut in proptest::prelude::any::<bool>(),
+        ) {
+            let mut p = Vec::new();
+            for (add, copy, seek, fill) in recs {
+                let bytes = vec![fill; (add + copy) as usize];
+                p.extend(record(add, copy, seek, &bytes));
+            }
+            if cut && !p.is_empty() {
+                p.truncate(p.len() / 2 + 1);
+            }
+            let whole = {
+                let mut out = Vec::new();
+                let mut q = p.as_slice();
+                // The reference: the record loop over bytes held in memory, big enough for all.
+                let r = apply_stream(&base, &mut q, u64::MAX >> 1, |_, c| { out.extend_from_slice(c); Ok(()) });
+                r.map(|_| out).ok()
+            };
+            let declared = whole.as_ref().map_or(1_000_000, |w| w.len() as u64);
+            let mut got = Vec::new();
+            let mut next = 0u64;
+            let r = apply_stream(&base, Trickle(&p, step), declared, |off, c| {
+                assert_eq!(off, next);
+                next += c.len() as u64;
+                got.extend_from_slice(c);
+                Ok(())
+            });
+            proptest::prop_assert_eq!(r.is_ok(), apply(&base, &p, declared).is_ok());
+            if r.is_ok() {
+                proptest::prop_assert_eq!(Some(&got), whole.as_ref());
+                proptest::prop_assert_eq!(apply(&base, &p, declared).ok(), Some(got));
+            }
+        }
     }
 }

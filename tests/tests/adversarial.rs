@@ -457,6 +457,67 @@ fn frame_decodes_to_more_than_declared() {
     check_refusal(&env.verify(), 3, &["frame 0", "declared"]);
 }
 
+/// A bundle replacing `dir/file` ("in dir\n") by the output of the bsdiff patch `patch`,
+/// declared as `want`.
+fn bsdiff_dir_file(patch: &[u8], want: &[u8]) -> forge::Forged {
+    let z = forge::zstd(patch);
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&z, patch.len() as u64)];
+    let method = Method::Bsdiff { base: p("dir/file"), offset: 0, len: DIR_FILE.len() as u64 };
+    let piece = Piece { frame: 0, offset: 0, len: want.len() as u64, method };
+    m.entries = vec![forge::dir("dir", 0o755), forge::file_with("dir/file", want, Content::Pieces(vec![piece]))];
+    m.old = vec![old_file("dir/file", DIR_FILE)];
+    m.script = vec![forge::step(Op::Place, "dir/file"), forge::step(Op::DirMeta, "dir")];
+    forge::Forged { manifest: m, frames: vec![z] }
+}
+
+/// One bsdiff record: `add` differences, `copy` literal bytes, then `seek`.
+fn bsdiff_record(add: &[u8], copy: &[u8], seek: i64) -> Vec<u8> {
+    let mut v = (add.len() as u64).to_le_bytes().to_vec();
+    v.extend_from_slice(&(copy.len() as u64).to_le_bytes());
+    let s = if seek < 0 { seek.unsigned_abs() | 1 << 63 } else { seek as u64 };
+    v.extend_from_slice(&s.to_le_bytes());
+    v.extend_from_slice(add);
+    v.extend_from_slice(copy);
+    v
+}
+
+#[test]
+fn hostile_bsdiff_patches_are_refused_while_staging() {
+    // The honest patch: "in dir\n" -> "in DIR\n!" (add 0x20 down to upper case, copy "!").
+    let diff: Vec<u8> = b"in dir\n".iter().zip(b"in DIR\n").map(|(o, n)| n.wrapping_sub(*o)).collect();
+    let good = bsdiff_record(&diff, b"!", 0);
+    let env = Env::new();
+    let f = bsdiff_dir_file(&good, b"in DIR\n!");
+    env.write(&f.manifest, &f.frames);
+    let r = env.apply();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(fs::read(env.target.join("dir/file")).expect("read"), b"in DIR\n!");
+
+    // Each hostile patch is signed and its frame's hash is right: what is wrong is inside the
+    // patch, found while it is applied record by record; nothing in the target changes.
+    let past_base = bsdiff_record(&[0; 9], b"", 0); // reads 9 bytes of a 7-byte base
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 1);
+    let mut header_cut = good.clone();
+    header_cut.extend_from_slice(&[0u8; 10]);
+    let seek_out = [bsdiff_record(b"", b"", -1), good.clone()].concat();
+    let cases: [(&[u8], &[u8], &str); 6] = [
+        (&past_base, &[0; 9], "past the end of the 7-byte base"),
+        (&truncated, b"in DIR\n!", "ends inside a record"),
+        (&header_cut, b"in DIR\n!", "truncated record header"),
+        (&seek_out, b"in DIR\n!", "seek moves outside the base"),
+        (&good, b"in DIR\n", "past the declared 7 bytes"),
+        (&good, b"in DIR\n!!", "produces 8 bytes, declared 9"),
+    ];
+    for (patch, want, needle) in cases {
+        let env = Env::new();
+        let f = bsdiff_dir_file(patch, want);
+        env.write(&f.manifest, &f.frames);
+        env.refused(3, &["frame 0", "bsdiff patch", needle]);
+    }
+}
+
 #[test]
 fn zstd_bomb() {
     // 4 GiB of zeros in 128 KiB of zstd, declared as 10 bytes.

@@ -327,38 +327,25 @@ impl Stager<'_> {
             None => None,
         };
         let is_bsdiff = matches!(method, Some(Method::Bsdiff { .. }));
-        let fe =
-            |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
         let prefix = if is_bsdiff { None } else { base.as_deref() };
         // An encrypted bundle's frame is decrypted here, after its hash was checked (§4.10).
         let src = crate::unseal::frame_reader(src, &self.txn.head, fi);
         let codec = method.as_ref().map_or(crate::verify::Codec::Zstd, crate::verify::Codec::of);
-        let mut dec = crate::verify::decoder(src, codec, prefix, self.limits, fi, f.decoded)?.take(f.decoded + 1);
+        let mut dec =
+            Counted(crate::verify::decoder(src, codec, prefix, self.limits, fi, f.decoded)?.take(f.decoded + 1), 0);
         let mut open: HashMap<usize, std::fs::File> = HashMap::new();
-        let mut patch = Vec::new();
-        // Sized to the frame (one more byte detects a frame longer than declared): most frames
-        // are small, and zeroing a large buffer per frame cost more than decoding them.
-        let mut buf = vec![0u8; (f.decoded + 1).min(1 << 18) as usize];
-        let (mut pos, mut written) = (0u64, 0u64);
-        loop {
-            let n = dec.read(&mut buf).map_err(fe)?;
-            if n == 0 {
-                break;
+        let written = if is_bsdiff {
+            self.apply_bsdiff(&mut open, fi, base.as_deref().unwrap_or_default(), &mut dec, t)?
+        } else {
+            self.copy_out(&mut open, fi, &mut dec, t)?
+        };
+        let pos = dec.1;
+        if pos > f.decoded {
+            return Err(bundle::Error::FrameDecode {
+                index: fi as u32,
+                what: format!("decodes to more than the declared {} bytes", f.decoded),
             }
-            let end = pos + n as u64;
-            if end > f.decoded {
-                return Err(bundle::Error::FrameDecode {
-                    index: fi as u32,
-                    what: format!("decodes to more than the declared {} bytes", f.decoded),
-                }
-                .into());
-            }
-            if is_bsdiff {
-                patch.extend_from_slice(&buf[..n]);
-            } else {
-                written += self.write_pieces(&mut open, &buf[..n], pos, t)?;
-            }
-            pos = end;
+            .into());
         }
         if pos != f.decoded {
             return Err(bundle::Error::FrameDecode {
@@ -367,10 +354,33 @@ impl Stager<'_> {
             }
             .into());
         }
-        if is_bsdiff {
-            written += self.apply_bsdiff(fi, base.as_deref().unwrap_or_default(), &patch, t)?;
-        }
         Ok(written)
+    }
+
+    /// Write frame `fi`'s decoded bytes, read from `dec` until it ends (or passes the declared
+    /// size), into the pieces `t`. Returns the bytes written.
+    fn copy_out<R: Read>(
+        &self,
+        open: &mut HashMap<usize, std::fs::File>,
+        fi: usize,
+        dec: &mut Counted<R>,
+        t: &[PieceTarget],
+    ) -> Result<u64> {
+        let decoded = self.m.frames[fi].decoded;
+        let fe =
+            |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: fi as u32, what: e.to_string() });
+        // Sized to the frame (one more byte detects a frame longer than declared): most frames
+        // are small, and zeroing a large buffer per frame cost more than decoding them.
+        let mut buf = vec![0u8; (decoded + 1).min(1 << 18) as usize];
+        let mut written = 0u64;
+        loop {
+            let pos = dec.1;
+            let n = dec.read(&mut buf).map_err(fe)?;
+            if n == 0 || dec.1 > decoded {
+                return Ok(written);
+            }
+            written += self.write_pieces(open, &buf[..n], pos, t)?;
+        }
     }
 
     /// Write the parts of the pieces `t` that fall in `chunk`, the frame's decoded bytes from
@@ -401,25 +411,50 @@ impl Stager<'_> {
         Ok(written)
     }
 
-    /// Apply a bsdiff frame's decoded `patch` to the base window `old` and write the result to
-    /// its piece. Returns the bytes written.
-    fn apply_bsdiff(&self, fi: usize, old: &[u8], patch: &[u8], t: &[PieceTarget]) -> Result<u64> {
-        // The piece's length: a sparse file's piece is split into several targets, each a part
-        // of the patch's output (frame_offset is the offset in it).
+    /// Apply a bsdiff frame's patch, decoded from `dec` as it is read, to the base window `old`,
+    /// writing the output to its piece(s) as it comes (a sparse file's piece is split into
+    /// several targets, each a part of the patch's output: `frame_offset` is the offset in it).
+    /// Memory is the base window and a small buffer, whatever the file's size. Returns the bytes
+    /// written.
+    fn apply_bsdiff<R: Read>(
+        &self,
+        open: &mut HashMap<usize, std::fs::File>,
+        fi: usize,
+        old: &[u8],
+        dec: &mut Counted<R>,
+        t: &[PieceTarget],
+    ) -> Result<u64> {
         let want = t.iter().map(|p| p.frame_offset + p.len).max().unwrap_or(0);
-        let out = bundle::bspatch::apply(old, patch, want)
-            .map_err(|what| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {what}") })?;
-        let mut written = 0;
-        for p in t {
-            let part = out.get(p.frame_offset as usize..(p.frame_offset + p.len) as usize).ok_or_else(|| {
-                bundle::Error::FrameDecode { index: fi as u32, what: "bsdiff output shorter than its piece".into() }
-            })?;
-            self.open_staged(p.entry)?
-                .write_all_at(part, p.file_offset)
-                .ctx("write staged", &self.m.entries[p.entry].path)?;
-            written += part.len() as u64;
+        let mut written = 0u64;
+        let mut failed: Option<Error> = None;
+        let r =
+            bundle::bspatch::apply_stream(old, dec, want, |at, chunk| match self.write_pieces(open, chunk, at, t) {
+                Ok(n) => {
+                    written += n;
+                    Ok(())
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    Err(std::io::Error::other("staging write failed"))
+                }
+            });
+        if let Some(e) = failed {
+            return Err(e);
         }
+        r.map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {e}") })?;
         Ok(written)
+    }
+}
+
+/// A reader counting the bytes it returned (a frame's decoded size, checked against the
+/// declared one).
+struct Counted<R>(R, u64);
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1 += n as u64;
+        Ok(n)
     }
 }
 
