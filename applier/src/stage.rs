@@ -385,8 +385,9 @@ const PAR_FRAME_MAX: u64 = 8 << 20;
 pub fn largest_spool(m: &bundle::Manifest) -> u64 {
     m.frames.iter().map(|f| f.size).filter(|&s| s > PAR_FRAME_MAX).max().unwrap_or(0)
 }
-/// ... and at most this many bytes decoded plus delta base: larger frames are decoded on the
-/// reading thread, so memory stays at a few small frames per thread.
+/// ... and needing at most this much memory to decode (zstd: the bytes decoded plus delta base;
+/// LZMA2: its dictionary, `frames::decode_memory`): larger frames are decoded on the reading
+/// thread, so memory stays at a few small frames per thread.
 const PAR_DECODE_MAX: u64 = 16 << 20;
 /// At most this many decoding threads.
 const DECODE_THREADS: usize = 4;

@@ -263,9 +263,8 @@ impl Stager<'_> {
             let mut bytes = Vec::with_capacity(f.size as usize);
             fr.read_to_end(&mut bytes).map_err(|e| explain(bundle::container::unwrap_io(e, fi)))?;
             fr.finish().map_err(explain)?;
-            let base_len = self.method(fi, &t).as_ref().and_then(base_window).map_or(0, |(_, _, len)| len);
             match workers {
-                Some(tx) if f.decoded.saturating_add(base_len) <= PAR_DECODE_MAX => tx
+                Some(tx) if decode_memory(f, self.method(fi, &t).as_ref()) <= PAR_DECODE_MAX => tx
                     .send(FrameJob { fi, bytes, targets: t })
                     .map_err(|_| Error::Internal("frame decoders stopped".into()))?,
                 _ => {
@@ -455,6 +454,16 @@ impl<R: Read> Read for Counted<R> {
         let n = self.0.read(buf)?;
         self.1 += n as u64;
         Ok(n)
+    }
+}
+
+/// What decoding frame `f` of `method` holds in memory besides its compressed bytes: an LZMA2
+/// frame its dictionary (the output is written as it comes); a zstd frame its window, at most
+/// its decoded size, plus the delta base of a patch or bsdiff frame.
+fn decode_memory(f: &bundle::Frame, method: Option<&Method>) -> u64 {
+    match method {
+        Some(Method::Lzma { dict_log, .. }) => u64::from(bundle::lzma::decoder_dict_size(*dict_log, f.decoded)),
+        m => f.decoded.saturating_add(m.and_then(base_window).map_or(0, |(_, _, len)| len)),
     }
 }
 
