@@ -5,7 +5,7 @@
 #   bash bench/corpora.sh all             # all eight
 #   bash bench/corpora.sh synth commit10k # only some
 #
-# Corpora: wheels rootfs synth commit10k pyext rootfs-up npm pyext-arm64 (`all` = all of them; the default
+# Corpora: wheels rootfs synth commit10k pyext rootfs-up npm pyext-arm64 rootfs-up-arm64 (`all` = all of them; the default
 # without arguments is the first four, the original set). Each corpus lives in
 # bench/work/NAME/{old,new}; a finished corpus has bench/work/NAME/.done and is
 # skipped on later runs (delete the directory to rebuild it). A half-built
@@ -355,6 +355,62 @@ corpus_rootfs-up() {
     finish rootfs-up "$t0"
 }
 
+# ---------------------------------------------------------------- (f2) rootfs-up-arm64
+# rootfs-up for AArch64 (issue 18: executable-aware methods on an arm64 root filesystem), built
+# without running arm64 code (no emulator needed): old = the first stage of `debootstrap --foreign
+# --arch=arm64 --variant=minbase bookworm` (every base package unpacked, maintainer scripts not
+# run); new = a copy of old with the 57 packages of bench/pins/rootfs-up/install.txt (the same
+# versions as rootfs-up) downloaded for arm64 from the mirror, checked against the SHA256 of the
+# mirror's Packages index, and unpacked with dpkg-deb | tar --keep-directory-symlink (merged /usr
+# kept). What differs from rootfs-up: no maintainer scripts ran on either side, so new has no
+# byte-compiled Python (`__pycache__`), no generated host keys or alternatives links, and dpkg's
+# status database does not list the added packages.
+corpus_rootfs-up-arm64() {
+    begin rootfs-up-arm64 || return 0
+    local t0; t0=$(date +%s)
+    local d="$WORK/rootfs-up-arm64" pins="$BENCH_DIR/pins/rootfs-up"
+    need_apt debootstrap debootstrap
+    local mirror; mirror=$(detect_mirror)
+    log "rootfs-up-arm64: debootstrap --foreign --arch=arm64 --variant=minbase bookworm old (log: $d/debootstrap.log)"
+    if ! debootstrap --foreign --arch=arm64 --variant=minbase bookworm "$d/old" "$mirror" > "$d/debootstrap.log" 2>&1; then
+        tail -n 30 "$d/debootstrap.log" >&2
+        die "debootstrap --foreign failed (see $d/debootstrap.log)"
+    fi
+    rm -rf "$d/old/var/cache/apt/archives/"*.deb "$d/old/var/lib/apt/lists/"* "$d/old/debootstrap"
+    mkdir -p "$d/old/var/lib/apt/lists/partial"
+    log "rootfs-up-arm64: cp -a old new"
+    cp -a "$d/old" "$d/new"
+    mkdir -p "$d/debs"
+    log "rootfs-up-arm64: downloading the $(wc -l < "$pins/install.txt") pinned packages for arm64"
+    python3 - "$mirror" "$pins/install.txt" "$d/debs" <<'PY' || die "rootfs-up-arm64: package download failed"
+import hashlib, lzma, sys, urllib.request
+mirror, pins, out = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
+want = dict(l.strip().split("=", 1) for l in open(pins) if l.strip())
+idx = lzma.decompress(urllib.request.urlopen(f"{mirror}/dists/bookworm/main/binary-arm64/Packages.xz").read()).decode()
+found = {}
+for para in idx.split("\n\n"):
+    f = dict(l.split(": ", 1) for l in para.splitlines() if ": " in l and not l.startswith(" "))
+    if f.get("Package") in want and want[f["Package"]] == f.get("Version"):
+        found[f["Package"]] = (f["Filename"], f["SHA256"])
+missing = sorted(set(want) - set(found))
+if missing:
+    sys.exit(f"not in the arm64 index at the pinned version: {missing}")
+for name, (fn, sha) in sorted(found.items()):
+    data = urllib.request.urlopen(f"{mirror}/{fn}").read()
+    if hashlib.sha256(data).hexdigest() != sha:
+        sys.exit(f"{fn}: SHA256 differs from the index")
+    open(f"{out}/{name}.deb", "wb").write(data)
+PY
+    local deb
+    for deb in "$d/debs/"*.deb; do
+        dpkg-deb --fsys-tarfile "$deb" | tar -x --keep-directory-symlink -C "$d/new" \
+            || die "rootfs-up-arm64: unpacking $deb failed"
+    done
+    rm -rf "$d/debs"
+    tree_stats rootfs-up-arm64
+    finish rootfs-up-arm64 "$t0"
+}
+
 # ---------------------------------------------------------------- (g) npm
 # An npm dependency update (issue 18): a package.json with 36 real dependencies (express, react,
 # webpack, typescript, jest, eslint, esbuild, mongoose, ...) at pinned versions; old = `npm ci
@@ -424,14 +480,14 @@ tree_stats() {
 # (a function called on the last line, so editing this file during a run cannot derail it)
 main() {
 ALL=(wheels rootfs synth commit10k)
-MORE=(pyext rootfs-up npm pyext-arm64)   # issue 18's shapes; not in the default set (they need npm and network)
+MORE=(pyext rootfs-up npm pyext-arm64 rootfs-up-arm64)   # issue 18's shapes; not in the default set (they need npm and network)
 [[ $# -gt 0 ]] && TODO=("$@") || TODO=("${ALL[@]}")
 [[ "${TODO[*]}" == all ]] && TODO=("${ALL[@]}" "${MORE[@]}")
 [[ $EUID -eq 0 ]] || log "warning: not root; rootfs (debootstrap/chroot) will fail"
 rc=0
 for c in "${TODO[@]}"; do
     case "$c" in
-        wheels|rootfs|synth|commit10k|pyext|rootfs-up|npm|pyext-arm64) ;;
+        wheels|rootfs|synth|commit10k|pyext|rootfs-up|npm|pyext-arm64|rootfs-up-arm64) ;;
         *) die "unknown corpus '$c' (known: ${ALL[*]} ${MORE[*]}, or all)" ;;
     esac
     # each corpus in a subshell with errexit: one failing does not stop the others

@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 
-ORDER = ["wheels", "rootfs", "synth", "commit10k", "pyext", "rootfs-up", "npm", "pyext-arm64"]
+ORDER = ["wheels", "rootfs", "synth", "commit10k", "pyext", "rootfs-up", "npm", "pyext-arm64", "rootfs-up-arm64"]
 DESCR = {
     "wheels": "numpy 1.26.3→1.26.4, scipy 1.11.3→1.11.4, pandas 2.1.3→2.1.4 (cp311 manylinux2014 x86_64 wheels, unzipped into one tree per side)",
     "rootfs": "Debian bookworm minbase (debootstrap) → same + apt-get upgrade from bookworm-updates/-security + curl, less, procps",
@@ -28,6 +28,7 @@ DESCR = {
     "rootfs-up": "Debian bookworm 12.15 minbase (debootstrap) → same + apt-get install --no-install-recommends openssh-server curl python3 "
                  "ca-certificates less git (57 packages, versions pinned; no upgrades)",
     "pyext-arm64": "the releases of pyext as cp312 manylinux2014 aarch64 wheels (ARM64 ELF: numpy, scipy, pandas and both rebuilt, renamed OpenBLAS libraries)",
+    "rootfs-up-arm64": "rootfs-up for AArch64: the first stage of debootstrap --foreign --arch=arm64 --variant=minbase bookworm → same + the 57 pinned packages of rootfs-up (arm64 .debs unpacked; no maintainer scripts on either side, so no byte-compiled Python)",
     "npm": "package.json with 36 dependencies at pinned versions, npm ci --ignore-scripts → 30 of them bumped (about nine months newer), "
            "npm install --ignore-scripts into a copy (lock files pinned)",
 }

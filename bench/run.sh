@@ -33,7 +33,7 @@ TOOLS=" ${BENCH_TOOLS:-ferry rsync perfile tarzst ostree} "
 FERRY_LEVELS="${FERRY_LEVELS:-default default+keep-mtimes}"
 FERRY_STATE_DIR="${FERRY_STATE_DIR:-.ferry}"   # ferry-apply's state directory inside the target
 RUNS="${BENCH_RUNS:-3}"                         # timed runs of ferry build/apply and rsync (median)
-ALL=(wheels rootfs synth commit10k pyext rootfs-up npm pyext-arm64)
+ALL=(wheels rootfs synth commit10k pyext rootfs-up npm pyext-arm64 rootfs-up-arm64)
 TIME=/usr/bin/time
 ZSTD_LVL=(-19 --long=27)
 
