@@ -471,7 +471,24 @@ fn report(r: &BuildReport, json: bool, verbosity: Verbosity, parts: &[PathBuf]) 
     }
 }
 
+/// Make glibc give every allocation of a MiB or more its own mapping, returned to the system
+/// when freed. By default glibc raises that threshold up to 32 MiB after the first large free,
+/// and from then on the compress threads' buffers of a few to 30 MiB (a solid group's bytes,
+/// zstd's window, frames) come from per-thread heaps that keep freed memory: on a root-filesystem
+/// update that was 50-60 MB of peak RSS for nothing (518 -> 462 MB measured).
+fn return_large_frees() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` takes two integers and passes no memory; glibc documents it as safe to
+    // call at any time (it takes the arena locks itself), and it runs here before any thread of
+    // ours exists. A failure (return 0) only leaves glibc's default in place.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_frees();
     let cli = Cli::parse(); // exits 2 on usage errors, 0 for --help/--version
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
