@@ -292,6 +292,20 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     let job = &jobs[u.job];
     let mut input = UnitData::read(u, job)?;
     let cerr = |source| Error::Compress { path: job.path.display(), source };
+    // A file with nothing to patch against, too large for a solid frame: LZMA2 first, as for a
+    // solid group (run_group), and plain zstd at the full level only if LZMA2 is not sure.
+    let mut lzma_done = None;
+    if u.base.is_none() && !u.chunked && !u.solid_ok {
+        if let Some(probe) = lzma_probe(&input.data, level).map_err(cerr)? {
+            let (l, m) =
+                lzma::encode(&input.data, lzma::frame_filter(std::iter::once(&input.data[..]))).map_err(cerr)?;
+            if lzma_sure(l.len(), probe) {
+                let decoded = input.check_frame(&l, &m, u.len).map_err(cerr)?;
+                return store_frame(store, l, decoded, m).map(Some);
+            }
+            lzma_done = Some((l, m));
+        }
+    }
     let methods = candidate_methods(u, &input.data);
     let mut cands = encode_candidates(u, &mut input, methods, level).map_err(cerr)?;
     let Some(best) = (0..cands.len()).min_by_key(|&i| cands[i].0.len()) else {
@@ -301,7 +315,11 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     if method == Method::Zstd && u.solid_ok {
         return Ok(None);
     }
-    if let Some((l, m)) = lzma_candidate(u, &input.data, bytes.len(), level).map_err(cerr)? {
+    let lzma = match lzma_done {
+        Some(done) => Some(done),
+        None => lzma_candidate(u, &input.data, bytes.len(), level).map_err(cerr)?,
+    };
+    if let Some((l, m)) = lzma {
         if l.len() < bytes.len() {
             (bytes, method) = (l, m);
         }
@@ -467,12 +485,7 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
         check_decodes(&delta::decompress(&bytes, None, total)?, &data)?;
         Ok(bytes)
     };
-    let probe = if level >= lzma::MIN_LEVEL && total >= lzma::MIN_LEN {
-        Some(delta::solid_len(&data, PROBE_LEVEL).map_err(cerr)?)
-    } else {
-        None
-    };
-    let Some(probe) = probe.filter(|&p| lzma::worth_trying(level, total, p)) else {
+    let Some(probe) = lzma_probe(&data, level).map_err(cerr)? else {
         let bytes = zstd_checked(level).map_err(cerr)?;
         return store_frame(store, bytes, total, Method::Zstd);
     };
@@ -483,7 +496,7 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
         part
     });
     let (l, m) = lzma::encode_checked(&data, lzma::frame_filter(parts)).map_err(cerr)?;
-    if (l.len() as u64).saturating_mul(LZMA_SURE_DEN) <= probe.saturating_mul(LZMA_SURE_NUM) {
+    if lzma_sure(l.len(), probe) {
         return store_frame(store, l, total, m);
     }
     let bytes = zstd_checked(level).map_err(cerr)?;
@@ -493,7 +506,24 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
     store_frame(store, bytes, total, Method::Zstd)
 }
 
-/// A solid group's LZMA2 frame at most this fraction of its level-3 zstd probe is kept without
+/// The size of a level-3 zstd probe of `data` (with a window covering it) if LZMA2 is worth
+/// trying on it at `level` ([`lzma::worth_trying`], judged on the probe); `None` otherwise.
+fn lzma_probe(data: &[u8], level: i32) -> io::Result<Option<u64>> {
+    let len = data.len() as u64;
+    if level < lzma::MIN_LEVEL || len < lzma::MIN_LEN {
+        return Ok(None);
+    }
+    let probe = delta::solid_len(data, PROBE_LEVEL)?;
+    Ok(lzma::worth_trying(level, len, probe).then_some(probe))
+}
+
+/// Whether an LZMA2 frame of `lzma_len` bytes is kept without encoding zstd at the full level,
+/// against a probe of `probe` bytes ([`LZMA_SURE_NUM`]/[`LZMA_SURE_DEN`]).
+fn lzma_sure(lzma_len: usize, probe: u64) -> bool {
+    (lzma_len as u64).saturating_mul(LZMA_SURE_DEN) <= probe.saturating_mul(LZMA_SURE_NUM)
+}
+
+/// A solid group's (or a large new file's) LZMA2 frame at most this fraction of its level-3 zstd probe is kept without
 /// encoding zstd at the full level. On rootfs-up's new files (30 MiB slices, ELF and the rest
 /// apart) zstd -19 was 0.63-0.87 of the probe and LZMA2 (preset 5, 16 MiB dictionary)
 /// 0.58-0.87, smaller than zstd -19 on every slice (by 0.3-12 %), while zstd -19 took 24 s
