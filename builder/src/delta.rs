@@ -175,17 +175,28 @@ pub fn bsdiff(base: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
 /// Decode one frame (with `prefix` for a patch), refusing windows over 2^28 and output over
 /// `max_out` bytes. Used to check every frame the builder writes.
 pub fn decompress(frame: &[u8], prefix: Option<&[u8]>, max_out: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    decoder(frame, prefix)?.take(max_out.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 > max_out {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame decodes to more than expected"));
+    }
+    Ok(out)
+}
+
+/// Whether `frame` (with `prefix` for a patch) decodes to exactly `data`, compared as it
+/// decodes ([`reads_back`]; windows over 2^28 refused as by [`decompress`]).
+pub fn decodes_to(frame: &[u8], prefix: Option<&[u8]>, data: &[u8]) -> io::Result<bool> {
+    reads_back(decoder(frame, prefix)?, data)
+}
+
+/// A decoder of one zstd frame the way the applier decodes it (window at most 2^28).
+fn decoder<'a>(frame: &'a [u8], prefix: Option<&'a [u8]>) -> io::Result<impl Read + 'a> {
     let mut dec = match prefix {
         Some(p) => zstd::stream::read::Decoder::with_ref_prefix(frame, p)?,
         None => zstd::stream::read::Decoder::with_buffer(frame)?,
     };
     dec.window_log_max(28)?;
-    let mut out = Vec::new();
-    dec.take(max_out.saturating_add(1)).read_to_end(&mut out)?;
-    if out.len() as u64 > max_out {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame decodes to more than expected"));
-    }
-    Ok(out)
+    Ok(dec)
 }
 
 /// The window of an OLD file used as patch base for piece `i` of a chunked file with chunk size

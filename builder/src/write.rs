@@ -179,17 +179,24 @@ struct Unit {
 }
 
 fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len as usize);
+    read_range_into(path, offset, len, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_range`], appending to `out`.
+fn read_range_into(path: &Path, offset: u64, len: u64, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
     let mut f = File::open(path).map_err(Error::io(path))?;
     f.seek(SeekFrom::Start(offset)).map_err(Error::io(path))?;
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(len).read_to_end(&mut buf).map_err(Error::io(path))?;
-    if buf.len() as u64 != len {
+    f.take(len).read_to_end(out).map_err(Error::io(path))?;
+    if (out.len() - start) as u64 != len {
         return Err(Error::Io {
             path: path.to_path_buf(),
             source: io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank during the build"),
         });
     }
-    Ok(buf)
+    Ok(())
 }
 
 /// Read bytes `[offset, offset + len)` of what job encodes: of the file, or of a sparse file's
@@ -217,16 +224,9 @@ fn read_job(job: &PayloadJob) -> Result<Vec<u8>> {
 /// straight into the group's buffer).
 fn read_job_into(job: &PayloadJob, out: &mut Vec<u8>) -> Result<()> {
     let start = out.len();
-    let path = &job.fs_path;
-    File::open(path).and_then(|f| f.take(job.size).read_to_end(out)).map_err(Error::io(path))?;
-    if (out.len() - start) as u64 != job.size {
-        return Err(Error::Io {
-            path: path.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank during the build"),
-        });
-    }
+    read_range_into(&job.fs_path, 0, job.size, out)?;
     if Hash::of(&out[start..]) != job.hash {
-        return Err(Error::Io { path: path.clone(), source: io::Error::other("file changed during the build") });
+        return Err(Error::Io { path: job.fs_path.clone(), source: io::Error::other("file changed during the build") });
     }
     Ok(())
 }
@@ -264,23 +264,21 @@ impl UnitData {
     /// applier will decode it; returns the frame's decoded size.
     fn check_frame(&self, bytes: &[u8], method: &Method, len: u64) -> io::Result<u64> {
         Ok(match method {
-            Method::Zstd => {
-                check_decodes(&delta::decompress(bytes, None, len)?, &self.data)?;
-                len
-            }
-            Method::Patch { .. } => {
-                check_decodes(&delta::decompress(bytes, self.base.as_deref(), len)?, &self.data)?;
+            Method::Zstd | Method::Patch { .. } => {
+                let prefix = if matches!(method, Method::Patch { .. }) { self.base.as_deref() } else { None };
+                check_decodes(delta::decodes_to(bytes, prefix, &self.data)?)?;
                 len
             }
             Method::Bsdiff { .. } => {
                 let patch = delta::decompress(bytes, None, 2 * BSDIFF_MAX + len)?;
                 let out = bundle::bspatch::apply(self.base.as_deref().unwrap_or_default(), &patch, len)
                     .map_err(io::Error::other)?;
-                check_decodes(&out, &self.data)?;
+                check_decodes(out == self.data)?;
                 patch.len() as u64
             }
             Method::Lzma { filter, dict_log } => {
-                check_decodes(&bundle::lzma::decode(bytes, *filter, *dict_log, len, &Limits::default())?, &self.data)?;
+                let dec = bundle::lzma::Decoder::new(bytes, *filter, *dict_log, len, &Limits::default())?;
+                check_decodes(delta::reads_back(dec, &self.data)?)?;
                 len
             }
         })
@@ -297,8 +295,7 @@ fn run_unit(u: &Unit, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Re
     let mut lzma_done = None;
     if u.base.is_none() && !u.chunked && !u.solid_ok {
         if let Some(probe) = lzma_probe(&input.data, level).map_err(cerr)? {
-            let (l, m) =
-                lzma::encode(&input.data, lzma::frame_filter(std::iter::once(&input.data[..]))).map_err(cerr)?;
+            let (l, m) = lzma_whole(&input.data).map_err(cerr)?;
             if lzma_sure(l.len(), probe) {
                 let decoded = input.check_frame(&l, &m, u.len).map_err(cerr)?;
                 return store_frame(store, l, decoded, m).map(Some);
@@ -334,7 +331,12 @@ fn lzma_candidate(u: &Unit, data: &[u8], best: usize, level: i32) -> io::Result<
     if u.chunked || !lzma::worth_trying(level, u.len, best as u64) {
         return Ok(None);
     }
-    lzma::encode(data, lzma::frame_filter(std::iter::once(data))).map(Some)
+    lzma_whole(data).map(Some)
+}
+
+/// The LZMA2 frame of one whole file, behind the filter of its machine code.
+fn lzma_whole(data: &[u8]) -> io::Result<(Vec<u8>, Method)> {
+    lzma::encode(data, lzma::frame_filter(std::iter::once(data)))
 }
 
 /// The candidate methods of unit `u` whose data is `data`: a patch against the base, plain zstd,
@@ -409,8 +411,9 @@ fn encode_candidates(
 /// against 1.15 and 1.16 MB for the best zstd patch (level 19 on the large prefix).
 pub const BSDIFF_MAX: u64 = 32 << 20;
 
-fn check_decodes(back: &[u8], data: &[u8]) -> io::Result<()> {
-    if back != data {
+/// An error unless a frame's check found it decodes to its input.
+fn check_decodes(same: bool) -> io::Result<()> {
+    if !same {
         return Err(io::Error::other("frame does not decode to its input"));
     }
     Ok(())
@@ -482,7 +485,7 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
     let cerr = |source| Error::Compress { path: format!("solid frame starting with {}", jobs[group[0]].path), source };
     let zstd_checked = |level: i32| -> io::Result<Vec<u8>> {
         let bytes = delta::compress_solid(&data, level)?;
-        check_decodes(&delta::decompress(&bytes, None, total)?, &data)?;
+        check_decodes(delta::decodes_to(&bytes, None, &data)?)?;
         Ok(bytes)
     };
     let Some(probe) = lzma_probe(&data, level).map_err(cerr)? else {
