@@ -467,12 +467,13 @@ impl Rebase<'_> {
         let mut configs = Vec::new();
         for e in &mut out.entries {
             let fate = self.fates.get(&e.path).copied();
-            if let Kind::File { hash, content, extents, config, .. } = &mut e.kind {
+            if let Kind::File { hash, content, extents, config, gzip, .. } = &mut e.kind {
                 match fate {
                     Some(Fate::Meta) => {
                         *hash = None;
                         *content = Content::Unchanged;
                         *extents = None;
+                        *gzip = None;
                     }
                     Some(Fate::Replace)
                         if *config && matches!(self.seen.get(&e.path), Some((OldKind::File { .. }, _))) =>
@@ -627,7 +628,14 @@ pub fn check_rebase(signed: &Manifest, rebased: &Manifest) -> std::result::Resul
             || match (&s.kind, &e.kind) {
                 (
                     Kind::File { size, config, .. },
-                    Kind::File { size: z, config: c, content: Content::Unchanged, hash: None, extents: None },
+                    Kind::File {
+                        size: z,
+                        config: c,
+                        content: Content::Unchanged,
+                        hash: None,
+                        extents: None,
+                        gzip: None,
+                    },
                 ) => size == z && config == c && s.meta == e.meta,
                 _ => false,
             };

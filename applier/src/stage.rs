@@ -18,6 +18,7 @@
 //! staged — is independent per file and runs in parallel too ([`crate::par`]).
 
 mod frames;
+mod regzip;
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;

@@ -160,6 +160,10 @@ pub struct EncodeArgs {
     /// frame per file).
     #[arg(long, value_name = "BYTES", default_value = "32M", value_parser = crate::parse_solid_size)]
     pub solid_size: u64,
+    /// Ship gzip files as they are, not as their uncompressed data that the applier deflates
+    /// again (bundle-format.md §5.3). For appliers older than that section.
+    #[arg(long)]
+    pub no_regzip: bool,
     /// Mark NEW files matching GLOB as configuration files.
     #[arg(long = "config-files", value_name = "GLOB", num_args = 1..)]
     pub config_files: Vec<String>,
@@ -275,6 +279,7 @@ impl PublishArgs {
             level: e.level,
             chunk_size: e.chunk_size,
             solid_size: e.solid_size,
+            regzip: !e.no_regzip,
             config_files: e.config_files.clone(),
             rotate_add: Vec::new(),
             rotate_retire: Vec::new(),
@@ -395,6 +400,7 @@ impl TryFrom<&BuildArgs> for BuildOptions {
             level: e.level,
             chunk_size: e.chunk_size,
             solid_size: e.solid_size,
+            regzip: !e.no_regzip,
             config_files: e.config_files.clone(),
             rotate_add: a.rotate_add.clone(),
             rotate_retire: a.rotate_retire.clone(),

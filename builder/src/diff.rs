@@ -480,6 +480,7 @@ fn new_entry(n: &ScanEntry, choices: &BTreeMap<BundlePath, Choice>, config_globs
                     content,
                     config: is_config(config_globs, &n.path),
                     extents: n.extents.as_deref().map(<[_]>::to_vec),
+                    gzip: None,
                 }
             }
         },

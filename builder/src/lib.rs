@@ -24,6 +24,7 @@ pub mod plan;
 pub mod progress;
 pub mod protect;
 pub mod publish;
+pub mod regzip;
 pub mod scan;
 pub mod seal;
 pub mod sign;
@@ -73,6 +74,8 @@ pub struct BuildOptions {
     pub chunk_size: u64,
     /// Largest decoded size of a solid frame of small files; 0: one frame per file.
     pub solid_size: u64,
+    /// Ship gzip files the applier can re-create as their uncompressed data ([`regzip`]).
+    pub regzip: bool,
     pub config_files: Vec<String>,
     pub rotate_add: Vec<PathBuf>,
     pub rotate_retire: Vec<bundle::KeyId>,
@@ -263,18 +266,27 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
     }
     // Files with no delta base at their own path may have a relative elsewhere in OLD.
     similar::find_bases(&inputs.old, &inputs.new, &mut d.choices, &opts.config_files, opts.chunk_size, progress);
-    let jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
+    let mut jobs = collect_jobs(&manifest.script, &inputs, &d.choices);
     // From here on, OLD is only looked up at the paths the manifest's OLD list may name: the rest
     // of its scan is freed before encoding starts.
     let old_paths = d.touched.iter().chain(&used).chain(jobs.iter().filter_map(|j| j.base.as_ref().map(|b| &b.0)));
     inputs.old.retain_paths(&old_paths.collect());
     let store = write::FrameStore::new_in(&out_dir)?;
+    // gzip files shipped as their data (bundle-format.md §5.3), from scratch copies that live
+    // until the frames are encoded.
+    let scratch = tempfile::TempDir::new_in(&out_dir).map_err(Error::io(&out_dir))?;
+    let regzipped = if opts.regzip {
+        regzip::rewrite_jobs(&mut jobs, scratch.path(), opts.chunk_size)?
+    } else {
+        Default::default()
+    };
     let encode = write::EncodeOptions { level: opts.level, chunk: opts.chunk_size, solid_size: opts.solid_size };
     let encoded = write::encode_all(&jobs, encode, &store, progress)?;
+    drop(scratch);
     let order = order_frames(&jobs, &encoded);
     manifest.frames = order.frames;
     used.extend(order.bases);
-    let stats = count_stats(
+    let mut stats = count_stats(
         &inputs.new,
         &d.choices,
         &jobs,
@@ -283,6 +295,11 @@ pub fn build(opts: &BuildOptions, progress: &progress::Progress) -> Result<Build
         [encoded.solid, encoded.solid_lzma],
         inputs.kept_mtimes,
     );
+    if regzipped.files > 0 {
+        // Overlaps the payload categories: these files' size, and the data they carry instead.
+        let r = regzipped;
+        stats.insert("regzip", Stat { files: r.files, bytes_in: r.bytes, bytes_out: r.raw, frames: 0 });
+    }
     // Stats above describe the whole tree; the manifest lists only the entries the bundle needs
     // (the script and `old` are final now, so the rule of bundle-format.md §4.2 can be applied).
     let mut entries = manifest_entries(&manifest, &d, &inputs, &used, &opts.config_files);
@@ -518,6 +535,7 @@ fn collect_jobs(
             hash: n.hash,
             base: base.as_ref().and_then(|b| old.get(b).map(|o| (b.clone(), old.content_path(b), o.size))),
             sparse: n.extents.as_deref().map(|x| (n.size, x.to_vec())),
+            regzip: None,
         });
     }
     jobs
@@ -530,7 +548,7 @@ struct FrameOrder {
     /// (offset, size) of each manifest frame in the frame store.
     stored: Vec<(u64, u64)>,
     /// Pieces and encoding of each content.
-    pieces_of: BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
+    pieces_of: BTreeMap<ContentKey, (Vec<Piece>, write::Encoding, Option<bundle::Regzip>)>,
     /// OLD files the frames are deltas against (the manifest's OLD list must describe them).
     bases: BTreeSet<BundlePath>,
 }
@@ -554,7 +572,10 @@ fn order_frames(jobs: &[write::PayloadJob], encoded: &write::Encoded) -> FrameOr
             });
             pieces.push(Piece { frame: index, offset: pr.offset, len: pr.len, method: f.method.clone() });
         }
-        order.pieces_of.insert((job.hash, job.sparse.as_ref().map(|s| s.1.clone())), (pieces, enc.encoding));
+        let regzip = job.regzip.as_ref().map(|r| r.0.clone());
+        order
+            .pieces_of
+            .insert((job.file_hash(), job.sparse.as_ref().map(|s| s.1.clone())), (pieces, enc.encoding, regzip));
     }
     order
 }
@@ -577,16 +598,17 @@ fn manifest_entries(
 /// Give every entry that needs a payload the pieces of its content.
 fn fill_pieces(
     entries: &mut [bundle::Entry],
-    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
+    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding, Option<bundle::Regzip>)>,
 ) -> Result<()> {
     for e in entries.iter_mut() {
-        let Kind::File { hash, content: Content::Pieces(ps), extents, .. } = &mut e.kind else {
+        let Kind::File { hash, content: Content::Pieces(ps), extents, gzip, .. } = &mut e.kind else {
             continue;
         };
-        let Some((pieces, _)) = hash.and_then(|h| pieces_of.get(&(h, extents.clone()))) else {
+        let Some((pieces, _, regzip)) = hash.and_then(|h| pieces_of.get(&(h, extents.clone()))) else {
             return Err(Error::Invalid(bundle::Error::Manifest(format!("builder bug: no payload for {}", e.path))));
         };
         *ps = pieces.clone();
+        *gzip = regzip.clone();
     }
     Ok(())
 }
@@ -598,14 +620,14 @@ fn count_stats(
     new: &scan::Tree,
     choices: &BTreeMap<BundlePath, diff::Choice>,
     jobs: &[write::PayloadJob],
-    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding)>,
+    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding, Option<bundle::Regzip>)>,
     frames: &[bundle::Frame],
     solid: [(u64, u64, u64, u64); 2],
     kept_mtimes: (u64, u64),
 ) -> BTreeMap<&'static str, Stat> {
     let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
     let first_user: BTreeMap<ContentKey, &BundlePath> =
-        jobs.iter().map(|j| ((j.hash, j.sparse.as_ref().map(|s| s.1.clone())), &j.path)).collect();
+        jobs.iter().map(|j| ((j.file_hash(), j.sparse.as_ref().map(|s| s.1.clone())), &j.path)).collect();
     // Each NEW file with content of its own (not a second name of an inode), by its choice.
     for e in new.entries.iter().filter(|e| e.ty == scan::Type::File && !e.is_secondary_link()) {
         let size = &e.size;
@@ -629,7 +651,7 @@ fn count_stats(
             bump(&mut stats, "dedup", *size, 0);
             continue;
         }
-        let Some((pieces, encoding)) = pieces_of.get(&key) else { continue };
+        let Some((pieces, encoding, _)) = pieces_of.get(&key) else { continue };
         let k = match encoding {
             write::Encoding::Zstd => "zstd",
             write::Encoding::Patch => "patch",

@@ -31,6 +31,17 @@ pub struct PayloadJob {
     /// A sparse file's logical size and data extents: what is encoded is its data stream (the
     /// extents' bytes, concatenated); the holes are never read.
     pub sparse: Option<(u64, Vec<Extent>)>,
+    /// A gzip file encoded as its uncompressed data ([`crate::regzip`]): `fs_path`, `size` and
+    /// `hash` then describe a scratch copy of the data; this is how to deflate it again, and the
+    /// NEW file's own digest.
+    pub regzip: Option<(bundle::Regzip, Hash)>,
+}
+
+impl PayloadJob {
+    /// The digest of the NEW file this job fills.
+    pub fn file_hash(&self) -> Hash {
+        self.regzip.as_ref().map_or(self.hash, |r| r.1)
+    }
 }
 
 /// A compressed frame stored in the temporary file.
@@ -425,9 +436,14 @@ fn store_frame(store: &FrameStore, bytes: Vec<u8>, decoded: u64, method: Method)
 }
 
 /// Sort key of a solid candidate: similar files sit together (same extension, then same name,
-/// then nearby paths), so the compressor finds their common text within its window.
-fn solid_key(p: &BundlePath) -> (&[u8], &[u8], &[u8]) {
-    let name = p.file_name();
+/// then nearby paths), so the compressor finds their common text within its window. A gzip file
+/// shipped as its data sorts by the name without `.gz` (a man page `ls.1.gz` among `.1` pages).
+fn solid_key(job: &PayloadJob) -> (&[u8], &[u8], &[u8]) {
+    let p = &job.path;
+    let mut name = p.file_name();
+    if job.regzip.is_some() {
+        name = name.strip_suffix(b".gz").unwrap_or(name);
+    }
     let ext = match name.iter().rposition(|&b| b == b'.') {
         Some(i) if i > 0 => &name[i + 1..],
         _ => &[][..],
@@ -446,7 +462,7 @@ pub const SOLID_SPLIT_ABOVE: u64 = 8 << 20;
 /// total passes an equal share, so groups come out about the same size. A file larger than the
 /// bound gets a group of its own.
 pub fn solid_groups(jobs: &[PayloadJob], mut cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
-    cand.sort_by(|&a, &b| solid_key(&jobs[a].path).cmp(&solid_key(&jobs[b].path)));
+    cand.sort_by(|&a, &b| solid_key(&jobs[a]).cmp(&solid_key(&jobs[b])));
     let total: u64 = cand.iter().map(|&j| jobs[j].size).sum();
     let mut n = total.div_ceil(solid_size.max(1)).max(1);
     if n == 1 && total > SOLID_SPLIT_ABOVE {
@@ -841,6 +857,7 @@ mod tests {
             hash: crate::scan::hash_file(&new)?,
             base: Some((BundlePath::new("f")?, old.clone(), 5 * chunk)),
             sparse: None,
+            regzip: None,
         };
         let store = FrameStore::new_in(d.path())?;
         let opts = EncodeOptions { level: 3, chunk, solid_size: 8 << 20 };
@@ -879,6 +896,7 @@ mod tests {
             hash: Hash::of(content),
             base: None,
             sparse: None,
+            regzip: None,
         })
     }
 

@@ -22,6 +22,7 @@
 
 pub mod bspatch;
 pub mod container;
+pub mod deflate;
 pub mod error;
 pub mod glob;
 pub mod hash;

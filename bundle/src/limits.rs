@@ -46,6 +46,8 @@ pub struct Limits {
     /// LZMA2 dictionary log a `Lzma` frame may declare (bundle-format.md §5.2); the decoder's
     /// dictionary is at most 2^this, and at most the frame's decoded size.
     pub max_lzma_dict_log: u8,
+    /// Uncompressed bytes of one re-created gzip file (bundle-format.md §5.3).
+    pub max_regzip_raw: u64,
     /// Bytes in one symlink target.
     pub max_symlink_len: usize,
     /// Number of hooks.
@@ -92,6 +94,7 @@ impl Default for Limits {
             max_frame_decoded: 1 << 30,
             max_window_log: 28,
             max_lzma_dict_log: 26,
+            max_regzip_raw: 64 << 20,
             max_symlink_len: 4096,
             max_hooks: 64,
             max_hook_glob: 256,

@@ -138,6 +138,11 @@ pub enum Kind {
         /// dense file, so a dense entry encodes as it did before sparse files existed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         extents: Option<Vec<Extent>>,
+        /// A gzip file the applier re-creates from its uncompressed data (bundle-format.md §5.3):
+        /// the one piece carries the `raw` uncompressed bytes, not the file's. Absent (not encoded
+        /// at all) for every other file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gzip: Option<Regzip>,
     },
     Dir,
     Symlink {
@@ -155,6 +160,48 @@ pub enum Kind {
     BlockDev {
         rdev: u64,
     },
+}
+
+/// How the applier re-creates a gzip file from its uncompressed data (bundle-format.md §5.3):
+/// the file is `header`, then the raw deflate stream of the data made by [`crate::deflate`] with
+/// `flavor` and `level`, then the CRC-32 of the data and its length modulo 2^32 (little-endian,
+/// four bytes each). The builder uses it only where this gives the NEW file bit for bit, and the
+/// applier checks the file's digest as for any other file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Regzip {
+    /// The gzip member's header, verbatim: 10 bytes and the optional fields its flags announce.
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    /// Whose deflate encoder made the stream.
+    pub flavor: crate::deflate::Flavor,
+    /// Its compression level, 1 to 9.
+    pub level: u8,
+    /// Bytes of uncompressed data (what the piece carries).
+    pub raw: u64,
+}
+
+/// The longest gzip header a [`Regzip`] may hold.
+pub const REGZIP_MAX_HEADER: usize = 1024;
+
+impl Regzip {
+    /// Why this description cannot be a gzip file of `size` bytes within `limits`, if it cannot.
+    pub fn check(&self, size: u64, limits: &Limits) -> Result<(), String> {
+        let h = &self.header;
+        if h.len() < 10 || h.len() > REGZIP_MAX_HEADER || h[..3] != [0x1f, 0x8b, 8] {
+            return Err(format!("gzip header of {} bytes is not a gzip header of 10 to {REGZIP_MAX_HEADER}", h.len()));
+        }
+        if !(1..=9).contains(&self.level) {
+            return Err(format!("gzip level {} is not 1 to 9", self.level));
+        }
+        if self.raw == 0 || self.raw > limits.max_regzip_raw {
+            return Err(format!("gzip data of {} bytes (1 to {} allowed)", self.raw, limits.max_regzip_raw));
+        }
+        if size < h.len() as u64 + 8 + 2 {
+            return Err(format!("gzip file of {size} bytes is shorter than its header and trailer"));
+        }
+        Ok(())
+    }
 }
 
 /// Where the bytes of a NEW file come from.
@@ -602,7 +649,7 @@ impl Manifest {
                 Some(Entry { kind: Kind::File { .. }, .. }) if primary < &e.path => Ok(()),
                 _ => err(format!("{}: hardlink primary {} is not an earlier file entry", e.path, primary)),
             },
-            Kind::File { size, hash, content, extents, .. } => {
+            Kind::File { size, hash, content, extents, gzip, .. } => {
                 match (hash, content) {
                     (Some(_), Content::Unchanged) => {
                         return err(format!("{}: unchanged content with a digest of its own", e.path))
@@ -612,11 +659,24 @@ impl Manifest {
                     }
                     _ => {}
                 }
-                // What the pieces carry: the whole file, or a sparse file's data extents.
-                let data = match extents {
-                    None => *size,
-                    Some(x) => crate::sparse::check_extents(*size, x, limits.max_extents_per_file)
+                // What the pieces carry: the whole file, a sparse file's data extents, or a gzip
+                // file's uncompressed data.
+                let data = match (extents, gzip) {
+                    (None, None) => *size,
+                    (Some(x), None) => crate::sparse::check_extents(*size, x, limits.max_extents_per_file)
                         .map_err(|why| Error::Manifest(format!("{}: {why}", e.path)))?,
+                    (None, Some(g)) => {
+                        g.check(*size, limits).map_err(|why| Error::Manifest(format!("{}: {why}", e.path)))?;
+                        // One piece, decoded without a delta base: the applier feeds it to the
+                        // encoder in order, from one frame.
+                        match content {
+                            Content::Pieces(ps)
+                                if ps.len() == 1 && matches!(ps[0].method, Method::Zstd | Method::Lzma { .. }) => {}
+                            _ => return err(format!("{}: a gzip file's data must be one zstd or LZMA2 piece", e.path)),
+                        }
+                        g.raw
+                    }
+                    (Some(_), Some(_)) => return err(format!("{}: a gzip file cannot be sparse", e.path)),
                 };
                 self.check_content(e, *size, data, content, limits, per_frame)
             }

@@ -399,6 +399,7 @@ mod tests {
                     content: Content::Pieces(vec![Piece { frame: 0, offset: 0, len: 1, method: patch }]),
                     config: false,
                     extents: Some(vec![crate::Extent { offset: 4, len: 1 }]),
+                    gzip: None,
                 },
             }],
             old: vec![OldEntry {

@@ -389,6 +389,7 @@ mod tests {
                 content,
                 config,
                 extents: None,
+                gzip: None,
             },
         }
     }

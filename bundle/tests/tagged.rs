@@ -71,7 +71,7 @@ fn delta(files: &[(Change, bool, u64)]) -> Manifest {
             Content::Unchanged => (size, None),
             _ => (0, Some(Hash::of(b""))),
         };
-        let kind = Kind::File { size, hash, content, config, extents: None };
+        let kind = Kind::File { size, hash, content, config, extents: None, gzip: None };
         m.entries.push(Entry { path: path.clone(), meta: new_meta, kind });
         m.script.push(Step { op, path });
     }
@@ -227,6 +227,7 @@ fn tagged_files_serve_as_copy_sources_and_delta_bases() {
             content: Content::Copy { from: p("f000") },
             config: false,
             extents: None,
+            gzip: None,
         },
     });
     m.script.insert(0, Step { op: Op::Place, path: p("g") });

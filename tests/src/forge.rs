@@ -62,7 +62,7 @@ pub fn file_with(p: &str, data: &[u8], content: Content) -> Entry {
     Entry {
         path: path(p),
         meta: meta(0o644),
-        kind: Kind::File { size: data.len() as u64, hash, content, config: false, extents: None },
+        kind: Kind::File { size: data.len() as u64, hash, content, config: false, extents: None, gzip: None },
     }
 }
 

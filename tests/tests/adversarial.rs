@@ -518,6 +518,83 @@ fn hostile_bsdiff_patches_are_refused_while_staging() {
     }
 }
 
+/// A re-created gzip file (bundle-format.md §5.3) in a bundle of its own: `new/f.gz`, `size`
+/// bytes with digest `hash`, made from `data` (one zstd piece) by `g`.
+fn regzip_bundle(data: &[u8], g: bundle::Regzip, size: u64, hash: Hash) -> (Manifest, Vec<Vec<u8>>) {
+    let frame = forge::zstd(data);
+    let mut m = forge::empty(1);
+    m.frames = vec![forge::frame(&frame, data.len() as u64)];
+    let piece = Piece { frame: 0, offset: 0, len: data.len() as u64, method: Method::Zstd };
+    let content = Content::Pieces(vec![piece]);
+    let kind = Kind::File { size, hash: Some(hash), content, config: false, extents: None, gzip: Some(g) };
+    let f = Entry { path: forge::path("new/f.gz"), meta: forge::meta(0o644), kind };
+    m.entries = vec![forge::dir("new", 0o755), f];
+    m.script = vec![forge::step(Op::Mkdir, "new"), forge::step(Op::Place, "new/f.gz"), forge::step(Op::DirMeta, "new")];
+    (m, vec![frame])
+}
+
+#[test]
+fn hostile_regzip_entries_are_refused_while_staging() {
+    use bundle::deflate::{crc32, deflate, Flavor};
+    let data: Vec<u8> = (0..4000u32).flat_map(|i| format!("line {} of {}\n", i % 37, i % 101).into_bytes()).collect();
+    let header = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3];
+    let gz = |flavor, level| {
+        [
+            &header[..],
+            &deflate(&data, flavor, level).expect("level"),
+            &crc32(0, &data).to_le_bytes(),
+            &(data.len() as u32).to_le_bytes(),
+        ]
+        .concat()
+    };
+    let honest = gz(Flavor::Gzip, 9);
+    let how = |flavor, level| bundle::Regzip { header: header.clone(), flavor, level, raw: data.len() as u64 };
+    let env = Env::new();
+    let (m, frames) = regzip_bundle(&data, how(Flavor::Gzip, 9), honest.len() as u64, Hash::of(&honest));
+    env.write(&m, &frames);
+    env.applied();
+    assert_eq!(fs::read(env.target.join("new/f.gz")).expect("read"), honest);
+
+    // Signed settings that do not give the signed file: another level (shorter output), a
+    // declared size the output passes, one it does not reach, the same size and other bytes.
+    // Level 1 compresses worse: its output passes the declared size.
+    assert!(gz(Flavor::Gzip, 1).len() > honest.len());
+    let mut flipped = honest.clone();
+    flipped[12] ^= 0x40;
+    let n = honest.len() as u64;
+    let cases: [(bundle::Regzip, u64, &[u8], &[&str]); 4] = [
+        (how(Flavor::Gzip, 1), n, &honest, &["frame 0", "new/f.gz", "longer than declared"]),
+        (how(Flavor::Gzip, 9), n - 1, &honest[..honest.len() - 1], &["frame 0", "new/f.gz", "longer than declared"]),
+        (
+            how(Flavor::Gzip, 9),
+            n + 1,
+            &[&honest[..], b"x"].concat(),
+            &["frame 0", "new/f.gz", "short of its declared size"],
+        ),
+        (how(Flavor::Gzip, 9), n, &flipped, &["new/f.gz", "does not match the manifest's hash"]),
+    ];
+    for (g, size, file, needles) in cases {
+        let env = Env::new();
+        let (m, frames) = regzip_bundle(&data, g, size, Hash::of(file));
+        env.write(&m, &frames);
+        env.refused(3, needles);
+    }
+
+    // Refused by the manifest check, before any frame is read: data of a size the piece does not
+    // carry, no gzip header, level 0, a sparse gzip file.
+    let structural: [(bundle::Regzip, &str); 3] = [
+        (bundle::Regzip { raw: data.len() as u64 + 1, ..how(Flavor::Gzip, 9) }, "pieces sum to"),
+        (bundle::Regzip { header: b"not a gzip".to_vec(), ..how(Flavor::Gzip, 9) }, "not a gzip header"),
+        (how(Flavor::Zlib, 0), "level 0"),
+    ];
+    for (g, needle) in structural {
+        let env = Env::new();
+        let (m, frames) = regzip_bundle(&data, g, n, Hash::of(&honest));
+        env.write(&m, &frames);
+        env.refused(3, &["new/f.gz", needle]);
+    }
+}
+
 #[test]
 fn zstd_bomb() {
     // 4 GiB of zeros in 128 KiB of zstd, declared as 10 bytes.
@@ -782,6 +859,7 @@ fn many_type_changes_validate_quickly() {
                 content: Content::Empty,
                 config: false,
                 extents: None,
+                gzip: None,
             },
         });
         m.script.push(bundle::Step { op: Op::Place, path });
@@ -1268,6 +1346,7 @@ fn metadata_only() -> Manifest {
             content: Content::Unchanged,
             config: false,
             extents: None,
+            gzip: None,
         },
     };
     let mut m = forge::empty(1);
@@ -1429,6 +1508,7 @@ fn rich() -> forge::Forged {
             content,
             config: path.ends_with(".conf"),
             extents: None,
+            gzip: None,
         },
     };
     let piece = |frame, offset, len, method| Piece { frame, offset, len, method };
@@ -1528,6 +1608,7 @@ fn sparse_entries_must_be_consistent() {
             content: Content::Unchanged,
             config: false,
             extents: None,
+            gzip: None,
         },
     };
     let copy = forge::copy("new/copy", "file", FILE);

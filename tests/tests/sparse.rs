@@ -366,7 +366,7 @@ fn file_kinds(m: &Manifest) -> Vec<(String, Kind)> {
         .map(|(p, k)| match k {
             // Pieces point at frames, whose order may differ; compare the layout and digest.
             Kind::File { size, hash, extents, config, .. } => {
-                (p, Kind::File { size, hash, content: Content::Unchanged, config, extents })
+                (p, Kind::File { size, hash, content: Content::Unchanged, config, extents, gzip: None })
             }
             k => (p, k),
         })

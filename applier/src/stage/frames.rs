@@ -314,6 +314,18 @@ impl Stager<'_> {
         fsx::open_write_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("open staged", path)
     }
 
+    /// Where the decoded bytes of entry `ei` go: its staged file, written at their offsets, or
+    /// for a re-created gzip file (bundle-format.md §5.3) the encoder in front of it.
+    fn open_sink(&self, ei: usize) -> Result<Sink> {
+        let f = self.open_staged(ei)?;
+        Ok(match &self.m.entries[ei].kind {
+            Kind::File { size, gzip: Some(g), .. } => Sink::Gzip(Box::new(
+                super::regzip::GzipSink::new(f, g, *size).ctx("write staged", &self.m.entries[ei].path)?,
+            )),
+            _ => Sink::File(f),
+        })
+    }
+
     /// Decode frame `fi` from `src` into its pieces' staged files (zstd, or LZMA2 for `Lzma`
     /// pieces). Patch and bsdiff frames hold one piece; the base is read from the live OLD file.
     /// A bsdiff frame decodes (plain zstd, bounded) to a patch applied afterwards. Returns the
@@ -332,12 +344,18 @@ impl Stager<'_> {
         let codec = method.as_ref().map_or(crate::verify::Codec::Zstd, crate::verify::Codec::of);
         let mut dec =
             Counted(crate::verify::decoder(src, codec, prefix, self.limits, fi, f.decoded)?.take(f.decoded + 1), 0);
-        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        let mut open: HashMap<usize, Sink> = HashMap::new();
         let written = if is_bsdiff {
             self.apply_bsdiff(&mut open, fi, base.as_deref().unwrap_or_default(), &mut dec, t)?
         } else {
             self.copy_out(&mut open, fi, &mut dec, t)?
         };
+        // A gzip file's one piece is in this frame: its data is complete, or the frame is bad.
+        for (ei, sink) in open {
+            if let Sink::Gzip(g) = sink {
+                g.finish().map_err(|e| gzip_error(e, fi, &self.m.entries[ei].path))?;
+            }
+        }
         let pos = dec.1;
         if pos > f.decoded {
             return Err(bundle::Error::FrameDecode {
@@ -360,7 +378,7 @@ impl Stager<'_> {
     /// size), into the pieces `t`. Returns the bytes written.
     fn copy_out<R: Read>(
         &self,
-        open: &mut HashMap<usize, std::fs::File>,
+        open: &mut HashMap<usize, Sink>,
         fi: usize,
         dec: &mut Counted<R>,
         t: &[PieceTarget],
@@ -378,7 +396,7 @@ impl Stager<'_> {
             if n == 0 || dec.1 > decoded {
                 return Ok(written);
             }
-            written += self.write_pieces(open, &buf[..n], pos, t)?;
+            written += self.write_pieces(fi, open, &buf[..n], pos, t)?;
         }
     }
 
@@ -387,7 +405,8 @@ impl Stager<'_> {
     /// bytes written.
     fn write_pieces(
         &self,
-        open: &mut HashMap<usize, std::fs::File>,
+        fi: usize,
+        open: &mut HashMap<usize, Sink>,
         chunk: &[u8],
         pos: u64,
         t: &[PieceTarget],
@@ -399,12 +418,16 @@ impl Stager<'_> {
             if s >= e {
                 continue;
             }
-            let file = match open.entry(p.entry) {
+            let sink = match open.entry(p.entry) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.open_staged(p.entry)?),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.open_sink(p.entry)?),
             };
-            file.write_all_at(&chunk[(s - pos) as usize..(e - pos) as usize], p.file_offset + (s - p.frame_offset))
-                .ctx("write staged", &self.m.entries[p.entry].path)?;
+            let (bytes, at) = (&chunk[(s - pos) as usize..(e - pos) as usize], p.file_offset + (s - p.frame_offset));
+            let path = &self.m.entries[p.entry].path;
+            match sink {
+                Sink::File(f) => f.write_all_at(bytes, at).ctx("write staged", path)?,
+                Sink::Gzip(g) => g.feed(at, bytes).map_err(|e| gzip_error(e, fi, path))?,
+            }
             written += e - s;
         }
         Ok(written)
@@ -417,7 +440,7 @@ impl Stager<'_> {
     /// written.
     fn apply_bsdiff<R: Read>(
         &self,
-        open: &mut HashMap<usize, std::fs::File>,
+        open: &mut HashMap<usize, Sink>,
         fi: usize,
         old: &[u8],
         dec: &mut Counted<R>,
@@ -426,8 +449,8 @@ impl Stager<'_> {
         let want = t.iter().map(|p| p.frame_offset + p.len).max().unwrap_or(0);
         let mut written = 0u64;
         let mut failed: Option<Error> = None;
-        let r =
-            bundle::bspatch::apply_stream(old, dec, want, |at, chunk| match self.write_pieces(open, chunk, at, t) {
+        let r = bundle::bspatch::apply_stream(old, dec, want, |at, chunk| {
+            match self.write_pieces(fi, open, chunk, at, t) {
                 Ok(n) => {
                     written += n;
                     Ok(())
@@ -436,13 +459,30 @@ impl Stager<'_> {
                     failed = Some(e);
                     Err(std::io::Error::other("staging write failed"))
                 }
-            });
+            }
+        });
         if let Some(e) = failed {
             return Err(e);
         }
         r.map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {e}") })?;
         Ok(written)
     }
+}
+
+/// A re-created gzip file's failure: the bundle's ([`std::io::ErrorKind::InvalidData`], a fault of
+/// frame `fi`) or the disk's.
+fn gzip_error(e: std::io::Error, fi: usize, path: &bundle::BundlePath) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        bundle::Error::FrameDecode { index: fi as u32, what: format!("re-creating gzip file {path}: {e}") }.into()
+    } else {
+        Error::Io { op: "write staged", path: path.to_string(), source: e }
+    }
+}
+
+/// Where one staged file's decoded bytes go ([`Stager::open_sink`]).
+enum Sink {
+    File(std::fs::File),
+    Gzip(Box<super::regzip::GzipSink>),
 }
 
 /// A reader counting the bytes it returned (a frame's decoded size, checked against the
