@@ -350,7 +350,8 @@ impl Stager<'_> {
         } else {
             self.copy_out(&mut open, fi, &mut dec, t)?
         };
-        // A gzip file's one piece is in this frame: its data is complete, or the frame is bad.
+        // A gzip file still open did not get all its data (its one piece is in this frame): this
+        // reports it.
         for (ei, sink) in open {
             if let Sink::Gzip(g) = sink {
                 g.finish().map_err(|e| gzip_error(e, fi, &self.m.entries[ei].path))?;
@@ -426,7 +427,16 @@ impl Stager<'_> {
             let path = &self.m.entries[p.entry].path;
             match sink {
                 Sink::File(f) => f.write_all_at(bytes, at).ctx("write staged", path)?,
-                Sink::Gzip(g) => g.feed(at, bytes).map_err(|e| gzip_error(e, fi, path))?,
+                Sink::Gzip(g) => {
+                    g.feed(at, bytes).map_err(|e| gzip_error(e, fi, path))?;
+                    // Finished as soon as its data is complete: a solid frame holds hundreds of
+                    // gzip files, and each encoder holds about 400 KiB until it is finished.
+                    if g.complete() {
+                        if let Some(Sink::Gzip(g)) = open.remove(&p.entry) {
+                            g.finish().map_err(|e| gzip_error(e, fi, path))?;
+                        }
+                    }
+                }
             }
             written += e - s;
         }

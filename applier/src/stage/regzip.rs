@@ -64,6 +64,11 @@ impl GzipSink {
         self.enc.write_all(data)
     }
 
+    /// Whether all the data arrived.
+    pub(super) fn complete(&self) -> bool {
+        self.fed == self.raw
+    }
+
     /// End the deflate stream and write the trailer; the data must be complete. The file must
     /// then be exactly its declared size.
     pub(super) fn finish(self) -> io::Result<()> {
