@@ -168,7 +168,9 @@ def bytes_section(corpus, methods):
            "The bundle is a tar of the manifest member (one zstd -19 frame of CBOR), the signatures and the payload "
            "frames; frames by method from the build's `--json` stats (`bytes in` = NEW bytes of the files a method "
            "carries, `bytes out` = their frames' bytes; `copy` = content taken from another OLD path, `unchanged`/"
-           "`mtime_kept` ship no bytes); build peak RSS = `/usr/bin/time` maximum over the timed runs.\n",
+           "`mtime_kept` ship no bytes; `regzip` overlaps the others: gzip files shipped as their uncompressed data, "
+           "bytes in = the gzip files, bytes out = the data the frames above carry for them); build peak RSS = "
+           "`/usr/bin/time` maximum over the timed runs.\n",
            "| ferry | bundle | manifest member | manifest CBOR | signatures | payload | frames | build peak RSS |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, r in rows:
@@ -188,7 +190,8 @@ def bytes_section(corpus, methods):
                 stats.setdefault(meth, {})[field] = v
         if not stats:
             continue
-        order = ["solid", "solid_lzma", "zstd", "lzma", "patch", "bsdiff", "copy", "dedup", "unchanged", "mtime_kept"]
+        order = ["solid", "solid_lzma", "zstd", "lzma", "patch", "bsdiff", "copy", "dedup", "unchanged", "mtime_kept",
+                 "regzip"]
         shown = sorted(stats, key=lambda x: (order.index(x) if x in order else 99, x))
         if first is not None:
             # later rows: only the methods whose numbers differ from the first table's
