@@ -554,16 +554,26 @@ pub fn dev_of_parent(root: BorrowedFd<'_>, dirs: &mut fsx::DirCache, path: &Bund
 }
 
 /// [`dev_of_parent`], and whether that nearest existing ancestor is `path`'s parent itself.
+///
+/// The ancestors are tried outermost first and the walk stops at the first that is not a real
+/// directory: nothing beneath it can be opened either (every lookup goes component by component
+/// from its parent's handle), and the cache answers the existing ones without a system call, so a
+/// path costs at most one failing lookup. (Innermost first cost one per missing level: 43,000
+/// failing `openat`s for rootfs-up's 5,538 staged entries under new directories.)
 fn nearest_dir_dev(root: BorrowedFd<'_>, dirs: &mut fsx::DirCache, path: &BundlePath) -> Result<(u64, bool)> {
-    let mut anc = path.ancestors();
-    let mut parent = true;
-    while let Some(a) = anc.pop() {
-        if let Ok(d) = dirs.dir(root, Some(&a)) {
-            return Ok((fsx::mount_key(d).ctx("stat", &a)?, parent));
+    let anc = path.ancestors();
+    let mut nearest: Option<&BundlePath> = None;
+    for a in &anc {
+        if dirs.dir(root, Some(a)).is_err() {
+            break;
         }
-        parent = false;
+        nearest = Some(a);
     }
-    Ok((fsx::mount_key(root).ctx("stat", "target root")?, parent))
+    let parent = nearest.is_some_and(|n| Some(n) == anc.last()) || anc.is_empty();
+    match nearest {
+        Some(a) => Ok((fsx::mount_key(dirs.dir(root, Some(a)).ctx("open", a)?).ctx("stat", a)?, parent)),
+        None => Ok((fsx::mount_key(root).ctx("stat", "target root")?, parent)),
+    }
 }
 
 /// Staged object name of NEW entry `i`.
