@@ -511,6 +511,14 @@ fn copy_sources(choices: &BTreeMap<BundlePath, diff::Choice>) -> BTreeSet<Bundle
 /// extents only, so the same content with other holes is another payload).
 type ContentKey = (bundle::Hash, Option<Vec<bundle::Extent>>);
 
+/// The content a job fills (the NEW file's digest, not that of the data a gzip job encodes).
+fn job_key(j: &write::PayloadJob) -> ContentKey {
+    (j.file_hash(), j.sparse.as_ref().map(|s| s.1.clone()))
+}
+
+/// Per content: its pieces, how it was encoded, and how to re-create it if it is a gzip file.
+type Payload = (Vec<Piece>, write::Encoding, Option<bundle::Regzip>);
+
 /// Payload jobs: one per distinct content and layout, represented by its first Place in the
 /// script.
 fn collect_jobs(
@@ -548,7 +556,7 @@ struct FrameOrder {
     /// (offset, size) of each manifest frame in the frame store.
     stored: Vec<(u64, u64)>,
     /// Pieces and encoding of each content.
-    pieces_of: BTreeMap<ContentKey, (Vec<Piece>, write::Encoding, Option<bundle::Regzip>)>,
+    pieces_of: BTreeMap<ContentKey, Payload>,
     /// OLD files the frames are deltas against (the manifest's OLD list must describe them).
     bases: BTreeSet<BundlePath>,
 }
@@ -573,9 +581,7 @@ fn order_frames(jobs: &[write::PayloadJob], encoded: &write::Encoded) -> FrameOr
             pieces.push(Piece { frame: index, offset: pr.offset, len: pr.len, method: f.method.clone() });
         }
         let regzip = job.regzip.as_ref().map(|r| r.0.clone());
-        order
-            .pieces_of
-            .insert((job.file_hash(), job.sparse.as_ref().map(|s| s.1.clone())), (pieces, enc.encoding, regzip));
+        order.pieces_of.insert(job_key(job), (pieces, enc.encoding, regzip));
     }
     order
 }
@@ -596,10 +602,7 @@ fn manifest_entries(
 }
 
 /// Give every entry that needs a payload the pieces of its content.
-fn fill_pieces(
-    entries: &mut [bundle::Entry],
-    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding, Option<bundle::Regzip>)>,
-) -> Result<()> {
+fn fill_pieces(entries: &mut [bundle::Entry], pieces_of: &BTreeMap<ContentKey, Payload>) -> Result<()> {
     for e in entries.iter_mut() {
         let Kind::File { hash, content: Content::Pieces(ps), extents, gzip, .. } = &mut e.kind else {
             continue;
@@ -620,14 +623,13 @@ fn count_stats(
     new: &scan::Tree,
     choices: &BTreeMap<BundlePath, diff::Choice>,
     jobs: &[write::PayloadJob],
-    pieces_of: &BTreeMap<ContentKey, (Vec<Piece>, write::Encoding, Option<bundle::Regzip>)>,
+    pieces_of: &BTreeMap<ContentKey, Payload>,
     frames: &[bundle::Frame],
     solid: [(u64, u64, u64, u64); 2],
     kept_mtimes: (u64, u64),
 ) -> BTreeMap<&'static str, Stat> {
     let mut stats: BTreeMap<&'static str, Stat> = BTreeMap::new();
-    let first_user: BTreeMap<ContentKey, &BundlePath> =
-        jobs.iter().map(|j| ((j.file_hash(), j.sparse.as_ref().map(|s| s.1.clone())), &j.path)).collect();
+    let first_user: BTreeMap<ContentKey, &BundlePath> = jobs.iter().map(|j| (job_key(j), &j.path)).collect();
     // Each NEW file with content of its own (not a second name of an inode), by its choice.
     for e in new.entries.iter().filter(|e| e.ty == scan::Type::File && !e.is_secondary_link()) {
         let size = &e.size;
