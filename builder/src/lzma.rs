@@ -86,8 +86,41 @@ fn code_bytes(elf: &[u8]) -> u64 {
 /// the ELF files of machine code ([`CODE_FRACTION`]) that make up at least half of its bytes,
 /// else none.
 pub fn frame_filter<'a>(parts: impl Iterator<Item = &'a [u8]>) -> Bcj {
-    let is_code = |p: &[u8]| code_bytes(p).saturating_mul(CODE_FRACTION) >= p.len() as u64;
-    choose(parts.map(|p| (elf_filter(p).filter(|_| is_code(p)), p.len() as u64)))
+    choose(parts.map(|p| (code_filter(p), p.len() as u64)))
+}
+
+/// The content class of a file for solid grouping: machine code of one filter, other ELF (data
+/// tables), or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Class {
+    Other,
+    ElfData,
+    Code(Bcj),
+}
+
+impl Class {
+    /// The class of the file at `path`: [`Class::Code`] for an ELF file of at least
+    /// 1/[`CODE_FRACTION`] code (with [`Bcj::None`] for a machine without a filter); a file that
+    /// cannot be read is [`Class::Other`] (its read reports that).
+    pub fn of_file(path: &std::path::Path) -> Class {
+        use std::io::Read;
+        let Ok(mut f) = std::fs::File::open(path) else { return Class::Other };
+        let mut head = [0u8; 64];
+        let Ok(n) = f.read(&mut head) else { return Class::Other };
+        if elf_filter(&head[..n]).is_none() {
+            return Class::Other;
+        }
+        let mut all = head[..n].to_vec();
+        if f.read_to_end(&mut all).is_err() {
+            return Class::Other;
+        }
+        code_filter(&all).map_or(Class::ElfData, Class::Code)
+    }
+}
+
+/// The filter of `elf` if it is machine code ([`CODE_FRACTION`]).
+fn code_filter(elf: &[u8]) -> Option<Bcj> {
+    elf_filter(elf).filter(|_| code_bytes(elf).saturating_mul(CODE_FRACTION) >= elf.len() as u64)
 }
 
 /// The filter of at least half of the bytes, from each part's (filter if it is machine code,

@@ -457,11 +457,33 @@ fn solid_key(job: &PayloadJob) -> (&[u8], &[u8], &[u8]) {
 /// two large files that are nearly the same, and a group of 8 MiB takes about 4 s at level 19.
 pub const SOLID_SPLIT_ABOVE: u64 = 8 << 20;
 
-/// Pack solid candidates (job indices) in [`solid_key`] order into the fewest groups of at most
-/// `solid_size` decoded bytes (at least two above [`SOLID_SPLIT_ABOVE`]), cut where the running
-/// total passes an equal share, so groups come out about the same size. A file larger than the
-/// bound gets a group of its own.
-pub fn solid_groups(jobs: &[PayloadJob], mut cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
+/// Pack solid candidates (job indices) into groups: first split by content class
+/// ([`lzma::Class`]: machine code of one BCJ filter, other ELF, anything else), so that a frame holds
+/// one kind of content and its filter suits all of it; then each class in [`solid_key`] order
+/// into the fewest groups of at most `solid_size` decoded bytes (at least two above
+/// [`SOLID_SPLIT_ABOVE`]), cut where the running total passes an equal share, so groups come out
+/// about the same size. A file larger than the bound gets a group of its own.
+///
+/// Measured on rootfs-up: sorted by name alone, Python's `.so` extension modules sat next to
+/// `.pyc` files and executables next to extension-less scripts, so 26 MB of machine code went
+/// into frames without the x86 filter and text into frames with it; split by class, its solid
+/// frames shrank from 30.07 to 28.77 MB (bundle 30.51 -> 29.16 MB; rootfs-up-arm64 26.66 ->
+/// 25.24 MB), at the same build time.
+pub fn solid_groups(jobs: &[PayloadJob], cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
+    let classes: Vec<lzma::Class> = cand.par_iter().map(|&j| lzma::Class::of_file(&jobs[j].fs_path)).collect();
+    let mut by_class: Vec<(lzma::Class, Vec<usize>)> = Vec::new();
+    for (j, c) in cand.into_iter().zip(classes) {
+        match by_class.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, v)) => v.push(j),
+            None => by_class.push((c, vec![j])),
+        }
+    }
+    by_class.sort_by_key(|(c, _)| *c);
+    by_class.into_iter().flat_map(|(_, c)| pack(jobs, c, solid_size)).collect()
+}
+
+/// [`solid_groups`] of one content class.
+fn pack(jobs: &[PayloadJob], mut cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
     cand.sort_by(|&a, &b| solid_key(&jobs[a]).cmp(&solid_key(&jobs[b])));
     let total: u64 = cand.iter().map(|&j| jobs[j].size).sum();
     let mut n = total.div_ceil(solid_size.max(1)).max(1);
@@ -917,6 +939,28 @@ mod tests {
         // A file larger than the bound gets a group of its own.
         let g = solid_groups(&jobs, vec![0, 1], 100);
         assert_eq!(g.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn solid_groups_keep_machine_code_apart() -> Result<(), Box<dyn std::error::Error>> {
+        let Ok(native) = fs::read("/usr/bin/ls") else { return Ok(()) };
+        if lzma::Class::of_file(Path::new("/usr/bin/ls")) == lzma::Class::Other {
+            eprintln!("/usr/bin/ls is not ELF code here: classes not checked");
+            return Ok(());
+        }
+        let d = tempfile::tempdir()?;
+        // Sorted by name alone, the program would sit between the two scripts.
+        let jobs = vec![
+            job(d.path(), "bin/a", b"#!/bin/sh\necho a\n")?,
+            job(d.path(), "bin/b", &native)?,
+            job(d.path(), "bin/c", b"#!/bin/sh\necho c\n")?,
+            job(d.path(), "lib/d.so", &[0x7f, b'E', b'L', b'F'])?,
+        ];
+        let g = solid_groups(&jobs, (0..jobs.len()).collect(), 32 << 20);
+        let names: Vec<Vec<String>> = g.iter().map(|g| g.iter().map(|&j| jobs[j].path.display()).collect()).collect();
+        // Text (and a truncated ELF header, which does not parse) first, then machine code.
+        assert_eq!(names, [vec!["bin/a", "bin/c", "lib/d.so"], vec!["bin/b"]]);
         Ok(())
     }
 
