@@ -14,6 +14,14 @@
 //!    meet; directories are ignored, so a move is found). A query looks at most
 //!    [`MAX_CANDIDATES`] OLD files of its key, the closest in size, each within 2x of its size:
 //!    `O(log n)` per query, whatever the number of OLD files sharing the key.
+//! 1b. **Candidates by content**, for an ELF file that has none by name (a library whose code
+//!    is also linked statically into an OLD program: Debian's `libperl.so.5.36` and
+//!    `/usr/bin/perl`). The OLD ELF files of the same size bounds are sketched (stage 2) and
+//!    indexed by their sketches' fingerprints; a query takes the [`MAX_CANDIDATES`] OLD files
+//!    sharing the most fingerprints with its own sketch. Only ELF: machine code is where a
+//!    base under another name pays (a patch of `libperl.so` against `perl`: 0.39 MB instead of
+//!    0.92 MB compressed alone), and OLD is sketched only when such a query exists, so the
+//!    cost is a read of OLD's executables and libraries, not of the whole tree.
 //! 2. **Content check.** The query and its candidates get a [`Sketch`]: a bottom-k min-hash of
 //!    content-defined samples of 32-byte windows (a gear rolling hash, sampled where its top bits
 //!    are zero, so the samples follow the content, not its offsets). The candidate with the
@@ -35,7 +43,7 @@ use crate::progress::Progress;
 use crate::scan::{ScanEntry, Tree, Type};
 use bundle::BundlePath;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::path::Path;
 
@@ -52,6 +60,13 @@ const SAMPLE_BITS: u32 = 6;
 /// OpenBLAS) about 0.4, an edited text file above 0.9.
 pub const MIN_RESEMBLANCE_NUM: usize = 1;
 pub const MIN_RESEMBLANCE_DEN: usize = 20;
+/// Least resemblance accepted for a candidate found by content alone (stage 1b), without a name
+/// in common: small ELF files of one machine share about 1/20 of their samples whatever they do
+/// (start-up code, PLT stubs, the symbol names of libc); on rootfs-up-arm64 a bound of 1/20
+/// paired 82 Python extension modules with unrelated Perl modules. A library and the program it
+/// is linked into measure 0.2 (`libperl.so`, `perl`).
+pub const MIN_CONTENT_RESEMBLANCE_NUM: usize = 1;
+pub const MIN_CONTENT_RESEMBLANCE_DEN: usize = 8;
 
 /// Separators of a file name's tokens.
 fn is_separator(b: u8) -> bool {
@@ -223,36 +238,91 @@ struct Query<'a> {
     path: BundlePath,
     size: u64,
     candidates: Vec<&'a ScanEntry>,
+    /// The candidates were found by content (stage 1b), not by name.
+    by_content: bool,
 }
 
-/// The NEW files to search: a payload without a base, dense, not config, of [`MIN_SIZE`] to
-/// `max_size` bytes, with at least one candidate.
-fn queries<'a>(
-    old: &OldNames<'a>,
-    new: &Tree,
-    choices: &BTreeMap<BundlePath, Choice>,
-    config_globs: &[String],
-    max_size: u64,
-) -> Vec<Query<'a>> {
-    choices
-        .iter()
-        .filter(|(_, c)| matches!(c, Choice::Payload { base: None }))
-        .filter_map(|(p, _)| new.get(p))
-        .filter(|n| n.ty == Type::File && n.extents.is_none() && (MIN_SIZE..=max_size).contains(&n.size))
-        .filter(|n| !is_config(config_globs, &n.path))
-        .map(|n| Query { path: n.path.clone(), size: n.size, candidates: old.candidates(n.path.file_name(), n.size) })
-        .filter(|q| !q.candidates.is_empty())
-        .collect()
+/// Whether the file at `path` starts with the ELF magic.
+fn is_elf_file(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"\x7fELF"
+}
+
+/// OLD's ELF files that may serve as a base (as for [`OldNames`], whatever their name), sketched
+/// and indexed by fingerprint (stage 1b of the module documentation).
+struct OldContent<'a> {
+    files: Vec<(&'a ScanEntry, Sketch)>,
+    by_fingerprint: HashMap<u64, Vec<u32>>,
+}
+
+impl<'a> OldContent<'a> {
+    fn new(old: &'a Tree, config_globs: &[String], progress: &Progress) -> Self {
+        let eligible: Vec<&ScanEntry> = old
+            .entries
+            .iter()
+            .filter(|e| e.ty == Type::File && e.size >= MIN_SIZE / 2 && e.extents.is_none())
+            .filter(|e| !is_config(config_globs, &e.path))
+            .collect();
+        progress.begin("similar-content", "files", Some(eligible.len() as u64), None);
+        let files: Vec<(&ScanEntry, Sketch)> = eligible
+            .par_iter()
+            .filter_map(|e| {
+                let path = old.content_path(&e.path);
+                let s = is_elf_file(&path).then(|| Sketch::of_file(&path, e.size).ok()).flatten();
+                progress.advance(1, if s.is_some() { e.size } else { 0 });
+                Some((*e, s.filter(|s| s.elf)?))
+            })
+            .collect();
+        let mut by_fingerprint: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (i, (_, s)) in files.iter().enumerate() {
+            for &m in &s.mins {
+                by_fingerprint.entry(m).or_default().push(i as u32);
+            }
+        }
+        OldContent { files, by_fingerprint }
+    }
+
+    /// The OLD files sharing the most fingerprints with `mine` (of a file of `size` bytes), within
+    /// 2x of its size, at most [`MAX_CANDIDATES`]: most shared first, then closest in size, then
+    /// smaller path.
+    fn candidates(&self, mine: &Sketch, size: u64) -> Vec<&'a ScanEntry> {
+        let mut shared: HashMap<u32, usize> = HashMap::new();
+        for m in &mine.mins {
+            for &i in self.by_fingerprint.get(m).map_or(&[][..], Vec::as_slice) {
+                *shared.entry(i).or_default() += 1;
+            }
+        }
+        let mut c: Vec<(usize, &ScanEntry)> = shared
+            .into_iter()
+            .map(|(i, n)| (n, self.files[i as usize].0))
+            .filter(|(_, e)| e.size <= size.saturating_mul(2) && size <= e.size.saturating_mul(2))
+            .collect();
+        c.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| a.1.size.abs_diff(size).cmp(&b.1.size.abs_diff(size)))
+                .then_with(|| a.1.path.cmp(&b.1.path))
+        });
+        c.into_iter().take(MAX_CANDIDATES).map(|(_, e)| e).collect()
+    }
+
+    fn sketch(&self, p: &BundlePath) -> Option<&Sketch> {
+        self.files.iter().find(|(e, _)| &e.path == p).map(|(_, s)| s)
+    }
 }
 
 /// The best candidate of `q` by resemblance (see the module documentation), if good enough, and
 /// its resemblance as (shared, union).
-fn best(q: &Query, mine: &Sketch, sketches: &BTreeMap<&BundlePath, Sketch>) -> Option<(BundlePath, (usize, usize))> {
+fn best(q: &Query, mine: &Sketch, sketches: &BTreeMap<BundlePath, Sketch>) -> Option<(BundlePath, (usize, usize))> {
     let mut best: Option<(&ScanEntry, (usize, usize))> = None;
+    let (num, den) = if q.by_content {
+        (MIN_CONTENT_RESEMBLANCE_NUM, MIN_CONTENT_RESEMBLANCE_DEN)
+    } else {
+        (MIN_RESEMBLANCE_NUM, MIN_RESEMBLANCE_DEN)
+    };
     for c in &q.candidates {
         let Some(s) = sketches.get(&c.path).filter(|s| s.elf == mine.elf) else { continue };
         let r = mine.resemblance(s);
-        if r.1 == 0 || r.0 * MIN_RESEMBLANCE_DEN < r.1 * MIN_RESEMBLANCE_NUM {
+        if r.1 == 0 || r.0 * den < r.1 * num {
             continue;
         }
         let better = match best {
@@ -283,30 +353,40 @@ pub fn find_bases(
     max_size: u64,
     progress: &Progress,
 ) -> usize {
-    // OLD is indexed only if a NEW file is to be searched at all (the usual update of a large
-    // tree has none: no index of every OLD file).
-    let searched = |n: &ScanEntry| {
-        n.ty == Type::File
-            && n.extents.is_none()
-            && (MIN_SIZE..=max_size).contains(&n.size)
-            && !is_config(config_globs, &n.path)
-    };
-    let any =
-        choices.iter().any(|(p, c)| matches!(c, Choice::Payload { base: None }) && new.get(p).is_some_and(searched));
-    if !any {
+    // The NEW files to search: a payload without a base, dense, not config, of MIN_SIZE to
+    // max_size bytes. OLD is indexed only if there is one (the usual update of a large tree has
+    // none: no index of every OLD file).
+    let todo: Vec<&ScanEntry> = choices
+        .iter()
+        .filter(|(_, c)| matches!(c, Choice::Payload { base: None }))
+        .filter_map(|(p, _)| new.get(p))
+        .filter(|n| n.ty == Type::File && n.extents.is_none() && (MIN_SIZE..=max_size).contains(&n.size))
+        .filter(|n| !is_config(config_globs, &n.path))
+        .collect();
+    if todo.is_empty() {
         return 0;
     }
     let names = OldNames::new(old, config_globs);
-    let qs = queries(&names, new, choices, config_globs, max_size);
-    if qs.is_empty() {
-        return 0;
-    }
+    let (mut qs, unnamed): (Vec<Query>, Vec<Query>) = todo
+        .iter()
+        .map(|n| Query {
+            path: n.path.clone(),
+            size: n.size,
+            candidates: names.candidates(n.path.file_name(), n.size),
+            by_content: false,
+        })
+        .partition(|q| !q.candidates.is_empty());
     let old_files: BTreeSet<&BundlePath> = qs.iter().flat_map(|q| q.candidates.iter().map(|c| &c.path)).collect();
+    let unnamed: Vec<Query> = unnamed.into_iter().filter(|q| is_elf_file(&new.content_path(&q.path))).collect();
     let work: Vec<(bool, &BundlePath, u64)> = qs
         .iter()
+        .chain(&unnamed)
         .map(|q| (true, &q.path, q.size))
         .chain(old_files.iter().filter_map(|p| old.get(p).map(|e| (false, *p, e.size))))
         .collect();
+    if work.is_empty() {
+        return 0;
+    }
     progress.begin("similar", "files", Some(work.len() as u64), None);
     let sketched: Vec<Option<Sketch>> = work
         .par_iter()
@@ -318,13 +398,30 @@ pub fn find_bases(
         })
         .collect();
     let (mut mine, mut theirs) = (BTreeMap::new(), BTreeMap::new());
-    for ((is_new, p, _), s) in work.iter().zip(sketched) {
+    for ((is_new, p, _), s) in work.into_iter().zip(sketched) {
         if let Some(s) = s {
-            if *is_new {
-                mine.insert(*p, s)
+            if is_new {
+                mine.insert(p.clone(), s)
             } else {
-                theirs.insert(*p, s)
+                theirs.insert(p.clone(), s)
             };
+        }
+    }
+    // Stage 1b: the ELF files without a candidate by name look for one by content.
+    let content = (!unnamed.is_empty()).then(|| OldContent::new(old, config_globs, progress));
+    if let Some(content) = &content {
+        for mut q in unnamed {
+            let Some(s) = mine.get(&q.path) else { continue };
+            q.candidates = content.candidates(s, q.size);
+            q.by_content = true;
+            for c in &q.candidates {
+                if let Some(s) = content.sketch(&c.path) {
+                    theirs.entry(c.path.clone()).or_insert_with(|| s.clone());
+                }
+            }
+            if !q.candidates.is_empty() {
+                qs.push(q);
+            }
         }
     }
     let mut found = 0;
@@ -445,6 +542,29 @@ mod tests {
             got["node_modules/v/node_modules/@x/linux/bin/tool"].as_deref(),
             Some("node_modules/@x/linux/bin/tool")
         );
+    }
+
+    #[test]
+    fn elf_under_another_name_found_by_content() {
+        let mut prog = b"\x7fELF".to_vec();
+        prog.extend(pseudo_random(300_000, 21));
+        let mut text = pseudo_random(100_000, 22);
+        text[..4].copy_from_slice(b"text");
+        let (_o, old) = disk_tree(&[
+            ("usr/bin/perl", &prog),
+            ("usr/bin/other", &[&b"\x7fELF"[..], &pseudo_random(300_000, 23)].concat()),
+            ("usr/share/a.txt", &text),
+        ]);
+        let lib = edited(&prog, 24);
+        let (_n, new) = disk_tree(&[("usr/lib/libperl.so.5.36", &lib), ("usr/share/doc/b.md", &edited(&text, 25))]);
+        let got = search(&old, &new, &[]);
+        // No name in common: the library finds the program by content; a text file is not
+        // searched by content.
+        assert_eq!(got["usr/lib/libperl.so.5.36"].as_deref(), Some("usr/bin/perl"));
+        assert_eq!(got["usr/share/doc/b.md"], None);
+        // An unrelated ELF file under another name gets nothing.
+        let (_n, new) = disk_tree(&[("usr/lib/libz.so.1", &[&b"\x7fELF"[..], &pseudo_random(300_000, 26)].concat())]);
+        assert_eq!(search(&old, &new, &[])["usr/lib/libz.so.1"], None);
     }
 
     #[test]
