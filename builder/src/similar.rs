@@ -7,22 +7,23 @@
 //! level deeper after its parent moved on to another version. Compressed from scratch they cost
 //! several times a patch against their OLD relative.
 //!
-//! Two stages, both bounded:
+//! Three stages, all bounded:
 //!
 //! 1. **Candidates by name.** OLD is indexed once by [`name_key`] of each file name (hash-like
 //!    tokens, digits and separators dropped, so `libx-1a2b3c4d.so.1.2` and `libx-9f8e7d6c.so.1.3`
 //!    meet; directories are ignored, so a move is found). A query looks at most
 //!    [`MAX_CANDIDATES`] OLD files of its key, the closest in size, each within 2x of its size:
 //!    `O(log n)` per query, whatever the number of OLD files sharing the key.
-//! 1b. **Candidates by content**, for an ELF file that has none by name (a library whose code
+//! 2. **Candidates by content**, for an ELF file that has none by name (a library whose code
 //!    is also linked statically into an OLD program: Debian's `libperl.so.5.36` and
-//!    `/usr/bin/perl`). The OLD ELF files of the same size bounds are sketched (stage 2) and
+//!    `/usr/bin/perl`). The OLD ELF files (same bounds as above) are sketched (stage 3) and
 //!    indexed by their sketches' fingerprints; a query takes the [`MAX_CANDIDATES`] OLD files
-//!    sharing the most fingerprints with its own sketch. Only ELF: machine code is where a
-//!    base under another name pays (a patch of `libperl.so` against `perl`: 0.39 MB instead of
-//!    0.92 MB compressed alone), and OLD is sketched only when such a query exists, so the
-//!    cost is a read of OLD's executables and libraries, not of the whole tree.
-//! 2. **Content check.** The query and its candidates get a [`Sketch`]: a bottom-k min-hash of
+//!    within 2x of its size sharing the most fingerprints with its own sketch, and needs
+//!    [`MIN_CONTENT_RESEMBLANCE_NUM`]/[`MIN_CONTENT_RESEMBLANCE_DEN`]. Only ELF: machine code
+//!    is where a base under another name pays (a patch of `libperl.so` against `perl`: 0.39 MB
+//!    instead of 0.92 MB compressed alone), and OLD is sketched only when such a query exists,
+//!    so the cost is a read of OLD's executables and libraries, not of the whole tree.
+//! 3. **Content check.** The query and its candidates get a [`Sketch`]: a bottom-k min-hash of
 //!    content-defined samples of 32-byte windows (a gear rolling hash, sampled where its top bits
 //!    are zero, so the samples follow the content, not its offsets). The candidate with the
 //!    largest estimated resemblance (shared samples over the union's k smallest) wins, if that is
