@@ -89,8 +89,9 @@ pub fn frame_filter<'a>(parts: impl Iterator<Item = &'a [u8]>) -> Bcj {
     choose(parts.map(|p| (code_filter(p), p.len() as u64)))
 }
 
-/// The content class of a file for solid grouping: machine code of one filter, other ELF (data
-/// tables), or anything else.
+/// The content class of a file (or of a part of an ELF file) for solid grouping: machine code of
+/// one filter, other ELF content (data tables, and the non-code parts of executables), or
+/// anything else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
     Other,
@@ -99,23 +100,90 @@ pub enum Class {
 }
 
 impl Class {
-    /// The class of the file at `path`: [`Class::Code`] for an ELF file of at least
-    /// 1/[`CODE_FRACTION`] code (with [`Bcj::None`] for a machine without a filter); a file that
-    /// cannot be read is [`Class::Other`] (its read reports that).
-    pub fn of_file(path: &std::path::Path) -> Class {
-        use std::io::Read;
-        let Ok(mut f) = std::fs::File::open(path) else { return Class::Other };
-        let mut head = [0u8; 64];
-        let Ok(n) = f.read(&mut head) else { return Class::Other };
-        if elf_filter(&head[..n]).is_none() {
-            return Class::Other;
+    /// The filter of a frame of this class.
+    pub fn filter(self) -> Bcj {
+        match self {
+            Class::Code(f) => f,
+            _ => Bcj::None,
         }
-        let mut all = head[..n].to_vec();
-        if f.read_to_end(&mut all).is_err() {
-            return Class::Other;
-        }
-        code_filter(&all).map_or(Class::ElfData, Class::Code)
     }
+}
+
+/// How a file goes into solid frames: its class, and for an ELF file of machine code with
+/// section headers, the ranges `(offset, len)` of its code ([`code_ranges`]): those go into
+/// frames of its [`Class::Code`], the rest of the file into [`Class::ElfData`] frames.
+pub fn classify(path: &std::path::Path) -> (Class, Vec<(u64, u64)>) {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else { return (Class::Other, Vec::new()) };
+    let mut head = [0u8; 64];
+    let Ok(n) = f.read(&mut head) else { return (Class::Other, Vec::new()) };
+    if elf_filter(&head[..n]).is_none() {
+        return (Class::Other, Vec::new());
+    }
+    let mut all = head[..n].to_vec();
+    if f.read_to_end(&mut all).is_err() {
+        return (Class::Other, Vec::new());
+    }
+    match code_filter(&all) {
+        Some(filter) => (Class::Code(filter), code_ranges(&all)),
+        None => (Class::ElfData, Vec::new()),
+    }
+}
+
+/// Gaps between executable sections of at most this many bytes (alignment padding) count as code.
+const CODE_GAP: u64 = 256;
+
+/// The file ranges `(offset, len)` of `elf`'s executable sections (`SHF_EXECINSTR`, not
+/// `SHT_NOBITS`), in order, merged across gaps of at most [`CODE_GAP`] bytes; empty if it has
+/// no section headers or does not parse (then the whole file is treated as code).
+///
+/// Why: a BCJ filter helps only on instructions, and the rest of an executable (read-only data,
+/// unwind tables, relocations, symbol tables) compresses better beside the same kind of bytes of
+/// other files than between two stretches of code. On rootfs-up's 74.7 MB of distinct x86-64
+/// ELF files (xz preset 5, 16 MiB dictionary): whole files behind the x86 filter 14.87 MB; code
+/// behind the filter and the rest without, as two streams, 14.60 MB.
+pub fn code_ranges(elf: &[u8]) -> Vec<(u64, u64)> {
+    let Ok(e) = goblin::elf::Elf::parse(elf) else { return Vec::new() };
+    let size = elf.len() as u64;
+    let mut r: Vec<(u64, u64)> = e
+        .section_headers
+        .iter()
+        .filter(|s| s.is_executable() && s.sh_type != goblin::elf::section_header::SHT_NOBITS && s.sh_size > 0)
+        .filter_map(|s| {
+            let end = s.sh_offset.checked_add(s.sh_size)?.min(size);
+            (s.sh_offset < end).then_some((s.sh_offset, end))
+        })
+        .collect();
+    r.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (start, end) in r {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(CODE_GAP) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged.into_iter().map(|(s, e)| (s, e - s)).collect()
+}
+
+/// A file of `size` bytes cut at its code ranges `code` (sorted, disjoint, inside the file):
+/// `(offset, len, is_code)` covering it in order, no part empty.
+pub fn split_at_code(size: u64, code: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for &(off, len) in code {
+        let (off, end) = (off.max(at).min(size), off.saturating_add(len).min(size));
+        if end > off {
+            if off > at {
+                out.push((at, off - at, false));
+            }
+            out.push((off, end - off, true));
+            at = end;
+        }
+    }
+    if size > at {
+        out.push((at, size - at, false));
+    }
+    out
 }
 
 /// The filter of `elf` if it is machine code ([`CODE_FRACTION`]).
@@ -242,6 +310,44 @@ mod tests {
         let x86 = [elf(2, 1, 62, 1), vec![0; 1000]].concat();
         assert_eq!(code_bytes(&x86), 0);
         assert_eq!(frame_filter([&x86[..]].into_iter()), Bcj::None);
+    }
+
+    #[test]
+    fn native_program_splits_into_code_and_the_rest() {
+        let Some(native) = native_program() else { return };
+        let code = code_ranges(&native);
+        assert!(!code.is_empty());
+        let parts = split_at_code(native.len() as u64, &code);
+        // The parts tile the file; the code parts are the ranges; the ELF header is not code.
+        assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), native.len() as u64);
+        assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0 && w[0].2 != w[1].2));
+        assert_eq!(parts[0], (0, code[0].0, false));
+        let coded: Vec<(u64, u64)> = parts.iter().filter(|p| p.2).map(|p| (p.0, p.1)).collect();
+        assert_eq!(coded, code);
+        let dir = std::env::temp_dir().join(format!("ferry-lzma-class-{}", std::process::id()));
+        let path = dir.with_extension("bin");
+        assert!(std::fs::write(&path, &native).is_ok());
+        let (class, ranges) = classify(&path);
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(class, Class::Code(_)));
+        assert_eq!(ranges, code);
+    }
+
+    #[test]
+    fn split_at_code_clamps_and_skips_empty_parts() {
+        assert_eq!(split_at_code(100, &[]), [(0, 100, false)]);
+        assert_eq!(split_at_code(100, &[(0, 100)]), [(0, 100, true)]);
+        assert_eq!(
+            split_at_code(100, &[(10, 20), (50, 200)]),
+            [(0, 10, false), (10, 20, true), (30, 20, false), (50, 50, true)]
+        );
+        // Overlapping or out-of-range ranges do not produce overlapping or empty parts.
+        assert_eq!(
+            split_at_code(100, &[(10, 20), (15, 10), (200, 5)]),
+            [(0, 10, false), (10, 20, true), (30, 70, false)]
+        );
+        assert_eq!(split_at_code(0, &[(0, 10)]), []);
+        assert_eq!(split_at_code(10, &[(5, u64::MAX)]), [(0, 5, false), (5, 5, true)]);
     }
 
     #[test]

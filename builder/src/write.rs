@@ -12,6 +12,7 @@ use crate::progress::Progress;
 use bundle::container;
 use bundle::{BundlePath, Extent, Frame, Hash, Limits, Method};
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -457,70 +458,117 @@ fn solid_key(job: &PayloadJob) -> (&[u8], &[u8], &[u8]) {
 /// two large files that are nearly the same, and a group of 8 MiB takes about 4 s at level 19.
 pub const SOLID_SPLIT_ABOVE: u64 = 8 << 20;
 
+/// A byte range of a job's content in a solid frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seg {
+    pub job: usize,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One solid frame to be: its content class and the ranges it holds, in frame order.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub class: lzma::Class,
+    pub segs: Vec<Seg>,
+}
+
+impl Group {
+    fn bytes(&self) -> u64 {
+        self.segs.iter().map(|s| s.len).sum()
+    }
+}
+
 /// Pack solid candidates (job indices) into groups: first split by content class
-/// ([`lzma::Class`]: machine code of one BCJ filter, other ELF, anything else), so that a frame holds
-/// one kind of content and its filter suits all of it; then each class in [`solid_key`] order
-/// into the fewest groups of at most `solid_size` decoded bytes (at least two above
-/// [`SOLID_SPLIT_ABOVE`]), cut where the running total passes an equal share, so groups come out
-/// about the same size. A file larger than the bound gets a group of its own.
+/// ([`lzma::classify`]: machine code of one BCJ filter, other ELF, anything else; an executable's
+/// code ranges go with code and the rest of it with other ELF content), so that a frame holds one
+/// kind of content and its filter suits all of it; then each class in [`solid_key`] order (a
+/// file's parts in file order) into the fewest groups of at most `solid_size` decoded bytes (at
+/// least two above [`SOLID_SPLIT_ABOVE`]), cut where the running total passes an equal share, so
+/// groups come out about the same size. A part larger than the bound gets a group of its own.
 ///
 /// Measured on rootfs-up: sorted by name alone, Python's `.so` extension modules sat next to
 /// `.pyc` files and executables next to extension-less scripts, so 26 MB of machine code went
 /// into frames without the x86 filter and text into frames with it; split by class, its solid
 /// frames shrank from 30.07 to 28.77 MB (bundle 30.51 -> 29.16 MB; rootfs-up-arm64 26.66 ->
-/// 25.24 MB), at the same build time.
-pub fn solid_groups(jobs: &[PayloadJob], cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
-    let classes: Vec<lzma::Class> = cand.par_iter().map(|&j| lzma::Class::of_file(&jobs[j].fs_path)).collect();
-    let mut by_class: Vec<(lzma::Class, Vec<usize>)> = Vec::new();
-    for (j, c) in cand.into_iter().zip(classes) {
-        match by_class.iter_mut().find(|(k, _)| *k == c) {
-            Some((_, v)) => v.push(j),
-            None => by_class.push((c, vec![j])),
+/// 25.24 MB), at the same build time; code apart from the rest of each executable: see
+/// [`lzma::code_ranges`].
+pub fn solid_groups(jobs: &[PayloadJob], cand: Vec<usize>, solid_size: u64) -> Vec<Group> {
+    let classes: Vec<(lzma::Class, Vec<(u64, u64)>)> =
+        cand.par_iter().map(|&j| lzma::classify(&jobs[j].fs_path)).collect();
+    let mut by_class: BTreeMap<lzma::Class, Vec<Seg>> = BTreeMap::new();
+    for (job, (class, code)) in cand.into_iter().zip(classes) {
+        let size = jobs[job].size;
+        if code.is_empty() {
+            by_class.entry(class).or_default().push(Seg { job, offset: 0, len: size });
+            continue;
+        }
+        for (offset, len, is_code) in lzma::split_at_code(size, &code) {
+            let c = if is_code { class } else { lzma::Class::ElfData };
+            by_class.entry(c).or_default().push(Seg { job, offset, len });
         }
     }
-    by_class.sort_by_key(|(c, _)| *c);
-    by_class.into_iter().flat_map(|(_, c)| pack(jobs, c, solid_size)).collect()
+    by_class.into_iter().flat_map(|(class, segs)| pack(jobs, class, segs, solid_size)).collect()
 }
 
 /// [`solid_groups`] of one content class.
-fn pack(jobs: &[PayloadJob], mut cand: Vec<usize>, solid_size: u64) -> Vec<Vec<usize>> {
-    cand.sort_by(|&a, &b| solid_key(&jobs[a]).cmp(&solid_key(&jobs[b])));
-    let total: u64 = cand.iter().map(|&j| jobs[j].size).sum();
+fn pack(jobs: &[PayloadJob], class: lzma::Class, mut segs: Vec<Seg>, solid_size: u64) -> Vec<Group> {
+    segs.sort_by(|a, b| (solid_key(&jobs[a.job]), a.offset).cmp(&(solid_key(&jobs[b.job]), b.offset)));
+    let total: u64 = segs.iter().map(|s| s.len).sum();
     let mut n = total.div_ceil(solid_size.max(1)).max(1);
     if n == 1 && total > SOLID_SPLIT_ABOVE {
         n = 2;
     }
     let share = total.div_ceil(n).max(1);
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut cur: Vec<Seg> = Vec::new();
     let mut bytes = 0u64;
-    for j in cand {
-        let s = jobs[j].size;
+    for seg in segs {
+        let s = seg.len;
         if !cur.is_empty() && (bytes + s > solid_size || bytes + s / 2 > share) {
-            groups.push(std::mem::take(&mut cur));
+            groups.push(Group { class, segs: std::mem::take(&mut cur) });
             bytes = 0;
         }
-        cur.push(j);
+        cur.push(seg);
         bytes += s;
     }
     if !cur.is_empty() {
-        groups.push(cur);
+        groups.push(Group { class, segs: cur });
     }
     groups
 }
 
-/// Compress one solid group into a frame: the files' contents concatenated in group order.
+/// Compress one solid group into a frame: its ranges concatenated in group order, behind the
+/// filter of its class.
 ///
 /// At a level where LZMA2 is tried ([`lzma::worth_trying`], judged on a cheap zstd probe), the
 /// LZMA2 frame is encoded first and zstd at the full level only when LZMA2 did not clearly beat
 /// the probe ([`LZMA_SURE_NUM`]/[`LZMA_SURE_DEN`]); otherwise plain zstd at `level`.
-fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<StoredFrame> {
-    let total: u64 = group.iter().map(|&j| jobs[j].size).sum();
+fn run_group(group: &Group, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<StoredFrame> {
+    let total = group.bytes();
     let mut data = Vec::with_capacity(total as usize);
-    for &j in group {
-        read_job_into(&jobs[j], &mut data)?;
+    let mut whole = Vec::new();
+    for seg in &group.segs {
+        let job = &jobs[seg.job];
+        if seg.offset == 0 && seg.len == job.size {
+            read_job_into(job, &mut data)?;
+        } else {
+            // A part of an executable: the whole file is read to check its hash.
+            whole.clear();
+            read_job_into(job, &mut whole)?;
+            let part = usize::try_from(seg.offset)
+                .ok()
+                .zip(usize::try_from(seg.offset + seg.len).ok())
+                .and_then(|(s, e)| whole.get(s..e))
+                .ok_or_else(|| Error::Io {
+                    path: job.fs_path.clone(),
+                    source: io::Error::other("file changed during the build"),
+                })?;
+            data.extend_from_slice(part);
+        }
     }
-    let cerr = |source| Error::Compress { path: format!("solid frame starting with {}", jobs[group[0]].path), source };
+    let first = group.segs.first().map_or_else(String::new, |s| jobs[s.job].path.to_string());
+    let cerr = |source| Error::Compress { path: format!("solid frame starting with {first}"), source };
     let zstd_checked = |level: i32| -> io::Result<Vec<u8>> {
         let bytes = delta::compress_solid(&data, level)?;
         check_decodes(delta::decodes_to(&bytes, None, &data)?)?;
@@ -530,13 +578,7 @@ fn run_group(group: &[usize], jobs: &[PayloadJob], level: i32, store: &FrameStor
         let bytes = zstd_checked(level).map_err(cerr)?;
         return store_frame(store, bytes, total, Method::Zstd);
     };
-    let mut at = 0usize;
-    let parts = group.iter().map(|&j| {
-        let part = &data[at..at + jobs[j].size as usize];
-        at += part.len();
-        part
-    });
-    let (l, m) = lzma::encode_checked(&data, lzma::frame_filter(parts)).map_err(cerr)?;
+    let (l, m) = lzma::encode_checked(&data, group.class.filter()).map_err(cerr)?;
     if lzma_sure(l.len(), probe) {
         return store_frame(store, l, total, m);
     }
@@ -577,7 +619,7 @@ const LZMA_SURE_DEN: u64 = 20;
 /// Work of the compress phase: one file or chunk, or one solid frame.
 enum Task<'a> {
     Unit(&'a Unit),
-    Group(&'a [usize]),
+    Group(&'a Group),
 }
 
 enum Done {
@@ -691,23 +733,35 @@ fn sparse_units(j: usize, job: &PayloadJob, x: &[Extent], chunk: u64) -> Vec<Uni
 }
 
 impl Encoded {
-    /// Add solid frame `f` holding the contents of `group` (job indices) in group order.
-    fn push_solid(&mut self, group: &[usize], f: StoredFrame, jobs: &[PayloadJob]) {
+    /// Add solid frame `f` holding the ranges of `group` in group order; each range's piece goes
+    /// to `parts` with its offset in its file (a file's pieces are put in file order once all
+    /// its frames are in, [`Encoded::place_solid`]).
+    fn push_solid(&mut self, group: &Group, f: StoredFrame, parts: &mut Vec<(usize, u64, PieceRef)>) {
         let mut at = 0u64;
-        for &j in group {
-            let len = jobs[j].size;
-            self.files[j] = EncodedFile {
-                pieces: vec![PieceRef { frame: self.frames.len(), offset: at, len }],
-                encoding: Encoding::Solid,
-            };
-            at += len;
+        for seg in &group.segs {
+            parts.push((seg.job, seg.offset, PieceRef { frame: self.frames.len(), offset: at, len: seg.len }));
+            at += seg.len;
         }
         let s = if matches!(f.method, Method::Lzma { .. }) { &mut self.solid_lzma } else { &mut self.solid };
-        s.0 += group.len() as u64;
+        // Files counted once: by their first byte.
+        s.0 += group.segs.iter().filter(|g| g.offset == 0).count() as u64;
         s.1 += f.frame.decoded;
         s.2 += f.frame.size;
         s.3 += 1;
         self.frames.push(f);
+    }
+
+    /// Give each file of the solid frames its pieces, in file order.
+    fn place_solid(&mut self, mut parts: Vec<(usize, u64, PieceRef)>) {
+        parts.sort_by_key(|p| (p.0, p.1));
+        for (job, _, piece) in parts {
+            let e = &mut self.files[job];
+            if e.encoding != Encoding::Solid {
+                e.pieces.clear();
+                e.encoding = Encoding::Solid;
+            }
+            e.pieces.push(piece);
+        }
     }
 }
 
@@ -725,10 +779,9 @@ pub fn encode_all(
     let (units, mut cand) = units_and_solid_candidates(jobs, opts);
     let total: u64 = units.iter().map(|u| u.len).sum::<u64>() + cand.iter().map(|&j| jobs[j].size).sum::<u64>();
     progress.begin("compress", "frames", None, Some(total));
-    let group_size = |g: &[usize]| g.iter().map(|&j| jobs[j].size).sum::<u64>();
-    let run_group_counted = |g: &[usize]| {
+    let run_group_counted = |g: &Group| {
         let r = run_group(g, jobs, opts.level, store);
-        progress.advance(1, group_size(g));
+        progress.advance(1, g.bytes());
         r
     };
     // Files with a base and large files, together with the solid frames of the small files that
@@ -740,7 +793,7 @@ pub fn encode_all(
         &tasks,
         |t| match t {
             Task::Unit(u) => u.len,
-            Task::Group(g) => group_size(g),
+            Task::Group(g) => g.bytes(),
         },
         |t| match t {
             Task::Unit(u) => {
@@ -778,7 +831,7 @@ pub fn encode_all(
                 e.pieces.push(PieceRef { frame: out.frames.len(), offset: 0, len: u.len });
                 out.frames.push(f);
             }
-            (Task::Group(g), Done::Group(r)) => solid_done.push((g.to_vec(), r?)),
+            (Task::Group(g), Done::Group(r)) => solid_done.push(((*g).clone(), r?)),
             _ => return Err(Error::Invalid(bundle::Error::Manifest("builder bug: task results out of order".into()))),
         }
     }
@@ -788,9 +841,11 @@ pub fn encode_all(
     for (g, r) in late.into_iter().zip(done) {
         solid_done.push((g, r?));
     }
+    let mut parts = Vec::new();
     for (g, f) in solid_done {
-        out.push_solid(&g, f, jobs);
+        out.push_solid(&g, f, &mut parts);
     }
+    out.place_solid(parts);
     let stored: u64 = out.frames.iter().map(|f| f.frame.size).sum();
     progress.end_with(&format!("{} compressed", crate::progress::human_bytes(stored)));
     Ok(out)
@@ -933,7 +988,7 @@ mod tests {
             job(d.path(), "z/.hidden", &[5; 3000])?,
         ];
         let g = solid_groups(&jobs, (0..jobs.len()).collect(), 6000);
-        let names: Vec<Vec<String>> = g.iter().map(|g| g.iter().map(|&j| jobs[j].path.display()).collect()).collect();
+        let names = group_names(&jobs, &g);
         // No extension first (by name), then .c, then .txt (by name, then path).
         assert_eq!(names, [vec!["z/.hidden", "Makefile"], vec!["a/y.c", "a/x.txt"], vec!["b/x.txt"]]);
         // A file larger than the bound gets a group of its own.
@@ -942,13 +997,18 @@ mod tests {
         Ok(())
     }
 
+    /// The paths of each group's ranges.
+    fn group_names(jobs: &[PayloadJob], g: &[Group]) -> Vec<Vec<String>> {
+        g.iter().map(|g| g.segs.iter().map(|s| jobs[s.job].path.display()).collect()).collect()
+    }
+
     #[test]
     fn solid_groups_keep_machine_code_apart() -> Result<(), Box<dyn std::error::Error>> {
         let Ok(native) = fs::read("/usr/bin/ls") else { return Ok(()) };
-        if lzma::Class::of_file(Path::new("/usr/bin/ls")) == lzma::Class::Other {
+        let (lzma::Class::Code(filter), code) = lzma::classify(Path::new("/usr/bin/ls")) else {
             eprintln!("/usr/bin/ls is not ELF code here: classes not checked");
             return Ok(());
-        }
+        };
         let d = tempfile::tempdir()?;
         // Sorted by name alone, the program would sit between the two scripts.
         let jobs = vec![
@@ -958,9 +1018,45 @@ mod tests {
             job(d.path(), "lib/d.so", &[0x7f, b'E', b'L', b'F'])?,
         ];
         let g = solid_groups(&jobs, (0..jobs.len()).collect(), 32 << 20);
-        let names: Vec<Vec<String>> = g.iter().map(|g| g.iter().map(|&j| jobs[j].path.display()).collect()).collect();
-        // Text (and a truncated ELF header, which does not parse) first, then machine code.
-        assert_eq!(names, [vec!["bin/a", "bin/c", "lib/d.so"], vec!["bin/b"]]);
+        // Text (and a truncated ELF header, which does not parse) first, then the program's
+        // tables, then its code, each group behind the filter of its class.
+        let parts = lzma::split_at_code(native.len() as u64, &code);
+        let (n_code, n_rest) = (parts.iter().filter(|p| p.2).count(), parts.iter().filter(|p| !p.2).count());
+        let names = group_names(&jobs, &g);
+        assert_eq!(names, [vec!["bin/a", "bin/c", "lib/d.so"], vec!["bin/b"; n_rest], vec!["bin/b"; n_code]]);
+        let classes: Vec<lzma::Class> = g.iter().map(|g| g.class).collect();
+        assert_eq!(classes, [lzma::Class::Other, lzma::Class::ElfData, lzma::Class::Code(filter)]);
+        // The program's parts in the two groups tile it, each group's in file order.
+        let mut segs: Vec<Seg> = g[1].segs.iter().chain(&g[2].segs).copied().collect();
+        assert!(g[1].segs.windows(2).all(|w| w[0].offset < w[1].offset));
+        segs.sort_by_key(|s| s.offset);
+        assert!(segs.windows(2).all(|w| w[0].offset + w[0].len == w[1].offset));
+        assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), native.len() as u64);
+
+        // Encoded and placed, the program's pieces come back in file order and give it back.
+        let store = FrameStore::new_in(d.path())?;
+        let opts = EncodeOptions { level: 19, chunk: 64 << 20, solid_size: 32 << 20 };
+        let enc = encode_all(&jobs, opts, &store, &Progress::silent())?;
+        let b = &enc.files[1];
+        assert_eq!(b.encoding, Encoding::Solid);
+        assert_eq!(b.pieces.len(), parts.len());
+        assert_eq!(enc.solid.0 + enc.solid_lzma.0, jobs.len() as u64);
+        let mut file = store.into_file()?;
+        let mut got = Vec::new();
+        for p in &b.pieces {
+            let f = &enc.frames[p.frame];
+            let mut bytes = vec![0u8; f.frame.size as usize];
+            file.seek(SeekFrom::Start(f.offset))?;
+            file.read_exact(&mut bytes)?;
+            let decoded = match f.method {
+                Method::Lzma { filter, dict_log } => {
+                    bundle::lzma::decode(&bytes, filter, dict_log, f.frame.decoded, &Limits::default())?
+                }
+                _ => zstd::decode_all(&bytes[..])?,
+            };
+            got.extend_from_slice(&decoded[p.offset as usize..(p.offset + p.len) as usize]);
+        }
+        assert!(got == native, "the program's pieces do not give it back");
         Ok(())
     }
 
@@ -972,14 +1068,14 @@ mod tests {
             (0..n).map(|i| job(d.path(), &format!("f{i:03}.bin"), &[0; 100_000])).collect::<Result<Vec<_>, _>>()?;
         // Everything fits one 32 MiB group, but it is more than SOLID_SPLIT_ABOVE: two halves.
         let g = solid_groups(&jobs, (0..jobs.len()).collect(), 32 << 20);
-        let sizes: Vec<usize> = g.iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = g.iter().map(|g| g.segs.len()).collect();
         assert_eq!(sizes.len(), 2);
         assert!(sizes[0].abs_diff(sizes[1]) <= 1, "{sizes:?}");
         // Below the threshold: one group.
         assert_eq!(solid_groups(&jobs, (0..10).collect(), 32 << 20).len(), 1);
         // 4.4 MB in groups of at most 2 MB: three of about 1.47 MB, not 2 + 2 + 0.4.
         let g = solid_groups(&jobs, (0..44).collect(), 2_000_000);
-        let sizes: Vec<usize> = g.iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = g.iter().map(|g| g.segs.len()).collect();
         assert_eq!(sizes.len(), 3);
         assert!(sizes.iter().max().unwrap_or(&0) - sizes.iter().min().unwrap_or(&0) <= 1, "{sizes:?}");
         Ok(())
