@@ -788,7 +788,7 @@ pub fn encode_all(
     // have no base, all in one queue, largest first: a big solid frame or shared library then
     // starts at once instead of after everything else.
     let groups = solid_groups(jobs, std::mem::take(&mut cand), opts.solid_size);
-    let tasks: Vec<Task> = units.iter().map(Task::Unit).chain(groups.iter().map(|g| Task::Group(g))).collect();
+    let tasks: Vec<Task> = units.iter().map(Task::Unit).chain(groups.iter().map(Task::Group)).collect();
     let done = largest_first(
         &tasks,
         |t| match t {
@@ -837,7 +837,7 @@ pub fn encode_all(
     }
     // Files whose patch lost to plain zstd: solid frames of their own.
     let late = solid_groups(jobs, cand, opts.solid_size);
-    let done: Vec<Result<StoredFrame>> = late.par_iter().map(|g| run_group_counted(g)).collect();
+    let done: Vec<Result<StoredFrame>> = late.par_iter().map(run_group_counted).collect();
     for (g, r) in late.into_iter().zip(done) {
         solid_done.push((g, r?));
     }
