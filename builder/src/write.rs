@@ -946,9 +946,7 @@ mod tests {
         let oldb = fs::read(&old)?;
         for (i, pr) in enc.files[0].pieces.iter().enumerate() {
             let f = &enc.frames[pr.frame];
-            let mut bytes = vec![0u8; f.frame.size as usize];
-            file.seek(SeekFrom::Start(f.offset))?;
-            file.read_exact(&mut bytes)?;
+            let bytes = read_stored(&mut file, f)?;
             assert_eq!(Hash::of(&bytes), f.frame.hash);
             let prefix = match &f.method {
                 Method::Patch { offset, len, .. } => {
@@ -995,6 +993,14 @@ mod tests {
         let g = solid_groups(&jobs, vec![0, 1], 100);
         assert_eq!(g.len(), 2);
         Ok(())
+    }
+
+    /// The compressed bytes of stored frame `f` from the store's `file`.
+    fn read_stored(file: &mut File, f: &StoredFrame) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; f.frame.size as usize];
+        file.seek(SeekFrom::Start(f.offset))?;
+        file.read_exact(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// The paths of each group's ranges.
@@ -1045,9 +1051,7 @@ mod tests {
         let mut got = Vec::new();
         for p in &b.pieces {
             let f = &enc.frames[p.frame];
-            let mut bytes = vec![0u8; f.frame.size as usize];
-            file.seek(SeekFrom::Start(f.offset))?;
-            file.read_exact(&mut bytes)?;
+            let bytes = read_stored(&mut file, f)?;
             let decoded = match f.method {
                 Method::Lzma { filter, dict_log } => {
                     bundle::lzma::decode(&bytes, filter, dict_log, f.frame.decoded, &Limits::default())?
@@ -1140,12 +1144,7 @@ mod tests {
         let decoded: Vec<Vec<u8>> = enc
             .frames
             .iter()
-            .map(|f| {
-                let mut bytes = vec![0u8; f.frame.size as usize];
-                file.seek(SeekFrom::Start(f.offset))?;
-                file.read_exact(&mut bytes)?;
-                delta::decompress(&bytes, None, f.frame.decoded)
-            })
+            .map(|f| delta::decompress(&read_stored(&mut file, f)?, None, f.frame.decoded))
             .collect::<io::Result<_>>()?;
         for (j, f) in jobs.iter().zip(&enc.files) {
             let p = f.pieces[0];
@@ -1209,9 +1208,7 @@ mod tests {
         for (j, f) in jobs.iter().zip(&enc.files) {
             let p = f.pieces[0];
             let sf = &enc.frames[p.frame];
-            let mut bytes = vec![0u8; sf.frame.size as usize];
-            file.seek(SeekFrom::Start(sf.offset))?;
-            file.read_exact(&mut bytes)?;
+            let bytes = read_stored(&mut file, sf)?;
             let out = match sf.method {
                 // The headers are not of real ELF files (no code sections): no filter.
                 Method::Lzma { filter, dict_log } => {
