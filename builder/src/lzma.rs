@@ -65,7 +65,11 @@ pub const CODE_FRACTION: u64 = 10;
 /// Bytes of `elf` in executable sections (or, without section headers, executable segments);
 /// 0 if it does not parse.
 fn code_bytes(elf: &[u8]) -> u64 {
-    let Ok(e) = goblin::elf::Elf::parse(elf) else { return 0 };
+    goblin::elf::Elf::parse(elf).map_or(0, |e| code_bytes_of(&e))
+}
+
+/// [`code_bytes`] of a parsed file.
+fn code_bytes_of(e: &goblin::elf::Elf) -> u64 {
     let sections: u64 = e
         .section_headers
         .iter()
@@ -89,13 +93,33 @@ pub fn frame_filter<'a>(parts: impl Iterator<Item = &'a [u8]>) -> Bcj {
     choose(parts.map(|p| (code_filter(p), p.len() as u64)))
 }
 
-/// The content class of a file (or of a part of an ELF file) for solid grouping: machine code of
-/// one filter, other ELF content (data tables, and the non-code parts of executables), or
-/// anything else.
+/// What a part of an ELF file holds, for solid grouping (by its section's type and name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// The ELF and program headers, the section header table, and bytes of no section.
+    Headers,
+    /// `.rodata*`.
+    ReadOnly,
+    /// `.eh_frame`, `.eh_frame_hdr`, `.gcc_except_table`, `.ARM.exidx`/`.ARM.extab`.
+    Unwind,
+    /// Symbol tables, their hash tables and symbol versions.
+    Symbols,
+    /// String tables.
+    Strings,
+    /// Relocations.
+    Relocations,
+    /// `.debug*` (unstripped files).
+    Debug,
+    /// Every other section: `.data`, `.data.rel.ro`, `.dynamic`, `.got`, notes, ...
+    Data,
+}
+
+/// The content class of a part of a file for solid grouping: machine code of one filter, one
+/// kind of other ELF content ([`Part`]), or anything else.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Class {
     Other,
-    ElfData,
+    Elf(Part),
     Code(Bcj),
 }
 
@@ -109,81 +133,124 @@ impl Class {
     }
 }
 
-/// How a file goes into solid frames: its class, and for an ELF file of machine code with
-/// section headers, the ranges `(offset, len)` of its code ([`code_ranges`]): those go into
-/// frames of its [`Class::Code`], the rest of the file into [`Class::ElfData`] frames.
-pub fn classify(path: &std::path::Path) -> (Class, Vec<(u64, u64)>) {
+/// How the file at `path` of `size` bytes goes into solid frames: `(offset, len, class)`
+/// tiling it in order ([`elf_parts`] for an ELF file; one part of [`Class::Other`] for anything
+/// else, including a file that cannot be read or whose size changed, which its read reports).
+pub fn classify(path: &std::path::Path, size: u64) -> Vec<(u64, u64, Class)> {
     use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else { return (Class::Other, Vec::new()) };
+    let whole = vec![(0, size, Class::Other)];
+    let Ok(mut f) = std::fs::File::open(path) else { return whole };
     let mut head = [0u8; 64];
-    let Ok(n) = f.read(&mut head) else { return (Class::Other, Vec::new()) };
+    let Ok(n) = f.read(&mut head) else { return whole };
     if elf_filter(&head[..n]).is_none() {
-        return (Class::Other, Vec::new());
+        return whole;
     }
     let mut all = head[..n].to_vec();
-    if f.read_to_end(&mut all).is_err() {
-        return (Class::Other, Vec::new());
+    if f.read_to_end(&mut all).is_err() || all.len() as u64 != size {
+        return whole;
     }
-    match code_filter(&all) {
-        Some(filter) => (Class::Code(filter), code_ranges(&all)),
-        None => (Class::ElfData, Vec::new()),
+    elf_parts(&all)
+}
+
+/// Parts shorter than this join the part before them (or, the first, the one after): a piece
+/// costs about 20 bytes of manifest.
+const MIN_PART: u64 = 512;
+
+/// The part a section's bytes belong to.
+fn part_of(name: &str, sh_type: u32) -> Part {
+    use goblin::elf::section_header as sh;
+    match sh_type {
+        sh::SHT_SYMTAB
+        | sh::SHT_DYNSYM
+        | sh::SHT_HASH
+        | sh::SHT_GNU_HASH
+        | sh::SHT_GNU_VERSYM
+        | sh::SHT_GNU_VERDEF
+        | sh::SHT_GNU_VERNEED => Part::Symbols,
+        sh::SHT_STRTAB => Part::Strings,
+        // SHT_RELR (19) is newer than goblin's constants.
+        sh::SHT_RELA | sh::SHT_REL | 19 => Part::Relocations,
+        _ if name.starts_with(".rodata") => Part::ReadOnly,
+        _ if name.starts_with(".eh_frame") || name == ".gcc_except_table" || name.starts_with(".ARM.ex") => {
+            Part::Unwind
+        }
+        _ if name.starts_with(".debug") || name.starts_with(".zdebug") => Part::Debug,
+        _ => Part::Data,
     }
 }
 
-/// Gaps between executable sections of at most this many bytes (alignment padding) count as code.
-const CODE_GAP: u64 = 256;
-
-/// The file ranges `(offset, len)` of `elf`'s executable sections (`SHF_EXECINSTR`, not
-/// `SHT_NOBITS`), in order, merged across gaps of at most [`CODE_GAP`] bytes; empty if it has
-/// no section headers or does not parse (then the whole file is treated as code).
+/// An ELF file's parts for solid grouping, `(offset, len, class)` tiling it in order: each
+/// section's bytes (and the padding after it) are of its kind — executable sections
+/// (`SHF_EXECINSTR`) are [`Class::Code`] of the machine's filter, the others
+/// [`Class::Elf`] of their [`Part`]; the headers before the first section and the section
+/// header table after the last are [`Part::Headers`]. Neighbours of one class are merged,
+/// parts under [`MIN_PART`] bytes joined to their neighbour. Without section headers (or if
+/// it does not parse), the whole file is one part: code if it is machine code
+/// ([`CODE_FRACTION`]), else [`Part::Data`].
 ///
-/// Why: a BCJ filter helps only on instructions, and the rest of an executable (read-only data,
-/// unwind tables, relocations, symbol tables) compresses better beside the same kind of bytes of
-/// other files than between two stretches of code. On rootfs-up's 74.7 MB of distinct x86-64
-/// ELF files (xz preset 5, 16 MiB dictionary): whole files behind the x86 filter 14.87 MB; code
-/// behind the filter and the rest without, as two streams, 14.60 MB.
-pub fn code_ranges(elf: &[u8]) -> Vec<(u64, u64)> {
-    let Ok(e) = goblin::elf::Elf::parse(elf) else { return Vec::new() };
+/// Why: a BCJ filter helps only on instructions, and the rest of an executable compresses best
+/// beside the same kind of bytes of other files — read-only data with read-only data, symbol
+/// tables with symbol tables — not between two stretches of code. On rootfs-up's 74.7 MB of
+/// distinct x86-64 ELF files (xz preset 5, 16 MiB dictionary): whole files behind the x86
+/// filter 14.87 MB; code behind the filter and the rest without, two streams, 14.60 MB; code
+/// and seven kinds of the rest, eight streams, 14.46 MB.
+pub fn elf_parts(elf: &[u8]) -> Vec<(u64, u64, Class)> {
     let size = elf.len() as u64;
-    let mut r: Vec<(u64, u64)> = e
+    let Some(machine) = elf_filter(elf) else { return vec![(0, size, Class::Other)] };
+    let Ok(e) = goblin::elf::Elf::parse(elf) else { return vec![(0, size, Class::Elf(Part::Data))] };
+    if e.section_headers.is_empty() {
+        let code = code_bytes_of(&e).saturating_mul(CODE_FRACTION) >= size;
+        return vec![(0, size, if code { Class::Code(machine) } else { Class::Elf(Part::Data) })];
+    }
+    let mut secs: Vec<(u64, u64, Class)> = e
         .section_headers
         .iter()
-        .filter(|s| s.is_executable() && s.sh_type != goblin::elf::section_header::SHT_NOBITS && s.sh_size > 0)
+        .filter(|s| s.sh_type != goblin::elf::section_header::SHT_NOBITS && s.sh_size > 0)
         .filter_map(|s| {
             let end = s.sh_offset.checked_add(s.sh_size)?.min(size);
-            (s.sh_offset < end).then_some((s.sh_offset, end))
+            let class = if s.is_executable() {
+                Class::Code(machine)
+            } else {
+                Class::Elf(part_of(e.shdr_strtab.get_at(s.sh_name).unwrap_or(""), s.sh_type))
+            };
+            (s.sh_offset < end).then_some((s.sh_offset, end, class))
         })
         .collect();
-    r.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (start, end) in r {
-        match merged.last_mut() {
-            Some(last) if start <= last.1.saturating_add(CODE_GAP) => last.1 = last.1.max(end),
-            _ => merged.push((start, end)),
-        }
-    }
-    merged.into_iter().map(|(s, e)| (s, e - s)).collect()
-}
-
-/// A file of `size` bytes cut at its code ranges `code` (sorted, disjoint, inside the file):
-/// `(offset, len, is_code)` covering it in order, no part empty.
-pub fn split_at_code(size: u64, code: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
-    let mut out = Vec::new();
+    secs.sort_by_key(|s| (s.0, s.1));
+    let mut runs: Vec<(u64, u64, Class)> = Vec::new();
+    let push = |runs: &mut Vec<(u64, u64, Class)>, start: u64, end: u64, class: Class| match runs.last_mut() {
+        Some(last) if last.2 == class => last.1 = end,
+        _ => runs.push((start, end, class)),
+    };
     let mut at = 0u64;
-    for &(off, len) in code {
-        let (off, end) = (off.max(at).min(size), off.saturating_add(len).min(size));
-        if end > off {
-            if off > at {
-                out.push((at, off - at, false));
-            }
-            out.push((off, end - off, true));
-            at = end;
+    for (start, end, class) in secs {
+        if end <= at {
+            continue; // inside (or overlapping) an earlier section
         }
+        let start = start.max(at);
+        if start > at {
+            let gap = runs.last().map_or(Class::Elf(Part::Headers), |r| r.2);
+            push(&mut runs, at, start, gap);
+        }
+        push(&mut runs, start, end, class);
+        at = end;
     }
     if size > at {
-        out.push((at, size - at, false));
+        push(&mut runs, at, size, Class::Elf(Part::Headers));
     }
-    out
+    // Small parts join a neighbour, then neighbours of one class merge.
+    let mut out: Vec<(u64, u64, Class)> = Vec::new();
+    for (start, end, class) in runs {
+        let first = out.len() == 1;
+        match out.last_mut() {
+            Some(last) if end - start < MIN_PART || last.2 == class => last.1 = end,
+            Some(last) if first && last.1 - last.0 < MIN_PART => {
+                *last = (last.0, end, class);
+            }
+            _ => out.push((start, end, class)),
+        }
+    }
+    out.into_iter().map(|(s, e, c)| (s, e - s, c)).collect()
 }
 
 /// The filter of `elf` if it is machine code ([`CODE_FRACTION`]).
@@ -313,41 +380,41 @@ mod tests {
     }
 
     #[test]
-    fn native_program_splits_into_code_and_the_rest() {
+    fn native_program_splits_into_parts() {
         let Some(native) = native_program() else { return };
-        let code = code_ranges(&native);
-        assert!(!code.is_empty());
-        let parts = split_at_code(native.len() as u64, &code);
-        // The parts tile the file; the code parts are the ranges; the ELF header is not code.
+        let Some(machine) = elf_filter(&native) else { return };
+        let parts = elf_parts(&native);
+        // The parts tile the file, neighbours differ, none is small; the ELF header is not code,
+        // and there is code and more than one kind of the rest.
         assert_eq!(parts.iter().map(|p| p.1).sum::<u64>(), native.len() as u64);
-        assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0 && w[0].2 != w[1].2));
-        assert_eq!(parts[0], (0, code[0].0, false));
-        let coded: Vec<(u64, u64)> = parts.iter().filter(|p| p.2).map(|p| (p.0, p.1)).collect();
-        assert_eq!(coded, code);
-        let dir = std::env::temp_dir().join(format!("ferry-lzma-class-{}", std::process::id()));
-        let path = dir.with_extension("bin");
+        assert!(parts.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0 && w[0].2 != w[1].2), "{parts:?}");
+        assert!(parts.iter().all(|p| p.1 >= MIN_PART), "{parts:?}");
+        assert_eq!((parts[0].0, parts[0].2), (0, Class::Elf(Part::Headers)));
+        assert!(parts.iter().any(|p| p.2 == Class::Code(machine)), "{parts:?}");
+        let kinds: std::collections::BTreeSet<Class> = parts.iter().map(|p| p.2).collect();
+        assert!(kinds.len() >= 4, "{parts:?}");
+        let path = std::env::temp_dir().join(format!("ferry-lzma-class-{}.bin", std::process::id()));
         assert!(std::fs::write(&path, &native).is_ok());
-        let (class, ranges) = classify(&path);
+        let got = classify(&path, native.len() as u64);
+        // A size that does not match (the file changed): one part, not ELF parts.
+        let changed = classify(&path, native.len() as u64 + 1);
         let _ = std::fs::remove_file(&path);
-        assert!(matches!(class, Class::Code(_)));
-        assert_eq!(ranges, code);
+        assert_eq!(got, parts);
+        assert_eq!(changed, [(0, native.len() as u64 + 1, Class::Other)]);
     }
 
     #[test]
-    fn split_at_code_clamps_and_skips_empty_parts() {
-        assert_eq!(split_at_code(100, &[]), [(0, 100, false)]);
-        assert_eq!(split_at_code(100, &[(0, 100)]), [(0, 100, true)]);
-        assert_eq!(
-            split_at_code(100, &[(10, 20), (50, 200)]),
-            [(0, 10, false), (10, 20, true), (30, 20, false), (50, 50, true)]
-        );
-        // Overlapping or out-of-range ranges do not produce overlapping or empty parts.
-        assert_eq!(
-            split_at_code(100, &[(10, 20), (15, 10), (200, 5)]),
-            [(0, 10, false), (10, 20, true), (30, 70, false)]
-        );
-        assert_eq!(split_at_code(0, &[(0, 10)]), []);
-        assert_eq!(split_at_code(10, &[(5, u64::MAX)]), [(0, 5, false), (5, 5, true)]);
+    fn elf_parts_of_odd_files() {
+        // Not ELF; ELF that does not parse; a header only.
+        assert_eq!(elf_parts(b"#!/bin/sh\n"), [(0, 10, Class::Other)]);
+        let mut junk = elf(2, 1, 62, 0x1040);
+        junk.extend([0xff; 100]);
+        junk[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes()); // e_shoff far outside
+        junk[0x3c..0x3e].copy_from_slice(&5u16.to_le_bytes()); // e_shnum
+        let n = junk.len() as u64;
+        assert!(matches!(elf_parts(&junk)[..], [(0, len, Class::Elf(Part::Data) | Class::Other)] if len == n));
+        let bare = elf(2, 1, 62, 0x1040);
+        assert_eq!(elf_parts(&bare), [(0, 64, Class::Elf(Part::Data))]);
     }
 
     #[test]

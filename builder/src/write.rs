@@ -480,9 +480,9 @@ impl Group {
 }
 
 /// Pack solid candidates (job indices) into groups: first split by content class
-/// ([`lzma::classify`]: machine code of one BCJ filter, other ELF, anything else; an executable's
-/// code ranges go with code and the rest of it with other ELF content), so that a frame holds one
-/// kind of content and its filter suits all of it; then each class in [`solid_key`] order (a
+/// ([`lzma::classify`]: machine code of one BCJ filter, one kind of other ELF content, anything
+/// else; an ELF file's sections go each to its kind, [`lzma::elf_parts`]), so that a frame holds
+/// one kind of content and its filter suits all of it; then each class in [`solid_key`] order (a
 /// file's parts in file order) into the fewest groups of at most `solid_size` decoded bytes (at
 /// least two above [`SOLID_SPLIT_ABOVE`]), cut where the running total passes an equal share, so
 /// groups come out about the same size. A part larger than the bound gets a group of its own.
@@ -491,21 +491,14 @@ impl Group {
 /// `.pyc` files and executables next to extension-less scripts, so 26 MB of machine code went
 /// into frames without the x86 filter and text into frames with it; split by class, its solid
 /// frames shrank from 30.07 to 28.77 MB (bundle 30.51 -> 29.16 MB; rootfs-up-arm64 26.66 ->
-/// 25.24 MB), at the same build time; code apart from the rest of each executable: see
-/// [`lzma::code_ranges`].
+/// 25.24 MB), at the same build time; ELF files cut into parts: see [`lzma::elf_parts`].
 pub fn solid_groups(jobs: &[PayloadJob], cand: Vec<usize>, solid_size: u64) -> Vec<Group> {
-    let classes: Vec<(lzma::Class, Vec<(u64, u64)>)> =
-        cand.par_iter().map(|&j| lzma::classify(&jobs[j].fs_path)).collect();
+    let parts: Vec<Vec<(u64, u64, lzma::Class)>> =
+        cand.par_iter().map(|&j| lzma::classify(&jobs[j].fs_path, jobs[j].size)).collect();
     let mut by_class: BTreeMap<lzma::Class, Vec<Seg>> = BTreeMap::new();
-    for (job, (class, code)) in cand.into_iter().zip(classes) {
-        let size = jobs[job].size;
-        if code.is_empty() {
-            by_class.entry(class).or_default().push(Seg { job, offset: 0, len: size });
-            continue;
-        }
-        for (offset, len, is_code) in lzma::split_at_code(size, &code) {
-            let c = if is_code { class } else { lzma::Class::ElfData };
-            by_class.entry(c).or_default().push(Seg { job, offset, len });
+    for (job, parts) in cand.into_iter().zip(parts) {
+        for (offset, len, class) in parts {
+            by_class.entry(class).or_default().push(Seg { job, offset, len });
         }
     }
     by_class.into_iter().flat_map(|(class, segs)| pack(jobs, class, segs, solid_size)).collect()
@@ -1011,7 +1004,8 @@ mod tests {
     #[test]
     fn solid_groups_keep_machine_code_apart() -> Result<(), Box<dyn std::error::Error>> {
         let Ok(native) = fs::read("/usr/bin/ls") else { return Ok(()) };
-        let (lzma::Class::Code(filter), code) = lzma::classify(Path::new("/usr/bin/ls")) else {
+        let parts = lzma::elf_parts(&native);
+        let Some(code) = parts.iter().map(|p| p.2).find(|c| matches!(c, lzma::Class::Code(_))) else {
             eprintln!("/usr/bin/ls is not ELF code here: classes not checked");
             return Ok(());
         };
@@ -1024,17 +1018,21 @@ mod tests {
             job(d.path(), "lib/d.so", &[0x7f, b'E', b'L', b'F'])?,
         ];
         let g = solid_groups(&jobs, (0..jobs.len()).collect(), 32 << 20);
-        // Text (and a truncated ELF header, which does not parse) first, then the program's
-        // tables, then its code, each group behind the filter of its class.
-        let parts = lzma::split_at_code(native.len() as u64, &code);
-        let (n_code, n_rest) = (parts.iter().filter(|p| p.2).count(), parts.iter().filter(|p| !p.2).count());
+        // Text (and a truncated ELF header, which is not ELF) first, then the program's parts by
+        // kind, its code last, each group behind the filter of its class.
         let names = group_names(&jobs, &g);
-        assert_eq!(names, [vec!["bin/a", "bin/c", "lib/d.so"], vec!["bin/b"; n_rest], vec!["bin/b"; n_code]]);
+        assert_eq!(names[0], ["bin/a", "bin/c", "lib/d.so"]);
+        assert!(names[1..].iter().flatten().all(|n| n == "bin/b"), "{names:?}");
         let classes: Vec<lzma::Class> = g.iter().map(|g| g.class).collect();
-        assert_eq!(classes, [lzma::Class::Other, lzma::Class::ElfData, lzma::Class::Code(filter)]);
-        // The program's parts in the two groups tile it, each group's in file order.
-        let mut segs: Vec<Seg> = g[1].segs.iter().chain(&g[2].segs).copied().collect();
-        assert!(g[1].segs.windows(2).all(|w| w[0].offset < w[1].offset));
+        let mut want: Vec<lzma::Class> = parts.iter().map(|p| p.2).collect();
+        want.sort();
+        want.dedup();
+        want.insert(0, lzma::Class::Other);
+        assert_eq!(classes, want);
+        assert_eq!(classes.last(), Some(&code));
+        // The program's parts tile it, each group's in file order.
+        let mut segs: Vec<Seg> = g[1..].iter().flat_map(|g| g.segs.iter().copied()).collect();
+        assert!(g.iter().all(|g| g.segs.windows(2).all(|w| w[0].job != w[1].job || w[0].offset < w[1].offset)));
         segs.sort_by_key(|s| s.offset);
         assert!(segs.windows(2).all(|w| w[0].offset + w[0].len == w[1].offset));
         assert_eq!(segs.iter().map(|s| s.len).sum::<u64>(), native.len() as u64);
