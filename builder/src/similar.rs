@@ -68,6 +68,9 @@ pub const MIN_RESEMBLANCE_DEN: usize = 20;
 /// is linked into measure 0.2 (`libperl.so`, `perl`).
 pub const MIN_CONTENT_RESEMBLANCE_NUM: usize = 1;
 pub const MIN_CONTENT_RESEMBLANCE_DEN: usize = 8;
+/// A fingerprint that more OLD ELF files than this share is not counted in the search by
+/// content (start-up code, padding: every file of a machine has it).
+const MAX_POSTING: usize = 256;
 
 /// Separators of a file name's tokens.
 fn is_separator(b: u8) -> bool {
@@ -253,7 +256,9 @@ fn is_elf_file(path: &Path) -> bool {
 /// and indexed by fingerprint (stage 1b of the module documentation).
 struct OldContent<'a> {
     files: Vec<(&'a ScanEntry, Sketch)>,
-    by_fingerprint: HashMap<u64, Vec<u32>>,
+    /// (fingerprint, index into `files`) of every sketch, sorted: 12 bytes a sample, with no
+    /// allocation per fingerprint.
+    by_fingerprint: Vec<(u64, u32)>,
 }
 
 impl<'a> OldContent<'a> {
@@ -274,40 +279,40 @@ impl<'a> OldContent<'a> {
                 Some((*e, s.filter(|s| s.elf)?))
             })
             .collect();
-        let mut by_fingerprint: HashMap<u64, Vec<u32>> = HashMap::new();
-        for (i, (_, s)) in files.iter().enumerate() {
-            for &m in &s.mins {
-                by_fingerprint.entry(m).or_default().push(i as u32);
-            }
-        }
+        let mut by_fingerprint: Vec<(u64, u32)> =
+            files.iter().enumerate().flat_map(|(i, (_, s))| s.mins.iter().map(move |&m| (m, i as u32))).collect();
+        by_fingerprint.sort_unstable();
         OldContent { files, by_fingerprint }
     }
 
     /// The OLD files sharing the most fingerprints with `mine` (of a file of `size` bytes), within
-    /// 2x of its size, at most [`MAX_CANDIDATES`]: most shared first, then closest in size, then
-    /// smaller path.
-    fn candidates(&self, mine: &Sketch, size: u64) -> Vec<&'a ScanEntry> {
+    /// 2x of its size, at most [`MAX_CANDIDATES`], with their sketches: most shared first, then
+    /// closest in size, then smaller path. A fingerprint more than [`MAX_POSTING`] OLD files
+    /// share is not counted: it says nothing about which one is alike, and counting it would
+    /// cost every query a pass over them all.
+    fn candidates(&self, mine: &Sketch, size: u64) -> Vec<(&'a ScanEntry, &Sketch)> {
         let mut shared: HashMap<u32, usize> = HashMap::new();
         for m in &mine.mins {
-            for &i in self.by_fingerprint.get(m).map_or(&[][..], Vec::as_slice) {
+            let from = self.by_fingerprint.partition_point(|p| p.0 < *m);
+            let to = self.by_fingerprint.partition_point(|p| p.0 <= *m);
+            if to - from > MAX_POSTING {
+                continue;
+            }
+            for &(_, i) in &self.by_fingerprint[from..to] {
                 *shared.entry(i).or_default() += 1;
             }
         }
-        let mut c: Vec<(usize, &ScanEntry)> = shared
+        let mut c: Vec<(usize, &(&ScanEntry, Sketch))> = shared
             .into_iter()
-            .map(|(i, n)| (n, self.files[i as usize].0))
-            .filter(|(_, e)| e.size <= size.saturating_mul(2) && size <= e.size.saturating_mul(2))
+            .filter_map(|(i, n)| Some((n, self.files.get(i as usize)?)))
+            .filter(|(_, (e, _))| e.size <= size.saturating_mul(2) && size <= e.size.saturating_mul(2))
             .collect();
         c.sort_by(|a, b| {
             b.0.cmp(&a.0)
-                .then_with(|| a.1.size.abs_diff(size).cmp(&b.1.size.abs_diff(size)))
-                .then_with(|| a.1.path.cmp(&b.1.path))
+                .then_with(|| a.1 .0.size.abs_diff(size).cmp(&b.1 .0.size.abs_diff(size)))
+                .then_with(|| a.1 .0.path.cmp(&b.1 .0.path))
         });
-        c.into_iter().take(MAX_CANDIDATES).map(|(_, e)| e).collect()
-    }
-
-    fn sketch(&self, p: &BundlePath) -> Option<&Sketch> {
-        self.files.iter().find(|(e, _)| &e.path == p).map(|(_, s)| s)
+        c.into_iter().take(MAX_CANDIDATES).map(|(_, (e, s))| (*e, s)).collect()
     }
 }
 
@@ -413,13 +418,12 @@ pub fn find_bases(
     if let Some(content) = &content {
         for mut q in unnamed {
             let Some(s) = mine.get(&q.path) else { continue };
-            q.candidates = content.candidates(s, q.size);
-            q.by_content = true;
-            for c in &q.candidates {
-                if let Some(s) = content.sketch(&c.path) {
-                    theirs.entry(c.path.clone()).or_insert_with(|| s.clone());
-                }
+            let found = content.candidates(s, q.size);
+            for (e, s) in &found {
+                theirs.entry(e.path.clone()).or_insert_with(|| (*s).clone());
             }
+            q.candidates = found.into_iter().map(|(e, _)| e).collect();
+            q.by_content = true;
             if !q.candidates.is_empty() {
                 qs.push(q);
             }
