@@ -182,6 +182,11 @@ impl Sketch {
     }
 }
 
+/// Whether sizes `a` and `b` are within a factor of 2 of each other (a candidate base's bound).
+fn within_2x(a: u64, b: u64) -> bool {
+    a <= b.saturating_mul(2) && b <= a.saturating_mul(2)
+}
+
 /// OLD's files that may serve as a base, by name key, each list sorted by (size, path).
 pub struct OldNames<'a> {
     by_key: BTreeMap<Vec<u8>, Vec<&'a ScanEntry>>,
@@ -210,7 +215,7 @@ impl<'a> OldNames<'a> {
         let Some(v) = self.by_key.get(&name_key(name)) else {
             return Vec::new();
         };
-        let fits = |e: &ScanEntry| e.size <= size.saturating_mul(2) && size <= e.size.saturating_mul(2);
+        let fits = |e: &ScanEntry| within_2x(e.size, size);
         let mut hi = v.partition_point(|e| e.size < size);
         let mut lo = hi;
         let mut out = Vec::new();
@@ -305,7 +310,7 @@ impl<'a> OldContent<'a> {
         let mut c: Vec<(usize, &(&ScanEntry, Sketch))> = shared
             .into_iter()
             .filter_map(|(i, n)| Some((n, self.files.get(i as usize)?)))
-            .filter(|(_, (e, _))| e.size <= size.saturating_mul(2) && size <= e.size.saturating_mul(2))
+            .filter(|(_, (e, _))| within_2x(e.size, size))
             .collect();
         c.sort_by(|a, b| {
             b.0.cmp(&a.0)

@@ -540,15 +540,19 @@ fn pack(jobs: &[PayloadJob], class: lzma::Class, mut segs: Vec<Seg>, solid_size:
 fn run_group(group: &Group, jobs: &[PayloadJob], level: i32, store: &FrameStore) -> Result<StoredFrame> {
     let total = group.bytes();
     let mut data = Vec::with_capacity(total as usize);
-    let mut whole = Vec::new();
+    // The file a part of an ELF file was cut from, read whole to check its hash; a group's
+    // parts of one file sit side by side (sorted by file, then offset), so it is read once.
+    let (mut whole, mut whole_job) = (Vec::new(), None);
     for seg in &group.segs {
         let job = &jobs[seg.job];
         if seg.offset == 0 && seg.len == job.size {
             read_job_into(job, &mut data)?;
         } else {
-            // A part of an executable: the whole file is read to check its hash.
-            whole.clear();
-            read_job_into(job, &mut whole)?;
+            if whole_job != Some(seg.job) {
+                whole.clear();
+                read_job_into(job, &mut whole)?;
+                whole_job = Some(seg.job);
+            }
             let part = usize::try_from(seg.offset)
                 .ok()
                 .zip(usize::try_from(seg.offset + seg.len).ok())
