@@ -241,7 +241,8 @@ fn scratch_file() -> std::io::Result<std::fs::File> {
 
 /// How each frame decodes without an OLD base: `None` for patch frames (they need their base)
 /// and for every frame of an encrypted bundle that is not opened (its outer manifest lists no
-/// pieces, and its frames are ciphertext); a bsdiff frame decodes as plain zstd (to its patch).
+/// pieces, and its frames are ciphertext); a bsdiff frame decodes to its patch (zstd, or LZMA2
+/// for `BsdiffLzma`).
 pub fn frame_codecs(m: &Manifest) -> Vec<Option<Codec>> {
     let mut v = vec![None; m.frames.len()];
     if m.sealed.is_some() {
@@ -263,7 +264,8 @@ pub fn frame_codecs(m: &Manifest) -> Vec<Option<Codec>> {
 }
 
 /// How a frame is decoded, from its pieces' method: zstd (plain, with a reference prefix, or to a
-/// bsdiff patch), or raw LZMA2 behind a filter (bundle-format.md §5).
+/// bsdiff patch), or raw LZMA2 behind a filter (or, to a bsdiff patch, without one)
+/// (bundle-format.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
     Zstd,
@@ -274,6 +276,7 @@ impl Codec {
     pub fn of(m: &Method) -> Codec {
         match m {
             Method::Lzma { filter, dict_log } => Codec::Lzma { filter: *filter, dict_log: *dict_log },
+            Method::BsdiffLzma { dict_log, .. } => Codec::Lzma { filter: Bcj::None, dict_log: *dict_log },
             Method::Zstd | Method::Patch { .. } | Method::Bsdiff { .. } => Codec::Zstd,
         }
     }

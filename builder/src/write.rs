@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::lzma;
 use crate::progress::Progress;
 use bundle::container;
+use bundle::lzma::Bcj;
 use bundle::{BundlePath, Extent, Frame, Hash, Limits, Method};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -268,6 +269,9 @@ impl UnitData {
             Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref()),
             Method::Zstd => delta::compress(&self.data, level, None),
             Method::Bsdiff { .. } => delta::compress(self.bsdiff_raw.as_deref().unwrap_or_default(), level, None),
+            Method::BsdiffLzma { .. } => {
+                lzma::encode_bsdiff(self.bsdiff_raw.as_deref().unwrap_or_default()).map(|(bytes, _)| bytes)
+            }
             Method::Lzma { filter, .. } => lzma::encode(&self.data, *filter).map(|(bytes, _)| bytes),
         }
     }
@@ -281,8 +285,23 @@ impl UnitData {
                 check_decodes(delta::decodes_to(bytes, prefix, &self.data)?)?;
                 len
             }
-            Method::Bsdiff { .. } => {
-                let patch = delta::decompress(bytes, None, 2 * BSDIFF_MAX + len)?;
+            Method::Bsdiff { .. } | Method::BsdiffLzma { .. } => {
+                let patch = match method {
+                    Method::BsdiffLzma { dict_log, .. } => {
+                        let raw = self.bsdiff_raw.as_deref().unwrap_or_default();
+                        let dec = bundle::lzma::Decoder::new(
+                            bytes,
+                            Bcj::None,
+                            *dict_log,
+                            raw.len() as u64,
+                            &Limits::default(),
+                        )?;
+                        let mut patch = Vec::with_capacity(raw.len());
+                        dec.take(raw.len() as u64 + 1).read_to_end(&mut patch)?;
+                        patch
+                    }
+                    _ => delta::decompress(bytes, None, 2 * BSDIFF_MAX + len)?,
+                };
                 let out = bundle::bspatch::apply(self.base.as_deref().unwrap_or_default(), &patch, len)
                     .map_err(io::Error::other)?;
                 check_decodes(out == self.data)?;
@@ -428,10 +447,23 @@ fn encode_candidates(
             .map(|c| c.1.clone())
             .collect();
         for m in contenders {
+            let m = full_level_method(m, level, input.bsdiff_raw.as_deref());
             cands.push((input.encode(&m, level)?, m));
         }
     }
     Ok(cands)
+}
+
+/// The method a probed candidate `m` is encoded with at the full `level`: a bsdiff patch as an
+/// LZMA2 frame (`BsdiffLzma`) at a level where LZMA2 is tried ([`lzma::MIN_LEVEL`]: smaller than
+/// zstd at level 19 and half its time, [`lzma::BSDIFF_NICE_LEN`]); anything else unchanged.
+fn full_level_method(m: Method, level: i32, bsdiff_raw: Option<&[u8]>) -> Method {
+    match (m, bsdiff_raw) {
+        (Method::Bsdiff { base, offset, len }, Some(raw)) if level >= lzma::MIN_LEVEL => {
+            Method::BsdiffLzma { base, offset, len, dict_log: lzma::bsdiff_dict_log(raw.len() as u64) }
+        }
+        (m, _) => m,
+    }
 }
 
 /// Files (and bases) up to this size get a bsdiff candidate if they are ELF. The applier
@@ -840,7 +872,7 @@ pub fn encode_all(
                 e.encoding = match (&f.method, u.chunked) {
                     (_, true) => Encoding::Chunked,
                     (Method::Patch { .. }, false) => Encoding::Patch,
-                    (Method::Bsdiff { .. }, false) => Encoding::Bsdiff,
+                    (Method::Bsdiff { .. } | Method::BsdiffLzma { .. }, false) => Encoding::Bsdiff,
                     (Method::Zstd, false) => Encoding::Zstd,
                     (Method::Lzma { .. }, false) => Encoding::Lzma,
                 };
@@ -1136,6 +1168,27 @@ mod tests {
         assert!(matches!(enc.frames[0].method, Method::Patch { .. }));
         assert_eq!(enc.frames[0].frame.size, full.len() as u64);
         Ok(())
+    }
+
+    /// At a level where LZMA2 is tried, a bsdiff candidate is encoded as LZMA2 (dictionary within
+    /// the bsdiff bound); below it, and for every other method, the method stays.
+    #[test]
+    fn bsdiff_goes_to_lzma_at_high_levels() {
+        let base = BundlePath::new("bin/x").expect("path");
+        let m = Method::Bsdiff { base: base.clone(), offset: 0, len: 10 };
+        let big = vec![0u8; 50 << 20];
+        assert_eq!(
+            full_level_method(m.clone(), 19, Some(&big)),
+            Method::BsdiffLzma { base: base.clone(), offset: 0, len: 10, dict_log: lzma::BSDIFF_MAX_DICT_LOG }
+        );
+        assert_eq!(
+            full_level_method(m.clone(), lzma::MIN_LEVEL, Some(&big[..5000])),
+            Method::BsdiffLzma { base: base.clone(), offset: 0, len: 10, dict_log: 13 }
+        );
+        assert_eq!(full_level_method(m.clone(), lzma::MIN_LEVEL - 1, Some(&big)), m);
+        let p = Method::Patch { base, offset: 0, len: 10 };
+        assert_eq!(full_level_method(p.clone(), 19, None), p);
+        assert_eq!(full_level_method(Method::Zstd, 19, None), Method::Zstd);
     }
 
     /// LZMA2 of a whole file is not tried against a patch already under half of plain zstd; it

@@ -137,6 +137,16 @@ fn check_contents(b: &Read_, old: &Path, new: &Path) -> R {
                             out.extend(bundle::bspatch::apply(window, &patch, p.len)?);
                             out
                         }
+                        Method::BsdiffLzma { base, offset, len, dict_log } => {
+                            let o = fs::read(fsp(old, base))?;
+                            let decoded = b.manifest.frames[p.frame as usize].decoded;
+                            let lim = bundle::Limits::default();
+                            let patch = bundle::lzma::decode(frame, bundle::lzma::Bcj::None, *dict_log, decoded, &lim)?;
+                            let window = &o[*offset as usize..(*offset + *len) as usize];
+                            let mut out = vec![0u8; p.offset as usize];
+                            out.extend(bundle::bspatch::apply(window, &patch, p.len)?);
+                            out
+                        }
                         Method::Lzma { filter, dict_log } => {
                             let decoded = b.manifest.frames[p.frame as usize].decoded;
                             bundle::lzma::decode(frame, *filter, *dict_log, decoded, &bundle::Limits::default())?

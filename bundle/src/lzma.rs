@@ -108,12 +108,14 @@ fn lzma_err(e: liblzma::stream::Error) -> io::Error {
 }
 
 /// Encoder settings: an xz preset level (0-9, optionally `| liblzma::stream::PRESET_EXTREME`)
-/// with the dictionary replaced by 2^`dict_log`.
+/// with the dictionary replaced by 2^`dict_log` and, if given, the nice match length replaced by
+/// `nice_len` (xz's `nice=`, 2-273).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EncodeOptions {
     pub filter: Bcj,
     pub dict_log: u8,
     pub preset: u32,
+    pub nice_len: Option<u32>,
 }
 
 /// Compress `data` into one raw LZMA2 stream behind `o.filter` (the builder's encoder;
@@ -124,6 +126,9 @@ pub fn encode(data: &[u8], o: EncodeOptions) -> io::Result<Vec<u8>> {
     }
     let mut opts = LzmaOptions::new_preset(o.preset).map_err(lzma_err)?;
     opts.dict_size(1 << o.dict_log);
+    if let Some(n) = o.nice_len {
+        opts.nice_len(n);
+    }
     let mut s = Stream::new_raw_encoder(&chain(o.filter, &opts)).map_err(lzma_err)?;
     let mut out: Vec<u8> = Vec::with_capacity(data.len() / 4 + 64);
     let mut rest = data;
@@ -265,7 +270,7 @@ mod tests {
     }
 
     fn opts(filter: Bcj) -> EncodeOptions {
-        EncodeOptions { filter, dict_log: 16, preset: 6 }
+        EncodeOptions { filter, dict_log: 16, preset: 6, nice_len: None }
     }
 
     #[test]
@@ -380,7 +385,7 @@ mod tests {
             let mut args = vec!["--format=raw", "--stdout"];
             args.extend(opt);
             args.push("--lzma2=preset=6,dict=512KiB");
-            let ours = encode(&data, EncodeOptions { filter: f, dict_log: 19, preset: 6 })?;
+            let ours = encode(&data, EncodeOptions { filter: f, dict_log: 19, preset: 6, nice_len: None })?;
             let mut dec = args.clone();
             dec.push("--decompress");
             assert_eq!(xz(&dec, &ours)?, data, "xz decoding our {f:?} frame");
@@ -417,7 +422,7 @@ mod tests {
                 code(n, seed)
             };
             let f = Bcj::ALL[f];
-            let c = encode(&data, EncodeOptions { filter: f, dict_log, preset })
+            let c = encode(&data, EncodeOptions { filter: f, dict_log, preset, nice_len: None })
                 .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
             let back = decode(&c, f, dict_log, n as u64, &Limits::default())
                 .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;

@@ -246,14 +246,39 @@ pub enum Method {
     /// dictionary of 2^`dict_log` bytes (bundle-format.md §5.2, [`crate::lzma`]). Like `Zstd`,
     /// several pieces may share one frame; every piece of the frame names the same method.
     Lzma { filter: crate::lzma::Bcj, dict_log: u8 },
+    /// As `Bsdiff`, but the frame is one raw LZMA2 stream without a filter, with a dictionary of
+    /// 2^`dict_log` bytes, that decodes to the bsdiff patch (bundle-format.md §5.1, §5.2).
+    BsdiffLzma { base: BundlePath, offset: u64, len: u64, dict_log: u8 },
 }
 
 impl Method {
     /// The OLD file this method reads, if any.
     pub fn base(&self) -> Option<&BundlePath> {
+        self.delta_base().map(|(base, _, _)| base)
+    }
+
+    /// The delta base window this method reads: (OLD path, offset, len), for `Patch`, `Bsdiff`
+    /// and `BsdiffLzma`.
+    pub fn delta_base(&self) -> Option<(&BundlePath, u64, u64)> {
         match self {
             Method::Zstd | Method::Lzma { .. } => None,
-            Method::Patch { base, .. } | Method::Bsdiff { base, .. } => Some(base),
+            Method::Patch { base, offset, len }
+            | Method::Bsdiff { base, offset, len }
+            | Method::BsdiffLzma { base, offset, len, .. } => Some((base, *offset, *len)),
+        }
+    }
+
+    /// Whether the frame decodes to a bsdiff patch (`Bsdiff`, `BsdiffLzma`): the piece is the
+    /// patch's output, not a range of the decoded frame.
+    pub fn is_bsdiff(&self) -> bool {
+        matches!(self, Method::Bsdiff { .. } | Method::BsdiffLzma { .. })
+    }
+
+    /// The LZMA2 dictionary log of a frame decoded as LZMA2 (`Lzma`, `BsdiffLzma`).
+    pub fn lzma_dict_log(&self) -> Option<u8> {
+        match self {
+            Method::Lzma { dict_log, .. } | Method::BsdiffLzma { dict_log, .. } => Some(*dict_log),
+            Method::Zstd | Method::Patch { .. } | Method::Bsdiff { .. } => None,
         }
     }
 }
@@ -733,18 +758,18 @@ impl Manifest {
             };
             // A bsdiff piece is the whole output of patching with its frame: offset 0, any
             // length up to the decoded-size limit; it tiles its frame alone.
-            let bsdiff = matches!(p.method, Method::Bsdiff { .. });
+            let bsdiff = p.method.is_bsdiff();
             let end = p.offset.checked_add(p.len).filter(|&end| end <= fr.decoded);
             let inside = if bsdiff { p.offset == 0 && p.len <= limits.max_frame_decoded } else { end.is_some() };
             if !inside || p.len == 0 {
                 return err(format!("{}: piece outside frame {}", e.path, p.frame));
             }
-            if let Method::Lzma { dict_log, .. } = p.method {
+            if let Some(dict_log) = p.method.lzma_dict_log() {
                 check_lzma_dict(p.frame, dict_log, limits)?;
             }
-            if let Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } = &p.method {
+            if let Some((base, offset, len)) = p.method.delta_base() {
                 match self.old_entry(base).and_then(|o| o.kind.file_size()) {
-                    Some(size) if offset.checked_add(*len).is_some_and(|e| e <= size) => {}
+                    Some(size) if offset.checked_add(len).is_some_and(|e| e <= size) => {}
                     _ => return err(format!("{}: delta base {} is not an OLD file of that size", e.path, base)),
                 }
             }
@@ -886,6 +911,7 @@ enum MethodKind {
     Patch,
     Bsdiff,
     Lzma(crate::lzma::Bcj, u8),
+    BsdiffLzma(u8),
 }
 
 /// One piece's claim on its frame, for [`Manifest::check_frame_tiling`]: where it starts, how
@@ -907,6 +933,9 @@ impl<'a> FramePiece<'a> {
             Method::Patch { base, offset, len } => (MethodKind::Patch, Some((base, *offset, *len))),
             Method::Bsdiff { base, offset, len } => (MethodKind::Bsdiff, Some((base, *offset, *len))),
             Method::Lzma { filter, dict_log } => (MethodKind::Lzma(*filter, *dict_log), None),
+            Method::BsdiffLzma { base, offset, len, dict_log } => {
+                (MethodKind::BsdiffLzma(*dict_log), Some((base, *offset, *len)))
+            }
         };
         FramePiece { offset: p.offset, span, method, base }
     }
@@ -1067,7 +1096,7 @@ pub fn tree_digest<E: std::borrow::Borrow<OldEntry>>(
     h.finalize().into()
 }
 
-/// The dictionary of an `Lzma` piece of frame `frame`: at least LZMA2's 4 KiB, at most
+/// The dictionary of an `Lzma` or `BsdiffLzma` piece of frame `frame`: at least LZMA2's 4 KiB, at most
 /// 2^[`Limits::max_lzma_dict_log`] (bundle-format.md §5.2, §8).
 fn check_lzma_dict(frame: u32, dict_log: u8, limits: &Limits) -> Result<(), Error> {
     if crate::lzma::dict_log_ok(dict_log, limits) {

@@ -458,12 +458,24 @@ fn frame_decodes_to_more_than_declared() {
 }
 
 /// A bundle replacing `dir/file` ("in dir\n") by the output of the bsdiff patch `patch`,
-/// declared as `want`.
-fn bsdiff_dir_file(patch: &[u8], want: &[u8]) -> forge::Forged {
-    let z = forge::zstd(patch);
+/// declared as `want`: a `Bsdiff` frame (zstd), or with `lzma` a `BsdiffLzma` frame whose
+/// dictionary is 2^`lzma` bytes.
+fn bsdiff_dir_file(patch: &[u8], want: &[u8], lzma: Option<u8>) -> forge::Forged {
+    let (base, len) = (p("dir/file"), DIR_FILE.len() as u64);
+    let (z, method) = match lzma {
+        None => (forge::zstd(patch), Method::Bsdiff { base, offset: 0, len }),
+        Some(dict_log) => {
+            let o = bundle::lzma::EncodeOptions {
+                filter: bundle::lzma::Bcj::None,
+                dict_log: 12,
+                preset: 6,
+                nice_len: None,
+            };
+            (bundle::lzma::encode(patch, o).expect("encode"), Method::BsdiffLzma { base, offset: 0, len, dict_log })
+        }
+    };
     let mut m = forge::empty(1);
     m.frames = vec![forge::frame(&z, patch.len() as u64)];
-    let method = Method::Bsdiff { base: p("dir/file"), offset: 0, len: DIR_FILE.len() as u64 };
     let piece = Piece { frame: 0, offset: 0, len: want.len() as u64, method };
     m.entries = vec![forge::dir("dir", 0o755), forge::file_with("dir/file", want, Content::Pieces(vec![piece]))];
     m.old = vec![old_file("dir/file", DIR_FILE)];
@@ -484,14 +496,30 @@ fn bsdiff_record(add: &[u8], copy: &[u8], seek: i64) -> Vec<u8> {
 
 #[test]
 fn hostile_bsdiff_patches_are_refused_while_staging() {
+    // Both codecs of a bsdiff patch: zstd (`Bsdiff`) and LZMA2 (`BsdiffLzma`).
+    for lzma in [None, Some(12)] {
+        hostile_bsdiff_patches(lzma);
+    }
+    // A `BsdiffLzma` dictionary over the limit, or under LZMA2's minimum: refused with the
+    // manifest, before anything is decoded.
+    let diff: Vec<u8> = b"in dir\n".iter().zip(b"in DIR\n").map(|(o, n)| n.wrapping_sub(*o)).collect();
+    for dict_log in [27, 40, 11] {
+        let env = Env::new();
+        let f = bsdiff_dir_file(&bsdiff_record(&diff, b"!", 0), b"in DIR\n!", Some(dict_log));
+        env.write(&f.manifest, &f.frames);
+        env.refused(3, &["LZMA2 dictionary"]);
+    }
+}
+
+fn hostile_bsdiff_patches(lzma: Option<u8>) {
     // The honest patch: "in dir\n" -> "in DIR\n!" (add 0x20 down to upper case, copy "!").
     let diff: Vec<u8> = b"in dir\n".iter().zip(b"in DIR\n").map(|(o, n)| n.wrapping_sub(*o)).collect();
     let good = bsdiff_record(&diff, b"!", 0);
     let env = Env::new();
-    let f = bsdiff_dir_file(&good, b"in DIR\n!");
+    let f = bsdiff_dir_file(&good, b"in DIR\n!", lzma);
     env.write(&f.manifest, &f.frames);
     let r = env.apply();
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{lzma:?}: {}", r.stderr);
     assert_eq!(fs::read(env.target.join("dir/file")).expect("read"), b"in DIR\n!");
 
     // Each hostile patch is signed and its frame's hash is right: what is wrong is inside the
@@ -512,7 +540,7 @@ fn hostile_bsdiff_patches_are_refused_while_staging() {
     ];
     for (patch, want, needle) in cases {
         let env = Env::new();
-        let f = bsdiff_dir_file(patch, want);
+        let f = bsdiff_dir_file(patch, want, lzma);
         env.write(&f.manifest, &f.frames);
         env.refused(3, &["frame 0", "bsdiff patch", needle]);
     }
@@ -647,7 +675,7 @@ fn lzma_frames_hostile_and_valid() {
     use bundle::lzma::{encode, Bcj, EncodeOptions};
     let (f, g) = (b"an LZMA2 file\n".repeat(50), b"and another\n".repeat(20));
     let data = [&f[..], &g[..]].concat();
-    let o = EncodeOptions { filter: Bcj::X86, dict_log: 16, preset: 6 };
+    let o = EncodeOptions { filter: Bcj::X86, dict_log: 16, preset: 6, nice_len: None };
     let good = encode(&data, o).expect("encode");
     let method = Method::Lzma { filter: Bcj::X86, dict_log: 16 };
     let n = data.len() as u64;
@@ -699,7 +727,8 @@ fn lzma_frames_hostile_and_valid() {
     env.refused(3, &["frame 0: pieces name different methods"]);
     // A bomb: 64 MiB of zeros in a few KiB, declared as the two small files.
     let zeros =
-        encode(&vec![0u8; 64 << 20], EncodeOptions { filter: Bcj::None, dict_log: 26, preset: 0 }).expect("encode");
+        encode(&vec![0u8; 64 << 20], EncodeOptions { filter: Bcj::None, dict_log: 26, preset: 0, nice_len: None })
+            .expect("encode");
     assert!(zeros.len() < 64 << 10, "bomb is {} bytes", zeros.len());
     let env = Env::new();
     env.write(&lzma_bundle(&f, &g, &zeros, n, Method::Lzma { filter: Bcj::None, dict_log: 26 }), &[zeros]);
@@ -1061,12 +1090,13 @@ fn unknown_format_version() {
     let f = minimal();
     let env = Env::new();
     let mut m = f.manifest.clone();
-    m.format = 5;
+    m.format = 6;
     env.write(&m, &f.frames);
-    env.refused(3, &["unsupported bundle format version 5"]);
+    env.refused(3, &["unsupported bundle format version 6"]);
 
-    // The container's version: `ferry-v5/manifest.cbor`, and the previous version's `ferry-v3`.
-    for v in [5, 3] {
+    // The container's version: `ferry-v6/manifest.cbor`, and the previous versions' `ferry-v4`
+    // and `ferry-v3`.
+    for v in [6, 4, 3] {
         let env = Env::new();
         let mb = f.manifest.encode();
         let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);

@@ -489,7 +489,9 @@ fn elf_files_get_bsdiff_patches_when_smaller() {
         let piece = &ps[p][0];
         let frame = m.frames[piece.frame as usize].size;
         eprintln!("{p}: {:?} frame {frame} bytes; zstd patch at level 19 {} bytes", piece.method, zstd_patch(p));
-        if let Method::Bsdiff { base, offset, len } = &piece.method {
+        // At the default level a bsdiff patch is an LZMA2 frame (bundle-format.md §5).
+        assert!(!matches!(piece.method, Method::Bsdiff { .. }), "{p}: a zstd bsdiff frame at the default level");
+        if let Method::BsdiffLzma { base, offset, len, .. } = &piece.method {
             assert_eq!(base.display(), p);
             assert_eq!((*offset, *len), (0, fs::metadata(old.join(p)).expect("stat").len()));
             assert_eq!(piece.len, fs::metadata(new.join(p)).expect("stat").len());
@@ -499,7 +501,7 @@ fn elf_files_get_bsdiff_patches_when_smaller() {
     }
     assert!(bsdiff_files >= 1, "no bsdiff piece: {rep}");
     assert_eq!(rep["stats"]["bsdiff"]["files"].as_u64(), Some(bsdiff_files), "{rep}");
-    // `verify` decodes bsdiff frames (plain zstd) without the OLD tree.
+    // `verify` decodes bsdiff frames (to their patches) without the OLD tree.
     let o = run_expect(apply_cmd().arg("verify").arg(&out).arg("--trust").arg(&public), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("OK") || String::from_utf8_lossy(&o.stderr).contains("OK"));
     let target = d.path().join("target");
@@ -514,6 +516,14 @@ fn elf_files_get_bsdiff_patches_when_smaller() {
 
 #[test]
 fn bsdiff_pieces_obey_the_structural_rules() {
+    let zstd = |base, offset, len| Method::Bsdiff { base, offset, len };
+    bsdiff_rules(&zstd);
+    let lzma = |base, offset, len| Method::BsdiffLzma { base, offset, len, dict_log: 20 };
+    bsdiff_rules(&lzma);
+}
+
+/// The structural rules of a bsdiff piece whose method `mk(base, offset, len)` makes.
+fn bsdiff_rules(mk: &dyn Fn(bundle::BundlePath, u64, u64) -> Method) {
     use bundle::{OldEntry, OldKind};
     use ferry_tests::forge;
     let base = forge::path("bin/prog");
@@ -530,7 +540,7 @@ fn bsdiff_pieces_obey_the_structural_rules() {
             f(&mut ps[0]);
         }
     };
-    set(&mut e, &|p| p.method = Method::Bsdiff { base: base.clone(), offset: 0, len: 1000 });
+    set(&mut e, &|p| p.method = mk(base.clone(), 0, 1000));
     m.entries = vec![e.clone()];
     // Output (5000) larger than the decoded patch (300): fine for bsdiff.
     m.check(&Limits::default()).expect("valid bsdiff piece");
@@ -541,10 +551,10 @@ fn bsdiff_pieces_obey_the_structural_rules() {
     set(&mut bad, &|p| p.offset = 1);
     refused(&Manifest { entries: vec![bad], ..m.clone() }, "bsdiff piece at offset 1");
     let mut bad = e.clone();
-    set(&mut bad, &|p| p.method = Method::Bsdiff { base: base.clone(), offset: 1, len: 1000 });
+    set(&mut bad, &|p| p.method = mk(base.clone(), 1, 1000));
     refused(&Manifest { entries: vec![bad], ..m.clone() }, "base window past the OLD file");
     let mut bad = e.clone();
-    set(&mut bad, &|p| p.method = Method::Bsdiff { base: forge::path("missing"), offset: 0, len: 1 });
+    set(&mut bad, &|p| p.method = mk(forge::path("missing"), 0, 1));
     refused(&Manifest { entries: vec![bad], ..m.clone() }, "base not in OLD");
     // Sharing the frame with a plain piece, or a patch piece of the same span, is refused.
     let plain = forge::file("other", &[1u8; 300], 0, 0);

@@ -328,8 +328,8 @@ impl Stager<'_> {
 
     /// Decode frame `fi` from `src` into its pieces' staged files (zstd, or LZMA2 for `Lzma`
     /// pieces). Patch and bsdiff frames hold one piece; the base is read from the live OLD file.
-    /// A bsdiff frame decodes (plain zstd, bounded) to a patch applied afterwards. Returns the
-    /// bytes written.
+    /// A bsdiff frame decodes (zstd, or LZMA2 without a filter; bounded) to a patch applied as it
+    /// decodes. Returns the bytes written.
     fn decode<R: Read>(&self, dirs: &mut fsx::DirCache, src: R, fi: usize, t: &[PieceTarget]) -> Result<u64> {
         let f = &self.m.frames[fi];
         let method = self.method(fi, t);
@@ -337,7 +337,7 @@ impl Stager<'_> {
             Some((b, off, len)) => Some(read_base(self.root, dirs, b, off, len, self.limits)?),
             None => None,
         };
-        let is_bsdiff = matches!(method, Some(Method::Bsdiff { .. }));
+        let is_bsdiff = method.as_ref().is_some_and(Method::is_bsdiff);
         let prefix = if is_bsdiff { None } else { base.as_deref() };
         // An encrypted bundle's frame is decrypted here, after its hash was checked (§4.10).
         let src = crate::unseal::frame_reader(src, &self.txn.head, fi);
@@ -511,18 +511,16 @@ impl<R: Read> Read for Counted<R> {
 /// frame its dictionary (the output is written as it comes); a zstd frame its window, at most
 /// its decoded size, plus the delta base of a patch or bsdiff frame.
 fn decode_memory(f: &bundle::Frame, method: Option<&Method>) -> u64 {
-    match method {
-        Some(Method::Lzma { dict_log, .. }) => u64::from(bundle::lzma::decoder_dict_size(*dict_log, f.decoded)),
-        m => f.decoded.saturating_add(m.and_then(base_window).map_or(0, |(_, _, len)| len)),
+    let base = method.and_then(base_window).map_or(0, |(_, _, len)| len);
+    match method.and_then(Method::lzma_dict_log) {
+        Some(dict_log) => u64::from(bundle::lzma::decoder_dict_size(dict_log, f.decoded)).saturating_add(base),
+        None => f.decoded.saturating_add(base),
     }
 }
 
 /// The delta base window a patch or bsdiff frame reads: (path, offset, len).
 fn base_window(m: &Method) -> Option<(&bundle::BundlePath, u64, u64)> {
-    match m {
-        Method::Patch { base, offset, len } | Method::Bsdiff { base, offset, len } => Some((base, *offset, *len)),
-        Method::Zstd | Method::Lzma { .. } => None,
-    }
+    m.delta_base()
 }
 
 fn read_base(
