@@ -456,7 +456,8 @@ fn encode_candidates(
 
 /// The method a probed candidate `m` is encoded with at the full `level`: a bsdiff patch as an
 /// LZMA2 frame (`BsdiffLzma`) at a level where LZMA2 is tried ([`lzma::MIN_LEVEL`]: smaller than
-/// zstd at level 19 and half its time, [`lzma::BSDIFF_NICE_LEN`]); anything else unchanged.
+/// zstd at level 19 in about two thirds of its time, [`lzma::BSDIFF_NICE_LEN`]); anything else
+/// unchanged.
 fn full_level_method(m: Method, level: i32, bsdiff_raw: Option<&[u8]>) -> Method {
     match (m, bsdiff_raw) {
         (Method::Bsdiff { base, offset, len }, Some(raw)) if level >= lzma::MIN_LEVEL => {
