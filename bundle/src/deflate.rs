@@ -890,32 +890,28 @@ impl Deflater {
         if best_len == 0 || scan + MAX_MATCH > w.len() {
             return best_len; // unreachable: prev_length >= 1 and strstart <= WINDOW_SIZE - 262
         }
-        let mut scan_end1 = w[scan + best_len - 1];
-        let mut scan_end = w[scan + best_len];
+        // The two bytes ending the best match so far and the first two at `scan`, compared as
+        // words: a candidate must match both pairs before its length is measured (as zlib's
+        // `UNALIGNED_OK` variant does; the same candidates pass as byte by byte).
+        let pair = |i: usize| u16::from_ne_bytes([w[i], w[i + 1]]);
+        let scan_start = pair(scan);
+        let mut scan_end = pair(scan + best_len - 1);
+        let prev = &self.prev;
         loop {
             let m = cur_match;
-            if w[m + best_len] == scan_end
-                && w[m + best_len - 1] == scan_end1
-                && w[m] == w[scan]
-                && w[m + 1] == w[scan + 1]
-            {
+            if pair(m + best_len - 1) == scan_end && pair(m) == scan_start {
                 // Byte 2 is equal too: same hash and same first two bytes (HASH_BITS >= 8).
-                let len = 3 + w[m + 3..m + MAX_MATCH]
-                    .iter()
-                    .zip(&w[scan + 3..scan + MAX_MATCH])
-                    .take_while(|(a, b)| a == b)
-                    .count();
+                let len = 3 + common_prefix(&w[m + 3..m + MAX_MATCH], &w[scan + 3..scan + MAX_MATCH]);
                 if len > best_len {
                     self.match_start = m;
                     best_len = len;
                     if len >= nice_match {
                         break;
                     }
-                    scan_end1 = w[scan + best_len - 1];
-                    scan_end = w[scan + best_len];
+                    scan_end = pair(scan + best_len - 1);
                 }
             }
-            cur_match = usize::from(self.prev[m & WMASK]);
+            cur_match = usize::from(prev[m & WMASK]);
             if cur_match <= limit {
                 break;
             }
@@ -1172,6 +1168,23 @@ fn crc_table() -> &'static [u32; 256] {
         }
         t
     })
+}
+
+/// The length of the common prefix of `a` and `b` (at most the shorter one's), eight bytes at a
+/// time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+        let d = x ^ y;
+        if d != 0 {
+            return i + (d.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
 }
 
 /// CRC-32 (ISO-HDLC, the gzip trailer's), incremental: `crc32(crc32(0, a), b) == crc32(0, ab)`.
