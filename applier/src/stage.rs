@@ -9,11 +9,10 @@
 //! archive are checked as it is read: this is the bundle's verification (§7 steps 7–8), done
 //! while writing only into work directories; the commit starts only after it passed. A frame is
 //! decrypted and decoded only once its hash matched. Frames of at most 8 MiB are read into
-//! memory; those also at most 16 MiB decoded plus delta base are then decoded by up to four
-//! threads, each writing its pieces with positioned writes into staged files created
-//! beforehand, the others on the reading thread. Larger frames are spooled to an unlinked
-//! scratch file in a work directory as they are read, then decoded from it on the reading
-//! thread. Memory stays at a few small frames per thread.
+//! memory and decoded by up to four threads, each writing its pieces with positioned writes into
+//! staged files created beforehand, as long as the frames in flight need at most 64 MiB to decode
+//! (or one frame alone). Larger frames are spooled to an unlinked scratch file in a work
+//! directory as they are read, then decoded from it on the reading thread.
 //! Hashing — of slots an interrupted run left, and of every written file before it counts as
 //! staged — is independent per file and runs in parallel too ([`crate::par`]).
 
@@ -386,9 +385,12 @@ const PAR_FRAME_MAX: u64 = 8 << 20;
 pub fn largest_spool(m: &bundle::Manifest) -> u64 {
     m.frames.iter().map(|f| f.size).filter(|&s| s > PAR_FRAME_MAX).max().unwrap_or(0)
 }
-/// ... and needing at most this much memory to decode (zstd: the bytes decoded plus delta base;
-/// LZMA2: its dictionary, `frames::decode_memory`): larger frames are decoded on the reading
-/// thread, so memory stays at a few small frames per thread.
-const PAR_DECODE_MAX: u64 = 16 << 20;
+/// In-memory frames are handed to the decoding threads while the memory the frames handed over
+/// and not yet decoded need (compressed bytes plus what decoding holds: zstd the bytes decoded
+/// plus delta base, LZMA2 its dictionary plus delta base, `frames::decode_memory`) stays within
+/// this budget; a frame needing more than all of it is handed over alone. A few large delta
+/// frames (a 25 MB library's bsdiff against its 22 MB predecessor) then decode side by side
+/// with the small ones instead of one after another on the reading thread.
+const DECODE_BUDGET: u64 = 64 << 20;
 /// At most this many decoding threads.
 const DECODE_THREADS: usize = 4;

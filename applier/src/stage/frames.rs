@@ -1,10 +1,10 @@
 //! Staging frame content: the bundle is read once, in order, on the calling thread, every frame's
-//! hash checked as it is read and before any byte of it is decrypted or decoded; small frames
-//! are decoded by worker threads, the others on the reading thread (the largest from a scratch
-//! file they were spooled to), each piece written at its offset in its staged file (created
-//! beforehand).
+//! hash checked as it is read and before any byte of it is decrypted or decoded; frames read
+//! into memory are decoded by worker threads within a memory budget, the largest on the reading
+//! thread from a scratch file they were spooled to, each piece written at its offset in its
+//! staged file (created beforehand).
 
-use super::{Stager, DECODE_THREADS, PAR_DECODE_MAX, PAR_FRAME_MAX};
+use super::{Stager, DECODE_BUDGET, DECODE_THREADS, PAR_FRAME_MAX};
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
 use crate::txn::staged_name;
@@ -15,7 +15,7 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use crate::verify::BundleReader;
 
@@ -32,11 +32,53 @@ pub(super) struct PieceTarget {
     pub entry: usize,
 }
 
-/// A verified frame handed to a decoding thread: its index, bytes and pieces.
+/// A verified frame handed to a decoding thread: its index, bytes, pieces and the memory it
+/// holds from the budget until it is decoded.
 struct FrameJob {
     fi: usize,
     bytes: Vec<u8>,
     targets: Vec<PieceTarget>,
+    memory: u64,
+}
+
+/// The decode memory of the frames handed to decoding threads and not yet decoded
+/// ([`DECODE_BUDGET`]).
+#[derive(Default)]
+struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+impl Budget {
+    /// Wait until `m` more fits in the budget (or nothing is in flight), then take it.
+    fn take(&self, m: u64) {
+        let Ok(mut used) = self.used.lock() else { return };
+        while *used > 0 && used.saturating_add(m) > DECODE_BUDGET {
+            used = match self.freed.wait(used) {
+                Ok(u) => u,
+                Err(_) => return,
+            };
+        }
+        *used = used.saturating_add(m);
+    }
+
+    /// Give `m` back.
+    fn give(&self, m: u64) {
+        if let Ok(mut used) = self.used.lock() {
+            *used = used.saturating_sub(m);
+        }
+        self.freed.notify_all();
+    }
+}
+
+/// Gives a job's memory back to the budget when dropped: after its frame is decoded, failed,
+/// or its decoder panicked (the reading thread must not wait for it forever).
+struct Held<'a>(&'a Budget, u64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.give(self.1);
+    }
 }
 
 /// What the reading thread and the decoding threads report: failures (with their frame) and
@@ -94,19 +136,7 @@ impl Stager<'_> {
             return Ok((fill, 0));
         }
         let mut r = self.open_bundle(input)?;
-        // Every staged file that frames fill exists before any frame is decoded: decoding runs
-        // on several threads, and one file's pieces may come from several frames.
-        for &ei in &fill {
-            let path = &self.m.entries[ei].path;
-            let f = fsx::create_file_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("create staged", path)?;
-            // A sparse file gets its size first: the extents are written into it, the rest
-            // stays holes.
-            if let Kind::File { size, extents: Some(_), .. } = &self.m.entries[ei].kind {
-                f.set_len(*size).ctx("size staged", path)?;
-            }
-            crate::failpoint::may_fail("stage-create").ctx("create staged", path)?;
-        }
-        let bytes = self.read_frames(&mut r, dirs, targets, progress)?;
+        let bytes = self.read_frames(&mut r, dirs, targets, &fill, progress)?;
         r.end().map_err(|e| crate::source::explain(e.into()))?;
         // Every frame was read and matched its hash, and the archive ended where it must: the
         // whole bundle is verified, and every file the frames fill is complete.
@@ -148,6 +178,17 @@ impl Stager<'_> {
         (targets, fill)
     }
 
+    /// Create the (empty) staged file of entry `ei`; a sparse file gets its size first: the
+    /// extents are written into it, the rest stays holes.
+    fn create_staged(&self, ei: usize) -> Result<()> {
+        let path = &self.m.entries[ei].path;
+        let f = fsx::create_file_at(self.stage_fd(ei)?, &staged_name(ei)).ctx("create staged", path)?;
+        if let Kind::File { size, extents: Some(_), .. } = &self.m.entries[ei].kind {
+            f.set_len(*size).ctx("size staged", path)?;
+        }
+        crate::failpoint::may_fail("stage-create").ctx("create staged", path)
+    }
+
     /// The bundle's reader at its first payload member: the one this run opened, or the file
     /// opened now, whose head must be this transaction's (its bytes hash to the id that was
     /// verified when the transaction was loaded; nothing else of the head is needed).
@@ -174,14 +215,19 @@ impl Stager<'_> {
         Ok(r)
     }
 
-    /// Read every frame in order on this thread, handing small ones to up to
-    /// [`DECODE_THREADS`] decoding threads and decoding large ones here. Returns the bytes
+    /// Read every frame in order on this thread, handing those read into memory to up to
+    /// [`DECODE_THREADS`] decoding threads within [`DECODE_BUDGET`] and decoding spooled ones
+    /// here. The staged files of `fill` are created here too, each just before the first frame
+    /// with a piece of it is handed over (one file's pieces may come from several frames,
+    /// decoded on several threads), so that decoding starts after the first frame's files are
+    /// created, not all of them; those without a piece after the last frame. Returns the bytes
     /// written.
     fn read_frames(
         &self,
         r: &mut BundleReader,
         dirs: &mut fsx::DirCache,
         mut targets: Vec<Vec<PieceTarget>>,
+        fill: &[usize],
         progress: bool,
     ) -> Result<u64> {
         let frames = &self.m.frames;
@@ -189,6 +235,8 @@ impl Stager<'_> {
         let mut prog = crate::progress::Progress::new("stage", "frames", frames.len() as u64, total, progress);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(DECODE_THREADS);
         let decoded = Decoded::default();
+        let budget = Budget::default();
+        let mut created = vec![false; self.m.entries.len()];
         let (tx, rx) = std::sync::mpsc::sync_channel::<FrameJob>(threads);
         let rx = Mutex::new(rx);
         let reader_err: Option<(usize, Error)> = std::thread::scope(|sc| {
@@ -196,10 +244,10 @@ impl Stager<'_> {
             let tx = tx;
             if threads > 1 {
                 for _ in 0..threads {
-                    sc.spawn(|| self.decode_worker(&rx, &decoded));
+                    sc.spawn(|| self.decode_worker(&rx, &decoded, &budget));
                 }
             }
-            let workers = (threads > 1).then_some(&tx);
+            let workers = (threads > 1).then_some((&tx, &budget));
             let mut read = 0u64;
             for (fi, f) in frames.iter().enumerate() {
                 prog.tick(fi as u64, read);
@@ -208,8 +256,22 @@ impl Stager<'_> {
                     break; // a decoder failed: stop reading; its error is reported below
                 }
                 let t = std::mem::take(&mut targets[fi]);
+                for p in &t {
+                    if !std::mem::replace(&mut created[p.entry], true) {
+                        if let Err(e) = self.create_staged(p.entry) {
+                            return Some((fi, e));
+                        }
+                    }
+                }
                 if let Err(e) = self.read_frame(r, dirs, fi, t, workers, &decoded) {
                     return Some((fi, e));
+                }
+            }
+            for &ei in fill.iter().filter(|_| !decoded.any_failed()) {
+                if !std::mem::replace(&mut created[ei], true) {
+                    if let Err(e) = self.create_staged(ei) {
+                        return Some((frames.len(), e));
+                    }
                 }
             }
             prog.finish(frames.len() as u64, read);
@@ -219,7 +281,7 @@ impl Stager<'_> {
     }
 
     /// A decoding thread: decode the frames the reading thread hands over until it stops.
-    fn decode_worker(&self, jobs: &Mutex<Receiver<FrameJob>>, decoded: &Decoded) {
+    fn decode_worker(&self, jobs: &Mutex<Receiver<FrameJob>>, decoded: &Decoded, budget: &Budget) {
         let mut dirs = fsx::DirCache::default();
         loop {
             let job = match jobs.lock() {
@@ -227,6 +289,7 @@ impl Stager<'_> {
                 Err(_) => return,
             };
             let Ok(job) = job else { return };
+            let _held = Held(budget, job.memory);
             decoded.record(job.fi, self.decode(&mut dirs, &job.bytes[..], job.fi, &job.targets));
         }
     }
@@ -234,8 +297,8 @@ impl Stager<'_> {
     /// Read frame `fi` and check its hash; only then is it decrypted and decoded, so no byte of
     /// it is decrypted or decompressed before it is authenticated (bundle-format.md §4.10). A
     /// frame no staged file needs is only checked. One of at most [`PAR_FRAME_MAX`] bytes is
-    /// read into memory, then handed to a decoding thread (if `workers`, and small enough
-    /// decoded) or decoded here; a larger one is spooled to a scratch file in a work directory
+    /// read into memory, then handed to a decoding thread (if `workers`, once the memory it needs
+    /// fits in their budget) or decoded here; a larger one is spooled to a scratch file in a work directory
     /// as it is read ([`Stager::spool`]) and decoded from there.
     fn read_frame(
         &self,
@@ -243,7 +306,7 @@ impl Stager<'_> {
         dirs: &mut fsx::DirCache,
         fi: usize,
         t: Vec<PieceTarget>,
-        workers: Option<&SyncSender<FrameJob>>,
+        workers: Option<(&SyncSender<FrameJob>, &Budget)>,
         decoded: &Decoded,
     ) -> Result<()> {
         let f = &self.m.frames[fi];
@@ -264,10 +327,13 @@ impl Stager<'_> {
             fr.read_to_end(&mut bytes).map_err(|e| explain(bundle::container::unwrap_io(e, fi)))?;
             fr.finish().map_err(explain)?;
             match workers {
-                Some(tx) if decode_memory(f, self.method(fi, &t).as_ref()) <= PAR_DECODE_MAX => tx
-                    .send(FrameJob { fi, bytes, targets: t })
-                    .map_err(|_| Error::Internal("frame decoders stopped".into()))?,
-                _ => {
+                Some((tx, budget)) => {
+                    let memory = decode_memory(f, self.method(fi, &t).as_ref()).saturating_add(f.size);
+                    budget.take(memory);
+                    tx.send(FrameJob { fi, bytes, targets: t, memory })
+                        .map_err(|_| Error::Internal("frame decoders stopped".into()))?
+                }
+                None => {
                     let n = self.decode(dirs, &bytes[..], fi, &t)?;
                     decoded.bytes.fetch_add(n, Ordering::Relaxed);
                 }
