@@ -148,16 +148,11 @@ impl Write for Counter {
 
 /// A bsdiff patch of `new` against `base` in the record format of bundle-format.md §5.1.
 ///
-/// The matching is bsdiff 4's (Colin Percival), over a suffix array built by divsufsort, as the
-/// `bidiff` crate implements it: 4-5 times faster than the qsufsort of the classic algorithm on
-/// shared objects, with patches of the same size.
-///
-/// One suffix array over the whole base: `bidiff` can sort it in partitions on several threads,
-/// but every search then visits each partition, and the compress phase already keeps every core
-/// busy with other units. Measured on esbuild's 9.6 MB Go binary (npm corpus): 3.2 s of CPU with
-/// two partitions, 1.7 s with one, same patch size.
+/// The matching is bsdiff 4's (Colin Percival) over one suffix array of the base built by
+/// divsufsort ([`crate::bsdiff`]; 4-5 times faster than the qsufsort of the classic algorithm on
+/// shared objects, same patches), the records `bidiff`'s translator makes of its matches.
 pub fn bsdiff(base: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
-    let params = bidiff::DiffParams::new(1, None).map_err(io::Error::other)?;
+    let index = crate::bsdiff::Index::new(base)?;
     let mut out = Vec::with_capacity(new.len() / 8 + 64);
     let mut record = |c: &bidiff::Control| -> io::Result<()> {
         out.extend_from_slice(&(c.add.len() as u64).to_le_bytes());
@@ -169,7 +164,7 @@ pub fn bsdiff(base: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
         Ok(())
     };
     let mut translator = bidiff::Translator::new(base, new, &mut record);
-    bidiff::diff(base, new, &params, |m| translator.translate(m))?;
+    crate::bsdiff::scan(&index, new, |m| translator.translate(m))?;
     translator.close()?;
     Ok(out)
 }

@@ -9,6 +9,7 @@
 //! binary is a thin CLI. Signatures are added later, without rebuilding, by [`sign`] (key files
 //! and external [`signer`] commands, or a signing request carried to an [`offline`] machine).
 
+pub mod bsdiff;
 pub mod cli;
 pub mod delta;
 pub mod diff;
