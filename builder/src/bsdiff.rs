@@ -8,6 +8,7 @@
 //! costs its length about once instead of once per step. Same matches, same patch sizes; the
 //! search was about half of the CPU of a build with large shared libraries.
 
+use bundle::deflate::common_prefix;
 use std::io;
 
 /// A suffix array of a delta base, with where each two-byte prefix starts in it.
@@ -92,21 +93,6 @@ impl<'a> Index<'a> {
             (at(hi), lcp_hi)
         }
     }
-}
-
-/// The length of the common prefix of `a` and `b`, compared eight bytes at a time.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let n = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap_or_default());
-        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-        if x != y {
-            return i + ((x ^ y).trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    i + a[i..n].iter().zip(&b[i..n]).take_while(|(x, y)| x == y).count()
 }
 
 /// Whether base byte `old_at` (which may be out of range) equals new byte `new_at`.

@@ -1171,8 +1171,8 @@ fn crc_table() -> &'static [u32; 256] {
 }
 
 /// The length of the common prefix of `a` and `b` (at most the shorter one's), eight bytes at a
-/// time.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+/// time. Public for the builder's bsdiff search, which measures matches the same way.
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
     while i + 8 <= n {
