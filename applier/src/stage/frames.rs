@@ -611,3 +611,34 @@ fn read_base(
     f.read_exact_at(&mut v, offset).ctx("read delta base", base)?;
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn budget_bounds_memory_in_flight_but_lets_a_large_frame_through_alone() {
+        let budget = Budget::default();
+        // A frame larger than the whole budget is taken when nothing else is in flight.
+        budget.take(DECODE_BUDGET * 2);
+        budget.give(DECODE_BUDGET * 2);
+        budget.take(DECODE_BUDGET / 2);
+        budget.take(DECODE_BUDGET / 2);
+        let taken = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Over the budget: waits until the first two are given back (their decoders'
+                // `Held` guards dropped).
+                budget.take(1);
+                taken.store(1, Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(taken.load(Ordering::SeqCst), 0, "took memory over the budget");
+            drop(Held(&budget, DECODE_BUDGET / 2));
+            drop(Held(&budget, DECODE_BUDGET / 2));
+        });
+        assert_eq!(taken.load(Ordering::SeqCst), 1);
+        assert_eq!(budget.used.lock().map(|u| *u).unwrap_or(u64::MAX), 1);
+    }
+}
