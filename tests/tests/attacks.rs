@@ -627,20 +627,11 @@ impl Drop for Unmount {
     }
 }
 
-/// Attack 4: `TARGET/data` is a world-writable sticky tmpfs (a different filesystem, so the
-/// applier stages in a work directory at its top, today `.ferry-work-<16 hex of the bundle id>`).
-/// The attacker pre-creates that directory (and guessable variants) with a `stage/` they own,
-/// then, while the applier is paused after staging, replaces every staged file with a script of
-/// their own. NEW changes `data/run.sh`, which a post-commit hook runs as root. Defence: the work
-/// directory is the applier's own (created fresh, root-owned, not adopted): the hook never runs
-/// attacker content.
-#[test]
-fn attack_04_precreated_work_directory() {
-    require_attack_env();
-    let tmp_pwned = tempfile::Builder::new().prefix("ferry-attack-marker").tempdir_in("/var/tmp").expect("tmp");
-    chmod(tmp_pwned.path(), 0o777);
-    let marker = tmp_pwned.path().join("pwned");
-    let hook_out = tmp_pwned.path().join("hook-out");
+/// The lab of attacks 4 and 4b: `TARGET/data` is a world-writable sticky tmpfs (another
+/// filesystem, so the applier stages in a work directory at its top) holding `run.sh`, which NEW
+/// changes and a post-commit hook runs as root (writing to `hook_out`), and `notes.txt`. The
+/// bundle is built with `extra_build` too. Returns the lab, `data` and its unmount guard.
+fn data_on_sticky_tmpfs(hook_out: &Path, extra_build: &[&str]) -> (Lab, PathBuf, Unmount) {
     // The hook's command names the target's path, which Lab::new decides: build trees first with
     // a placeholder, then rebuild the bundle with the hook below.
     let mut lab = Lab::new(
@@ -658,7 +649,9 @@ fn attack_04_precreated_work_directory() {
     );
     let hook = format!("data/**=sh {}", lab.t("data/run.sh").display());
     fs::remove_file(&lab.bundle).expect("rm");
-    build(Some(&lab.old), &lab.new, &lab.sk, 2, &lab.bundle, &["--hook", &hook]);
+    let mut args = vec!["--hook", hook.as_str()];
+    args.extend_from_slice(extra_build);
+    build(Some(&lab.old), &lab.new, &lab.sk, 2, &lab.bundle, &args);
     lab.seal();
 
     let data = lab.t("data");
@@ -668,7 +661,7 @@ fn attack_04_precreated_work_directory() {
         .status()
         .expect("mount");
     assert!(st.success(), "mounting a tmpfs is required for this attack (run as root with mount rights)");
-    let _unmount = Unmount(data.clone());
+    let unmount = Unmount(data.clone());
     sh(&format!(
         "cp -a '{old}/data/.' '{d}/' && chmod 1777 '{d}' && touch -h -d {EPOCH} '{d}'",
         old = lab.old.display(),
@@ -677,6 +670,23 @@ fn attack_04_precreated_work_directory() {
     lab.assert_target(&lab.old_snap, &[], "the target before the attack");
     assert_ne!(lstat(&data).dev(), lstat(&lab.target).dev(), "data/ must be another filesystem");
 
+    (lab, data, unmount)
+}
+
+/// Attack 4: `TARGET/data` is a world-writable sticky tmpfs (a different filesystem, so the
+/// applier stages in a work directory at its top, today `.ferry-work-<16 hex of the bundle id>`).
+/// The attacker pre-creates that directory (and guessable variants) with a `stage/` they own,
+/// then, while the applier is paused after staging, replaces every staged file with a script of
+/// their own. NEW changes `data/run.sh`, which a post-commit hook runs as root. Defence: the work
+/// directory is the applier's own (created fresh, root-owned, not adopted): the hook never runs
+/// attacker content.
+#[test]
+fn attack_04_precreated_work_directory() {
+    require_attack_env();
+    let tmp_pwned = tempfile::Builder::new().prefix("ferry-attack-marker").tempdir_in("/var/tmp").expect("tmp");
+    chmod(tmp_pwned.path(), 0o777);
+    let marker = tmp_pwned.path().join("pwned");
+    let (lab, data, _unmount) = data_on_sticky_tmpfs(&tmp_pwned.path().join("hook-out"), &[]);
     let id16 = bundle_id(&lab.bundle)[..16].to_string();
     let full = bundle_id(&lab.bundle);
     let mut pre = String::from("set -e\n");
@@ -731,6 +741,69 @@ fn attack_04_precreated_work_directory() {
     }
     lab.assert_updatable(&[], &[]);
     assert!(fs::symlink_metadata(&marker).is_err(), "the attacker's script ran");
+}
+
+/// Attack 4b: the same sticky tmpfs, attacked while staging is between frames. Staged files are
+/// created as the frames that fill them are read (not all before the first frame), so when the
+/// applier stops after its first frame some of `data/`'s staged files exist and others do not.
+/// There the attacker plants, at every staged name the work directory could hold, a symlink to a
+/// root-owned file outside the target (a create that followed it would overwrite that file) and
+/// tries to overwrite the staged files that exist with a script of theirs. Defence: the work
+/// directory is root's and closed to others, and staged files are created with `O_EXCL |
+/// O_NOFOLLOW`: nothing is planted or swapped, the victim is untouched, the hook runs NEW's script.
+#[test]
+fn attack_04b_staged_names_planted_between_frames() {
+    require_attack_env();
+    let tmp_pwned = tempfile::Builder::new().prefix("ferry-attack-marker").tempdir_in("/var/tmp").expect("tmp");
+    chmod(tmp_pwned.path(), 0o777);
+    let marker = tmp_pwned.path().join("pwned");
+    let victim_dir = tempfile::Builder::new().prefix("ferry-attack-victim").tempdir_in("/var/tmp").expect("tmp");
+    chmod(victim_dir.path(), 0o755);
+    let victim = victim_dir.path().join("victim");
+    write(&victim, "root's file\n");
+    // One frame per file: several frames, so the pause after the first is mid-staging.
+    let (lab, data, _unmount) = data_on_sticky_tmpfs(&tmp_pwned.path().join("hook-out"), &["--solid-size", "0"]);
+
+    let evil = format!("#!/bin/sh\\ntouch '{}'\\n", marker.display());
+    let plant = format!(
+        "hit=0; for d in '{d}'/.ferry-work-*; do for s in \"$d\" \"$d/stage\"; do i=0; while [ $i -le 64 ]; do \
+           ln -s '{v}' \"$s/e$i\" 2>/dev/null && echo planted \"$s/e$i\" && hit=1; \
+           printf '{evil}' > \"$s/e$i\" 2>/dev/null && echo wrote \"$s/e$i\" && hit=1; \
+           i=$((i + 1)); done; done; done; exit $hit",
+        d = data.display(),
+        v = victim.display()
+    );
+    let paused = Paused::must(&mut lab.apply(&lab.bundle), "stage-frame");
+    let work: Vec<PathBuf> = fs::read_dir(&data)
+        .expect("read data")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".ferry-work-")))
+        .collect();
+    assert!(!work.is_empty(), "no work directory in data/ while staging: the attack has nothing to aim at");
+    // Fails (with what it did) if any link or write got into a work directory.
+    let planted = as_attacker(&plant);
+    let r = paused.resume(LIMIT);
+    assert!(planted.is_ok(), "the attacker planted or wrote in a work directory: {}", planted.unwrap_err());
+    assert_eq!(fs::read(&victim).expect("read victim"), b"root's file\n", "the victim outside the target was written");
+    assert!(
+        fs::symlink_metadata(&marker).is_err(),
+        "attack succeeded: the attacker's script ran as root: {}",
+        r.text()
+    );
+    lab.assert_outside_unchanged();
+    if r.code == 0 {
+        assert_eq!(
+            fs::read(lab.t("data/run.sh")).expect("read"),
+            fs::read(lab.new.join("data/run.sh")).expect("read"),
+            "data/run.sh is not the bundle's: {}",
+            r.text()
+        );
+        lab.assert_target(&lab.new_snap, &[], "exit 0");
+    } else {
+        assert!(is_refusal(r.code), "{}", r.text());
+        assert!(lab.is_old(&[]), "refused, but the target is not OLD: {}", r.text());
+    }
+    lab.assert_updatable(&[], &[]);
 }
 
 /// Attack 5: a forged transaction. A state directory that was writable by an attacker receives a
