@@ -231,15 +231,4 @@ mod tests {
         }
         Ok(())
     }
-
-    #[test]
-    fn common_prefix_across_words() {
-        let a: Vec<u8> = (0..40).collect();
-        for cut in 0..40 {
-            let mut b = a.clone();
-            b[cut] ^= 1;
-            assert_eq!(common_prefix(&a, &b), cut);
-        }
-        assert_eq!(common_prefix(&a, &a[..17]), 17);
-    }
 }

@@ -237,6 +237,10 @@ impl Stager<'_> {
         let decoded = Decoded::default();
         let budget = Budget::default();
         let mut created = vec![false; self.m.entries.len()];
+        let mut create_once = |ei: usize| match std::mem::replace(&mut created[ei], true) {
+            true => Ok(()),
+            false => self.create_staged(ei),
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel::<FrameJob>(threads);
         let rx = Mutex::new(rx);
         let reader_err: Option<(usize, Error)> = std::thread::scope(|sc| {
@@ -256,22 +260,16 @@ impl Stager<'_> {
                     break; // a decoder failed: stop reading; its error is reported below
                 }
                 let t = std::mem::take(&mut targets[fi]);
-                for p in &t {
-                    if !std::mem::replace(&mut created[p.entry], true) {
-                        if let Err(e) = self.create_staged(p.entry) {
-                            return Some((fi, e));
-                        }
-                    }
+                if let Err(e) = t.iter().try_for_each(|p| create_once(p.entry)) {
+                    return Some((fi, e));
                 }
                 if let Err(e) = self.read_frame(r, dirs, fi, t, workers, &decoded) {
                     return Some((fi, e));
                 }
             }
-            for &ei in fill.iter().filter(|_| !decoded.any_failed()) {
-                if !std::mem::replace(&mut created[ei], true) {
-                    if let Err(e) = self.create_staged(ei) {
-                        return Some((frames.len(), e));
-                    }
+            if !decoded.any_failed() {
+                if let Err(e) = fill.iter().try_for_each(|&ei| create_once(ei)) {
+                    return Some((frames.len(), e));
                 }
             }
             prog.finish(frames.len() as u64, read);
