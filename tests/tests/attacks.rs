@@ -629,9 +629,13 @@ impl Drop for Unmount {
 
 /// The lab of attacks 4 and 4b: `TARGET/data` is a world-writable sticky tmpfs (another
 /// filesystem, so the applier stages in a work directory at its top) holding `run.sh`, which NEW
-/// changes and a post-commit hook runs as root (writing to `hook_out`), and `notes.txt`. The
-/// bundle is built with `extra_build` too. Returns the lab, `data` and its unmount guard.
-fn data_on_sticky_tmpfs(hook_out: &Path, extra_build: &[&str]) -> (Lab, PathBuf, Unmount) {
+/// changes and a post-commit hook runs as root, and `notes.txt`. The bundle is built with
+/// `extra_build` too. Returns the lab, `data`, its unmount guard and a world-writable directory
+/// outside the target for the attacker's marker (the hook writes `hook-out` there).
+fn data_on_sticky_tmpfs(extra_build: &[&str]) -> (Lab, PathBuf, Unmount, tempfile::TempDir) {
+    let marker_dir = tempfile::Builder::new().prefix("ferry-attack-marker").tempdir_in("/var/tmp").expect("tmp");
+    chmod(marker_dir.path(), 0o777);
+    let hook_out = marker_dir.path().join("hook-out");
     // The hook's command names the target's path, which Lab::new decides: build trees first with
     // a placeholder, then rebuild the bundle with the hook below.
     let mut lab = Lab::new(
@@ -670,7 +674,28 @@ fn data_on_sticky_tmpfs(hook_out: &Path, extra_build: &[&str]) -> (Lab, PathBuf,
     lab.assert_target(&lab.old_snap, &[], "the target before the attack");
     assert_ne!(lstat(&data).dev(), lstat(&lab.target).dev(), "data/ must be another filesystem");
 
-    (lab, data, unmount)
+    (lab, data, unmount, marker_dir)
+}
+
+/// The outcome attacks 4 and 4b accept: nothing outside the target changed, and either exit 0
+/// with the target NEW (`data/run.sh` the bundle's) or a refusal with the target OLD. Whether
+/// the run applied.
+fn applied_new_or_refused_old(lab: &Lab, r: &Run) -> bool {
+    lab.assert_outside_unchanged();
+    if r.code == 0 {
+        assert_eq!(
+            fs::read(lab.t("data/run.sh")).expect("read"),
+            fs::read(lab.new.join("data/run.sh")).expect("read"),
+            "data/run.sh is not the bundle's: {}",
+            r.text()
+        );
+        lab.assert_target(&lab.new_snap, &[], "exit 0");
+        true
+    } else {
+        assert!(is_refusal(r.code), "{}", r.text());
+        assert!(lab.is_old(&[]), "refused, but the target is not OLD: {}", r.text());
+        false
+    }
 }
 
 /// Attack 4: `TARGET/data` is a world-writable sticky tmpfs (a different filesystem, so the
@@ -683,10 +708,8 @@ fn data_on_sticky_tmpfs(hook_out: &Path, extra_build: &[&str]) -> (Lab, PathBuf,
 #[test]
 fn attack_04_precreated_work_directory() {
     require_attack_env();
-    let tmp_pwned = tempfile::Builder::new().prefix("ferry-attack-marker").tempdir_in("/var/tmp").expect("tmp");
-    chmod(tmp_pwned.path(), 0o777);
-    let marker = tmp_pwned.path().join("pwned");
-    let (lab, data, _unmount) = data_on_sticky_tmpfs(&tmp_pwned.path().join("hook-out"), &[]);
+    let (lab, data, _unmount, marker_dir) = data_on_sticky_tmpfs(&[]);
+    let marker = marker_dir.path().join("pwned");
     let id16 = bundle_id(&lab.bundle)[..16].to_string();
     let full = bundle_id(&lab.bundle);
     let mut pre = String::from("set -e\n");
@@ -724,18 +747,7 @@ fn attack_04_precreated_work_directory() {
         "attack succeeded: the hook ran the attacker's staged content as root: {}",
         r.text()
     );
-    lab.assert_outside_unchanged();
-    if r.code == 0 {
-        assert_eq!(
-            fs::read(lab.t("data/run.sh")).expect("read"),
-            fs::read(lab.new.join("data/run.sh")).expect("read"),
-            "data/run.sh is not the bundle's: {}",
-            r.text()
-        );
-        lab.assert_target(&lab.new_snap, &[], "exit 0");
-    } else {
-        assert!(is_refusal(r.code), "{}", r.text());
-        assert!(lab.is_old(&[]), "refused, but the target is not OLD: {}", r.text());
+    if !applied_new_or_refused_old(&lab, &r) {
         // The operator removes the planted directories.
         sh(&format!("rm -rf '{}'/.ferry-work-*", data.display()));
     }
@@ -754,15 +766,13 @@ fn attack_04_precreated_work_directory() {
 #[test]
 fn attack_04b_staged_names_planted_between_frames() {
     require_attack_env();
-    let tmp_pwned = tempfile::Builder::new().prefix("ferry-attack-marker").tempdir_in("/var/tmp").expect("tmp");
-    chmod(tmp_pwned.path(), 0o777);
-    let marker = tmp_pwned.path().join("pwned");
     let victim_dir = tempfile::Builder::new().prefix("ferry-attack-victim").tempdir_in("/var/tmp").expect("tmp");
     chmod(victim_dir.path(), 0o755);
     let victim = victim_dir.path().join("victim");
     write(&victim, "root's file\n");
     // One frame per file: several frames, so the pause after the first is mid-staging.
-    let (lab, data, _unmount) = data_on_sticky_tmpfs(&tmp_pwned.path().join("hook-out"), &["--solid-size", "0"]);
+    let (lab, data, _unmount, marker_dir) = data_on_sticky_tmpfs(&["--solid-size", "0"]);
+    let marker = marker_dir.path().join("pwned");
 
     let evil = format!("#!/bin/sh\\ntouch '{}'\\n", marker.display());
     let plant = format!(
@@ -790,19 +800,7 @@ fn attack_04b_staged_names_planted_between_frames() {
         "attack succeeded: the attacker's script ran as root: {}",
         r.text()
     );
-    lab.assert_outside_unchanged();
-    if r.code == 0 {
-        assert_eq!(
-            fs::read(lab.t("data/run.sh")).expect("read"),
-            fs::read(lab.new.join("data/run.sh")).expect("read"),
-            "data/run.sh is not the bundle's: {}",
-            r.text()
-        );
-        lab.assert_target(&lab.new_snap, &[], "exit 0");
-    } else {
-        assert!(is_refusal(r.code), "{}", r.text());
-        assert!(lab.is_old(&[]), "refused, but the target is not OLD: {}", r.text());
-    }
+    applied_new_or_refused_old(&lab, &r);
     lab.assert_updatable(&[], &[]);
 }
 
