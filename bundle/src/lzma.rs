@@ -109,13 +109,24 @@ fn lzma_err(e: liblzma::stream::Error) -> io::Error {
 
 /// Encoder settings: an xz preset level (0-9, optionally `| liblzma::stream::PRESET_EXTREME`)
 /// with the dictionary replaced by 2^`dict_log` and, if given, the nice match length replaced by
-/// `nice_len` (xz's `nice=`, 2-273).
+/// `nice_len` (xz's `nice=`, 2-273) and the match search replaced as `search` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EncodeOptions {
     pub filter: Bcj,
     pub dict_log: u8,
     pub preset: u32,
     pub nice_len: Option<u32>,
+    pub search: Search,
+}
+
+/// The encoder's match search (none of it changes the stream format or what decoding needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// The preset's.
+    Preset,
+    /// xz's `mf=hc4` (hash chains) with `depth` (0: liblzma's default for the nice length) and,
+    /// if `fast`, `mode=fast` (greedy parsing instead of the optimal parser's price search).
+    HashChain { fast: bool, depth: u32 },
 }
 
 /// Compress `data` into one raw LZMA2 stream behind `o.filter` (the builder's encoder;
@@ -128,6 +139,12 @@ pub fn encode(data: &[u8], o: EncodeOptions) -> io::Result<Vec<u8>> {
     opts.dict_size(1 << o.dict_log);
     if let Some(n) = o.nice_len {
         opts.nice_len(n);
+    }
+    if let Search::HashChain { fast, depth } = o.search {
+        opts.match_finder(liblzma::stream::MatchFinder::HashChain4).depth(depth);
+        if fast {
+            opts.mode(liblzma::stream::Mode::Fast);
+        }
     }
     let mut s = Stream::new_raw_encoder(&chain(o.filter, &opts)).map_err(lzma_err)?;
     let mut out: Vec<u8> = Vec::with_capacity(data.len() / 4 + 64);
@@ -270,7 +287,7 @@ mod tests {
     }
 
     fn opts(filter: Bcj) -> EncodeOptions {
-        EncodeOptions { filter, dict_log: 16, preset: 6, nice_len: None }
+        EncodeOptions { filter, dict_log: 16, preset: 6, nice_len: None, search: Search::Preset }
     }
 
     #[test]
@@ -286,6 +303,11 @@ mod tests {
                 let one = OneByte(&c[..]);
                 Decoder::new(one, f, 16, n as u64, &l)?.read_to_end(&mut out)?;
                 assert_eq!(out, data, "{f:?} {n} streamed");
+            }
+            // The other match searches give streams the same decoder reads.
+            for search in [Search::HashChain { fast: true, depth: 200 }, Search::HashChain { fast: false, depth: 0 }] {
+                let c = encode(&data, EncodeOptions { search, nice_len: Some(273), ..opts(Bcj::None) })?;
+                assert_eq!(decode(&c, Bcj::None, 16, n as u64, &l)?, data, "{search:?} {n}");
             }
         }
         Ok(())
@@ -385,7 +407,10 @@ mod tests {
             let mut args = vec!["--format=raw", "--stdout"];
             args.extend(opt);
             args.push("--lzma2=preset=6,dict=512KiB");
-            let ours = encode(&data, EncodeOptions { filter: f, dict_log: 19, preset: 6, nice_len: None })?;
+            let ours = encode(
+                &data,
+                EncodeOptions { filter: f, dict_log: 19, preset: 6, nice_len: None, search: Search::Preset },
+            )?;
             let mut dec = args.clone();
             dec.push("--decompress");
             assert_eq!(xz(&dec, &ours)?, data, "xz decoding our {f:?} frame");
@@ -422,7 +447,7 @@ mod tests {
                 code(n, seed)
             };
             let f = Bcj::ALL[f];
-            let c = encode(&data, EncodeOptions { filter: f, dict_log, preset, nice_len: None })
+            let c = encode(&data, EncodeOptions { filter: f, dict_log, preset, nice_len: None, search: Search::Preset })
                 .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
             let back = decode(&c, f, dict_log, n as u64, &Limits::default())
                 .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;

@@ -470,6 +470,7 @@ fn bsdiff_dir_file(patch: &[u8], want: &[u8], lzma: Option<u8>) -> forge::Forged
                 dict_log: 12,
                 preset: 6,
                 nice_len: None,
+                search: bundle::lzma::Search::Preset,
             };
             (bundle::lzma::encode(patch, o).expect("encode"), Method::BsdiffLzma { base, offset: 0, len, dict_log })
         }
@@ -672,10 +673,10 @@ fn lzma_bundle(content: &[u8], more: &[u8], frame: &[u8], decoded: u64, method: 
 
 #[test]
 fn lzma_frames_hostile_and_valid() {
-    use bundle::lzma::{encode, Bcj, EncodeOptions};
+    use bundle::lzma::{encode, Bcj, EncodeOptions, Search};
     let (f, g) = (b"an LZMA2 file\n".repeat(50), b"and another\n".repeat(20));
     let data = [&f[..], &g[..]].concat();
-    let o = EncodeOptions { filter: Bcj::X86, dict_log: 16, preset: 6, nice_len: None };
+    let o = EncodeOptions { filter: Bcj::X86, dict_log: 16, preset: 6, nice_len: None, search: Search::Preset };
     let good = encode(&data, o).expect("encode");
     let method = Method::Lzma { filter: Bcj::X86, dict_log: 16 };
     let n = data.len() as u64;
@@ -726,9 +727,11 @@ fn lzma_frames_hostile_and_valid() {
     env.write(&m, std::slice::from_ref(&good));
     env.refused(3, &["frame 0: pieces name different methods"]);
     // A bomb: 64 MiB of zeros in a few KiB, declared as the two small files.
-    let zeros =
-        encode(&vec![0u8; 64 << 20], EncodeOptions { filter: Bcj::None, dict_log: 26, preset: 0, nice_len: None })
-            .expect("encode");
+    let zeros = encode(
+        &vec![0u8; 64 << 20],
+        EncodeOptions { filter: Bcj::None, dict_log: 26, preset: 0, nice_len: None, search: Search::Preset },
+    )
+    .expect("encode");
     assert!(zeros.len() < 64 << 10, "bomb is {} bytes", zeros.len());
     let env = Env::new();
     env.write(&lzma_bundle(&f, &g, &zeros, n, Method::Lzma { filter: Bcj::None, dict_log: 26 }), &[zeros]);
