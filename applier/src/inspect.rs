@@ -193,7 +193,10 @@ fn counts(m: &Manifest) -> Counts {
                 for p in ps {
                     match p.method {
                         Method::Zstd => c.zstd_pieces += 1,
-                        Method::Patch { .. } | Method::Bsdiff { .. } | Method::BsdiffLzma { .. } => c.patch_pieces += 1,
+                        Method::Patch { .. }
+                        | Method::Bsdiff { .. }
+                        | Method::BsdiffLzma { .. }
+                        | Method::BsdiffSplit { .. } => c.patch_pieces += 1,
                         Method::Lzma { .. } => c.lzma_pieces += 1,
                     }
                 }

@@ -242,7 +242,7 @@ fn scratch_file() -> std::io::Result<std::fs::File> {
 /// How each frame decodes without an OLD base: `None` for patch frames (they need their base)
 /// and for every frame of an encrypted bundle that is not opened (its outer manifest lists no
 /// pieces, and its frames are ciphertext); a bsdiff frame decodes to its patch (zstd, or LZMA2
-/// for `BsdiffLzma`).
+/// for `BsdiffLzma`, or three LZMA2 streams for `BsdiffSplit`).
 pub fn frame_codecs(m: &Manifest) -> Vec<Option<Codec>> {
     let mut v = vec![None; m.frames.len()];
     if m.sealed.is_some() {
@@ -269,7 +269,15 @@ pub fn frame_codecs(m: &Manifest) -> Vec<Option<Codec>> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Codec {
     Zstd,
-    Lzma { filter: Bcj, dict_log: u8 },
+    Lzma {
+        filter: Bcj,
+        dict_log: u8,
+    },
+    /// A `BsdiffSplit` frame's three LZMA2 streams, decoded one after the other.
+    LzmaSplit {
+        dict_log: u8,
+        parts: [(u64, u64); 2],
+    },
 }
 
 impl Codec {
@@ -277,15 +285,19 @@ impl Codec {
         match m {
             Method::Lzma { filter, dict_log } => Codec::Lzma { filter: *filter, dict_log: *dict_log },
             Method::BsdiffLzma { dict_log, .. } => Codec::Lzma { filter: Bcj::None, dict_log: *dict_log },
+            Method::BsdiffSplit { dict_log, control, control_size, copy, copy_size, .. } => {
+                Codec::LzmaSplit { dict_log: *dict_log, parts: [(*control, *control_size), (*copy, *copy_size)] }
+            }
             Method::Zstd | Method::Patch { .. } | Method::Bsdiff { .. } => Codec::Zstd,
         }
     }
 }
 
-/// A frame's decoder: zstd, or LZMA2 behind its filter.
+/// A frame's decoder: zstd, or LZMA2 behind its filter (or a split bsdiff frame's streams).
 pub enum FrameDecoder<'a, R: Read> {
     Zstd(zstd::stream::read::Decoder<'a, std::io::BufReader<R>>),
     Lzma(bundle::lzma::Decoder<R>),
+    LzmaSplit(Box<bundle::lzma::SplitDecoder<R>>),
 }
 
 impl<R: Read> Read for FrameDecoder<'_, R> {
@@ -293,6 +305,7 @@ impl<R: Read> Read for FrameDecoder<'_, R> {
         match self {
             FrameDecoder::Zstd(d) => d.read(buf),
             FrameDecoder::Lzma(d) => d.read(buf),
+            FrameDecoder::LzmaSplit(d) => d.read(buf),
         }
     }
 }
@@ -310,8 +323,17 @@ pub fn decoder<'a, R: Read>(
     decoded: u64,
 ) -> Result<FrameDecoder<'a, R>> {
     let fe = |e: std::io::Error| Error::Bundle(bundle::Error::FrameDecode { index: index as u32, what: e.to_string() });
-    if let Codec::Lzma { filter, dict_log } = codec {
-        return Ok(FrameDecoder::Lzma(bundle::lzma::Decoder::new(r, filter, dict_log, decoded, limits).map_err(fe)?));
+    match codec {
+        Codec::Lzma { filter, dict_log } => {
+            return Ok(FrameDecoder::Lzma(
+                bundle::lzma::Decoder::new(r, filter, dict_log, decoded, limits).map_err(fe)?,
+            ));
+        }
+        Codec::LzmaSplit { dict_log, parts } => {
+            let d = bundle::lzma::SplitDecoder::new(r, dict_log, parts, decoded, limits).map_err(fe)?;
+            return Ok(FrameDecoder::LzmaSplit(Box::new(d)));
+        }
+        Codec::Zstd => {}
     }
     let mut d = match prefix {
         Some(p) => zstd::stream::read::Decoder::with_ref_prefix(std::io::BufReader::new(r), p).map_err(fe)?,

@@ -220,9 +220,9 @@ fn inspect_of_a_non_bundle_exits_3_not_a_ferry_bundle() {
         assert!(err(&o).contains("not a ferry bundle"), "verify {}: {}", f.display(), err(&o));
     }
     // A future format version is named as such.
-    // A future format version, and past ones (format 4, before `BsdiffLzma`; format 1, before
-    // extended attributes), are named as such.
-    for v in ["6", "4", "1"] {
+    // A future format version, and past ones (format 5, before `BsdiffSplit`; format 4, before
+    // `BsdiffLzma`; format 1, before extended attributes), are named as such.
+    for v in ["7", "5", "4", "1"] {
         let mut b = vec![0u8; 2048];
         b[..22].copy_from_slice(format!("ferry-v{v}/manifest.cbor").as_bytes());
         let f = d.path().join(format!("v{v}.ferry"));

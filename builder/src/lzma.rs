@@ -335,6 +335,35 @@ const BSDIFF_SEARCH_THOROUGH: (u32, Search) = (128, Search::HashChain { fast: fa
 /// decoding.
 pub const BSDIFF_MAX_DICT_LOG: u8 = 22;
 
+/// The `BsdiffSplit` frame of a raw bsdiff patch at `level` (bundle-format.md §5.1): its record
+/// headers, copied literals and added differences as three LZMA2 streams back to back, each
+/// with a dictionary of [`bsdiff_dict_log`] of its own length. The headers and literals are a
+/// few percent of a patch: they get the optimal parser (`BSDIFF_SEARCH_THOROUGH`); the
+/// differences, mostly runs of zeros, get [`encode_bsdiff`]'s search. Returns the frame, the
+/// largest dictionary log, and the (decoded, stored) sizes of the first two streams. Measured
+/// on pyext's 56 patches (95.4 MB): one stream 3.050 MB; split 2.88 MB (headers 277 KB,
+/// literals 422 KB, differences 2.17 MB) in about the same time.
+pub fn encode_bsdiff_split(patch: &[u8], level: i32) -> io::Result<(Vec<u8>, u8, lzma::SplitParts)> {
+    let [control, diff, copy] = bundle::bspatch::split(patch);
+    let thorough = |part: &[u8]| {
+        let (nice, search) = BSDIFF_SEARCH_THOROUGH;
+        let o = lzma::EncodeOptions {
+            filter: Bcj::None,
+            dict_log: bsdiff_dict_log(part.len() as u64),
+            preset: PRESET,
+            nice_len: Some(nice),
+            search,
+        };
+        lzma::encode(part, o)
+    };
+    let (c, l) = (thorough(&control)?, thorough(&copy)?);
+    let d = encode_bsdiff(&diff, level)?;
+    let dict_log =
+        [&control, &copy, &diff].iter().map(|p| bsdiff_dict_log(p.len() as u64)).max().unwrap_or(lzma::MIN_DICT_LOG);
+    let parts = [(control.len() as u64, c.len() as u64), (copy.len() as u64, l.len() as u64)];
+    Ok(([c, l, d].concat(), dict_log, parts))
+}
+
 /// The LZMA2 frame of a raw bsdiff patch at `level` (no filter, [`PRESET`] with the match
 /// search of `BSDIFF_SEARCH` or from [`BSDIFF_THOROUGH_LEVEL`] `BSDIFF_SEARCH_THOROUGH`, a
 /// dictionary of [`bsdiff_dict_log`]).

@@ -271,15 +271,25 @@ impl UnitData {
         Ok(UnitData { data, base, bsdiff_raw: None })
     }
 
-    /// The data encoded with `method` at `level` (for bsdiff: the raw patch, compressed).
-    fn encode(&self, method: &Method, level: i32) -> io::Result<Vec<u8>> {
-        match method {
-            Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref()),
-            Method::Zstd => delta::compress(&self.data, level, None),
-            Method::Bsdiff { .. } => delta::compress(self.bsdiff_raw.as_deref().unwrap_or_default(), level, None),
-            Method::BsdiffLzma { .. } => lzma::encode_bsdiff(self.bsdiff_raw.as_deref().unwrap_or_default(), level),
-            Method::Lzma { filter, .. } => lzma::encode(&self.data, *filter).map(|(bytes, _)| bytes),
-        }
+    /// The data encoded with `method` at `level` (for bsdiff: the raw patch, compressed), and the
+    /// method (a `BsdiffSplit` one with its streams' sizes and dictionary filled in).
+    fn encode(&self, method: Method, level: i32) -> io::Result<(Vec<u8>, Method)> {
+        let raw = self.bsdiff_raw.as_deref().unwrap_or_default();
+        let bytes = match &method {
+            Method::Patch { .. } => delta::compress(&self.data, level, self.base.as_deref())?,
+            Method::Zstd => delta::compress(&self.data, level, None)?,
+            Method::Bsdiff { .. } => delta::compress(raw, level, None)?,
+            Method::BsdiffLzma { .. } => lzma::encode_bsdiff(raw, level)?,
+            Method::BsdiffSplit { base, offset, len, .. } => {
+                let (bytes, dict_log, [(control, control_size), (copy, copy_size)]) =
+                    lzma::encode_bsdiff_split(raw, level)?;
+                let (base, offset, len) = (base.clone(), *offset, *len);
+                let m = Method::BsdiffSplit { base, offset, len, dict_log, control, control_size, copy, copy_size };
+                return Ok((bytes, m));
+            }
+            Method::Lzma { filter, .. } => lzma::encode(&self.data, *filter)?.0,
+        };
+        Ok((bytes, method))
     }
 
     /// Check that frame `bytes` of `method` decodes back to the data (of `len` bytes) the way the
@@ -290,6 +300,38 @@ impl UnitData {
                 let prefix = if matches!(method, Method::Patch { .. }) { self.base.as_deref() } else { None };
                 check_decodes(delta::decodes_to(bytes, prefix, &self.data)?)?;
                 len
+            }
+            Method::BsdiffSplit { dict_log, .. } => {
+                let raw = self.bsdiff_raw.as_deref().unwrap_or_default();
+                let [(control, _), (copy, _)] = method.split_parts().unwrap_or_default();
+                let mut dec = bundle::lzma::SplitDecoder::new(
+                    bytes,
+                    *dict_log,
+                    method.split_parts().unwrap_or_default(),
+                    raw.len() as u64,
+                    &Limits::default(),
+                )?;
+                let mut read_part = |n: u64| -> io::Result<Vec<u8>> {
+                    let mut v = Vec::new();
+                    (&mut dec).take(n).read_to_end(&mut v)?;
+                    Ok(v)
+                };
+                let (control, copy) = (read_part(control)?, read_part(copy)?);
+                let mut out = Vec::with_capacity(self.data.len());
+                let mut diff = (&mut dec).take(raw.len() as u64 + 1);
+                bundle::bspatch::apply_split(
+                    self.base.as_deref().unwrap_or_default(),
+                    &control,
+                    &copy,
+                    &mut diff,
+                    len,
+                    |_, c| {
+                        out.extend_from_slice(c);
+                        Ok(())
+                    },
+                )?;
+                check_decodes(out == self.data)?;
+                raw.len() as u64
             }
             Method::Bsdiff { .. } | Method::BsdiffLzma { .. } => {
                 let patch = match method {
@@ -438,7 +480,7 @@ fn encode_candidates(
             }
             _ => {}
         }
-        cands.push((input.encode(&m, first_level)?, m));
+        cands.push(input.encode(m, first_level)?);
     }
     if !full_level_for_all {
         let best = cands.iter().map(|c| c.0.len() as u64).min().unwrap_or(0);
@@ -462,7 +504,7 @@ fn encode_candidates(
             .collect();
         for m in contenders {
             let m = full_level_method(m, level, input.bsdiff_raw.as_deref());
-            cands.push((input.encode(&m, level)?, m));
+            cands.push(input.encode(m, level)?);
         }
     }
     Ok(cands)
@@ -473,14 +515,22 @@ fn is_delta(m: &Method) -> bool {
     matches!(m, Method::Patch { .. } | Method::Bsdiff { .. })
 }
 
-/// The method a probed candidate `m` is encoded with at the full `level`: a bsdiff patch as an
-/// LZMA2 frame (`BsdiffLzma`) at a level where LZMA2 is tried ([`lzma::MIN_LEVEL`]: smaller than
-/// zstd at level 19 in a fraction of its time, [`lzma::encode_bsdiff`]); anything else unchanged.
+/// The method a probed candidate `m` is encoded with at the full `level`: a bsdiff patch as
+/// three LZMA2 streams (`BsdiffSplit`) at a level where LZMA2 is tried ([`lzma::MIN_LEVEL`]:
+/// smaller than zstd at level 19 in a fraction of its time, [`lzma::encode_bsdiff_split`]; the
+/// sizes and dictionary are [`UnitData::encode`]'s to fill in); anything else unchanged.
 fn full_level_method(m: Method, level: i32, bsdiff_raw: Option<&[u8]>) -> Method {
     match (m, bsdiff_raw) {
-        (Method::Bsdiff { base, offset, len }, Some(raw)) if level >= lzma::MIN_LEVEL => {
-            Method::BsdiffLzma { base, offset, len, dict_log: lzma::bsdiff_dict_log(raw.len() as u64) }
-        }
+        (Method::Bsdiff { base, offset, len }, Some(raw)) if level >= lzma::MIN_LEVEL => Method::BsdiffSplit {
+            base,
+            offset,
+            len,
+            dict_log: lzma::bsdiff_dict_log(raw.len() as u64),
+            control: 0,
+            control_size: 0,
+            copy: 0,
+            copy_size: 0,
+        },
         (m, _) => m,
     }
 }
@@ -891,7 +941,9 @@ pub fn encode_all(
                 e.encoding = match (&f.method, u.chunked) {
                     (_, true) => Encoding::Chunked,
                     (Method::Patch { .. }, false) => Encoding::Patch,
-                    (Method::Bsdiff { .. } | Method::BsdiffLzma { .. }, false) => Encoding::Bsdiff,
+                    (Method::Bsdiff { .. } | Method::BsdiffLzma { .. } | Method::BsdiffSplit { .. }, false) => {
+                        Encoding::Bsdiff
+                    }
                     (Method::Zstd, false) => Encoding::Zstd,
                     (Method::Lzma { .. }, false) => Encoding::Lzma,
                 };
@@ -1189,25 +1241,62 @@ mod tests {
         Ok(())
     }
 
-    /// At a level where LZMA2 is tried, a bsdiff candidate is encoded as LZMA2 (dictionary within
-    /// the bsdiff bound); below it, and for every other method, the method stays.
+    /// At a level where LZMA2 is tried, a bsdiff candidate is encoded as split LZMA2 streams
+    /// (dictionary within the bsdiff bound, sizes filled in by the encoding); below it, and for
+    /// every other method, the method stays.
     #[test]
     fn bsdiff_goes_to_lzma_at_high_levels() {
         let base = BundlePath::new("bin/x").expect("path");
         let m = Method::Bsdiff { base: base.clone(), offset: 0, len: 10 };
         let big = vec![0u8; 50 << 20];
-        assert_eq!(
-            full_level_method(m.clone(), 19, Some(&big)),
-            Method::BsdiffLzma { base: base.clone(), offset: 0, len: 10, dict_log: lzma::BSDIFF_MAX_DICT_LOG }
-        );
-        assert_eq!(
-            full_level_method(m.clone(), lzma::MIN_LEVEL, Some(&big[..5000])),
-            Method::BsdiffLzma { base: base.clone(), offset: 0, len: 10, dict_log: 13 }
-        );
+        let split = |dict_log| Method::BsdiffSplit {
+            base: base.clone(),
+            offset: 0,
+            len: 10,
+            dict_log,
+            control: 0,
+            control_size: 0,
+            copy: 0,
+            copy_size: 0,
+        };
+        assert_eq!(full_level_method(m.clone(), 19, Some(&big)), split(lzma::BSDIFF_MAX_DICT_LOG));
+        assert_eq!(full_level_method(m.clone(), lzma::MIN_LEVEL, Some(&big[..5000])), split(13));
         assert_eq!(full_level_method(m.clone(), lzma::MIN_LEVEL - 1, Some(&big)), m);
         let p = Method::Patch { base, offset: 0, len: 10 };
         assert_eq!(full_level_method(p.clone(), 19, None), p);
         assert_eq!(full_level_method(Method::Zstd, 19, None), Method::Zstd);
+    }
+
+    /// A split bsdiff frame carries its streams' sizes, and decodes back (the applier's way) to
+    /// the patch, whose records give the new file.
+    #[test]
+    fn split_bsdiff_frames_carry_their_sizes_and_decode_back() -> io::Result<()> {
+        let old = pseudo(200_000);
+        let mut new = old.clone();
+        for i in (1000..150_000).step_by(64) {
+            new[i] = new[i].wrapping_add(3);
+        }
+        new.splice(90_000..90_000, b"a literal run the base does not have".repeat(20));
+        let raw = delta::bsdiff(&old, &new)?;
+        let base = BundlePath::new("lib/x.so").expect("path");
+        let m = full_level_method(Method::Bsdiff { base, offset: 0, len: old.len() as u64 }, 19, Some(&raw));
+        let input = UnitData { data: new.clone(), base: Some(old), bsdiff_raw: Some(raw.clone()) };
+        let (bytes, m) = input.encode(m, 19)?;
+        let [control, _, copy] = bundle::bspatch::split(&raw);
+        let Method::BsdiffSplit { control: c, copy: l, control_size, copy_size, .. } = m else {
+            panic!("{m:?}");
+        };
+        assert_eq!((c, l), (control.len() as u64, copy.len() as u64));
+        assert!(copy.len() >= 700, "the inserted run is a literal");
+        assert!(control_size + copy_size < bytes.len() as u64);
+        assert_eq!(input.check_frame(&bytes, &m, new.len() as u64)?, raw.len() as u64);
+        // A frame whose streams do not match the method fails the check.
+        let mut bad = m.clone();
+        if let Method::BsdiffSplit { control_size, .. } = &mut bad {
+            *control_size += 1;
+        }
+        assert!(input.check_frame(&bytes, &bad, new.len() as u64).is_err());
+        Ok(())
     }
 
     /// LZMA2 of a whole file is not tried against a patch already under half of plain zstd; it

@@ -147,6 +147,24 @@ fn check_contents(b: &Read_, old: &Path, new: &Path) -> R {
                             out.extend(bundle::bspatch::apply(window, &patch, p.len)?);
                             out
                         }
+                        Method::BsdiffSplit { base, offset, len, dict_log, control, copy, .. } => {
+                            let o = fs::read(fsp(old, base))?;
+                            let decoded = b.manifest.frames[p.frame as usize].decoded;
+                            let lim = bundle::Limits::default();
+                            let parts = p.method.split_parts().ok_or("split parts")?;
+                            let mut d = bundle::lzma::SplitDecoder::new(&frame[..], *dict_log, parts, decoded, &lim)?;
+                            let mut streams = Vec::new();
+                            d.read_to_end(&mut streams)?;
+                            let (c, rest) = streams.split_at(*control as usize);
+                            let (l, diff) = rest.split_at(*copy as usize);
+                            let window = &o[*offset as usize..(*offset + *len) as usize];
+                            let mut out = vec![0u8; p.offset as usize];
+                            bundle::bspatch::apply_split(window, c, l, diff, p.len, |_, chunk| {
+                                out.extend_from_slice(chunk);
+                                Ok(())
+                            })?;
+                            out
+                        }
                         Method::Lzma { filter, dict_log } => {
                             let decoded = b.manifest.frames[p.frame as usize].decoded;
                             bundle::lzma::decode(frame, *filter, *dict_log, decoded, &bundle::Limits::default())?

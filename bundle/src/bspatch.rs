@@ -7,6 +7,9 @@
 //! stream of Colin Percival's bsdiff 4 as written by the `bsdiff` crate (interleaved, without
 //! the BSDIFF40 header or bzip2). The builder computes the records with the `bidiff` crate.
 //!
+//! A `BsdiffSplit` frame holds the same records in three parts ([`apply_split`]): the headers
+//! one after the other, the copied literals, and the added differences.
+//!
 //! Everything is bounded: the output never exceeds the declared length, every base range is
 //! checked, and the patch must produce exactly the declared length and end with its last record.
 //! [`apply_stream`] applies a patch as it is read (the applier's way: memory is the base and a
@@ -37,7 +40,124 @@ const CHUNK: usize = 1 << 16;
 /// `InvalidData` error saying what is wrong; errors of `patch` and `sink` are passed on.
 pub fn apply_stream<R: std::io::Read>(
     base: &[u8],
-    mut patch: R,
+    patch: R,
+    out_len: u64,
+    sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    apply_records(base, Interleaved(patch), out_len, sink)
+}
+
+/// [`apply_stream`] for a patch in three parts (a `BsdiffSplit` frame, bundle-format.md §5.1):
+/// the records' 24-byte headers one after the other (`control`), their copied literals one
+/// after the other (`copy`), and their added differences read from `diff`. Every part must be
+/// used up exactly.
+pub fn apply_split<R: std::io::Read>(
+    base: &[u8],
+    control: &[u8],
+    copy: &[u8],
+    diff: R,
+    out_len: u64,
+    sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    apply_records(base, Split { control, copy, diff }, out_len, sink)
+}
+
+/// The three parts of the interleaved patch `patch` for [`apply_split`]: its record headers,
+/// added differences and copied literals, each in record order (a `BsdiffSplit` frame's streams
+/// hold the headers, the literals, then the differences). A malformed patch is split as far as
+/// its records go: a cut header goes to the headers, the bytes of a cut record to its
+/// differences, then to its literals; [`apply_split`] refuses the parts where [`apply_stream`]
+/// refuses the patch.
+pub fn split(patch: &[u8]) -> [Vec<u8>; 3] {
+    let (mut control, mut diff, mut copy) = (Vec::new(), Vec::with_capacity(patch.len()), Vec::new());
+    let mut rest = patch;
+    while !rest.is_empty() {
+        let Some((head, tail)) = rest.split_first_chunk::<24>() else {
+            control.extend_from_slice(rest);
+            break;
+        };
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&head[i * 8..i * 8 + 8]);
+            usize::try_from(u64::from_le_bytes(b)).unwrap_or(usize::MAX)
+        };
+        let add = word(0).min(tail.len());
+        let lit = word(1).min(tail.len() - add);
+        control.extend_from_slice(head);
+        diff.extend_from_slice(&tail[..add]);
+        copy.extend_from_slice(&tail[add..add + lit]);
+        rest = &tail[add + lit..];
+    }
+    [control, diff, copy]
+}
+
+/// Where a patch's record headers, added differences and copied literals come from.
+trait Records {
+    /// Fill `buf` as far as the record headers go: the bytes read.
+    fn header(&mut self, buf: &mut [u8; 24]) -> std::io::Result<usize>;
+    /// Fill `buf` with the next added differences (`diff`) or copied literals: the bytes read.
+    fn body(&mut self, diff: bool, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// After the last record: an error if anything is left.
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+/// A patch as bsdiff writes it: header, differences, literals, record after record.
+struct Interleaved<R>(R);
+
+impl<R: std::io::Read> Records for Interleaved<R> {
+    fn header(&mut self, buf: &mut [u8; 24]) -> std::io::Result<usize> {
+        read_full(&mut self.0, buf)
+    }
+    fn body(&mut self, _diff: bool, buf: &mut [u8]) -> std::io::Result<usize> {
+        read_full(&mut self.0, buf)
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A patch in its three parts.
+struct Split<'a, R> {
+    control: &'a [u8],
+    copy: &'a [u8],
+    diff: R,
+}
+
+/// Take up to `buf.len()` bytes from the front of `src`.
+fn take_front(src: &mut &[u8], buf: &mut [u8]) -> usize {
+    let n = buf.len().min(src.len());
+    buf[..n].copy_from_slice(&src[..n]);
+    *src = &src[n..];
+    n
+}
+
+impl<R: std::io::Read> Records for Split<'_, R> {
+    fn header(&mut self, buf: &mut [u8; 24]) -> std::io::Result<usize> {
+        Ok(take_front(&mut self.control, buf))
+    }
+    fn body(&mut self, diff: bool, buf: &mut [u8]) -> std::io::Result<usize> {
+        if diff {
+            read_full(&mut self.diff, buf)
+        } else {
+            Ok(take_front(&mut self.copy, buf))
+        }
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        if !self.copy.is_empty() {
+            return Err(bad("copied literals left over after the last record"));
+        }
+        if read_full(&mut self.diff, &mut [0u8; 1])? != 0 {
+            return Err(bad("added differences left over after the last record"));
+        }
+        Ok(())
+    }
+}
+
+/// The records of `patch` applied to `base` ([`apply_stream`]).
+fn apply_records(
+    base: &[u8],
+    mut patch: impl Records,
     out_len: u64,
     mut sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
@@ -46,7 +166,7 @@ pub fn apply_stream<R: std::io::Read>(
     let (mut pos, mut out, mut at) = (0u64, 0u64, 0u64); // base position, output length, patch bytes read
     loop {
         let mut head = [0u8; 24];
-        let got = read_full(&mut patch, &mut head)?;
+        let got = patch.header(&mut head)?;
         if got == 0 {
             break;
         }
@@ -72,7 +192,7 @@ pub fn apply_stream<R: std::io::Read>(
             let mut left = n;
             while left > 0 {
                 let k = left.min(CHUNK as u64) as usize;
-                if read_full(&mut patch, &mut buf[..k])? < k {
+                if patch.body(from_base, &mut buf[..k])? < k {
                     return Err(bad("patch ends inside a record".into()));
                 }
                 if from_base {
@@ -88,6 +208,7 @@ pub fn apply_stream<R: std::io::Read>(
         pos = if seek >> 63 == 1 { pos.checked_sub(magnitude) } else { pos.checked_add(magnitude) }
             .ok_or_else(|| bad("seek moves outside the base".into()))?;
     }
+    patch.finish()?;
     if out != out_len {
         return Err(bad(format!("patch produces {out} bytes, declared {out_len}")));
     }
@@ -206,6 +327,45 @@ mod tests {
             if r.is_ok() {
                 proptest::prop_assert_eq!(Some(&got), whole.as_ref());
                 proptest::prop_assert_eq!(apply(&base, &p, declared).ok(), Some(got));
+            }
+        }
+
+        /// The same records in three parts give what they give interleaved, and a part with a
+        /// byte left over, or one byte short, is refused.
+        #[test]
+        fn split_parts_match_interleaved(
+            base in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100_000),
+            recs in proptest::collection::vec((0u64..80_000, 0u64..70_000, -100_000i64..100_000, proptest::prelude::any::<u8>()), 0..4),
+            step in 1usize..100_000,
+            spoil in 0u8..5,
+        ) {
+            let mut p = Vec::new();
+            for (add, copy_len, seek, fill) in recs {
+                let bytes: Vec<u8> = (0..add + copy_len).map(|i| fill.wrapping_add(i as u8)).collect();
+                p.extend(record(add, copy_len, seek, &bytes));
+            }
+            let [mut control, mut diff, mut copy] = split(&p);
+            let whole = reference(&base, &p);
+            let declared = whole.as_ref().map_or(1_000_000, |w| w.len() as u64);
+            match spoil {
+                1 => copy.push(7),
+                2 => diff.push(7),
+                3 if !control.is_empty() => { control.pop(); }
+                4 if !copy.is_empty() => { copy.pop(); }
+                _ => {}
+            }
+            let spoiled = spoil != 0 && !(spoil == 3 && control.is_empty()) && !(spoil == 4 && copy.is_empty());
+            let mut got = Vec::new();
+            let r = apply_split(&base, &control, &copy, Trickle(&diff, step), declared, |off, c| {
+                assert_eq!(off, got.len() as u64);
+                got.extend_from_slice(c);
+                Ok(())
+            });
+            if spoiled || whole.is_none() {
+                proptest::prop_assert!(r.is_err());
+            } else {
+                proptest::prop_assert!(r.is_ok(), "{r:?}");
+                proptest::prop_assert_eq!(Some(got), whole);
             }
         }
     }

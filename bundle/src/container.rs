@@ -6,10 +6,10 @@
 //! signed manifest. Layout:
 //!
 //! ```text
-//! [hdr "ferry-v5/manifest.cbor"]   [manifest][zero pad to 512]
-//! [hdr "ferry-v5/signatures.cbor"] [signatures][pad]
-//! [hdr "ferry-v5/payload.00000000"] [frame 0][frame 1]...[frame k][pad]   frames back to back
-//! [hdr "ferry-v5/payload.00000001"] [frame k+1]...[pad]                   a new member every 1 GiB
+//! [hdr "ferry-v6/manifest.cbor"]   [manifest][zero pad to 512]
+//! [hdr "ferry-v6/signatures.cbor"] [signatures][pad]
+//! [hdr "ferry-v6/payload.00000000"] [frame 0][frame 1]...[frame k][pad]   frames back to back
+//! [hdr "ferry-v6/payload.00000001"] [frame k+1]...[pad]                   a new member every 1 GiB
 //! [512 zero bytes][512 zero bytes]  EOF
 //! ```
 //!
@@ -20,8 +20,8 @@ use crate::{Error, Hash, Limits, Manifest};
 use std::io::{self, Read, Write};
 
 pub const BLOCK: u64 = 512;
-pub const MANIFEST_NAME: &str = "ferry-v5/manifest.cbor";
-pub const SIGNATURES_NAME: &str = "ferry-v5/signatures.cbor";
+pub const MANIFEST_NAME: &str = "ferry-v6/manifest.cbor";
+pub const SIGNATURES_NAME: &str = "ferry-v6/signatures.cbor";
 /// Largest member size the 11-digit octal size field can hold.
 pub const MAX_MEMBER: u64 = 0o77777777777;
 /// Bound on the signature member (16 signatures of 64 bytes plus CBOR overhead).
@@ -33,7 +33,7 @@ pub const PACK_BYTES: u64 = 1 << 30;
 
 /// Name of payload member `k`.
 pub fn payload_name(k: usize) -> String {
-    format!("ferry-v5/payload.{k:08}")
+    format!("ferry-v6/payload.{k:08}")
 }
 
 /// One payload member: frames `first..end` of the manifest, back to back, `size` bytes in all.

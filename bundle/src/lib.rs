@@ -51,5 +51,5 @@ pub use sparse::Extent;
 pub use xattr::{Xattr, XattrSet};
 
 /// Version of the bundle format this crate reads and writes. Appears in the first tar member's
-/// name (`ferry-v5/manifest.cbor`) and in [`Manifest::format`].
-pub const FORMAT_VERSION: u32 = 5;
+/// name (`ferry-v6/manifest.cbor`) and in [`Manifest::format`].
+pub const FORMAT_VERSION: u32 = 6;

@@ -197,6 +197,12 @@ impl<R: Read> Decoder<R> {
         Ok(Decoder { inner, stream, buf, pos: 0, len: 0, input_done: false, done: false })
     }
 
+    /// The reader, after the stream (bytes it handed over but the stream did not use are lost:
+    /// see [`SplitDecoder`], which bounds each stream's reader).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// After the end marker: nothing may follow it in the frame.
     fn check_end(&mut self) -> io::Result<()> {
         if self.pos < self.len || (!self.input_done && self.inner.read(&mut self.buf[..1])? > 0) {
@@ -236,6 +242,100 @@ impl<R: Read> Read for Decoder<R> {
             if consumed == 0 && self.pos < self.len {
                 // Input and room for output, yet no progress: never happens with liblzma.
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "LZMA2 decoder made no progress"));
+            }
+        }
+    }
+}
+
+/// The (decoded bytes, stored bytes) of a `BsdiffSplit` frame's first two streams: the record
+/// headers and the copied literals (bundle-format.md §5.1).
+pub type SplitParts = [(u64, u64); 2];
+
+/// The three raw LZMA2 streams (no filter) of a `BsdiffSplit` frame (bundle-format.md §5.1)
+/// decoded one after the other as one byte stream: the records' headers (`parts[0]`: decoded
+/// bytes, stored bytes), their copied literals (`parts[1]`), then their added differences, from
+/// the rest of the frame, decoding to `decoded` less the first two. Each of the first two must
+/// decode to exactly its declared length from exactly its stored bytes (an `InvalidData` error
+/// otherwise, naming the stream); the last must end where the frame ends ([`Decoder`]).
+pub struct SplitDecoder<R> {
+    state: Split<R>,
+    /// Later streams: (decoded bytes, stored bytes), in order; the differences last, stored
+    /// bytes unbounded.
+    next: Vec<(u64, Option<u64>)>,
+    dict_log: u8,
+    limits: Limits,
+}
+
+enum Split<R> {
+    /// Decoding stream `index`, `left` of its decoded bytes still to come.
+    Part {
+        dec: Decoder<io::Take<R>>,
+        left: u64,
+        index: usize,
+    },
+    Last(Decoder<R>),
+    Failed,
+}
+
+/// The names of a split frame's streams, for errors.
+const SPLIT_NAMES: [&str; 3] = ["record headers", "copied literals", "added differences"];
+
+impl<R: Read> SplitDecoder<R> {
+    pub fn new(inner: R, dict_log: u8, parts: SplitParts, decoded: u64, limits: &Limits) -> io::Result<Self> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let first_two = parts[0].0.checked_add(parts[1].0).ok_or_else(|| bad("bsdiff stream sizes overflow"))?;
+        let last = decoded.checked_sub(first_two).ok_or_else(|| bad("bsdiff streams longer than the frame"))?;
+        let (len, size) = parts[0];
+        let dec = Decoder::new(inner.take(size), Bcj::None, dict_log, len, limits)?;
+        Ok(SplitDecoder {
+            state: Split::Part { dec, left: len, index: 0 },
+            next: vec![(last, None), (parts[1].0, Some(parts[1].1))],
+            dict_log,
+            limits: limits.clone(),
+        })
+    }
+}
+
+impl<R: Read> Read for SplitDecoder<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        loop {
+            // Any error leaves the decoder failed.
+            match std::mem::replace(&mut self.state, Split::Failed) {
+                Split::Last(mut dec) => {
+                    let n = dec.read(out)?;
+                    self.state = Split::Last(dec);
+                    return Ok(n);
+                }
+                Split::Failed => return Err(io::Error::other("split LZMA2 frame: read after an error")),
+                Split::Part { mut dec, left, index } if left > 0 => {
+                    let want = out.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = dec.read(&mut out[..want])?;
+                    if n == 0 && want > 0 {
+                        return Err(bad(format!("{} stream decodes to fewer bytes than declared", SPLIT_NAMES[index])));
+                    }
+                    self.state = Split::Part { dec, left: left - n as u64, index };
+                    return Ok(n);
+                }
+                Split::Part { mut dec, index, .. } => {
+                    // Exactly its declared bytes: the stream must end here, and its stored
+                    // bytes with it (the decoder checks that nothing follows the end marker).
+                    if dec.read(&mut [0u8; 1])? != 0 {
+                        return Err(bad(format!("{} stream decodes to more bytes than declared", SPLIT_NAMES[index])));
+                    }
+                    let inner = dec.into_inner().into_inner();
+                    self.state = match self.next.pop() {
+                        Some((len, Some(size))) => Split::Part {
+                            dec: Decoder::new(inner.take(size), Bcj::None, self.dict_log, len, &self.limits)?,
+                            left: len,
+                            index: index + 1,
+                        },
+                        Some((len, None)) => {
+                            Split::Last(Decoder::new(inner, Bcj::None, self.dict_log, len, &self.limits)?)
+                        }
+                        None => Split::Failed,
+                    };
+                }
             }
         }
     }
@@ -309,6 +409,40 @@ mod tests {
                 let c = encode(&data, EncodeOptions { search, nice_len: Some(273), ..opts(Bcj::None) })?;
                 assert_eq!(decode(&c, Bcj::None, 16, n as u64, &l)?, data, "{search:?} {n}");
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn split_streams_decode_in_order_and_exactly() -> io::Result<()> {
+        let l = Limits::default();
+        let parts = [code(48, 1), code(5000, 2), code(70_000, 3)];
+        let enc: Vec<Vec<u8>> = parts.iter().map(|p| encode(p, opts(Bcj::None))).collect::<io::Result<_>>()?;
+        let frame = enc.concat();
+        let total = parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        let sizes = |d: [u64; 2], s: [u64; 2]| [(d[0], s[0]), (d[1], s[1])];
+        let good = sizes([48, 5000], [enc[0].len() as u64, enc[1].len() as u64]);
+        let read = |parts: [(u64, u64); 2], decoded: u64, frame: &[u8]| -> io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            // One byte of input at a time: the stream boundaries hold whatever the reads.
+            SplitDecoder::new(OneByte(frame), 16, parts, decoded, &l)?.read_to_end(&mut out)?;
+            Ok(out)
+        };
+        assert_eq!(read(good, total, &frame)?, parts.concat());
+        // Wrong decoded lengths or stored sizes, a frame cut short or with a byte more. (The last
+        // stream's length is the caller's to check, as for any frame: it counts the bytes.)
+        let (e0, e1) = (enc[0].len() as u64, enc[1].len() as u64);
+        for (p, d, f) in [
+            (sizes([47, 5000], [e0, e1]), total, frame.clone()),
+            (sizes([48, 5001], [e0, e1]), total, frame.clone()),
+            (sizes([48, 5000], [e0 + 1, e1]), total, frame.clone()),
+            (sizes([48, 5000], [e0, e1 - 1]), total, frame.clone()),
+            (good, total, frame[..frame.len() - 1].to_vec()),
+            (good, total, [&frame[..], &[0]].concat()),
+            (sizes([u64::MAX, 2], [e0, e1]), total, frame.clone()),
+        ] {
+            let r = read(p, d, &f);
+            assert!(r.as_ref().is_err_and(|e| e.kind() != io::ErrorKind::Other), "{p:?} {d}: {:?}", r.map(|v| v.len()));
         }
         Ok(())
     }

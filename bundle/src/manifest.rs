@@ -249,6 +249,22 @@ pub enum Method {
     /// As `Bsdiff`, but the frame is one raw LZMA2 stream without a filter, with a dictionary of
     /// 2^`dict_log` bytes, that decodes to the bsdiff patch (bundle-format.md §5.1, §5.2).
     BsdiffLzma { base: BundlePath, offset: u64, len: u64, dict_log: u8 },
+    /// As `BsdiffLzma`, but the patch's three parts are three raw LZMA2 streams one after the
+    /// other in the frame (bundle-format.md §5.1): the records' 24-byte headers (`control` bytes,
+    /// from the frame's first `control_size` bytes), their copied literals (`copy` bytes, from
+    /// the next `copy_size`), then their added differences (the rest of the frame, decoding to
+    /// the frame's `decoded` less `control` and `copy`). Each stream has a dictionary of at most
+    /// 2^`dict_log` bytes.
+    BsdiffSplit {
+        base: BundlePath,
+        offset: u64,
+        len: u64,
+        dict_log: u8,
+        control: u64,
+        control_size: u64,
+        copy: u64,
+        copy_size: u64,
+    },
 }
 
 impl Method {
@@ -264,21 +280,35 @@ impl Method {
             Method::Zstd | Method::Lzma { .. } => None,
             Method::Patch { base, offset, len }
             | Method::Bsdiff { base, offset, len }
-            | Method::BsdiffLzma { base, offset, len, .. } => Some((base, *offset, *len)),
+            | Method::BsdiffLzma { base, offset, len, .. }
+            | Method::BsdiffSplit { base, offset, len, .. } => Some((base, *offset, *len)),
         }
     }
 
-    /// Whether the frame decodes to a bsdiff patch (`Bsdiff`, `BsdiffLzma`): the piece is the
-    /// patch's output, not a range of the decoded frame.
+    /// Whether the frame decodes to a bsdiff patch (`Bsdiff`, `BsdiffLzma`, `BsdiffSplit`): the
+    /// piece is the patch's output, not a range of the decoded frame.
     pub fn is_bsdiff(&self) -> bool {
-        matches!(self, Method::Bsdiff { .. } | Method::BsdiffLzma { .. })
+        matches!(self, Method::Bsdiff { .. } | Method::BsdiffLzma { .. } | Method::BsdiffSplit { .. })
     }
 
-    /// The LZMA2 dictionary log of a frame decoded as LZMA2 (`Lzma`, `BsdiffLzma`).
+    /// The LZMA2 dictionary log of a frame decoded as LZMA2 (`Lzma`, `BsdiffLzma`, `BsdiffSplit`).
     pub fn lzma_dict_log(&self) -> Option<u8> {
         match self {
-            Method::Lzma { dict_log, .. } | Method::BsdiffLzma { dict_log, .. } => Some(*dict_log),
+            Method::Lzma { dict_log, .. }
+            | Method::BsdiffLzma { dict_log, .. }
+            | Method::BsdiffSplit { dict_log, .. } => Some(*dict_log),
             Method::Zstd | Method::Patch { .. } | Method::Bsdiff { .. } => None,
+        }
+    }
+
+    /// A `BsdiffSplit` frame's first two streams: (decoded bytes, stored bytes) of the record
+    /// headers and of the copied literals.
+    pub fn split_parts(&self) -> Option<crate::lzma::SplitParts> {
+        match self {
+            Method::BsdiffSplit { control, control_size, copy, copy_size, .. } => {
+                Some([(*control, *control_size), (*copy, *copy_size)])
+            }
+            _ => None,
         }
     }
 }
@@ -767,6 +797,15 @@ impl Manifest {
             if let Some(dict_log) = p.method.lzma_dict_log() {
                 check_lzma_dict(p.frame, dict_log, limits)?;
             }
+            if let Some([(control, control_size), (copy, copy_size)]) = p.method.split_parts() {
+                // Whole records; the first two streams inside the frame's decoded and stored
+                // sizes, each at least an LZMA2 end marker.
+                let decoded_ok = control.checked_add(copy).is_some_and(|d| d <= fr.decoded) && control % 24 == 0;
+                let stored = control_size.checked_add(copy_size).filter(|&s| s < fr.size);
+                if !decoded_ok || stored.is_none() || control_size == 0 || copy_size == 0 {
+                    return err(format!("{}: bsdiff streams do not fit frame {}", e.path, p.frame));
+                }
+            }
             if let Some((base, offset, len)) = p.method.delta_base() {
                 match self.old_entry(base).and_then(|o| o.kind.file_size()) {
                     Some(size) if offset.checked_add(len).is_some_and(|e| e <= size) => {}
@@ -912,6 +951,7 @@ enum MethodKind {
     Bsdiff,
     Lzma(crate::lzma::Bcj, u8),
     BsdiffLzma(u8),
+    BsdiffSplit(u8, crate::lzma::SplitParts),
 }
 
 /// One piece's claim on its frame, for [`Manifest::check_frame_tiling`]: where it starts, how
@@ -936,6 +976,10 @@ impl<'a> FramePiece<'a> {
             Method::BsdiffLzma { base, offset, len, dict_log } => {
                 (MethodKind::BsdiffLzma(*dict_log), Some((base, *offset, *len)))
             }
+            Method::BsdiffSplit { base, offset, len, dict_log, control, control_size, copy, copy_size } => (
+                MethodKind::BsdiffSplit(*dict_log, [(*control, *control_size), (*copy, *copy_size)]),
+                Some((base, *offset, *len)),
+            ),
         };
         FramePiece { offset: p.offset, span, method, base }
     }

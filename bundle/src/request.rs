@@ -106,7 +106,7 @@ impl SigningRequest {
         }
         if w.message[..] != r.message()[..] {
             return Err(Error::Request(format!(
-                "its message to sign is not the ferry message for bundle {} (\"ferry-v5 bundle id\\0\" and the id)",
+                "its message to sign is not the ferry message for bundle {} (\"ferry-v6 bundle id\\0\" and the id)",
                 r.id
             )));
         }

@@ -22,7 +22,7 @@ use std::fmt;
 
 /// Domain-separation prefix of every bundle signature (19 bytes). The signed message is this
 /// prefix followed by the 32-byte bundle id ([`signing_message`]).
-pub const SIGNING_DOMAIN: &[u8] = b"ferry-v5 bundle id\0";
+pub const SIGNING_DOMAIN: &[u8] = b"ferry-v6 bundle id\0";
 /// Length of the signed message: the prefix and the bundle id.
 pub const MESSAGE_LEN: usize = 51;
 /// Domain-separation prefix of the message `ferry-build pubkey` has an external signer sign to
@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(KEY_CHECK_DOMAIN.len() + 32, MESSAGE_LEN);
         let id = Hash::of(b"manifest");
         let m = signing_message(&id);
-        assert_eq!(&m[..19], b"ferry-v5 bundle id\0");
+        assert_eq!(&m[..19], b"ferry-v6 bundle id\0");
         assert_eq!(&m[19..], &id.0);
         assert_ne!(&key_check_message()[..19], SIGNING_DOMAIN);
         // The signature is over exactly these 51 bytes: a plain ed25519 verifier agrees.

@@ -457,26 +457,71 @@ fn frame_decodes_to_more_than_declared() {
     check_refusal(&env.verify(), 3, &["frame 0", "declared"]);
 }
 
-/// A bundle replacing `dir/file` ("in dir\n") by the output of the bsdiff patch `patch`,
-/// declared as `want`: a `Bsdiff` frame (zstd), or with `lzma` a `BsdiffLzma` frame whose
-/// dictionary is 2^`lzma` bytes.
-fn bsdiff_dir_file(patch: &[u8], want: &[u8], lzma: Option<u8>) -> forge::Forged {
-    let (base, len) = (p("dir/file"), DIR_FILE.len() as u64);
-    let (z, method) = match lzma {
-        None => (forge::zstd(patch), Method::Bsdiff { base, offset: 0, len }),
-        Some(dict_log) => {
-            let o = bundle::lzma::EncodeOptions {
-                filter: bundle::lzma::Bcj::None,
-                dict_log: 12,
-                preset: 6,
-                nice_len: None,
-                search: bundle::lzma::Search::Preset,
-            };
-            (bundle::lzma::encode(patch, o).expect("encode"), Method::BsdiffLzma { base, offset: 0, len, dict_log })
-        }
+/// How a forged bsdiff frame is coded: zstd (`Bsdiff`), one LZMA2 stream with a dictionary of
+/// 2^n bytes (`BsdiffLzma`), or three (`BsdiffSplit`).
+#[derive(Clone, Copy, Debug)]
+enum BsdiffCodec {
+    Zstd,
+    Lzma(u8),
+    Split,
+}
+
+/// A raw LZMA2 stream of `data` (dictionary 4 KiB).
+fn lzma_stream(data: &[u8]) -> Vec<u8> {
+    let o = bundle::lzma::EncodeOptions {
+        filter: bundle::lzma::Bcj::None,
+        dict_log: 12,
+        preset: 6,
+        nice_len: None,
+        search: bundle::lzma::Search::Preset,
     };
+    bundle::lzma::encode(data, o).expect("encode")
+}
+
+/// A bundle replacing `dir/file` ("in dir\n") by the output of the bsdiff patch `patch`,
+/// declared as `want`, in a frame coded as `codec` says.
+fn bsdiff_dir_file(patch: &[u8], want: &[u8], codec: BsdiffCodec) -> forge::Forged {
+    match codec {
+        BsdiffCodec::Split => {
+            let [control, diff, copy] = bundle::bspatch::split(patch);
+            bsdiff_split_dir_file([&control, &copy, &diff], want, |_| {})
+        }
+        BsdiffCodec::Zstd | BsdiffCodec::Lzma(_) => {
+            let (base, len) = (p("dir/file"), DIR_FILE.len() as u64);
+            let (z, method) = match codec {
+                BsdiffCodec::Lzma(dict_log) => {
+                    (lzma_stream(patch), Method::BsdiffLzma { base, offset: 0, len, dict_log })
+                }
+                _ => (forge::zstd(patch), Method::Bsdiff { base, offset: 0, len }),
+            };
+            bsdiff_dir_file_frame(z, patch.len() as u64, method, want)
+        }
+    }
+}
+
+/// As [`bsdiff_dir_file`], a `BsdiffSplit` frame of the three `parts` (headers, literals,
+/// differences) with the method as `edit` leaves it.
+fn bsdiff_split_dir_file(parts: [&[u8]; 3], want: &[u8], edit: impl Fn(&mut Method)) -> forge::Forged {
+    let enc: Vec<Vec<u8>> = parts.iter().map(|p| lzma_stream(p)).collect();
+    let mut method = Method::BsdiffSplit {
+        base: p("dir/file"),
+        offset: 0,
+        len: DIR_FILE.len() as u64,
+        dict_log: 12,
+        control: parts[0].len() as u64,
+        control_size: enc[0].len() as u64,
+        copy: parts[1].len() as u64,
+        copy_size: enc[1].len() as u64,
+    };
+    edit(&mut method);
+    let decoded = parts.iter().map(|p| p.len() as u64).sum();
+    bsdiff_dir_file_frame(enc.concat(), decoded, method, want)
+}
+
+/// The bundle of [`bsdiff_dir_file`] around frame `z` (`decoded` bytes) of `method`.
+fn bsdiff_dir_file_frame(z: Vec<u8>, decoded: u64, method: Method, want: &[u8]) -> forge::Forged {
     let mut m = forge::empty(1);
-    m.frames = vec![forge::frame(&z, patch.len() as u64)];
+    m.frames = vec![forge::frame(&z, decoded)];
     let piece = Piece { frame: 0, offset: 0, len: want.len() as u64, method };
     m.entries = vec![forge::dir("dir", 0o755), forge::file_with("dir/file", want, Content::Pieces(vec![piece]))];
     m.old = vec![old_file("dir/file", DIR_FILE)];
@@ -497,22 +542,24 @@ fn bsdiff_record(add: &[u8], copy: &[u8], seek: i64) -> Vec<u8> {
 
 #[test]
 fn hostile_bsdiff_patches_are_refused_while_staging() {
-    // Both codecs of a bsdiff patch: zstd (`Bsdiff`) and LZMA2 (`BsdiffLzma`).
-    for lzma in [None, Some(12)] {
-        hostile_bsdiff_patches(lzma);
+    // Every codec of a bsdiff patch: zstd (`Bsdiff`), LZMA2 (`BsdiffLzma`), and three LZMA2
+    // streams (`BsdiffSplit`).
+    for codec in [BsdiffCodec::Zstd, BsdiffCodec::Lzma(12), BsdiffCodec::Split] {
+        hostile_bsdiff_patches(codec);
     }
+    hostile_split_streams();
     // A `BsdiffLzma` dictionary over the limit, or under LZMA2's minimum: refused with the
     // manifest, before anything is decoded.
     let diff: Vec<u8> = b"in dir\n".iter().zip(b"in DIR\n").map(|(o, n)| n.wrapping_sub(*o)).collect();
     for dict_log in [27, 40, 11] {
         let env = Env::new();
-        let f = bsdiff_dir_file(&bsdiff_record(&diff, b"!", 0), b"in DIR\n!", Some(dict_log));
+        let f = bsdiff_dir_file(&bsdiff_record(&diff, b"!", 0), b"in DIR\n!", BsdiffCodec::Lzma(dict_log));
         env.write(&f.manifest, &f.frames);
         env.refused(3, &["LZMA2 dictionary"]);
     }
 }
 
-fn hostile_bsdiff_patches(lzma: Option<u8>) {
+fn hostile_bsdiff_patches(lzma: BsdiffCodec) {
     // The honest patch: "in dir\n" -> "in DIR\n!" (add 0x20 down to upper case, copy "!").
     let diff: Vec<u8> = b"in dir\n".iter().zip(b"in DIR\n").map(|(o, n)| n.wrapping_sub(*o)).collect();
     let good = bsdiff_record(&diff, b"!", 0);
@@ -543,7 +590,44 @@ fn hostile_bsdiff_patches(lzma: Option<u8>) {
         let env = Env::new();
         let f = bsdiff_dir_file(patch, want, lzma);
         env.write(&f.manifest, &f.frames);
-        env.refused(3, &["frame 0", "bsdiff patch", needle]);
+        let _ = match lzma {
+            // Split, a cut record header is a headers' stream of no whole number of records:
+            // refused with the manifest, before any frame is read.
+            BsdiffCodec::Split if needle == "truncated record header" => {
+                env.refused(3, &["dir/file", "bsdiff streams do not fit frame 0"])
+            }
+            _ => env.refused(3, &["frame 0", "bsdiff patch", needle]),
+        };
+    }
+}
+
+/// A `BsdiffSplit` frame whose streams do not match what its method declares, or that has a
+/// stream's bytes left over after the last record: refused while staging, the target untouched.
+fn hostile_split_streams() {
+    let diff: Vec<u8> = b"in dir\n".iter().zip(b"in DIR\n").map(|(o, n)| n.wrapping_sub(*o)).collect();
+    let [control, d, copy] = bundle::bspatch::split(&bsdiff_record(&diff, b"!", 0));
+    let want = b"in DIR\n!";
+    // The honest streams with the method's (headers' stored size, literals' stored size,
+    // headers' length) edited.
+    let split = |edit: fn(&mut u64, &mut u64, &mut u64)| {
+        bsdiff_split_dir_file([&control, &copy, &d], want, |m| {
+            if let Method::BsdiffSplit { control_size, copy_size, control, .. } = m {
+                edit(control_size, copy_size, control);
+            }
+        })
+    };
+    let cases: Vec<(forge::Forged, &str)> = vec![
+        (split(|c, _, _| *c += 1), "data after the end"),
+        (split(|c, _, _| *c -= 1), "ends before its end marker"),
+        (split(|_, l, _| *l += 1), "LZMA2"),
+        (split(|_, _, n| *n -= 24), "more bytes than declared"),
+        (bsdiff_split_dir_file([&control, b"!?", &d], want, |_| {}), "copied literals left over"),
+        (bsdiff_split_dir_file([&control, &copy, &[&d[..], &[1]].concat()], want, |_| {}), "differences left over"),
+    ];
+    for (f, needle) in cases {
+        let env = Env::new();
+        env.write(&f.manifest, &f.frames);
+        env.refused(3, &["frame 0", needle]);
     }
 }
 
@@ -1093,13 +1177,13 @@ fn unknown_format_version() {
     let f = minimal();
     let env = Env::new();
     let mut m = f.manifest.clone();
-    m.format = 6;
+    m.format = 7;
     env.write(&m, &f.frames);
-    env.refused(3, &["unsupported bundle format version 6"]);
+    env.refused(3, &["unsupported bundle format version 7"]);
 
-    // The container's version: `ferry-v6/manifest.cbor`, and the previous versions' `ferry-v4`
+    // The container's version: `ferry-v7/manifest.cbor`, and the previous versions' `ferry-v5`
     // and `ferry-v3`.
-    for v in [6, 4, 3] {
+    for v in [7, 5, 3] {
         let env = Env::new();
         let mb = f.manifest.encode();
         let mut b = forge::raw_bundle_bytes(&mb, &[&env.key], &f.frames);

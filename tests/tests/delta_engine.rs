@@ -489,9 +489,9 @@ fn elf_files_get_bsdiff_patches_when_smaller() {
         let piece = &ps[p][0];
         let frame = m.frames[piece.frame as usize].size;
         eprintln!("{p}: {:?} frame {frame} bytes; zstd patch at level 19 {} bytes", piece.method, zstd_patch(p));
-        // At the default level a bsdiff patch is an LZMA2 frame (bundle-format.md §5).
+        // At the default level a bsdiff patch is three LZMA2 streams (bundle-format.md §5.1).
         assert!(!matches!(piece.method, Method::Bsdiff { .. }), "{p}: a zstd bsdiff frame at the default level");
-        if let Method::BsdiffLzma { base, offset, len, .. } = &piece.method {
+        if let Method::BsdiffSplit { base, offset, len, .. } = &piece.method {
             assert_eq!(base.display(), p);
             assert_eq!((*offset, *len), (0, fs::metadata(old.join(p)).expect("stat").len()));
             assert_eq!(piece.len, fs::metadata(new.join(p)).expect("stat").len());
@@ -520,28 +520,80 @@ fn bsdiff_pieces_obey_the_structural_rules() {
     bsdiff_rules(&zstd);
     let lzma = |base, offset, len| Method::BsdiffLzma { base, offset, len, dict_log: 20 };
     bsdiff_rules(&lzma);
+    let split = |base, offset, len| Method::BsdiffSplit {
+        base,
+        offset,
+        len,
+        dict_log: 20,
+        control: 48,
+        control_size: 5,
+        copy: 100,
+        copy_size: 5,
+    };
+    bsdiff_rules(&split);
 }
 
-/// The structural rules of a bsdiff piece whose method `mk(base, offset, len)` makes.
-fn bsdiff_rules(mk: &dyn Fn(bundle::BundlePath, u64, u64) -> Method) {
-    use bundle::{OldEntry, OldKind};
+#[test]
+fn split_bsdiff_streams_must_fit_their_frame() {
     use ferry_tests::forge;
     let base = forge::path("bin/prog");
+    // The frame of `bsdiff_rules`: 16 stored bytes, 300 decoded.
+    let split = |control, control_size, copy, copy_size| Method::BsdiffSplit {
+        base: base.clone(),
+        offset: 0,
+        len: 1000,
+        dict_log: 20,
+        control,
+        control_size,
+        copy,
+        copy_size,
+    };
+    bsdiff_manifest(split(48, 5, 100, 5)).check(&Limits::default()).expect("valid split piece");
+    bsdiff_manifest(split(0, 1, 0, 1)).check(&Limits::default()).expect("no records: empty streams");
+    for (m, what) in [
+        (split(47, 5, 100, 5), "headers not a whole number of records"),
+        (split(48, 5, 253, 5), "first two streams decode to more than the frame"),
+        (split(48, 10, 100, 6), "first two streams stored in all of the frame (none left for the third)"),
+        (split(48, 0, 100, 5), "a stream of no bytes"),
+        (split(48, 5, 100, 0), "a stream of no bytes"),
+        (split(u64::MAX - 23, 5, 100, 5), "overflow"),
+        (split(48, u64::MAX, 100, 5), "overflow"),
+    ] {
+        assert!(bsdiff_manifest(m).check(&Limits::default()).is_err(), "{what} accepted");
+    }
+}
+
+/// A manifest patching `bin/prog` (1000 bytes in OLD, 5000 in NEW) with `method` from one frame
+/// of 16 stored and 300 decoded bytes.
+fn bsdiff_manifest(method: Method) -> Manifest {
+    use bundle::{OldEntry, OldKind};
+    use ferry_tests::forge;
     let mut m = forge::empty(2);
     m.old = vec![OldEntry {
-        path: base.clone(),
+        path: forge::path("bin/prog"),
         meta: forge::meta(0o755),
         kind: OldKind::File { size: 1000, hash: bundle::Hash::of(b"old") },
     }];
     m.frames = vec![forge::frame(b"compressed patch", 300)];
     let mut e = forge::file("bin/prog", &[7u8; 5000], 0, 0);
+    if let Kind::File { content: Content::Pieces(ps), .. } = &mut e.kind {
+        ps[0].method = method;
+    }
+    m.entries = vec![e];
+    m
+}
+
+/// The structural rules of a bsdiff piece whose method `mk(base, offset, len)` makes.
+fn bsdiff_rules(mk: &dyn Fn(bundle::BundlePath, u64, u64) -> Method) {
+    use ferry_tests::forge;
+    let base = forge::path("bin/prog");
+    let m = bsdiff_manifest(mk(base.clone(), 0, 1000));
+    let e = m.entries[0].clone();
     let set = |e: &mut bundle::Entry, f: &dyn Fn(&mut bundle::Piece)| {
         if let Kind::File { content: Content::Pieces(ps), .. } = &mut e.kind {
             f(&mut ps[0]);
         }
     };
-    set(&mut e, &|p| p.method = mk(base.clone(), 0, 1000));
-    m.entries = vec![e.clone()];
     // Output (5000) larger than the decoded patch (300): fine for bsdiff.
     m.check(&Limits::default()).expect("valid bsdiff piece");
     let refused = |m: &Manifest, what: &str| {

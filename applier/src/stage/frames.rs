@@ -409,8 +409,9 @@ impl Stager<'_> {
         let mut dec =
             Counted(crate::verify::decoder(src, codec, prefix, self.limits, fi, f.decoded)?.take(f.decoded + 1), 0);
         let mut open: HashMap<usize, Sink> = HashMap::new();
+        let split = method.as_ref().and_then(Method::split_parts);
         let written = if is_bsdiff {
-            self.apply_bsdiff(&mut open, fi, base.as_deref().unwrap_or_default(), &mut dec, t)?
+            self.apply_bsdiff(&mut open, fi, base.as_deref().unwrap_or_default(), &mut dec, split, t)?
         } else {
             self.copy_out(&mut open, fi, &mut dec, t)?
         };
@@ -510,35 +511,54 @@ impl Stager<'_> {
     /// Apply a bsdiff frame's patch, decoded from `dec` as it is read, to the base window `old`,
     /// writing the output to its piece(s) as it comes (a sparse file's piece is split into
     /// several targets, each a part of the patch's output: `frame_offset` is the offset in it).
-    /// Memory is the base window and a small buffer, whatever the file's size. Returns the bytes
-    /// written.
+    /// Memory is the base window and a small buffer, whatever the file's size; for a split
+    /// frame (`split`: the decoded lengths of its record headers and copied literals, which come
+    /// first), also those two parts. Returns the bytes written.
     fn apply_bsdiff<R: Read>(
         &self,
         open: &mut HashMap<usize, Sink>,
         fi: usize,
         old: &[u8],
         dec: &mut Counted<R>,
+        split: Option<bundle::lzma::SplitParts>,
         t: &[PieceTarget],
     ) -> Result<u64> {
         let want = t.iter().map(|p| p.frame_offset + p.len).max().unwrap_or(0);
         let mut written = 0u64;
         let mut failed: Option<Error> = None;
-        let r = bundle::bspatch::apply_stream(old, dec, want, |at, chunk| {
-            match self.write_pieces(fi, open, chunk, at, t) {
-                Ok(n) => {
-                    written += n;
-                    Ok(())
+        let frame_error =
+            |e: std::io::Error| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {e}") };
+        // The parts of a split frame held in memory (their lengths are in the signed manifest,
+        // checked against the frame's decoded size; the decoder stops each at its length).
+        let mut parts = Vec::new();
+        if let Some(split) = split {
+            for (len, _) in split {
+                let mut part = Vec::new();
+                (&mut *dec).take(len).read_to_end(&mut part).map_err(frame_error)?;
+                if part.len() as u64 != len {
+                    return Err(frame_error(std::io::Error::other("frame ends inside its first streams")).into());
                 }
-                Err(e) => {
-                    failed = Some(e);
-                    Err(std::io::Error::other("staging write failed"))
-                }
+                parts.push(part);
             }
-        });
+        }
+        let sink = |at, chunk: &[u8]| match self.write_pieces(fi, open, chunk, at, t) {
+            Ok(n) => {
+                written += n;
+                Ok(())
+            }
+            Err(e) => {
+                failed = Some(e);
+                Err(std::io::Error::other("staging write failed"))
+            }
+        };
+        let r = match &parts[..] {
+            [control, copy] => bundle::bspatch::apply_split(old, control, copy, dec, want, sink),
+            _ => bundle::bspatch::apply_stream(old, dec, want, sink),
+        };
         if let Some(e) = failed {
             return Err(e);
         }
-        r.map_err(|e| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {e}") })?;
+        r.map_err(frame_error)?;
         Ok(written)
     }
 }
@@ -575,7 +595,9 @@ impl<R: Read> Read for Counted<R> {
 /// frame its dictionary (the output is written as it comes); a zstd frame its window, at most
 /// its decoded size, plus the delta base of a patch or bsdiff frame.
 fn decode_memory(f: &bundle::Frame, method: Option<&Method>) -> u64 {
-    let base = method.and_then(base_window).map_or(0, |(_, _, len)| len);
+    // A split bsdiff frame also holds its first two streams' output.
+    let parts = method.and_then(Method::split_parts).map_or(0, |[(a, _), (b, _)]| a.saturating_add(b));
+    let base = method.and_then(base_window).map_or(0, |(_, _, len)| len).saturating_add(parts);
     match method.and_then(Method::lzma_dict_log) {
         Some(dict_log) => u64::from(bundle::lzma::decoder_dict_size(dict_log, f.decoded)).saturating_add(base),
         None => f.decoded.saturating_add(base),
