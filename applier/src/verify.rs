@@ -276,7 +276,7 @@ pub enum Codec {
     /// A `BsdiffSplit` frame's three LZMA2 streams, decoded one after the other.
     LzmaSplit {
         dict_log: u8,
-        parts: [(u64, u64); 2],
+        parts: bundle::lzma::SplitParts,
     },
 }
 
@@ -285,8 +285,8 @@ impl Codec {
         match m {
             Method::Lzma { filter, dict_log } => Codec::Lzma { filter: *filter, dict_log: *dict_log },
             Method::BsdiffLzma { dict_log, .. } => Codec::Lzma { filter: Bcj::None, dict_log: *dict_log },
-            Method::BsdiffSplit { dict_log, control, control_size, copy, copy_size, .. } => {
-                Codec::LzmaSplit { dict_log: *dict_log, parts: [(*control, *control_size), (*copy, *copy_size)] }
+            Method::BsdiffSplit { dict_log, .. } => {
+                Codec::LzmaSplit { dict_log: *dict_log, parts: m.split_parts().unwrap_or_default() }
             }
             Method::Zstd | Method::Patch { .. } | Method::Bsdiff { .. } => Codec::Zstd,
         }

@@ -303,27 +303,15 @@ impl UnitData {
             }
             Method::BsdiffSplit { dict_log, .. } => {
                 let raw = self.bsdiff_raw.as_deref().unwrap_or_default();
-                let [(control, _), (copy, _)] = method.split_parts().unwrap_or_default();
-                let mut dec = bundle::lzma::SplitDecoder::new(
-                    bytes,
-                    *dict_log,
-                    method.split_parts().unwrap_or_default(),
-                    raw.len() as u64,
-                    &Limits::default(),
-                )?;
-                let mut read_part = |n: u64| -> io::Result<Vec<u8>> {
-                    let mut v = Vec::new();
-                    (&mut dec).take(n).read_to_end(&mut v)?;
-                    Ok(v)
-                };
-                let (control, copy) = (read_part(control)?, read_part(copy)?);
+                let parts @ [(control, _), (copy, _)] = method.split_parts().unwrap_or_default();
+                let dec =
+                    bundle::lzma::SplitDecoder::new(bytes, *dict_log, parts, raw.len() as u64, &Limits::default())?;
                 let mut out = Vec::with_capacity(self.data.len());
-                let mut diff = (&mut dec).take(raw.len() as u64 + 1);
-                bundle::bspatch::apply_split(
-                    self.base.as_deref().unwrap_or_default(),
-                    &control,
-                    &copy,
-                    &mut diff,
+                let base = self.base.as_deref().unwrap_or_default();
+                bundle::bspatch::apply_split_stream(
+                    base,
+                    [control, copy],
+                    dec.take(raw.len() as u64 + 1),
                     len,
                     |_, c| {
                         out.extend_from_slice(c);

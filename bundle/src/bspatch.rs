@@ -15,6 +15,8 @@
 //! [`apply_stream`] applies a patch as it is read (the applier's way: memory is the base and a
 //! 64 KiB buffer, whatever the file's size); [`apply`] is the same over bytes in memory.
 
+use std::io::Read;
+
 /// Apply `patch` to `base`; the result must be exactly `out_len` bytes (at most `out_len`, and
 /// at most the patch's length, are ever allocated). Errors say what is wrong with the patch.
 pub fn apply(base: &[u8], patch: &[u8], out_len: u64) -> Result<Vec<u8>, String> {
@@ -89,6 +91,29 @@ pub fn split(patch: &[u8]) -> [Vec<u8>; 3] {
         rest = &tail[add + lit..];
     }
     [control, diff, copy]
+}
+
+/// [`apply_split`] over a split frame decoded as one stream (`bundle::lzma::SplitDecoder`): its
+/// first `lens[0]` bytes are the record headers and the next `lens[1]` the copied literals, held
+/// in memory (the caller bounds `lens`: the manifest's check keeps them inside the frame), then
+/// the added differences, read as they are applied.
+pub fn apply_split_stream<R: std::io::Read>(
+    base: &[u8],
+    lens: [u64; 2],
+    mut stream: R,
+    out_len: u64,
+    sink: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut part = |len: u64| -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        (&mut stream).take(len).read_to_end(&mut v)?;
+        if v.len() as u64 != len {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame ends inside its first streams"));
+        }
+        Ok(v)
+    };
+    let (control, copy) = (part(lens[0])?, part(lens[1])?);
+    apply_split(base, &control, &copy, stream, out_len, sink)
 }
 
 /// Where a patch's record headers, added differences and copied literals come from.

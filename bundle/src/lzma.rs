@@ -259,9 +259,9 @@ pub type SplitParts = [(u64, u64); 2];
 /// otherwise, naming the stream); the last must end where the frame ends ([`Decoder`]).
 pub struct SplitDecoder<R> {
     state: Split<R>,
-    /// Later streams: (decoded bytes, stored bytes), in order; the differences last, stored
-    /// bytes unbounded.
-    next: Vec<(u64, Option<u64>)>,
+    parts: SplitParts,
+    /// Decoded bytes of the added differences.
+    last: u64,
     dict_log: u8,
     limits: Limits,
 }
@@ -289,7 +289,8 @@ impl<R: Read> SplitDecoder<R> {
         let dec = Decoder::new(inner.take(size), Bcj::None, dict_log, len, limits)?;
         Ok(SplitDecoder {
             state: Split::Part { dec, left: len, index: 0 },
-            next: vec![(last, None), (parts[1].0, Some(parts[1].1))],
+            parts,
+            last,
             dict_log,
             limits: limits.clone(),
         })
@@ -324,16 +325,13 @@ impl<R: Read> Read for SplitDecoder<R> {
                         return Err(bad(format!("{} stream decodes to more bytes than declared", SPLIT_NAMES[index])));
                     }
                     let inner = dec.into_inner().into_inner();
-                    self.state = match self.next.pop() {
-                        Some((len, Some(size))) => Split::Part {
+                    self.state = match self.parts.get(index + 1) {
+                        Some(&(len, size)) => Split::Part {
                             dec: Decoder::new(inner.take(size), Bcj::None, self.dict_log, len, &self.limits)?,
                             left: len,
                             index: index + 1,
                         },
-                        Some((len, None)) => {
-                            Split::Last(Decoder::new(inner, Bcj::None, self.dict_log, len, &self.limits)?)
-                        }
-                        None => Split::Failed,
+                        None => Split::Last(Decoder::new(inner, Bcj::None, self.dict_log, self.last, &self.limits)?),
                     };
                 }
             }

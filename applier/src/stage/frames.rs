@@ -528,19 +528,6 @@ impl Stager<'_> {
         let mut failed: Option<Error> = None;
         let frame_error =
             |e: std::io::Error| bundle::Error::FrameDecode { index: fi as u32, what: format!("bsdiff patch: {e}") };
-        // The parts of a split frame held in memory (their lengths are in the signed manifest,
-        // checked against the frame's decoded size; the decoder stops each at its length).
-        let mut parts = Vec::new();
-        if let Some(split) = split {
-            for (len, _) in split {
-                let mut part = Vec::new();
-                (&mut *dec).take(len).read_to_end(&mut part).map_err(frame_error)?;
-                if part.len() as u64 != len {
-                    return Err(frame_error(std::io::Error::other("frame ends inside its first streams")).into());
-                }
-                parts.push(part);
-            }
-        }
         let sink = |at, chunk: &[u8]| match self.write_pieces(fi, open, chunk, at, t) {
             Ok(n) => {
                 written += n;
@@ -551,9 +538,13 @@ impl Stager<'_> {
                 Err(std::io::Error::other("staging write failed"))
             }
         };
-        let r = match &parts[..] {
-            [control, copy] => bundle::bspatch::apply_split(old, control, copy, dec, want, sink),
-            _ => bundle::bspatch::apply_stream(old, dec, want, sink),
+        // A split frame's first two parts are held in memory: their lengths are in the signed
+        // manifest, checked against the frame's decoded size.
+        let r = match split {
+            Some([(control, _), (copy, _)]) => {
+                bundle::bspatch::apply_split_stream(old, [control, copy], dec, want, sink)
+            }
+            None => bundle::bspatch::apply_stream(old, dec, want, sink),
         };
         if let Some(e) = failed {
             return Err(e);
