@@ -20,6 +20,10 @@
 //! | `SetMeta` | [`SetMetaInPlace`] | owner, mode, mtime through a handle of the verified inode | the saved metadata |
 //! | `Delete` | [`Delete`] | rename path → backup | rename back |
 //! | `DirMeta` | [`DirMeta`] | metadata through a handle | (restored after all renames) |
+//!
+//! After a step that moves an OLD regular file out of the tree, [`Action::disarm`] drops the
+//! set-id bits and capability of that file if it still has another link (a user's hard link to
+//! an old privileged program); rollback puts them back ([`Action::rearm`]).
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
@@ -594,6 +598,67 @@ impl Action {
             Action::DirMeta(a) => a.forward(cx, created),
             Action::Nothing => Ok(false),
         }
+        .and_then(|renamed| {
+            self.disarm(cx)?;
+            Ok(renamed)
+        })
+    }
+
+    /// Where this step leaves what it moves out of the tree, if anything: its staging slot (an
+    /// exchange) or its backup name (a delete, or the link-and-rename fallback); alternatives,
+    /// the first that exists is it.
+    fn displaced<'c>(&'c self, cx: &'c Cx<'c>, bname: &'c [u8]) -> Vec<(BorrowedFd<'c>, &'c [u8])> {
+        match self {
+            Action::ExchangeFile(a) => vec![(cx.stage, &a.slot.name[..]), (cx.backup, bname)],
+            Action::ExchangeDir(a) => vec![(cx.stage, &a.slot.name[..])],
+            Action::LinkAndRename(_) | Action::Delete(_) => vec![(cx.backup, bname)],
+            _ => Vec::new(),
+        }
+    }
+
+    /// After the step: an OLD regular file it moved out of the tree (or one inside an OLD
+    /// directory that a non-directory replaces, §6 rule 9) that is set-user-ID, set-group-ID or
+    /// has a `security.capability` (in scope), and that still has a link besides ours, loses
+    /// those privileges (bundle-format.md §10.3, "Displaced privileged files"). The builder
+    /// places anew or deletes every member of a hardlink group that changes (§4.2), so such a
+    /// link is one the bundle does not know: a hard link a local user made to the old program
+    /// where `fs.protected_hardlinks` is 0, which must not keep root's privileges once the update
+    /// replaced or removed it (as dpkg and rpm do). Rollback restores them ([`Action::rearm`]).
+    /// Idempotent; a file without another link is not touched.
+    fn disarm(&self, cx: &Cx<'_>) -> Result<()> {
+        let bname = backup_name(cx.i);
+        for (dir, name) in self.displaced(cx, &bname) {
+            let Some(st) = fsx::lstat_at(dir, name).ctx("stat displaced", cx.path)? else { continue };
+            match fsx::file_type(&st) {
+                FileType::RegularFile if st.st_nlink > 1 => disarm_file(cx, dir, name)?,
+                FileType::Directory if matches!(self, Action::ExchangeDir(_)) => disarm_tree(cx, dir, name)?,
+                _ => {}
+            }
+            break;
+        }
+        Ok(())
+    }
+
+    /// After undoing the step: the OLD regular file back at the path gets the set-id bits and
+    /// attributes the saved metadata says it had, which [`Action::disarm`] may have dropped.
+    fn rearm(&self, cx: &Cx<'_>, old: &OldMeta) -> Result<()> {
+        let Some(meta) = old.get(cx.path) else { return Ok(()) };
+        let cap = cx.attrs.wanted(meta).iter().any(|x| x.name == b"security.capability");
+        if meta.mode & 0o6000 == 0 && !cap {
+            return Ok(());
+        }
+        let Some(fd) = fsx::open_meta_at(cx.dir, cx.name).ctx("open", cx.path)? else { return Ok(()) };
+        let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
+        if fsx::file_type(&st) != FileType::RegularFile {
+            return Ok(());
+        }
+        if st.st_mode & 0o7777 != meta.mode {
+            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(meta.mode)).ctx("restore the mode of", cx.path)?;
+        }
+        if cap {
+            cx.attrs.apply_fd(fd.as_fd(), meta).ctx("restore the attributes of", cx.path)?;
+        }
+        Ok(())
     }
 
     /// Undo, if it happened (idempotent).
@@ -608,7 +673,14 @@ impl Action {
             Action::SetMetaInPlace(a) => a.reverse(cx, old),
             Action::Delete(a) => a.reverse(cx),
             Action::DirMeta(_) | Action::Nothing => Ok(()),
+        }?;
+        if matches!(
+            self,
+            Action::ExchangeFile(_) | Action::ExchangeDir(_) | Action::LinkAndRename(_) | Action::Delete(_)
+        ) {
+            self.rearm(cx, old)?;
         }
+        Ok(())
     }
 
     /// The staging slot the action uses, if any.
@@ -622,6 +694,58 @@ impl Action {
             _ => None,
         }
     }
+}
+
+/// How deep [`disarm_tree`] looks into a displaced OLD directory: an OS tree's programs sit a
+/// few levels down, and a deeper chain (which a local user can build in a directory of theirs)
+/// must not make the commit window long.
+const DISARM_DEPTH: usize = 32;
+
+/// [`Action::disarm`] of the regular file `name` in `dir` (a staging slot, a backup name, or a
+/// file inside a displaced directory): through a handle, if it still has another link.
+fn disarm_file(cx: &Cx<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+    let Some(fd) = fsx::open_meta_at(dir, name).ctx("open displaced", cx.path)? else { return Ok(()) };
+    let st = rustix::fs::fstat(&fd).ctx("stat displaced", cx.path)?;
+    if fsx::file_type(&st) != FileType::RegularFile || st.st_nlink < 2 {
+        return Ok(());
+    }
+    if st.st_mode & 0o6000 != 0 {
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o1777))
+            .ctx("drop the set-id bits of the displaced", cx.path)?;
+    }
+    cx.attrs.drop_capability(fd.as_fd()).ctx("drop the capability of the displaced", cx.path)
+}
+
+/// [`Action::disarm`] of every regular file with another link in the displaced directory
+/// `name` in `dir`, down to [`DISARM_DEPTH`] levels, never following a symlink.
+fn disarm_tree(cx: &Cx<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
+    let top = fsx::open_dir_at(dir, name).ctx("open displaced", cx.path)?;
+    let mut stack = vec![top];
+    let mut todo: Vec<Vec<Vec<u8>>> = Vec::new();
+    while let Some(d) = stack.last() {
+        let level = stack.len();
+        if todo.len() < level {
+            let mut names = fsx::list_dir(d.as_fd()).ctx("list displaced", cx.path)?;
+            names.reverse();
+            todo.push(names);
+        }
+        let Some(n) = todo.last_mut().and_then(|t| t.pop()) else {
+            stack.pop();
+            todo.pop();
+            continue;
+        };
+        let d = d.as_fd();
+        let Some(st) = fsx::lstat_at(d, &n).ctx("stat displaced", cx.path)? else { continue };
+        match fsx::file_type(&st) {
+            FileType::RegularFile if st.st_nlink > 1 => disarm_file(cx, d, &n)?,
+            FileType::Directory if level < DISARM_DEPTH => {
+                let sub = fsx::open_dir_at(d, &n).ctx("open displaced", cx.path)?;
+                stack.push(sub);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The index of the work directory for `p` in `txn.works`.

@@ -110,6 +110,20 @@ impl Attrs {
         )
     }
 
+    /// Remove `security.capability` from the file open as `fd`, if that attribute is in scope
+    /// (out of scope, ferry neither sets nor removes it). Absent, or a filesystem without the
+    /// namespace: nothing to do.
+    pub fn drop_capability(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        const CAPABILITY: &[u8] = b"security.capability";
+        if !self.in_scope(CAPABILITY) {
+            return Ok(());
+        }
+        match remove_fd(fd, CAPABILITY) {
+            Err(e) if fsx::errno(&e) == Some(Errno::NOTSUP) => Ok(()),
+            r => r.map_err(|e| named(e, "remove", CAPABILITY)),
+        }
+    }
+
     fn reconcile(
         &self,
         have: &[Xattr],

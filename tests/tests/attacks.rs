@@ -1249,3 +1249,98 @@ fn attack_13e_two_appliers_two_state_dirs() {
     lab.assert_outside_unchanged();
     lab.assert_updatable(&[], &[Path::new("--state-dir"), &s1]);
 }
+
+/// `setcap cap_net_raw+ep` as the kernel stores it (VFS_CAP_REVISION_2, permitted bit 13,
+/// effective).
+const CAP_NET_RAW: &[u8] = &[1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+fn set_capability(p: &Path) {
+    rustix::fs::lsetxattr(p, "security.capability", CAP_NET_RAW, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr security.capability on {}: {e}", p.display()));
+}
+
+fn has_capability(p: &Path) -> bool {
+    xattrs_of(p).iter().any(|x| x.name == b"security.capability")
+}
+
+/// Attack 14: a hard link to an OLD privileged program that the update replaces or removes. The
+/// user links `bin/su` (setuid root), `bin/ping` (a file capability), `bin/sudo` (setuid and
+/// setgid, deleted by NEW) and `libexec/h/helper` (setuid, inside a directory NEW replaces by a
+/// file) into a directory of theirs, to keep the old, perhaps vulnerable, programs with their
+/// privileges after the update. The kernel refuses such links where `fs.protected_hardlinks` is 1
+/// (the common default, and this machine's); the test makes them as root, standing in for a user
+/// on a system where it is 0. Defence: every displaced OLD file that still has another link loses
+/// its set-id bits and capability (the links stay, harmless); the target is NEW; a rollback
+/// restores OLD exactly, privileges included, for the paths the script names.
+#[test]
+fn attack_14_hard_link_keeps_an_old_privileged_program() {
+    let lab = Lab::new(
+        |old, new| {
+            app_tree(old, new);
+            for (t, v) in [(old, "1"), (new, "2")] {
+                write(&t.join("bin/su"), format!("#!/bin/sh\necho su {v}\n"));
+                chmod(&t.join("bin/su"), 0o4755);
+                write(&t.join("bin/ping"), format!("#!/bin/sh\necho ping {v}\n"));
+                chmod(&t.join("bin/ping"), 0o755);
+                set_capability(&t.join("bin/ping"));
+            }
+            write(&old.join("bin/sudo"), "#!/bin/sh\necho sudo\n");
+            chmod(&old.join("bin/sudo"), 0o6755);
+            write(&old.join("libexec/h/helper"), "#!/bin/sh\necho helper\n");
+            chmod(&old.join("libexec/h/helper"), 0o4711);
+            write(&new.join("libexec/h"), "now a file\n");
+        },
+        &[],
+    );
+    let links = [("bin/su", "su", 0o4755), ("bin/ping", "ping", 0o755), ("bin/sudo", "sudo", 0o6755)];
+    for (rel, name, _) in links {
+        fs::hard_link(lab.t(rel), lab.att.join(name)).expect("link");
+    }
+    fs::hard_link(lab.t("libexec/h/helper"), lab.att.join("helper")).expect("link");
+    let r = run(&mut lab.apply(&lab.bundle), LIMIT);
+    assert_eq!(r.code, 0, "{}", r.text());
+    lab.assert_target(&lab.new_snap, &[], "after the apply");
+    lab.assert_outside_unchanged();
+    for name in ["su", "ping", "sudo", "helper"] {
+        let m = lstat(&lab.att.join(name));
+        assert_eq!(m.mode() & 0o6000, 0, "the user's link {name} kept set-id bits: mode {:o}", m.mode() & 0o7777);
+        assert_eq!(m.nlink(), 2, "{name}: its other link is the transaction's backup");
+        assert!(!has_capability(&lab.att.join(name)), "the user's link {name} kept its capability");
+    }
+    assert!(has_capability(&lab.t("bin/ping")), "NEW's bin/ping lost its capability");
+
+    // Rollback: the script's paths get their privileges back.
+    let rb = run(apply_cmd().arg("rollback").arg("--target").arg(&lab.target), LIMIT);
+    assert_eq!(rb.code, 0, "{}", rb.text());
+    lab.assert_target(&lab.old_snap, &["libexec/h/helper"], "after the rollback");
+    for (rel, name, mode) in links {
+        assert!(same_inode(&lab.t(rel), &lab.att.join(name)), "{rel} is not the OLD inode after the rollback");
+        assert_eq!(lstat(&lab.t(rel)).mode() & 0o7777, mode, "{rel} after the rollback");
+    }
+    assert!(has_capability(&lab.t("bin/ping")), "OLD's bin/ping did not get its capability back");
+    lab.assert_updatable(&[], &[]);
+}
+
+/// Attack 14's control: without another link, a displaced privileged file keeps its privileges
+/// in the backup (the transaction's own, root-only), so a rollback needs nothing restored.
+#[test]
+fn attack_14b_displaced_privileged_files_without_links_are_untouched() {
+    let lab = Lab::new(
+        |old, new| {
+            app_tree(old, new);
+            for (t, v) in [(old, "1"), (new, "2")] {
+                write(&t.join("bin/su"), format!("#!/bin/sh\necho su {v}\n"));
+                chmod(&t.join("bin/su"), 0o4755);
+            }
+        },
+        &[],
+    );
+    let before = lstat(&lab.t("bin/su")).ino();
+    let r = run(&mut lab.apply(&lab.bundle), LIMIT);
+    assert_eq!(r.code, 0, "{}", r.text());
+    lab.assert_target(&lab.new_snap, &[], "after the apply");
+    let rb = run(apply_cmd().arg("rollback").arg("--target").arg(&lab.target), LIMIT);
+    assert_eq!(rb.code, 0, "{}", rb.text());
+    lab.assert_target(&lab.old_snap, &[], "after the rollback");
+    assert_eq!(lstat(&lab.t("bin/su")).ino(), before, "bin/su is not the OLD inode after the rollback");
+}
