@@ -243,7 +243,7 @@ pub fn seal(inner_member: &[u8], key: &PayloadKey, recipients: &[(Recipient, [u8
     Ok(Sealed { recipients: stanzas, commitment: key.commitment(), manifest })
 }
 
-/// The public outer manifest of `inner`: its format, version, base, channel, dates, signers and
+/// The public outer manifest of `inner`: its format, version, base, channel, dates and
 /// frames, nothing else, and `sealed`.
 pub fn outer(inner: &Manifest, sealed: Sealed) -> Manifest {
     Manifest {
@@ -288,7 +288,7 @@ pub fn unwrap(sealed: &Sealed, identities: &[Identity]) -> Result<Option<(Payloa
 
 /// Decrypt and decode the inner manifest with the key [`unwrap`] gave: the AEAD, then the
 /// ordinary bounded decode (§4.6) and checks, then: not sealed itself (no nesting), and equal
-/// to the outer manifest in format, version, base, channel, dates, signers and frames.
+/// to the outer manifest in format, version, base, channel, dates and frames.
 pub fn open(outer: &Manifest, key: &PayloadKey, limits: &Limits) -> Result<(Manifest, Vec<u8>), Error> {
     let sealed = outer.sealed.as_ref().ok_or_else(|| Error::Manifest("bundle is not encrypted".into()))?;
     let member = aead(&key.0)
