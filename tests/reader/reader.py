@@ -356,22 +356,16 @@ def check_structure(m):
     for e in m["entries"] + m["old"]:
         if e["meta"]["mode"] > 0o7777:
             raise Refused("mode over 0o7777 at %r" % e["path"])
-    for e in m["entries"]:
-        k, x = variant(e["kind"])
-        if k == "Symlink":
-            t = x["target"]
+    for lst in ("entries", "old"):
+        for e in m[lst]:
+            k, x = variant(e["kind"])
+            t = x["target"] if k == "Symlink" else b"x"
             if not 1 <= len(t) <= LIM["max_symlink_len"] or b"\0" in t:
-                raise Refused("bad symlink target at %r" % e["path"])
-        if k == "Hardlink":
-            pr = ent.get(x["primary"])
-            if pr is None or variant(pr["kind"])[0] != "File" or not x["primary"] < e["path"]:
-                raise Refused("hardlink %r: primary is not an earlier File" % e["path"])
-    for e in m["old"]:
-        k, x = variant(e["kind"])
-        if k == "Symlink":
-            t = x["target"]
-            if not 1 <= len(t) <= LIM["max_symlink_len"] or b"\0" in t:
-                raise Refused("bad symlink target at old %r" % e["path"])
+                raise Refused("bad symlink target at %s %r" % (lst, e["path"]))
+            if k == "Hardlink" and lst == "entries":
+                pr = ent.get(x["primary"])
+                if pr is None or variant(pr["kind"])[0] != "File" or not x["primary"] < e["path"]:
+                    raise Refused("hardlink %r: primary is not an earlier File" % e["path"])
     # pieces
     frames = m["frames"]
     per_frame = {}

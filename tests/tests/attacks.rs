@@ -1263,6 +1263,15 @@ fn has_capability(p: &Path) -> bool {
     xattrs_of(p).iter().any(|x| x.name == b"security.capability")
 }
 
+/// The app tree with `bin/su`, setuid root, changed.
+fn su_tree(old: &Path, new: &Path) {
+    app_tree(old, new);
+    for (t, v) in [(old, "1"), (new, "2")] {
+        write(&t.join("bin/su"), format!("#!/bin/sh\necho su {v}\n"));
+        chmod(&t.join("bin/su"), 0o4755);
+    }
+}
+
 /// Attack 14: a hard link to an OLD privileged program that the update replaces or removes. The
 /// user links `bin/su` (setuid root), `bin/ping` (a file capability), `bin/sudo` (setuid and
 /// setgid, deleted by NEW) and `libexec/h/helper` (setuid, inside a directory NEW replaces by a
@@ -1276,10 +1285,8 @@ fn has_capability(p: &Path) -> bool {
 fn attack_14_hard_link_keeps_an_old_privileged_program() {
     let lab = Lab::new(
         |old, new| {
-            app_tree(old, new);
+            su_tree(old, new);
             for (t, v) in [(old, "1"), (new, "2")] {
-                write(&t.join("bin/su"), format!("#!/bin/sh\necho su {v}\n"));
-                chmod(&t.join("bin/su"), 0o4755);
                 write(&t.join("bin/ping"), format!("#!/bin/sh\necho ping {v}\n"));
                 chmod(&t.join("bin/ping"), 0o755);
                 set_capability(&t.join("bin/ping"));
@@ -1325,16 +1332,7 @@ fn attack_14_hard_link_keeps_an_old_privileged_program() {
 /// in the backup (the transaction's own, root-only), so a rollback needs nothing restored.
 #[test]
 fn attack_14b_displaced_privileged_files_without_links_are_untouched() {
-    let lab = Lab::new(
-        |old, new| {
-            app_tree(old, new);
-            for (t, v) in [(old, "1"), (new, "2")] {
-                write(&t.join("bin/su"), format!("#!/bin/sh\necho su {v}\n"));
-                chmod(&t.join("bin/su"), 0o4755);
-            }
-        },
-        &[],
-    );
+    let lab = Lab::new(su_tree, &[]);
     let before = lstat(&lab.t("bin/su")).ino();
     let r = run(&mut lab.apply(&lab.bundle), LIMIT);
     assert_eq!(r.code, 0, "{}", r.text());
