@@ -453,6 +453,18 @@ impl Run<'_> {
                 self.report.bytes_planned
             ),
         );
+        // From a directory, a file the path needs and the repository lacks is found before the
+        // first bundle is applied, so the path is chosen again from where the target is instead
+        // of stopping midway (over HTTP it is found when its download starts).
+        if let Source::Dir(d) = &self.source {
+            for b in &steps {
+                let p = d.join(&self.channel).join(BUNDLES_DIR).join(&b.file);
+                match std::fs::symlink_metadata(&p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(b.file.clone())),
+                    _ => {}
+                }
+            }
+        }
         if self.o.dry_run {
             return Ok(None);
         }

@@ -360,19 +360,23 @@ impl fmt::Display for TrustStatus {
 }
 
 impl TrustPolicy {
-    /// Parse a policy file: lines `threshold N`, `retire <key id>`, `#` comments, blank lines.
+    /// Parse a policy file (bundle-format.md §9): lines `threshold N` (decimal digits, N >= 1),
+    /// `retire <key id>`; `#` starts a comment that runs to the end of its line; blank lines.
     pub fn apply_policy_text(&mut self, file: &str, text: &str) -> Result<(), Error> {
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = line.split('#').next().unwrap_or_default().trim();
+            if line.is_empty() {
                 continue;
             }
             let bad = |why: &str| Error::Policy { file: file.into(), why: format!("line {}: {why}", n + 1) };
             let mut w = line.split_whitespace();
             match (w.next(), w.next(), w.next()) {
                 (Some("threshold"), Some(k), None) => {
-                    self.threshold =
-                        k.parse().ok().filter(|&k| k >= 1).ok_or_else(|| bad("threshold must be a number >= 1"))?
+                    self.threshold = Some(k)
+                        .filter(|k| k.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|k| k.parse().ok())
+                        .filter(|&k| k >= 1)
+                        .ok_or_else(|| bad("threshold must be a number >= 1"))?
                 }
                 // Key ids are compared in lower case: `retire 0123ABCD...` must not be silently ineffective.
                 (Some("retire"), Some(id), None) if is_key_id(id) => self.retired.push(id.to_ascii_lowercase()),
@@ -447,6 +451,23 @@ mod tests {
         let s = k.sign_id(&id);
         assert!(verify_strict(&k.public().bytes, &m, &s).is_ok());
         assert!(verify_strict(&k.public().bytes, &key_check_message(), &s).is_err());
+    }
+
+    #[test]
+    fn policy_grammar() {
+        let parse = |text: &str| {
+            let mut p = TrustPolicy { keys: Vec::new(), threshold: 1, retired: Vec::new() };
+            p.apply_policy_text("policy", text).map(|()| (p.threshold, p.retired))
+        };
+        // The spec's own example (§9), comments after directives included.
+        let example = "# ferry trust policy v1: one directive per line, '#' comments\n\
+                       threshold 2   # signatures by distinct trusted keys required (default 1)\n\
+                       retire 0123456789ABCDEF   # this key id is no longer trusted\n";
+        assert_eq!(parse(example).ok(), Some((2, vec!["0123456789abcdef".to_string()])));
+        assert_eq!(parse("threshold 3#no space\r\n\n  \t\nthreshold 02").ok().map(|p| p.0), Some(2));
+        for bad in ["threshold +2", "threshold 0", "threshold 2 3", "THRESHOLD 2", "retire 0123", "threshold", "x"] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -508,6 +508,16 @@ fn from_a_local_directory_and_from_a_repository_without_the_newest_deltas() {
         assert_cheapest(&without, &r, Some(3), LATEST);
         assert_same(&want, &snapshot(&t, false), "around the missing bundle");
     }
+    // From a directory, the files of the chosen path are looked for before anything is applied:
+    // a dry run already reports the missing one and the path around it, and changes nothing.
+    let t = target_at(fx, &tmp.path().join("broken-dry"), Some(3));
+    let before = snapshot(&t, false);
+    let o = update(fx, broken.to_str().expect("utf-8"), &t, &["--dry-run"]);
+    expect_code(&o, 0, &format!("dry run with {gone} missing"));
+    let r = report(&o);
+    assert_eq!(r["missing"], serde_json::json!([gone.clone()]), "{r}");
+    assert_cheapest(&without, &r, Some(3), LATEST);
+    assert_same(&before, &snapshot(&t, false), "dry run");
 }
 
 /// Sign `index`'s parts again after `edit`: the release part with `release_keys` (its old
