@@ -1191,27 +1191,32 @@ def read_bundle(path, trust):
     check_structure(m)
     check_script(m)
     # payload members (§2.2)
-    packs = []
-    for i, fr in enumerate(m["frames"]):
-        if packs and packs[-1][2] + fr["size"] <= PACK_BYTES:
-            packs[-1][1] = i + 1
-            packs[-1][2] += fr["size"]
-        else:
-            packs.append([i, i + 1, fr["size"]])
+    frame_off = layout_payload(data, pos, m)
+    return data, m, cb, member, sigs, bundle_id, frame_off
+
+
+def layout_payload(data, pos, m, on_truncated=None):
+    """The payload members from `pos` (§2.2) and the end marker: the offset of every frame.
+    `on_truncated(error)` may turn a truncated member into a better error."""
     frame_off = {}
-    for k, (first, end, size) in enumerate(packs):
-        psz, pst, pos = read_member(data, pos, b"ferry-v6/payload.%08d" % k)
+    for k, (first, end, size) in enumerate(pack_frames(m["frames"])):
+        try:
+            psz, pst, pos = read_member(data, pos, b"ferry-v6/payload.%08d" % k)
+        except Refused as e:
+            if on_truncated and "truncated" in str(e):
+                on_truncated(e)
+            raise
         if psz != size:
             raise Refused("payload member %d size %d differs from the manifest's %d" % (k, psz, size))
         off = pst
         for i in range(first, end):
             frame_off[i] = off
             off += m["frames"][i]["size"]
-    if data[pos:pos + 1024] != bytes(1024) or len(data) < pos + 1024:
+    if len(data) < pos + 1024 or data[pos:pos + 1024] != bytes(1024):
         raise Refused("missing/bad end marker")
     if len(data) != pos + 1024:
         raise Refused("data after the end marker")
-    return data, m, cb, member, sigs, bundle_id, frame_off
+    return frame_off
 
 
 def main():
@@ -1239,30 +1244,50 @@ def main():
         td = tree_digest(a.old)
         print("  tree_digest(OLD) %s %s" % (td.hex(), "== base.tree" if td == m["base"]["tree"] else
                                              "!= base.tree %s" % m["base"]["tree"].hex()))
-        subprocess.run(["cp", "-a", "--sparse=always", a.old, a.out], check=True)
+    return apply_tree(m, data, frame_off, a.out, a.old, a.expect)
+
+
+def pack_frames(frames):
+    """Payload members (§2.2): [first frame, end frame, bytes] of each, frames packed in order
+    while a member stays within PACK_BYTES."""
+    packs = []
+    for i, fr in enumerate(frames):
+        if packs and packs[-1][2] + fr["size"] <= PACK_BYTES:
+            packs[-1][1] = i + 1
+            packs[-1][2] += fr["size"]
+        else:
+            packs.append([i, i + 1, fr["size"]])
+    return packs
+
+
+def apply_tree(m, data, frame_off, out, old, expect):
+    """Copy OLD to `out` (or make it empty for a full bundle), check the base, stage, apply, and
+    compare with `expect` if given. Returns the exit status."""
+    if m["base"] is not None:
+        subprocess.run(["cp", "-a", "--sparse=always", old, out], check=True)
     else:
-        os.mkdir(a.out)
-    drift = base_check(m, a.out)
+        os.mkdir(out)
+    drift = base_check(m, out)
     if drift:
         raise Refused("drifted paths: %s" % drift[:10])
     print("  base check passed (%d old entries)" % len(m["old"]))
-    stagedir = a.out.rstrip("/") + ".stage"
+    stagedir = out.rstrip("/") + ".stage"
     if os.path.exists(stagedir):
         shutil.rmtree(stagedir)
     os.mkdir(stagedir)
-    stage_and_apply(m, data, frame_off, a.out, stagedir)
+    stage_and_apply(m, data, frame_off, out, stagedir)
     shutil.rmtree(stagedir)
-    if a.expect:
-        diffs, sparse, groups = compare(a.out, a.expect)
+    if expect:
+        diffs, sparse, groups = compare(out, expect)
         print("  hardlink groups:", sorted(sorted(x.decode() for x in g) for g in groups))
         for s in sparse:
             print("  sparse:", s)
         if diffs:
-            print("  RESULT: %d difference(s) from %s" % (len(diffs), a.expect))
+            print("  RESULT: %d difference(s) from %s" % (len(diffs), expect))
             for d in diffs[:30]:
                 print("    " + d)
             return 1
-        print("  RESULT: identical to %s" % a.expect)
+        print("  RESULT: identical to %s" % expect)
     return 0
 
 

@@ -3,8 +3,8 @@
 # specification alone, without reading ferry's Rust code) verifies and applies bundles that
 # ferry-build makes from generated trees, and compares its result with NEW.
 #
-#   bash tests/reader/run.sh [FERRY_BIN_DIR]      (default: target/release; needs python3-venv
-#                                                  and network access for `pip install`)
+#   bash tests/reader/run.sh [FERRY_BIN_DIR]      (default: target/release; needs python3-venv,
+#                                                  gcc, and network access for `pip install`)
 #
 # Not part of `cargo test` or CI: it needs two packages from PyPI (blake3, zstandard).
 set -eu
@@ -14,7 +14,7 @@ B=$bin/ferry-build
 w=$(mktemp -d /var/tmp/ferry-reader.XXXXXX)
 trap 'rm -rf "$w"' EXIT
 python3 -m venv "$w/venv"
-"$w/venv/bin/pip" install -q blake3 zstandard
+"$w/venv/bin/pip" install -q blake3 zstandard cryptography
 PY=$w/venv/bin/python
 O=$w/old; N=$w/new
 mkdir -p $O/bin $O/etc $O/lib $O/share/doc $O/data $O/gone/sub
@@ -103,4 +103,7 @@ for opts in "--level default --config-files cfg/*" "--level fast" "--level max -
   check $O2 $N2 "$opts"
 done
 check - $N2 ""
+# Encrypted and split bundles, signatures and trust policies, offline signing, channel
+# repositories and path choice, key rotation (reader2.py, also written from the spec alone).
+PY=$PY W=$w/w2 bash "$here/run2.sh" "$bin" "$w" || fail=1
 exit $fail
