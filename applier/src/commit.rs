@@ -23,7 +23,7 @@
 //!
 //! After a step that moves an OLD regular file out of the tree, [`Action::disarm`] drops the
 //! set-id bits and capability of that file if it still has another link (a user's hard link to
-//! an old privileged program); rollback puts them back ([`Action::rearm`]).
+//! an old privileged program); they stay dropped, also after a rollback.
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
@@ -623,7 +623,9 @@ impl Action {
     /// places anew or deletes every member of a hardlink group that changes (§4.2), so such a
     /// link is one the bundle does not know: a hard link a local user made to the old program
     /// where `fs.protected_hardlinks` is 0, which must not keep root's privileges once the update
-    /// replaced or removed it (as dpkg and rpm do). Rollback restores them ([`Action::rearm`]).
+    /// replaced or removed it (as dpkg and rpm do). A rollback does not give them back: by then
+    /// the path may hold another inode (a user can put their own file there), and the file had a
+    /// link the bundle did not know. Each drop is reported on stderr.
     /// Idempotent; a file without another link is not touched.
     fn disarm(&self, cx: &Cx<'_>) -> Result<()> {
         let bname = backup_name(cx.i);
@@ -635,28 +637,6 @@ impl Action {
                 _ => {}
             }
             break;
-        }
-        Ok(())
-    }
-
-    /// After undoing the step: the OLD regular file back at the path gets the set-id bits and
-    /// attributes the saved metadata says it had, which [`Action::disarm`] may have dropped.
-    fn rearm(&self, cx: &Cx<'_>, old: &OldMeta) -> Result<()> {
-        let Some(meta) = old.get(cx.path) else { return Ok(()) };
-        let cap = cx.attrs.wanted(meta).iter().any(|x| x.name == b"security.capability");
-        if meta.mode & 0o6000 == 0 && !cap {
-            return Ok(());
-        }
-        let Some(fd) = fsx::open_meta_at(cx.dir, cx.name).ctx("open", cx.path)? else { return Ok(()) };
-        let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
-        if fsx::file_type(&st) != FileType::RegularFile {
-            return Ok(());
-        }
-        if st.st_mode & 0o7777 != meta.mode {
-            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(meta.mode)).ctx("restore the mode of", cx.path)?;
-        }
-        if cap {
-            cx.attrs.apply_fd(fd.as_fd(), meta).ctx("restore the attributes of", cx.path)?;
         }
         Ok(())
     }
@@ -673,14 +653,7 @@ impl Action {
             Action::SetMetaInPlace(a) => a.reverse(cx, old),
             Action::Delete(a) => a.reverse(cx),
             Action::DirMeta(_) | Action::Nothing => Ok(()),
-        }?;
-        if matches!(
-            self,
-            Action::ExchangeFile(_) | Action::ExchangeDir(_) | Action::LinkAndRename(_) | Action::Delete(_)
-        ) {
-            self.rearm(cx, old)?;
         }
-        Ok(())
     }
 
     /// The staging slot the action uses, if any.
@@ -712,6 +685,10 @@ fn disarm_file(cx: &Cx<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
     if st.st_mode & 0o6000 != 0 {
         rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o1777))
             .ctx("drop the set-id bits of the displaced", cx.path)?;
+        eprintln!(
+            "ferry-apply: {}: the OLD file it replaced or deleted has another link; its set-id bits were dropped",
+            crate::text::escape(&cx.path.to_string())
+        );
     }
     cx.attrs.drop_capability(fd.as_fd()).ctx("drop the capability of the displaced", cx.path)
 }
