@@ -644,6 +644,9 @@ fn commit_txn(o: &Options, t: &Target, mut txn: Txn, fresh: bool, rep: &mut Repo
     }
     prog.finish(n as u64, 0);
     rep.commit_window_ms = first.map(ms).unwrap_or(0.0);
+    if res.is_ok() {
+        res = commit::disarm_displaced(&txn, &c);
+    }
     if let Err(e) = res {
         log(o, format!("commit failed, rolling back to the previous version: {e}"));
         txn.append(Record::Abort { reason: e.to_string() })?;
@@ -737,7 +740,7 @@ fn rollback_txn(o: &Options, t: &Target, mut txn: Txn, name: &str) -> Result<()>
         crate::failpoint::hit("rollback-step");
         commit::reverse(root, &mut txn, i, &old_meta, t.owners)?;
     }
-    commit::restore_dir_meta(root, &old_meta, t.owners, &txn.attrs)?;
+    commit::restore_dir_meta(root, &old_meta, t.owners, &txn.attrs, &txn.base_ids)?;
     sync_all(root, &txn)?;
     if txn.dir.exists(STATE_BEFORE)? {
         let st = state::load(&txn.dir, STATE_BEFORE)?;

@@ -77,9 +77,19 @@ pub fn describe(p: &BundlePath, why: &str) -> String {
     format!("{p}: {why}")
 }
 
+/// The change time (`st_ctime`) of a non-directory in nanoseconds, at least 1; 0 for a directory.
+#[allow(clippy::unnecessary_cast)]
+pub fn change_time(st: &rustix::fs::Stat) -> u64 {
+    if fsx::file_type(st) == FileType::Directory {
+        return 0;
+    }
+    ((st.st_ctime as i128) * 1_000_000_000 + st.st_ctime_nsec as i128).clamp(1, u64::MAX as i128) as u64
+}
+
 /// What the base check found: the config files whose local edits are kept, and the identity
-/// `(st_dev, st_ino, st_nlink)` of every OLD object a metadata step changes in place (the steps
-/// act on those inodes only).
+/// `(st_dev, st_ino, change time)` of every OLD object a metadata step changes in place (the
+/// steps act on those inodes only; the change time, [`change_time`], is 0 for a directory, whose
+/// own renames change it).
 #[derive(Debug, Default)]
 pub struct Base {
     pub kept: Vec<BundlePath>,
@@ -160,17 +170,19 @@ fn check_old(
                 if let Some(why) = xattrs {
                     drift.push(describe(&o.path, &why));
                 }
-                if in_place.contains(&o.path) {
+                // Every OLD directory too: a rollback restores directory metadata only onto the
+                // directory recorded here ([`crate::commit::restore_dir_meta`]).
+                if in_place.contains(&o.path) || matches!(o.kind, OldKind::Dir) {
                     #[allow(clippy::unnecessary_cast)]
-                    let id = (st.st_dev as u64, st.st_ino as u64, st.st_nlink as u64);
-                    if id.2 > 1 && crate::commit::setmeta_by_copy(m, &o.path, owners) {
+                    let (id, nlink) = ((st.st_dev as u64, st.st_ino as u64, change_time(&st)), st.st_nlink as u64);
+                    if nlink > 1 && crate::commit::setmeta_by_copy(m, &o.path, owners) {
                         // A planted hard link to a file outside the target (or a link group the
                         // bundle does not know of) would share the new permissions.
                         drift.push(describe(
                             &o.path,
                             &format!(
                                 "has {} hard links; a permission-raising change is never made to a shared inode",
-                                id.2
+                                nlink
                             ),
                         ));
                     }
@@ -187,6 +199,23 @@ fn check_old(
         }
     }
     drift.extend(tagged.verdict(m));
+    // A `DirMeta` of a directory without an `old` entry (its own metadata is unchanged; the
+    // step sets its mtime back after the renames in it) acts on the directory seen here and on
+    // no other: a user who can rename entries of its parent must not get the step applied to a
+    // directory of root's swapped into that name.
+    let mut dirs = fsx::DirCache::default();
+    let unrecorded: Vec<&BundlePath> = in_place.iter().copied().filter(|p| !base.ids.contains_key(*p)).collect();
+    for p in unrecorded {
+        match dirs.lstat(root, p) {
+            #[allow(clippy::unnecessary_cast)]
+            Ok(Some(st)) if fsx::file_type(&st) == rustix::fs::FileType::Directory => {
+                base.ids.insert(p.clone(), (st.st_dev as u64, st.st_ino as u64, 0));
+            }
+            Ok(Some(_)) => drift.push(describe(p, "expected a directory")),
+            Ok(None) => drift.push(describe(p, "missing (expected a directory)")),
+            Err(e) => drift.push(describe(p, &e.to_string())),
+        }
+    }
     base
 }
 

@@ -21,9 +21,9 @@
 //! | `Delete` | [`Delete`] | rename path → backup | rename back |
 //! | `DirMeta` | [`DirMeta`] | metadata through a handle | (restored after all renames) |
 //!
-//! After a step that moves an OLD regular file out of the tree, [`Action::disarm`] drops the
-//! set-id bits and capability of that file if it still has another link (a user's hard link to
-//! an old privileged program); they stay dropped, also after a rollback.
+//! After the last step, [`disarm_displaced`] drops the set-id bits and capability of every OLD
+//! regular file the steps moved out that has a link outside the transaction (a user's hard link
+//! to an old privileged program); they stay dropped, also after a rollback.
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx;
@@ -135,6 +135,8 @@ pub struct Commit {
     created: HashMap<BundlePath, (u64, u64)>,
     /// Names the script places in each directory, built on first need (a resumed `Mkdir`).
     placed: Placed,
+    /// Where the steps run so far left the OLD objects they moved out ([`disarm_displaced`]).
+    displaced: Vec<Displaced>,
 }
 
 /// The names the script creates directly in each directory, indexed once when first asked.
@@ -165,6 +167,7 @@ impl Commit {
             actions: Vec::new(),
             created: HashMap::new(),
             placed: Placed::default(),
+            displaced: Vec::new(),
         }
     }
 }
@@ -494,12 +497,32 @@ impl BesideConfig {
 #[derive(Clone, Debug)]
 pub struct SetMetaInPlace {
     meta: Meta,
-    /// `(st_dev, st_ino, st_nlink)` from the base check (absent in older transactions).
+    /// `(st_dev, st_ino, change time)` from the base check (absent in older transactions).
     base: Option<(u64, u64, u64)>,
 }
 
 impl SetMetaInPlace {
     fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
+        // The third part of the recorded identity is the inode's change time (bundle-format.md
+        // §10.1): a file a user deleted and made again after the base check, which may get the
+        // same inode number, has another one, and is refused rather than given NEW's owner and
+        // mode.
+        if let Some((_, _, ctime)) = self.base.filter(|b| b.2 != 0) {
+            if let Some(fd) = fsx::open_meta_at(cx.dir, cx.name).ctx("open", cx.path)? {
+                let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
+                // The change already made (on resume, or through another name of a hardlink
+                // group, which shares the inode and its change time): the file has NEW's owner
+                // and mode, which a user's own file cannot have unless NEW gives it to that user
+                // anyway.
+                let done = {
+                    let cur = fsx::meta_of(&st);
+                    (cur.uid, cur.gid, cur.mode) == (self.meta.uid, self.meta.gid, self.meta.mode)
+                };
+                if crate::base::change_time(&st) != ctime && !done {
+                    return Err(Error::Drift(vec![format!("{}: replaced after the base check", cx.path)]));
+                }
+            }
+        }
         set_meta_verified(cx, &self.meta, self.base.map(|(d, i, _)| (d, i)))?;
         Ok(false)
     }
@@ -531,7 +554,8 @@ fn set_meta_verified(cx: &Cx<'_>, meta: &Meta, want: Option<(u64, u64)>) -> Resu
             if want.is_some_and(|w| w != id(&st)) {
                 return Err(drift("replaced after the base check".into()));
             }
-            fsx::set_meta_at(cx.dir, cx.name, meta, cx.owners, cx.attrs).ctx("set metadata", cx.path)
+            fsx::set_meta_unopened(cx.dir, cx.name, meta, cx.owners, cx.attrs, want.or(Some(id(&st))))
+                .ctx("set metadata", cx.path)
         }
     }
 }
@@ -570,7 +594,21 @@ pub struct DirMeta {
 impl DirMeta {
     fn forward(&self, cx: &Cx<'_>, created: &HashMap<BundlePath, (u64, u64)>) -> Result<bool> {
         let want = created.get(cx.path).copied().or(self.base.map(|(d, i, _)| (d, i)));
-        set_meta_verified(cx, &self.meta, want)?;
+        // Only ever a directory (opened `O_DIRECTORY | O_NOFOLLOW`): an object of another type
+        // planted at the path (a FIFO, a file of the user's) is drift, never changed.
+        let drift = |why: &str| Error::Drift(vec![format!("{}: {why}", cx.path)]);
+        let fd = match fsx::open_dir_at(cx.dir, cx.name) {
+            Ok(fd) => fd,
+            Err(e) if matches!(fsx::errno(&e), Some(Errno::NOTDIR | Errno::LOOP | Errno::NOENT)) => {
+                return Err(drift("not a directory any more"))
+            }
+            Err(e) => return Err(e).ctx("open", cx.path),
+        };
+        let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
+        if want.is_some_and(|w| w != id(&st)) {
+            return Err(drift("replaced after the base check"));
+        }
+        fsx::set_meta_fd(fd.as_fd(), &self.meta, cx.owners, cx.attrs).ctx("set metadata", cx.path)?;
         Ok(false)
     }
     // Reverse: directory metadata is restored after every rename of a rollback, deepest first,
@@ -598,47 +636,18 @@ impl Action {
             Action::DirMeta(a) => a.forward(cx, created),
             Action::Nothing => Ok(false),
         }
-        .and_then(|renamed| {
-            self.disarm(cx)?;
-            Ok(renamed)
-        })
     }
 
-    /// Where this step leaves what it moves out of the tree, if anything: its staging slot (an
-    /// exchange) or its backup name (a delete, or the link-and-rename fallback); alternatives,
-    /// the first that exists is it.
-    fn displaced<'c>(&'c self, cx: &'c Cx<'c>, bname: &'c [u8]) -> Vec<(BorrowedFd<'c>, &'c [u8])> {
+    /// Where this step leaves what it moves out of the tree, if anything, as (in `stage/` (else
+    /// `backup/`), name): its staging slot (an exchange) or its backup name (a delete, or the
+    /// link-and-rename fallback); for an exchange both, of which at most one exists.
+    fn spots(&self, i: usize) -> Vec<(bool, Vec<u8>)> {
         match self {
-            Action::ExchangeFile(a) => vec![(cx.stage, &a.slot.name[..]), (cx.backup, bname)],
-            Action::ExchangeDir(a) => vec![(cx.stage, &a.slot.name[..])],
-            Action::LinkAndRename(_) | Action::Delete(_) => vec![(cx.backup, bname)],
+            Action::ExchangeFile(a) => vec![(true, a.slot.name.clone()), (false, backup_name(i))],
+            Action::ExchangeDir(a) => vec![(true, a.slot.name.clone())],
+            Action::LinkAndRename(_) | Action::Delete(_) => vec![(false, backup_name(i))],
             _ => Vec::new(),
         }
-    }
-
-    /// After the step: an OLD regular file it moved out of the tree (or one inside an OLD
-    /// directory that a non-directory replaces, §6 rule 9) that is set-user-ID, set-group-ID or
-    /// has a `security.capability` (in scope), and that still has a link besides ours, loses
-    /// those privileges (bundle-format.md §10.3, "Displaced privileged files"). The builder
-    /// places anew or deletes every member of a hardlink group that changes (§4.2), so such a
-    /// link is one the bundle does not know: a hard link a local user made to the old program
-    /// where `fs.protected_hardlinks` is 0, which must not keep root's privileges once the update
-    /// replaced or removed it (as dpkg and rpm do). A rollback does not give them back: by then
-    /// the path may hold another inode (a user can put their own file there), and the file had a
-    /// link the bundle did not know. Each drop is reported on stderr.
-    /// Idempotent; a file without another link is not touched.
-    fn disarm(&self, cx: &Cx<'_>) -> Result<()> {
-        let bname = backup_name(cx.i);
-        for (dir, name) in self.displaced(cx, &bname) {
-            let Some(st) = fsx::lstat_at(dir, name).ctx("stat displaced", cx.path)? else { continue };
-            match fsx::file_type(&st) {
-                FileType::RegularFile if st.st_nlink > 1 => disarm_file(cx, dir, name)?,
-                FileType::Directory if matches!(self, Action::ExchangeDir(_)) => disarm_tree(cx, dir, name)?,
-                _ => {}
-            }
-            break;
-        }
-        Ok(())
     }
 
     /// Undo, if it happened (idempotent).
@@ -669,40 +678,76 @@ impl Action {
     }
 }
 
-/// How deep [`disarm_tree`] looks into a displaced OLD directory: an OS tree's programs sit a
+/// How deep [`visit_tree`] looks into a displaced OLD directory: an OS tree's programs sit a
 /// few levels down, and a deeper chain (which a local user can build in a directory of theirs)
 /// must not make the commit window long.
 const DISARM_DEPTH: usize = 32;
 
-/// [`Action::disarm`] of the regular file `name` in `dir` (a staging slot, a backup name, or a
-/// file inside a displaced directory): through a handle, if it still has another link.
-fn disarm_file(cx: &Cx<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
-    let Some(fd) = fsx::open_meta_at(dir, name).ctx("open displaced", cx.path)? else { return Ok(()) };
-    let st = rustix::fs::fstat(&fd).ctx("stat displaced", cx.path)?;
-    if fsx::file_type(&st) != FileType::RegularFile || st.st_nlink < 2 {
-        return Ok(());
-    }
-    if st.st_mode & 0o6000 != 0 {
-        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o1777))
-            .ctx("drop the set-id bits of the displaced", cx.path)?;
-        eprintln!(
-            "ferry-apply: {}: the OLD file it replaced or deleted has another link; its set-id bits were dropped",
-            crate::text::escape(&cx.path.to_string())
-        );
-    }
-    cx.attrs.drop_capability(fd.as_fd()).ctx("drop the capability of the displaced", cx.path)
+/// Where a step of this commit left an OLD object it moved out of the tree: a name in the
+/// `stage/` or `backup/` directory of work directory `work` (root-only, the transaction's own).
+#[derive(Clone, Debug)]
+pub struct Displaced {
+    path: BundlePath,
+    work: usize,
+    stage: bool,
+    name: Vec<u8>,
+    /// An exchanged directory: the regular files inside it count too.
+    tree: bool,
 }
 
-/// [`Action::disarm`] of every regular file with another link in the displaced directory
-/// `name` in `dir`, down to [`DISARM_DEPTH`] levels, never following a symlink.
-fn disarm_tree(cx: &Cx<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
-    let top = fsx::open_dir_at(dir, name).ctx("open displaced", cx.path)?;
+/// After the last step: every OLD regular file the commit moved out of the tree (or one inside
+/// an OLD directory that a non-directory replaces, §6 rule 9) that is set-user-ID,
+/// set-group-ID or has a `security.capability` (in scope), and that has more links than the
+/// transaction's own slots and backups hold, loses those privileges (bundle-format.md §10.3,
+/// "Displaced privileged files"). The builder places anew or deletes every member of a hardlink
+/// group that changes (§4.2), so once every step ran, a link outside the transaction is one the
+/// bundle does not know: a hard link a local user made to the old program where
+/// `fs.protected_hardlinks` is 0, which must not keep root's privileges once the update
+/// replaced or removed it (as dpkg and rpm do). A rollback does not give them back: by then the
+/// path may hold another inode (a user can put their own file there). Idempotent (runs again
+/// on resume); each drop is reported on stderr.
+pub fn disarm_displaced(txn: &Txn, c: &Commit) -> Result<()> {
+    let mut ours: HashMap<(u64, u64), u64> = HashMap::new();
+    visit_displaced(txn, &c.displaced, &mut |_, _, _, st| {
+        *ours.entry(id(st)).or_default() += 1;
+        Ok(())
+    })?;
+    visit_displaced(txn, &c.displaced, &mut |path, dir, name, st| {
+        if st.st_nlink > ours.get(&id(st)).copied().unwrap_or(1) {
+            disarm_file(&txn.attrs, path, dir, name, st)?;
+        }
+        Ok(())
+    })
+}
+
+/// What [`visit_displaced`] calls on each regular file: the step's path, the directory and name
+/// the file is at, and its `lstat`.
+type Visit<'a> = dyn FnMut(&BundlePath, BorrowedFd<'_>, &[u8], &Stat) -> Result<()> + 'a;
+
+/// Call `f` on every regular file at the places in `displaced` (and, for exchanged
+/// directories, inside them down to [`DISARM_DEPTH`] levels, never following a symlink).
+fn visit_displaced(txn: &Txn, displaced: &[Displaced], f: &mut Visit<'_>) -> Result<()> {
+    for d in displaced {
+        let Some(w) = txn.works.get(d.work) else { continue };
+        let base = if d.stage { w.stage.as_fd() } else { w.backup.as_fd() };
+        let Some(st) = fsx::lstat_at(base, &d.name).ctx("stat displaced", &d.path)? else { continue };
+        match fsx::file_type(&st) {
+            FileType::RegularFile => f(&d.path, base, &d.name, &st)?,
+            FileType::Directory if d.tree => visit_tree(&d.path, base, &d.name, f)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn visit_tree(path: &BundlePath, dir: BorrowedFd<'_>, name: &[u8], f: &mut Visit<'_>) -> Result<()> {
+    let top = fsx::open_dir_at(dir, name).ctx("open displaced", path)?;
     let mut stack = vec![top];
     let mut todo: Vec<Vec<Vec<u8>>> = Vec::new();
     while let Some(d) = stack.last() {
         let level = stack.len();
         if todo.len() < level {
-            let mut names = fsx::list_dir(d.as_fd()).ctx("list displaced", cx.path)?;
+            let mut names = fsx::list_dir(d.as_fd()).ctx("list displaced", path)?;
             names.reverse();
             todo.push(names);
         }
@@ -712,17 +757,42 @@ fn disarm_tree(cx: &Cx<'_>, dir: BorrowedFd<'_>, name: &[u8]) -> Result<()> {
             continue;
         };
         let d = d.as_fd();
-        let Some(st) = fsx::lstat_at(d, &n).ctx("stat displaced", cx.path)? else { continue };
+        let Some(st) = fsx::lstat_at(d, &n).ctx("stat displaced", path)? else { continue };
         match fsx::file_type(&st) {
-            FileType::RegularFile if st.st_nlink > 1 => disarm_file(cx, d, &n)?,
+            FileType::RegularFile => f(path, d, &n, &st)?,
             FileType::Directory if level < DISARM_DEPTH => {
-                let sub = fsx::open_dir_at(d, &n).ctx("open displaced", cx.path)?;
+                let sub = fsx::open_dir_at(d, &n).ctx("open displaced", path)?;
                 stack.push(sub);
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Drop the set-id bits and capability of the displaced regular file `name` in `dir` (seen as
+/// `seen`), through a handle of that very inode.
+fn disarm_file(
+    attrs: &crate::xattrs::Attrs,
+    path: &BundlePath,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    seen: &Stat,
+) -> Result<()> {
+    let Some(fd) = fsx::open_meta_at(dir, name).ctx("open displaced", path)? else { return Ok(()) };
+    let st = rustix::fs::fstat(&fd).ctx("stat displaced", path)?;
+    if fsx::file_type(&st) != FileType::RegularFile || id(&st) != id(seen) {
+        return Ok(());
+    }
+    if st.st_mode & 0o6000 != 0 {
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o1777))
+            .ctx("drop the set-id bits of the displaced", path)?;
+        eprintln!(
+            "ferry-apply: {}: the OLD file it replaced or deleted has another link; its set-id bits were dropped",
+            crate::text::escape(&path.to_string())
+        );
+    }
+    attrs.drop_capability(fd.as_fd()).ctx("drop the capability of the displaced", path)
 }
 
 /// The index of the work directory for `p` in `txn.works`.
@@ -986,7 +1056,14 @@ pub fn forward(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, c: &mut Commit) ->
     let at = Where { work, tolerate_missing_parent: op == Op::Delete, fresh: c.fresh, owners: c.owners };
     let (created, placed) = (&mut c.created, &mut c.placed);
     let m = &txn.head.manifest;
-    Ok(with_cx(root, txn, &mut c.dirs, i, at, |cx| action.forward(cx, created, m, placed))?.unwrap_or(false))
+    let renamed = with_cx(root, txn, &mut c.dirs, i, at, |cx| action.forward(cx, created, m, placed))?.unwrap_or(false);
+    if let Some(w) = work {
+        let tree = matches!(action, Action::ExchangeDir(_));
+        for (stage, name) in action.spots(i) {
+            c.displaced.push(Displaced { path: p.clone(), work: w, stage, name, tree });
+        }
+    }
+    Ok(renamed)
 }
 
 /// Undo step `i` if it happened (idempotent). Directory metadata is restored separately, after
@@ -1001,16 +1078,25 @@ pub fn reverse(root: BorrowedFd<'_>, txn: &mut Txn, i: usize, old_meta: &OldMeta
 }
 
 /// Restore the saved metadata of every directory a step touched (after all renames of a
-/// rollback, which change directory mtimes), deepest first.
+/// rollback, which change directory mtimes), deepest first: only onto the very directory the base
+/// check recorded at that path (`ids`), never onto another one a user renamed into its place.
+/// Directories without a recorded identity were moved back whole (an exchanged or deleted OLD
+/// directory) and kept their metadata.
 pub fn restore_dir_meta(
     root: BorrowedFd<'_>,
     old_meta: &OldMeta,
     owners: bool,
     attrs: &crate::xattrs::Attrs,
+    ids: &BTreeMap<BundlePath, (u64, u64, u64)>,
 ) -> Result<()> {
     for (p, meta) in old_meta.iter().rev() {
+        let Some(&(dev, ino, _)) = ids.get(p) else { continue };
         if let Ok((d, n)) = fsx::parent_of(root, p) {
             if let Ok(fd) = fsx::open_dir_at(d.as_fd(), n) {
+                let st = rustix::fs::fstat(&fd).ctx("stat", p)?;
+                if id(&st) != (dev, ino) {
+                    continue;
+                }
                 fsx::set_meta_fd(fd.as_fd(), meta, owners, attrs).ctx("restore metadata", p)?;
             }
         }

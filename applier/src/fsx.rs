@@ -306,8 +306,8 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
 /// and file capabilities, chmod then restores the bits, the attributes come after both, and the
 /// mtime last. Only what differs is changed (no needless writes, and a read-only directory that
 /// already has the right metadata is no error). A regular file or directory is opened and changed
-/// through its handle ([`set_meta_fd`]); symlinks, FIFOs and devices, which are never opened, by
-/// path.
+/// through its handle ([`set_meta_fd`]); symlinks, FIFOs and devices, which are never opened for
+/// reading, through an `O_PATH` handle for owner and mode ([`set_meta_unopened`]).
 pub fn set_meta_at(
     dir: BorrowedFd<'_>,
     name: &[u8],
@@ -318,24 +318,50 @@ pub fn set_meta_at(
     if let Some(fd) = open_meta_at(dir, name)? {
         return set_meta_fd(fd.as_fd(), meta, owners, attrs);
     }
+    set_meta_unopened(dir, name, meta, owners, attrs, None)
+}
+
+/// [`set_meta_at`] of a symlink, FIFO or device, only if it is the object `(st_dev, st_ino)`
+/// `want` (when given): owner and mode through an `O_PATH` handle of it.
+pub fn set_meta_unopened(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    meta: &bundle::Meta,
+    owners: bool,
+    attrs: &crate::xattrs::Attrs,
+    want: Option<(u64, u64)>,
+) -> io::Result<()> {
     let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    #[allow(clippy::unnecessary_cast)]
+    if want.is_some_and(|w| w != (st.st_dev as u64, st.st_ino as u64))
+        || matches!(file_type(&st), FileType::RegularFile | FileType::Directory)
+    {
+        return Err(io::Error::other("replaced while being changed"));
+    }
     let cur = meta_of(&st);
+    // Owner and mode through an `O_PATH | O_NOFOLLOW` handle of the object just seen, never by
+    // path: a user who can write `dir` may swap `name` for a symlink between two calls, and
+    // `chmod` follows one (bundle-format.md §15.1).
+    let fd = rfs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let now = rfs::fstat(&fd)?;
+    if file_type(&now) != file_type(&st) || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(io::Error::other("replaced while being changed"));
+    }
     if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
         rfs::chownat(
-            dir,
-            name,
+            &fd,
+            "",
             Some(rfs::Uid::from_raw(meta.uid)),
             Some(rfs::Gid::from_raw(meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
+            AtFlags::EMPTY_PATH,
         )?;
     }
-    // Linux has no symlink permissions. FIFOs and devices: chmodat follows a symlink at `name`,
-    // but we just saw it is not one and the directory is resolved safely; chown clears
-    // setuid/setgid, so compare with the mode as it is now.
-    if file_type(&st) != FileType::Symlink
-        && rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode & 0o7777 != meta.mode
-    {
-        rfs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
+    // Linux has no symlink permissions. FIFOs and devices: `chmod` of the handle's
+    // `/proc/self/fd` link reaches exactly that inode (what `fchmodat(AT_SYMLINK_NOFOLLOW)`
+    // does); chown clears setuid/setgid, so compare with the mode as it is now.
+    if file_type(&st) != FileType::Symlink && rfs::fstat(&fd)?.st_mode & 0o7777 != meta.mode {
+        use std::os::fd::AsRawFd;
+        rfs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(), Mode::from_raw_mode(meta.mode))?;
     }
     attrs.apply_unopened(dir, name, meta)?;
     if cur.mtime_ns == meta.mtime_ns {

@@ -51,7 +51,7 @@ pub struct Txn {
     /// this inode exactly when the step happened. `None` for a transaction staged by an older
     /// ferry-apply, whose `Place` steps hard-link a backup and rename instead.
     pub staged_ids: Option<Vec<(u64, u64)>>,
-    /// `(st_dev, st_ino, st_nlink)` the base check saw at each OLD path a metadata step changes
+    /// `(st_dev, st_ino, change time)` the base check saw at each OLD path a metadata step changes
     /// in place (`base-ids.cbor`): the step acts on that inode only.
     pub base_ids: std::collections::BTreeMap<BundlePath, (u64, u64, u64)>,
     /// The extended attributes this transaction sets and checks: the manifest's, minus the

@@ -1350,3 +1350,42 @@ fn attack_14b_displaced_privileged_files_without_links_are_untouched() {
     lab.assert_target(&lab.old_snap, &[], "after the rollback");
     assert_eq!(lstat(&lab.t("bin/su")).ino(), before, "bin/su is not the OLD inode after the rollback");
 }
+
+/// Attack 15 (found by a white-box review): `DirMeta` of a directory whose own metadata does not
+/// change (the step only sets its mtime back after the renames in it). The service account
+/// owning `app/` renames root's private `app/etc` (0700, a secret inside) into the name
+/// `app/bin` right before the `DirMeta app/bin` step. Defence: the base check records every such
+/// directory's identity and the step acts on that directory only (exit 4, rolled back), and
+/// rollback restores directory metadata only onto recorded directories: root's `etc` keeps 0700.
+#[test]
+fn attack_15_directory_swapped_in_before_its_dirmeta() {
+    let lab = Lab::new(
+        |old, new| {
+            for t in [old, new] {
+                write(&t.join("app/bin/tool"), "#!/bin/sh\necho tool\n");
+                chmod(&t.join("app/bin/tool"), 0o755);
+                write(&t.join("app/etc/secret.conf"), "db_password=hunter2\n");
+                chmod(&t.join("app/etc"), 0o700);
+                chown(&t.join("app"), NOBODY);
+            }
+            write(&new.join("app/bin/tool"), "#!/bin/sh\necho tool v2\n");
+        },
+        &[],
+    );
+    let p = Paused::must(&mut lab.apply(&lab.bundle), "commit-step:2");
+    attacker(&format!("cd '{}' && mv bin bin.real && mv etc bin", lab.t("app").display()));
+    let r = p.resume(LIMIT);
+    attacker(&format!("cd '{}' && mv bin etc && mv bin.real bin", lab.t("app").display()));
+    let etc = lstat(&lab.t("app/etc"));
+    assert_eq!((etc.mode() & 0o7777, etc.uid()), (0o700, 0), "root's etc was changed: {}", r.text());
+    assert!(as_attacker(&format!("cat '{}'", lab.t("app/etc/secret.conf").display())).is_err(), "secret readable");
+    assert!([0, EXIT_DRIFT].contains(&r.code), "{}", r.text());
+    lab.assert_outside_unchanged();
+    // The rollback ran while the names were swapped, so its renames inside `app/` (the user's
+    // directory, theirs to rearrange) landed where the names pointed: the operator puts OLD's
+    // `bin/tool` back before updating again.
+    let _ = fs::remove_file(lab.t("app/etc/tool"));
+    fs::remove_file(lab.t("app/bin/tool")).expect("rm");
+    sh(&format!("cp -a '{}' '{}'", lab.old.join("app/bin/tool").display(), lab.t("app/bin/tool").display()));
+    lab.assert_updatable(&[], &[]);
+}
