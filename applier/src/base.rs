@@ -208,7 +208,7 @@ fn check_old(
     for p in unrecorded {
         match dirs.lstat(root, p) {
             #[allow(clippy::unnecessary_cast)]
-            Ok(Some(st)) if fsx::file_type(&st) == rustix::fs::FileType::Directory => {
+            Ok(Some(st)) if fsx::file_type(&st) == FileType::Directory => {
                 base.ids.insert(p.clone(), (st.st_dev as u64, st.st_ino as u64, 0));
             }
             Ok(Some(_)) => drift.push(describe(p, "expected a directory")),

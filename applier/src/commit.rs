@@ -503,48 +503,41 @@ pub struct SetMetaInPlace {
 
 impl SetMetaInPlace {
     fn forward(&self, cx: &Cx<'_>) -> Result<bool> {
-        // The third part of the recorded identity is the inode's change time (bundle-format.md
-        // §10.1): a file a user deleted and made again after the base check, which may get the
-        // same inode number, has another one, and is refused rather than given NEW's owner and
-        // mode.
-        if let Some((_, _, ctime)) = self.base.filter(|b| b.2 != 0) {
-            if let Some(fd) = fsx::open_meta_at(cx.dir, cx.name).ctx("open", cx.path)? {
-                let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
-                // The change already made (on resume, or through another name of a hardlink
-                // group, which shares the inode and its change time): the file has NEW's owner
-                // and mode, which a user's own file cannot have unless NEW gives it to that user
-                // anyway.
-                let done = {
-                    let cur = fsx::meta_of(&st);
-                    (cur.uid, cur.gid, cur.mode) == (self.meta.uid, self.meta.gid, self.meta.mode)
-                };
-                if crate::base::change_time(&st) != ctime && !done {
-                    return Err(Error::Drift(vec![format!("{}: replaced after the base check", cx.path)]));
-                }
-            }
-        }
-        set_meta_verified(cx, &self.meta, self.base.map(|(d, i, _)| (d, i)))?;
+        let ctime = self.base.map(|b| b.2).filter(|&c| c != 0);
+        set_meta_verified(cx, &self.meta, self.base.map(|(d, i, _)| (d, i)), ctime)?;
         Ok(false)
     }
 
     fn reverse(&self, cx: &Cx<'_>, old: &OldMeta) -> Result<()> {
         if let Some(meta) = old.get(cx.path) {
-            set_meta_verified(cx, meta, self.base.map(|(d, i, _)| (d, i)))?;
+            // The forward step changed the change time: the device and inode identify it here.
+            set_meta_verified(cx, meta, self.base.map(|(d, i, _)| (d, i)), None)?;
         }
         Ok(())
     }
 }
 
-/// Set `meta` on the object at the step's path, through a handle, if it is the inode `want`.
-/// Regular files and directories are opened (`O_NOFOLLOW | O_NONBLOCK`) and changed with
-/// `fchown`/`fchmod`/`futimens`; symlinks, FIFOs and devices (which have nothing to gain from a
-/// swap and must not be opened) by path after the same check.
-fn set_meta_verified(cx: &Cx<'_>, meta: &Meta, want: Option<(u64, u64)>) -> Result<()> {
+/// Set `meta` on the object at the step's path, through a handle, if it is the inode `want`
+/// and, for a regular file, has the change time `ctime` (bundle-format.md §10.1: a file a user
+/// deleted and made again after the base check may get the same inode number, never the same
+/// change time). A file that already has `meta`'s owner and mode passes whatever its change
+/// time: the change was made (on resume, or through another name of a hardlink group, which
+/// shares the inode), and a user's own file cannot have them unless `meta` gives them to that
+/// user anyway. Regular files and directories are opened (`O_NOFOLLOW | O_NONBLOCK`) and
+/// changed with `fchown`/`fchmod`/`futimens`; symlinks, FIFOs and devices (which have nothing to
+/// gain from a swap and must not be opened for reading) through an `O_PATH` handle after the
+/// same check ([`fsx::set_meta_unopened`]).
+fn set_meta_verified(cx: &Cx<'_>, meta: &Meta, want: Option<(u64, u64)>, ctime: Option<u64>) -> Result<()> {
     let drift = |why: String| Error::Drift(vec![format!("{}: {why}", cx.path)]);
     match fsx::open_meta_at(cx.dir, cx.name).ctx("open", cx.path)? {
         Some(fd) => {
             let st = rustix::fs::fstat(&fd).ctx("stat", cx.path)?;
-            if want.is_some_and(|w| w != id(&st)) {
+            let cur = fsx::meta_of(&st);
+            let done = (cur.uid, cur.gid, cur.mode) == (meta.uid, meta.gid, meta.mode);
+            let recreated = fsx::file_type(&st) == FileType::RegularFile
+                && ctime.is_some_and(|c| c != crate::base::change_time(&st))
+                && !done;
+            if want.is_some_and(|w| w != id(&st)) || recreated {
                 return Err(drift("replaced after the base check".into()));
             }
             fsx::set_meta_fd(fd.as_fd(), meta, cx.owners, cx.attrs).ctx("set metadata", cx.path)
@@ -708,10 +701,15 @@ pub struct Displaced {
 /// on resume); each drop is reported on stderr.
 pub fn disarm_displaced(txn: &Txn, c: &Commit) -> Result<()> {
     let mut ours: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut shared = false;
     visit_displaced(txn, &c.displaced, &mut |_, _, _, st| {
         *ours.entry(id(st)).or_default() += 1;
+        shared |= st.st_nlink > 1;
         Ok(())
     })?;
+    if !shared {
+        return Ok(()); // the common case: no displaced file has a second link anywhere
+    }
     visit_displaced(txn, &c.displaced, &mut |path, dir, name, st| {
         if st.st_nlink > ours.get(&id(st)).copied().unwrap_or(1) {
             disarm_file(&txn.attrs, path, dir, name, st)?;

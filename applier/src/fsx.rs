@@ -331,7 +331,11 @@ pub fn set_meta_unopened(
     attrs: &crate::xattrs::Attrs,
     want: Option<(u64, u64)>,
 ) -> io::Result<()> {
-    let st = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    // Owner and mode through an `O_PATH | O_NOFOLLOW` handle of the object, never by path: a
+    // user who can write `dir` may swap `name` for a symlink between two calls, and `chmod`
+    // follows one (bundle-format.md §15.1).
+    let fd = rfs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let st = rfs::fstat(&fd)?;
     #[allow(clippy::unnecessary_cast)]
     if want.is_some_and(|w| w != (st.st_dev as u64, st.st_ino as u64))
         || matches!(file_type(&st), FileType::RegularFile | FileType::Directory)
@@ -339,14 +343,6 @@ pub fn set_meta_unopened(
         return Err(io::Error::other("replaced while being changed"));
     }
     let cur = meta_of(&st);
-    // Owner and mode through an `O_PATH | O_NOFOLLOW` handle of the object just seen, never by
-    // path: a user who can write `dir` may swap `name` for a symlink between two calls, and
-    // `chmod` follows one (bundle-format.md §15.1).
-    let fd = rfs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
-    let now = rfs::fstat(&fd)?;
-    if file_type(&now) != file_type(&st) || (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
-        return Err(io::Error::other("replaced while being changed"));
-    }
     if owners && (cur.uid != meta.uid || cur.gid != meta.gid) {
         rfs::chownat(
             &fd,
